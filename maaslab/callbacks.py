@@ -1,0 +1,113 @@
+"""Callbacks: how live views, progress bars and stop buttons watch the one training loop.
+
+A callback never changes what is computed; it reads `TrainState` and may set `state.stop`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+
+@dataclass
+class TrainState:
+    """What the loop shares with callbacks while it runs."""
+
+    model: nn.Module
+    history: Any  # maaslab.train.History (typed loosely to avoid an import cycle)
+    total_epochs: int
+    config: Any  # maaslab.train.TrainConfig
+    epoch: int = 0  # finished epochs
+    step: int = 0  # optimizer steps taken
+    last_loss: float = math.nan
+    stop: bool = False  # set True to end training after the current step
+    info: dict[str, Any] = field(default_factory=dict)  # free space for callbacks
+
+
+class Callback:
+    """Base class: override the hooks you need."""
+
+    def on_train_begin(self, state: TrainState) -> None:
+        """Called once before the first step (also when resuming)."""
+
+    def on_step_end(self, state: TrainState) -> None:
+        """Called after every optimizer step."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Called after each epoch's evaluation, once history.epochs has the new record."""
+
+    def on_train_end(self, state: TrainState) -> None:
+        """Called once when training ends, finished or stopped."""
+
+
+class StopOnEvent(Callback):
+    """Stop when a threading.Event is set (a Stop button, a signal handler)."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def on_step_end(self, state: TrainState) -> None:
+        """Check the event after every step so Stop takes effect within one step."""
+        if self.event.is_set():
+            state.stop = True
+
+
+class EarlyStopping(Callback):
+    """Stop when the test loss has not improved by `min_delta` for `patience` epochs."""
+
+    def __init__(self, patience: int = 5, min_delta: float = 0.0) -> None:
+        self.patience, self.min_delta = patience, min_delta
+        self.best, self.bad_epochs = math.inf, 0
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Compare this epoch's test loss with the best so far."""
+        loss = state.history.epochs[-1].test_loss
+        if loss < self.best - self.min_delta:
+            self.best, self.bad_epochs = loss, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs >= self.patience:
+                state.stop = True
+                state.info["early_stopping"] = f"no improvement for {self.patience} epochs"
+
+
+class StopOnNonFinite(Callback):
+    """Stop as soon as the loss becomes NaN or infinite (a diverging learning rate)."""
+
+    def on_step_end(self, state: TrainState) -> None:
+        """Check the step's loss."""
+        if not math.isfinite(state.last_loss):
+            state.stop = True
+            state.info["diverged"] = f"loss became {state.last_loss} at step {state.step}"
+
+
+class TqdmProgress(Callback):
+    """A tqdm bar over epochs with the latest losses (used by the CLI)."""
+
+    def __init__(self, **tqdm_kwargs: Any) -> None:
+        self.kwargs = tqdm_kwargs
+        self.bar = None
+
+    def on_train_begin(self, state: TrainState) -> None:
+        """Open the bar at the epoch training starts from."""
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=state.total_epochs, initial=state.epoch, unit="epoch", **self.kwargs)
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Advance one epoch and show its losses and accuracy."""
+        rec = state.history.epochs[-1]
+        shown = {"train_loss": f"{rec.train_loss:.4f}", "test_loss": f"{rec.test_loss:.4f}"}
+        if rec.test_accuracy is not None:
+            shown["test_acc"] = f"{rec.test_accuracy:.3f}"
+        self.bar.set_postfix(shown)
+        self.bar.update(1)
+
+    def on_train_end(self, state: TrainState) -> None:
+        """Close the bar."""
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,255 @@
+"""Offline datasets behind one calling convention: `load_dataset(name, ...)` -> Dataset.
+
+Nothing here downloads: the 2-D toy sets are generated from a seed, the others are the datasets
+that ship inside scikit-learn. Splits are stratified and seeded, so the same arguments give the
+same arrays on every machine and in every face (page, notebook, server, CLI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from sklearn import datasets as skds
+from sklearn.model_selection import train_test_split
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
+
+from maaslab.errors import MaaslabError
+
+TOY_SETS = ("moons", "circles", "xor", "spirals", "gaussians")
+SKLEARN_SETS = ("digits", "breast_cancer", "diabetes")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Arrays split into train and test, plus what a model or a plot needs to know about them."""
+
+    name: str
+    task: str  # "classification" or "regression"
+    X_train: np.ndarray  # (N_train, n_features) float32
+    y_train: np.ndarray  # (N_train,) int64 labels, or float32 targets for regression
+    X_test: np.ndarray
+    y_test: np.ndarray
+    feature_names: tuple[str, ...]
+    class_names: tuple[str, ...] = ()  # empty for regression
+    input_shape: tuple[int, ...] = ()  # per-example shape a model sees, e.g. (1, 8, 8) for digits
+    description: str = ""
+    meta: dict[str, object] = field(default_factory=dict)  # generation parameters, scaling stats
+
+    @property
+    def n_features(self) -> int:
+        """Number of input features per example (flattened)."""
+        return int(self.X_train.shape[1])
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes (0 for regression)."""
+        return len(self.class_names)
+
+    @property
+    def out_features(self) -> int:
+        """Width of the model output this task needs: one logit per class, or 1 for regression."""
+        return self.n_classes if self.task == "classification" else 1
+
+
+# --- 2-D toy sets --------------------------------------------------------------------------------
+
+
+def _xor(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    X = rng.uniform(-1.0, 1.0, size=(n, 2))
+    y = (X[:, 0] * X[:, 1] > 0).astype(np.int64)
+    return X + rng.normal(0.0, noise, size=X.shape), y
+
+
+def _spirals(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    # Two interleaved arms, as in TensorFlow Playground; radius grows with the angle.
+    n0 = n // 2
+    parts, labels = [], []
+    for label, count in ((0, n0), (1, n - n0)):
+        t = np.sqrt(rng.uniform(0.0, 1.0, size=count)) * 3.0 * np.pi
+        arm = np.stack([t * np.cos(t + label * np.pi), t * np.sin(t + label * np.pi)], axis=1)
+        parts.append(arm / (3.0 * np.pi) + rng.normal(0.0, noise * 0.3, size=arm.shape))
+        labels.append(np.full(count, label, dtype=np.int64))
+    return np.concatenate(parts), np.concatenate(labels)
+
+
+def _toy(name: str, n: int, noise: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sk_seed = int(rng.integers(2**31 - 1))
+    if name == "moons":
+        return skds.make_moons(n_samples=n, noise=noise, random_state=sk_seed)
+    if name == "circles":
+        return skds.make_circles(n_samples=n, noise=noise, factor=0.5, random_state=sk_seed)
+    if name == "gaussians":
+        centers = np.array([[-1.0, -1.0], [1.0, 1.0]])
+        return skds.make_blobs(
+            n_samples=n, centers=centers, cluster_std=0.4 + 2.0 * noise, random_state=sk_seed
+        )
+    if name == "xor":
+        return _xor(n, noise, rng)
+    return _spirals(n, noise, rng)
+
+
+# --- the sklearn sets that ship with the package ---------------------------------------------
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, dict]:
+    bunch = skds.load_digits()
+    info = {
+        "feature_names": tuple(f"pixel_{r}_{c}" for r in range(8) for c in range(8)),
+        "class_names": tuple(str(d) for d in range(10)),
+        "input_shape": (1, 8, 8),
+        "description": "8x8 handwritten digits, 1797 images; pixels scaled from 0-16 to 0-1",
+    }
+    return bunch.data / 16.0, bunch.target, info
+
+
+def _breast_cancer() -> tuple[np.ndarray, np.ndarray, dict]:
+    bunch = skds.load_breast_cancer()
+    info = {
+        "feature_names": tuple(str(f) for f in bunch.feature_names),
+        "class_names": tuple(str(c) for c in bunch.target_names),  # malignant, benign
+        "input_shape": (30,),
+        "description": "Wisconsin breast cancer, 569 tumours, 30 features",
+    }
+    return bunch.data, bunch.target, info
+
+
+def _diabetes() -> tuple[np.ndarray, np.ndarray, dict]:
+    bunch = skds.load_diabetes()
+    info = {
+        "feature_names": tuple(str(f) for f in bunch.feature_names),
+        "class_names": (),
+        "input_shape": (10,),
+        "description": "diabetes progression after one year, 442 patients, 10 features",
+    }
+    return bunch.data, bunch.target, info
+
+
+_SKLEARN: dict[str, Callable[[], tuple[np.ndarray, np.ndarray, dict]]] = {
+    "digits": _digits,
+    "breast_cancer": _breast_cancer,
+    "diabetes": _diabetes,
+}
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every name `load_dataset` accepts."""
+    return TOY_SETS + SKLEARN_SETS
+
+
+def load_dataset(
+    name: str,
+    *,
+    n_samples: int = 400,
+    noise: float = 0.2,
+    test_fraction: float = 0.25,
+    standardize: bool = False,
+    seed: int = 0,
+) -> Dataset:
+    """Load or generate a dataset and split it into train and test, deterministically.
+
+    Parameters
+    ----------
+    name : one of `dataset_names()`: moons, circles, xor, spirals, gaussians (2-D toy sets),
+        digits, breast_cancer, diabetes (sklearn's bundled sets).
+    n_samples : number of points for the toy sets (the sklearn sets have a fixed size).
+    noise : spread of the toy sets' noise (0 = clean shapes); ignored by the sklearn sets.
+    test_fraction : share of examples held out for testing, stratified by class.
+    standardize : z-score the features with the training split's mean and std (stored in meta).
+    seed : the same seed gives the same points and the same split.
+    """
+    key = name.strip().lower().replace("-", "_")
+    if key not in dataset_names():
+        raise MaaslabError(f"unknown dataset {name!r}: choose one of {', '.join(dataset_names())}")
+    if not 0.0 < test_fraction < 1.0:
+        raise MaaslabError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    if key in TOY_SETS:
+        if not 8 <= n_samples <= 1_000_000:
+            raise MaaslabError(f"n_samples must be between 8 and 1,000,000, got {n_samples}")
+        if not 0.0 <= noise <= 5.0:
+            raise MaaslabError(f"noise must be between 0 and 5, got {noise}")
+        X, y = _toy(key, n_samples, noise, seed)
+        info = {
+            "feature_names": ("x1", "x2"),
+            "class_names": ("0", "1"),
+            "input_shape": (2,),
+            "description": f"2-D {key}, {n_samples} points, noise {noise:g}",
+        }
+        meta: dict[str, object] = {"n_samples": n_samples, "noise": noise}
+    else:
+        X, y, info = _SKLEARN[key]()
+        meta = {}
+
+    task = "regression" if key == "diabetes" else "classification"
+    X = np.asarray(X, dtype=np.float32)
+    y = np.asarray(y, dtype=np.float32 if task == "regression" else np.int64)
+    X_train, X_test, y_train, y_test = train_test_split(
+        X,
+        y,
+        test_size=test_fraction,
+        random_state=seed,
+        stratify=y if task != "regression" else None,
+    )
+    if standardize:
+        mean, std = X_train.mean(axis=0), X_train.std(axis=0) + 1e-8
+        X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
+        meta.update(mean=mean.tolist(), std=std.tolist())
+    meta.update(seed=seed, test_fraction=test_fraction, standardize=standardize)
+    return Dataset(
+        name=key,
+        task=task,
+        X_train=np.ascontiguousarray(X_train, dtype=np.float32),
+        y_train=np.ascontiguousarray(y_train),
+        X_test=np.ascontiguousarray(X_test, dtype=np.float32),
+        y_test=np.ascontiguousarray(y_test),
+        meta=meta,
+        **info,
+    )
+
+
+# --- torch helpers -------------------------------------------------------------------------------
+
+
+def to_tensors(
+    X: np.ndarray, y: np.ndarray, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Arrays -> tensors on `device` (float32 inputs, int64 labels or float32 targets)."""
+    return torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+
+
+def make_loaders(
+    data: Dataset,
+    batch_size: int = 32,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> tuple[DataLoader, DataLoader]:
+    """Train and test DataLoaders over in-memory tensors on `device`.
+
+    Batches are drawn by index (a BatchSampler over the whole tensor), which avoids collating one
+    example at a time: the loader costs microseconds per batch, not per example. The training
+    loader shuffles with `generator` (or one seeded with `seed`), so the order is reproducible and
+    a checkpoint can save and restore it.
+    """
+    if batch_size < 1:
+        raise MaaslabError(f"batch_size must be at least 1, got {batch_size}")
+    if generator is None:
+        generator = torch.Generator().manual_seed(seed)
+    train_set = TensorDataset(*to_tensors(data.X_train, data.y_train, device))
+    test_set = TensorDataset(*to_tensors(data.X_test, data.y_test, device))
+    train_sampler = BatchSampler(RandomSampler(train_set, generator=generator), batch_size, False)
+    test_sampler = BatchSampler(SequentialSampler(test_set), max(batch_size, 256), False)
+    return (
+        DataLoader(train_set, sampler=train_sampler, batch_size=None),
+        DataLoader(test_set, sampler=test_sampler, batch_size=None),
+    )

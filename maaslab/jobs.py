@@ -1,0 +1,98 @@
+"""Run the training loop in a background thread that a UI can poll and stop.
+
+The Training Studio keeps a TrainingJob in its session and redraws from `snapshot()` every half
+second; Stop sets an event that the loop checks after every step. Nothing here knows Streamlit.
+"""
+
+from __future__ import annotations
+
+import threading
+import traceback
+from collections.abc import Sequence
+from dataclasses import replace
+
+from torch import nn
+
+from maaslab.callbacks import Callback, StopOnEvent, StopOnNonFinite, TrainState
+from maaslab.data import Dataset
+from maaslab.errors import MaaslabError
+from maaslab.train import History, TrainConfig, train
+
+
+class _Watch(Callback):
+    # Keeps a reference to the live History so snapshots can be taken while the loop runs.
+    def __init__(self, job: TrainingJob) -> None:
+        self.job = job
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.job._live = state.history
+        self.job._state = state
+
+
+class TrainingJob:
+    """One training run on a daemon thread: start(), stop(), snapshot(), and the final result."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Dataset,
+        cfg: TrainConfig,
+        callbacks: Sequence[Callback] = (),
+    ) -> None:
+        self.model, self.data, self.cfg = model, data, cfg
+        self._stop = threading.Event()
+        self._callbacks = [_Watch(self), StopOnEvent(self._stop), StopOnNonFinite(), *callbacks]
+        self._thread = threading.Thread(target=self._run, name="maaslab-train", daemon=True)
+        self._live: History | None = None
+        self._state: TrainState | None = None
+        self.history: History | None = None  # set when the run ends
+        self.error: str | None = None  # a one-line message if the run failed
+        self.trace: str | None = None  # the full traceback of an unexpected failure, for logs
+
+    def start(self) -> TrainingJob:
+        """Start training in the background; returns self."""
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Ask the loop to stop after its current step."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the run to end; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        """True while the thread is training."""
+        return self._thread.is_alive()
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once stop() was called."""
+        return self._stop.is_set()
+
+    @property
+    def notes(self) -> dict[str, object]:
+        """Why training stopped on its own (divergence, early stopping), if it did."""
+        return dict(self._state.info) if self._state else {}
+
+    def snapshot(self) -> History:
+        """A consistent copy of what has been recorded so far (safe to plot while training)."""
+        if self.history is not None:
+            return self.history
+        live = self._live
+        if live is None:
+            return History(task=self.data.task)
+        # list slicing is atomic under the GIL, so each copy is a valid prefix of the run.
+        return replace(live, step_loss=live.step_loss[:], epochs=live.epochs[:])
+
+    def _run(self) -> None:
+        try:
+            self.history = train(self.model, self.data, self.cfg, self._callbacks)
+        except MaaslabError as err:
+            self.error = str(err)
+        except Exception as err:  # a bug: keep the UI alive and the traceback for the log
+            self.error = f"training failed: {type(err).__name__}: {err}"
+            self.trace = traceback.format_exc()

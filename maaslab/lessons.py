@@ -1,0 +1,77 @@
+"""The lesson catalogue: `lessons/NN_slug.md` files with YAML front matter.
+
+Front matter fields: title, notebook (path from the repository root), page (an app page file
+stem, e.g. training_studio), minutes, objectives (a list). The body is the guide in Markdown.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from maaslab.errors import MaaslabError
+from maaslab.paths import LESSONS_DIR
+
+_FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*\n(.*)\Z", re.S)
+_NAME = re.compile(r"\A(\d{2})_([a-z0-9_]+)\.md\Z")
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """One lesson: its guide, its notebook and the app page that demos it."""
+
+    number: int
+    slug: str  # "00_tour"
+    title: str
+    notebook: str  # "notebooks/00_tour.ipynb"
+    page: str  # app page file stem, "" if the lesson has none
+    minutes: int
+    objectives: tuple[str, ...]
+    body: str  # the guide's Markdown, without the front matter
+
+    @property
+    def path(self) -> Path:
+        """The guide's file."""
+        return LESSONS_DIR / f"{self.slug}.md"
+
+
+def parse_lesson(path: Path) -> Lesson:
+    """Read one guide; a missing or malformed front matter raises MaaslabError naming the file."""
+    match = _NAME.match(path.name)
+    if not match:
+        raise MaaslabError(f"{path.name}: lesson files are named NN_slug.md")
+    front = _FRONT.match(path.read_text(encoding="utf-8"))
+    if not front:
+        raise MaaslabError(f"{path}: missing '---' front matter")
+    try:
+        meta = yaml.safe_load(front.group(1)) or {}
+    except yaml.YAMLError as err:
+        raise MaaslabError(f"{path}: front matter is not valid YAML: {err}") from None
+    missing = [k for k in ("title", "notebook", "minutes", "objectives") if k not in meta]
+    if missing:
+        raise MaaslabError(f"{path}: front matter lacks {', '.join(missing)}")
+    return Lesson(
+        number=int(match.group(1)),
+        slug=path.stem,
+        title=str(meta["title"]),
+        notebook=str(meta["notebook"]),
+        page=str(meta.get("page") or ""),
+        minutes=int(meta["minutes"]),
+        objectives=tuple(str(o) for o in meta["objectives"]),
+        body=front.group(2).strip(),
+    )
+
+
+def load_lessons(folder: Path = LESSONS_DIR) -> list[Lesson]:
+    """All lessons in `folder`, in lesson-number order."""
+    return sorted(
+        (parse_lesson(p) for p in folder.glob("[0-9][0-9]_*.md")), key=lambda les: les.number
+    )
+
+
+def lesson_for_page(page: str, folder: Path = LESSONS_DIR) -> Lesson | None:
+    """The first lesson whose demo page is `page` (a page file stem), if any."""
+    return next((les for les in load_lessons(folder) if les.page == page), None)

@@ -1,0 +1,161 @@
+"""Plotly figures built from results. Pages call st.plotly_chart(fig), notebooks fig.show().
+
+Functions here return go.Figure and never display anything, so a page and a notebook that pass
+the same result get the same figure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from maaslab.data import Dataset
+from maaslab.train import History
+
+TRAIN_COLOR = "#4f46e5"
+TEST_COLOR = "#f97316"
+STEP_COLOR = "rgba(79, 70, 229, 0.25)"
+CLASS_COLORS = ("#f97316", "#2563eb", "#16a34a", "#dc2626", "#9333ea", "#0891b2")
+
+
+def _step_x(history: History) -> np.ndarray:
+    # Steps placed on the epoch axis: step i of an epoch with S steps sits at epoch + i / S.
+    per_epoch = max(history.steps_per_epoch, 1)
+    return np.arange(1, len(history.step_loss) + 1) / per_epoch
+
+
+def _finite(values: list) -> list:
+    # Plotly draws NaN/inf as gaps only if they are None.
+    return [v if v is not None and np.isfinite(v) else None for v in values]
+
+
+def loss_curve(history: History, *, show_steps: bool = True) -> go.Figure:
+    """Train and test loss per epoch, with the per-step training loss faintly behind."""
+    fig = go.Figure()
+    if show_steps and history.step_loss:
+        fig.add_scatter(
+            x=_step_x(history),
+            y=_finite(history.step_loss),
+            name="train (per step)",
+            mode="lines",
+            line={"color": STEP_COLOR, "width": 1},
+        )
+    epochs = history.column("epoch")
+    fig.add_scatter(
+        x=epochs,
+        y=_finite(history.column("train_loss")),
+        name="train",
+        mode="lines+markers",
+        line={"color": TRAIN_COLOR},
+    )
+    fig.add_scatter(
+        x=epochs,
+        y=_finite(history.column("test_loss")),
+        name="test",
+        mode="lines+markers",
+        line={"color": TEST_COLOR},
+    )
+    fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="loss", **_layout())
+    return fig
+
+
+def accuracy_curve(history: History) -> go.Figure:
+    """Train and test accuracy per epoch (empty axes for regression)."""
+    fig = go.Figure()
+    if history.task == "classification":
+        epochs = history.column("epoch")
+        fig.add_scatter(
+            x=epochs,
+            y=history.column("train_accuracy"),
+            name="train",
+            mode="lines+markers",
+            line={"color": TRAIN_COLOR},
+        )
+        fig.add_scatter(
+            x=epochs,
+            y=history.column("test_accuracy"),
+            name="test",
+            mode="lines+markers",
+            line={"color": TEST_COLOR},
+        )
+    fig.update_layout(
+        title="Accuracy",
+        xaxis_title="epoch",
+        yaxis_title="accuracy",
+        yaxis_range=[0, 1.02],
+        **_layout(),
+    )
+    return fig
+
+
+def training_curves(history: History) -> go.Figure:
+    """Loss and accuracy side by side: the figure a training run ends with."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("Loss", "Accuracy"))
+    for trace in loss_curve(history).data:
+        fig.add_trace(trace, row=1, col=1)
+    for trace in accuracy_curve(history).data:
+        fig.add_trace(trace.update(showlegend=False), row=1, col=2)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_yaxes(title_text="loss", row=1, col=1)
+    fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=2)
+    fig.update_layout(**_layout())
+    return fig
+
+
+def grad_norm_curve(history: History) -> go.Figure:
+    """Mean gradient L2 norm per layer and epoch (log scale): vanishing or exploding gradients."""
+    fig = go.Figure()
+    layers = list(history.epochs[-1].grad_norms) if history.epochs else []
+    for layer in layers:
+        fig.add_scatter(
+            x=history.column("epoch"),
+            y=[e.grad_norms.get(layer) for e in history.epochs],
+            name=layer,
+            mode="lines+markers",
+        )
+    fig.update_layout(
+        title="Gradient norm per layer",
+        xaxis_title="epoch",
+        yaxis_title="‖∇‖",
+        yaxis_type="log",
+        **_layout(),
+    )
+    return fig
+
+
+def dataset_scatter(data: Dataset) -> go.Figure:
+    """The points of a 2-D dataset, train as circles and test as crosses, coloured by class."""
+    if data.n_features != 2:
+        raise ValueError(f"dataset_scatter needs 2-D data; {data.name} has {data.n_features}")
+    fig = go.Figure()
+    for split, X, y, symbol in (
+        ("train", data.X_train, data.y_train, "circle"),
+        ("test", data.X_test, data.y_test, "x"),
+    ):
+        for k, name in enumerate(data.class_names):
+            mask = y == k
+            fig.add_scatter(
+                x=X[mask, 0],
+                y=X[mask, 1],
+                mode="markers",
+                name=f"{split} · class {name}",
+                marker={"color": CLASS_COLORS[k % len(CLASS_COLORS)], "symbol": symbol, "size": 6},
+            )
+    fig.update_layout(
+        title=data.description,
+        xaxis_title="x1",
+        yaxis_title="x2",
+        **_layout(),
+    )
+    fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def _layout() -> dict:
+    return {
+        "template": "plotly_white",
+        "margin": {"l": 50, "r": 20, "t": 50, "b": 45},
+        "legend": {"orientation": "h", "y": -0.2},
+        "height": 360,
+    }

@@ -1,0 +1,359 @@
+"""THE training loop: `train(model, data, cfg, callbacks)` -> History.
+
+Notebooks, the Training Studio, the CLI and (later) DDP all call this one function. It records
+per-step loss, per-epoch train/test loss and accuracy, per-layer gradient norms and wall time;
+callbacks watch it and may stop it; with a checkpoint folder it saves after every epoch and can
+resume from there, continuing exactly where it stopped (weights, optimizer, random streams).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from maaslab.callbacks import Callback, TrainState
+from maaslab.data import Dataset, make_loaders
+from maaslab.device import get_device
+from maaslab.errors import MaaslabError
+from maaslab.models import model_config
+from maaslab.registry import (
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    atomic_folder,
+    read_config,
+    read_safetensors,
+    state_to_safetensors,
+    write_json,
+    write_model_files,
+)
+
+OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+STATE_FILE = "trainer_state.json"
+OPTIM_FILE = "optimizer.safetensors"
+RNG_FILE = "rng.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; stored in every checkpoint."""
+
+    epochs: int = 20  # passes over the training split (resume counts the ones already done)
+    batch_size: int = 32  # examples per optimizer step
+    optimizer: str = "adam"  # one of OPTIMIZERS; "momentum" is SGD with `momentum`
+    lr: float = 0.01  # learning rate
+    momentum: float = 0.9  # used by "momentum" and "rmsprop"
+    weight_decay: float = 0.0  # L2 penalty added by the optimizer
+    seed: int = 0  # seeds initial shuffling and dropout; the model is built by the caller
+    device: str | None = None  # None -> maaslab.device.get_device() (MAASLAB_DEVICE honoured)
+    checkpoint_dir: str | None = None  # save a checkpoint here after epochs; None = no saving
+    checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
+    resume: bool = False  # continue from the checkpoint in checkpoint_dir (it must hold one)
+    grad_norm_every: int = 5  # steps between per-layer gradient-norm samples (0 = never)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise MaaslabError(
+                f"unknown optimizer {self.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.epochs < 1 or self.batch_size < 1:
+            raise MaaslabError("epochs and batch_size must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MaaslabError(f"learning rate must be a positive number, got {self.lr}")
+        if self.resume and not self.checkpoint_dir:
+            raise MaaslabError("resume needs a checkpoint_dir to resume from")
+
+
+@dataclass
+class EpochRecord:
+    """Metrics of one finished epoch."""
+
+    epoch: int  # 1-based
+    train_loss: float
+    test_loss: float
+    train_accuracy: float | None  # None for regression
+    test_accuracy: float | None
+    grad_norms: dict[str, float]  # layer -> mean gradient L2 norm over the sampled steps
+    seconds: float  # wall time of the epoch, evaluation included
+
+
+@dataclass
+class History:
+    """Everything a training run recorded; JSON round-trips through to_dict / from_dict."""
+
+    task: str = "classification"
+    step_loss: list[float] = field(default_factory=list)  # one entry per optimizer step
+    epochs: list[EpochRecord] = field(default_factory=list)
+    steps_per_epoch: int = 0  # optimizer steps in one full epoch (to place steps on an epoch axis)
+    wall_time: float = 0.0  # seconds spent in train(), summed over resumed runs
+    stopped_early: bool = False  # a callback stopped it before cfg.epochs
+
+    @property
+    def last(self) -> EpochRecord | None:
+        """The most recent finished epoch, or None."""
+        return self.epochs[-1] if self.epochs else None
+
+    def column(self, name: str) -> list[Any]:
+        """One metric across epochs, e.g. history.column("test_loss")."""
+        return [getattr(e, name) for e in self.epochs]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> History:
+        """Inverse of to_dict."""
+        names = {f.name for f in fields(cls)}
+        h = cls(**{k: v for k, v in d.items() if k in names and k != "epochs"})
+        h.epochs = [EpochRecord(**e) for e in d.get("epochs", [])]
+        return h
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The torch optimizer named by cfg.optimizer."""
+    params, wd = model.parameters(), cfg.weight_decay
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, weight_decay=wd)
+    if cfg.optimizer == "momentum":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=0.0, weight_decay=wd)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
+
+
+def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """Parameters grouped by the module that owns them ("hidden1": [weight, bias], ...)."""
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(name.rsplit(".", 1)[0].removeprefix("layers."), []).append(p)
+    return groups
+
+
+def _loss_fn(task: str) -> nn.Module:
+    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+
+
+def _targets(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    return y.view_as(out) if y.dtype.is_floating_point else y
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, task: str) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None for regression) of `model` over a loader, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_fn = _loss_fn(task)
+    total_loss, correct, count = 0.0, 0, 0
+    for xb, yb in loader:
+        out = model(xb)
+        total_loss += loss_fn(out, _targets(yb, out)).item() * len(yb)
+        if task == "classification":
+            correct += (out.argmax(1) == yb).sum().item()
+        count += len(yb)
+    model.train(was_training)
+    return total_loss / max(count, 1), (
+        correct / max(count, 1) if task == "classification" else None
+    )
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    folder: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    history: History,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> None:
+    """Write a resumable checkpoint folder (a model folder plus optimizer, RNG and history)."""
+    opt_state = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for idx, slots in opt_state["state"].items():
+        for key, value in slots.items():
+            target = tensors if isinstance(value, torch.Tensor) else scalars
+            target[f"{idx}.{key}"] = value
+    with atomic_folder(folder, overwrite=True) as staging:
+        write_model_files(model, {**model_config(model), "metadata": {}}, staging)
+        state_to_safetensors(tensors or {"_empty": torch.zeros(0)}, staging / OPTIM_FILE)
+        state_to_safetensors(
+            {"torch": torch.get_rng_state(), "loader": generator.get_state()}, staging / RNG_FILE
+        )
+        write_json(
+            staging / STATE_FILE,
+            {
+                "epoch": len(history.epochs),
+                "train_config": asdict(cfg),
+                "optimizer_scalars": scalars,
+                "param_groups": opt_state["param_groups"],
+                "history": history.to_dict(),
+            },
+        )
+
+
+def load_checkpoint(
+    folder: str | Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    generator: torch.Generator,
+) -> History:
+    """Restore model, optimizer and random streams from `folder`; return the saved History."""
+    folder = Path(folder)
+    saved = read_config(folder)
+    if saved.get("model_type") != model_config(model)["model_type"] or saved.get(
+        "config"
+    ) != json.loads(json.dumps(model_config(model)["config"])):
+        raise MaaslabError(f"checkpoint in {folder} was made for a different model: {saved}")
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        raise MaaslabError(f"{folder} is not a training checkpoint ({STATE_FILE}: {err})") from None
+    if state["train_config"]["optimizer"] != cfg.optimizer:
+        raise MaaslabError(
+            f"checkpoint used optimizer {state['train_config']['optimizer']!r}, "
+            f"not {cfg.optimizer!r}; resume with the same optimizer"
+        )
+    model.load_state_dict(read_safetensors(folder / WEIGHTS_FILE))
+    slots: dict[int, dict[str, Any]] = {}
+    flat = {**read_safetensors(folder / OPTIM_FILE), **state["optimizer_scalars"]}
+    for key, value in flat.items():
+        if key == "_empty":
+            continue
+        idx, name = key.split(".", 1)
+        slots.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
+    rng = read_safetensors(folder / RNG_FILE)
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["loader"])
+    return History.from_dict(state["history"])
+
+
+def has_checkpoint(folder: str | Path | None) -> bool:
+    """True if `folder` holds a trainer checkpoint."""
+    return (
+        bool(folder)
+        and (Path(folder) / STATE_FILE).is_file()
+        and (Path(folder) / CONFIG_FILE).is_file()
+    )
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+
+def train(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig = TrainConfig(),
+    callbacks: Sequence[Callback] = (),
+) -> History:
+    """Train `model` on `data` with `cfg`; return the History (also when a callback stops it).
+
+    Parameters
+    ----------
+    model : any nn.Module mapping a batch of `data` inputs to logits (or regression outputs).
+    data : a Dataset from maaslab.data.load_dataset.
+    cfg : optimizer, epochs, batch size, seed, device, checkpointing.
+    callbacks : objects with on_train_begin / on_step_end / on_epoch_end / on_train_end; any of
+        them may set `state.stop = True` to end training after the current step.
+    """
+    device = get_device(cfg.device)
+    model.to(device).train()
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader, test_loader = make_loaders(
+        data, cfg.batch_size, device=device, generator=generator
+    )
+    optimizer = make_optimizer(model, cfg)
+    history = History(task=data.task)
+    if cfg.resume:
+        if not has_checkpoint(cfg.checkpoint_dir):
+            raise MaaslabError(f"no training checkpoint to resume from in {cfg.checkpoint_dir}")
+        history = load_checkpoint(cfg.checkpoint_dir, model, optimizer, cfg, generator)
+        history.stopped_early = False
+    history.steps_per_epoch = len(train_loader)
+    loss_fn = _loss_fn(data.task)
+    groups = layer_groups(model)
+    classify = data.task == "classification"
+    state = TrainState(model=model, history=history, total_epochs=cfg.epochs, config=cfg)
+    state.epoch = len(history.epochs)
+    state.step = len(history.step_loss)
+    started = time.perf_counter()
+    for cb in callbacks:
+        cb.on_train_begin(state)
+
+    while state.epoch < cfg.epochs and not state.stop:
+        epoch_start = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        norm_sums = dict.fromkeys(groups, 0.0)
+        norm_samples = 0
+        for xb, yb in train_loader:
+            out = model(xb)
+            loss = loss_fn(out, _targets(yb, out))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_norm_every and state.step % cfg.grad_norm_every == 0:
+                for name, params in groups.items():
+                    grads = [p.grad for p in params if p.grad is not None]
+                    if grads:
+                        norm_sums[name] += torch.linalg.vector_norm(
+                            torch.stack(torch._foreach_norm(grads))
+                        ).item()
+                norm_samples += 1
+            optimizer.step()
+            loss_value = loss.item()
+            history.step_loss.append(loss_value)
+            loss_sum += loss_value * len(yb)
+            seen += len(yb)
+            if classify:
+                correct += (out.argmax(1) == yb).sum().item()
+            state.step += 1
+            state.last_loss = loss_value
+            for cb in callbacks:
+                cb.on_step_end(state)
+            if state.stop:
+                break
+        if state.stop and seen < len(data.y_train):
+            break  # a partial epoch is not recorded as an epoch; its steps are in step_loss
+        test_loss, test_acc = evaluate(model, test_loader, data.task)
+        state.epoch += 1
+        history.epochs.append(
+            EpochRecord(
+                epoch=state.epoch,
+                train_loss=loss_sum / seen,
+                test_loss=test_loss,
+                train_accuracy=correct / seen if classify else None,
+                test_accuracy=test_acc,
+                grad_norms={k: v / norm_samples for k, v in norm_sums.items()}
+                if norm_samples
+                else {},
+                seconds=time.perf_counter() - epoch_start,
+            )
+        )
+        for cb in callbacks:
+            cb.on_epoch_end(state)
+        last = state.epoch == cfg.epochs or state.stop
+        if cfg.checkpoint_dir and (last or state.epoch % cfg.checkpoint_every == 0):
+            history.wall_time += time.perf_counter() - started
+            started = time.perf_counter()
+            save_checkpoint(cfg.checkpoint_dir, model, optimizer, history, cfg, generator)
+
+    history.wall_time += time.perf_counter() - started
+    history.stopped_early = state.stop and state.epoch < cfg.epochs
+    for cb in callbacks:
+        cb.on_train_end(state)
+    model.eval()
+    return history
