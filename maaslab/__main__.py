@@ -134,12 +134,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from maaslab.callbacks import TqdmProgress
     from maaslab.data import load_dataset
     from maaslab.models import build_model
-    from maaslab.paths import RUNS_DIR
+    from maaslab.paths import runs_dir
     from maaslab.registry import save_model
     from maaslab.runtime import seed_everything
-    from maaslab.train import TrainConfig, train
+    from maaslab.train import TrainConfig, run_metadata, train
 
-    out = args.out or RUNS_DIR / "models" / f"{args.dataset}-{args.model}"
+    out = args.out or runs_dir() / "models" / f"{args.dataset}-{args.model}"
     if out.exists() and not args.overwrite:  # fail before training, not after
         raise MaaslabError(f"{out} already exists; pass --overwrite or choose another --out")
     if args.resume and not args.checkpoint_dir:
@@ -161,18 +161,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     callbacks = [] if args.quiet else [TqdmProgress(desc=f"{data.name}/{args.model}")]
     history = train(model, data, cfg, callbacks)
-    last = history.last
-    metrics = {"test_loss": last.test_loss, "test_accuracy": last.test_accuracy} if last else {}
     save_model(
-        model.cpu(), out, overwrite=args.overwrite,
-        metadata={
-            "dataset": data.name, "data_args": {k: data.meta[k] for k in
-            ("seed", "test_fraction", "standardize", "n_samples", "noise") if k in data.meta},
-            "class_names": list(data.class_names), "feature_names": list(data.feature_names),
-            "train_config": vars(cfg), "epochs_trained": len(history.epochs),
-            "metrics": metrics,
-        },
-    )  # fmt: skip
+        model.cpu(), out, overwrite=args.overwrite, metadata=run_metadata(data, cfg, history)
+    )
+    last = history.last
     score = (
         f"test accuracy {last.test_accuracy:.3f}" if last and last.test_accuracy is not None
         else f"test loss {last.test_loss:.4f}" if last else "no full epoch"

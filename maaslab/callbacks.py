@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -111,3 +112,26 @@ class TqdmProgress(Callback):
         """Close the bar."""
         if self.bar is not None:
             self.bar.close()
+
+
+class Throttle(Callback):
+    """Make each epoch last at least `seconds`, so a live view can be watched (0 = full speed).
+
+    Tiny 2-D problems train hundreds of epochs per second; a classroom wants to see the curve
+    move. The pause is taken between epochs, so what is learned does not change.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = max(0.0, seconds)
+        self._t0 = time.perf_counter()
+
+    def on_train_begin(self, state: TrainState) -> None:
+        """Start the first epoch's clock."""
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Sleep what is left of the epoch's minimum duration."""
+        left = self.seconds - (time.perf_counter() - self._t0)
+        if left > 0:
+            time.sleep(left)
+        self._t0 = time.perf_counter()

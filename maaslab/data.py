@@ -249,7 +249,9 @@ def make_loaders(
     test_set = TensorDataset(*to_tensors(data.X_test, data.y_test, device))
     train_sampler = BatchSampler(RandomSampler(train_set, generator=generator), batch_size, False)
     test_sampler = BatchSampler(SequentialSampler(test_set), max(batch_size, 256), False)
+    # Each loader draws its per-iteration base seed from its own generator, not from the global
+    # RNG, so evaluating on the test set never shifts the dropout masks of the next epoch.
     return (
-        DataLoader(train_set, sampler=train_sampler, batch_size=None),
-        DataLoader(test_set, sampler=test_sampler, batch_size=None),
+        DataLoader(train_set, sampler=train_sampler, batch_size=None, generator=generator),
+        DataLoader(test_set, sampler=test_sampler, batch_size=None, generator=torch.Generator()),
     )

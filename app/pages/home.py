@@ -1,0 +1,48 @@
+"""Home: what MaaS Lab is and the lesson list, each linked to its page, guide and notebook."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from maaslab.errors import MaaslabError
+from maaslab.lessons import load_lessons
+
+PAGES_DIR = Path(__file__).parent
+
+st.title("MaaS Lab")
+st.markdown(
+    "Large models as a service, end to end and offline: start with gradient descent written by "
+    "hand, end by serving a transformer behind a real API, explaining its answers and compressing "
+    "it. Every lesson is a **guide**, a **notebook** and a **page** of this app, all computed by "
+    "the same `maaslab` package, so the same input and seed give the same numbers everywhere."
+)
+
+try:
+    lessons = load_lessons()
+except MaaslabError as err:
+    st.error(f"The lesson list could not be read: {err}")
+    st.stop()
+
+st.header("Lessons")
+if not lessons:
+    st.info("No lessons found in lessons/.")
+for lesson in lessons:
+    with st.container(border=True):
+        st.subheader(f"{lesson.number:02d} · {lesson.title}")
+        st.caption(f"{lesson.minutes} minutes · notebook `{lesson.notebook}`")
+        st.markdown("\n".join(f"- {objective}" for objective in lesson.objectives))
+        cols = st.columns(3)
+        with cols[0]:
+            st.page_link(
+                "pages/guide.py",
+                label="Read the guide",
+                icon=":material/menu_book:",
+                query_params={"lesson": lesson.slug},
+            )
+        if lesson.page and (PAGES_DIR / f"{lesson.page}.py").is_file():
+            with cols[1]:
+                st.page_link(
+                    f"pages/{lesson.page}.py", label="Open the page", icon=":material/play_arrow:"
+                )
+        with cols[2]:
+            st.code(f".venv/bin/jupyter lab {lesson.notebook}", language="bash")

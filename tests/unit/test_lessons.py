@@ -1,0 +1,49 @@
+import ast
+
+import pytest
+
+from maaslab import MaaslabError
+from maaslab.lessons import load_lessons, parse_lesson
+from maaslab.paths import ROOT
+
+
+def _router_pages() -> set[str]:
+    tree = ast.parse((ROOT / "app" / "streamlit_app.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "PAGES":
+            return {entry[1] for entry in ast.literal_eval(node.value)}
+    raise AssertionError("PAGES not found in the router")
+
+
+def test_every_lesson_has_a_notebook_and_a_routed_page():
+    lessons = load_lessons()
+    assert lessons and lessons[0].slug == "00_tour"
+    routed = _router_pages()
+    for lesson in lessons:
+        assert (ROOT / lesson.notebook).is_file(), lesson.notebook
+        assert lesson.objectives and lesson.minutes > 0
+        assert "## " in lesson.body  # a guide, not just front matter
+        if lesson.page:
+            assert (ROOT / "app" / "pages" / f"{lesson.page}.py").is_file()
+            assert lesson.page in routed
+
+
+def test_every_page_file_is_routed():
+    files = {p.stem for p in (ROOT / "app" / "pages").glob("*.py")}
+    assert files == _router_pages()
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("tour.md", "---\ntitle: x\n---\n", "named NN_slug.md"),
+        ("01_x.md", "# no front matter\n", "missing '---' front matter"),
+        ("01_x.md", "---\ntitle: [unclosed\n---\nbody\n", "not valid YAML"),
+        ("01_x.md", "---\ntitle: x\n---\nbody\n", "lacks notebook, minutes, objectives"),
+    ],
+)
+def test_malformed_guides_are_named(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(MaaslabError, match=message):
+        parse_lesson(path)
