@@ -287,6 +287,10 @@ def train(
     history.steps_per_epoch = len(train_loader)
     loss_fn = _loss_fn(data.task)
     groups = layer_groups(model)
+    layer_names = list(groups)
+    grad_params = [p for params in groups.values() for p in params]
+    # layer index of each parameter, to sum squared norms per layer in one index_add_
+    layer_of = torch.tensor([i for i, ps in enumerate(groups.values()) for _ in ps], device=device)
     classify = data.task == "classification"
     state = TrainState(model=model, history=history, total_epochs=cfg.epochs, config=cfg)
     state.epoch = len(history.epochs)
@@ -297,8 +301,9 @@ def train(
 
     while state.epoch < cfg.epochs and not state.stop:
         epoch_start = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        norm_sums = dict.fromkeys(groups, 0.0)
+        loss_sum, seen = 0.0, 0
+        correct = torch.zeros((), dtype=torch.long, device=device)  # summed on device, read once
+        norm_sums = torch.zeros(len(layer_names), device=device)
         norm_samples = 0
         for xb, yb in train_loader:
             out = model(xb)
@@ -306,12 +311,9 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_norm_every and state.step % cfg.grad_norm_every == 0:
-                for name, params in groups.items():
-                    grads = [p.grad for p in params if p.grad is not None]
-                    if grads:
-                        norm_sums[name] += torch.linalg.vector_norm(
-                            torch.stack(torch._foreach_norm(grads))
-                        ).item()
+                grads = [p.grad if p.grad is not None else torch.zeros(1) for p in grad_params]
+                squares = torch.stack(torch._foreach_norm(grads)).square()
+                norm_sums += torch.zeros_like(norm_sums).index_add_(0, layer_of, squares).sqrt()
                 norm_samples += 1
             optimizer.step()
             loss_value = loss.item()
@@ -319,7 +321,7 @@ def train(
             loss_sum += loss_value * len(yb)
             seen += len(yb)
             if classify:
-                correct += (out.argmax(1) == yb).sum().item()
+                correct += (out.argmax(1) == yb).sum()
             state.step += 1
             state.last_loss = loss_value
             for cb in callbacks:
@@ -335,9 +337,9 @@ def train(
                 epoch=state.epoch,
                 train_loss=loss_sum / seen,
                 test_loss=test_loss,
-                train_accuracy=correct / seen if classify else None,
+                train_accuracy=correct.item() / seen if classify else None,
                 test_accuracy=test_acc,
-                grad_norms={k: v / norm_samples for k, v in norm_sums.items()}
+                grad_norms=dict(zip(layer_names, (norm_sums / norm_samples).tolist(), strict=True))
                 if norm_samples
                 else {},
                 seconds=time.perf_counter() - epoch_start,

@@ -23,6 +23,10 @@ except MaaslabError as err:
     st.error(f"The lesson list could not be read: {err}")
     st.stop()
 
+st.markdown(
+    "**Start here:** read a lesson's guide, open its notebook in JupyterLab (the command under "
+    "each lesson), and demo it on its page. Every page works offline on a laptop CPU."
+)
 st.header("Lessons")
 if not lessons:
     st.info("No lessons found in lessons/.")
@@ -31,7 +35,7 @@ for lesson in lessons:
         st.subheader(f"{lesson.number:02d} · {lesson.title}")
         st.caption(f"{lesson.minutes} minutes · notebook `{lesson.notebook}`")
         st.markdown("\n".join(f"- {objective}" for objective in lesson.objectives))
-        cols = st.columns(3)
+        cols = st.columns(2)
         with cols[0]:
             st.page_link(
                 "pages/guide.py",
@@ -44,5 +48,4 @@ for lesson in lessons:
                 st.page_link(
                     f"pages/{lesson.page}.py", label="Open the page", icon=":material/play_arrow:"
                 )
-        with cols[2]:
-            st.code(f".venv/bin/jupyter lab {lesson.notebook}", language="bash")
+        st.code(f".venv/bin/jupyter lab {lesson.notebook}", language="bash")
