@@ -17,7 +17,7 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-SHOTS = ROOT / "test-results"
+SHOTS = ROOT / "runs" / "screenshots"  # pytest-playwright empties test-results/ each run
 
 
 def pytest_collection_modifyitems(config, items):
@@ -82,8 +82,8 @@ def app_url(tmp_path_factory):
 
 @pytest.fixture
 def shot(page):
-    """Save a screenshot under test-results/ (kept for a person to look at)."""
-    SHOTS.mkdir(exist_ok=True)
+    """Save a screenshot under runs/screenshots/ (kept for a person to look at)."""
+    SHOTS.mkdir(parents=True, exist_ok=True)
 
     def take(name: str) -> Path:
         path = SHOTS / f"{name}.png"

@@ -24,6 +24,7 @@ def test_home_renders_the_lesson_list(page: Page, app_url, shot):
     expect(page.get_by_role("heading", name="MaaS Lab").first).to_be_visible(timeout=30_000)
     for lesson in load_lessons():
         expect(page.get_by_text(f"{lesson.number:02d} · {lesson.title}")).to_be_visible()
+        expect(page.get_by_text(f"jupyter lab {lesson.notebook}")).to_be_visible()
     expect(page.get_by_text("Device: cpu").or_(page.get_by_text("Device: cuda"))).to_be_visible()
     shot("home")
     page.get_by_role("link", name="Read the guide").first.click()
