@@ -30,6 +30,18 @@ def _finite(values: list) -> list:
     return [v if v is not None and np.isfinite(v) else None for v in values]
 
 
+def _train_test_lines(fig: go.Figure, history: History, metric: str) -> None:
+    # One line per split for an epoch metric ("loss" or "accuracy").
+    for split, color in (("train", TRAIN_COLOR), ("test", TEST_COLOR)):
+        fig.add_scatter(
+            x=history.column("epoch"),
+            y=_finite(history.column(f"{split}_{metric}")),
+            name=split,
+            mode="lines+markers",
+            line={"color": color},
+        )
+
+
 def loss_curve(history: History, *, show_steps: bool = True) -> go.Figure:
     """Train and test loss per epoch, with the per-step training loss faintly behind."""
     fig = go.Figure()
@@ -41,21 +53,7 @@ def loss_curve(history: History, *, show_steps: bool = True) -> go.Figure:
             mode="lines",
             line={"color": STEP_COLOR, "width": 1},
         )
-    epochs = history.column("epoch")
-    fig.add_scatter(
-        x=epochs,
-        y=_finite(history.column("train_loss")),
-        name="train",
-        mode="lines+markers",
-        line={"color": TRAIN_COLOR},
-    )
-    fig.add_scatter(
-        x=epochs,
-        y=_finite(history.column("test_loss")),
-        name="test",
-        mode="lines+markers",
-        line={"color": TEST_COLOR},
-    )
+    _train_test_lines(fig, history, "loss")
     fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="loss", **_layout())
     return fig
 
@@ -64,21 +62,7 @@ def accuracy_curve(history: History) -> go.Figure:
     """Train and test accuracy per epoch (empty axes for regression)."""
     fig = go.Figure()
     if history.task == "classification":
-        epochs = history.column("epoch")
-        fig.add_scatter(
-            x=epochs,
-            y=history.column("train_accuracy"),
-            name="train",
-            mode="lines+markers",
-            line={"color": TRAIN_COLOR},
-        )
-        fig.add_scatter(
-            x=epochs,
-            y=history.column("test_accuracy"),
-            name="test",
-            mode="lines+markers",
-            line={"color": TEST_COLOR},
-        )
+        _train_test_lines(fig, history, "accuracy")
     fig.update_layout(
         title="Accuracy",
         xaxis_title="epoch",
