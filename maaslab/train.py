@@ -56,7 +56,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None  # save a checkpoint here after epochs; None = no saving
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
     resume: bool = False  # continue from the checkpoint in checkpoint_dir (it must hold one)
-    grad_norm_every: int = 5  # steps between per-layer gradient-norm samples (0 = never)
+    grad_norm_samples: int = 4  # steps per epoch whose per-layer gradient norms are read (0 = off)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -146,6 +146,11 @@ def _loss_fn(task: str) -> nn.Module:
 
 def _targets(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return y.view_as(out) if y.dtype.is_floating_point else y
+
+
+def _accuracy(predictions: list[torch.Tensor], labels: list[torch.Tensor]) -> float:
+    # One comparison per epoch instead of one per step.
+    return (torch.cat(predictions) == torch.cat(labels)).float().mean().item()
 
 
 @torch.no_grad()
@@ -292,6 +297,11 @@ def train(
     # layer index of each parameter, to sum squared norms per layer in one index_add_
     layer_of = torch.tensor([i for i, ps in enumerate(groups.values()) for _ in ps], device=device)
     classify = data.task == "classification"
+    # Gradient norms cost a few kernel launches; reading them on a fixed number of evenly spaced
+    # steps per epoch keeps that cost bounded, however many steps an epoch has.
+    norm_every = (
+        max(1, history.steps_per_epoch // cfg.grad_norm_samples) if cfg.grad_norm_samples else 0
+    )
     state = TrainState(model=model, history=history, total_epochs=cfg.epochs, config=cfg)
     state.epoch = len(history.epochs)
     state.step = len(history.step_loss)
@@ -302,7 +312,8 @@ def train(
     while state.epoch < cfg.epochs and not state.stop:
         epoch_start = time.perf_counter()
         loss_sum, seen = 0.0, 0
-        correct = torch.zeros((), dtype=torch.long, device=device)  # summed on device, read once
+        predictions: list[torch.Tensor] = []  # argmax per step; compared with labels once
+        labels: list[torch.Tensor] = []
         norm_sums = torch.zeros(len(layer_names), device=device)
         norm_samples = 0
         for xb, yb in train_loader:
@@ -310,7 +321,7 @@ def train(
             loss = loss_fn(out, _targets(yb, out))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.grad_norm_every and state.step % cfg.grad_norm_every == 0:
+            if norm_every and state.step % norm_every == 0:
                 grads = [p.grad if p.grad is not None else torch.zeros(1) for p in grad_params]
                 squares = torch.stack(torch._foreach_norm(grads)).square()
                 norm_sums += torch.zeros_like(norm_sums).index_add_(0, layer_of, squares).sqrt()
@@ -321,7 +332,8 @@ def train(
             loss_sum += loss_value * len(yb)
             seen += len(yb)
             if classify:
-                correct += (out.argmax(1) == yb).sum()
+                predictions.append(out.detach().argmax(1))
+                labels.append(yb)
             state.step += 1
             state.last_loss = loss_value
             for cb in callbacks:
@@ -337,7 +349,7 @@ def train(
                 epoch=state.epoch,
                 train_loss=loss_sum / seen,
                 test_loss=test_loss,
-                train_accuracy=correct.item() / seen if classify else None,
+                train_accuracy=_accuracy(predictions, labels) if classify else None,
                 test_accuracy=test_acc,
                 grad_norms=dict(zip(layer_names, (norm_sums / norm_samples).tolist(), strict=True))
                 if norm_samples
