@@ -85,7 +85,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     """Print what this machine offers MaaS Lab; exit 1 if something required is missing."""
     from maaslab.device import describe
     from maaslab.lessons import load_lessons
-    from maaslab.paths import ASSETS_DIR, NOTEBOOKS_DIR, minilm_folder
+    from maaslab.paths import ASSETS_DIR, NOTEBOOKS_DIR, ROOT, minilm_folder
 
     report: dict[str, object] = {"maaslab": __version__, "device": describe().as_dict()}
     versions = {}
@@ -103,9 +103,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         problems.append(str(err))
     lessons = load_lessons()
     report["lessons"] = [les.slug for les in lessons]
-    missing_nb = [
-        les.notebook for les in lessons if not (ASSETS_DIR.parent / les.notebook).is_file()
-    ]
+    missing_nb = [les.notebook for les in lessons if not (ROOT / les.notebook).is_file()]
     problems += [f"lesson notebook missing: {nb}" for nb in missing_nb]
     report["assets"] = sorted(
         str(p.relative_to(ASSETS_DIR)) for p in ASSETS_DIR.rglob("*") if p.is_file()
