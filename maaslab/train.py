@@ -322,7 +322,7 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if norm_every and state.step % norm_every == 0:
-                grads = [p.grad if p.grad is not None else torch.zeros(1) for p in grad_params]
+                grads = [p.grad if p.grad is not None else p.new_zeros(1) for p in grad_params]
                 squares = torch.stack(torch._foreach_norm(grads)).square()
                 norm_sums += torch.zeros_like(norm_sums).index_add_(0, layer_of, squares).sqrt()
                 norm_samples += 1
