@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from maaslab.errors import MaaslabError
-from maaslab.paths import LESSONS_DIR
+from maaslab.paths import LESSONS_DIR, ROOT
 
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*\n(.*)\Z", re.S)
 _NAME = re.compile(r"\A(\d{2})_([a-z0-9_]+)\.md\Z")
@@ -36,6 +36,18 @@ class Lesson:
     def path(self) -> Path:
         """The guide's file."""
         return LESSONS_DIR / f"{self.slug}.md"
+
+    @property
+    def notebook_command(self) -> str:
+        """The shell command that opens this lesson's notebook, from the repository root."""
+        return f".venv/bin/jupyter lab {self.notebook}"
+
+    @property
+    def page_script(self) -> str | None:
+        """The app page that demos this lesson ("pages/<stem>.py"), if it has one that exists."""
+        if self.page and (ROOT / "app" / "pages" / f"{self.page}.py").is_file():
+            return f"pages/{self.page}.py"
+        return None
 
 
 def parse_lesson(path: Path) -> Lesson:

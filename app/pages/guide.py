@@ -1,7 +1,5 @@
 """Lesson guides: read a lesson's guide in the app; the URL (?lesson=00_tour) picks which."""
 
-from pathlib import Path
-
 import streamlit as st
 
 from maaslab.errors import MaaslabError
@@ -37,8 +35,8 @@ with cols[0]:
     st.caption(f"{lesson.minutes} minutes")
     st.markdown("**Objectives**\n\n" + "\n".join(f"- {o}" for o in lesson.objectives))
 with cols[1]:
-    if lesson.page and (Path(__file__).parent / f"{lesson.page}.py").is_file():
-        st.page_link(f"pages/{lesson.page}.py", label="Open the page", icon=":material/play_arrow:")
+    if lesson.page_script:
+        st.page_link(lesson.page_script, label="Open the page", icon=":material/play_arrow:")
     notebook = ROOT / lesson.notebook
     if notebook.is_file():
         st.download_button(
@@ -48,6 +46,6 @@ with cols[1]:
             mime="application/x-ipynb+json",
             icon=":material/download:",
         )
-    st.code(f".venv/bin/jupyter lab {lesson.notebook}", language="bash")
+    st.code(lesson.notebook_command, language="bash")
 st.divider()
 st.markdown(lesson.body)

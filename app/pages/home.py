@@ -1,13 +1,9 @@
 """Home: what MaaS Lab is and the lesson list, each linked to its page, guide and notebook."""
 
-from pathlib import Path
-
 import streamlit as st
 
 from maaslab.errors import MaaslabError
 from maaslab.lessons import load_lessons
-
-PAGES_DIR = Path(__file__).parent
 
 st.title("MaaS Lab")
 st.markdown(
@@ -43,9 +39,9 @@ for lesson in lessons:
                 icon=":material/menu_book:",
                 query_params={"lesson": lesson.slug},
             )
-        if lesson.page and (PAGES_DIR / f"{lesson.page}.py").is_file():
+        if lesson.page_script:
             with cols[1]:
                 st.page_link(
-                    f"pages/{lesson.page}.py", label="Open the page", icon=":material/play_arrow:"
+                    lesson.page_script, label="Open the page", icon=":material/play_arrow:"
                 )
-        st.code(f".venv/bin/jupyter lab {lesson.notebook}", language="bash")
+        st.code(lesson.notebook_command, language="bash")
