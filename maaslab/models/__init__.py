@@ -12,11 +12,13 @@ from typing import Any
 from torch import nn
 
 from maaslab.errors import MaaslabError
+from maaslab.models.cnn import CNN, CNNConfig
 from maaslab.models.mlp import MLP, MLPConfig
 
-# model_type -> (config class, model class). Later models (cnn, gpt, ...) register here.
+# model_type -> (config class, model class). Later models (gpt, ...) register here.
 MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLP),
+    "cnn": (CNNConfig, CNN),
 }
 
 
@@ -53,4 +55,4 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     return {"model_type": model_type, "config": dataclasses.asdict(config)}
 
 
-__all__ = ["MLP", "MODEL_TYPES", "MLPConfig", "build_model", "model_config"]
+__all__ = ["CNN", "MLP", "MODEL_TYPES", "CNNConfig", "MLPConfig", "build_model", "model_config"]

@@ -1,8 +1,4 @@
-"""Plotly figures built from results. Pages call st.plotly_chart(fig), notebooks fig.show().
-
-Functions here return go.Figure and never display anything, so a page and a notebook that pass
-the same result get the same figure.
-"""
+"""Figures of a training run: loss, accuracy and gradient-norm curves, and 2-D datasets."""
 
 from __future__ import annotations
 
@@ -11,12 +7,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from maaslab.data import Dataset
+from maaslab.plots._style import CLASS_COLORS, STEP_COLOR, TEST_COLOR, TRAIN_COLOR, layout
 from maaslab.train import History
-
-TRAIN_COLOR = "#4f46e5"
-TEST_COLOR = "#f97316"
-STEP_COLOR = "rgba(79, 70, 229, 0.25)"
-CLASS_COLORS = ("#f97316", "#2563eb", "#16a34a", "#dc2626", "#9333ea", "#0891b2")
 
 
 def _step_x(history: History) -> np.ndarray:
@@ -54,7 +46,7 @@ def loss_curve(history: History, *, show_steps: bool = True) -> go.Figure:
             line={"color": STEP_COLOR, "width": 1},
         )
     _train_test_lines(fig, history, "loss")
-    fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="loss", **_layout())
+    fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="loss", **layout())
     return fig
 
 
@@ -68,7 +60,7 @@ def accuracy_curve(history: History) -> go.Figure:
         xaxis_title="epoch",
         yaxis_title="accuracy",
         yaxis_range=[0, 1.02],
-        **_layout(),
+        **layout(),
     )
     return fig
 
@@ -83,7 +75,7 @@ def training_curves(history: History) -> go.Figure:
     fig.update_xaxes(title_text="epoch")
     fig.update_yaxes(title_text="loss", row=1, col=1)
     fig.update_yaxes(title_text="accuracy", range=[0, 1.02], row=1, col=2)
-    fig.update_layout(**_layout())
+    fig.update_layout(**layout())
     return fig
 
 
@@ -103,7 +95,7 @@ def grad_norm_curve(history: History) -> go.Figure:
         xaxis_title="epoch",
         yaxis_title="‖∇‖",
         yaxis_type="log",
-        **_layout(),
+        **layout(),
     )
     return fig
 
@@ -130,16 +122,7 @@ def dataset_scatter(data: Dataset) -> go.Figure:
         title=data.description,
         xaxis_title="x1",
         yaxis_title="x2",
-        **_layout(),
+        **layout(),
     )
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
     return fig
-
-
-def _layout() -> dict:
-    return {
-        "template": "plotly_white",
-        "margin": {"l": 50, "r": 20, "t": 50, "b": 45},
-        "legend": {"orientation": "h", "y": -0.2},
-        "height": 360,
-    }
