@@ -4,6 +4,7 @@ Functions here return go.Figure and never display anything, so a page and a note
 the same result get the same figure. One module per area; everything is re-exported here.
 """
 
+from maaslab.plots.surfaces import race_contour, race_loss, surface_contour
 from maaslab.plots.training import (
     accuracy_curve,
     dataset_scatter,
@@ -17,5 +18,8 @@ __all__ = [
     "dataset_scatter",
     "grad_norm_curve",
     "loss_curve",
+    "race_contour",
+    "race_loss",
+    "surface_contour",
     "training_curves",
 ]
