@@ -5,6 +5,7 @@ the same result get the same figure. One module per area; everything is re-expor
 """
 
 from maaslab.plots.surfaces import race_contour, race_loss, surface_contour
+from maaslab.plots.scratch import gradcheck_bars, loss_comparison
 from maaslab.plots.training import (
     accuracy_curve,
     dataset_scatter,
@@ -17,6 +18,8 @@ __all__ = [
     "accuracy_curve",
     "dataset_scatter",
     "grad_norm_curve",
+    "gradcheck_bars",
+    "loss_comparison",
     "loss_curve",
     "race_contour",
     "race_loss",

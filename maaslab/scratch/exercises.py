@@ -44,7 +44,7 @@ def check_relu_backward(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> C
     rng = np.random.default_rng(4)
     x, dout = rng.normal(size=(6, 5)), rng.normal(size=(6, 5))
     got, error = _call(name, fn, dout, x)
-    if error:
+    if error is not None:
         return error
     expected = relu_backward(dout, x)
     if _close(got, dout):
@@ -67,7 +67,7 @@ def check_linear_backward(fn: Callable[..., tuple[np.ndarray, ...]]) -> CheckRes
     rng = np.random.default_rng(5)
     x, W, dout = rng.normal(size=(5, 3)), rng.normal(size=(3, 4)), rng.normal(size=(5, 4))
     got, error = _call(name, fn, dout, x, W)
-    if error:
+    if error is not None:
         return error
     if not isinstance(got, tuple | list) or len(got) != 3:
         return failed(name, "return three arrays: (dx, dW, db).")
@@ -104,7 +104,7 @@ def check_softmax_xent_grad(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) 
     rng = np.random.default_rng(6)
     logits, y = rng.normal(size=(8, 3)) * 2.0, rng.integers(0, 3, size=8)
     got, error = _call(name, fn, logits, y)
-    if error:
+    if error is not None:
         return error
     expected = softmax_cross_entropy(logits, y)[1]
     if _close(got, expected * len(y)):
@@ -117,7 +117,7 @@ def check_softmax_xent_grad(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) 
         return result
     big = logits + 1000.0  # softmax is shift-invariant, so the gradient must not change
     got, error = _call(name, fn, big, y)
-    if error or not np.all(np.isfinite(np.asarray(got, dtype=float))):
+    if error is not None or not np.all(np.isfinite(np.asarray(got, dtype=float))):
         return failed(name, "logits near 1000 give NaN or inf: subtract each row's max before exp.")
     return check_array(name, got, expected, hint="subtract each row's max before exp.")
 
