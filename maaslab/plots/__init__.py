@@ -4,8 +4,8 @@ Functions here return go.Figure and never display anything, so a page and a note
 the same result get the same figure. One module per area; everything is re-exported here.
 """
 
-from maaslab.plots.surfaces import race_contour, race_loss, surface_contour
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
+from maaslab.plots.surfaces import race_contour, race_loss, surface_contour
 from maaslab.plots.training import (
     accuracy_curve,
     dataset_scatter,
