@@ -9,7 +9,7 @@ schedules and returns the same result type, so the figures in `maaslab.plots` dr
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +104,7 @@ def gradient_descent(
     lr: float,
     steps: int,
     theta0: np.ndarray | None = None,
+    free: Sequence[int] | None = None,
     label: str | None = None,
 ) -> GDResult:
     """Full-batch gradient descent theta <- theta - lr * grad J(theta), stopping if it explodes.
@@ -114,6 +115,9 @@ def gradient_descent(
     lr : the step size alpha (> 0).
     steps : number of updates; each uses the gradient on all n examples.
     theta0 : where to start; zeros by default.
+    free : indices of the entries of theta that move (-1 is b); the others keep their theta0
+        values. Freeing two entries with the rest at the optimum makes the descent live exactly
+        on the surface `loss_surface` draws. None moves them all.
     label : legend text; "lr <lr>" by default.
     """
     X, y = as_problem(X, y)
@@ -121,12 +125,18 @@ def gradient_descent(
     if steps < 1:
         raise MaaslabError(f"steps must be at least 1, got {steps}")
     theta = start_theta(theta0, X.shape[1])
+    mask = np.ones_like(theta)
+    if free is not None:
+        if not free or any(not -len(theta) <= k < len(theta) for k in free):
+            raise MaaslabError(f"free must list entries of theta, 0..{len(theta) - 1} or -1")
+        mask = np.zeros_like(theta)
+        mask[list(free)] = 1.0
     thetas, losses = [theta], [mse_loss(theta, X, y)]
     reference = max(losses[0], float(np.var(y)), 1e-12)
     diverged_at = None
     with np.errstate(over="ignore", invalid="ignore"):  # an explosion is reported, not warned
         for step in range(1, steps + 1):
-            theta = theta - lr * mse_gradient(theta, X, y)
+            theta = theta - lr * mask * mse_gradient(theta, X, y)
             thetas.append(theta)
             losses.append(mse_loss(theta, X, y))
             if exploded(losses[-1], reference):

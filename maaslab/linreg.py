@@ -157,6 +157,7 @@ def loss_surface(
     include: Sequence[np.ndarray] = (),
     margin: float = 0.25,
     resolution: int = 81,
+    square: bool = False,
     feature_names: Sequence[str] | None = None,
 ) -> LossSurface:
     """The loss over a grid of two parameters, the rest fixed at the optimum, for a contour.
@@ -168,6 +169,7 @@ def loss_surface(
     include : thetas (or paths of thetas) the grid must cover besides the optimum, e.g. a start.
     margin : extra room around the covered points, as a fraction of the span.
     resolution : grid points per axis.
+    square : give both axes the same span, so a figure with equal axes fills a square.
     feature_names : names for the axis titles; "x0", "x1", ... by default.
     """
     X, y = as_problem(X, y)
@@ -184,8 +186,11 @@ def loss_surface(
         points.extend(row[list(idx)] for row in path if np.all(np.isfinite(row)))
     pts = np.array(points)
     lo, hi = pts.min(axis=0), pts.max(axis=0)
-    pad = margin * np.maximum(hi - lo, np.maximum(np.abs(pts).max(axis=0), 1.0))
-    axes = [np.linspace(lo[k] - pad[k], hi[k] + pad[k], resolution) for k in range(2)]
+    half = (hi - lo) / 2 + margin * np.maximum(hi - lo, np.maximum(np.abs(pts).max(axis=0), 1.0))
+    if square:
+        half[:] = half.max()
+    mid = (lo + hi) / 2
+    axes = [np.linspace(mid[k] - half[k], mid[k] + half[k], resolution) for k in range(2)]
     grid_a, grid_b = np.meshgrid(*axes)  # (B, A) each
     # Residuals are linear in the two free parameters: r = r* + da * column_a + db * column_b.
     design = np.column_stack([X, np.ones(len(y))])

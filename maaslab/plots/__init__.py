@@ -4,6 +4,13 @@ Functions here return go.Figure and never display anything, so a page and a note
 the same result get the same figure. One module per area; everything is re-exported here.
 """
 
+from maaslab.plots.linreg import (
+    batch_size_comparison,
+    fitted_lines,
+    loss_contour,
+    loss_vs_step,
+    schedule_plot,
+)
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
 from maaslab.plots.surfaces import race_contour, race_loss, surface_contour
 from maaslab.plots.training import (
@@ -16,13 +23,18 @@ from maaslab.plots.training import (
 
 __all__ = [
     "accuracy_curve",
+    "batch_size_comparison",
     "dataset_scatter",
+    "fitted_lines",
     "grad_norm_curve",
     "gradcheck_bars",
     "loss_comparison",
+    "loss_contour",
     "loss_curve",
+    "loss_vs_step",
     "race_contour",
     "race_loss",
+    "schedule_plot",
     "surface_contour",
     "training_curves",
 ]
