@@ -146,7 +146,11 @@ def check_gradient_check_result(result: GradCheckResult) -> CheckResult:
     elif len(bad) == len(result.errors):
         hint = "every parameter disagrees: check the loss gradient's sign (p - y) and its 1/N."
     else:
-        hint = "follow the chain backwards from the last layer that still agrees."
+        top = max(int(k[1:]) for k in bad)  # the last layer whose gradients are wrong
+        hint = (
+            f"layers above {top} agree, so the mistake is on the way back into layer {top}: "
+            f"the activation's derivative after it, or its own linear backward."
+        )
     return failed(
         name, f"relative error {result.max_error:.2g} at {result.worst}; wrong: {bad}. {hint}"
     )

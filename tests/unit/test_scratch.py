@@ -1,12 +1,16 @@
 """Lesson 04's NumPy network against torch autograd and finite differences; bugs; checks."""
 
+import ast
 import math
+from pathlib import Path
 
+import nbformat
 import numpy as np
 import pytest
 import torch
 
 from maaslab import MaaslabError, plots
+from maaslab.checks import CheckResult
 from maaslab.data import load_dataset
 from maaslab.scratch import (
     BUGS,
@@ -363,7 +367,7 @@ def test_check_gradient_check_result():
     assert not loose.passed and "too loose" in loose.message
     partial = GradCheckResult({"W1": 1e-9, "b1": 1e-9, "W2": 0.3, "b2": 1e-9}, 10, 1e-6)
     mid = check_gradient_check_result(partial)
-    assert not mid.passed and "['W2']" in mid.message and "chain" in mid.message
+    assert not mid.passed and "['W2']" in mid.message and "into layer 2" in mid.message
     assert "expected the GradCheckResult" in check_gradient_check_result(0.0).message
 
 
@@ -387,3 +391,48 @@ def test_loss_comparison_draws_diverged_runs_as_gaps():
     assert [t.name for t in fig.data] == ["correct", "ascent"]
     assert list(fig.data[1].y) == [0.7, None, None] and list(fig.data[1].x) == [1, 2, 3]
     assert plots.loss_comparison({"a": [1.0]}, log_y=True).layout.yaxis.type == "log"
+
+
+# --- the notebook's exercise cells: the hand-written answers against the library ---------------
+
+NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "04_backprop_from_scratch.ipynb"
+BREAKS = [  # one way to break each exercise's answer, in notebook order
+    ("db = dout.sum(axis=0)", "db = dout"),
+    ("return dout * (x > 0)", "return dout"),
+    ("return p / len(y)", "return p"),
+    ("dz1 = da1 * (1.0 - a1**2)", "dz1 = da1"),
+]
+
+
+def _run_cells(replace: tuple[str, str] | None = None, upto: int = 99) -> list[CheckResult]:
+    # Runs the notebook's setup cells and its exercise cells up to number `upto` (0-based);
+    # returns each exercise's verdict (the cell's last expression).
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    namespace: dict = {}
+    verdicts = []
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type != "code" or not {"setup", "exercise"} & set(tags):
+            continue
+        source = cell.source.replace(*replace) if replace else cell.source
+        tree = ast.parse(source)
+        last = tree.body.pop() if "exercise" in tags else None
+        exec(compile(tree, "<cell>", "exec"), namespace)
+        if last is not None:
+            verdicts.append(eval(compile(ast.Expression(last.value), "<cell>", "eval"), namespace))
+            if len(verdicts) > upto:
+                break
+    return verdicts
+
+
+def test_notebook_exercise_solutions_pass_their_checks():
+    verdicts = _run_cells()
+    assert len(verdicts) == len(BREAKS) == 4
+    assert all(isinstance(v, CheckResult) and v.passed for v in verdicts), verdicts
+
+
+@pytest.mark.parametrize("index", range(len(BREAKS)))
+def test_notebook_exercise_checks_catch_a_broken_answer(index):
+    verdicts = _run_cells(BREAKS[index], upto=index)
+    assert len(verdicts) == index + 1
+    assert all(v.passed for v in verdicts[:index]) and not verdicts[index].passed
