@@ -20,11 +20,24 @@ from maaslab.plots.training import (
     loss_curve,
     training_curves,
 )
+from maaslab.plots.vision import (
+    confusion_matrix_heatmap,
+    conv_filter_grid,
+    digit_grid,
+    feature_map_grid,
+    misclassified_grid,
+    probability_bars,
+    run_comparison,
+)
 
 __all__ = [
     "accuracy_curve",
     "batch_size_comparison",
+    "confusion_matrix_heatmap",
+    "conv_filter_grid",
     "dataset_scatter",
+    "digit_grid",
+    "feature_map_grid",
     "fitted_lines",
     "grad_norm_curve",
     "gradcheck_bars",
@@ -32,8 +45,11 @@ __all__ = [
     "loss_contour",
     "loss_curve",
     "loss_vs_step",
+    "misclassified_grid",
+    "probability_bars",
     "race_contour",
     "race_loss",
+    "run_comparison",
     "schedule_plot",
     "surface_contour",
     "training_curves",
