@@ -131,7 +131,12 @@ def race_contour(
         y=[start[1]],
         mode="markers",
         name="start",
-        marker={"symbol": "circle-open", "size": 16, "color": "white", "line": {"width": 3}},
+        marker={
+            "symbol": "circle",
+            "size": 14,
+            "color": "rgba(255, 255, 255, 0.5)",
+            "line": {"width": 2.5, "color": "#111827"},
+        },
     )
     fig.update_layout(title=f"{result.surface.title}: {steps} steps")
     if animate and steps > 0:
@@ -153,48 +158,57 @@ def _add_animation(fig, result, keeps, first, max_frames) -> None:
             go.Frame(data=lines + dots, name=str(step), traces=list(range(first, first + 2 * n)))
         )
     fig.frames = frames
+    # redraw=True: plotly.js hides a contour trace during a redraw-free animation
+    # (plotly.js issue 4491), and the landscape is the point of this figure.
     still = {
         "mode": "immediate",
-        "frame": {"duration": 0, "redraw": False},
+        "frame": {"duration": 0, "redraw": True},
         "transition": {"duration": 0},
     }
     play = {
-        "frame": {"duration": 80, "redraw": False},
+        "frame": {"duration": 80, "redraw": True},
         "transition": {"duration": 0},
         "fromcurrent": False,
         "mode": "immediate",
     }
+    buttons = [
+        {"label": "▶ Play", "method": "animate", "args": [None, play]},
+        {"label": "Pause", "method": "animate", "args": [[None], still]},
+    ]
+    # Plotly's usual animation layout: buttons at the bottom left, the slider beside them.
     fig.update_layout(
         updatemenus=[
             {
                 "type": "buttons",
                 "direction": "left",
-                "x": 0.0,
-                "y": 1.12,
-                "xanchor": "left",
+                "buttons": buttons,
+                "x": 0.12,
+                "y": 0,
+                "xanchor": "right",
+                "yanchor": "top",
+                "pad": {"t": 48, "r": 10},
                 "showactive": False,
-                "buttons": [
-                    {"label": "▶ Play", "method": "animate", "args": [None, play]},
-                    {"label": "⏸ Pause", "method": "animate", "args": [[None], still]},
-                ],
             }
         ],
         sliders=[
             {
                 "active": len(frames) - 1,
-                "x": 0.0,
-                "len": 1.0,
-                "y": -0.02,
+                "x": 0.12,
+                "len": 0.88,
+                "y": 0,
                 "yanchor": "top",
+                "pad": {"t": 35},
                 "currentvalue": {"prefix": "step "},
-                "pad": {"t": 30},
                 "steps": [
                     {"label": f.name, "method": "animate", "args": [[f.name], still]}
                     for f in frames
                 ],
             }
         ],
-        margin={"b": 110},
+        legend={"orientation": "h", "x": 0, "y": 1.02, "yanchor": "bottom"},
+        title={"y": 0.98, "yanchor": "top"},
+        margin={"t": 110, "b": 110},
+        height=560,
     )
 
 
