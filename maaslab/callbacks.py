@@ -76,14 +76,38 @@ class EarlyStopping(Callback):
                 state.info["early_stopping"] = f"no improvement for {self.patience} epochs"
 
 
-class StopOnNonFinite(Callback):
-    """Stop as soon as the loss becomes NaN or infinite (a diverging learning rate)."""
+class StopOnDivergence(Callback):
+    """Stop a run whose loss becomes NaN/inf, or whose epoch loss explodes past `factor` x start.
+
+    Cross-entropy rarely reaches NaN: with too large a learning rate the logits blow up and the
+    loss jumps to hundreds, then wanders. Both are divergence, and both end the run with a note.
+    """
+
+    def __init__(self, factor: float = 10.0) -> None:
+        self.factor = factor
+        self.start_loss = math.nan
+
+    def on_train_begin(self, state: TrainState) -> None:
+        """Remember the first loss of this run (known after the first step)."""
+        self.start_loss = state.history.step_loss[0] if state.history.step_loss else math.nan
 
     def on_step_end(self, state: TrainState) -> None:
         """Check the step's loss."""
+        if math.isnan(self.start_loss):
+            self.start_loss = state.last_loss
         if not math.isfinite(state.last_loss):
             state.stop = True
-            state.info["diverged"] = f"loss became {state.last_loss} at step {state.step}"
+            state.info["diverged"] = f"the loss became {state.last_loss} at step {state.step}"
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Compare the epoch's mean training loss with the run's first loss."""
+        loss = state.history.epochs[-1].train_loss
+        if self.start_loss > 0 and loss > self.factor * self.start_loss:
+            state.stop = True
+            state.info["diverged"] = (
+                f"the training loss of epoch {state.epoch} was {loss:.4g}, "
+                f"{loss / self.start_loss:.0f}x the loss it started from ({self.start_loss:.4g})"
+            )
 
 
 class TqdmProgress(Callback):

@@ -6,27 +6,51 @@ second; Stop sets an event that the loop checks after every step. Nothing here k
 
 from __future__ import annotations
 
+import copy
 import threading
+import time
 import traceback
 from collections.abc import Sequence
 from dataclasses import replace
 
+import torch
 from torch import nn
 
-from maaslab.callbacks import Callback, StopOnEvent, StopOnNonFinite, TrainState
+from maaslab.callbacks import Callback, StopOnDivergence, StopOnEvent, TrainState
 from maaslab.data import Dataset
 from maaslab.errors import MaaslabError
 from maaslab.train import History, TrainConfig, train
 
+Weights = dict[str, torch.Tensor]
+
+
+def _copy_weights(model: nn.Module) -> Weights:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
 
 class _Watch(Callback):
-    # Keeps a reference to the live History so snapshots can be taken while the loop runs.
+    # Keeps a reference to the live History, and publishes a copy of the weights at most every
+    # `job.weights_every` seconds (at epoch ends), so live views never read a model mid-step.
     def __init__(self, job: TrainingJob) -> None:
         self.job = job
+        self.published = 0.0
 
     def on_train_begin(self, state: TrainState) -> None:
         self.job._live = state.history
         self.job._state = state
+        self.job.initial_weights = self.job._weights = _copy_weights(state.model)
+        # A private CPU copy for live views; building a fresh model instead would draw from the
+        # global torch RNG that this run's dropout and shuffling use.
+        self.job._view = copy.deepcopy(state.model).cpu().eval()
+        self.published = time.perf_counter()
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        if time.perf_counter() - self.published >= self.job.weights_every:
+            self.job._weights = _copy_weights(state.model)
+            self.published = time.perf_counter()
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.job._weights = _copy_weights(state.model)
 
 
 class TrainingJob:
@@ -38,10 +62,15 @@ class TrainingJob:
         data: Dataset,
         cfg: TrainConfig,
         callbacks: Sequence[Callback] = (),
+        weights_every: float = 0.25,
     ) -> None:
         self.model, self.data, self.cfg = model, data, cfg
+        self.weights_every = weights_every  # seconds between weight snapshots for live views
+        self.initial_weights: Weights | None = None  # the weights training started from
+        self._weights: Weights | None = None
+        self._view: nn.Module | None = None
         self._stop = threading.Event()
-        self._callbacks = [_Watch(self), StopOnEvent(self._stop), StopOnNonFinite(), *callbacks]
+        self._callbacks = [_Watch(self), StopOnEvent(self._stop), StopOnDivergence(), *callbacks]
         self._thread = threading.Thread(target=self._run, name="maaslab-train", daemon=True)
         self._live: History | None = None
         self._state: TrainState | None = None
@@ -74,6 +103,15 @@ class TrainingJob:
         return self._stop.is_set()
 
     @property
+    def state(self) -> str:
+        """One word for a status line: training, stopping, failed, stopped or finished."""
+        if self.running:
+            return "stopping" if self.stop_requested else "training"
+        if self.error:
+            return "failed"
+        return "stopped" if self.history is not None and self.history.stopped_early else "finished"
+
+    @property
     def notes(self) -> dict[str, object]:
         """Why training stopped on its own (divergence, early stopping), if it did."""
         return dict(self._state.info) if self._state else {}
@@ -87,6 +125,21 @@ class TrainingJob:
             return History(task=self.data.task)
         # list slicing is atomic under the GIL, so each copy is a valid prefix of the run.
         return replace(live, step_loss=live.step_loss[:], epochs=live.epochs[:])
+
+    def weights(self) -> Weights | None:
+        """The latest published copy of the weights (CPU tensors), or None before training."""
+        return self._weights
+
+    def snapshot_model(self) -> nn.Module | None:
+        """A CPU copy of the model with the latest published weights, in eval mode.
+
+        The copy is shared by every call (live views redraw from one thread at a time).
+        """
+        weights, view = self._weights, self._view
+        if weights is None or view is None:
+            return None
+        view.load_state_dict(weights)
+        return view
 
     def _run(self) -> None:
         try:

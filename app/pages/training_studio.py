@@ -1,82 +1,126 @@
-"""Training Studio: train an MLP on a 2-D toy set and watch it learn; Stop any time, then Save."""
+"""Training Studio: train an MLP or a CNN and watch it learn; Stop any time, then Save."""
 
-import re
+from dataclasses import asdict
 
 import streamlit as st
 
+from maaslab import plots, studio
 from maaslab.callbacks import Throttle
-from maaslab.data import TOY_SETS, load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.jobs import TrainingJob
-from maaslab.models import build_model
 from maaslab.models.mlp import ACTIVATIONS
-from maaslab.paths import runs_dir
-from maaslab.plots import accuracy_curve, dataset_scatter, grad_norm_curve, loss_curve
-from maaslab.registry import save_model
-from maaslab.runtime import seed_everything
-from maaslab.train import OPTIMIZERS, TrainConfig, run_metadata
+from maaslab.studio import StudioConfig
+from maaslab.train import OPTIMIZERS
+from maaslab.urlstate import config_from_params, config_to_params
 
-JOB = "studio.job"
-PACES = {"watch (≥0.05 s per epoch)": 0.05, "slow (≥0.2 s per epoch)": 0.2, "full speed": 0.0}
-
+JOB, CONFIG, WARNINGS = "studio.job", "studio.config", "studio.url_warnings"
+state = st.session_state
 st.title("Training Studio")
-job: TrainingJob | None = st.session_state.get(JOB)
+job: TrainingJob | None = state.get(JOB)
 busy = job is not None and job.running
 
+if CONFIG not in state:  # first visit in this session: the settings come from the link
+    state[CONFIG], state[WARNINGS] = config_from_params(StudioConfig, st.query_params)
+for name, value in asdict(state[CONFIG]).items():
+    state.setdefault(f"studio.{name}", value)  # widgets not drawn last run lose their state
+for warning in state.get(WARNINGS, []):
+    st.warning(warning, icon=":material/link_off:")
+
+
+def choices(options: tuple, name: str) -> list:
+    """The slider's options plus the current value when a link set one between them."""
+    return sorted({*options, state[f"studio.{name}"]})
+
+
+def pace_label(seconds: float) -> str:
+    """How the Pace slider shows its value."""
+    return f"≥{seconds:g} s/epoch" if seconds else "full speed"
+
+
+LIMITS = studio.LIMITS
 left, right = st.columns([1, 3], gap="large")
 with left:
-    dataset = st.selectbox("Dataset", TOY_SETS, key="studio.dataset", disabled=busy)
-    noise = st.slider("Noise", 0.0, 1.0, 0.2, 0.05, key="studio.noise", disabled=busy)
-    n_samples = st.slider("Points", 100, 2000, 400, 50, key="studio.n", disabled=busy)
-    depth = st.slider("Hidden layers", 0, 4, 2, key="studio.depth", disabled=busy)
-    width = st.slider("Neurons per layer", 2, 64, 16, key="studio.width", disabled=busy)
-    activation = st.selectbox("Activation", list(ACTIVATIONS), key="studio.act", disabled=busy)
-    optimizer = st.selectbox("Optimizer", OPTIMIZERS, index=3, key="studio.opt", disabled=busy)
-    lr = st.select_slider(
-        "Learning rate", [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0],
-        value=0.01, key="studio.lr", disabled=busy,
-    )  # fmt: skip
-    batch_size = st.select_slider("Batch size", [1, 4, 8, 16, 32, 64, 128], 32, key="studio.bs",
-                                  disabled=busy)  # fmt: skip
-    epochs = st.number_input("Epochs", 1, 5000, 200, key="studio.epochs", disabled=busy)
-    seed = st.number_input("Seed", 0, 2**31 - 1, 0, key="studio.seed", disabled=busy)
-    pace = st.selectbox("Pace", list(PACES), key="studio.pace", disabled=busy)
+    dataset = st.selectbox("Dataset", studio.DATASETS, key="studio.dataset", disabled=busy)
+    toy = dataset != "digits"
+    st.slider("Noise", *LIMITS["noise"], step=0.05, key="studio.noise", disabled=busy or not toy)
+    st.slider(
+        "Points", *LIMITS["n_samples"], step=50, key="studio.n_samples", disabled=busy or not toy
+    )
+    if toy:
+        state["studio.model"] = "mlp"
+    model = st.radio(
+        "Model",
+        studio.MODELS,
+        key="studio.model",
+        horizontal=True,
+        format_func=str.upper,
+        disabled=busy or toy,
+        help="A CNN needs images: pick digits.",
+    )
+    cnn = model == "cnn"
+    low, high = (1, studio.CNN_MAX_BLOCKS) if cnn else LIMITS["depth"]
+    state["studio.depth"] = min(max(state["studio.depth"], low), high)
+    st.slider(
+        "Conv blocks" if cnn else "Hidden layers", low, high, key="studio.depth", disabled=busy
+    )
+    st.slider(
+        "Filters in block 1" if cnn else "Neurons per layer",
+        1,
+        64,
+        key="studio.width",
+        disabled=busy,
+    )
+    st.selectbox("Activation", list(ACTIVATIONS), key="studio.activation", disabled=busy)
+    st.slider("Dropout", *LIMITS["dropout"], step=0.05, key="studio.dropout", disabled=busy)
+    st.selectbox("Optimizer", OPTIMIZERS, key="studio.optimizer", disabled=busy)
+    for label, name, options in (
+        ("Learning rate", "lr", studio.LR_CHOICES),
+        ("Batch size", "batch_size", studio.BATCH_CHOICES),
+        ("Weight decay", "weight_decay", studio.WEIGHT_DECAY_CHOICES),
+        ("Pace", "pace", studio.PACE_CHOICES),
+    ):
+        st.select_slider(
+            label,
+            choices(options, name),
+            key=f"studio.{name}",
+            disabled=busy,
+            format_func=pace_label if name == "pace" else str,
+        )
+    st.number_input("Epochs", *LIMITS["epochs"], key="studio.epochs", disabled=busy)
+    st.number_input("Seed", *LIMITS["seed"], key="studio.seed", disabled=busy)
+    try:
+        cfg = StudioConfig(**{name: state[f"studio.{name}"] for name in asdict(state[CONFIG])})
+    except MaaslabError as err:
+        st.error(str(err))
+        cfg = None
+    else:
+        state[CONFIG] = cfg
+        st.query_params.from_dict(config_to_params(cfg))  # the link reopens these settings
 
     start_col, stop_col = st.columns(2)
-    if start_col.button("Train", type="primary", disabled=busy, icon=":material/play_arrow:"):
+    if start_col.button(
+        "Train", type="primary", disabled=busy or cfg is None, icon=":material/play_arrow:"
+    ):
         try:
-            data = load_dataset(dataset, n_samples=n_samples, noise=noise, seed=seed)
-            cfg = TrainConfig(epochs=int(epochs), batch_size=batch_size, optimizer=optimizer,
-                              lr=lr, seed=int(seed))  # fmt: skip
-            seed_everything(int(seed))
-            model = build_model("mlp", in_features=2, hidden=(width,) * depth,
-                                out_features=data.out_features, activation=activation)  # fmt: skip
+            run = studio.build_run(cfg)
         except MaaslabError as err:
             st.error(str(err))
         else:
-            job = TrainingJob(model, data, cfg, [Throttle(PACES[pace])]).start()
-            st.session_state[JOB] = job
-            busy = True
+            job = TrainingJob(run.model, run.data, run.train_config, [Throttle(cfg.pace)]).start()
+            state[JOB], state[WARNINGS], busy = job, [], True
     if stop_col.button("Stop", disabled=not busy, icon=":material/stop:"):
         job.stop()
 
 
 @st.fragment(run_every=0.5 if busy else None)
 def live_view() -> None:
-    """Redraw status and curves from the job's snapshot; poll only while training runs."""
-    job: TrainingJob | None = st.session_state.get(JOB)
+    """Redraw status and figures from the job's snapshots; poll only while training runs."""
+    job: TrainingJob | None = state.get(JOB)
     if job is None:
         st.info("Choose a dataset and a network on the left, then press **Train**.")
         return
-    history = job.snapshot()
-    last = history.last
-    if job.running:
-        state = "stopping…" if job.stop_requested else "training…"
-    elif job.error:
-        state = "failed"
-    else:
-        state = "stopped" if history.stopped_early else "finished"
-    line = f"**Status: {state}** · epoch {len(history.epochs)}/{job.cfg.epochs}"
+    history, last = job.snapshot(), job.snapshot().last
+    line = f"**Status: {job.state}** · epoch {len(history.epochs)}/{job.cfg.epochs}"
     line += f" · step {len(history.step_loss)}"
     if last:
         line += f" · train loss {last.train_loss:.4f} · test loss {last.test_loss:.4f}"
@@ -85,30 +129,30 @@ def live_view() -> None:
     if job.error:
         st.error(job.error)
     for reason in job.notes.values():
-        st.warning(f"Training stopped on its own: {reason}")
-    cols = st.columns(3)
-    cols[0].plotly_chart(loss_curve(history), key="studio.loss_chart")
-    cols[1].plotly_chart(accuracy_curve(history), key="studio.acc_chart")
-    cols[2].plotly_chart(grad_norm_curve(history), key="studio.grad_chart")
+        st.warning(f"Training stopped on its own: {reason}. Try a smaller learning rate.")
+    cols = st.columns(2)
+    cols[0].plotly_chart(plots.loss_curve(history), key="studio.loss_chart")
+    cols[1].plotly_chart(plots.accuracy_curve(history), key="studio.acc_chart")
+    snapshot = job.snapshot_model()
+    if snapshot is not None and job.data.n_features == 2:
+        grid = studio.boundary_grid(snapshot, job.data, resolution=60)
+        cols[0].plotly_chart(plots.decision_boundary(grid, job.data), key="studio.boundary")
+    cols[1].plotly_chart(plots.grad_norm_curve(history), key="studio.grad_chart")
+    if snapshot is not None:
+        weights = plots.weight_histograms(job.weights(), job.initial_weights)
+        st.plotly_chart(weights, key="studio.weights_chart")
     if not job.running and busy:
         st.rerun()  # full rerun: re-enable the controls and stop polling
 
 
 with right:
     live_view()
-    job = st.session_state.get(JOB)
-    if job is not None and not job.running and job.history and job.history.epochs:
+    job = state.get(JOB)
+    if job is not None and not job.running and job.history and job.history.step_loss:
         with st.form("studio.save"):
-            name = st.text_input("Save as", f"{job.data.name}-mlp", max_chars=64)
+            name = st.text_input("Save as", f"{job.data.name}-{job.model.model_type}", max_chars=64)
             if st.form_submit_button("Save model", icon=":material/save:"):
-                if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", name):
-                    st.error("Use letters, digits, '-', '_' or '.' for the name (no slashes).")
-                else:
-                    meta = run_metadata(job.data, job.cfg, job.history)
-                    try:
-                        folder = save_model(job.model, runs_dir() / "models" / name, metadata=meta)
-                        st.success(f"Saved to {folder}")
-                    except MaaslabError as err:
-                        st.error(str(err))
-    if job is not None:
-        st.plotly_chart(dataset_scatter(job.data), key="studio.data_chart")
+                try:
+                    st.success(f"Saved to {studio.save_run(job, name)}")
+                except MaaslabError as err:
+                    st.error(str(err))

@@ -16,9 +16,11 @@ from maaslab.plots.surfaces import race_contour, race_loss, surface_contour
 from maaslab.plots.training import (
     accuracy_curve,
     dataset_scatter,
+    decision_boundary,
     grad_norm_curve,
     loss_curve,
     training_curves,
+    weight_histograms,
 )
 from maaslab.plots.vision import (
     confusion_matrix_heatmap,
@@ -36,6 +38,7 @@ __all__ = [
     "confusion_matrix_heatmap",
     "conv_filter_grid",
     "dataset_scatter",
+    "decision_boundary",
     "digit_grid",
     "feature_map_grid",
     "fitted_lines",
@@ -53,4 +56,5 @@ __all__ = [
     "schedule_plot",
     "surface_contour",
     "training_curves",
+    "weight_histograms",
 ]

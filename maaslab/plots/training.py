@@ -7,7 +7,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from maaslab.data import Dataset
+from maaslab.jobs import Weights
 from maaslab.plots._style import CLASS_COLORS, STEP_COLOR, TEST_COLOR, TRAIN_COLOR, layout
+from maaslab.studio import BoundaryGrid
 from maaslab.train import History
 
 
@@ -125,4 +127,55 @@ def dataset_scatter(data: Dataset) -> go.Figure:
         **layout(),
     )
     fig.update_yaxes(scaleanchor="x", scaleratio=1)
+    return fig
+
+
+def decision_boundary(grid: BoundaryGrid, data: Dataset) -> go.Figure:
+    """The model's predicted class over the plane (shaded by confidence) under the data points.
+
+    For two classes the shading is P(class 1) on a two-colour scale, as TensorFlow Playground
+    draws it; for more classes each cell takes its predicted class's colour.
+    """
+    k = grid.proba.shape[-1]
+    colors = [CLASS_COLORS[i % len(CLASS_COLORS)] for i in range(k)]
+    if k == 2:
+        z = grid.proba[..., 1]
+        colorscale = [[0.0, colors[0]], [0.5, "#ffffff"], [1.0, colors[1]]]
+        zmin, zmax = 0.0, 1.0
+    else:
+        z = grid.proba.argmax(-1).astype(float)
+        colorscale = [[i / max(k - 1, 1), c] for i, c in enumerate(colors)]
+        zmin, zmax = 0.0, k - 1.0
+    fig = dataset_scatter(data)
+    fig.add_heatmap(
+        x=grid.xs, y=grid.ys, z=z, colorscale=colorscale, zmin=zmin, zmax=zmax, opacity=0.45,
+        showscale=False, hoverinfo="skip", zsmooth="best",
+    )  # fmt: skip
+    fig.data = (fig.data[-1], *fig.data[:-1])  # the shading goes under the points
+    fig.update_layout(title="Decision boundary", uirevision="boundary")
+    fig.update_xaxes(range=[grid.xs[0], grid.xs[-1]])
+    fig.update_yaxes(range=[grid.ys[0], grid.ys[-1]])
+    return fig
+
+
+def weight_histograms(
+    weights: Weights, initial: Weights | None = None, bins: int = 30
+) -> go.Figure:
+    """One histogram per layer of its weights (biases left out), the initial ones as an outline."""
+    layers = [name for name in weights if name.endswith("weight")]
+    titles = [name.removesuffix(".weight").removeprefix("layers.") for name in layers]
+    fig = make_subplots(rows=1, cols=max(len(layers), 1), subplot_titles=titles or None)
+    for col, name in enumerate(layers, start=1):
+        now = weights[name].flatten().float().numpy()
+        if initial is not None and name in initial:
+            fig.add_histogram(
+                x=initial[name].flatten().float().numpy(), nbinsx=bins, name="initial",
+                marker={"color": "rgba(0,0,0,0)", "line": {"color": "#64748b", "width": 1}},
+                showlegend=col == 1, row=1, col=col, legendgroup="initial",
+            )  # fmt: skip
+        fig.add_histogram(
+            x=now, nbinsx=bins, name="now", marker={"color": TRAIN_COLOR}, opacity=0.7,
+            showlegend=col == 1, row=1, col=col, legendgroup="now",
+        )  # fmt: skip
+    fig.update_layout(title="Weights per layer", barmode="overlay", **layout())
     return fig

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from maaslab import MaaslabError, seed_everything
-from maaslab.callbacks import Callback, EarlyStopping, StopOnNonFinite
+from maaslab.callbacks import Callback, EarlyStopping, StopOnDivergence
 from maaslab.data import load_dataset, make_loaders
 from maaslab.models import build_model
 from maaslab.train import History, TrainConfig, train
@@ -90,8 +90,18 @@ def test_early_stopping_and_divergence_guard():
     assert history.stopped_early and len(history.epochs) < 500
     wild = load_dataset("diabetes")  # raw targets in the hundreds: lr 3 explodes
     history = train(_mlp(wild), wild, TrainConfig(epochs=50, lr=3.0, optimizer="sgd"),
-                    [StopOnNonFinite()])  # fmt: skip
+                    [StopOnDivergence()])  # fmt: skip
     assert history.stopped_early and not math.isfinite(history.step_loss[-1])
+
+
+def test_an_exploding_classification_loss_counts_as_divergence():
+    data = load_dataset("moons", n_samples=400)
+    guard = StopOnDivergence(factor=10)
+    history = train(_mlp(data), data, TrainConfig(epochs=50, lr=3.0), [guard])
+    assert history.stopped_early and len(history.epochs) < 50
+    assert history.epochs[-1].train_loss > 10 * history.step_loss[0]
+    calm = train(_mlp(data), data, TrainConfig(epochs=5, lr=0.01), [StopOnDivergence()])
+    assert not calm.stopped_early and len(calm.epochs) == 5
 
 
 def test_checkpoint_then_resume_continues_from_the_saved_epoch(tmp_path):
