@@ -14,6 +14,7 @@ st.set_page_config(page_title="MaaS Lab", page_icon=":material/science:", layout
 PAGES = [
     ("Learn", "home", "Home", ":material/home:"),
     ("Learn", "guide", "Lesson guides", ":material/menu_book:"),
+    ("Train", "gradient_descent_lab", "Gradient Descent Lab", ":material/landscape:"),
     ("Train", "training_studio", "Training Studio", ":material/model_training:"),
 ]
 

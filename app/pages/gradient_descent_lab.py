@@ -1,0 +1,94 @@
+"""Gradient Descent Lab: race optimizers on a 2-D loss surface; the URL holds every setting."""
+
+import pandas as pd
+import streamlit as st
+
+from maaslab import lab_state as lab
+from maaslab.errors import MaaslabError
+from maaslab.optim import NAMES, OPTIMIZERS, race
+from maaslab.plots import race_contour, race_loss
+from maaslab.surfaces import SURFACES
+
+P = "gdlab."  # session_state prefix of this page
+ss = st.session_state
+url = {key: st.query_params.get_all(key) for key in st.query_params}
+# A link opened, a first visit, or back from another page (Streamlit then forgot the widgets).
+if url != ss.get(P + "url") or P + "steps" not in ss:
+    if url or P + "cfg" not in ss:  # the URL decides
+        ss[P + "cfg"], ss[P + "warnings"] = lab.race_config_from_params(url)
+    # else: the page switch cleared the URL too; reopen the last race
+    ss.update({P + k: v for k, v in lab.widget_values(ss[P + "cfg"]).items()})
+
+
+def on_surface() -> None:
+    """A new surface brings its own window, start and suggested learning rates."""
+    ss.update({P + k: v for k, v in lab.surface_defaults(ss[P + "surface"]).items()})
+
+
+def on_click() -> None:
+    """A click on the map moves the start there."""
+    points = ss[P + "chart"].selection.points
+    start = lab.start_from_points(SURFACES[ss[P + "surface"]], points)
+    if start is not None:
+        ss[P + "x"], ss[P + "y"] = start
+
+
+def pick(label: str, grid, key: str, **kwargs) -> None:
+    """A select slider over `grid` that also offers the current value (it may come from a link)."""
+    st.select_slider(label, lab.choices(grid, ss[P + key]), key=P + key, format_func="{:g}".format,
+                     **kwargs)  # fmt: skip
+
+
+st.title("Gradient Descent Lab")
+left, right = st.columns([1, 3], gap="large")
+with left:
+    name = st.selectbox("Surface", list(SURFACES), format_func=lambda n: SURFACES[n].title,
+                        key=P + "surface", on_change=on_surface)  # fmt: skip
+    surface = SURFACES[name]
+    chosen = st.pills("Optimizers", OPTIMIZERS, selection_mode="multi", format_func=NAMES.get,
+                      key=P + "opt", wrap=True)  # fmt: skip
+    for opt in chosen:
+        ss.setdefault(P + f"lr.{opt}", surface.lr_for(opt))  # forgotten while it was unselected
+        pick(f"Learning rate · {NAMES[opt]}", lab.LR_GRID, f"lr.{opt}")
+    pick(
+        "Momentum", lab.MOMENTUM_GRID, "momentum", disabled=not {"momentum", "nesterov"} & {*chosen}
+    )
+    pick("β1 (Adam)", lab.MOMENTUM_GRID, "beta1", disabled="adam" not in chosen)
+    pick("β2 (Adam)", lab.BETA2_GRID, "beta2", disabled="adam" not in chosen)
+    st.slider("Start x", *surface.x_range, step=0.01, key=P + "x")
+    st.slider("Start y", *surface.y_range, step=0.01, key=P + "y")
+    pick("Steps", lab.STEPS_GRID, "steps")
+
+with right:
+    st.markdown(f"**{surface.title}** · ${surface.formula}$ · {surface.note}")
+    if not chosen:
+        st.info("Pick at least one optimizer on the left.")
+        st.stop()
+    values = {k.removeprefix(P): v for k, v in ss.items() if k.startswith(P)}
+    try:
+        cfg = lab.config_from_widgets({**values, "opt": chosen})
+        result = race(cfg)
+    except MaaslabError as err:
+        st.error(str(err))
+        st.stop()
+    if cfg != ss[P + "cfg"]:  # the warnings describe the link, so they go once the race changes
+        ss[P + "cfg"], ss[P + "warnings"] = cfg, []
+    for warning in ss[P + "warnings"]:
+        st.warning(warning, icon=":material/link_off:")
+    params = lab.race_config_to_params(cfg)
+    ss[P + "url"] = {k: [v] for k, v in params.items()}
+    if ss[P + "url"] != url:
+        st.query_params.from_dict(params)
+
+    fig = race_contour(result)
+    grid = lab.click_grid(surface)  # invisible click targets: a contour cannot be selected
+    fig.add_scatter(x=grid[:, 0], y=grid[:, 1], customdata=surface.value(grid), mode="markers",
+                    marker={"size": 14, "opacity": 0}, showlegend=False, name="start here",
+                    hovertemplate="f(%{x}, %{y}) = %{customdata:.4g}<br>click: start here"
+                    "<extra></extra>")  # fmt: skip
+    st.plotly_chart(fig, key=P + "chart", on_select=on_click, selection_mode="points")
+    st.caption("Press ▶ Play to replay the race. Click anywhere on the map to start from there.")
+    table = pd.DataFrame(lab.race_table(result))  # a static table: 4 significant digits, any size
+    numbers = ["final loss", "distance to minimum"]
+    st.table(table.style.format("{:.4g}", subset=numbers, na_rep="—").hide(axis="index"))
+    st.plotly_chart(race_loss(result), key=P + "loss")
