@@ -95,6 +95,8 @@ def gradient_check(
     eps : finite-difference step; 1e-5 balances truncation (eps²) against rounding (1e-16/eps).
     tolerance : the largest relative error that passes; correct float64 backprop gives ~1e-8.
     """
+    if (n_per_param is not None and n_per_param < 1) or not eps > 0 or not tolerance > 0:
+        raise MaaslabError("n_per_param must be at least 1, eps and tolerance positive")
     grads = grads_fn(model.params, X, y) if grads_fn else model.loss_and_grads(X, y, bug=bug)[1]
     rng = np.random.default_rng(seed)
     errors, checked = {}, 0
@@ -116,7 +118,8 @@ def gradient_check(
 def to_torch(model: ScratchMLP, dtype: torch.dtype = torch.float64) -> MLP:
     """maaslab.models.MLP with this network's weights copied in (torch stores W transposed)."""
     c = model.config
-    net = MLP(MLPConfig(c.in_features, c.hidden, c.out_features, c.activation)).to(dtype)
+    with torch.random.fork_rng(devices=[]):  # its random init is overwritten: spare torch's RNG
+        net = MLP(MLPConfig(c.in_features, c.hidden, c.out_features, c.activation)).to(dtype)
     names = [f"hidden{i}" for i in range(1, len(c.hidden) + 1)] + ["output"]
     with torch.no_grad():
         for i, name in enumerate(names, start=1):

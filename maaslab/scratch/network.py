@@ -208,9 +208,11 @@ class ScratchMLP:
 
     def _loss_fn(self, out: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
         y = np.asarray(y)
-        if len(y) != len(out):
+        if len(y) != len(out) or len(y) == 0:
             raise MaaslabError(f"X has {len(out)} rows but y has {len(y)}: give one label per row")
         if self.config.loss == "mse":
+            if y.size != out.size:
+                raise MaaslabError(f"targets of shape {y.shape} do not fit outputs {out.shape}")
             return mse_loss(out, y.astype(np.float64))
         if y.ndim != 1 or y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= out.shape[1]:
             raise MaaslabError(f"labels must be integers in [0, {out.shape[1] - 1}], shape (N,)")
@@ -218,7 +220,9 @@ class ScratchMLP:
 
 
 def accuracy(model: ScratchMLP, X: np.ndarray, y: np.ndarray) -> float:
-    """Share of rows whose predicted class equals the label."""
+    """Share of rows whose predicted class equals the label (classification only)."""
+    if model.config.loss != "cross_entropy":
+        raise MaaslabError("accuracy needs a classifier (loss='cross_entropy'); use the MSE")
     return float(np.mean(model.predict(X) == np.asarray(y)))
 
 
@@ -278,7 +282,7 @@ def fit(
     if num_epochs < 1 or batch_size < 1:
         raise MaaslabError("num_epochs and batch_size must be at least 1")
     rng = np.random.default_rng(seed)
-    y = np.asarray(y)
+    X, y = np.asarray(X), np.asarray(y)
     losses: list[float] = []
     accuracies: list[float] = []
     # A diverging run overflows on its way to inf; the result reports that, so numpy need not.

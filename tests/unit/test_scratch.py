@@ -255,6 +255,8 @@ def test_same_seed_same_run(moons):
         (lambda: ScratchMLP().loss(np.zeros((3, 2)), np.array([0, 1, 2])), r"integers in \[0, 1\]"),
         (lambda: ScratchMLP().loss(np.zeros((2, 2)), np.array([0.5, 1.0])), "integers"),
         (lambda: ScratchMLP().backward(np.zeros((3, 2))), "call forward before backward"),
+        (lambda: ScratchMLP(ScratchConfig(loss="mse")).loss(np.zeros((3, 2)), np.zeros(3)), "fit"),
+        (lambda: accuracy(ScratchMLP(ScratchConfig(loss="mse")), np.zeros((1, 2)), [0]), "MSE"),
         (lambda: ScratchMLP().loss_and_grads(np.zeros((2, 2)), [0, 1], bug="typo"), "unknown bug"),
         (
             lambda: sgd_step({"W1": np.ones(2)}, {"W1": np.ones(2)}, 0.0),
@@ -272,6 +274,22 @@ def test_same_seed_same_run(moons):
 def test_bad_input_says_what_is_wrong(make, message):
     with pytest.raises(MaaslabError, match=message):
         make()
+
+
+def test_gradient_check_rejects_settings_that_check_nothing():
+    model = _model((4,), "relu", "cross_entropy", 2)
+    X, y = _batch("cross_entropy", 2)
+    for kwargs in ({"n_per_param": 0}, {"eps": 0.0}, {"tolerance": -1.0}):
+        with pytest.raises(MaaslabError, match="n_per_param must be at least 1"):
+            gradient_check(model, X, y, **kwargs)
+
+
+def test_to_torch_leaves_torch_random_state_alone():
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    to_torch(_model((8,), "relu", "cross_entropy", 2))
+    assert torch.equal(torch.rand(3), expected)
 
 
 def test_gradient_check_rejects_a_wrongly_shaped_gradient():
