@@ -94,6 +94,8 @@ def describe_run(losses: np.ndarray, diverged_at: int | None) -> str:
         )
     if end > start:
         return f"diverging: the loss grew from {start:.4g} to {end:.4g}; lower the learning rate"
+    if end > 0.99 * start:
+        return f"stuck: the loss barely moved ({start:.4g} to {end:.4g}); too small, or bouncing"
     return f"the loss fell from {start:.4g} to {end:.4g} in {len(losses) - 1} updates"
 
 
