@@ -279,6 +279,19 @@ class RaceResult:
     surface: Surface  # where
     paths: tuple[OptimizerPath, ...]  # one per optimizer
 
+    def summary(self) -> list[dict]:
+        """One row per optimizer (a table for pandas or st.dataframe): where it ended, how well."""
+        rows = []
+        for p in self.paths:
+            x, y = (float(v) for v in p.xy[-1])
+            m = self.surface.minimum
+            rows.append({
+                "optimizer": p.label, "final loss": p.final_loss, "diverged at": p.diverged_at,
+                "x": x, "y": y,
+                "distance to minimum": None if m is None else math.hypot(x - m[0], y - m[1]),
+            })  # fmt: skip
+        return rows
+
 
 def _run_path(surface: Surface, cfg: OptimizerConfig, start: np.ndarray, steps: int):
     opt = make_optimizer(cfg)

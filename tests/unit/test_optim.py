@@ -1,6 +1,8 @@
 """Oracle tests: NumPy optimizers vs torch.optim step for step, surfaces vs autograd, races."""
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,13 +172,21 @@ def test_race_stops_on_overflow():
 def test_race_stories_the_lesson_tells():
     quad = {p.config.name: p for p in race(RaceConfig("quadratic")).paths}
     assert quad["gd"].final_loss > 100 * max(quad["momentum"].final_loss, quad["adam"].final_loss)
-    saddle = {p.config.name: p for p in race(RaceConfig("saddle", steps=150)).paths}
+    saddle = {p.config.name: p for p in race(RaceConfig("saddle", steps=100)).paths}
     assert abs(saddle["gd"].xy[-1, 1]) < 0.1  # GD still sits near the saddle
     assert abs(saddle["adam"].xy[-1, 1]) > 1  # Adam's normalised steps walk off it
+    assert race(RaceConfig("saddle", steps=200)).paths[1].diverged_at is not None  # momentum
+    ridge = race(RaceConfig("saddle", start=(-1.5, 0.0), steps=200))
+    assert all(p.xy[-1, 1] == 0 and p.diverged_at is None for p in ridge.paths)
     rosen = {p.config.name: p for p in race(RaceConfig("rosenbrock", steps=500)).paths}
     assert rosen["adam"].final_loss < 0.1 < rosen["gd"].final_loss
+    wall = {p.config.name: p for p in race(RaceConfig("beale", start=(2, 2), steps=300)).paths}
+    assert all(wall[n].diverged_at is not None for n in ("gd", "momentum", "nesterov"))
+    assert all(wall[n].final_loss < 0.5 for n in ("rmsprop", "adam"))  # bounded steps survive
     for name in SURFACES:
         assert [c.name for c in default_optimizers(name)] == list(OPTIMIZERS)
+        finished = race(RaceConfig(name, steps=SURFACES[name].steps)).paths
+        assert name == "saddle" or all(p.diverged_at is None for p in finished)
 
 
 @pytest.mark.parametrize(
@@ -214,6 +224,16 @@ def test_bad_input_says_what_is_wrong(make, message):
     with pytest.raises(MaaslabError) as info:
         make()
     assert message in str(info.value)
+
+
+def test_race_summary():
+    result = race(RaceConfig("rosenbrock", ("adam", OptimizerConfig("gd", lr=1.0)), steps=300))
+    adam, gd = result.summary()
+    assert adam["optimizer"] == "Adam (lr 0.1)" and adam["diverged at"] is None
+    assert adam["final loss"] == result.paths[0].final_loss
+    assert adam["distance to minimum"] == pytest.approx(np.hypot(adam["x"] - 1, adam["y"] - 1))
+    assert gd["diverged at"] is not None
+    assert race(RaceConfig("saddle", steps=5)).summary()[0]["distance to minimum"] is None
 
 
 def test_race_config_normalises_inputs():
@@ -344,3 +364,22 @@ def test_check_rosenbrock_gradient():
     both = check_rosenbrock_gradient(lambda x, y: (0.0, 0.0))
     assert "df/dx and df/dy is wrong" in both.message or "df/dx and df/dy" in both.message
     assert "failed" in check_rosenbrock_gradient(lambda x: x).message
+
+
+def test_notebook_hand_written_rules_pass_their_checks():
+    # The lesson's point is writing these by hand; the notebook's versions must match the library.
+    notebook = Path(__file__).resolve().parents[2] / "notebooks" / "03_optimizers.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    sources = ["".join(c["source"]) for c in cells if c["cell_type"] == "code"]
+    checks = {
+        "adam_step": check_adam_step,
+        "momentum_step": check_momentum_step,
+        "rosenbrock_gradient": check_rosenbrock_gradient,
+        "rmsprop_step": check_rmsprop_step,
+    }
+    for name, check in checks.items():
+        (source,) = [s for s in sources if f"def {name}(" in s]
+        namespace = {"np": np}
+        exec(source.split("# ---- end of your answer")[0], namespace)
+        result = check(namespace[name])
+        assert result.passed, f"{name}: {result.message}"
