@@ -164,22 +164,35 @@ def conv_filter_grid(
 
 
 def feature_map_grid(
-    maps: object, *, cols: int = 8, limit: int | None = None, title: str = "Feature maps"
+    maps: object,
+    *,
+    titles: Sequence[str] | None = None,
+    cols: int = 8,
+    limit: int | None = None,
+    title: str = "Feature maps",
 ) -> go.Figure:
-    """The activation maps of one conv layer for one input, one heatmap per channel.
+    """The output maps of a conv layer for one input, one heatmap per channel.
 
     Parameters
     ----------
     maps : (C, H, W) activations, e.g. `maaslab.evaluation.feature_maps(model, x)["act1"]`.
+        Maps after a ReLU are drawn from 0 to their peak; maps with negative values (a conv
+        before its activation) in red and blue around 0.
+    titles : one text per map (default "channel k").
     cols : maps per row.
     limit : draw only the first `limit` channels.
     """
     arr = _as_images(maps)[:limit]
-    # Each map scaled to its own maximum: the pattern matters here, not the absolute level.
-    peak = arr.reshape(len(arr), -1).max(axis=1)[:, None, None]
-    titles = [f"channel {k}" for k in range(len(arr))]
-    return _tiled(arr / np.where(peak > 0, peak, 1.0), titles, cols=cols, colorscale="Viridis",
-                  zrange=(0.0, 1.0), title=title, hover="activation / max")  # fmt: skip
+    signed = bool(np.nanmin(arr) < 0)
+    # Each map scaled to its own peak: the pattern matters here, not the absolute level.
+    peak = np.abs(arr).reshape(len(arr), -1).max(axis=1)[:, None, None]
+    arr = arr / np.where(peak > 0, peak, 1.0)
+    titles = list(titles) if titles is not None else [f"channel {k}" for k in range(len(arr))]
+    if len(titles) < len(arr):
+        raise ValueError(f"{len(titles)} titles for {len(arr)} maps")
+    return _tiled(arr, titles[: len(arr)], cols=cols, title=title, hover="activation / peak",
+                  colorscale="RdBu_r" if signed else "Viridis",
+                  zrange=(-1.0, 1.0) if signed else (0.0, 1.0))  # fmt: skip
 
 
 def misclassified_grid(

@@ -65,6 +65,14 @@ def test_feature_map_grid_scales_each_map_to_its_peak():
     tiles = _tiles(fig)
     assert len(tiles) == 8
     assert [t.max() for t in tiles] == [1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert fig.data[0].zmin == 0 and [a.text for a in fig.layout.annotations][:2] == [
+        "channel 0",
+        "channel 1",
+    ]
+    # Maps with negative values (before a ReLU) are centred on zero in a diverging scale.
+    signed = plots.feature_map_grid(np.stack([maps[0], -maps[1]]), titles=["a", "b"])
+    assert signed.data[0].zmin == -1 and _tiles(signed)[1].min() == -1.0
+    assert [a.text for a in signed.layout.annotations] == ["a", "b"]
 
 
 def test_misclassified_grid_titles_say_true_arrow_predicted():
