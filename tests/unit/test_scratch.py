@@ -401,6 +401,7 @@ def test_gradcheck_bars_one_group_per_result():
     assert list(fig.data[0].x) == ["W1", "b1", "W2", "b2"]
     assert fig.layout.yaxis.type == "log" and min(fig.data[0].y) > 0
     assert fig.layout.shapes[0].y0 == 1e-6  # the tolerance line
+    assert fig.layout.annotations[0].y == pytest.approx(-6)  # log10 units on a log axis
     assert len(plots.gradcheck_bars(results["correct"]).data) == 1
 
 
@@ -408,7 +409,16 @@ def test_loss_comparison_draws_diverged_runs_as_gaps():
     fig = plots.loss_comparison({"correct": [0.7, 0.3], "ascent": [0.7, math.inf, math.nan]})
     assert [t.name for t in fig.data] == ["correct", "ascent"]
     assert list(fig.data[1].y) == [0.7, None, None] and list(fig.data[1].x) == [1, 2, 3]
+    assert fig.data[1].mode == "lines+markers"  # a short (diverged) run gets markers
     assert plots.loss_comparison({"a": [1.0]}, log_y=True).layout.yaxis.type == "log"
+    assert plots.loss_comparison({"a": [1.0]}).layout.yaxis.range is None
+
+
+def test_loss_comparison_y_max_keeps_a_blown_up_run_off_the_frame():
+    curves = {"correct": [0.7, 0.1, 0.01], "ascent": [0.7, 1e50, 1e200]}
+    assert list(plots.loss_comparison(curves, y_max=5.0).layout.yaxis.range) == [0.0, 5.0]
+    low, high = plots.loss_comparison(curves, log_y=True, y_max=10.0).layout.yaxis.range
+    assert low == pytest.approx(-2.1) and high == pytest.approx(1.0)
 
 
 # --- the notebook's exercise cells: the hand-written answers against the library ---------------
