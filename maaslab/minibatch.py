@@ -47,13 +47,14 @@ class Schedule:
 
     @property
     def label(self) -> str:
-        """Legend text, e.g. "step x0.5 every 5 epochs"."""
+        """Legend text, e.g. "step ×0.5 every 5 epochs"."""
+        floor = "0" if self.min_fraction == 0 else f"{self.min_fraction:g}×lr"
         return {
             "constant": "constant",
-            "step": f"step x{self.gamma:g} every {self.every:g} epochs",
-            "exponential": f"exponential x{self.gamma:g} per {self.every:g} epochs",
+            "step": f"step ×{self.gamma:g} every {self.every:g} epochs",
+            "exponential": f"exponential ×{self.gamma:g} per {self.every:g} epochs",
             "inverse_time": f"1/t, decay {self.decay:g}",
-            "cosine": f"cosine down to {self.min_fraction:g} x lr",
+            "cosine": f"cosine to {floor}",
         }[self.kind]
 
 

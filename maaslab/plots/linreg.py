@@ -15,6 +15,7 @@ from maaslab.minibatch import Schedule, schedule_curve
 from maaslab.plots._style import SERIES_COLORS, TEST_COLOR, TRAIN_COLOR, layout
 
 OPTIMUM_COLOR = "#111827"
+EXCESS_FLOOR = 1e-12  # where J - J* is drawn when it rounds to 0 or below
 
 
 def _color(i: int) -> str:
@@ -95,7 +96,11 @@ def loss_contour(
 
 
 def loss_vs_step(
-    runs: Sequence[GDResult], *, optimum_loss: float | None = None, title: str = "Loss per update"
+    runs: Sequence[GDResult],
+    *,
+    optimum_loss: float | None = None,
+    excess: bool = False,
+    title: str = "Loss per update",
 ) -> go.Figure:
     """Full-data loss after each update, one line per run, on a log axis; J* dashed.
 
@@ -103,20 +108,28 @@ def loss_vs_step(
     ----------
     runs : e.g. the same descent with a learning rate too small, right and too large.
     optimum_loss : the closed-form minimum J*, drawn as the floor.
+    excess : plot J - J* instead of J (needs optimum_loss): the distance left to the minimum,
+        which separates runs that all look flat near J*.
     title : the figure title.
     """
+    if excess and optimum_loss is None:
+        raise ValueError("excess=True needs optimum_loss")
     fig = go.Figure()
     for k, run in enumerate(runs):
+        # J - J* can round to 0 or a hair below; a log axis needs it positive.
+        y = np.maximum(run.losses - optimum_loss, EXCESS_FLOOR) if excess else run.losses
         fig.add_scatter(
             x=np.arange(run.steps + 1),
-            y=run.losses,
+            y=y,
             mode="lines",
-            line={"color": _color(k)},
+            line={"color": _color(k), "width": 1.5},
             name=run.label + (" (diverged)" if run.diverged_at is not None else ""),
         )
-    _optimum_line(fig, optimum_loss)
+    if not excess:
+        _optimum_line(fig, optimum_loss)
+    y_title = "J - J*" if excess else "loss J"
     fig.update_layout(
-        title=title, xaxis_title="update", yaxis_title="loss J", yaxis_type="log", **layout()
+        title=title, xaxis_title="update", yaxis_title=y_title, yaxis_type="log", **layout()
     )
     return fig
 

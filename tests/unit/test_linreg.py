@@ -4,14 +4,17 @@ Oracles: central finite differences and torch autograd for the gradient, sklearn
 for the minimum, torch's nn.Linear + optim.SGD for mini-batch updates, torch's lr schedulers.
 """
 
+import ast
 import math
 
+import nbformat
 import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LinearRegression
 
 from maaslab import MaaslabError
+from maaslab.checks import CheckResult
 from maaslab.descent import (
     check_gd_step,
     check_learning_rate,
@@ -40,6 +43,7 @@ from maaslab.minibatch import (
     minibatch_gd,
     minibatch_indices,
 )
+from maaslab.paths import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +118,15 @@ def test_a_growing_loss_is_reported_before_it_explodes():
     data = diabetes("bmi")
     run = gradient_descent(data.X_train, data.y_train, lr=1.02, steps=20)  # 2 / lambda = 1
     assert run.diverged_at is None and run.message.startswith("diverging")
+
+
+def test_a_bouncing_run_says_it_is_stuck():
+    data = diabetes("bmi")
+    run = gradient_descent(
+        data.X_train, data.y_train, lr=1.0, steps=20
+    )  # theta -> 2 theta* - theta
+    assert run.message.startswith("stuck")
+    np.testing.assert_allclose(run.thetas[2], run.thetas[0], atol=1e-3)
 
 
 def test_free_parameters_move_and_the_rest_stay(problem):
@@ -437,3 +450,20 @@ def test_bad_input_says_what_is_wrong(problem, call, message):
     X, y = problem
     with pytest.raises(MaaslabError, match=message):
         call(X, y)
+
+
+@pytest.mark.parametrize("name", ["01_gradient_descent", "02_minibatch_sgd"])
+def test_notebook_answers_pass_their_checks(name):
+    """The hand-written answers in a notebook agree with the library: every check passes."""
+    nb = nbformat.read(ROOT / "notebooks" / f"{name}.ipynb", as_version=4)
+    sources = [cell.source for cell in nb.cells if cell.cell_type == "code"]
+    namespace: dict = {}
+    exec(sources[0], namespace)  # the setup cell: imports and seeding
+    answers = [source for source in sources if "# ---- your answer" in source]
+    assert len(answers) >= 3
+    for source in answers:
+        tree = ast.parse(source)
+        last = tree.body.pop()  # the check call, the cell's last expression
+        exec(compile(tree, name, "exec"), namespace)
+        result = eval(compile(ast.Expression(last.value), name, "eval"), namespace)
+        assert isinstance(result, CheckResult) and result.passed, str(result)

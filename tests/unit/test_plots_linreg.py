@@ -48,6 +48,15 @@ def test_loss_vs_step_is_log_and_marks_divergence(bmi, runs):
     assert fig.layout.shapes[0].y0 == best  # the J* floor
 
 
+def test_loss_vs_step_can_show_the_distance_to_the_minimum(bmi, runs):
+    best = mse_loss(closed_form(bmi.X_train, bmi.y_train), bmi.X_train, bmi.y_train)
+    fig = plots.loss_vs_step(runs[:2], optimum_loss=best, excess=True)
+    np.testing.assert_allclose(fig.data[0].y, runs[0].losses - best)
+    assert min(fig.data[1].y) > 0 and fig.layout.yaxis.title.text == "J - J*"
+    with pytest.raises(ValueError, match="needs optimum_loss"):
+        plots.loss_vs_step(runs, excess=True)
+
+
 def test_batch_size_comparison_uses_epochs_and_updates(bmi):
     X, y = bmi.X_train, bmi.y_train
     results = [minibatch_gd(X, y, SGDConfig(lr=0.05, batch_size=b, epochs=2)) for b in (1, 50)]
