@@ -46,7 +46,10 @@ def _fmt(value: float) -> str:
 
 
 def _number(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
     if not math.isfinite(value):
         raise ValueError("not a finite number")
     return value

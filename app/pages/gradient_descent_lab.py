@@ -73,8 +73,9 @@ with right:
         st.stop()
     if cfg != ss[P + "cfg"]:  # the warnings describe the link, so they go once the race changes
         ss[P + "cfg"], ss[P + "warnings"] = cfg, []
-    for warning in ss[P + "warnings"]:
-        st.warning(warning, icon=":material/link_off:")
+    if ss[P + "warnings"]:
+        lines = "\n".join(f"- {w}" for w in ss[P + "warnings"])
+        st.warning(f"Some settings in this link were ignored:\n{lines}", icon=":material/link_off:")
     params = lab.race_config_to_params(cfg)
     ss[P + "url"] = {k: [v] for k, v in params.items()}
     if ss[P + "url"] != url:
