@@ -58,6 +58,7 @@ with left:
     st.slider("Start x", *surface.x_range, step=0.01, key=P + "x")
     st.slider("Start y", *surface.y_range, step=0.01, key=P + "y")
     pick("Steps", lab.STEPS_GRID, "steps")
+    st.button("Suggested lrs and start", on_click=on_surface, icon=":material/restart_alt:")
 
 with right:
     st.markdown(f"**{surface.title}** · ${surface.formula}$ · {surface.note}")
@@ -88,7 +89,8 @@ with right:
                     hovertemplate="f(%{x}, %{y}) = %{customdata:.4g}<br>click: start here"
                     "<extra></extra>")  # fmt: skip
     st.plotly_chart(fig, key=P + "chart", on_select=on_click, selection_mode="points")
-    st.caption("Press ▶ Play to replay the race. Click anywhere on the map to start from there.")
+    st.caption("Press ▶ Play to replay the race. Click anywhere on the map to start from there. "
+               "The address bar holds every setting: copy it to share this race.")  # fmt: skip
     table = pd.DataFrame(lab.race_table(result))  # a static table: 4 significant digits, any size
     numbers = ["final loss", "distance to minimum"]
     st.table(table.style.format("{:.4g}", subset=numbers, na_rep="—").hide(axis="index"))

@@ -132,3 +132,14 @@ def test_the_race_survives_a_visit_to_another_page():
     at.query_params.clear()  # a browser's page switch clears the URL as well
     at.switch_page(PAGE).run()
     assert _table(at) == table and _url(at)["steps"] == "50"
+
+
+def test_suggested_settings_button_restores_the_surface_defaults():
+    at = _open(surface="beale", opt="gd,adam", lr="gd:0.3,adam:0.0001", start="2,-3")
+    at.select_slider(key="gdlab.steps").set_value(100).run()
+    next(b for b in at.button if b.label == "Suggested lrs and start").click().run()
+    beale = SURFACES["beale"]
+    assert (at.slider(key="gdlab.x").value, at.slider(key="gdlab.y").value) == beale.start
+    assert list(_table(at)) == [f"GD (lr {beale.lr_for('gd'):g})",
+                                f"Adam (lr {beale.lr_for('adam'):g})"]  # fmt: skip
+    assert at.select_slider(key="gdlab.steps").value == 100  # not a learning rate: kept
