@@ -142,6 +142,7 @@ class ModelReport:
     epochs: int  # epochs trained
     train_seconds: float  # wall time of training (History.wall_time)
     test_accuracy: float  # accuracy of the final weights on the test split
+    test_loss: float  # their mean cross-entropy there: lower = confident and right more often
 
 
 def compare_models(
@@ -154,16 +155,21 @@ def compare_models(
     runs : name -> (trained model, the History its training returned).
     data : the dataset they were trained on; accuracy is measured on its test split.
     """
-    return [
-        ModelReport(
-            name=name,
-            parameters=count_parameters(model),
-            epochs=len(history.epochs),
-            train_seconds=history.wall_time,
-            test_accuracy=float(np.mean(predict(model, data.X_test) == data.y_test)),
+    reports = []
+    for name, (model, history) in runs.items():
+        proba = predict_proba(model, data.X_test)
+        p_true = proba[np.arange(len(proba)), data.y_test]
+        reports.append(
+            ModelReport(
+                name=name,
+                parameters=count_parameters(model),
+                epochs=len(history.epochs),
+                train_seconds=history.wall_time,
+                test_accuracy=float(np.mean(proba.argmax(axis=1) == data.y_test)),
+                test_loss=float(-np.mean(np.log(np.maximum(p_true, 1e-12)))),
+            )
         )
-        for name, (model, history) in runs.items()
-    ]
+    return reports
 
 
 def comparison_frame(reports: Sequence[ModelReport]) -> pd.DataFrame:

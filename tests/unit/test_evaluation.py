@@ -92,10 +92,17 @@ def test_compare_models_measures_the_final_weights(digits):
     history = train(model, digits, TrainConfig(epochs=2, lr=0.01))
     reports = ev.compare_models({"mlp": (model, history)}, digits)
     assert reports[0].test_accuracy == pytest.approx(history.last.test_accuracy)
+    assert reports[0].test_loss == pytest.approx(history.last.test_loss, rel=1e-4)
     assert reports[0].parameters == ev.count_parameters(model) and reports[0].epochs == 2
     frame = ev.comparison_frame(reports)
     assert list(frame.index) == ["mlp"]
-    assert list(frame.columns) == ["parameters", "epochs", "train_seconds", "test_accuracy"]
+    assert list(frame.columns) == [
+        "parameters",
+        "epochs",
+        "train_seconds",
+        "test_accuracy",
+        "test_loss",
+    ]
 
 
 def test_small_subset_is_stratified_and_keeps_the_test_split(digits):
