@@ -43,15 +43,15 @@ def predict_proba(model: nn.Module, X: np.ndarray, *, batch_size: int = 512) -> 
     X : inputs as a numpy array, one example per row (flat pixels are fine for the CNN).
     batch_size : examples per forward pass; bounds memory, does not change the result.
     """
-    if len(X) == 0:
-        raise MaaslabError("predict_proba got no examples: pass at least one row")
+    if len(X) == 0 or batch_size < 1:
+        raise MaaslabError("predict_proba needs at least one row and a batch_size of 1 or more")
     was_training = model.training
     model.eval()  # dropout off: predictions must not be random
     device = _device_of(model)
     inputs = torch.as_tensor(np.asarray(X, dtype=np.float32))
     try:
         chunks = [
-            torch.softmax(model(inputs[i : i + batch_size].to(device)), dim=1).cpu()
+            torch.softmax(model(inputs[i : i + batch_size].to(device)).float(), dim=1).cpu()
             for i in range(0, len(inputs), batch_size)
         ]
     finally:

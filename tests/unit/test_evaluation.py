@@ -31,7 +31,7 @@ def test_predict_proba_is_the_softmax_of_the_logits_in_eval_mode(digits):
     np.testing.assert_allclose(proba, expected, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_array_equal(ev.predict(model, digits.X_test), expected.argmax(axis=1))
-    with pytest.raises(MaaslabError, match="no examples"):
+    with pytest.raises(MaaslabError, match="at least one row"):
         ev.predict_proba(model, digits.X_test[:0])
 
 
