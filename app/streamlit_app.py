@@ -10,7 +10,7 @@ from maaslab.lessons import lesson_for_page
 
 st.set_page_config(page_title="MaaS Lab", page_icon=":material/science:", layout="wide")
 
-# (section, file stem in app/pages, title, icon). A lesson's front matter names its page by stem.
+# (section, file stem in app/views, title, icon). A lesson's front matter names its page by stem.
 PAGES = [
     ("Learn", "home", "Home", ":material/home:"),
     ("Learn", "guide", "Lesson guides", ":material/menu_book:"),
@@ -21,7 +21,7 @@ PAGES = [
 sections: dict[str, list] = {}
 stem_of: dict[str, str] = {}
 for section, stem, title, icon in PAGES:
-    page = st.Page(f"pages/{stem}.py", title=title, icon=icon, default=stem == "home")
+    page = st.Page(f"views/{stem}.py", title=title, icon=icon, default=stem == "home")
     sections.setdefault(section, []).append(page)
     stem_of[title] = stem
 current = st.navigation(sections)
@@ -41,7 +41,7 @@ with st.sidebar:
         st.warning(f"Lesson list unreadable: {err}")
     if lesson is not None:
         st.page_link(
-            "pages/guide.py",
+            "views/guide.py",
             label=f"Lesson {lesson.number:02d}: {lesson.title}",
             icon=":material/school:",
             query_params={"lesson": lesson.slug},

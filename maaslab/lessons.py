@@ -44,9 +44,9 @@ class Lesson:
 
     @property
     def page_script(self) -> str | None:
-        """The app page that demos this lesson ("pages/<stem>.py"), if it has one that exists."""
-        if self.page and (ROOT / "app" / "pages" / f"{self.page}.py").is_file():
-            return f"pages/{self.page}.py"
+        """The app page that demos this lesson ("views/<stem>.py"), if it has one that exists."""
+        if self.page and (ROOT / "app" / "views" / f"{self.page}.py").is_file():
+            return f"views/{self.page}.py"
         return None
 
 

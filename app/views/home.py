@@ -34,7 +34,7 @@ for lesson in lessons:
         cols = st.columns(2)
         with cols[0]:
             st.page_link(
-                "pages/guide.py",
+                "views/guide.py",
                 label="Read the guide",
                 icon=":material/menu_book:",
                 query_params={"lesson": lesson.slug},

@@ -10,13 +10,13 @@ APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 
 
 def open_app(page: str | None = None, **query: str) -> AppTest:
-    """Run the app (optionally switched to app/pages/<page>.py) with query parameters set."""
+    """Run the app (optionally switched to app/views/<page>.py) with query parameters set."""
     at = AppTest.from_file(APP, default_timeout=60)
     for key, value in query.items():
         at.query_params[key] = value
     at.run()
     if page:
-        at.switch_page(f"pages/{page}.py").run()
+        at.switch_page(f"views/{page}.py").run()
     assert not at.exception, at.exception
     return at
 

@@ -8,7 +8,7 @@ from maaslab import lab_state as lab
 from maaslab.surfaces import SURFACES
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
-PAGE = "pages/gradient_descent_lab.py"
+PAGE = "views/gradient_descent_lab.py"
 
 
 def _open(**query: str) -> AppTest:
@@ -124,11 +124,11 @@ def test_the_race_survives_a_visit_to_another_page():
     at = _open()
     at.select_slider(key="gdlab.steps").set_value(50).run()
     table = _table(at)
-    at.switch_page("pages/home.py").run()
+    at.switch_page("views/home.py").run()
     at.switch_page(PAGE).run()  # Streamlit forgot the widgets; the page restores them
     assert not at.exception, at.exception
     assert _table(at) == table
-    at.switch_page("pages/home.py").run()
+    at.switch_page("views/home.py").run()
     at.query_params.clear()  # a browser's page switch clears the URL as well
     at.switch_page(PAGE).run()
     assert _table(at) == table and _url(at)["steps"] == "50"

@@ -32,27 +32,35 @@ def test_home_renders_the_lesson_list(page: Page, app_url, shot):
     assert "lesson=00_tour" in page.url
 
 
-def test_training_studio_curve_moves_and_stop_works(page: Page, app_url, shot):
+def _points(page: Page, chart: int) -> int:
+    return page.locator(".js-plotly-plot").nth(chart).locator("path.point").count()
+
+
+def _wait_for_epoch(page: Page, epoch: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while _status(page)[1] < epoch and time.time() < deadline:
+        time.sleep(0.25)
+
+
+def test_training_studio_loss_curve_and_boundary_move_then_stop(page: Page, app_url, shot):
     page.goto(app_url)
     page.get_by_role("link", name="Training Studio").first.click()
     expect(page.get_by_role("heading", name="Training Studio")).to_be_visible(timeout=30_000)
     page.get_by_role("button", name="Train").click()
     expect(page.get_by_text("Status: training")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Decision boundary").first).to_be_visible(timeout=30_000)
 
-    # the curve moves: the epoch count and the number of points on the loss chart both grow
-    deadline = time.time() + 30
-    while _status(page)[1] < 3 and time.time() < deadline:
-        time.sleep(0.25)
+    _wait_for_epoch(page, 3)
     _, first = _status(page)
-    points_before = page.locator(".js-plotly-plot").first.locator("path.point").count()
+    points_before = _points(page, 0)
     time.sleep(2.0)
     state, second = _status(page)
-    points_after = page.locator(".js-plotly-plot").first.locator("path.point").count()
     assert state == "training" and second > first >= 3
-    assert points_after > points_before > 0
+    assert _points(page, 0) > points_before > 0
+    assert "dataset=moons" in page.url and "epochs=200" in page.url  # the link keeps the settings
     shot("studio-training")
 
-    page.get_by_role("button", name="Stop").click()
+    page.get_by_test_id("stMain").get_by_role("button", name="Stop").click()
     expect(page.get_by_text("Status: stopped")).to_be_visible(timeout=30_000)
     _, stopped_at = _status(page)
     time.sleep(1.5)
@@ -60,3 +68,26 @@ def test_training_studio_curve_moves_and_stop_works(page: Page, app_url, shot):
     assert stopped_at < 200
     expect(page.get_by_role("button", name="Save model")).to_be_visible()
     shot("studio-stopped")
+
+
+def test_training_studio_digits_accuracy_grows_then_stop(page: Page, app_url, shot):
+    page.goto(f"{app_url}/training_studio?epochs=300&pace=0.2")
+    expect(page.get_by_role("heading", name="Training Studio")).to_be_visible(timeout=30_000)
+    page.get_by_test_id("stSelectbox").filter(has_text="Dataset").click()
+    page.get_by_role("option", name="digits").click()
+    expect(page).to_have_url(re.compile(r"dataset=digits"), timeout=20_000)
+    page.get_by_role("button", name="Train").click()
+    expect(page.get_by_text("Status: training")).to_be_visible(timeout=30_000)
+
+    _wait_for_epoch(page, 2)
+    accuracy_points = _points(page, 1)
+    time.sleep(2.5)
+    state, epoch = _status(page)
+    assert state == "training" and epoch > 2
+    titles = page.locator(".js-plotly-plot .gtitle").all_inner_texts()
+    assert _points(page, 1) > accuracy_points > 0, (titles, _points(page, 1), epoch)
+    expect(page.get_by_text("Decision boundary")).to_have_count(0)  # not for 64-D digits
+    shot("studio-digits")
+    page.get_by_test_id("stMain").get_by_role("button", name="Stop").click()
+    expect(page.get_by_text("Status: stopped")).to_be_visible(timeout=30_000)
+    assert _status(page)[1] < 300

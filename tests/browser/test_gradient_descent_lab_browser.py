@@ -10,12 +10,10 @@ LINK = "surface=quadratic&opt=gd,adam&lr=gd:0.05,adam:0.3&start=-4.0,1.0&steps=1
 
 
 def _open(page: Page, app_url: str, query: str) -> None:
-    # Open Home first: until the router has run once, a fresh server answers a deep link with
-    # the bare page file (Streamlit's pages/ folder fallback), without the shared sidebar.
-    page.goto(app_url)
-    expect(page.get_by_role("heading", name="MaaS Lab").first).to_be_visible(timeout=30_000)
+    # A shared link opens the page straight away, inside the router (sidebar and device line).
     page.goto(f"{app_url}/gradient_descent_lab?{query}")
     expect(page.get_by_role("heading", name="Gradient Descent Lab")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Device:")).to_be_visible()
 
 
 def test_a_shared_link_reopens_the_race(page: Page, app_url, shot):

@@ -24,12 +24,12 @@ def test_every_lesson_has_a_notebook_and_a_routed_page():
         assert lesson.objectives and lesson.minutes > 0
         assert "## " in lesson.body  # a guide, not just front matter
         if lesson.page:
-            assert (ROOT / "app" / "pages" / f"{lesson.page}.py").is_file()
+            assert (ROOT / "app" / "views" / f"{lesson.page}.py").is_file()
             assert lesson.page in routed
 
 
 def test_every_page_file_is_routed():
-    files = {p.stem for p in (ROOT / "app" / "pages").glob("*.py")}
+    files = {p.stem for p in (ROOT / "app" / "views").glob("*.py")}
     assert files == _router_pages()
 
 
