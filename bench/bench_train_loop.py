@@ -25,7 +25,7 @@ from maaslab.data import make_loaders
 from maaslab.device import describe
 from maaslab.jobs import TrainingJob
 from maaslab.studio import StudioConfig, build_run
-from maaslab.train import evaluate, make_optimizer
+from maaslab.train import cpu_threads, evaluate, make_optimizer
 
 CASES = {
     "moons-mlp": StudioConfig(dataset="moons", n_samples=2000, depth=2, width=16),
@@ -42,14 +42,17 @@ def bare_loop(cfg: StudioConfig) -> float:
     """
     result: list[float] = []
     worker = threading.Thread(target=lambda: result.append(_bare_loop(cfg)))
+    threads = torch.get_num_threads()
     worker.start()
     worker.join()
+    torch.set_num_threads(threads)
     return result[0]
 
 
 def _bare_loop(cfg: StudioConfig) -> float:
     run = build_run(cfg)  # the same seeded model and data as the Studio's run
     model, data = run.model.to("cpu").train(), run.data
+    torch.set_num_threads(cpu_threads(model, run.train_config))  # the threads the Studio uses
     started = time.perf_counter()  # both timings include set-up: loaders, optimizer
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)

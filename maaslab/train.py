@@ -36,6 +36,7 @@ from maaslab.registry import (
 )
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+SMALL_MODEL = 1_000_000  # parameters; see TrainConfig.cpu_threads
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
@@ -57,6 +58,9 @@ class TrainConfig:
     checkpoint_every: int = 1  # epochs between checkpoints (the last epoch is always saved)
     resume: bool = False  # continue from the checkpoint in checkpoint_dir (it must hold one)
     grad_norm_samples: int = 4  # steps per epoch whose per-layer gradient norms are read (0 = off)
+    # CPU threads torch may use while training; None: 1 for models under SMALL_MODEL parameters
+    # (they gain little from a second thread and slow down up to 10x when the cores are busy).
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -67,6 +71,8 @@ class TrainConfig:
             raise MaaslabError("epochs and batch_size must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MaaslabError(f"learning rate must be a positive number, got {self.lr}")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise MaaslabError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
         if self.resume and not self.checkpoint_dir:
             raise MaaslabError("resume needs a checkpoint_dir to resume from")
 
@@ -276,6 +282,33 @@ def train(
         them may set `state.stop = True` to end training after the current step.
     """
     device = get_device(cfg.device)
+    threads = cpu_threads(model, cfg) if device.type == "cpu" else None
+    if threads is None:
+        return _train(model, data, cfg, callbacks, device)
+    # torch's thread count is process-wide: set it for this run and put it back afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _train(model, data, cfg, callbacks, device)
+    finally:
+        torch.set_num_threads(before)
+
+
+def cpu_threads(model: nn.Module, cfg: TrainConfig) -> int:
+    """How many CPU threads training `model` uses (TrainConfig.cpu_threads, or the default)."""
+    if cfg.cpu_threads is not None:
+        return cfg.cpu_threads
+    size = sum(p.numel() for p in model.parameters())
+    return 1 if size < SMALL_MODEL else torch.get_num_threads()
+
+
+def _train(
+    model: nn.Module,
+    data: Dataset,
+    cfg: TrainConfig,
+    callbacks: Sequence[Callback],
+    device: torch.device,
+) -> History:
     model.to(device).train()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
