@@ -17,6 +17,7 @@ from torch import nn
 
 from maaslab.data import TOY_SETS, Dataset, load_dataset
 from maaslab.errors import MaaslabError
+from maaslab.evaluation import confusion_matrix, predict
 from maaslab.jobs import TrainingJob
 from maaslab.models import build_model
 from maaslab.models.mlp import ACTIVATIONS
@@ -169,6 +170,12 @@ def boundary_grid(model: nn.Module, data: Dataset, resolution: int = 80) -> Boun
     model.train(was_training)
     proba = torch.softmax(logits.float(), dim=1).cpu().numpy()
     return BoundaryGrid(xs, ys, proba.reshape(resolution, resolution, -1))
+
+
+def confusion_on_test(model: nn.Module, data: Dataset) -> np.ndarray:
+    """Confusion matrix (C, C) of a classifier on the test split; rows are the true classes."""
+    predicted = predict(model, data.X_test)
+    return confusion_matrix(data.y_test, predicted, n_classes=data.n_classes)
 
 
 SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

@@ -137,6 +137,10 @@ def live_view() -> None:
     if snapshot is not None and job.data.n_features == 2:
         grid = studio.boundary_grid(snapshot, job.data, resolution=60)
         cols[0].plotly_chart(plots.decision_boundary(grid, job.data), key="studio.boundary")
+    elif snapshot is not None:
+        cm = studio.confusion_on_test(snapshot, job.data)
+        figure = plots.confusion_matrix_heatmap(cm, job.data.class_names)
+        cols[0].plotly_chart(figure.update_layout(height=360), key="studio.confusion")
     cols[1].plotly_chart(plots.grad_norm_curve(history), key="studio.grad_chart")
     if snapshot is not None:
         weights = plots.weight_histograms(job.weights(), job.initial_weights)

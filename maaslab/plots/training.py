@@ -167,14 +167,20 @@ def weight_histograms(
     fig = make_subplots(rows=1, cols=max(len(layers), 1), subplot_titles=titles or None)
     for col, name in enumerate(layers, start=1):
         now = weights[name].flatten().float().numpy()
-        if initial is not None and name in initial:
+        before = initial[name].flatten().float().numpy() if initial and name in initial else None
+        values = now if before is None else np.concatenate([now, before])
+        values = values[np.isfinite(values)]
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
+        # Shared bins, so the initial outline and today's bars compare bin for bin.
+        xbins = {"start": low, "end": high, "size": (high - low) / bins or 1.0}
+        if before is not None:
             fig.add_histogram(
-                x=initial[name].flatten().float().numpy(), nbinsx=bins, name="initial",
+                x=before, xbins=xbins, name="initial", legendgroup="initial",
                 marker={"color": "rgba(0,0,0,0)", "line": {"color": "#64748b", "width": 1}},
-                showlegend=col == 1, row=1, col=col, legendgroup="initial",
+                showlegend=col == 1, row=1, col=col,
             )  # fmt: skip
         fig.add_histogram(
-            x=now, nbinsx=bins, name="now", marker={"color": TRAIN_COLOR}, opacity=0.7,
+            x=now, xbins=xbins, name="now", marker={"color": TRAIN_COLOR}, opacity=0.7,
             showlegend=col == 1, row=1, col=col, legendgroup="now",
         )  # fmt: skip
     fig.update_layout(title="Weights per layer", barmode="overlay", **layout())

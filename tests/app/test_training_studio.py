@@ -57,6 +57,7 @@ def test_trains_a_cnn_on_digits_and_saves_it(runs_dir, open_page, page_text):
     assert job.history.last.test_accuracy > 0.5
     charts = at.get("plotly_chart")
     assert not any("Decision boundary" in c.proto.spec for c in charts)
+    assert any("Confusion matrix" in c.proto.spec for c in charts)
     next(b for b in at.button if b.label == "Save model").click().run()
     assert (runs_dir / "models" / "digits-cnn" / "model.safetensors").is_file()
 
