@@ -32,8 +32,17 @@ def test_home_renders_the_lesson_list(page: Page, app_url, shot):
     assert "lesson=00_tour" in page.url
 
 
-def _points(page: Page, chart: int) -> int:
-    return page.locator(".js-plotly-plot").nth(chart).locator("path.point").count()
+def _points(page: Page, title: str) -> int:
+    # Markers on the chart with this title; 0 while Streamlit swaps the chart for a redraw.
+    charts = page.locator(".js-plotly-plot").filter(has_text=title)
+    return max((c.locator("path.point").count() for c in charts.all()), default=0)
+
+
+def _wait_for_points(page: Page, title: str, more_than: int, timeout: float = 20) -> int:
+    deadline = time.time() + timeout
+    while (count := _points(page, title)) <= more_than and time.time() < deadline:
+        time.sleep(0.25)
+    return count
 
 
 def _wait_for_epoch(page: Page, epoch: int, timeout: float = 60) -> None:
@@ -52,11 +61,11 @@ def test_training_studio_loss_curve_and_boundary_move_then_stop(page: Page, app_
 
     _wait_for_epoch(page, 3)
     _, first = _status(page)
-    points_before = _points(page, 0)
+    points_before = _wait_for_points(page, "Loss", 0)
     time.sleep(2.0)
     state, second = _status(page)
     assert state == "training" and second > first >= 3
-    assert _points(page, 0) > points_before > 0
+    assert _wait_for_points(page, "Loss", points_before) > points_before > 0
     assert "dataset=moons" in page.url and "epochs=200" in page.url  # the link keeps the settings
     shot("studio-training")
 
@@ -80,12 +89,11 @@ def test_training_studio_digits_accuracy_grows_then_stop(page: Page, app_url, sh
     expect(page.get_by_text("Status: training")).to_be_visible(timeout=30_000)
 
     _wait_for_epoch(page, 2)
-    accuracy_points = _points(page, 1)
+    accuracy_points = _wait_for_points(page, "Accuracy", 0)
     time.sleep(2.5)
     state, epoch = _status(page)
     assert state == "training" and epoch > 2
-    titles = page.locator(".js-plotly-plot .gtitle").all_inner_texts()
-    assert _points(page, 1) > accuracy_points > 0, (titles, _points(page, 1), epoch)
+    assert _wait_for_points(page, "Accuracy", accuracy_points) > accuracy_points > 0
     expect(page.get_by_text("Decision boundary")).to_have_count(0)  # not for 64-D digits
     shot("studio-digits")
     page.get_by_test_id("stMain").get_by_role("button", name="Stop").click()
