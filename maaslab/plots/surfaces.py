@@ -238,5 +238,13 @@ def race_loss(result: RaceResult) -> go.Figure:
         f = _grid(surface)[2]
         fig.update_yaxes(title_text="f(x, y)", range=[float(f.min()), float(f.max())])
     else:
-        fig.update_yaxes(title_text="f − f_min", type="log", exponentformat="power")
+        # A diverging path would stretch the axis to 1e12 and flatten every other curve: the
+        # axis stops a decade above the highest value the surface takes in its window.
+        f = _grid(surface)[2]
+        lows = [np.maximum(p.loss - surface.min_value, FLOOR).min() for p in result.paths]
+        top = float(np.log10(max(float(f.max()) - surface.min_value, FLOOR))) + 1
+        bottom = float(np.log10(min([*lows, 1.0]))) - 0.5
+        fig.update_yaxes(
+            title_text="f − f_min", type="log", exponentformat="power", range=[bottom, top]
+        )
     return fig

@@ -82,6 +82,10 @@ def test_diverged_paths_are_named_and_cut():
     assert len(last.x) == 10  # the frames after divergence show the path up to its last point
     loss = plots.race_loss(res)
     assert loss.data[0].name.endswith("diverged at step 10") and len(loss.data[0].y) == 10
+    # the exploding curve does not stretch the axis: Adam's curve keeps its room
+    low, high = loss.layout.yaxis.range
+    assert max(loss.data[0].y) > 10**high and high < 5
+    assert low <= np.log10(min(loss.data[1].y))
 
 
 def test_race_loss(result):
