@@ -154,9 +154,18 @@ def _targets(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     return y.view_as(out) if y.dtype.is_floating_point else y
 
 
-def _accuracy(predictions: list[torch.Tensor], labels: list[torch.Tensor]) -> float:
-    # One comparison per epoch instead of one per step.
-    return (torch.cat(predictions) == torch.cat(labels)).float().mean().item()
+def _accuracy(logits: list[torch.Tensor], labels: list[torch.Tensor]) -> float:
+    # One argmax and one comparison per epoch instead of one per step.
+    return (torch.cat(logits).argmax(1) == torch.cat(labels)).float().mean().item()
+
+
+def _layer_norms(samples: list[torch.Tensor], layer_of: torch.Tensor, n_layers: int) -> list:
+    # samples: per sampled step, the L2 norm of every parameter's gradient. A layer's norm is
+    # the root of its parameters' summed squares; the epoch's value is the mean over samples.
+    squares = torch.stack(samples).square()  # (S, P)
+    per_layer = torch.zeros(len(samples), n_layers, device=squares.device)
+    per_layer.index_add_(1, layer_of, squares)
+    return per_layer.sqrt().mean(0).tolist()
 
 
 @torch.no_grad()
@@ -283,7 +292,7 @@ def train(
     """
     device = get_device(cfg.device)
     threads = cpu_threads(model, cfg) if device.type == "cpu" else None
-    if threads is None:
+    if threads is None or threads == torch.get_num_threads():
         return _train(model, data, cfg, callbacks, device)
     # torch's thread count is process-wide: set it for this run and put it back afterwards.
     before = torch.get_num_threads()
@@ -341,14 +350,15 @@ def _train(
     started = time.perf_counter()
     for cb in callbacks:
         cb.on_train_begin(state)
+    # Called after every step: skip callbacks that keep the base class's empty hook.
+    step_callbacks = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
 
     while state.epoch < cfg.epochs and not state.stop:
         epoch_start = time.perf_counter()
         loss_sum, seen = 0.0, 0
-        predictions: list[torch.Tensor] = []  # argmax per step; compared with labels once
+        logits: list[torch.Tensor] = []  # kept per step; argmax'd and compared once per epoch
         labels: list[torch.Tensor] = []
-        norm_sums = torch.zeros(len(layer_names), device=device)
-        norm_samples = 0
+        norm_samples: list[torch.Tensor] = []  # per sampled step: each parameter's grad norm
         for xb, yb in train_loader:
             out = model(xb)
             loss = loss_fn(out, _targets(yb, out))
@@ -356,20 +366,18 @@ def _train(
             loss.backward()
             if norm_every and state.step % norm_every == 0:
                 grads = [p.grad if p.grad is not None else p.new_zeros(1) for p in grad_params]
-                squares = torch.stack(torch._foreach_norm(grads)).square()
-                norm_sums += torch.zeros_like(norm_sums).index_add_(0, layer_of, squares).sqrt()
-                norm_samples += 1
+                norm_samples.append(torch.stack(torch._foreach_norm(grads)))
             optimizer.step()
             loss_value = loss.item()
             history.step_loss.append(loss_value)
             loss_sum += loss_value * len(yb)
             seen += len(yb)
             if classify:
-                predictions.append(out.detach().argmax(1))
+                logits.append(out.detach())
                 labels.append(yb)
             state.step += 1
             state.last_loss = loss_value
-            for cb in callbacks:
+            for cb in step_callbacks:
                 cb.on_step_end(state)
             if state.stop:
                 break
@@ -382,9 +390,15 @@ def _train(
                 epoch=state.epoch,
                 train_loss=loss_sum / seen,
                 test_loss=test_loss,
-                train_accuracy=_accuracy(predictions, labels) if classify else None,
+                train_accuracy=_accuracy(logits, labels) if classify else None,
                 test_accuracy=test_acc,
-                grad_norms=dict(zip(layer_names, (norm_sums / norm_samples).tolist(), strict=True))
+                grad_norms=dict(
+                    zip(
+                        layer_names,
+                        _layer_norms(norm_samples, layer_of, len(layer_names)),
+                        strict=True,
+                    )
+                )
                 if norm_samples
                 else {},
                 seconds=time.perf_counter() - epoch_start,
