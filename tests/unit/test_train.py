@@ -49,7 +49,8 @@ def test_matches_a_bare_pytorch_loop_exactly():
     """Oracle: the instrumented loop computes exactly what a hand-written loop computes."""
     data = load_dataset("moons", n_samples=200)
     ours = _mlp(data, dropout=0.2)
-    train(ours, data, TrainConfig(epochs=4, optimizer="momentum", lr=0.05, seed=7))
+    cfg = TrainConfig(epochs=4, optimizer="momentum", lr=0.05, seed=7, grad_norm_samples=2)
+    history = train(ours, data, cfg)
 
     bare = _mlp(data, dropout=0.2)
     torch.manual_seed(7)
@@ -57,13 +58,27 @@ def test_matches_a_bare_pytorch_loop_exactly():
     loader, _ = make_loaders(data, 32, generator=generator)
     opt = torch.optim.SGD(bare.parameters(), lr=0.05, momentum=0.9)
     bare.train()
-    for _ in range(4):
+    step, every = 0, len(loader) // 2
+    for epoch in range(4):
+        correct, seen, norms = 0, 0, []
         for xb, yb in loader:
-            loss = nn.functional.cross_entropy(bare(xb), yb)
+            out = bare(xb)
+            loss = nn.functional.cross_entropy(out, yb)
             opt.zero_grad()
             loss.backward()
+            if step % every == 0:  # the steps whose gradient norms the loop samples
+                norms.append([torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()
+                              for layer in (bare.layers.hidden1, bare.layers.hidden2,
+                                            bare.layers.output)])  # fmt: skip
             opt.step()
+            correct += (out.argmax(1) == yb).sum().item()
+            seen += len(yb)
+            step += 1
         # the loop evaluates after each epoch; evaluation draws no random numbers
+        record = history.epochs[epoch]
+        assert record.train_accuracy == pytest.approx(correct / seen)
+        mean_norms = torch.tensor(norms).mean(0).tolist()
+        assert list(record.grad_norms.values()) == pytest.approx(mean_norms, rel=1e-5)
     assert _same_weights(ours, bare)
 
 
