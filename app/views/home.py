@@ -26,11 +26,13 @@ st.markdown(
 st.header("Lessons")
 if not lessons:
     st.info("No lessons found in lessons/.")
-for lesson in lessons:
-    with st.container(border=True):
+grid = st.columns(2, gap="medium")
+for i, lesson in enumerate(lessons):
+    with grid[i % 2].container(border=True):
         st.subheader(f"{lesson.number:02d} · {lesson.title}")
         st.caption(f"{lesson.minutes} minutes · notebook `{lesson.notebook}`")
-        st.markdown("\n".join(f"- {objective}" for objective in lesson.objectives))
+        with st.expander("Objectives"):
+            st.markdown("\n".join(f"- {objective}" for objective in lesson.objectives))
         cols = st.columns(2)
         with cols[0]:
             st.page_link(
@@ -44,4 +46,4 @@ for lesson in lessons:
                 st.page_link(
                     lesson.page_script, label="Open the page", icon=":material/play_arrow:"
                 )
-        st.code(lesson.notebook_command, language="bash")
+        st.code(lesson.notebook_command, language="bash", wrap_lines=True)
