@@ -6,7 +6,7 @@ import streamlit as st
 from maaslab import lab_state as lab
 from maaslab.errors import MaaslabError
 from maaslab.optim import NAMES, OPTIMIZERS, race
-from maaslab.plots import race_contour, race_loss
+from maaslab.plots import add_click_targets, race_contour, race_loss
 from maaslab.surfaces import SURFACES
 
 P = "gdlab."  # session_state prefix of this page
@@ -82,12 +82,8 @@ with right:
     if ss[P + "url"] != url:
         st.query_params.from_dict(params)
 
-    fig = race_contour(result)
-    grid = lab.click_grid(surface)  # invisible click targets: a contour cannot be selected
-    fig.add_scatter(x=grid[:, 0], y=grid[:, 1], customdata=surface.value(grid), mode="markers",
-                    marker={"size": 14, "opacity": 0}, showlegend=False, name="start here",
-                    hovertemplate="f(%{x}, %{y}) = %{customdata:.4g}<br>click: start here"
-                    "<extra></extra>")  # fmt: skip
+    # invisible click targets over the map: a contour cannot be selected, markers can
+    fig = add_click_targets(race_contour(result), surface, lab.click_grid(surface))
     st.plotly_chart(fig, key=P + "chart", on_select=on_click, selection_mode="points")
     st.caption("Press ▶ Play to replay the race. Click anywhere on the map to start from there. "
                "The address bar holds every setting: copy it to share this race.")  # fmt: skip

@@ -12,7 +12,7 @@ from maaslab.plots.linreg import (
     schedule_plot,
 )
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
-from maaslab.plots.surfaces import race_contour, race_loss, surface_contour
+from maaslab.plots.surfaces import add_click_targets, race_contour, race_loss, surface_contour
 from maaslab.plots.training import (
     accuracy_curve,
     dataset_scatter,
@@ -34,6 +34,7 @@ from maaslab.plots.vision import (
 
 __all__ = [
     "accuracy_curve",
+    "add_click_targets",
     "batch_size_comparison",
     "confusion_matrix_heatmap",
     "conv_filter_grid",

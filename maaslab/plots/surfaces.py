@@ -248,3 +248,16 @@ def race_loss(result: RaceResult) -> go.Figure:
             title_text="f − f_min", type="log", exponentformat="power", range=[bottom, top]
         )
     return fig
+
+
+def add_click_targets(fig: go.Figure, surface: Surface, points: np.ndarray) -> go.Figure:
+    """Overlay invisible markers at `points` (N, 2): a contour cannot be clicked, markers can.
+
+    A page that lets the learner click the map (to pick a start) reads the selected marker.
+    """
+    fig.add_scatter(
+        x=points[:, 0], y=points[:, 1], customdata=surface.value(points), mode="markers",
+        marker={"size": 14, "opacity": 0}, showlegend=False, name="start here",
+        hovertemplate="f(%{x}, %{y}) = %{customdata:.4g}<br>click: start here<extra></extra>",
+    )  # fmt: skip
+    return fig

@@ -96,3 +96,12 @@ def test_race_loss(result):
     saddle = plots.race_loss(race(RaceConfig("saddle", steps=100)))
     assert saddle.layout.yaxis.type != "log"
     assert saddle.layout.yaxis.range[0] < 0 < saddle.layout.yaxis.range[1]
+
+
+def test_click_targets_are_invisible_markers_with_the_surface_value():
+    surface = SURFACES["rosenbrock"]
+    points = np.array([[0.0, 0.0], [1.0, 1.0], [-1.0, 2.0]])
+    fig = plots.add_click_targets(go.Figure(), surface, points)
+    marks = fig.data[-1]
+    assert marks.mode == "markers" and marks.marker.opacity == 0 and not marks.showlegend
+    np.testing.assert_allclose(marks.customdata, surface.value(points))
