@@ -32,6 +32,8 @@ def _call(name: str, fn: Callable, *args) -> tuple[np.ndarray | None, CheckResul
         return None, failed(name, f"your function raised {type(err).__name__}: {err}")
     if isinstance(got, tuple):
         got = got[0]  # (out, weights) -> out
+    if got is None:
+        return None, failed(name, "your function returned None: did you forget `return`?")
     try:
         return np.asarray(got.detach() if hasattr(got, "detach") else got, dtype=float), None
     except (TypeError, ValueError):
