@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="evaluate a saved model folder on its dataset's test split"
     )
     ev.add_argument("folder", type=Path, help="model folder (config.json + model.safetensors)")
+
+    assets = sub.add_parser(
+        "assets", help="rebuild the shipped models in assets/models from their recipes"
+    )
+    assets.add_argument("names", nargs="*", help="models to rebuild (default: all)")
     return parser
 
 
@@ -193,7 +198,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"doctor": cmd_doctor, "train": cmd_train, "evaluate": cmd_evaluate}
+def cmd_assets(args: argparse.Namespace) -> int:
+    """Rerun the recipes of the shipped models and report each folder's test accuracy."""
+    from maaslab.assets import RECIPES, build_assets
+    from maaslab.registry import read_metadata
+
+    for name in args.names or list(RECIPES):
+        started = time.perf_counter()
+        (folder,) = build_assets([name])
+        accuracy = read_metadata(folder).get("metrics", {}).get("test_accuracy")
+        shown = f"test accuracy {accuracy:.4f} · " if accuracy is not None else ""
+        print(f"{name}: {folder} · {shown}{time.perf_counter() - started:.1f} s")
+    return 0
+
+
+COMMANDS = {
+    "doctor": cmd_doctor,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "assets": cmd_assets,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -149,3 +149,16 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> nn.
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The metadata block of a model folder's config.json."""
     return dict(read_config(folder).get("metadata", {}))
+
+
+def load(name: str, *, device: str = "cpu"):
+    """A shipped model by name, ready to call: digits-mlp, digits-cnn, minilm-embed.
+
+    Returns a wrapper from maaslab.zoo with a predict-style method (`predict` for classifiers,
+    `embed` for the encoder); an unknown name is refused with the list of known ones.
+    """
+    from maaslab.zoo import LOADERS
+
+    if name not in LOADERS:
+        raise MaaslabError(f"unknown model {name!r}: choose one of {', '.join(LOADERS)}")
+    return LOADERS[name](name, device)

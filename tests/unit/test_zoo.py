@@ -1,0 +1,78 @@
+"""Shipped models by name: digits-mlp, digits-cnn and minilm-embed through registry.load."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from maaslab import MaaslabError
+from maaslab.assets import MODELS_DIR, build_assets
+from maaslab.data import load_dataset
+from maaslab.registry import load, load_model, read_metadata
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "digits-cnn"])
+def test_shipped_digits_models_reach_their_recorded_accuracy(name, digits):
+    model = load(name)
+    out = model.predict(digits.X_test * 16)  # the wrapper takes sklearn's 0-16 pixels
+    assert out.probabilities.shape == (len(digits.y_test), 10)
+    np.testing.assert_allclose(out.probabilities.sum(1), 1.0, rtol=1e-5)
+    accuracy = float(np.mean(out.probabilities.argmax(1) == digits.y_test))
+    recorded = read_metadata(MODELS_DIR / name)["metrics"]["test_accuracy"]
+    assert accuracy == pytest.approx(recorded, abs=1e-6)
+    assert accuracy > (0.97 if name == "digits-cnn" else 0.95)
+    assert out.labels[0] == str(out.probabilities[0].argmax()) and out.seconds >= 0
+
+
+def test_the_recipe_rebuilds_the_shipped_model(tmp_path, digits):
+    (folder,) = build_assets(["digits-mlp"], parent=tmp_path)
+    rebuilt, shipped = load_model(folder), load_model(MODELS_DIR / "digits-mlp")
+    x = torch.as_tensor(digits.X_test, dtype=torch.float32)
+    agree = (rebuilt(x).argmax(1) == shipped(x).argmax(1)).float().mean().item()
+    assert agree > 0.99
+    assert read_metadata(folder)["metrics"]["test_accuracy"] == pytest.approx(
+        read_metadata(MODELS_DIR / "digits-mlp")["metrics"]["test_accuracy"], abs=0.005
+    )
+
+
+@pytest.mark.parametrize(
+    ("pixels", "message"),
+    [
+        (np.zeros((2, 63)), r"shape \(N, 64\)"),
+        (np.zeros((0, 64)), r"shape \(N, 64\)"),
+        (np.full((1, 64), np.nan), "NaN"),
+        (np.full((1, 64), 17.0), "0..16"),
+        (np.full((1, 64), -1.0), "0..16"),
+        ([["a"] * 64], "numbers"),
+    ],
+)
+def test_bad_pixels_are_named(pixels, message):
+    with pytest.raises(MaaslabError, match=message):
+        load("digits-mlp").predict(pixels)
+
+
+def test_one_image_may_be_a_flat_row(digits):
+    out = load("digits-cnn").predict(digits.X_test[0] * 16)
+    assert out.probabilities.shape == (1, 10)
+
+
+def test_embedder_and_unknown_names():
+    embedder = load("minilm-embed")
+    out = embedder.embed(["a cat", "a kitten"])
+    assert out.embeddings.shape == (2, 384)
+    with pytest.raises(MaaslabError, match=r"unknown model 'gpt-5'.*digits-mlp"):
+        load("gpt-5")
+
+
+def test_cli_refuses_an_unknown_recipe_in_one_line():
+    done = subprocess.run([sys.executable, "-m", "maaslab", "assets", "nope"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 2 and "no recipe for nope" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
