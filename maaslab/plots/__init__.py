@@ -4,6 +4,7 @@ Functions here return go.Figure and never display anything, so a page and a note
 the same result get the same figure. One module per area; everything is re-exported here.
 """
 
+from maaslab.plots.attention import attention_heatmap, heads_grid
 from maaslab.plots.linreg import (
     batch_size_comparison,
     fitted_lines,
@@ -35,6 +36,7 @@ from maaslab.plots.vision import (
 __all__ = [
     "accuracy_curve",
     "add_click_targets",
+    "attention_heatmap",
     "batch_size_comparison",
     "confusion_matrix_heatmap",
     "conv_filter_grid",
@@ -45,6 +47,7 @@ __all__ = [
     "fitted_lines",
     "grad_norm_curve",
     "gradcheck_bars",
+    "heads_grid",
     "loss_comparison",
     "loss_contour",
     "loss_curve",
