@@ -16,6 +16,7 @@ PAGES = [
     ("Learn", "guide", "Lesson guides", ":material/menu_book:"),
     ("Train", "gradient_descent_lab", "Gradient Descent Lab", ":material/landscape:"),
     ("Train", "training_studio", "Training Studio", ":material/model_training:"),
+    ("Use", "inference", "Inference", ":material/bolt:"),
 ]
 
 sections: dict[str, list] = {}

@@ -87,3 +87,20 @@ def load_lessons(folder: Path = LESSONS_DIR) -> list[Lesson]:
 def lesson_for_page(page: str, folder: Path = LESSONS_DIR) -> Lesson | None:
     """The first lesson whose demo page is `page` (a page file stem), if any."""
     return next((les for les in load_lessons(folder) if les.page == page), None)
+
+
+def guide_sentences(min_chars: int = 40) -> list[str]:
+    """Every sentence of the lesson guides (prose only, no formulas or code), sorted, unique.
+
+    A small offline corpus that the embedding demo searches: "find the passage about …".
+    """
+    found: set[str] = set()
+    for lesson in load_lessons():
+        prose = re.sub(r"```.*?```|\$\$.*?\$\$", " ", lesson.body, flags=re.S)
+        for paragraph in prose.split("\n\n"):
+            text = " ".join(line.strip(" -*#>|") for line in paragraph.splitlines())
+            for sentence in re.split(r"(?<=[.!?])\s+", text):
+                sentence = sentence.strip().replace("**", "")
+                if len(sentence) >= min_chars and "|" not in sentence:
+                    found.add(sentence)
+    return sorted(found)

@@ -76,6 +76,15 @@ class TextEmbedder:
         return self.encoder.encode(texts)
 
 
+def paint(pixels: np.ndarray, index: int) -> np.ndarray:
+    """Pixels after a click on cell `index`: each click darkens it a step, 0 -> 8 -> 16 -> 0."""
+    if not 0 <= index < 64:
+        raise MaaslabError(f"a digit has 64 cells (0-63), not {index}")
+    out = np.array(pixels, dtype=np.float32).reshape(64)
+    out[index] = {0.0: 8.0, 8.0: 16.0}.get(float(out[index]), 0.0)
+    return out
+
+
 def _digits(name: str, device: str) -> DigitsClassifier:
     folder = MODELS_DIR / name
     if not folder.is_dir():

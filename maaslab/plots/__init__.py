@@ -26,6 +26,7 @@ from maaslab.plots.training import (
 from maaslab.plots.vision import (
     confusion_matrix_heatmap,
     conv_filter_grid,
+    digit_canvas,
     digit_grid,
     feature_map_grid,
     misclassified_grid,
@@ -42,6 +43,7 @@ __all__ = [
     "conv_filter_grid",
     "dataset_scatter",
     "decision_boundary",
+    "digit_canvas",
     "digit_grid",
     "feature_map_grid",
     "fitted_lines",

@@ -282,3 +282,26 @@ def _empty(title: str, text: str) -> go.Figure:
     fig.update_xaxes(visible=False)
     fig.update_yaxes(visible=False)
     return fig
+
+
+def digit_canvas(pixels: object, *, title: str = "Click cells to draw") -> go.Figure:
+    """One 8x8 digit (64 pixels, 0-16) as a large heatmap that can be clicked cell by cell.
+
+    A heatmap cannot be selected, so an invisible marker sits on every cell; a page reads the
+    clicked marker's `customdata` (the pixel index 0-63, row by row).
+    """
+    image = np.asarray(pixels, dtype=float).reshape(8, 8)
+    rows, cols = np.divmod(np.arange(64), 8)
+    fig = go.Figure(
+        go.Heatmap(z=image, colorscale="Greys", zmin=0, zmax=16, showscale=False,
+                   hoverinfo="skip")
+    )  # fmt: skip
+    fig.add_scatter(
+        x=cols, y=rows, customdata=np.arange(64), mode="markers", showlegend=False,
+        marker={"size": 30, "opacity": 0, "symbol": "square"},
+        hovertemplate="row %{y}, column %{x}<extra></extra>",
+    )  # fmt: skip
+    fig.update_layout(**layout(height=340), title=title, dragmode=False)
+    fig.update_xaxes(visible=False, range=[-0.5, 7.5], constrain="domain")
+    fig.update_yaxes(visible=False, range=[7.5, -0.5], scaleanchor="x", constrain="domain")
+    return fig

@@ -3,7 +3,7 @@ import ast
 import pytest
 
 from maaslab import MaaslabError
-from maaslab.lessons import load_lessons, parse_lesson
+from maaslab.lessons import guide_sentences, load_lessons, parse_lesson
 from maaslab.paths import ROOT
 
 
@@ -47,3 +47,10 @@ def test_malformed_guides_are_named(tmp_path, name, text, message):
     path.write_text(text)
     with pytest.raises(MaaslabError, match=message):
         parse_lesson(path)
+
+
+def test_guide_sentences_are_prose_only():
+    sentences = guide_sentences()
+    assert len(sentences) > 100 and sentences == sorted(set(sentences))
+    assert all(len(s) >= 40 and "```" not in s and "$$" not in s for s in sentences)
+    assert any("learning rate" in s for s in sentences)

@@ -112,3 +112,12 @@ def test_run_comparison_one_colour_per_run_solid_train_dashed_test():
     assert len(none_colors) == 1 and len(drop_colors) == 1 and none_colors != drop_colors
     assert list(by_name["dropout · test"][0].y) == [4.0, 2.0]
     assert sum(t.showlegend for t in fig.data) == 4  # one legend entry per run and split
+
+
+def test_digit_canvas_has_a_click_target_per_pixel():
+    pixels = np.arange(64) % 17
+    fig = plots.digit_canvas(pixels)
+    heat, marks = fig.data
+    np.testing.assert_array_equal(np.asarray(heat.z), pixels.reshape(8, 8))
+    assert list(marks.customdata) == list(range(64)) and marks.marker.opacity == 0
+    assert marks.x[9] == 1 and marks.y[9] == 1  # index 9 is row 1, column 1

@@ -11,6 +11,7 @@ from maaslab import MaaslabError
 from maaslab.assets import MODELS_DIR, build_assets
 from maaslab.data import load_dataset
 from maaslab.registry import load, load_model, read_metadata
+from maaslab.zoo import paint
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,14 @@ def test_cli_refuses_an_unknown_recipe_in_one_line():
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 2 and "no recipe for nope" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_paint_cycles_a_cell_and_refuses_other_cells():
+    pixels, seen = np.zeros(64, dtype=np.float32), []
+    for _ in range(3):
+        pixels = paint(pixels, 9)
+        seen.append(float(pixels[9]))
+    assert seen == [8.0, 16.0, 0.0] and np.count_nonzero(pixels) == 0
+    assert np.count_nonzero(paint(np.zeros(64), 0)) == 1
+    with pytest.raises(MaaslabError, match="64 cells"):
+        paint(pixels, 64)
