@@ -1,0 +1,170 @@
+"""The project's labelled review corpus and the TF-IDF + logistic regression baseline.
+
+The corpus (assets/reviews/reviews.csv) holds short English reviews labelled negative/positive,
+with a fixed train/test split and a `phenomenon` tag saying what makes each review easy or hard
+for a bag-of-words model: plain, negation, contrast, sarcasm, mixed_intensity. The split is part
+of the file, not drawn at load time, so every face and every lesson scores on the same test set.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+
+from maaslab.errors import MaaslabError
+from maaslab.paths import ASSETS_DIR
+
+REVIEWS_CSV = ASSETS_DIR / "reviews" / "reviews.csv"
+LABELS = ("negative", "positive")  # index = integer label: 0 negative, 1 positive
+SPLITS = ("train", "test")
+PHENOMENA = ("plain", "negation", "contrast", "sarcasm", "mixed_intensity")
+COLUMNS = ("id", "text", "label", "split", "phenomenon")
+
+
+@dataclass(frozen=True)
+class ReviewSet:
+    """Reviews with integer labels (0 negative, 1 positive), phenomenon tags and stable ids."""
+
+    texts: tuple[str, ...]
+    labels: np.ndarray  # (N,) int64, 0 = negative, 1 = positive
+    phenomena: tuple[str, ...]
+    ids: tuple[str, ...]
+
+    def __len__(self) -> int:
+        """Number of reviews."""
+        return len(self.texts)
+
+    def where(self, phenomenon: str) -> ReviewSet:
+        """The subset tagged with one phenomenon (e.g. "sarcasm"), in file order."""
+        if phenomenon not in PHENOMENA:
+            raise MaaslabError(f"unknown phenomenon {phenomenon!r}: choose one of {PHENOMENA}")
+        keep = [i for i, p in enumerate(self.phenomena) if p == phenomenon]
+        return ReviewSet(
+            texts=tuple(self.texts[i] for i in keep),
+            labels=self.labels[keep],
+            phenomena=tuple(self.phenomena[i] for i in keep),
+            ids=tuple(self.ids[i] for i in keep),
+        )
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    """Test accuracy of the TF-IDF baseline, overall and per phenomenon, with the fitted model."""
+
+    accuracy: float
+    per_phenomenon: dict[str, float]  # phenomenon -> accuracy on the test reviews with that tag
+    predictions: np.ndarray  # (N_test,) int64 predicted labels, in test-set order
+    pipeline: Pipeline  # fitted TfidfVectorizer + LogisticRegression; .predict(list_of_texts)
+    seconds: float  # wall time of fit + predict
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    """Read and validate the CSV; every problem becomes a MaaslabError naming file and row."""
+    if not path.is_file():
+        raise MaaslabError(
+            f"review corpus not found at {path}: restore assets/reviews/reviews.csv from git"
+        )
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            header = tuple(reader.fieldnames or ())
+            if header != COLUMNS:
+                raise MaaslabError(
+                    f"{path} has columns {header}, expected {COLUMNS}: the file is damaged, "
+                    "restore it from git"
+                )
+            rows = list(reader)
+    except UnicodeDecodeError as err:
+        raise MaaslabError(f"{path} is not valid UTF-8 ({err}): restore it from git") from err
+    if not rows:
+        raise MaaslabError(f"{path} holds no reviews: restore it from git")
+    seen: set[str] = set()
+    allowed = {"label": LABELS, "split": SPLITS, "phenomenon": PHENOMENA}
+    for line, row in enumerate(rows, start=2):  # line 1 is the header
+        if None in row or any(row[c] is None for c in COLUMNS):
+            raise MaaslabError(f"{path} line {line}: expected {len(COLUMNS)} fields")
+        for column, values in allowed.items():
+            if row[column] not in values:
+                raise MaaslabError(
+                    f"{path} line {line}: {column} {row[column]!r} is not one of {values}"
+                )
+        if not row["text"].strip():
+            raise MaaslabError(f"{path} line {line}: empty review text")
+        if row["id"] in seen:
+            raise MaaslabError(f"{path} line {line}: duplicate id {row['id']!r}")
+        seen.add(row["id"])
+    return rows
+
+
+def load_reviews(split: str | None = None, *, path: Path | None = None) -> ReviewSet:
+    """Load the review corpus, all of it or one fixed split.
+
+    Parameters
+    ----------
+    split:
+        "train", "test", or None for every review.
+    path:
+        Another CSV with the same columns; defaults to the shipped assets/reviews/reviews.csv.
+    """
+    if split is not None and split not in SPLITS:
+        raise MaaslabError(f"unknown split {split!r}: choose 'train', 'test' or None for all")
+    rows = _read_rows(Path(path) if path is not None else REVIEWS_CSV)
+    if split is not None:
+        rows = [r for r in rows if r["split"] == split]
+    return ReviewSet(
+        texts=tuple(r["text"] for r in rows),
+        labels=np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64),
+        phenomena=tuple(r["phenomenon"] for r in rows),
+        ids=tuple(r["id"] for r in rows),
+    )
+
+
+def make_tfidf_pipeline(*, seed: int = 0) -> Pipeline:
+    """An unfitted TF-IDF (word 1-2-grams) + logistic regression classifier."""
+    return Pipeline(
+        [
+            # Bigrams let the model see "not bad" and "oh great" as units, which is the most a
+            # bag-of-words model can do about negation and sarcasm.
+            ("tfidf", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)),
+            # C=10: weak regularisation suits ~850 short texts with a sparse vocabulary.
+            ("logreg", LogisticRegression(C=10.0, max_iter=2000, random_state=seed)),
+        ]
+    )
+
+
+def tfidf_baseline(train: ReviewSet, test: ReviewSet, *, seed: int = 0) -> BaselineResult:
+    """Fit TF-IDF + logistic regression on `train` and score it on `test`, per phenomenon too.
+
+    Parameters
+    ----------
+    train, test:
+        Review sets, usually `load_reviews("train")` and `load_reviews("test")`.
+    seed:
+        Seed for the logistic regression solver; the same seed gives the same result.
+    """
+    if len(train) == 0 or len(test) == 0:
+        raise MaaslabError("tfidf_baseline needs non-empty train and test review sets")
+    if len(set(train.labels.tolist())) < 2:
+        raise MaaslabError("the training reviews hold only one label: the classifier needs both")
+    start = time.perf_counter()
+    pipeline = make_tfidf_pipeline(seed=seed)
+    pipeline.fit(list(train.texts), train.labels)
+    predictions = np.asarray(pipeline.predict(list(test.texts)), dtype=np.int64)
+    seconds = time.perf_counter() - start
+    correct = predictions == test.labels
+    tags = np.array(test.phenomena)
+    per_phenomenon = {p: float(correct[tags == p].mean()) for p in PHENOMENA if (tags == p).any()}
+    return BaselineResult(
+        accuracy=float(correct.mean()),
+        per_phenomenon=per_phenomenon,
+        predictions=predictions,
+        pipeline=pipeline,
+        seconds=seconds,
+    )
