@@ -1,0 +1,161 @@
+"""The review corpus is large, balanced, hard enough, and its loader rejects broken files."""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maaslab.errors import MaaslabError
+from maaslab.reviews import (
+    COLUMNS,
+    LABELS,
+    PHENOMENA,
+    REVIEWS_CSV,
+    load_reviews,
+    tfidf_baseline,
+)
+
+
+def _norm(text: str) -> str:
+    """Case- and punctuation-insensitive form of a text, to catch disguised duplicates."""
+    return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+
+
+@pytest.fixture(scope="module")
+def train():
+    return load_reviews("train")
+
+
+@pytest.fixture(scope="module")
+def test_set():
+    return load_reviews("test")
+
+
+def test_counts_and_balance(train, test_set):
+    everything = load_reviews()
+    assert len(everything) >= 1000
+    assert len(everything) == len(train) + len(test_set)
+    assert len(test_set) >= 200
+    assert 0.15 <= len(test_set) / len(everything) <= 0.25
+    for part in (everything, train, test_set):
+        counts = np.bincount(part.labels, minlength=2)
+        assert counts[0] == counts[1], counts
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_hard_phenomena_are_at_least_15_percent(split):
+    part = load_reviews(split)
+    counts = Counter(part.phenomena)
+    assert set(counts) == set(PHENOMENA)
+    for tag in ("negation", "contrast", "sarcasm"):
+        assert counts[tag] / len(part) >= 0.15, (tag, counts[tag], len(part))
+
+
+def test_no_duplicates_and_no_leak_between_splits(train, test_set):
+    everything = load_reviews()
+    normed = [_norm(t) for t in everything.texts]
+    dupes = [t for t, n in Counter(normed).items() if n > 1]
+    assert not dupes, dupes[:5]
+    assert not {_norm(t) for t in train.texts} & {_norm(t) for t in test_set.texts}
+    assert len(set(everything.ids)) == len(everything)
+
+
+def test_texts_are_short_reviews_with_valid_labels():
+    everything = load_reviews()
+    lengths = [len(t.split()) for t in everything.texts]
+    assert min(lengths) >= 5 and max(lengths) <= 40
+    assert set(everything.labels.tolist()) == {0, 1}
+    assert everything.labels.dtype == np.int64
+    assert LABELS == ("negative", "positive")
+    with REVIEWS_CSV.open(newline="", encoding="utf-8") as fh:
+        first = next(csv.DictReader(fh))
+    assert LABELS[int(load_reviews().labels[0])] == first["label"]
+
+
+def test_where_selects_one_phenomenon(test_set):
+    sarcasm = test_set.where("sarcasm")
+    assert len(sarcasm) == test_set.phenomena.count("sarcasm")
+    assert set(sarcasm.phenomena) == {"sarcasm"}
+    with pytest.raises(MaaslabError, match="unknown phenomenon"):
+        test_set.where("irony")
+
+
+def _write(path: Path, header: tuple[str, ...], rows: list[list[str]]) -> Path:
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+GOOD = ["r1", "Lovely little hotel with a great breakfast.", "positive", "train", "plain"]
+
+
+def test_loader_reads_a_valid_custom_file(tmp_path):
+    path = _write(tmp_path / "ok.csv", COLUMNS, [GOOD, ["r2", *GOOD[1:3], "test", "plain"]])
+    assert load_reviews(path=path).ids == ("r1", "r2")
+    assert load_reviews("test", path=path).ids == ("r2",)
+
+
+@pytest.mark.parametrize(
+    ("header", "row", "message"),
+    [
+        (("id", "text", "label", "split"), GOOD[:4], "columns"),
+        (COLUMNS, [*GOOD[:2], "great", *GOOD[3:]], "label 'great'"),
+        (COLUMNS, [*GOOD[:3], "valid", GOOD[4]], "split 'valid'"),
+        (COLUMNS, [*GOOD[:4], "irony"], "phenomenon 'irony'"),
+        (COLUMNS, [GOOD[0], "  ", *GOOD[2:]], "empty review text"),
+        (COLUMNS, GOOD[:4], "expected 5 fields"),
+    ],
+)
+def test_loader_rejects_a_broken_file(tmp_path, header, row, message):
+    path = _write(tmp_path / "broken.csv", header, [row])
+    with pytest.raises(MaaslabError, match=message):
+        load_reviews(path=path)
+
+
+def test_loader_rejects_missing_file_duplicate_ids_and_bad_split(tmp_path):
+    with pytest.raises(MaaslabError, match="not found"):
+        load_reviews(path=tmp_path / "missing.csv")
+    path = _write(tmp_path / "dupes.csv", COLUMNS, [GOOD, GOOD])
+    with pytest.raises(MaaslabError, match="duplicate id"):
+        load_reviews(path=path)
+    with pytest.raises(MaaslabError, match="unknown split"):
+        load_reviews("validation")
+
+
+def test_baseline_beats_chance_but_not_the_hard_cases(train, test_set):
+    result = tfidf_baseline(train, test_set, seed=0)
+    again = tfidf_baseline(train, test_set, seed=0)
+    assert result.accuracy == again.accuracy
+    np.testing.assert_array_equal(result.predictions, again.predictions)
+    # Measured 0.687 on the shipped split: far above chance, far below a model that reads.
+    assert 0.6 < result.accuracy < 0.85
+    assert set(result.per_phenomenon) == set(PHENOMENA)
+    manual = float((result.predictions == test_set.labels).mean())
+    assert result.accuracy == pytest.approx(manual)
+    sarcasm = test_set.where("sarcasm")
+    assert result.per_phenomenon["sarcasm"] == pytest.approx(
+        float((result.pipeline.predict(list(sarcasm.texts)) == sarcasm.labels).mean())
+    )
+    # Contrast reviews need the clause after "but" to outweigh the one before it.
+    assert result.per_phenomenon["contrast"] < result.per_phenomenon["plain"]
+    assert result.seconds > 0
+
+
+def test_baseline_rejects_one_label_training_set(train, test_set):
+    only_negative = train.where("sarcasm")
+    keep = only_negative.labels == 0
+    one_label = type(train)(
+        texts=tuple(t for t, k in zip(only_negative.texts, keep, strict=True) if k),
+        labels=only_negative.labels[keep],
+        phenomena=tuple(p for p, k in zip(only_negative.phenomena, keep, strict=True) if k),
+        ids=tuple(i for i, k in zip(only_negative.ids, keep, strict=True) if k),
+    )
+    with pytest.raises(MaaslabError, match="only one label"):
+        tfidf_baseline(one_label, test_set)
