@@ -147,16 +147,22 @@ def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
 
 
 def _loss_fn(task: str) -> nn.Module:
-    return nn.CrossEntropyLoss() if task == "classification" else nn.MSELoss()
+    return nn.MSELoss() if task == "regression" else nn.CrossEntropyLoss()
 
 
-def _targets(y: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    return y.view_as(out) if y.dtype.is_floating_point else y
+def _loss_inputs(out: torch.Tensor, y: torch.Tensor, task: str) -> tuple[torch.Tensor, ...]:
+    # A language model predicts every position: logits (B, T, V) and targets (B, T) become
+    # (B*T, V) and (B*T,), so the loss is the mean over all predicted tokens.
+    if task == "language_model":
+        return out.flatten(0, 1), y.flatten()
+    return out, y.view_as(out) if y.dtype.is_floating_point else y
 
 
-def _accuracy(logits: list[torch.Tensor], labels: list[torch.Tensor]) -> float:
-    # One argmax and one comparison per epoch instead of one per step.
-    return (torch.cat(logits).argmax(1) == torch.cat(labels)).float().mean().item()
+def _accuracy(predicted: list[torch.Tensor], labels: list[torch.Tensor]) -> float:
+    # One comparison per epoch instead of one per step; classification logits are argmax'd here.
+    pred = torch.cat(predicted)
+    pred = pred.argmax(1) if pred.is_floating_point() else pred
+    return (pred == torch.cat(labels)).float().mean().item()
 
 
 def _layer_norms(samples: list[torch.Tensor], layer_of: torch.Tensor, n_layers: int) -> list:
@@ -170,20 +176,24 @@ def _layer_norms(samples: list[torch.Tensor], layer_of: torch.Tensor, n_layers: 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, task: str) -> tuple[float, float | None]:
-    """Mean loss and accuracy (None for regression) of `model` over a loader, in eval mode."""
+    """Mean loss and accuracy (None for regression) of `model` over a loader, in eval mode.
+
+    For a language model both are per token: next-token cross-entropy and next-token accuracy.
+    """
     was_training = model.training
     model.eval()
     loss_fn = _loss_fn(task)
-    total_loss, correct, count = 0.0, 0, 0
+    total_loss, correct, count, predictions = 0.0, 0, 0, 0
     for xb, yb in loader:
         out = model(xb)
-        total_loss += loss_fn(out, _targets(yb, out)).item() * len(yb)
-        if task == "classification":
-            correct += (out.argmax(1) == yb).sum().item()
+        total_loss += loss_fn(*_loss_inputs(out, yb, task)).item() * len(yb)
+        if task != "regression":
+            correct += (out.argmax(-1) == yb).sum().item()
+            predictions += yb.numel()  # one per example, or one per position for a language model
         count += len(yb)
     model.train(was_training)
     return total_loss / max(count, 1), (
-        correct / max(count, 1) if task == "classification" else None
+        correct / max(predictions, 1) if task != "regression" else None
     )
 
 
@@ -338,7 +348,8 @@ def _train(
     grad_params = [p for params in groups.values() for p in params]
     # layer index of each parameter, to sum squared norms per layer in one index_add_
     layer_of = torch.tensor([i for i, ps in enumerate(groups.values()) for _ in ps], device=device)
-    classify = data.task == "classification"
+    classify = data.task != "regression"  # classification and language_model have accuracy
+    language_model = data.task == "language_model"
     # Gradient norms cost a few kernel launches; reading them on a fixed number of evenly spaced
     # steps per epoch keeps that cost bounded, however many steps an epoch has.
     norm_every = (
@@ -356,12 +367,12 @@ def _train(
     while state.epoch < cfg.epochs and not state.stop:
         epoch_start = time.perf_counter()
         loss_sum, seen = 0.0, 0
-        logits: list[torch.Tensor] = []  # kept per step; argmax'd and compared once per epoch
+        logits: list[torch.Tensor] = []  # kept per step; compared with labels once per epoch
         labels: list[torch.Tensor] = []
         norm_samples: list[torch.Tensor] = []  # per sampled step: each parameter's grad norm
         for xb, yb in train_loader:
             out = model(xb)
-            loss = loss_fn(out, _targets(yb, out))
+            loss = loss_fn(*_loss_inputs(out, yb, data.task))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if norm_every and state.step % norm_every == 0:
@@ -373,7 +384,9 @@ def _train(
             loss_sum += loss_value * len(yb)
             seen += len(yb)
             if classify:
-                logits.append(out.detach())
+                # A language model's logits are (B, T, V): keeping a whole epoch of them would
+                # take gigabytes, so its step keeps only the (B, T) predicted ids.
+                logits.append(out.detach().argmax(-1) if language_model else out.detach())
                 labels.append(yb)
             state.step += 1
             state.last_loss = loss_value

@@ -13,12 +13,14 @@ from torch import nn
 
 from maaslab.errors import MaaslabError
 from maaslab.models.cnn import CNN, CNNConfig
+from maaslab.models.gpt import GPTConfig, MiniGPT
 from maaslab.models.mlp import MLP, MLPConfig
 
 # model_type -> (config class, model class). Later models (gpt, ...) register here.
 MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLP),
     "cnn": (CNNConfig, CNN),
+    "gpt": (GPTConfig, MiniGPT),
 }
 
 
@@ -55,4 +57,14 @@ def model_config(model: nn.Module) -> dict[str, Any]:
     return {"model_type": model_type, "config": dataclasses.asdict(config)}
 
 
-__all__ = ["CNN", "MLP", "MODEL_TYPES", "CNNConfig", "MLPConfig", "build_model", "model_config"]
+__all__ = [
+    "CNN",
+    "MLP",
+    "MODEL_TYPES",
+    "CNNConfig",
+    "GPTConfig",
+    "MLPConfig",
+    "MiniGPT",
+    "build_model",
+    "model_config",
+]
