@@ -169,7 +169,12 @@ class SequenceClassifier(nn.Module):
     """
 
     def __init__(
-        self, config: AttentionConfig, vocab_size: int, seq_len: int, n_classes: int, n_layers=1
+        self,
+        config: AttentionConfig,
+        vocab_size: int,
+        seq_len: int,
+        n_classes: int,
+        n_layers: int = 1,
     ) -> None:
         super().__init__()
         self.config = config
