@@ -61,11 +61,11 @@ def test_mean_pool_ignores_padding():
 def test_sources(tmp_path):
     assert resolve_source("minilm") == str(minilm_folder())
     assert resolve_source(minilm_folder()) == str(minilm_folder())
-    with pytest.raises(MaaslabError, match="no config.json"):
+    with pytest.raises(MaaslabError, match=r"no config\.json"):
         resolve_source(tmp_path)
     (tmp_path / "config.json").write_text("{}")
     (tmp_path / "pytorch_model.bin").write_bytes(b"pickle")
-    with pytest.raises(MaaslabError, match="no .safetensors"):
+    with pytest.raises(MaaslabError, match=r"no \.safetensors"):
         resolve_source(tmp_path)
     with pytest.raises(MaaslabError, match="hub ids need a connection"):
         resolve_source("sentence-transformers/all-MiniLM-L6-v2")  # the suite runs offline
