@@ -294,14 +294,14 @@ def digit_canvas(pixels: object, *, title: str = "Click cells to draw") -> go.Fi
     rows, cols = np.divmod(np.arange(64), 8)
     fig = go.Figure(
         go.Heatmap(z=image, colorscale="Greys", zmin=0, zmax=16, showscale=False,
-                   hoverinfo="skip")
+                   hoverinfo="skip", xgap=1, ygap=1)  # the gaps draw the cell grid
     )  # fmt: skip
     fig.add_scatter(
         x=cols, y=rows, customdata=np.arange(64), mode="markers", showlegend=False,
         marker={"size": 30, "opacity": 0, "symbol": "square"},
         hovertemplate="row %{y}, column %{x}<extra></extra>",
     )  # fmt: skip
-    fig.update_layout(**layout(height=340), title=title, dragmode=False)
+    fig.update_layout(**layout(height=340), title=title, dragmode=False, plot_bgcolor="#cbd5e1")
     fig.update_xaxes(visible=False, range=[-0.5, 7.5], constrain="domain")
     fig.update_yaxes(visible=False, range=[7.5, -0.5], scaleanchor="x", constrain="domain")
     return fig
