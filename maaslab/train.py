@@ -294,8 +294,9 @@ def train(
 
     Parameters
     ----------
-    model : any nn.Module mapping a batch of `data` inputs to logits (or regression outputs).
-    data : a Dataset from maaslab.data.load_dataset.
+    model : any nn.Module mapping a batch of `data` inputs to logits (or regression outputs);
+        for a language model, (B, T) token ids to (B, T, vocab) next-token logits.
+    data : a Dataset from maaslab.data.load_dataset (or maaslab.textdata.load_text_dataset).
     cfg : optimizer, epochs, batch size, seed, device, checkpointing.
     callbacks : objects with on_train_begin / on_step_end / on_epoch_end / on_train_end; any of
         them may set `state.stop = True` to end training after the current step.
