@@ -64,7 +64,6 @@ class GPTConfig:
             bos_token_id=None,  # GPT-2's 50256 does not exist in a character vocabulary
             eos_token_id=None,
             use_cache=False,  # training and our sampler recompute the window; no KV cache kept
-            loss_type="ForCausalLM",
         )
 
 
@@ -81,6 +80,9 @@ class MiniGPT(nn.Module):
         super().__init__()
         self.config = config
         self.gpt = GPT2LMHeadModel(config.to_hf())  # lm_head shares its weight with wte
+        # transformers picks the loss for `labels=` from the class name, which GPT2LMHeadModel
+        # does not match (it warns); name the causal-LM loss it falls back to anyway.
+        self.gpt.loss_type = "ForCausalLM"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T) int64 ids, T <= context -> (B, T, vocab_size) logits."""
