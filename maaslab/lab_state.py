@@ -228,11 +228,6 @@ def config_from_widgets(values: Mapping[str, object]) -> RaceConfig:
     return RaceConfig(str(values["surface"]), opts, start=start, steps=int(values["steps"]))
 
 
-def choices(grid: Sequence[float], current: float) -> list[float]:
-    """The values a slider offers: `grid` plus `current`, so a value from a link always shows."""
-    return sorted({*grid, current})
-
-
 def surface_defaults(surface: str) -> dict[str, object]:
     """The widget values that follow the surface: every optimizer's lr and the start."""
     values = widget_values(default_race(surface))

@@ -12,12 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
 from maaslab.data import TOY_SETS, Dataset, load_dataset
 from maaslab.errors import MaaslabError
-from maaslab.evaluation import confusion_matrix, predict
+from maaslab.evaluation import confusion_matrix, predict, predict_proba
 from maaslab.jobs import TrainingJob
 from maaslab.models import build_model
 from maaslab.models.mlp import ACTIVATIONS
@@ -152,7 +151,6 @@ class BoundaryGrid:
     proba: np.ndarray  # (R, R, K) probability of each class at (ys[i], xs[j])
 
 
-@torch.no_grad()
 def boundary_grid(model: nn.Module, data: Dataset, resolution: int = 80) -> BoundaryGrid:
     """Class probabilities on a resolution x resolution grid over the data, with a 10% margin."""
     if data.n_features != 2 or data.task != "classification":
@@ -163,12 +161,7 @@ def boundary_grid(model: nn.Module, data: Dataset, resolution: int = 80) -> Boun
     xs = np.linspace(low[0] - margin[0], high[0] + margin[0], resolution)
     ys = np.linspace(low[1] - margin[1], high[1] + margin[1], resolution)
     grid = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    logits = model(torch.as_tensor(grid, dtype=torch.float32, device=device))
-    model.train(was_training)
-    proba = torch.softmax(logits.float(), dim=1).cpu().numpy()
+    proba = predict_proba(model, grid, batch_size=len(grid))
     return BoundaryGrid(xs, ys, proba.reshape(resolution, resolution, -1))
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from maaslab.errors import MaaslabError
@@ -51,6 +51,11 @@ def _format(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(str(v) for v in value)
     return str(value)
+
+
+def slider_options(options: Sequence[Any], current: Any) -> list[Any]:
+    """A slider's stops plus `current`, so a value a link set between two stops is kept."""
+    return sorted({*options, current})
 
 
 def config_from_params(cls: type[C], params: Mapping[str, Any]) -> tuple[C, list[str]]:

@@ -15,6 +15,7 @@ import torch
 
 from maaslab.assets import MODELS_DIR
 from maaslab.errors import MaaslabError
+from maaslab.evaluation import predict_proba
 from maaslab.registry import load_model, read_metadata
 
 DIGIT_PIXEL_MAX = 16.0  # sklearn digits pixels run 0..16; the models were trained on pixels / 16
@@ -39,7 +40,6 @@ class DigitsClassifier:
         self.metadata = read_metadata(folder)
         self.class_names = tuple(self.metadata.get("class_names", [str(i) for i in range(10)]))
 
-    @torch.no_grad()
     def predict(self, pixels: object) -> Prediction:
         """Class probabilities for a batch of 8x8 images given as 64 pixels each (0-16)."""
         try:
@@ -56,8 +56,7 @@ class DigitsClassifier:
             raise MaaslabError(f"pixels must lie in 0..16 (sklearn digits scale); got "
                                f"{x.min():g}..{x.max():g}")  # fmt: skip
         started = time.perf_counter()
-        logits = self.model(torch.from_numpy(x / DIGIT_PIXEL_MAX).to(self.device))
-        proba = torch.softmax(logits.float(), dim=1).cpu().numpy()
+        proba = predict_proba(self.model, x / DIGIT_PIXEL_MAX)
         labels = tuple(self.class_names[i] for i in proba.argmax(1))
         return Prediction(proba, labels, time.perf_counter() - started)
 

@@ -8,6 +8,7 @@ from maaslab.errors import MaaslabError
 from maaslab.optim import NAMES, OPTIMIZERS, race
 from maaslab.plots import add_click_targets, race_contour, race_loss
 from maaslab.surfaces import SURFACES
+from maaslab.urlstate import slider_options
 
 P = "gdlab."  # session_state prefix of this page
 ss = st.session_state
@@ -35,8 +36,8 @@ def on_click() -> None:
 
 def pick(label: str, grid, key: str, **kwargs) -> None:
     """A select slider over `grid` that also offers the current value (it may come from a link)."""
-    st.select_slider(label, lab.choices(grid, ss[P + key]), key=P + key, format_func="{:g}".format,
-                     **kwargs)  # fmt: skip
+    options = slider_options(grid, ss[P + key])
+    st.select_slider(label, options, key=P + key, format_func="{:g}".format, **kwargs)
 
 
 st.title("Gradient Descent Lab")

@@ -11,7 +11,7 @@ from maaslab.jobs import TrainingJob
 from maaslab.models.mlp import ACTIVATIONS
 from maaslab.studio import StudioConfig
 from maaslab.train import OPTIMIZERS
-from maaslab.urlstate import config_from_params, config_to_params
+from maaslab.urlstate import config_from_params, config_to_params, slider_options
 
 JOB, CONFIG, WARNINGS = "studio.job", "studio.config", "studio.url_warnings"
 state = st.session_state
@@ -25,11 +25,6 @@ for name, value in asdict(state[CONFIG]).items():
     state.setdefault(f"studio.{name}", value)  # widgets not drawn last run lose their state
 for warning in state.get(WARNINGS, []):
     st.warning(warning, icon=":material/link_off:")
-
-
-def choices(options: tuple, name: str) -> list:
-    """The slider's options plus the current value when a link set one between them."""
-    return sorted({*options, state[f"studio.{name}"]})
 
 
 def pace_label(seconds: float) -> str:
@@ -81,7 +76,7 @@ with left:
     ):
         st.select_slider(
             label,
-            choices(options, name),
+            slider_options(options, state[f"studio.{name}"]),
             key=f"studio.{name}",
             disabled=busy,
             format_func=pace_label if name == "pace" else str,

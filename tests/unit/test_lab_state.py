@@ -8,6 +8,7 @@ from maaslab import lab_state as lab
 from maaslab.errors import MaaslabError
 from maaslab.optim import OPTIMIZERS, OptimizerConfig, RaceConfig, race
 from maaslab.surfaces import SURFACES
+from maaslab.urlstate import slider_options
 
 
 def _race(**kwargs) -> RaceConfig:
@@ -127,8 +128,8 @@ def test_surface_defaults_move_the_start_and_the_lrs():
 
 
 def test_choices_offer_the_current_value():
-    assert lab.choices(lab.LR_GRID, 0.0123) == sorted([*lab.LR_GRID, 0.0123])
-    assert lab.choices(lab.LR_GRID, 0.01) == list(lab.LR_GRID)
+    assert slider_options(lab.LR_GRID, 0.0123) == sorted([*lab.LR_GRID, 0.0123])
+    assert slider_options(lab.LR_GRID, 0.01) == list(lab.LR_GRID)
     assert 0.001 in lab.LR_GRID and 5e-5 in lab.LR_GRID  # exact floats, not 5.000000000000001e-05
 
 
