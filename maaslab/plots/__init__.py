@@ -14,6 +14,7 @@ from maaslab.plots.linreg import (
 )
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
 from maaslab.plots.surfaces import add_click_targets, race_contour, race_loss, surface_contour
+from maaslab.plots.text import sampling_bars
 from maaslab.plots.training import (
     accuracy_curve,
     dataset_scatter,
@@ -59,6 +60,7 @@ __all__ = [
     "race_contour",
     "race_loss",
     "run_comparison",
+    "sampling_bars",
     "schedule_plot",
     "surface_contour",
     "training_curves",
