@@ -37,6 +37,14 @@ def _hidden(text: str) -> tuple[int, ...]:
     return widths
 
 
+def _model_folder(text: str) -> Path:
+    # A shipped model's name means its folder in assets/models, unless a folder has that name.
+    from maaslab.assets import MODELS_DIR, RECIPES
+
+    path = Path(text)
+    return MODELS_DIR / text if text in RECIPES and not path.exists() else path
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The CLI's argument parser (also used by the tests)."""
     parser = _Parser(prog="python -m maaslab", description="MaaS Lab command line.")
@@ -77,7 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate", help="evaluate a saved model folder on its dataset's test split"
     )
-    ev.add_argument("folder", type=Path, help="model folder (config.json + model.safetensors)")
+    ev.add_argument("folder", type=_model_folder,
+                    help="model folder (config.json + model.safetensors) or a shipped model's "
+                    "name (digits-mlp, digits-cnn, mini-gpt, sentiment-minilm)")  # fmt: skip
 
     assets = sub.add_parser(
         "assets", help="rebuild the shipped models in assets/models from their recipes"
@@ -186,7 +196,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     meta = read_metadata(args.folder)
     if "dataset" not in meta:
         raise MaaslabError(f"{args.folder} does not record which dataset it was trained on")
-    data = load_dataset(meta["dataset"], **meta.get("data_args", {}))
+    if meta["dataset"] == "reviews":
+        return _evaluate_sentiment(args.folder, model)
+    if meta["dataset"] == "python_help":
+        from maaslab.textdata import load_text_dataset
+
+        data = load_text_dataset(context=model.config.context)
+    else:
+        data = load_dataset(meta["dataset"], **meta.get("data_args", {}))
     _, test_loader = make_loaders(data, 256)
     started = time.perf_counter()
     loss, acc = evaluate(model, test_loader, data.task)
@@ -195,6 +212,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{args.folder}: {data.name} test split ({len(data.y_test)} examples): {shown}"
         f"loss {loss:.4f} · {time.perf_counter() - started:.3f} s"
     )
+    return 0
+
+
+def _evaluate_sentiment(folder: Path, model) -> int:
+    from maaslab.assets import sentiment_accuracy
+    from maaslab.reviews import load_reviews, tfidf_baseline
+
+    started = time.perf_counter()
+    scores = sentiment_accuracy(model)
+    seconds = time.perf_counter() - started
+    baseline = tfidf_baseline(load_reviews("train"), load_reviews("test"))
+    n = len(load_reviews("test"))
+    print(f"{folder}: reviews test split ({n} reviews): accuracy {scores.pop('overall'):.4f} · "
+          f"TF-IDF + logistic regression {baseline.accuracy:.4f} · {seconds:.3f} s")  # fmt: skip
+    for name, acc in scores.items():
+        print(f"  {name:<16} {acc:.4f}  (baseline {baseline.per_phenomenon[name]:.4f})")
     return 0
 
 

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model
@@ -46,6 +48,71 @@ def _digits(name: str, model_type: str, config: dict, epochs: int) -> Callable[[
     return build
 
 
+GPT_EPOCHS = 10
+
+
+def _mini_gpt(parent: Path) -> Path:
+    from maaslab.callbacks import TqdmProgress
+    from maaslab.models.gpt import GPTConfig, MiniGPT, tokens_per_second
+    from maaslab.textdata import CharTokenizer, load_text_dataset
+
+    data = load_text_dataset(context=64)
+    tokenizer = CharTokenizer.from_dict(data.meta["tokenizer"])
+    seed_everything(0)
+    model = MiniGPT(GPTConfig(vocab_size=tokenizer.vocab_size, context=64))
+    cfg = TrainConfig(epochs=GPT_EPOCHS, batch_size=32, optimizer="adamw", lr=0.003,
+                      weight_decay=0.01, seed=0, device="cpu", cpu_threads=1)  # fmt: skip
+    history = train(model, data, cfg, callbacks=[TqdmProgress()])
+    meta = run_metadata(data, cfg, history)
+    # 104 class names and 64 feature names say nothing a reader needs; the tokenizer does.
+    meta.pop("class_names")
+    meta.pop("feature_names")
+    meta["tokenizer"] = tokenizer.to_dict()
+    meta["input"] = "text; one token per character"
+    meta["tokens_per_second_1_thread"] = round(tokens_per_second(model, tokenizer), 1)
+    return save_model(model, parent / "mini-gpt", metadata=meta, overwrite=True)
+
+
+SENTIMENT_EPOCHS = 5
+
+
+def sentiment_accuracy(model, split: str = "test") -> dict[str, float]:
+    """Accuracy of a sentiment model on a split of the review corpus: overall and per phenomenon."""
+    from maaslab.evaluation import predict_proba
+    from maaslab.reviews import PHENOMENA, load_reviews
+
+    reviews = load_reviews(split)
+    ids, _ = model.encode(list(reviews.texts))
+    right = predict_proba(model, ids).argmax(1) == reviews.labels
+    scores = {"overall": float(right.mean())}
+    for name in PHENOMENA:
+        keep = np.array([p == name for p in reviews.phenomena])
+        scores[name] = float(right[keep].mean())
+    return scores
+
+
+def _sentiment(parent: Path) -> Path:
+    from maaslab.callbacks import TqdmProgress
+    from maaslab.models.sentiment import SentimentClassifier, SentimentConfig, review_dataset
+    from maaslab.reviews import load_reviews, tfidf_baseline
+
+    seed_everything(0)
+    model = SentimentClassifier(SentimentConfig())
+    data = review_dataset(model)
+    cfg = TrainConfig(epochs=SENTIMENT_EPOCHS, batch_size=16, optimizer="adamw", lr=0.001,
+                      weight_decay=0.01, schedule="warmup_linear", seed=0,
+                      device="cpu")  # fmt: skip
+    history = train(model, data, cfg, callbacks=[TqdmProgress()])
+    meta = run_metadata(data, cfg, history)
+    meta.pop("feature_names")
+    meta["input"] = "text (English reviews); longer than max_length tokens is truncated"
+    meta["test_accuracy"] = sentiment_accuracy(model)
+    meta["tfidf_baseline_test_accuracy"] = tfidf_baseline(
+        load_reviews("train"), load_reviews("test")
+    ).accuracy
+    return save_model(model, parent / "sentiment-minilm", metadata=meta, overwrite=True)
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -60,6 +127,18 @@ RECIPES: dict[str, Recipe] = {
             "digits-cnn",
             "CNN (16, 32 filters, 2x upsampling) on 8x8 digits (20 epochs, Adam 0.003)",
             _digits("digits-cnn", "cnn", {"channels": (16, 32), "upsample": 2}, 20),
+        ),
+        Recipe(
+            "mini-gpt",
+            f"GPT-2 architecture, 4 layers x 128 wide, on CPython's help text, characters "
+            f"({GPT_EPOCHS} epochs, AdamW 0.003; about 15 minutes on one core)",
+            _mini_gpt,
+        ),
+        Recipe(
+            "sentiment-minilm",
+            f"MiniLM-L6 + LoRA rank 8 + linear head, fine-tuned on assets/reviews "
+            f"({SENTIMENT_EPOCHS} epochs, AdamW 0.001; a few minutes on 2 cores)",
+            _sentiment,
         ),
     )
 }

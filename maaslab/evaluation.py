@@ -48,7 +48,9 @@ def predict_proba(model: nn.Module, X: np.ndarray, *, batch_size: int = 512) -> 
     was_training = model.training
     model.eval()  # dropout off: predictions must not be random
     device = _device_of(model)
-    inputs = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    X = np.asarray(X)
+    # Token ids stay integers (an embedding looks them up); everything else becomes float32.
+    inputs = torch.as_tensor(X if X.dtype.kind in "iu" else X.astype(np.float32))
     try:
         chunks = [
             torch.softmax(model(inputs[i : i + batch_size].to(device)).float(), dim=1).cpu()

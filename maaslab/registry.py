@@ -95,7 +95,10 @@ def save_model(
 def write_model_files(model: nn.Module, config: dict[str, Any], folder: Path) -> None:
     """Write config.json and model.safetensors into an existing (staging) folder."""
     write_json(folder / CONFIG_FILE, config)
-    state_to_safetensors(model.state_dict(), folder / WEIGHTS_FILE)
+    # A model built on a pretrained one (e.g. LoRA adapters on MiniLM) stores only what training
+    # changed; it reads the rest from its base folder when it is built.
+    state = model.trained_state() if hasattr(model, "trained_state") else model.state_dict()
+    state_to_safetensors(state, folder / WEIGHTS_FILE)
 
 
 def read_config(folder: str | Path) -> dict[str, Any]:
@@ -139,8 +142,11 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> nn.
     model = build_model(config["model_type"], **config.get("config", {}))
     state = read_safetensors(folder / WEIGHTS_FILE)
     try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as err:
+        if hasattr(model, "load_trained_state"):
+            model.load_trained_state(state)
+        else:
+            model.load_state_dict(state, strict=True)
+    except (RuntimeError, MaaslabError) as err:
         first = str(err).strip().splitlines()[0]
         raise MaaslabError(f"weights in {folder} do not fit its config: {first}") from None
     return model.to(device).eval()

@@ -36,6 +36,8 @@ from maaslab.registry import (
 )
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "warmup_linear")
+WARMUP_FRACTION = 0.1
 SMALL_MODEL = 1_000_000  # parameters; see TrainConfig.cpu_threads
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.safetensors"
@@ -61,6 +63,10 @@ class TrainConfig:
     # CPU threads torch may use while training; None: 1 for models under SMALL_MODEL parameters
     # (they gain little from a second thread and slow down up to 10x when the cores are busy).
     cpu_threads: int | None = None
+    # Learning rate over the run: "constant", or "warmup_linear" (rises from 0 over the first
+    # WARMUP_FRACTION of all steps, then falls linearly to 0 at the last: the usual schedule for
+    # fine-tuning a pretrained transformer, as in transformers' get_linear_schedule_with_warmup).
+    schedule: str = "constant"
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -73,6 +79,10 @@ class TrainConfig:
             raise MaaslabError(f"learning rate must be a positive number, got {self.lr}")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise MaaslabError(f"cpu_threads must be at least 1, got {self.cpu_threads}")
+        if self.schedule not in SCHEDULES:
+            raise MaaslabError(
+                f"unknown schedule {self.schedule!r}: choose one of {', '.join(SCHEDULES)}"
+            )
         if self.resume and not self.checkpoint_dir:
             raise MaaslabError("resume needs a checkpoint_dir to resume from")
 
@@ -135,6 +145,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
     return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """Multiplier of the base learning rate at optimizer step `step` (0-based) of `total_steps`."""
+    if schedule == "constant":
+        return 1.0
+    warmup = max(1, round(WARMUP_FRACTION * total_steps))
+    if step < warmup:
+        return (step + 1) / warmup
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
 
 def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
@@ -356,6 +376,7 @@ def _train(
     norm_every = (
         max(1, history.steps_per_epoch // cfg.grad_norm_samples) if cfg.grad_norm_samples else 0
     )
+    total_steps = cfg.epochs * history.steps_per_epoch
     state = TrainState(model=model, history=history, total_epochs=cfg.epochs, config=cfg)
     state.epoch = len(history.epochs)
     state.step = len(history.step_loss)
@@ -376,6 +397,10 @@ def _train(
             loss = loss_fn(*_loss_inputs(out, yb, data.task))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.schedule != "constant":
+                factor = lr_factor(cfg.schedule, state.step, total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr * factor
             if norm_every and state.step % norm_every == 0:
                 grads = [p.grad if p.grad is not None else p.new_zeros(1) for p in grad_params]
                 norm_samples.append(torch.stack(torch._foreach_norm(grads)))

@@ -7,6 +7,7 @@ call the same wrapper, so a name gives the same numbers everywhere.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import torch
 from maaslab.assets import MODELS_DIR
 from maaslab.errors import MaaslabError
 from maaslab.evaluation import predict_proba
+from maaslab.models.encoder import check_texts, tokenize
 from maaslab.registry import load_model, read_metadata
 
 DIGIT_PIXEL_MAX = 16.0  # sklearn digits pixels run 0..16; the models were trained on pixels / 16
@@ -28,6 +30,31 @@ class Prediction:
     probabilities: np.ndarray  # (N, C) float32, rows sum to 1
     labels: tuple[str, ...]  # the most likely class of each row
     seconds: float  # wall time of the call (model only, input checks included)
+    truncated: tuple[bool, ...] = ()  # text models: True where a text was cut to max tokens
+
+
+@dataclass(frozen=True)
+class AttentionMap:
+    """How every token of one text attends to the others, in every layer and head."""
+
+    tokens: tuple[str, ...]  # the tokens as the model saw them
+    weights: np.ndarray  # (layers, heads, T, T): row i = the weights token i gives each token
+    truncated: bool  # True when the text was cut to the model's window first
+
+
+@dataclass(frozen=True)
+class Completion:
+    """A whole continuation from a generator, with its cost."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        """New tokens per second of wall time."""
+        return self.completion_tokens / max(self.seconds, 1e-9)
 
 
 class DigitsClassifier:
@@ -61,6 +88,96 @@ class DigitsClassifier:
         return Prediction(proba, labels, time.perf_counter() - started)
 
 
+def _attention(model, ids: torch.Tensor, mask: torch.Tensor | None = None) -> np.ndarray:
+    # Attention weights exist only in the eager implementation; sdpa (the default, faster)
+    # never forms them. Switch for this one call, then back.
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    finally:
+        model.set_attn_implementation(before)
+    return torch.stack(out.attentions)[:, 0].float().cpu().numpy()  # (layers, heads, T, T)
+
+
+def _encoder_attention(tokenizer, encoder, text: str, max_length: int) -> AttentionMap:
+    batch, truncated = tokenize(tokenizer, check_texts([text]), max_length)
+    ids = batch["input_ids"].to(encoder.device)
+    weights = _attention(encoder, ids, torch.ones_like(ids))
+    tokens = tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist())
+    return AttentionMap(tuple(tokens), weights, truncated[0])
+
+
+class SentimentModel:
+    """sentiment-minilm: texts -> probabilities [negative, positive] and a label per text."""
+
+    def __init__(self, name: str, device: str = "cpu") -> None:
+        self.name, self.folder = name, _folder(name)
+        # The adapters are folded into the encoder: same answers, no adapter cost per call.
+        self.model = load_model(self.folder, device=device).merge()
+        self.device = torch.device(device)
+        self.metadata = read_metadata(self.folder)
+        self.class_names = tuple(self.model.config.labels)
+
+    def predict(self, texts: list[str]) -> Prediction:
+        """Class probabilities of each text; texts past max_length tokens are cut and flagged."""
+        started = time.perf_counter()
+        ids, truncated = self.model.encode(texts)
+        proba = predict_proba(self.model, ids, batch_size=64)
+        labels = tuple(self.class_names[i] for i in proba.argmax(1))
+        return Prediction(proba, labels, time.perf_counter() - started, tuple(truncated))
+
+    def attention(self, text: str) -> AttentionMap:
+        """Attention weights of every MiniLM layer and head over the tokens of `text`."""
+        return _encoder_attention(self.model.tokenizer, self.model.encoder, text,
+                                  self.model.config.max_length)  # fmt: skip
+
+
+class TextGenerator:
+    """mini-gpt: a prompt -> a continuation, streamed one character-token at a time."""
+
+    def __init__(self, name: str, device: str = "cpu") -> None:
+        from maaslab.textdata import CharTokenizer
+
+        self.name, self.folder = name, _folder(name)
+        self.model = load_model(self.folder, device=device)
+        self.device = torch.device(device)
+        self.metadata = read_metadata(self.folder)
+        self.tokenizer = CharTokenizer.from_dict(self.metadata["tokenizer"])
+        self.context = self.model.config.context
+
+    def generate(self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None) -> Iterator[str]:  # fmt: skip
+        """New tokens as text, yielded as they are sampled (see maaslab.models.gpt.generate)."""
+        from maaslab.models.gpt import generate
+
+        return generate(self.model, self.tokenizer, prompt, max_new_tokens, temperature,
+                        top_k, top_p, seed)  # fmt: skip
+
+    def complete(self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None) -> Completion:  # fmt: skip
+        """The whole continuation at once, with token counts and time."""
+        stream = self.generate(prompt, max_new_tokens, temperature, top_k, top_p, seed)
+        started = time.perf_counter()
+        pieces = list(stream)
+        return Completion("".join(pieces), len(self.tokenizer.encode(prompt)), len(pieces),
+                          time.perf_counter() - started)  # fmt: skip
+
+    def attention(self, text: str) -> AttentionMap:
+        """Attention weights over the last `context` characters of `text` (causal: row i
+        attends only to tokens 0..i)."""
+        if not isinstance(text, str) or not text.strip():
+            raise MaaslabError("the text is empty: type a few characters")
+        ids = self.tokenizer.encode(text)
+        window = ids[-self.context :]
+        weights = _attention(self.model.gpt, torch.tensor([window], device=self.device))
+        tokens = tuple(self.tokenizer.decode([i]) for i in window)
+        return AttentionMap(tokens, weights, len(ids) > self.context)
+
+
 class TextEmbedder:
     """minilm-embed: texts -> unit-length MiniLM-L6 sentence embeddings (384 numbers each)."""
 
@@ -69,10 +186,16 @@ class TextEmbedder:
 
         self.name = name
         self.encoder = SentenceEncoder("minilm", device=device)
+        self.device = self.encoder.device
 
     def embed(self, texts: list[str]):
         """Embeddings of `texts`: an Encoded (embeddings, truncated, seconds)."""
         return self.encoder.encode(texts)
+
+    def attention(self, text: str) -> AttentionMap:
+        """Attention weights of every MiniLM layer and head over the tokens of `text`."""
+        return _encoder_attention(self.encoder.tokenizer, self.encoder.model, text,
+                                  self.encoder.max_length)  # fmt: skip
 
 
 def paint(pixels: np.ndarray, index: int) -> np.ndarray:
@@ -84,15 +207,23 @@ def paint(pixels: np.ndarray, index: int) -> np.ndarray:
     return out
 
 
-def _digits(name: str, device: str) -> DigitsClassifier:
+def _folder(name: str) -> Path:
     folder = MODELS_DIR / name
     if not folder.is_dir():
-        raise MaaslabError(f"{folder} is missing: run `python -m maaslab assets` to rebuild it")
-    return DigitsClassifier(name, folder, device)
+        raise MaaslabError(
+            f"{folder} is missing: run `python -m maaslab assets {name}` to rebuild it"
+        )
+    return folder
+
+
+def _digits(name: str, device: str) -> DigitsClassifier:
+    return DigitsClassifier(name, _folder(name), device)
 
 
 LOADERS = {
     "digits-mlp": _digits,
     "digits-cnn": _digits,
+    "sentiment-minilm": SentimentModel,
+    "mini-gpt": TextGenerator,
     "minilm-embed": TextEmbedder,
 }

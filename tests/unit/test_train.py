@@ -172,3 +172,22 @@ def test_trains_on_cuda_like_on_cpu():
     gpu = train(_mlp(data), data, TrainConfig(epochs=5, device="cuda"))
     cpu = train(_mlp(data), data, TrainConfig(epochs=5, device="cpu"))
     assert gpu.last.test_loss == pytest.approx(cpu.last.test_loss, rel=1e-3, abs=1e-4)
+
+
+def test_warmup_linear_schedule_matches_transformers():
+    from transformers import get_linear_schedule_with_warmup
+
+    from maaslab.train import lr_factor
+
+    total = 50
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_linear_schedule_with_warmup(opt, num_warmup_steps=5, num_training_steps=total)
+    for step in range(total):
+        # transformers' lambda is the factor *before* step `step`; ours is the factor used at it,
+        # which skips the 0 that warm-up starts from (a step at lr 0 does nothing).
+        assert lr_factor("warmup_linear", step, total) == pytest.approx(
+            ref.lr_lambdas[0](step + 1) if step < 5 else ref.lr_lambdas[0](step)
+        )
+    assert lr_factor("constant", 7, total) == 1.0
+    with pytest.raises(MaaslabError, match="schedule"):
+        TrainConfig(schedule="cosine")

@@ -88,3 +88,46 @@ def test_paint_cycles_a_cell_and_refuses_other_cells():
     assert np.count_nonzero(paint(np.zeros(64), 0)) == 1
     with pytest.raises(MaaslabError, match="64 cells"):
         paint(pixels, 64)
+
+
+def test_mini_gpt_streams_the_same_text_it_completes_and_beats_chance():
+    gpt = load("mini-gpt")
+    meta = gpt.metadata
+    assert meta["metrics"]["test_loss"] < 1.5 < np.log(gpt.tokenizer.vocab_size)  # 4.64 nats
+    stream = gpt.generate("The for statement ", 40, temperature=0.8, seed=3)
+    pieces = list(stream)
+    assert len(pieces) == 40 and all(len(p) == 1 for p in pieces)
+    done = gpt.complete("The for statement ", 40, temperature=0.8, seed=3)
+    assert done.text == "".join(pieces) and done.completion_tokens == 40
+    assert done.prompt_tokens == len("The for statement ") and done.tokens_per_second > 0
+    # Greedy decoding from a common phrase writes mostly letters and spaces, as the corpus does.
+    greedy = gpt.complete("The function ", 60, top_k=1, seed=0).text
+    assert sum(c.isalpha() or c.isspace() for c in greedy) > 45
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"prompt": "   "}, "prompt is empty"),
+        ({"max_new_tokens": 0}, "between 1 and"),
+        ({"max_new_tokens": 5000}, "between 1 and"),
+        ({"temperature": 0}, "above 0"),
+        ({"top_p": 1.5}, "top_p"),
+    ],
+)
+def test_mini_gpt_bad_sampling_settings_are_named(kwargs, message):
+    args = {"prompt": "The ", "max_new_tokens": 5} | kwargs
+    with pytest.raises(MaaslabError, match=message):
+        load("mini-gpt").generate(**args)
+
+
+def test_attention_maps_of_the_text_models():
+    gpt = load("mini-gpt")
+    att = gpt.attention("x" * 100)  # longer than the 64-character window
+    assert att.truncated and len(att.tokens) == 64 and att.weights.shape == (4, 4, 64, 64)
+    assert np.allclose(np.triu(att.weights[0, 0], 1), 0)  # causal: nothing from the future
+    np.testing.assert_allclose(att.weights.sum(-1), 1.0, rtol=1e-4)
+    emb = load("minilm-embed").attention("a cat sat")
+    assert emb.tokens == ("[CLS]", "a", "cat", "sat", "[SEP]") and not emb.truncated
+    with pytest.raises(MaaslabError, match="empty"):
+        gpt.attention(" ")
