@@ -5,6 +5,11 @@ the same result get the same figure. One module per area; everything is re-expor
 """
 
 from maaslab.plots.attention import attention_heatmap, heads_grid
+from maaslab.plots.embeddings import (
+    embedding_scatter,
+    phenomenon_accuracy_bars,
+    similarity_matrix,
+)
 from maaslab.plots.linreg import (
     batch_size_comparison,
     fitted_lines,
@@ -46,6 +51,7 @@ __all__ = [
     "decision_boundary",
     "digit_canvas",
     "digit_grid",
+    "embedding_scatter",
     "feature_map_grid",
     "fitted_lines",
     "grad_norm_curve",
@@ -56,12 +62,14 @@ __all__ = [
     "loss_curve",
     "loss_vs_step",
     "misclassified_grid",
+    "phenomenon_accuracy_bars",
     "probability_bars",
     "race_contour",
     "race_loss",
     "run_comparison",
     "sampling_bars",
     "schedule_plot",
+    "similarity_matrix",
     "surface_contour",
     "training_curves",
     "weight_histograms",
