@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -35,3 +37,21 @@ def scaled(full: int, fast: int) -> int:
     fast : the smaller number used under MAASLAB_FAST=1 (CI, quick previews).
     """
     return fast if fast_mode() else full
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with torch using `threads` CPU threads (None: leave as is), then restore.
+
+    torch's thread count is process-wide. Small models run faster on one thread whenever the
+    cores are busy with anything else (a second thread then waits for a core at every op).
+    """
+    before = torch.get_num_threads()
+    if threads is None or threads == before:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -34,6 +34,7 @@ from maaslab.registry import (
     write_json,
     write_model_files,
 )
+from maaslab.runtime import torch_threads
 
 OPTIMIZERS = ("sgd", "momentum", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "warmup_linear")
@@ -323,15 +324,8 @@ def train(
     """
     device = get_device(cfg.device)
     threads = cpu_threads(model, cfg) if device.type == "cpu" else None
-    if threads is None or threads == torch.get_num_threads():
+    with torch_threads(threads):
         return _train(model, data, cfg, callbacks, device)
-    # torch's thread count is process-wide: set it for this run and put it back afterwards.
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        return _train(model, data, cfg, callbacks, device)
-    finally:
-        torch.set_num_threads(before)
 
 
 def cpu_threads(model: nn.Module, cfg: TrainConfig) -> int:

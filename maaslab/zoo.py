@@ -6,6 +6,7 @@ call the same wrapper, so a name gives the same numbers everywhere.
 
 from __future__ import annotations
 
+import io
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -196,6 +197,30 @@ class TextEmbedder:
         """Attention weights of every MiniLM layer and head over the tokens of `text`."""
         return _encoder_attention(self.encoder.tokenizer, self.encoder.model, text,
                                   self.encoder.max_length)  # fmt: skip
+
+
+def image_to_pixels(data: bytes) -> np.ndarray:
+    """An uploaded picture (PNG, JPEG, ...) -> 64 pixels on the digits' 0-16 scale.
+
+    The picture is made grey, inverted when its background is light (the digits are light
+    strokes on black), shrunk to 8x8 by averaging and stretched so its darkest cell is 0 and
+    its brightest 16. Anything that is not a readable image raises a MaaslabError.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            grey = np.asarray(image.convert("L").resize((8, 8), Image.Resampling.BOX), float)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise MaaslabError(
+            "that file is not an image this page can read (try a PNG or JPEG)"
+        ) from None
+    if np.median(grey) > 127:  # dark strokes on a light background
+        grey = 255.0 - grey
+    low, high = grey.min(), grey.max()
+    if high - low < 1:
+        raise MaaslabError("the image is one flat colour: there is no digit to read")
+    return ((grey - low) / (high - low) * DIGIT_PIXEL_MAX).astype(np.float32).reshape(64)
 
 
 def paint(pixels: np.ndarray, index: int) -> np.ndarray:

@@ -1,5 +1,7 @@
 """The Inference page through AppTest: every shipped model answers; bad input gets a message."""
 
+import re
+
 import numpy as np
 
 from maaslab.data import load_dataset
@@ -45,6 +47,57 @@ def test_embedding_search_and_bad_text(open_page, page_text):
     assert len(table) == 5 and table["cosine similarity"].is_monotonic_decreasing
     assert table["sentence"].str.contains("omentum").any()
     at.text_area(key="infer.query").set_value("   ").run()
-    assert "nothing to embed" in page_text(at) and not at.exception
+    assert "the text is empty" in page_text(at) and not at.exception
     at.text_area(key="infer.query").set_value("word " * 20_000).run()
-    assert "truncated" in page_text(at) and not at.exception
+    assert "only its first 256 tokens were used" in page_text(at) and not at.exception
+
+
+def test_sentiment_label_probabilities_latency_and_attention(open_page, page_text):
+    at = open_page("inference", model="sentiment-minilm")  # a link may name the model
+    assert at.selectbox(key="infer.model").value == "sentiment-minilm"
+    for text in ["Not bad at all, I would watch it again.", "A dull, joyless slog."]:
+        at.text_area(key="infer.review").set_value(text).run()
+        expected = load("sentiment-minilm").predict([text])
+        shown = page_text(at)
+        assert f"**Sentiment: {expected.labels[0]}**" in shown
+        assert re.search(r"device cpu · [\d.]+ ms", shown) and not at.exception
+    at.selectbox(key="infer.sent_att.layer").set_value(2).run()
+    at.selectbox(key="infer.sent_att.head").set_value(5).run()
+    assert not at.exception
+
+
+def test_sentiment_bad_and_long_text(open_page, page_text):
+    at = open_page("inference", model="sentiment-minilm")
+    at.text_area(key="infer.review").set_value("  \n ").run()
+    assert "the text is empty" in page_text(at) and not at.exception
+    at.text_area(key="infer.review").set_value("great " * 16_667).run()  # 100,002 characters
+    text = page_text(at)
+    assert "only its first 128 tokens were used" in text and "**Sentiment: positive**" in text
+
+
+def test_generation_writes_the_text_the_model_samples(open_page, page_text):
+    at = open_page("inference", model="mini-gpt")
+    assert "Press Generate" in page_text(at)
+    at.number_input(key="infer.max_tokens").set_value(30).run()
+    at.slider(key="infer.temperature").set_value(0.5).run()
+    at.number_input(key="infer.seed").set_value(7).run()
+    at.button(key="infer.generate").click().run()
+    expected = load("mini-gpt").complete("The for statement ", 30, 0.5, None, 0.95, 7).text
+    shown = "\n".join(c.value for c in at.code)
+    assert shown == "The for statement " + expected and not at.exception
+    assert re.search(r"30 tokens · \d+ tokens/s · device cpu", page_text(at))
+    at.selectbox(key="infer.gpt_att.head").set_value(3).run()  # the answer stays on rerun
+    assert at.code[0].value == shown and not at.exception
+
+
+def test_generation_refuses_bad_settings_with_a_message(open_page, page_text):
+    at = open_page("inference", model="mini-gpt")
+    for key, value, message in [("infer.max_tokens", 5000, "between 1 and 1000, got 5000"),
+                                ("infer.max_tokens", 0, "between 1 and 1000, got 0")]:  # fmt: skip
+        at.number_input(key=key).set_value(value).run()
+        at.button(key="infer.generate").click().run()
+        assert message in page_text(at) and not at.exception
+    at.number_input(key="infer.max_tokens").set_value(10).run()
+    at.text_area(key="infer.prompt").set_value(" \t\n ").run()
+    at.button(key="infer.generate").click().run()
+    assert "the prompt is empty" in page_text(at) and not at.exception
