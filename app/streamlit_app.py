@@ -6,7 +6,7 @@ import streamlit as st
 
 from maaslab.device import describe
 from maaslab.errors import MaaslabError
-from maaslab.lessons import lesson_for_page
+from maaslab.lessons import lessons_for_page
 
 st.set_page_config(page_title="MaaS Lab", page_icon=":material/science:", layout="wide")
 
@@ -36,11 +36,11 @@ def _device_summary() -> str:
 with st.sidebar:
     st.caption(f"Device: {_device_summary()}")
     try:
-        lesson = lesson_for_page(stem_of.get(current.title, ""))
+        lessons = lessons_for_page(stem_of.get(current.title, ""))
     except MaaslabError as err:
-        lesson = None
+        lessons = []
         st.warning(f"Lesson list unreadable: {err}")
-    if lesson is not None:
+    for lesson in lessons:
         st.page_link(
             "views/guide.py",
             label=f"Lesson {lesson.number:02d}: {lesson.title}",

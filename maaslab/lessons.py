@@ -84,9 +84,9 @@ def load_lessons(folder: Path = LESSONS_DIR) -> list[Lesson]:
     )
 
 
-def lesson_for_page(page: str, folder: Path = LESSONS_DIR) -> Lesson | None:
-    """The first lesson whose demo page is `page` (a page file stem), if any."""
-    return next((les for les in load_lessons(folder) if les.page == page), None)
+def lessons_for_page(page: str, folder: Path = LESSONS_DIR) -> list[Lesson]:
+    """The lessons whose demo page is `page` (a page file stem), in order."""
+    return [les for les in load_lessons(folder) if les.page == page]
 
 
 def guide_sentences(min_chars: int = 40) -> list[str]:
