@@ -158,10 +158,12 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
 
 
 def load(name: str, *, device: str = "cpu"):
-    """A shipped model by name, ready to call: digits-mlp, digits-cnn, minilm-embed.
+    """A shipped model by name, ready to call: digits-mlp, digits-cnn, sentiment-minilm, mini-gpt,
+    minilm-embed.
 
     Returns a wrapper from maaslab.zoo with a predict-style method (`predict` for classifiers,
-    `embed` for the encoder); an unknown name is refused with the list of known ones.
+    `generate` / `complete` for mini-gpt, `embed` for the encoder); an unknown name is refused
+    with the list of known ones.
     """
     from maaslab.zoo import LOADERS
 

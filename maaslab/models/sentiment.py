@@ -112,7 +112,9 @@ class SentimentClassifier(nn.Module):
     def merge(self) -> SentimentClassifier:
         """Fold the adapters into the encoder's weights (same outputs, faster); returns self."""
         if self.config.lora_rank and not self.merged:
-            self.encoder = self.encoder.merge_and_unload()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+                self.encoder = self.encoder.merge_and_unload()
         self.merged = True
         return self
 
