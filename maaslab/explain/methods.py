@@ -9,6 +9,7 @@ fitting a weighted linear model to random perturbations), and so in cost and in 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -35,11 +36,25 @@ class Method:
     run: Callable[[Explainable, Any, int, int, int], tuple[np.ndarray, float]]
 
 
+@functools.cache
+def _numba_seeder() -> Callable[[int], None]:
+    from numba import njit
+
+    @njit
+    def seed_numba(seed: int) -> None:
+        np.random.seed(seed)  # inside a jitted function this seeds numba's own generator
+
+    return seed_numba
+
+
 @contextlib.contextmanager
 def _numpy_seed(seed: int) -> Iterator[None]:
-    # KernelExplainer draws from NumPy's global generator; seed it for the call, then restore.
+    # shap draws from NumPy's global generator, and for text (a partition tree) shuffles inside
+    # numba-compiled code, whose generator is separate and which shap's `seed` does not reach.
+    # Seed both for the call; put NumPy's state back afterwards.
     state = np.random.get_state()
     np.random.seed(seed % 2**32)
+    _numba_seeder()(seed % 2**32)
     try:
         yield
     finally:
@@ -98,12 +113,14 @@ def permutation_shap(model: Explainable, x: Any, target: int, seed: int, budget:
     if model.kind == "text":
         masker = shap.maskers.Text(r"\W+", mask_token=" ", collapse_mask_token=True)
         explainer = shap.PermutationExplainer(_target_fn(model, target), masker, seed=seed)
-        out = explainer([x], max_evals=max(budget, 2 * model.n_features(x) + 1), silent=True)
+        with _numpy_seed(seed):  # shap seeds NumPy's global generator only when it is built
+            out = explainer([x], max_evals=max(budget, 2 * model.n_features(x) + 1), silent=True)
         values = _text_tokens_to_words(x, list(out.data[0]), out.values[0])
         return values, float(np.asarray(out.base_values).reshape(-1)[0])
     masker = shap.maskers.Independent(model.background, max_samples=len(model.background))
     explainer = shap.PermutationExplainer(_target_fn(model, target), masker, seed=seed)
-    out = explainer(x[None, :], max_evals=max(budget, 2 * x.size + 1), silent=True)
+    with _numpy_seed(seed):
+        out = explainer(x[None, :], max_evals=max(budget, 2 * x.size + 1), silent=True)
     return out.values[0].astype(np.float64), float(np.asarray(out.base_values).reshape(-1)[0])
 
 
@@ -113,7 +130,8 @@ def partition_shap(model: Explainable, x: Any, target: int, seed: int, budget: i
 
     masker = shap.maskers.Text(r"\W+", mask_token=" ", collapse_mask_token=True)
     explainer = shap.PartitionExplainer(_target_fn(model, target), masker, seed=seed)
-    out = explainer([x], max_evals=budget, silent=True)
+    with _numpy_seed(seed):
+        out = explainer([x], max_evals=budget, silent=True)
     values = _text_tokens_to_words(x, list(out.data[0]), out.values[0])
     return values, float(np.asarray(out.base_values).reshape(-1)[0])
 
