@@ -17,6 +17,7 @@ PAGES = [
     ("Train", "gradient_descent_lab", "Gradient Descent Lab", ":material/landscape:"),
     ("Train", "training_studio", "Training Studio", ":material/model_training:"),
     ("Use", "inference", "Inference", ":material/bolt:"),
+    ("Use", "explain", "Explain", ":material/insights:"),
 ]
 
 sections: dict[str, list] = {}

@@ -10,8 +10,9 @@ import copy
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
 
 import torch
 from torch import nn
@@ -149,3 +150,59 @@ class TrainingJob:
         except Exception as err:  # a bug: keep the UI alive and the traceback for the log
             self.error = f"training failed: {type(err).__name__}: {err}"
             self.trace = traceback.format_exc()
+
+
+class Task:
+    """Any long call on a daemon thread, with progress and cancel (explanations, comparisons).
+
+    `fn(progress, cancel)` receives a progress callback `(stage, fraction)` and a threading.Event
+    it must honour; its return value becomes `result`. A UI polls `stage`, `fraction`, `done`.
+    """
+
+    def __init__(self, fn: Callable[[Callable[[str, float], None], threading.Event], Any]) -> None:
+        self._fn = fn
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="maaslab-task", daemon=True)
+        self.stage, self.fraction = "starting", 0.0
+        self.result: Any = None
+        self.error: str | None = None  # a one-line message if the call failed or was cancelled
+        self.trace: str | None = None  # the traceback of an unexpected failure, for logs
+        self.seconds = 0.0
+
+    def start(self) -> Task:
+        """Start the call in the background; returns self."""
+        self._thread.start()
+        return self
+
+    def cancel(self) -> None:
+        """Ask the call to stop at its next check."""
+        self._cancel.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the call to end; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        """True while the call runs."""
+        return self._thread.is_alive()
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancel() was called."""
+        return self._cancel.is_set()
+
+    def _progress(self, stage: str, fraction: float) -> None:
+        self.stage, self.fraction = stage, max(0.0, min(1.0, fraction))
+
+    def _run(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.result = self._fn(self._progress, self._cancel)
+        except MaaslabError as err:
+            self.error = str(err)
+        except Exception as err:  # a bug: keep the UI alive and the traceback for the log
+            self.error = f"failed: {type(err).__name__}: {err}"
+            self.trace = traceback.format_exc()
+        self.seconds = time.perf_counter() - started

@@ -28,20 +28,24 @@ from maaslab.explain.quality import (
     sanity_check,
     stability,
 )
+from maaslab.explain.report import STABILITY_SEEDS, Report, build_report
 
 __all__ = [
     "MAX_WORDS",
     "METHODS",
+    "STABILITY_SEEDS",
     "Attribution",
     "Cancelled",
     "Curve",
     "Explainable",
     "Faithfulness",
     "Method",
+    "Report",
     "SanityCheck",
     "Stability",
     "agreement",
     "breast_cancer_models",
+    "build_report",
     "explain",
     "explainable",
     "faithfulness",

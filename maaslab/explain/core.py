@@ -24,6 +24,7 @@ from torch import nn
 from maaslab.errors import MaaslabError
 
 KINDS = ("tabular", "image", "text")
+CHUNK_ROWS = 4096  # rows per model call when a method asks for more at once
 MAX_WORDS = 64  # the longest text (in words) an explanation takes; each word is a feature
 WORD = re.compile(r"\w+")
 
@@ -111,10 +112,18 @@ class Explainable:
     # --- the counted model call ----------------------------------------------------------------
 
     def predict(self, batch: Any) -> np.ndarray:
-        """Probabilities for a batch; counts the rows, reports progress, honours cancel."""
-        rows = len(batch)
-        self.count(rows)
-        return np.asarray(self.predict_fn(batch), dtype=np.float64)
+        """Probabilities for a batch; counts the rows, reports progress, honours cancel.
+
+        Large batches (KernelSHAP asks for tens of thousands of rows at once) run in chunks, so
+        progress moves and a cancel takes effect within one chunk.
+        """
+        chunk = 64 if self.kind == "text" else CHUNK_ROWS
+        out = []
+        for start in range(0, len(batch), chunk):
+            part = batch[start : start + chunk]
+            self.count(len(part))
+            out.append(np.asarray(self.predict_fn(part), dtype=np.float64))
+        return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
 
     def count(self, rows: int) -> None:
         """Add `rows` model evaluations (gradient methods call this from a forward hook)."""

@@ -1,0 +1,248 @@
+"""Explain: SHAP and LIME side by side on a table row, a digit or a text, with trust numbers."""
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from maaslab import plots
+from maaslab.data import load_dataset
+from maaslab.errors import MaaslabError
+from maaslab.explain import (
+    METHODS,
+    STABILITY_SEEDS,
+    breast_cancer_models,
+    build_report,
+    explainable,
+    methods_for,
+)
+from maaslab.jobs import Task
+
+ss = st.session_state
+TASK, REPORT = "explain.task", "explain.report"
+MLP, BOOST = "breast-cancer MLP (torch)", "breast-cancer gradient boosting (scikit-learn)"
+MODELS = (MLP, BOOST, "digits-cnn", "digits-mlp", "sentiment-minilm")
+DEFAULTS = {
+    "tabular": ["kernel_shap", "lime"],
+    "image": ["deep_shap", "kernel_shap", "lime"],
+    "text": ["partition_shap", "lime"],
+}
+EXAMPLE = "I expected to hate it, but honestly it was not bad at all."
+
+
+@st.cache_resource(show_spinner="Training the breast-cancer models (a few seconds)…")
+def tabular_models():
+    """The torch MLP and the gradient-boosting model, trained once per server."""
+    return breast_cancer_models(seed=0)
+
+
+@st.cache_resource(show_spinner="Loading the model…")
+def model_named(name: str):
+    """Every model loads once per server."""
+    if name == MLP:
+        return tabular_models().mlp
+    if name == BOOST:
+        return tabular_models().boosting
+    return explainable(name)
+
+
+@st.cache_data(show_spinner=False)
+def digits_test() -> tuple[np.ndarray, np.ndarray]:
+    """The digits test split (pixels 0..1, as the networks read them) and labels."""
+    data = load_dataset("digits", seed=0)
+    return data.X_test, data.y_test
+
+
+def pick_instance(model, name: str):
+    """The input to explain, chosen the way that suits the model; (x, a line about it)."""
+    if model.kind == "tabular":
+        data = tabular_models().data
+        i = st.number_input(
+            f"Test row (0–{len(data.y_test) - 1})", 0, len(data.y_test) - 1, 0, key="explain.row"
+        )
+        x = data.X_test[int(i)]
+        p = model.predict_fn(x[None, :])[0]
+        truth = data.class_names[data.y_test[int(i)]]
+        return (
+            x,
+            f"Row {int(i)}: truly **{truth}**; the model says "
+            f"{data.class_names[p.argmax()]} ({p.max():.0%})",
+        )
+    if model.kind == "image":
+        X, y = digits_test()
+        i = st.slider("Test digit", 0, len(y) - 1, 0, key="explain.digit")
+        return X[i], f"Test digit {i}: label **{y[i]}**"
+    text = st.text_area(
+        "Text to explain (up to 64 words)", EXAMPLE, max_chars=20_000, key="explain.text"
+    )
+    return text, ""
+
+
+def run(model, x, methods, seed, with_stability, with_sanity):
+    """Start the report on a background thread."""
+    ss.pop(REPORT, None)
+    ss[TASK] = Task(
+        lambda progress, cancel: build_report(
+            model,
+            x,
+            methods,
+            seed=seed,
+            with_stability=with_stability,
+            with_sanity=with_sanity,
+            progress=progress,
+            cancel=cancel,
+        )
+    ).start()
+
+
+@st.fragment(run_every=0.5)
+def watch() -> None:
+    """Progress and a Cancel button while the report runs; the page reruns when it ends."""
+    task = ss.get(TASK)
+    if task is None:
+        return
+    if task.running:
+        st.progress(task.fraction, text=f"{task.stage} · {task.fraction:.0%}")
+        if st.button("Cancel", icon=":material/stop:", key="explain.cancel"):
+            task.cancel()
+        return
+    ss.pop(TASK)
+    if task.error:
+        ss["explain.error"] = task.error
+    else:
+        ss[REPORT] = task.result
+    st.rerun()
+
+
+def show(report, x) -> None:
+    """The methods side by side, then the quality panel."""
+    methods = list(report.attributions)
+    for start in range(0, len(methods), 3):
+        cols = st.columns(min(3, len(methods) - start))
+        for col, method in zip(cols, methods[start : start + 3], strict=False):
+            attr = report.attributions[method]
+            with col:
+                st.subheader(METHODS[method].label)
+                fig = plots.attribution_figure(attr, x if report.kind == "image" else None)
+                fig.update_layout(title=None)
+                st.plotly_chart(fig, key=f"explain.fig.{method}")
+                st.caption(
+                    f"{attr.evaluations:,} model evaluations · {attr.seconds:.2f} s · "
+                    f"base {attr.base_value:.3f} + sum {attr.values.sum():+.3f} vs "
+                    f"prediction {attr.prediction:.3f}"
+                )
+    if report.kind == "tabular" and st.toggle("Waterfalls", key="explain.waterfall"):
+        cols = st.columns(len(methods))
+        for col, method in zip(cols, methods, strict=True):
+            col.plotly_chart(
+                plots.waterfall(report.attributions[method]), key=f"explain.wf.{method}"
+            )
+
+    st.header("How far to trust them")
+    rows = []
+    for method in methods:
+        attr, f = report.attributions[method], report.faithfulness[method]
+        row = {
+            "method": METHODS[method].label,
+            "deletion AUC (lower is better)": f.deletion.auc,
+            "random order": f.random_deletion.auc,
+            "insertion AUC (higher is better)": f.insertion.auc,
+            "random order ": f.random_insertion.auc,
+            "evaluations": attr.evaluations,
+            "seconds": attr.seconds,
+        }
+        if method in report.stability:
+            row["rank agreement across seeds"] = report.stability[method].rank_agreement
+        if method in report.sanity:
+            check = report.sanity[method]
+            row["similarity to random weights"] = check.similarity
+            row["sanity check"] = "passed" if check.passed else "FAILED"
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows).round(3), hide_index=True)
+    left, right = st.columns(2)
+    named = {METHODS[m].label: report.faithfulness[m] for m in methods}
+    left.plotly_chart(plots.deletion_curves(named), key="explain.deletion")
+    right.plotly_chart(plots.deletion_curves(named, insertion=True), key="explain.insertion")
+    if report.agreement:
+        st.markdown(
+            "**Agreement** (Spearman rank correlation of the attributions; 1 = same ranking)"
+        )
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {"methods": f"{METHODS[a].label} vs {METHODS[b].label}", "agreement": v}
+                    for (a, b), v in report.agreement.items()
+                ]
+            ).round(3),
+            hide_index=True,
+        )
+    if report.sanity:
+        st.caption(
+            "Sanity check (Adebayo et al. 2018): the same method on a copy of the model with "
+            "random weights. A map that barely changes (similarity ≥ 0.5) explains the input, "
+            "not the model."
+        )
+    st.caption(f"The whole report took {report.seconds:.1f} s.")
+
+
+st.title("Explain")
+name = st.selectbox("Model", MODELS, key="explain.model")
+model = model_named(name)
+x, about = pick_instance(model, name)
+if about:
+    st.markdown(about)
+usable = methods_for(model)
+default = [m for m in DEFAULTS[model.kind] if m in usable]
+methods = st.multiselect(
+    "Methods",
+    usable,
+    default=default,
+    format_func=lambda m: METHODS[m].label,
+    key=f"explain.methods.{model.kind}.{model.module is not None}",
+)
+c1, c2, c3 = st.columns(3)
+seed = c1.number_input("Seed", 0, 2**31 - 1, 0, key="explain.seed")
+with_stability = c2.toggle(
+    f"Stability (seeds {', '.join(map(str, STABILITY_SEEDS))}; 3x the cost)",
+    key="explain.stability",
+)
+with_sanity = c3.toggle(
+    "Sanity check (random weights; 2x the cost)",
+    key="explain.sanity",
+    disabled=model.module is None,
+    help="needs a torch model" if model.module is None else None,
+)
+busy = ss.get(TASK) is not None and ss[TASK].running
+if st.button(
+    "Explain", type="primary", icon=":material/insights:", disabled=busy, key="explain.go"
+):
+    ss.pop("explain.error", None)
+    try:
+        if not methods:
+            raise MaaslabError("choose at least one method")
+        checked = model.check_input(x)
+    except MaaslabError as err:
+        st.error(str(err))
+    else:
+        run(
+            model,
+            checked,
+            methods,
+            int(seed),
+            with_stability,
+            with_sanity and model.module is not None,
+        )
+        st.rerun()
+watch()
+if "explain.error" in ss:
+    st.error(ss["explain.error"])
+report = ss.get(REPORT)
+if report is not None:
+    if report.model != model.name:
+        st.info("The last report was for another model; press Explain for this one.")
+    else:
+        show(report, report.x)
+elif not busy:
+    st.info(
+        "Choose methods and press Explain. SHAP and LIME answer side by side, with their cost "
+        "and how faithful each answer is."
+    )
