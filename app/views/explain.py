@@ -185,7 +185,10 @@ def show(report, x) -> None:
 
 
 st.title("Explain")
+if "explain.model" not in ss and st.query_params.get("model") in MODELS:
+    ss["explain.model"] = st.query_params["model"]  # a link may open the page on one model
 name = st.selectbox("Model", MODELS, key="explain.model")
+st.query_params["model"] = name
 model = model_named(name)
 x, about = pick_instance(model, name)
 if about:
