@@ -157,7 +157,7 @@ def show(report, x) -> None:
             row["similarity to random weights"] = check.similarity
             row["sanity check"] = "passed" if check.passed else "FAILED"
         rows.append(row)
-    st.dataframe(pd.DataFrame(rows).round(3), hide_index=True)
+    st.table(pd.DataFrame(rows).round(3).set_index("method"))
     left, right = st.columns(2)
     named = {METHODS[m].label: report.faithfulness[m] for m in methods}
     left.plotly_chart(plots.deletion_curves(named), key="explain.deletion")
@@ -166,15 +166,11 @@ def show(report, x) -> None:
         st.markdown(
             "**Agreement** (Spearman rank correlation of the attributions; 1 = same ranking)"
         )
-        st.dataframe(
-            pd.DataFrame(
-                [
-                    {"methods": f"{METHODS[a].label} vs {METHODS[b].label}", "agreement": v}
-                    for (a, b), v in report.agreement.items()
-                ]
-            ).round(3),
-            hide_index=True,
-        )
+        pairs = [
+            {"methods": f"{METHODS[a].label} vs {METHODS[b].label}", "agreement": v}
+            for (a, b), v in report.agreement.items()
+        ]
+        st.table(pd.DataFrame(pairs).round(3).set_index("methods"))
     if report.sanity:
         st.caption(
             "Sanity check (Adebayo et al. 2018): the same method on a copy of the model with "

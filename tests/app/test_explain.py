@@ -37,10 +37,10 @@ def test_each_data_type_is_explained_side_by_side(open_page, page_text, model, m
     assert [s.value for s in at.subheader] == labels
     text = page_text(at)
     assert "How far to trust them" in text and "model evaluations" in text
-    table = at.dataframe[0].value
-    assert list(table["method"]) == labels
+    table = at.table[0].value
+    assert list(table.index) == labels
     assert (table["deletion AUC (lower is better)"] < table["random order"]).any()
-    assert at.dataframe[1].value["agreement"].between(-1, 1).all()
+    assert at.table[1].value["agreement"].between(-1, 1).all()
 
 
 def test_digits_report_with_stability_and_sanity(open_page):
@@ -52,7 +52,7 @@ def test_digits_report_with_stability_and_sanity(open_page):
     at.toggle(key="explain.sanity").set_value(True).run()
     at.button(key="explain.go").click().run()
     finish(at)
-    table = at.dataframe[0].value
+    table = at.table[0].value
     assert set(table["sanity check"]) <= {"passed", "FAILED"}
     assert table["rank agreement across seeds"].iloc[0] == pytest.approx(
         1.0
