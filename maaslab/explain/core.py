@@ -76,7 +76,8 @@ def drop_words(text: str, spans: list[tuple[int, int]], keep: np.ndarray) -> str
             out.append(text[a:b])
         last = b
     out.append(text[last:])
-    return re.sub(r"\s{2,}", " ", "".join(out)).strip()
+    joined = re.sub(r"\s{2,}", " ", "".join(out))
+    return re.sub(r"\s+([.,;:!?])", r"\1", joined).strip()  # no space left before punctuation
 
 
 @dataclass
