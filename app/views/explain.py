@@ -12,6 +12,7 @@ from maaslab.explain import (
     STABILITY_SEEDS,
     breast_cancer_models,
     build_report,
+    explain,
     explainable,
     methods_for,
 )
@@ -42,7 +43,12 @@ def model_named(name: str):
         return tabular_models().mlp
     if name == BOOST:
         return tabular_models().boosting
-    return explainable(name)
+    model = explainable(name)
+    if model.kind == "text":
+        # shap compiles its text code (numba) on first use: pay it here, once, not on the
+        # learner's first Explain.
+        explain(model, "warm up", "partition_shap", budget=8)
+    return model
 
 
 @st.cache_data(show_spinner=False)

@@ -8,11 +8,14 @@ from playwright.sync_api import Page, expect
 pytestmark = pytest.mark.browser
 
 
-def explain_and_wait(page: Page) -> None:
+def explain_and_wait(page: Page, charts: int) -> None:
+    """Press Explain and wait for the report: one figure per method plus the two curves."""
     main = page.get_by_test_id("stMain")
     main.get_by_role("button", name="Explain").click()
     expect(page.get_by_text("How far to trust them")).to_be_visible(timeout=180_000)
     expect(page.get_by_text(re.compile(r"The whole report took [\d.]+ s"))).to_be_visible()
+    expect(main.locator(".js-plotly-plot")).to_have_count(charts, timeout=30_000)
+    page.wait_for_timeout(1500)  # let plotly finish drawing before a screenshot
 
 
 def test_a_table_row_chosen_from_the_model_list(page: Page, app_url, shot):
@@ -21,7 +24,7 @@ def test_a_table_row_chosen_from_the_model_list(page: Page, app_url, shot):
     page.get_by_test_id("stMain").get_by_test_id("stSelectbox").first.click()
     page.get_by_role("option", name="breast-cancer gradient boosting (scikit-learn)").click()
     expect(page.get_by_text(re.compile(r"Row 0: truly"))).to_be_visible(timeout=60_000)
-    explain_and_wait(page)
+    explain_and_wait(page, charts=4)
     expect(page.get_by_role("heading", name="KernelSHAP")).to_be_visible()
     expect(page.get_by_role("heading", name="LIME")).to_be_visible()
     shot("explain-tabular")
@@ -31,7 +34,7 @@ def test_a_digit_with_the_sanity_check(page: Page, app_url, shot):
     page.goto(f"{app_url}/explain?model=digits-cnn")
     expect(page.get_by_text(re.compile(r"Test digit 0: label"))).to_be_visible(timeout=60_000)
     page.get_by_text("Sanity check (random weights; 2x the cost)").click()
-    explain_and_wait(page)
+    explain_and_wait(page, charts=5)
     expect(page.get_by_role("heading", name="DeepSHAP")).to_be_visible()
     expect(page.get_by_text("Sanity check (Adebayo et al. 2018)")).to_be_visible()
     shot("explain-digit")
@@ -44,7 +47,7 @@ def test_typed_text_and_an_empty_one(page: Page, app_url, shot):
     box.fill("The trailer looked awful, but the film itself is a gem.")
     box.press("Control+Enter")
     page.wait_for_timeout(1000)
-    explain_and_wait(page)
+    explain_and_wait(page, charts=4)
     expect(page.get_by_role("heading", name="Partition SHAP")).to_be_visible()
     shot("explain-text")
     box.fill("   ")
