@@ -90,3 +90,18 @@ def test_bad_input_gets_a_message(open_page, page_text):
         "breast-cancer gradient boosting (scikit-learn)"
     ).run()
     assert at.toggle(key="explain.sanity").disabled  # no torch model to randomize
+
+
+def test_a_long_report_shows_progress_and_cancels(open_page, page_text):
+    at = open_page("explain")
+    at.selectbox(key="explain.model").set_value("digits-cnn").run()
+    ms = next(w for w in at.multiselect if w.key.startswith("explain.methods"))
+    ms.set_value(["kernel_shap"]).run()
+    at.toggle(key="explain.stability").set_value(True).run()
+    at.button(key="explain.go").click().run()
+    assert at.button(key="explain.go").disabled  # no second run while one is going
+    assert len(at.get("progress")) == 1
+    at.button(key="explain.cancel").click().run()
+    finish(at)
+    assert "the explanation was cancelled" in page_text(at) and not at.exception
+    assert "explain.report" not in at.session_state
