@@ -14,7 +14,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from maaslab.checks import CheckResult, check_array, failed
+from maaslab.checks import (
+    CheckResult,
+    answer_array,
+    call_answer,
+    check_array,
+    failed,
+    first_mistake,
+)
 from maaslab.models.attention import causal_mask, scaled_dot_product_attention
 
 
@@ -25,19 +32,13 @@ def _probe(T: int = 5, d: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Te
 
 
 def _call(name: str, fn: Callable, *args) -> tuple[np.ndarray | None, CheckResult | None]:
-    # Run the learner's function; a crash or a non-array is a verdict, not a traceback.
-    try:
-        got = fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
-    except Exception as err:  # any error in the answer is a verdict
-        return None, failed(name, f"your function raised {type(err).__name__}: {err}")
+    # Run the learner's function; a crash, a None or a non-array is a verdict.
+    got, bad = call_answer(name, fn, *args)
     if isinstance(got, tuple):
         got = got[0]  # (out, weights) -> out
-    if got is None:
-        return None, failed(name, "your function returned None: did you forget `return`?")
-    try:
-        return np.asarray(got.detach() if hasattr(got, "detach") else got, dtype=float), None
-    except (TypeError, ValueError):
-        return None, failed(name, f"expected a tensor or array, got {type(got).__name__}")
+        if got is None:
+            return None, failed(name, "your function returned None: did you forget `return`?")
+    return (None, bad) if bad is not None else answer_array(name, got)
 
 
 def _verdict(
@@ -47,13 +48,8 @@ def _verdict(
     result = check_array(name, got, expected.numpy(), rtol=1e-4, atol=1e-6, hint=hint)
     if result.passed:
         return result
-    for wrong, why in mistakes:
-        wrong = np.asarray(wrong, dtype=float)
-        if got.shape == wrong.shape and np.allclose(
-            got, wrong, rtol=1e-4, atol=1e-6, equal_nan=True
-        ):
-            return failed(name, why)
-    return result
+    why = first_mistake(got, mistakes, equal_nan=True)
+    return failed(name, why) if why else result
 
 
 def check_attention_weights(fn: Callable) -> CheckResult:

@@ -7,6 +7,7 @@ so every notebook prints verdicts the same way and tests can assert on `.passed`
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,3 +82,40 @@ def check_array(
     if np.allclose(got, -expected, rtol=rtol, atol=atol):
         message += "Every value has the wrong sign. "
     return failed(name, message + hint)
+
+
+def call_answer(name: str, fn: Callable, *args: object) -> tuple[object, CheckResult | None]:
+    """Run a learner's function on copies of its arrays and tensors: (answer, None), or
+    (None, a failed verdict) when it raised or returned None — a verdict, never a traceback."""
+    copies = (a.clone() if hasattr(a, "clone") else a.copy() if isinstance(a, np.ndarray) else a
+              for a in args)  # fmt: skip
+    try:
+        got = fn(*copies)
+    except Exception as err:  # any error in the answer is a verdict
+        return None, failed(name, f"your function raised {type(err).__name__}: {err}")
+    if got is None:
+        return None, failed(name, "your function returned None: did you forget `return`?")
+    return got, None
+
+
+def answer_array(name: str, got: object) -> tuple[np.ndarray | None, CheckResult | None]:
+    """An answer as a float array (tensors detached), or (None, a failed verdict)."""
+    try:
+        return np.asarray(got.detach().cpu() if hasattr(got, "detach") else got, float), None
+    except (TypeError, ValueError):
+        return None, failed(name, f"expected a tensor or array, got {type(got).__name__}")
+
+
+def first_mistake(
+    got: np.ndarray, mistakes, *, rtol: float = 1e-4, atol: float = 1e-6, equal_nan: bool = False
+) -> str | None:
+    """The message of the first known wrong answer that `got` equals (within tolerance), if any.
+
+    `mistakes` is a sequence of (wrong answer, message naming the mistake) pairs.
+    """
+    for wrong, why in mistakes:
+        wrong = np.asarray(wrong.detach().cpu() if hasattr(wrong, "detach") else wrong, float)
+        if got.shape == wrong.shape and np.allclose(got, wrong, rtol=rtol, atol=atol,
+                                                    equal_nan=equal_nan):  # fmt: skip
+            return why
+    return None

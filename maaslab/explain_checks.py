@@ -17,7 +17,7 @@ from math import factorial
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from maaslab.checks import CheckResult, check_array, failed, passed
+from maaslab.checks import CheckResult, call_answer, check_array, failed, passed
 from maaslab.explain.core import Attribution, Explainable
 
 LIME_ALPHA = 1.0  # lime fits Ridge(alpha=1, fit_intercept=True): its surrogate's penalty
@@ -80,17 +80,6 @@ def toy_explainable() -> Explainable:
     )
 
 
-def _call(name: str, fn: Callable, *args) -> tuple[object, CheckResult | None]:
-    # Run the learner's function; a crash or a None is a verdict, not a traceback.
-    try:
-        got = fn(*(a.copy() if isinstance(a, np.ndarray) else a for a in args))
-    except Exception as err:  # any error in the answer is a verdict
-        return None, failed(name, f"your function raised {type(err).__name__}: {err}")
-    if got is None:
-        return None, failed(name, "your function returned None: did you forget `return`?")
-    return got, None
-
-
 def _matches(got: np.ndarray, wrong: object, rtol: float = 1e-6) -> bool:
     wrong = np.asarray(wrong, dtype=float)
     return got.shape == wrong.shape and bool(np.allclose(got, wrong, rtol=rtol, atol=1e-9))
@@ -122,7 +111,7 @@ def check_shapley(fn: Callable) -> CheckResult:
         ("the toy model", toy_value),
         ("a second 3-feature model", _second_game()),
     ):
-        got, bad = _call(name, fn, value, 3)
+        got, bad = call_answer(name, fn, value, 3)
         if bad is not None:  # a CheckResult is falsy when it fails
             return bad
         try:
@@ -190,7 +179,7 @@ def check_additivity(fn: Callable) -> CheckResult:
     """
     name = "additivity gap of an explanation"
     for attr in _additivity_probes():
-        got, bad = _call(name, fn, attr)
+        got, bad = call_answer(name, fn, attr)
         if bad is not None:
             return bad
         try:
@@ -244,7 +233,7 @@ def check_spearman(fn: Callable) -> CheckResult:
     """
     name = "Spearman agreement of two explanations"
     for a, b in _spearman_probes():
-        got, bad = _call(name, fn, a, b)
+        got, bad = call_answer(name, fn, a, b)
         if bad is not None:
             return bad
         try:
@@ -311,7 +300,7 @@ def check_lime_surrogate(fn: Callable) -> CheckResult:
     """
     name = "LIME's weighted linear surrogate"
     Z, y, w = _surrogate_probe()
-    got, bad = _call(name, fn, Z, y, w)
+    got, bad = call_answer(name, fn, Z, y, w)
     if bad is not None:
         return bad
     if not (isinstance(got, tuple | list) and len(got) == 2):

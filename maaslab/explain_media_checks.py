@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from maaslab.checks import CheckResult, failed, passed
+from maaslab.checks import CheckResult, call_answer, failed, passed
 from maaslab.explain.core import drop_words, words_of
 from maaslab.explain.quality import SANITY_THRESHOLD
 
@@ -29,17 +29,6 @@ AUC_PROBE_SCORES = np.array([0.97, 0.90, 0.62, 0.30, 0.12, 0.05, 0.02])
 # large but negative, so ranking by |value| and by value give different words.
 WORDS_PROBE_TEXT = "The trailer looked awful, but the film itself is a gem."
 WORDS_PROBE_VALUES = np.array([0.01, -0.05, -0.02, -0.40, 0.12, 0.0, 0.08, 0.25, 0.03, 0.02, 0.55])
-
-
-def _call(name: str, fn: Callable, *args) -> tuple[object, CheckResult | None]:
-    # Run the learner's function; a crash or a None is a verdict, not a traceback.
-    try:
-        got = fn(*(a.copy() if isinstance(a, np.ndarray) else a for a in args))
-    except Exception as err:  # any error in the answer is a verdict
-        return None, failed(name, f"your function raised {type(err).__name__}: {err}")
-    if got is None:
-        return None, failed(name, "your function returned None: did you forget `return`?")
-    return got, None
 
 
 def _number(name: str, got: object) -> tuple[float | None, CheckResult | None]:
@@ -59,7 +48,7 @@ def check_deletion_auc(fn: Callable) -> CheckResult:
     """Check `fn(fractions, scores) -> area` (trapezoid rule) on an uneven deletion curve."""
     name = "area under a deletion curve (trapezoid rule)"
     f, s = AUC_PROBE_FRACTIONS, AUC_PROBE_SCORES
-    got, bad = _call(name, fn, f, s)
+    got, bad = call_answer(name, fn, f, s)
     if bad is not None:  # a CheckResult is falsy when it fails
         return bad
     value, bad = _number(name, got)
@@ -156,7 +145,7 @@ def check_sanity_check(fn: Callable) -> CheckResult:
     name = "sanity check: similarity and verdict"
     answers = []
     for trained, randomized in sanity_probe():
-        got, bad = _call(name, fn, trained, randomized)
+        got, bad = call_answer(name, fn, trained, randomized)
         if bad is not None:
             return bad
         if not isinstance(got, tuple | list) or len(got) != 2:
@@ -217,7 +206,7 @@ def check_remove_top_words(fn: Callable) -> CheckResult:
     text, values = WORDS_PROBE_TEXT, WORDS_PROBE_VALUES
     words, spans = words_of(text)
     for k in (2, 3):
-        got, bad = _call(name, fn, text, values, k)
+        got, bad = call_answer(name, fn, text, values, k)
         if bad is not None:
             return bad
         if not isinstance(got, str):

@@ -16,7 +16,15 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from maaslab.checks import CheckResult, check_array, failed, passed
+from maaslab.checks import (
+    CheckResult,
+    answer_array,
+    call_answer,
+    check_array,
+    failed,
+    first_mistake,
+    passed,
+)
 from maaslab.models.gpt import GPTConfig, MiniGPT, next_token_probs
 
 PROBE_VOCAB = 20  # tokens in the probe distribution: small enough to read, big enough to filter
@@ -34,17 +42,9 @@ def probe_logits() -> torch.Tensor:
 
 
 def _call(name: str, fn: Callable, *args) -> tuple[np.ndarray | None, CheckResult | None]:
-    # Run the learner's function; a crash or a non-array is a verdict, not a traceback.
-    try:
-        got = fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
-    except Exception as err:  # any error in the answer is a verdict
-        return None, failed(name, f"your function raised {type(err).__name__}: {err}")
-    if got is None:
-        return None, failed(name, "your function returned None: did you forget `return`?")
-    try:
-        return np.asarray(got.detach() if hasattr(got, "detach") else got, dtype=float), None
-    except (TypeError, ValueError):
-        return None, failed(name, f"expected a tensor or array, got {type(got).__name__}")
+    # Run the learner's function; a crash, a None or a non-array is a verdict.
+    got, bad = call_answer(name, fn, *args)
+    return (None, bad) if bad is not None else answer_array(name, got)
 
 
 def _verdict(
@@ -54,12 +54,9 @@ def _verdict(
     result = check_array(name, got, expected.numpy(), rtol=1e-4, atol=1e-6, hint=hint)
     if result.passed:
         return result
-    for wrong, why in mistakes:
-        wrong = np.asarray(wrong, dtype=float)
-        if got.shape == wrong.shape and np.allclose(
-            got, wrong, rtol=1e-4, atol=1e-6, equal_nan=True
-        ):
-            return failed(name, f"with {setting}: {why}")
+    why = first_mistake(got, mistakes, equal_nan=True)
+    if why:
+        return failed(name, f"with {setting}: {why}")
     if got.shape == expected.shape and np.all(np.isfinite(got)) and abs(got.sum() - 1) > 1e-3:
         return failed(name, f"with {setting} your probabilities sum to {got.sum():.4g}, not 1. "
                       + hint)  # fmt: skip

@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from maaslab.checks import CheckResult, check_array, failed, passed
+from maaslab.checks import CheckResult, call_answer, check_array, failed, first_mistake, passed
 from maaslab.models.encoder import mean_pool, nearest
 
 # Linear layers as (out_features, in_features), the shape of nn.Linear.weight: a small probe
@@ -27,26 +27,6 @@ LORA_PROBE_RANKS = (4, 8, 1)
 def _to_array(got: object) -> np.ndarray:
     # Tensors (also with grad) and nested lists -> float array; raises on non-numbers.
     return np.asarray(got.detach().cpu() if hasattr(got, "detach") else got, dtype=float)
-
-
-def _call(name: str, fn: Callable, *args) -> tuple[object, CheckResult | None]:
-    # Run the learner's function; a crash or a None is a verdict, not a traceback.
-    try:
-        got = fn(*(a.clone() if isinstance(a, torch.Tensor) else a for a in args))
-    except Exception as err:  # any error in the answer is a verdict
-        return None, failed(name, f"your function raised {type(err).__name__}: {err}")
-    if got is None:
-        return None, failed(name, "your function returned None: did you forget `return`?")
-    return got, None
-
-
-def _first_mistake(got: np.ndarray, mistakes, rtol: float = 1e-4) -> str | None:
-    # The message of the first known wrong answer `got` matches, if any.
-    for wrong, why in mistakes:
-        wrong = _to_array(wrong)
-        if got.shape == wrong.shape and np.allclose(got, wrong, rtol=rtol, atol=1e-6):
-            return why
-    return None
 
 
 # --- exercise 1: mean pooling with an attention mask ----------------------------------------------
@@ -64,7 +44,7 @@ def check_mean_pool(fn: Callable) -> CheckResult:
     """Check `fn(hidden, mask) -> (B, C)`: the average of each text's real token vectors."""
     name = "mean pooling with an attention mask"
     hidden, mask = _pool_probe()
-    got, bad = _call(name, fn, hidden, mask)
+    got, bad = call_answer(name, fn, hidden, mask)
     if bad is not None:  # a CheckResult is falsy when it fails
         return bad
     try:
@@ -88,7 +68,7 @@ def check_mean_pool(fn: Callable) -> CheckResult:
     result = check_array(name, got, expected, rtol=1e-4, atol=1e-6, hint=hint)
     if result.passed:
         return result
-    why = _first_mistake(got, mistakes)
+    why = first_mistake(got, mistakes)
     return failed(name, why) if why else result
 
 
@@ -117,7 +97,7 @@ def check_top_k(fn: Callable) -> CheckResult:
     name = "top-k search by cosine similarity"
     query, corpus = _search_probe()
     k = 3
-    got, bad = _call(name, fn, query.copy(), corpus.copy(), k)
+    got, bad = call_answer(name, fn, query, corpus, k)
     if bad is not None:  # a CheckResult is falsy when it fails
         return bad
     if isinstance(got, tuple):
@@ -177,7 +157,7 @@ def check_phenomenon_accuracy(fn: Callable) -> CheckResult:
     """Check `fn(predictions, labels, phenomena) -> {phenomenon: accuracy}`."""
     name = "accuracy per phenomenon"
     predictions, labels, phenomena = _phenomenon_probe()
-    got, bad = _call(name, fn, predictions.copy(), labels.copy(), phenomena)
+    got, bad = call_answer(name, fn, predictions, labels, phenomena)
     if bad is not None:  # a CheckResult is falsy when it fails
         return bad
     expected = phenomenon_accuracy(predictions, labels, phenomena)
@@ -203,7 +183,7 @@ def check_phenomenon_accuracy(fn: Callable) -> CheckResult:
         (counts / len(right), f"you divided by all {len(right)} reviews: divide by the number "
          "of reviews of that tag"),
     ]  # fmt: skip
-    why = _first_mistake(values, mistakes)
+    why = first_mistake(values, mistakes)
     if why:
         return failed(name, why)
     worst = max(expected, key=lambda p: abs(float(got[p]) - expected[p]))
@@ -224,7 +204,7 @@ def check_lora_count(fn: Callable) -> CheckResult:
     name = "LoRA parameter count"
     shapes = list(LORA_PROBE_SHAPES)
     for r in LORA_PROBE_RANKS:
-        got, bad = _call(name, fn, list(shapes), r)
+        got, bad = call_answer(name, fn, list(shapes), r)
         if bad is not None:  # a CheckResult is falsy when it fails
             return bad
         try:
