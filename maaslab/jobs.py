@@ -12,7 +12,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import Any, Self
 
 import torch
 from torch import nn
@@ -54,7 +54,31 @@ class _Watch(Callback):
         self.job._weights = _copy_weights(state.model)
 
 
-class TrainingJob:
+class _Background:
+    # A daemon thread running self._run: start(), join(), running. Subclasses define _run.
+    def __init__(self, name: str) -> None:
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        """Start the work in the background; returns self."""
+        self._thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the work to end; True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def running(self) -> bool:
+        """True while the thread works."""
+        return self._thread.is_alive()
+
+
+class TrainingJob(_Background):
     """One training run on a daemon thread: start(), stop(), snapshot(), and the final result."""
 
     def __init__(
@@ -72,31 +96,16 @@ class TrainingJob:
         self._view: nn.Module | None = None
         self._stop = threading.Event()
         self._callbacks = [_Watch(self), StopOnEvent(self._stop), StopOnDivergence(), *callbacks]
-        self._thread = threading.Thread(target=self._run, name="maaslab-train", daemon=True)
+        super().__init__("maaslab-train")
         self._live: History | None = None
         self._state: TrainState | None = None
         self.history: History | None = None  # set when the run ends
         self.error: str | None = None  # a one-line message if the run failed
         self.trace: str | None = None  # the full traceback of an unexpected failure, for logs
 
-    def start(self) -> TrainingJob:
-        """Start training in the background; returns self."""
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
         """Ask the loop to stop after its current step."""
         self._stop.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the run to end; True if it has."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def running(self) -> bool:
-        """True while the thread is training."""
-        return self._thread.is_alive()
 
     @property
     def stop_requested(self) -> bool:
@@ -152,7 +161,7 @@ class TrainingJob:
             self.trace = traceback.format_exc()
 
 
-class Task:
+class Task(_Background):
     """Any long call on a daemon thread, with progress and cancel (explanations, comparisons).
 
     `fn(progress, cancel)` receives a progress callback `(stage, fraction)` and a threading.Event
@@ -162,31 +171,16 @@ class Task:
     def __init__(self, fn: Callable[[Callable[[str, float], None], threading.Event], Any]) -> None:
         self._fn = fn
         self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="maaslab-task", daemon=True)
+        super().__init__("maaslab-task")
         self.stage, self.fraction = "starting", 0.0
         self.result: Any = None
         self.error: str | None = None  # a one-line message if the call failed or was cancelled
         self.trace: str | None = None  # the traceback of an unexpected failure, for logs
         self.seconds = 0.0
 
-    def start(self) -> Task:
-        """Start the call in the background; returns self."""
-        self._thread.start()
-        return self
-
     def cancel(self) -> None:
         """Ask the call to stop at its next check."""
         self._cancel.set()
-
-    def join(self, timeout: float | None = None) -> bool:
-        """Wait for the call to end; True if it has."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    @property
-    def running(self) -> bool:
-        """True while the call runs."""
-        return self._thread.is_alive()
 
     @property
     def cancelled(self) -> bool:
