@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model
@@ -79,16 +77,13 @@ SENTIMENT_EPOCHS = 5
 def sentiment_accuracy(model, split: str = "test") -> dict[str, float]:
     """Accuracy of a sentiment model on a split of the review corpus: overall and per phenomenon."""
     from maaslab.evaluation import predict_proba
-    from maaslab.reviews import PHENOMENA, load_reviews
+    from maaslab.reviews import accuracy_by_phenomenon, load_reviews
 
     reviews = load_reviews(split)
     ids, _ = model.encode(list(reviews.texts))
-    right = predict_proba(model, ids).argmax(1) == reviews.labels
-    scores = {"overall": float(right.mean())}
-    for name in PHENOMENA:
-        keep = np.array([p == name for p in reviews.phenomena])
-        scores[name] = float(right[keep].mean())
-    return scores
+    predictions = predict_proba(model, ids).argmax(1)
+    overall = float((predictions == reviews.labels).mean())
+    return {"overall": overall, **accuracy_by_phenomenon(predictions, reviews)}
 
 
 def _sentiment(parent: Path) -> Path:

@@ -139,6 +139,14 @@ def make_tfidf_pipeline(*, seed: int = 0) -> Pipeline:
     )
 
 
+def accuracy_by_phenomenon(predictions: np.ndarray, reviews: ReviewSet) -> dict[str, float]:
+    """Accuracy of integer predictions on `reviews` within each phenomenon present, in PHENOMENA
+    order."""
+    correct = np.asarray(predictions) == reviews.labels
+    tags = np.array(reviews.phenomena)
+    return {p: float(correct[tags == p].mean()) for p in PHENOMENA if (tags == p).any()}
+
+
 def tfidf_baseline(train: ReviewSet, test: ReviewSet, *, seed: int = 0) -> BaselineResult:
     """Fit TF-IDF + logistic regression on `train` and score it on `test`, per phenomenon too.
 
@@ -158,12 +166,9 @@ def tfidf_baseline(train: ReviewSet, test: ReviewSet, *, seed: int = 0) -> Basel
     pipeline.fit(list(train.texts), train.labels)
     predictions = np.asarray(pipeline.predict(list(test.texts)), dtype=np.int64)
     seconds = time.perf_counter() - start
-    correct = predictions == test.labels
-    tags = np.array(test.phenomena)
-    per_phenomenon = {p: float(correct[tags == p].mean()) for p in PHENOMENA if (tags == p).any()}
     return BaselineResult(
-        accuracy=float(correct.mean()),
-        per_phenomenon=per_phenomenon,
+        accuracy=float((predictions == test.labels).mean()),
+        per_phenomenon=accuracy_by_phenomenon(predictions, test),
         predictions=predictions,
         pipeline=pipeline,
         seconds=seconds,

@@ -119,9 +119,14 @@ def agreement(a: Attribution, b: Attribution) -> float:
     """Spearman rank correlation of two explanations of the same input (1 = same ranking)."""
     if a.features != b.features:
         raise MaaslabError("the two explanations are of different inputs or features")
-    if np.ptp(a.values) == 0 or np.ptp(b.values) == 0:
-        return 0.0  # a constant explanation ranks nothing
-    return float(spearmanr(a.values, b.values).statistic)
+    return _rank_correlation(a.values, b.values)
+
+
+def _rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    # Spearman; a constant explanation ranks nothing, so it correlates with nothing (0).
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,5 @@ def sanity_check(
     trained = explain(model, x, method, seed=seed, **kwargs)
     random_model = model.randomized(seed)
     randomized = explain(random_model, x, method, seed=seed, target=trained.target, **kwargs)
-    a, b = np.abs(trained.values), np.abs(randomized.values)
-    similarity = 0.0 if np.ptp(a) == 0 or np.ptp(b) == 0 else float(spearmanr(a, b).statistic)
+    similarity = _rank_correlation(np.abs(trained.values), np.abs(randomized.values))
     return SanityCheck(trained, randomized, similarity)
