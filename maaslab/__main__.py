@@ -1,4 +1,4 @@
-"""`python -m maaslab`: doctor, train, evaluate. More subcommands (serve, bench, assets) follow.
+"""`python -m maaslab`: doctor, train, evaluate, assets, serve.
 
 User errors print one line on stderr and exit with code 2; nothing is half-written.
 """
@@ -93,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
         "assets", help="rebuild the shipped models in assets/models from their recipes"
     )
     assets.add_argument("names", nargs="*", help="models to rebuild (default: all)")
+
+    from maaslab.serve.cli import add_serve_arguments
+
+    add_serve_arguments(sub.add_parser(
+        "serve", help="serve models over HTTP (Open Inference Protocol v2, OpenAI API)",
+        description="Serve models over HTTP: Open Inference Protocol v2 under /v2, an "
+        "OpenAI-compatible API under /v1, Prometheus metrics at /metrics.",
+    ))  # fmt: skip
     return parser
 
 
@@ -245,11 +253,19 @@ def cmd_assets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Start the model server in the foreground until SIGTERM or Ctrl+C."""
+    from maaslab.serve.cli import run_serve
+
+    return run_serve(args)
+
+
 COMMANDS = {
     "doctor": cmd_doctor,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "assets": cmd_assets,
+    "serve": cmd_serve,
 }
 
 

@@ -1,0 +1,80 @@
+"""create_app: the FastAPI application of the MaaS Lab model server.
+
+Layers, outermost first: API key (when one is set) -> body size limit -> metrics -> routes.
+Models are loaded before the app is built (a failure is a clear message at start, not a 500
+later); batch workers start with the event loop and drain when it shuts down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+
+from maaslab import __version__
+from maaslab.serve.config import ServeConfig
+from maaslab.serve.errors import ERROR_RESPONSES, BodyLimitMiddleware, install_error_handlers
+from maaslab.serve.metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
+from maaslab.serve.models import ServedModel, load_models
+from maaslab.serve.security import ApiKeyMiddleware
+
+DESCRIPTION = (
+    "MaaS Lab model server. Open Inference Protocol v2 under /v2 (with Triton's binary tensor "
+    "data extension and our explain extension: POST /v2/models/{name}/explain), an "
+    "OpenAI-compatible API under /v1, Prometheus metrics at /metrics."
+)
+
+
+def create_app(config: ServeConfig | None = None, *, api_key: str | None = None,
+               models: dict[str, ServedModel] | None = None,
+               preloaded: dict[str, Any] | None = None) -> FastAPI:  # fmt: skip
+    """Build the server app.
+
+    Parameters
+    ----------
+    config : models, batching and limits (defaults: ServeConfig()).
+    api_key : when set, every route except the health probes needs `Bearer <api_key>`.
+    models : already built ServedModels to serve instead of loading config.models.
+    preloaded : served name -> zoo wrapper already in memory, reused instead of loading again.
+    """
+    config = config or ServeConfig()
+    served = models if models is not None else load_models(config, preloaded)
+    metrics = ServerMetrics()
+    for model in served.values():
+        if model.batcher is not None:
+            model.batcher.on_batch = metrics.batch_hook(model.name)
+            metrics.watch_queue(model.name, lambda b=model.batcher: b.depth)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for model in served.values():
+            if model.batcher is not None:
+                model.batcher.start()
+        yield
+        # uvicorn has already stopped accepting and waited for open requests; finish the rest.
+        app.state.draining = True
+        for model in served.values():
+            if model.batcher is not None:
+                await model.batcher.close()
+
+    app = FastAPI(title="MaaS Lab model server", version=__version__, description=DESCRIPTION,
+                  lifespan=lifespan, responses=ERROR_RESPONSES)  # fmt: skip
+    app.state.config = config
+    app.state.models = served
+    app.state.metrics = metrics
+    app.state.draining = False
+    install_error_handlers(app)
+
+    from maaslab.serve import oip
+
+    app.include_router(oip.router)
+    app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
+
+    # add_middleware wraps what is there, so the last added runs first: auth, size, metrics.
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+    if api_key:
+        app.add_middleware(ApiKeyMiddleware, key=api_key)
+    return app

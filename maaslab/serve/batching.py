@@ -1,0 +1,173 @@
+"""Dynamic batching: a bounded queue per model and a worker that runs requests together.
+
+Requests wait in an asyncio queue; the worker takes the first one, waits up to `max_delay_s`
+for more until `max_batch_size` rows are gathered, runs them as one call in a worker thread (so
+the event loop keeps answering), then hands each request its own slice of the answer. A full
+queue refuses at once (the caller answers 503 with Retry-After) instead of letting latency grow
+without bound; a request that waits too long is given up (504) and skipped if not yet started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+BatchFn = Callable[[list[Any]], Sequence[Any]]  # payloads -> one result (or exception) each
+BatchHook = Callable[[int, int, float], None]  # (rows, requests, seconds) after every batch
+
+
+class Overloaded(Exception):
+    """The model's queue is full: try again after `retry_after` seconds."""
+
+    def __init__(self, model: str, retry_after: int = 1) -> None:
+        super().__init__(f"model {model!r} is overloaded (queue full); retry after {retry_after} s")
+        self.retry_after = retry_after
+
+
+class RequestTimeout(Exception):
+    """A request waited longer than the server's per-request timeout."""
+
+
+class ShuttingDown(Exception):
+    """The batcher is closed and takes no new work."""
+
+
+@dataclass
+class _Item:
+    payload: Any
+    rows: int
+    future: asyncio.Future
+    enqueued: float = field(default_factory=time.perf_counter)
+    abandoned: bool = False  # the caller gave up (timeout): do not spend compute on it
+
+
+class Batcher:
+    """Queue + worker for one model; `submit` from request handlers, `close` at shutdown."""
+
+    def __init__(self, name: str, run: BatchFn, *, max_batch_size: int = 32,
+                 max_delay_s: float = 0.005, max_queue: int = 256,
+                 on_batch: BatchHook | None = None) -> None:  # fmt: skip
+        self.name, self.run = name, run
+        self.max_batch_size, self.max_delay_s = max_batch_size, max_delay_s
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self._queue: asyncio.Queue[_Item | None] | None = None
+        self._worker: asyncio.Task | None = None
+        # One thread per model: torch already spreads one forward pass over the cores, and
+        # two passes of the same model at once would only fight for them.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self._closed = False
+        self.in_flight = 0  # requests taken off the queue and not yet answered
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting in the queue (not counting the batch being run)."""
+        return self._queue.qsize() if self._queue is not None else 0
+
+    def start(self) -> None:
+        """Create the queue and the worker on the running event loop."""
+        if self._worker is None:
+            self._queue = asyncio.Queue(maxsize=self.max_queue)
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def submit(self, payload: Any, rows: int = 1, timeout: float | None = None) -> Any:
+        """Queue one request and wait for its result; Overloaded at once when the queue is full."""
+        if self._closed:
+            raise ShuttingDown(f"model {self.name!r} is shutting down")
+        self.start()
+        assert self._queue is not None
+        item = _Item(payload, max(1, rows), asyncio.get_running_loop().create_future())
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            raise Overloaded(self.name) from None
+        try:
+            # shield: a timeout must not cancel the future the worker will still resolve.
+            return await asyncio.wait_for(asyncio.shield(item.future), timeout)
+        except TimeoutError:
+            item.abandoned = True
+            raise RequestTimeout(
+                f"model {self.name!r} did not answer within {timeout:g} s; try again later"
+            ) from None
+
+    async def close(self) -> None:
+        """Stop taking work, finish everything already queued, then stop the worker."""
+        self._closed = True
+        if self._worker is not None and self._queue is not None:
+            await self._queue.put(None)  # the worker stops when it reaches this marker
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+            self._worker = None
+        self._executor.shutdown(wait=True)
+
+    async def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
+        # Gather more requests until the batch is full or the first one has waited long enough.
+        assert self._queue is not None
+        batch, rows, stop = [first], first.rows, False
+        deadline = asyncio.get_running_loop().time() + self.max_delay_s
+        while rows < self.max_batch_size:
+            try:
+                item = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            if item is None:
+                stop = True
+                break
+            if item.abandoned:
+                continue
+            if rows + item.rows > self.max_batch_size:
+                # Too big to join: it starts the next batch (put back at the front).
+                self._queue._queue.appendleft(item)  # type: ignore[attr-defined]
+                break
+            batch.append(item)
+            rows += item.rows
+        return batch, stop
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            if first.abandoned:
+                continue
+            batch, stop = await self._collect(first)
+            live = [it for it in batch if not it.abandoned and not it.future.done()]
+            if live:
+                self.in_flight = len(live)
+                started = time.perf_counter()
+                try:
+                    results = await loop.run_in_executor(
+                        self._executor, self.run, [it.payload for it in live]
+                    )
+                except Exception as err:  # the whole call failed: every request learns why
+                    results = [err] * len(live)
+                finally:
+                    self.in_flight = 0
+                if len(results) != len(live):  # a broken batch function must not kill the worker
+                    results = [RuntimeError(f"{self.name}: batch answered {len(results)} of "
+                                            f"{len(live)} requests")] * len(live)  # fmt: skip
+                seconds = time.perf_counter() - started
+                for it, result in zip(live, results, strict=True):
+                    if it.future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        it.future.set_exception(result)
+                    else:
+                        it.future.set_result(result)
+                if self.on_batch is not None:
+                    self.on_batch(sum(it.rows for it in live), len(live), seconds)
+            if stop:
+                return

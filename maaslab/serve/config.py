@@ -1,0 +1,59 @@
+"""ServeConfig: every knob of the model server in one frozen dataclass, checked on creation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from maaslab.errors import MaaslabError
+
+DEFAULT_MODELS = ("digits-cnn", "sentiment-minilm", "mini-gpt", "minilm-embed")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """How the server runs: which models, where it listens, how it batches and what it refuses."""
+
+    # Shipped model names or model folders; a folder is served under its folder name.
+    models: tuple[str, ...] = DEFAULT_MODELS
+    host: str = "127.0.0.1"  # loopback only: another interface needs an API key
+    port: int = 8000  # 0 lets the OS pick a free port (the tests do this)
+    device: str = "auto"  # auto picks cuda when present, else cpu
+    max_batch_size: int = 32  # rows run together in one forward pass at most
+    max_delay_ms: float = 5.0  # how long the first request of a batch waits for company
+    max_queue: int = 256  # requests waiting per model; one more gets 503 + Retry-After at once
+    batching: bool = True  # False runs every request alone (still queued and bounded)
+    api_key_env: str | None = None  # name of the environment variable holding the Bearer key
+    request_timeout_s: float = 30.0  # a request still waiting after this gets 504
+    max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413 before parsing
+    # Half precision on CUDA for models that keep their answers in it (checked at load time).
+    half_precision: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise MaaslabError("no models to serve: name at least one with --models")
+        if len(set(self.models)) != len(self.models):
+            raise MaaslabError(f"a model is named twice in --models: {', '.join(self.models)}")
+        if not 0 <= self.port <= 65535:
+            raise MaaslabError(f"--port must be 0..65535, got {self.port}")
+        if not 1 <= self.max_batch_size <= 4096:
+            raise MaaslabError(f"--max-batch-size must be 1..4096, got {self.max_batch_size}")
+        if not 0 <= self.max_delay_ms <= 10_000:
+            raise MaaslabError(f"--max-delay-ms must be 0..10000, got {self.max_delay_ms}")
+        if not 1 <= self.max_queue <= 1_000_000:
+            raise MaaslabError(f"--max-queue must be 1..1000000, got {self.max_queue}")
+        if not 0 < self.request_timeout_s <= 3600:
+            raise MaaslabError(
+                f"--request-timeout-s must be in (0, 3600], got {self.request_timeout_s}"
+            )
+        if not 1024 <= self.max_body_bytes <= 1024**3:
+            raise MaaslabError(f"--max-body-bytes must be 1 KiB..1 GiB, got {self.max_body_bytes}")
+
+    @property
+    def effective_batch_size(self) -> int:
+        """Rows per forward pass: 1 with batching off."""
+        return self.max_batch_size if self.batching else 1
+
+    @property
+    def effective_delay_s(self) -> float:
+        """Seconds a batch waits to fill: 0 with batching off."""
+        return self.max_delay_ms / 1000 if self.batching else 0.0

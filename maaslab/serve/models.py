@@ -1,0 +1,172 @@
+"""The models a server holds: load them from model folders, run batches of requests through them.
+
+Every model is a maaslab.zoo wrapper (the same object a notebook or a page calls), so a request
+answered by the server gives the numbers `maaslab.registry.load(name).predict(...)` gives.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from maaslab.errors import MaaslabError
+from maaslab.serve.batching import Batcher
+from maaslab.serve.config import ServeConfig
+
+# A served text may hold this many characters; MiniLM reads only its first 128 tokens anyway,
+# so more is wasted bandwidth and tokenizer time (the library's own cap is far higher).
+MAX_SERVED_TEXT_CHARS = 20_000
+KINDS = ("digits", "sentiment", "generator", "embedder")
+Result = dict[str, Any]  # output name -> per-request numpy array or list of strings
+
+
+@dataclass
+class ServedModel:
+    """One model behind the server: its wrapper, where it runs and its request queue."""
+
+    name: str  # the name in URLs (/v2/models/{name}) and in the OpenAI `model` field
+    kind: str  # "digits" | "sentiment" | "generator" | "embedder"
+    wrapper: Any  # the maaslab.zoo wrapper: predict / generate / complete / embed
+    device: torch.device
+    batcher: Batcher | None = None  # None for models answered one request at a time
+    precision: str = "fp32"  # "fp16" when half precision on CUDA kept the answers
+    load_seconds: float = 0.0
+
+    async def infer(self, payload: Any, rows: int, timeout: float | None) -> Result:
+        """Run one request through the model's queue (batched with others when allowed)."""
+        if self.batcher is None:
+            raise MaaslabError(f"model {self.name!r} ({self.kind}) takes no tensor requests")
+        return await self.batcher.submit(payload, rows, timeout)
+
+
+def kind_of(wrapper: object) -> str:
+    """Which of KINDS a zoo wrapper is (by the calls it offers)."""
+    from maaslab.zoo import DigitsClassifier, SentimentModel, TextEmbedder, TextGenerator
+
+    kinds = {DigitsClassifier: "digits", SentimentModel: "sentiment",
+             TextGenerator: "generator", TextEmbedder: "embedder"}  # fmt: skip
+    for cls, kind in kinds.items():
+        if isinstance(wrapper, cls):
+            return kind
+    raise MaaslabError(f"{type(wrapper).__name__} is not a model the server can serve")
+
+
+def served_name(spec: str) -> str:
+    """The URL name of a --models item: a shipped name as is, a folder by its folder name."""
+    from maaslab.zoo import LOADERS
+
+    return spec if spec in LOADERS else Path(spec).expanduser().name
+
+
+def check_served_texts(texts: object) -> list[str]:
+    """The wrapper's own text checks plus the server's length cap."""
+    from maaslab.models.encoder import check_texts
+
+    texts = check_texts(texts)
+    for i, text in enumerate(texts):
+        if len(text) > MAX_SERVED_TEXT_CHARS:
+            raise MaaslabError(f"text {i} holds {len(text):,} characters; the server takes at "
+                               f"most {MAX_SERVED_TEXT_CHARS:,} per text")  # fmt: skip
+    return texts
+
+
+def _batched(call: Callable[[Any], Result], join: Callable[[list[Any]], Any],
+             payloads: list[Any], sizes: list[int]) -> list[Result | Exception]:  # fmt: skip
+    # One call for the whole batch; if the wrapper refuses it (one bad request among good
+    # ones), run each request alone so only the bad one gets the error.
+    try:
+        joined = call(join(payloads))
+    except MaaslabError:
+        out: list[Result | Exception] = []
+        for payload in payloads:
+            try:
+                out.append(call(payload))
+            except Exception as err:
+                out.append(err)
+        return out
+    bounds = np.cumsum([0, *sizes])
+    return [{k: v[a:b] for k, v in joined.items()} for a, b in itertools.pairwise(bounds)]
+
+
+def batch_function(wrapper: Any, kind: str) -> Callable[[list[Any]], Sequence[Any]]:
+    """payloads -> one result each: pixel arrays (digits) or lists of texts (text models)."""
+    if kind == "digits":
+
+        def call(x: np.ndarray) -> Result:
+            return {"probabilities": wrapper.predict(x).probabilities}
+
+        return lambda ps: _batched(call, np.concatenate, ps, [len(p) for p in ps])
+    if kind == "sentiment":
+
+        def call(texts: list[str]) -> Result:
+            pred = wrapper.predict(texts)
+            return {"probabilities": pred.probabilities, "label": list(pred.labels)}
+
+    elif kind == "embedder":
+
+        def call(texts: list[str]) -> Result:
+            return {"embedding": np.asarray(wrapper.embed(texts).embeddings, dtype=np.float32)}
+
+    else:
+        raise MaaslabError(f"{kind} models are not run in batches")
+    return lambda ps: _batched(call, lambda p: [t for x in p for t in x], ps, [len(p) for p in ps])
+
+
+def _try_half(wrapper: Any, kind: str) -> str:
+    # fp16 on a GPU is about twice as fast for the encoder, but it is kept only when it gives
+    # the same labels and probabilities within 0.01 on held-out reviews; digits stay fp32
+    # (their inputs arrive as float32 and the model is too small to gain).
+    if kind != "sentiment" or wrapper.device.type != "cuda":
+        return "fp32"
+    from maaslab.reviews import load_reviews
+
+    texts = list(load_reviews("test").texts[:64])
+    before = wrapper.predict(texts)
+    wrapper.model.half()
+    after = wrapper.predict(texts)
+    same = before.labels == after.labels
+    if same and float(np.abs(before.probabilities - after.probabilities).max()) < 0.01:
+        return "fp16"
+    wrapper.model.float()
+    return "fp32"
+
+
+def load_models(
+    config: ServeConfig, preloaded: dict[str, Any] | None = None
+) -> dict[str, ServedModel]:
+    """Load every --models item on the configured device, with a batcher for tensor models.
+
+    Parameters
+    ----------
+    config : what to load and how to batch it.
+    preloaded : served name -> wrapper already in memory (tests share one load across servers).
+    """
+    from maaslab.device import get_device
+    from maaslab.registry import load
+
+    device = get_device(config.device)
+    served: dict[str, ServedModel] = {}
+    for spec in config.models:
+        name = served_name(spec)
+        if name in served:
+            raise MaaslabError(f"two --models items are both served as {name!r}")
+        started = time.perf_counter()
+        wrapper = (preloaded or {}).get(name) or load(spec, device=str(device))
+        kind = kind_of(wrapper)
+        precision = _try_half(wrapper, kind) if config.half_precision else "fp32"
+        batcher = None
+        if kind != "generator":
+            batcher = Batcher(name, batch_function(wrapper, kind),
+                              max_batch_size=config.effective_batch_size,
+                              max_delay_s=config.effective_delay_s,
+                              max_queue=config.max_queue)  # fmt: skip
+        served[name] = ServedModel(name, kind, wrapper, torch.device(wrapper.device), batcher,
+                                   precision, time.perf_counter() - started)  # fmt: skip
+    return served

@@ -1,0 +1,289 @@
+"""Open Inference Protocol v2 routes (the KServe / Triton HTTP API) for the tensor models.
+
+digits-*: `pixels` FP32 [N, 64] on the 0-16 scale -> `probabilities` FP32 [N, 10].
+sentiment-minilm: `text` BYTES [N] -> `probabilities` FP32 [N, 2] ([negative, positive]) and
+`label` BYTES [N]. minilm-embed: `text` BYTES [N] -> `embedding` FP32 [N, 384].
+Requests may use Triton's binary tensor data extension, so `tritonclient.http` works unmodified.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from maaslab import __version__
+from maaslab.errors import MaaslabError
+from maaslab.serve.errors import ERROR_RESPONSES
+from maaslab.serve.models import ServedModel, check_served_texts
+from maaslab.serve.tensors import (
+    HEADER,
+    Tensor,
+    decode_inputs,
+    encode_response,
+    parse_body,
+    requested_outputs,
+)
+
+EXTENSIONS = ["binary_tensor_data", "explain", "model_repository_readonly"]
+VERSION = "1"  # every served folder is one version; /versions/1/... routes are accepted too
+PLATFORM = "pytorch"
+EMBED_DIM = 384
+
+
+class TensorMeta(BaseModel):
+    """An input or output in model metadata."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    """GET /v2/models/{name}."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMeta]
+    outputs: list[TensorMeta]
+
+
+class ServerMetadata(BaseModel):
+    """GET /v2."""
+
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class TensorData(BaseModel):
+    """A tensor in JSON: flat row-major data (or binary_data_size in parameters)."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class RequestedOutput(BaseModel):
+    """An output the client wants, and whether as binary data."""
+
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    """POST /v2/models/{name}/infer body (JSON header when binary data follows)."""
+
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[TensorData] = Field(min_length=1)
+    outputs: list[RequestedOutput] | None = None
+
+
+class InferResponse(BaseModel):
+    """Inference answer (JSON header when binary data follows)."""
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[TensorData]
+
+
+def signature(model: ServedModel) -> tuple[list[TensorMeta], list[TensorMeta]]:
+    """(inputs, outputs) of a model in OIP terms; -1 is the batch dimension."""
+    if model.kind == "digits":
+        n_classes = len(model.wrapper.class_names)
+        pixels = TensorMeta(name="pixels", datatype="FP32", shape=[-1, 64])
+        return [pixels], [TensorMeta(name="probabilities", datatype="FP32", shape=[-1, n_classes])]
+    text = [TensorMeta(name="text", datatype="BYTES", shape=[-1])]
+    if model.kind == "sentiment":
+        n_classes = len(model.wrapper.class_names)
+        return text, [TensorMeta(name="probabilities", datatype="FP32", shape=[-1, n_classes]),
+                      TensorMeta(name="label", datatype="BYTES", shape=[-1])]  # fmt: skip
+    if model.kind == "embedder":
+        return text, [TensorMeta(name="embedding", datatype="FP32", shape=[-1, EMBED_DIM])]
+    return [], []  # the generator speaks the OpenAI API (/v1/completions) instead
+
+
+def get_model(request: Request, name: str, version: str | None = None) -> ServedModel:
+    """The served model `name`, or 404 naming the models there are."""
+    models: dict[str, ServedModel] = request.app.state.models
+    if name not in models:
+        raise HTTPException(404, f"unknown model {name!r}: this server has "
+                                 f"{', '.join(models) or 'no models'}")  # fmt: skip
+    if version is not None and version != VERSION:
+        raise HTTPException(404, f"model {name!r} has only version {VERSION}, not {version!r}")
+    return models[name]
+
+
+def _payload(model: ServedModel, inputs: dict[str, Tensor]) -> tuple[Any, int]:
+    # Turn decoded tensors into what the wrapper takes, checking names, types and shapes.
+    want = signature(model)[0][0]
+    extra = sorted(set(inputs) - {want.name})
+    if want.name not in inputs or extra:
+        raise MaaslabError(f"model {model.name!r} takes one input named {want.name!r} "
+                           f"({want.datatype} {want.shape}); got {', '.join(inputs)}")  # fmt: skip
+    t = inputs[want.name]
+    if model.kind == "digits":
+        if t.datatype not in ("FP16", "FP32", "FP64"):
+            raise MaaslabError(f"input 'pixels' must be FP32 (or FP16/FP64), not {t.datatype}")
+        if len(t.shape) != 2 or t.shape[1] != 64 or t.shape[0] < 1:
+            raise MaaslabError(f"input 'pixels' must have shape [N, 64] with N >= 1, "
+                               f"got {list(t.shape)}")  # fmt: skip
+        x = np.asarray(t.data, dtype=np.float32).reshape(t.shape)
+        if not np.all(np.isfinite(x)):
+            raise MaaslabError("input 'pixels' contains NaN or infinity")
+        if x.min() < 0 or x.max() > 16:
+            raise MaaslabError(f"input 'pixels' must lie in 0..16 (sklearn digits scale); got "
+                               f"{x.min():g}..{x.max():g}")  # fmt: skip
+        return x, len(x)
+    if t.datatype != "BYTES":
+        raise MaaslabError(f"input 'text' must be BYTES (strings), not {t.datatype}")
+    if len(t.shape) not in (1, 2) or (len(t.shape) == 2 and t.shape[1] != 1):
+        raise MaaslabError(f"input 'text' must have shape [N] (or [N, 1]), got {list(t.shape)}")
+    try:
+        texts = [b.decode("utf-8") for b in t.data]
+    except UnicodeDecodeError:
+        raise MaaslabError("input 'text' is not valid UTF-8") from None
+    return check_served_texts(texts), len(texts)
+
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"], responses=ERROR_RESPONSES)
+
+
+@router.get("/health/live", summary="Server liveness")
+async def live() -> dict[str, bool]:
+    """200 while the process answers at all."""
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Server readiness",
+            responses={503: {"description": "Not ready"}})  # fmt: skip
+async def ready(request: Request) -> JSONResponse:
+    """200 when every model is loaded and the server is not shutting down, else 503."""
+    ok = bool(request.app.state.models) and not request.app.state.draining
+    return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> ServerMetadata:
+    """Name, version and the protocol extensions this server supports."""
+    return ServerMetadata(name="maaslab", version=__version__, extensions=EXTENSIONS)
+
+
+async def _model_ready(request: Request, name: str, version: str | None) -> JSONResponse:
+    get_model(request, name, version)
+    ok = not request.app.state.draining
+    return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+async def model_ready(request: Request, name: str) -> JSONResponse:
+    """200 when the model can take requests."""
+    return await _model_ready(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
+async def model_version_ready(request: Request, name: str, version: str) -> JSONResponse:
+    """Same as /ready for version 1 (the only one)."""
+    return await _model_ready(request, name, version)
+
+
+def _metadata(request: Request, name: str, version: str | None) -> ModelMetadata:
+    model = get_model(request, name, version)
+    inputs, outputs = signature(model)
+    return ModelMetadata(name=name, versions=[VERSION], platform=PLATFORM, inputs=inputs,
+                         outputs=outputs)  # fmt: skip
+
+
+@router.get("/models/{name}", summary="Model metadata")
+async def model_metadata(request: Request, name: str) -> ModelMetadata:
+    """Inputs and outputs with their datatypes and shapes (-1 = any batch size)."""
+    return _metadata(request, name, None)
+
+
+@router.get("/models/{name}/versions/{version}", summary="Model version metadata")
+async def model_version_metadata(request: Request, name: str, version: str) -> ModelMetadata:
+    """Same as the model's metadata, for version 1."""
+    return _metadata(request, name, version)
+
+
+async def _infer(request: Request, name: str, version: str | None) -> Response:
+    model = get_model(request, name, version)
+    if model.kind == "generator":
+        raise MaaslabError(f"model {name!r} generates text: use POST /v1/completions or "
+                           "/v1/chat/completions (the OpenAI-compatible API)")  # fmt: skip
+    body, head = parse_body(await request.body(), request.headers.get(HEADER))
+    request_id = body.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise MaaslabError("'id' must be a string")
+    outputs = [(o.name, o.datatype) for o in signature(model)[1]]
+    binary = requested_outputs(body, [n for n, _ in outputs])
+    payload, rows = _payload(model, decode_inputs(body, head))
+    result = await model.infer(payload, rows, request.app.state.config.request_timeout_s)
+    answer: dict[str, Any] = {"model_name": name, "model_version": VERSION}
+    if request_id is not None:
+        answer["id"] = request_id
+    content, header_length = encode_response(
+        answer, [(n, dt, result[n]) for n, dt in outputs], binary
+    )
+    if header_length is None:
+        return Response(content, media_type="application/json")
+    return Response(content, media_type="application/octet-stream",
+                    headers={HEADER: str(header_length)})  # fmt: skip
+
+
+def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """The model's JSON schema with every $ref replaced by its definition (no $defs left)."""
+    schema = model.model_json_schema()
+    defs = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(schema)
+
+
+_INFER_DOC = {
+    "openapi_extra": {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": _inline_schema(InferRequest)},
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            },
+        }
+    },
+    "responses": {
+        200: {
+            "model": InferResponse,
+            "description": "Outputs (JSON, or a JSON "
+            "header then binary tensors with Inference-Header-Content-Length)",
+        }
+    },
+}
+
+
+@router.post("/models/{name}/infer", summary="Inference", **_INFER_DOC)
+async def infer(request: Request, name: str) -> Response:
+    """Run the model on the request's inputs (JSON or binary tensor data)."""
+    return await _infer(request, name, None)
+
+
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference (version)",
+             **_INFER_DOC)  # fmt: skip
+async def infer_version(request: Request, name: str, version: str) -> Response:
+    """Same as /infer, for version 1."""
+    return await _infer(request, name, version)

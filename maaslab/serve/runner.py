@@ -1,0 +1,99 @@
+"""Run the server under uvicorn with a graceful SIGTERM: stop accepting, answer, exit 0."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import uvicorn
+
+from maaslab.errors import MaaslabError
+from maaslab.serve.config import ServeConfig
+from maaslab.serve.security import resolve_api_key
+
+DRAIN_GRACE_S = 5.0  # on top of the request timeout: the longest a shutdown waits for answers
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn.Server whose SIGTERM/SIGINT drain and return instead of re-raising the signal.
+
+    uvicorn re-raises a caught signal after its shutdown, so the process would die *by*
+    SIGTERM (exit status -15); a service manager should see a clean exit 0 after a drain.
+    """
+
+    on_started: Callable[[], None] | None = None  # called once it listens, lifespan done
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's startup, then the on_started hook."""
+        await super().startup(sockets=sockets)
+        if self.started and self.on_started is not None:
+            self.on_started()
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Install handlers that ask for a graceful exit (the main thread only)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        signals = (signal.SIGINT, signal.SIGTERM)
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, or a MaaslabError saying why not (e.g. port in use)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise MaaslabError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def uvicorn_server(app, config: ServeConfig, log_level: str = "warning") -> GracefulServer:
+    """A GracefulServer for `app` with the drain timeout and quiet logs."""
+    uv = uvicorn.Config(
+        app, host=config.host, port=config.port, log_level=log_level, access_log=False,
+        lifespan="on", timeout_graceful_shutdown=int(config.request_timeout_s + DRAIN_GRACE_S),
+        timeout_keep_alive=5,
+    )  # fmt: skip
+    return GracefulServer(uv)
+
+
+def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) -> int:
+    """Check security, load the models, bind, serve until SIGTERM/SIGINT; 0 after a drain.
+
+    Parameters
+    ----------
+    config : what to serve and how.
+    on_ready : called with the server's URL once it is bound and the models are loaded.
+    """
+    from maaslab.serve.app import create_app
+
+    # Refuse an open bind before spending seconds on loading models.
+    api_key = resolve_api_key(config.host, config.api_key_env)
+    sock = bind_socket(config.host, config.port)
+    try:
+        app = create_app(config, api_key=api_key)
+        server = uvicorn_server(app, config)
+        if on_ready is not None:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if ":" in host else host
+
+            server.on_started = lambda: on_ready(f"http://{shown}:{port}")
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    return 0

@@ -1,0 +1,203 @@
+"""Open Inference Protocol v2 tensors: JSON and Triton's binary tensor data extension.
+
+A request body is a JSON header, optionally followed by raw tensors when the header length is
+given in `Inference-Header-Content-Length`: each input with `parameters.binary_data_size` takes
+that many bytes, in input order. Numbers are little-endian; a BYTES element is a 4-byte
+little-endian length and then the bytes. Responses use the same layout when the client asks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from maaslab.errors import MaaslabError
+
+HEADER = "Inference-Header-Content-Length"
+NUMPY_DTYPES = {
+    "BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1",
+    "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One decoded input: numbers as a numpy array, BYTES as a list of bytes."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: Any
+
+
+def parse_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """Split a request body into its JSON header (a dict) and the binary part after it."""
+    if header_length is None:
+        head, rest = body, b""
+    else:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise MaaslabError(f"{HEADER} must be a whole number, got {header_length!r}") from None
+        if not 0 < n <= len(body):
+            raise MaaslabError(f"{HEADER} is {n}, but the body holds {len(body)} bytes")
+        head, rest = body[:n], body[n:]
+    if not head.strip():
+        raise MaaslabError("the request body is empty: send a JSON object with 'inputs'")
+    try:
+        request = json.loads(head)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise MaaslabError(f"the request is not valid JSON: {err}") from None
+    if not isinstance(request, dict):
+        raise MaaslabError("the request must be a JSON object with an 'inputs' list")
+    return request, rest
+
+
+def _shape(raw: object, name: str) -> tuple[int, ...]:
+    ok = isinstance(raw, list) and all(isinstance(d, int) and not isinstance(d, bool) for d in raw)
+    if not ok or any(d < 0 for d in raw):  # type: ignore[union-attr]
+        raise MaaslabError(f"input {name!r}: shape must be a list of non-negative whole numbers")
+    return tuple(raw)  # type: ignore[arg-type]
+
+
+def _split_bytes(raw: bytes, name: str) -> list[bytes]:
+    # BYTES in binary: each element is a 4-byte little-endian length, then that many bytes.
+    items, pos = [], 0
+    while pos < len(raw):
+        if pos + 4 > len(raw):
+            raise MaaslabError(f"input {name!r}: a BYTES element is cut off in the binary data")
+        (n,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + n > len(raw):
+            raise MaaslabError(f"input {name!r}: a BYTES element says {n} bytes, fewer remain")
+        items.append(raw[pos : pos + n])
+        pos += n
+    return items
+
+
+def _flatten(data: object, name: str) -> list[Any]:
+    # JSON data may be flat (the spec) or nested row by row (what many clients send).
+    if not isinstance(data, list):
+        raise MaaslabError(f"input {name!r}: 'data' must be a list")
+    out: list[Any] = []
+    stack = [iter(data)]
+    while stack:
+        for x in stack[-1]:
+            if isinstance(x, list):
+                stack.append(iter(x))
+                break
+            out.append(x)
+        else:
+            stack.pop()
+    return out
+
+
+def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
+    """The request's inputs by name, with shapes checked against the data they carry."""
+    inputs = request.get("inputs")
+    if not isinstance(inputs, list) or not inputs:
+        raise MaaslabError("the request needs an 'inputs' list with at least one tensor")
+    out, offset = {}, 0
+    for spec in inputs:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise MaaslabError("every input must be an object with a 'name'")
+        name, dtype = spec["name"], spec.get("datatype")
+        if dtype != "BYTES" and dtype not in NUMPY_DTYPES:
+            raise MaaslabError(f"input {name!r}: unknown datatype {dtype!r}")
+        shape = _shape(spec.get("shape"), name)
+        count = math.prod(shape)
+        params = spec.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise MaaslabError(f"input {name!r}: binary_data_size {size!r} does not fit the "
+                                   f"{len(binary) - offset} bytes left in the body")  # fmt: skip
+            raw = binary[offset : offset + size]
+            offset += size
+            if dtype == "BYTES":
+                data: Any = _split_bytes(raw, name)
+            else:
+                width = np.dtype(NUMPY_DTYPES[dtype]).itemsize
+                if size != count * width:
+                    raise MaaslabError(f"input {name!r}: shape {list(shape)} of {dtype} needs "
+                                       f"{count * width} bytes, got {size}")  # fmt: skip
+                data = np.frombuffer(raw, dtype=NUMPY_DTYPES[dtype])
+        elif "data" in spec:
+            flat = _flatten(spec["data"], name)
+            if dtype == "BYTES":
+                if not all(isinstance(x, str) for x in flat):
+                    raise MaaslabError(f"input {name!r}: BYTES data must be strings")
+                data = [x.encode() for x in flat]
+            else:
+                if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in flat):
+                    raise MaaslabError(f"input {name!r}: {dtype} data must be numbers")
+                data = np.asarray(flat, dtype=np.float64)
+        else:
+            raise MaaslabError(f"input {name!r} has neither 'data' nor binary_data_size")
+        if len(data) != count:
+            raise MaaslabError(f"input {name!r}: shape {list(shape)} holds {count} elements, "
+                               f"but {len(data)} were sent")  # fmt: skip
+        if name in out:
+            raise MaaslabError(f"input {name!r} is given twice")
+        out[name] = Tensor(name, dtype, shape, data)
+    if offset != len(binary):
+        raise MaaslabError(f"{len(binary) - offset} bytes of binary data belong to no input")
+    return out
+
+
+def requested_outputs(request: dict[str, Any], available: list[str]) -> dict[str, bool]:
+    """Output name -> send as binary, for the outputs the client asked for (all by default)."""
+    params = request.get("parameters") or {}
+    default = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    asked = request.get("outputs")
+    if asked is None:
+        return dict.fromkeys(available, default)
+    if not isinstance(asked, list):
+        raise MaaslabError("'outputs' must be a list of objects with a 'name'")
+    out = {}
+    for spec in asked:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise MaaslabError("every requested output must be an object with a 'name'")
+        if spec["name"] not in available:
+            raise MaaslabError(f"unknown output {spec['name']!r}: this model gives "
+                               f"{', '.join(available)}")  # fmt: skip
+        p = spec.get("parameters") or {}
+        if isinstance(p, dict) and p.get("classification"):
+            raise MaaslabError("the classification extension is not supported: ask for "
+                               "'probabilities' and take the argmax")  # fmt: skip
+        out[spec["name"]] = bool(p.get("binary_data", default)) if isinstance(p, dict) else default
+    return out
+
+
+def encode_response(head: dict[str, Any], outputs: list[tuple[str, str, Any]],
+                    binary: dict[str, bool]) -> tuple[bytes, int | None]:  # fmt: skip
+    """(body, JSON header length or None) for outputs given as (name, datatype, value)."""
+    tensors, blobs = [], []
+    for name, dtype, value in outputs:
+        if name not in binary:
+            continue
+        if dtype == "BYTES":
+            items = [v.encode() if isinstance(v, str) else bytes(v) for v in value]
+            shape = [len(items)]
+        else:
+            arr = np.ascontiguousarray(value, dtype=NUMPY_DTYPES[dtype])
+            shape = list(arr.shape)
+        tensor: dict[str, Any] = {"name": name, "datatype": dtype, "shape": shape}
+        if binary[name]:
+            blob = (b"".join(struct.pack("<I", len(b)) + b for b in items) if dtype == "BYTES"
+                    else arr.tobytes())  # fmt: skip
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = ([b.decode() for b in items] if dtype == "BYTES"
+                              else arr.ravel().tolist())  # fmt: skip
+        tensors.append(tensor)
+    header = json.dumps({**head, "outputs": tensors}).encode()
+    if not blobs:
+        return header, None
+    return header + b"".join(blobs), len(header)
