@@ -1,0 +1,189 @@
+"""Gradient equivalence: one process on a global batch vs N ranks on its shards, averaged.
+
+`global_gradient` and `shard_gradients` + `average_gradients` do it in one process;
+`ddp_gradients` and `all_reduce_values` start real ranks (forked processes, gloo) so the
+lesson can compare the hand version with what torch.distributed and DDP compute.
+"""
+
+from __future__ import annotations
+
+import importlib
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from maaslab.errors import MaaslabError
+from maaslab.models import build_model, model_config
+from maaslab.registry import read_safetensors, state_to_safetensors
+from maaslab.train import _loss_fn, _loss_inputs
+
+Grads = dict[str, torch.Tensor]
+
+
+def _grads(model: nn.Module) -> Grads:
+    return {
+        n: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p))
+        for n, p in model.named_parameters()
+        if p.requires_grad
+    }
+
+
+def global_gradient(
+    model: nn.Module, X: torch.Tensor, y: torch.Tensor, task: str = "classification"
+) -> Grads:
+    """The gradient of the mean loss over the whole batch (X, y), computed in one process.
+
+    Parameters
+    ----------
+    model : the model; its .grad fields are cleared before and after.
+    X, y : one global batch.
+    task : "classification", "regression" or "language_model" (picks the loss, as train does).
+    """
+    model.zero_grad(set_to_none=True)
+    loss = _loss_fn(task)(*_loss_inputs(model(X), y, task))
+    loss.backward()
+    grads = _grads(model)
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def shard(n: int, world_size: int, rank: int) -> slice:
+    """Rank `rank`'s rows of a global batch of `n`: every world_size-th, as DistributedSampler."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise MaaslabError(f"rank must be in [0, {world_size - 1}], got {rank}")
+    if n % world_size:
+        raise MaaslabError(
+            f"a global batch of {n} examples cannot be split into {world_size} equal shards: "
+            "DDP averages the ranks' mean gradients, which equals the gradient of the global "
+            f"mean only when every rank holds the same number of examples; use a multiple of "
+            f"{world_size}"
+        )
+    return slice(rank, n, world_size)
+
+
+def shard_gradients(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    world_size: int,
+    task: str = "classification",
+) -> list[Grads]:
+    """Each rank's local gradient (mean loss over its own shard), all computed in this process.
+
+    Parameters
+    ----------
+    world_size : number of ranks; len(X) must be a multiple of it.
+    """
+    parts = [shard(len(X), world_size, r) for r in range(world_size)]
+    return [global_gradient(model, X[s], y[s], task) for s in parts]
+
+
+def max_relative_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor]) -> float:
+    """Largest |a - b| over all parameters, relative to the largest |b| (0 when identical)."""
+    if sorted(a) != sorted(b):
+        raise MaaslabError(f"the two gradient tables name different parameters: {list(a)}")
+    diff = max(float((a[n].double() - b[n].double()).abs().max()) for n in a)
+    scale = max(float(b[n].double().abs().max()) for n in b)
+    return diff / scale if scale else diff
+
+
+# --- real ranks on this machine ----------------------------------------------------------------
+
+
+def _rank_main(
+    rank: int, job: str, folder: str, world_size: int, tensors: dict[str, torch.Tensor], info: dict
+) -> None:
+    """One rank of a `_spawn` job: join through a file in `folder`, work, write its result."""
+    torch.set_num_threads(1)  # the ranks share the machine's cores
+    # A file store needs no port, so nothing can collide with another run on this machine.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world_size
+    )
+    try:
+        if job == "all_reduce":
+            value = tensors[f"value{rank}"].clone()
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            out = {"value": value}
+        else:
+            model = build_model(info["model_type"], **info["config"])
+            model.load_state_dict(tensors["state"])
+            ddp = DistributedDataParallel(model)
+            rows = shard(len(tensors["X"]), world_size, rank)
+            task = info["task"]
+            logits = ddp(tensors["X"][rows])
+            _loss_fn(task)(*_loss_inputs(logits, tensors["y"][rows], task)).backward()
+            out = _grads(model)  # DDP has all-reduced (averaged) them during backward
+        state_to_safetensors(out, Path(folder) / f"rank{rank}.safetensors")
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(job: str, world_size: int, tensors: dict[str, Any], info: dict[str, Any]) -> list[Grads]:
+    # Forked ranks start in a fraction of a second with everything already imported, and need
+    # nothing from the caller's __main__ (a notebook, a test or stdin all work the same way).
+    if not 1 <= world_size <= 8:
+        raise MaaslabError(f"world_size must be between 1 and 8 on one machine, got {world_size}")
+    if "fork" not in mp.get_all_start_methods():
+        raise MaaslabError("starting ranks in-process needs fork (Linux or macOS); use torchrun")
+    # DDP imports torch._dynamo the first time it is built (about 2 s): import it once here,
+    # before forking, instead of once in every rank of every call.
+    importlib.import_module("torch._dynamo")
+    with tempfile.TemporaryDirectory(prefix="maaslab-ddp-") as folder:
+        try:
+            mp.start_processes(
+                _rank_main,
+                args=(job, folder, world_size, tensors, info),
+                nprocs=world_size,
+                start_method="fork",
+            )
+        except mp.ProcessRaisedException as err:
+            raise MaaslabError(f"a rank failed: {str(err).strip().splitlines()[-1]}") from None
+        return [read_safetensors(Path(folder) / f"rank{r}.safetensors") for r in range(world_size)]
+
+
+def ddp_gradients(
+    model: nn.Module,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    world_size: int = 2,
+    task: str = "classification",
+) -> list[Grads]:
+    """Every rank's gradient after one DDP backward pass, each rank holding its shard of (X, y).
+
+    Forks `world_size` processes (gloo on CPU), each with a copy of `model`; DDP all-reduces
+    the gradients during backward, so all returned tables should be equal to each other and to
+    `global_gradient(model, X, y)`.
+
+    Parameters
+    ----------
+    model : a MaaS Lab model (it is rebuilt in every rank from its config and weights).
+    X, y : the global batch; len(X) must be a multiple of world_size.
+    world_size : ranks to start (2 on this machine's 2 cores).
+    """
+    shard(len(X), world_size, 0)  # refuse uneven shards before starting any process
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    tensors = {"state": state, "X": X.detach().cpu(), "y": y.detach().cpu()}
+    return _spawn("gradients", world_size, tensors, {**model_config(model), "task": task})
+
+
+def all_reduce_values(values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What each rank holds after torch.distributed.all_reduce(SUM) of `values[rank]`.
+
+    Parameters
+    ----------
+    values : one tensor per rank, all the same shape; len(values) is the world size.
+    """
+    if not values:
+        raise MaaslabError("all_reduce_values needs one tensor per rank")
+    tensors = [torch.as_tensor(v, dtype=torch.float32).detach().cpu() for v in values]
+    if any(t.shape != tensors[0].shape for t in tensors):
+        raise MaaslabError("every rank must hold a tensor of the same shape")
+    table = {f"value{r}": t for r, t in enumerate(tensors)}
+    return [out["value"] for out in _spawn("all_reduce", len(tensors), table, {})]
