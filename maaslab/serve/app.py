@@ -67,9 +67,11 @@ def create_app(config: ServeConfig | None = None, *, api_key: str | None = None,
     app.state.draining = False
     install_error_handlers(app)
 
-    from maaslab.serve import oip
+    from maaslab.serve import explain_api, oip, openai_api
 
     app.include_router(oip.router)
+    app.include_router(openai_api.router)
+    app.include_router(explain_api.router)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
 
     # add_middleware wraps what is there, so the last added runs first: auth, size, metrics.
