@@ -1,0 +1,172 @@
+"""Data-parallel training: torchrun with 2 processes takes the same steps as one process;
+the hand-written collectives and shards match torch.distributed and DistributedSampler."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DistributedSampler
+
+from maaslab import MaaslabError
+from maaslab.distributed import (
+    DDPConfig,
+    all_reduce_values,
+    allreduce_seconds,
+    average_gradients,
+    cli_args,
+    ddp_gradients,
+    global_batches,
+    global_gradient,
+    load_run,
+    max_relative_difference,
+    parameter_server_bytes,
+    process_group,
+    reference_train,
+    ring_allreduce,
+    ring_bytes_per_rank,
+    run_torchrun,
+    scaled_lr,
+    shard_gradients,
+    shard_indices,
+    torchrun_command,
+    train_ddp,
+)
+from maaslab.distributed.__main__ import config_from_args, main
+from maaslab.distributed.ddp import GRADIENTS_FILE, MODEL_DIR
+from maaslab.models import build_model
+from maaslab.paths import ROOT
+from maaslab.registry import load_model, read_safetensors
+
+TINY = DDPConfig(hidden=(16,), epochs=2, batch_size=16, max_steps=50, record_gradients=True)
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    # The acceptance test: the real command line, 2 processes on gloo, against one process
+    # taking the same global batches with the same optimizer: same gradients, same weights.
+    cfg = DDPConfig(**{**TINY.__dict__, "output": str(tmp_path / "run")})
+    cmd = torchrun_command(cfg, 2)
+    assert cmd[:4] == [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "2 rank(s), backend gloo" in done.stdout
+    assert done.stdout.count("epoch 2:") == 1  # only rank 0 prints
+    run = load_run(cfg.output)
+    assert (run.world_size, run.global_batch, run.steps) == (2, 32, 50)  # 42 steps/epoch
+
+    model, first_grads, losses = reference_train(cfg, world_size=2)
+    ddp_grads = read_safetensors(tmp_path / "run" / GRADIENTS_FILE)
+    assert max_relative_difference(ddp_grads, first_grads) < 1e-5
+    ddp_model = load_model(tmp_path / "run" / MODEL_DIR)
+    assert max_relative_difference(ddp_model.state_dict(), model.state_dict()) < 1e-5
+    np.testing.assert_allclose(run.step_loss, losses, rtol=1e-5)
+    # and the run really trained: the weights moved far more than the tolerance
+    fresh = build_model("mlp", in_features=64, hidden=(16,), out_features=10)
+    assert max_relative_difference(fresh.state_dict(), model.state_dict()) > 1e-2
+
+
+def test_a_training_split_too_small_or_a_bad_flag_is_one_clear_line(tmp_path, capsys):
+    # Without torchrun the entry point runs as a group of one: the same checks as every rank.
+    assert main(["--batch-size", "2000", "--output", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "fewer than one global batch of 1 ranks x 2000" in err and "lower --batch-size" in err
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(SystemExit) as stop:
+        main(["--model", "resnet"])
+    assert stop.value.code == 2 and "invalid choice: 'resnet'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--hidden", "64,x"])
+    assert "expected widths like 64,64" in capsys.readouterr().err
+    assert main(["--model", "cnn", "--dataset", "moons"]) == 2
+    assert "the cnn needs images" in capsys.readouterr().err
+    with pytest.raises(MaaslabError, match="cannot be split into 3 equal shards"):
+        shard_gradients(build_model("mlp", in_features=2), torch.zeros(8, 2), torch.zeros(8), 3)
+    if not torch.cuda.is_available():
+        with pytest.raises(MaaslabError, match="nccl needs CUDA"), process_group("nccl"):
+            pass
+    with pytest.raises(MaaslabError, match=r"needs cfg\.output"):
+        run_torchrun(TINY)
+
+
+def test_a_group_of_one_trains_in_process_like_the_reference(tmp_path):
+    cfg = DDPConfig(**{**TINY.__dict__, "max_steps": 5, "output": str(tmp_path)})
+    lines = []
+    with process_group() as (rank, world):
+        assert (rank, world) == (0, 1)
+        run = train_ddp(cfg, log=lines.append)
+    assert not torch.distributed.is_initialized()  # destroyed on the way out
+    assert run.steps == 5 and run.allreduce_ms == 0.0 and "1 rank(s)" in lines[0]
+    model, _, losses = reference_train(cfg, world_size=1)
+    assert max_relative_difference(load_model(tmp_path / MODEL_DIR).state_dict(),
+                                   model.state_dict()) < 1e-6  # fmt: skip
+    np.testing.assert_allclose(run.step_loss, losses, rtol=1e-6)
+
+
+def test_real_ddp_gradients_equal_the_global_batch_gradient():
+    torch.manual_seed(0)
+    model = build_model("mlp", in_features=64, hidden=(32,), out_features=10)
+    X, y = torch.randn(24, 64), torch.randint(0, 10, (24,))
+    expected = global_gradient(model, X, y)
+    by_hand = average_gradients(shard_gradients(model, X, y, 2))
+    assert max_relative_difference(by_hand, expected) < 1e-6
+    ranks = ddp_gradients(model, X, y, world_size=2)
+    assert len(ranks) == 2 and max_relative_difference(ranks[1], ranks[0]) == 0.0
+    assert max_relative_difference(ranks[0], expected) < 1e-6
+    # one rank's own gradient is not the global one: the all-reduce matters
+    assert max_relative_difference(shard_gradients(model, X, y, 2)[0], expected) > 1e-2
+
+
+def test_hand_all_reduce_and_the_ring_match_torch_distributed():
+    g = torch.Generator().manual_seed(1)
+    values = [torch.randn(7, generator=g) for _ in range(3)]
+    summed = all_reduce_values(values)
+    for held in summed:  # every rank holds the sum
+        torch.testing.assert_close(held, torch.stack(values).sum(0))
+    mean = average_gradients([{"g": v} for v in values])["g"]
+    torch.testing.assert_close(mean, summed[0] / 3)
+    ring = ring_allreduce([v.numpy() for v in values])
+    for held in ring.values:
+        np.testing.assert_allclose(held, summed[0].numpy(), rtol=1e-6)
+    # 7 values in chunks of 3, 2, 2: each rank sends 2 (p-1) chunks, on average 2 (p-1)/p of 7
+    assert ring.steps == 4 and sum(ring.elements_sent) == 3 * 2 * 2 * 7 / 3
+    assert ring_bytes_per_rank(7, 3, 4) == pytest.approx(np.mean(ring.elements_sent) * 4)
+
+
+@pytest.mark.parametrize(
+    ("n", "world", "seed", "epoch"), [(10, 3, 5, 0), (10, 3, 5, 2), (7, 2, 0, 1), (64, 4, 3, 0)]
+)
+def test_shard_indices_match_distributed_sampler(n, world, seed, epoch):
+    for rank in range(world):
+        sampler = DistributedSampler(range(n), world, rank, shuffle=True, seed=seed,
+                                     drop_last=True)  # fmt: skip
+        sampler.set_epoch(epoch)
+        assert shard_indices(n, world, rank, seed=seed, epoch=epoch) == list(sampler)
+    steps = global_batches(n, world, 1, seed=seed, epoch=epoch)
+    assert len(steps) == n // world and all(len(s) == world for s in steps)
+    assert len({i for s in steps for i in s}) == (n // world) * world  # no example twice
+
+
+def test_cost_models_and_scaling_rule():
+    assert ring_bytes_per_rank(1000, 1) == 0
+    assert ring_bytes_per_rank(1000, 4, 2) == 2 * 3 / 4 * 1000 * 2
+    ps = parameter_server_bytes(1000, 8)
+    assert ps["server"] == 8 * ps["per_worker"] == 8 * 8000
+    t = allreduce_seconds(10**8, 8, bandwidth_gbps=100, latency_us=0)
+    assert t == pytest.approx(ring_bytes_per_rank(10**8, 8) / 100e9)
+    assert scaled_lr(0.1, 256, 1024) == pytest.approx(0.4)
+    with pytest.raises(MaaslabError, match="bandwidth must be positive"):
+        allreduce_seconds(10, 2, 0)
+
+
+def test_command_line_round_trip_and_multi_node_command():
+    cfg = DDPConfig(hidden=(8, 8), epochs=3, lr=0.05, record_gradients=True, output="runs/x")
+    assert config_from_args(cli_args(cfg)) == cfg
+    cmd = torchrun_command(cfg, 8, nnodes=2, rdzv_endpoint="node0:29500")
+    assert "--standalone" not in cmd and "--nnodes=2" in cmd and "--nproc_per_node=8" in cmd
+    assert "--rdzv-endpoint=node0:29500" in cmd and "--rdzv-backend=c10d" in cmd
+    assert cmd[cmd.index("-m", 3) + 1] == "maaslab.distributed"
+    with pytest.raises(MaaslabError, match="need --rdzv-endpoint"):
+        torchrun_command(cfg, 2, nnodes=2)
