@@ -1,0 +1,204 @@
+"""Dynamic batching: the Batcher on its own, then batching, overload and timeouts over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from maaslab.errors import MaaslabError
+from maaslab.serve.batching import Batcher, Overloaded, RequestTimeout
+from maaslab.serve.models import batch_function
+
+
+def _recording(seen: list[list[int]], pause: float = 0.0):
+    def run(payloads: list[int]) -> list[int]:
+        seen.append(list(payloads))
+        time.sleep(pause)
+        return [p * 10 for p in payloads]
+
+    return run
+
+
+def test_batcher_groups_requests_and_splits_answers():
+    seen: list[list[int]] = []
+
+    async def main():
+        b = Batcher("t", _recording(seen), max_batch_size=4, max_delay_s=0.05)
+        answers = await asyncio.gather(*(b.submit(i) for i in range(10)))
+        await b.close()
+        return answers
+
+    assert asyncio.run(main()) == [i * 10 for i in range(10)]
+    assert sorted(x for batch in seen for x in batch) == list(range(10))
+    assert max(len(batch) for batch in seen) == 4 and len(seen) == 3  # 4 + 4 + 2
+
+
+def test_batcher_counts_rows_not_requests():
+    seen: list[list[int]] = []
+
+    async def main():
+        b = Batcher("t", _recording(seen), max_batch_size=5, max_delay_s=0.05)
+        await asyncio.gather(b.submit(1, rows=3), b.submit(2, rows=3), b.submit(3, rows=2))
+        await b.close()
+
+    asyncio.run(main())
+    assert seen == [[1], [2, 3]]  # 3 + 3 would pass 5 rows: the second request waits
+
+
+def test_full_queue_refuses_at_once_and_accepted_work_finishes():
+    seen: list[list[int]] = []
+
+    async def main():
+        b = Batcher("t", _recording(seen, pause=0.2), max_batch_size=1, max_delay_s=0,
+                    max_queue=2)  # fmt: skip
+        first = asyncio.ensure_future(b.submit(0))
+        await asyncio.sleep(0.05)  # the worker holds request 0; two more fill the queue
+        queued = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        with pytest.raises(Overloaded, match="queue full"):
+            await b.submit(3)
+        refused_after = time.perf_counter() - started
+        answers = await asyncio.gather(first, *queued)
+        await b.close()
+        return answers, refused_after
+
+    answers, refused_after = asyncio.run(main())
+    assert answers == [0, 10, 20]
+    assert refused_after < 0.2  # refused without waiting for the busy model
+
+
+def test_timeout_gives_up_and_skips_the_abandoned_request():
+    seen: list[list[int]] = []
+
+    async def main():
+        b = Batcher("t", _recording(seen, pause=0.3), max_batch_size=1, max_delay_s=0)
+        slow = asyncio.ensure_future(b.submit(0))
+        await asyncio.sleep(0.05)
+        with pytest.raises(RequestTimeout, match="did not answer"):
+            await b.submit(1, timeout=0.05)
+        assert await slow == 0
+        await b.close()
+
+    asyncio.run(main())
+    assert seen == [[0]]  # request 1 was abandoned before it ran
+
+
+def test_failures_reach_only_their_requests():
+    def run(payloads):
+        return [ValueError("bad") if p < 0 else p for p in payloads]
+
+    async def main():
+        b = Batcher("t", run, max_batch_size=8, max_delay_s=0.02)
+        results = await asyncio.gather(b.submit(1), b.submit(-1), return_exceptions=True)
+        await b.close()
+        return results
+
+    ok, bad = asyncio.run(main())
+    assert ok == 1 and isinstance(bad, ValueError)
+
+
+def test_batch_function_falls_back_per_request(shared_wrappers):
+    # One payload the wrapper refuses must not spoil the others in its batch.
+    model = shared_wrappers.get_or_load(("digits-cnn",))["digits-cnn"]
+    run = batch_function(model, "digits")
+    good = load_digits().data[:3].astype(np.float32)
+    results = run([good, np.full((1, 64), 99, np.float32), good[:1]])
+    assert isinstance(results[1], MaaslabError) and "0..16" in str(results[1])
+    np.testing.assert_allclose(results[0]["probabilities"], model.predict(good).probabilities)
+    assert results[2]["probabilities"].shape == (1, 10)
+
+
+def _post(client, url, rows):
+    body = {"inputs": [{"name": "pixels", "shape": list(rows.shape), "datatype": "FP32",
+                        "data": rows.ravel().tolist()}]}  # fmt: skip
+    return client.post(url + "/v2/models/digits-cnn/infer", json=body)
+
+
+async def _burst(url: str, batches: list[np.ndarray]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await asyncio.gather(*(_post(client, url, b) for b in batches))
+
+
+def _batch_sizes(url: str) -> tuple[float, float]:
+    # (rows, batches) of digits-cnn from the batch-size histogram
+    text = httpx.get(url + "/metrics").text
+    rows = count = 0.0
+    for line in text.splitlines():
+        if line.startswith('maaslab_batch_size_sum{model="digits-cnn"}'):
+            rows = float(line.split()[-1])
+        if line.startswith('maaslab_batch_size_count{model="digits-cnn"}'):
+            count = float(line.split()[-1])
+    return rows, count
+
+
+def test_concurrent_requests_are_batched_over_http(start_server, shared_wrappers):
+    srv = start_server(models=["digits-cnn"], max_batch_size=64, max_delay_ms=100)
+    pixels = load_digits().data[:24].astype(np.float32)
+    parts = [
+        pixels[i : i + n] for i, n in zip((0, 1, 3, 6, 10, 15), (1, 2, 3, 4, 5, 9), strict=True)
+    ]
+    replies = asyncio.run(_burst(srv.url, parts))
+    model = shared_wrappers["digits-cnn"]
+    for part, reply in zip(parts, replies, strict=True):
+        got = np.asarray(reply.json()["outputs"][0]["data"]).reshape(len(part), 10)
+        np.testing.assert_allclose(got, model.predict(part).probabilities, atol=1e-6)
+    rows, batches = _batch_sizes(srv.url)
+    assert rows == 24 and batches < len(parts)
+
+
+def test_no_batching_runs_requests_alone(start_server):
+    srv = start_server(models=["digits-cnn"], batching=False)
+    pixels = load_digits().data[:6].astype(np.float32)
+    replies = asyncio.run(_burst(srv.url, [pixels[i : i + 1] for i in range(6)]))
+    assert all(r.status_code == 200 for r in replies)
+    assert _batch_sizes(srv.url) == (6.0, 6.0)
+
+
+def _slow_down(srv, seconds: float) -> None:
+    batcher = srv.app.state.models["digits-cnn"].batcher
+    run = batcher.run
+
+    def slow(payloads):
+        time.sleep(seconds)
+        return run(payloads)
+
+    batcher.run = slow
+
+
+def test_overload_answers_503_fast_and_every_accepted_request(start_server):
+    srv = start_server(models=["digits-cnn"], batching=False, max_queue=2)
+    _slow_down(srv, 0.5)
+    row = load_digits().data[:1].astype(np.float32)
+
+    async def timed(client):
+        started = time.perf_counter()
+        reply = await _post(client, srv.url, row)
+        return reply, time.perf_counter() - started
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(*(timed(client) for _ in range(10)))
+
+    results = asyncio.run(main())
+    ok = [r for r, _ in results if r.status_code == 200]
+    refused = [(r, s) for r, s in results if r.status_code == 503]
+    assert len(ok) + len(refused) == 10 and 2 <= len(ok) < 10  # queue of 2 (+1 running)
+    for reply, seconds in refused:
+        assert reply.headers["Retry-After"] == "1" and "overloaded" in reply.json()["error"]
+        assert seconds < 0.5  # refused while the model was still busy, not after waiting
+    assert httpx.get(srv.url + "/v2/health/ready").status_code == 200
+    assert 'maaslab_requests_total{code="503"' in httpx.get(srv.url + "/metrics").text
+
+
+def test_request_timeout_is_504(start_server):
+    srv = start_server(models=["digits-cnn"], request_timeout_s=0.2)
+    _slow_down(srv, 0.6)
+    with httpx.Client(timeout=10) as client:
+        reply = _post(client, srv.url, load_digits().data[:1].astype(np.float32))
+    assert reply.status_code == 504 and "did not answer within 0.2 s" in reply.json()["error"]

@@ -1,0 +1,58 @@
+"""`python -m maaslab serve`: refusals are one line and exit code 2; a key is enforced."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY = "cli-test-key-0123456789abcdef"
+
+
+def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "maaslab", "serve", *args], cwd=ROOT, capture_output=True,
+        text=True, timeout=120, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["--host", "0.0.0.0"], None, "refusing to listen on 0.0.0.0 without an API key"),
+        (["--host", "0.0.0.0", "--api-key-env", "MAASLAB_NO_SUCH_VAR"], None, "not set"),
+        (["--host", "0.0.0.0", "--api-key-env", "K"], {"K": "short"}, "too short"),
+        (["--max-batch-size", "0"], None, "--max-batch-size must be"),
+        (["--models", "no-such-model", "--port", "0"], None, "unknown model 'no-such-model'"),
+    ],
+    ids=["no-key", "missing-var", "short-key", "bad-batch", "unknown-model"],
+)
+def test_refusals_are_one_line_and_exit_2(args, env, words):
+    done = _serve(*args, env=env)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("maaslab serve: error:") and words in lines[0]
+    assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_port_in_use_is_a_clear_error():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        done = _serve("--models", "digits-cnn", "--port", str(busy.getsockname()[1]))
+    assert done.returncode == 2 and "cannot listen on 127.0.0.1:" in done.stderr
+
+
+def test_serve_with_a_key_from_the_environment(spawn_server):
+    srv = spawn_server("--models", "digits-cnn", "--api-key-env", "MAASLAB_TEST_KEY",
+                       "--no-batching", env={"MAASLAB_TEST_KEY": KEY})  # fmt: skip
+    assert "digits-cnn on http://127.0.0.1:" in srv.output[0]
+    assert httpx.get(srv.url + "/v2/models/digits-cnn").status_code == 401
+    ok = httpx.get(srv.url + "/v2/models/digits-cnn", headers={"Authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200

@@ -1,0 +1,58 @@
+"""Loopback by default; any other interface only with an API key; no route loads a model."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from maaslab.errors import MaaslabError
+from maaslab.serve.config import ServeConfig
+from maaslab.serve.security import is_loopback, key_matches, resolve_api_key
+
+KEY = "s3cret-key-for-tests-0123456789"
+
+
+def test_default_bind_is_loopback():
+    assert ServeConfig().host == "127.0.0.1"
+    assert all(map(is_loopback, ["127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost"]))
+    assert not any(map(is_loopback, ["0.0.0.0", "::", "192.168.1.10", "example.org"]))
+
+
+def test_open_interface_needs_a_key():
+    with pytest.raises(MaaslabError, match=r"refusing to listen on 0\.0\.0\.0 without an API key"):
+        resolve_api_key("0.0.0.0", None, {})
+    with pytest.raises(MaaslabError, match=r"MAASLAB_KEY.*not set"):
+        resolve_api_key("0.0.0.0", "MAASLAB_KEY", {})
+    with pytest.raises(MaaslabError, match="too short"):
+        resolve_api_key("0.0.0.0", "MAASLAB_KEY", {"MAASLAB_KEY": "abc"})
+    assert resolve_api_key("0.0.0.0", "MAASLAB_KEY", {"MAASLAB_KEY": KEY}) == KEY
+    assert resolve_api_key("127.0.0.1", None, {}) is None
+
+
+def test_key_matches_only_the_exact_bearer_token():
+    assert key_matches(f"Bearer {KEY}", KEY) and key_matches(f"bearer {KEY}", KEY)
+    for header in (None, "", KEY, f"Basic {KEY}", f"Bearer {KEY}x", "Bearer "):
+        assert not key_matches(header, KEY)
+
+
+def test_server_with_a_key_refuses_requests_without_it(start_server):
+    srv = start_server(models=["digits-cnn"], api_key=KEY)
+    assert httpx.get(srv.url + "/v2/health/live").status_code == 200  # probes stay open
+    assert httpx.get(srv.url + "/v2/health/ready").status_code == 200
+    for path in ("/v2", "/v2/models/digits-cnn", "/metrics", "/docs", "/nope"):
+        refused = httpx.get(srv.url + path)
+        assert refused.status_code == 401, path
+        assert "API key" in refused.json()["error"]
+        assert refused.headers["www-authenticate"] == "Bearer"
+    wrong = httpx.get(srv.url + "/v2", headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401
+    ok = httpx.get(srv.url + "/v2", headers={"Authorization": f"Bearer {KEY}"})
+    assert ok.status_code == 200 and ok.json()["name"] == "maaslab"
+
+
+def test_no_route_loads_or_registers_models(server):
+    # TorchServe's ShellTorch: a management API that registered models from URLs.
+    paths = httpx.get(server.url + "/openapi.json").json()["paths"]
+    assert not [p for p in paths if "repository" in p or "load" in p or "register" in p]
+    for path in ("/v2/repository/models/x/load", "/models?url=http://example.org/m.mar"):
+        assert httpx.post(server.url + path).status_code == 404
