@@ -5,6 +5,7 @@ the same result get the same figure. One module per area; everything is re-expor
 """
 
 from maaslab.plots.attention import attention_heatmap, heads_grid
+from maaslab.plots.distributed import communication_volume, loss_match, scaling_bars
 from maaslab.plots.embeddings import (
     embedding_scatter,
     phenomenon_accuracy_bars,
@@ -56,6 +57,7 @@ __all__ = [
     "attribution_bars",
     "attribution_figure",
     "batch_size_comparison",
+    "communication_volume",
     "confusion_matrix_heatmap",
     "conv_filter_grid",
     "dataset_scatter",
@@ -73,6 +75,7 @@ __all__ = [
     "loss_comparison",
     "loss_contour",
     "loss_curve",
+    "loss_match",
     "loss_vs_step",
     "misclassified_grid",
     "phenomenon_accuracy_bars",
@@ -81,6 +84,7 @@ __all__ = [
     "race_loss",
     "run_comparison",
     "sampling_bars",
+    "scaling_bars",
     "schedule_plot",
     "similarity_matrix",
     "summary_dots",

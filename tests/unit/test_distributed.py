@@ -170,3 +170,21 @@ def test_command_line_round_trip_and_multi_node_command():
     assert cmd[cmd.index("-m", 3) + 1] == "maaslab.distributed"
     with pytest.raises(MaaslabError, match="need --rdzv-endpoint"):
         torchrun_command(cfg, 2, nnodes=2)
+
+
+def test_figures_draw_the_numbers_they_are_given():
+    from maaslab import plots
+    from maaslab.distributed import ScalingRow
+
+    rows = [ScalingRow(1, 1, 64, 500.0, 32000.0, 1.0, 0.0, 1.0, ""),
+            ScalingRow(2, 1, 64, 250.0, 16000.0, 0.6, 0.9, 0.5, "")]  # fmt: skip
+    fig = plots.scaling_bars(rows)
+    assert list(fig.data[0].y) == [500.0, 250.0] and list(fig.data[0].text) == ["1.00x", "0.50x"]
+    assert list(fig.data[2].y) == [0.0, 0.9] and fig.layout.barmode == "stack"
+    volume = plots.communication_volume(1_000_000, [2, 4])
+    ring = next(t for t in volume.data if t.name.startswith("ring"))
+    assert list(ring.y) == [4.0, 6.0]  # MB: 2 (p-1)/p x 4 MB
+    server = next(t for t in volume.data if "server's link" in t.name)
+    assert list(server.y) == [16.0, 32.0]
+    match = plots.loss_match([1.0, 0.5], [1.0, 0.5 + 2e-7])
+    assert "2.0e-07" in match.layout.title.text
