@@ -10,7 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-AREAS = ("unit", "app", "notebooks", "browser")  # each must contribute tests in a full run
+AREAS = ("unit", "app", "notebooks", "server", "browser")  # each must contribute tests in a full run
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
