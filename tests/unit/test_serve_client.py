@@ -1,0 +1,108 @@
+"""maaslab.serve.client against a real digits server on 127.0.0.1: bodies, calls, readers."""
+
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from maaslab.data import load_dataset
+from maaslab.errors import MaaslabError
+from maaslab.registry import load
+from maaslab.serve import client
+from maaslab.serve.app import create_app
+from maaslab.serve.config import ServeConfig
+from maaslab.serve.runner import bind_socket, uvicorn_server
+
+
+@pytest.fixture(scope="module")
+def url():
+    """digits-cnn served in this process on an ephemeral port."""
+    config = ServeConfig(models=("digits-cnn",), port=0, device="cpu")
+    sock = bind_socket(config.host, 0)
+    server = uvicorn_server(create_app(config), config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.time() + 60
+    while not server.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.started, "the digits server did not start"
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    server.should_exit = True
+    thread.join(30)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def digit():
+    """The first test digit on sklearn's 0..16 scale."""
+    return load_dataset("digits", seed=0).X_test[0] * 16
+
+
+def test_a_digit_answer_is_the_in_process_prediction(url, digit):
+    body = client.digits_body(digit)
+    assert body["inputs"][0]["shape"] == [1, 64] and len(body["inputs"][0]["data"]) == 64
+    done = client.call(url, "/v2/models/digits-cnn/infer", body)
+    assert done.ok and done.status == 200 and done.error is None and done.seconds > 0
+    served = client.output(done.response, "probabilities")
+    local = load("digits-cnn").predict(digit[None, :]).probabilities
+    assert served.shape == (1, 10)
+    np.testing.assert_allclose(served, local, atol=1e-4)
+
+
+def test_refusals_come_back_as_messages(url, digit):
+    bad = client.digits_body(digit)
+    bad["inputs"][0]["data"][0] = 99.0
+    done = client.call(url, "/v2/models/digits-cnn/infer", bad)
+    assert not done.ok and done.status == 400
+    assert done.error.startswith("HTTP 400: ") and "0..16" in done.error
+    missing = client.call(url, "/v2/models/nope/infer", client.text_body("hi"))
+    assert missing.status == 404 and "unknown model 'nope'" in missing.error
+
+
+def test_a_server_that_is_not_there_is_a_message():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # free once closed: nothing listens there
+    done = client.call(f"http://127.0.0.1:{port}", "/v2/health/ready", None, timeout=2)
+    assert done.status is None and not done.ok and done.method == "GET"
+    assert "cannot reach" in done.error and "is the server running?" in done.error
+
+
+def test_an_explanation_reads_back_as_an_additive_attribution(url, digit):
+    body = client.explain_body(client.digits_body(digit), "shap", seed=0)
+    assert body["parameters"] == {"method": "shap", "seed": 0}
+    done = client.call(url, "/v2/models/digits-cnn/explain", body)
+    assert done.ok, done.error
+    attr = client.attribution_of(done.response, "digits", seconds=done.seconds)
+    assert attr.method == "deep_shap" and attr.kind == "image" and attr.shape == (8, 8)
+    assert len(attr.values) == len(attr.features) == 64 and attr.features[0] == "r0c0"
+    assert abs(attr.additivity_gap) < 1e-3
+    assert attr.target_name == str(attr.target)
+
+
+def test_bodies_and_readers_of_the_openai_side():
+    body = client.completion_body("mini-gpt", "The ", 20, 0.7, seed=3)
+    assert body == {"model": "mini-gpt", "prompt": "The ", "max_tokens": 20,
+                    "temperature": 0.7, "seed": 3}  # fmt: skip
+    assert client.embedding_body("minilm-embed", "a") == {"model": "minilm-embed", "input": "a"}
+    answer = {"choices": [{"text": "cat sat"}], "data": [{"embedding": [0.5, -0.5]}]}
+    assert client.completion_text(answer) == "cat sat"
+    assert client.embedding_of(answer).tolist() == [0.5, -0.5]
+    openai_error = {"error": {"message": "prompt: too long", "type": "invalid_request_error"}}
+    assert client.error_text(400, openai_error) == "HTTP 400: prompt: too long"
+    assert client.error_text(503, "") == "HTTP 503: no details"
+
+
+def test_kinds_sizes_and_what_a_page_shows():
+    kinds = [client.kind_of(n) for n in ("digits-mlp", "sentiment-minilm", "mini-gpt",
+                                         "minilm-embed")]  # fmt: skip
+    assert kinds == ["digits", "sentiment", "generator", "embedder"]
+    with pytest.raises(MaaslabError, match="unknown model"):
+        client.kind_of("resnet")
+    with pytest.raises(MaaslabError, match="64 pixels"):
+        client.digits_body(np.zeros(10))
+    long = client.shown({"data": list(range(5000))})
+    assert long.endswith("more characters)") and len(long) < client.SHOWN_CHARS + 40
+    assert client.shown({"a": 1}) == '{\n  "a": 1\n}'
