@@ -5,6 +5,7 @@ the same result get the same figure. One module per area; everything is re-expor
 """
 
 from maaslab.plots.attention import attention_heatmap, heads_grid
+from maaslab.plots.compress import speedup_bars, variant_scatter
 from maaslab.plots.distributed import communication_volume, loss_match, scaling_bars
 from maaslab.plots.embeddings import (
     embedding_scatter,
@@ -87,10 +88,12 @@ __all__ = [
     "scaling_bars",
     "schedule_plot",
     "similarity_matrix",
+    "speedup_bars",
     "summary_dots",
     "surface_contour",
     "token_attribution",
     "training_curves",
+    "variant_scatter",
     "waterfall",
     "weight_histograms",
 ]
