@@ -1,0 +1,48 @@
+"""ServerProcess: the server as a child process that starts, answers, drains on SIGTERM, exits 0."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from maaslab.errors import MaaslabError
+from maaslab.serve.process import ServerProcess
+
+
+def test_start_answers_then_sigterm_exits_zero():
+    server = ServerProcess(["digits-cnn"], max_queue=8, extra_args=("--request-timeout-s", "9"))
+    assert "--max-queue" in server.command() and "--request-timeout-s" in server.command()
+    assert server.pid is None and not server.running and server.stop() is None
+    with server:
+        assert server.running and server.pid is not None
+        assert server.url == f"http://127.0.0.1:{server.port}" and server.port > 0
+        assert httpx.get(server.url + "/v2/health/ready", timeout=10).status_code == 200
+        body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                            "data": [0.0] * 64}]}  # fmt: skip
+        answer = httpx.post(server.url + "/v2/models/digits-cnn/infer", json=body, timeout=30)
+        assert answer.status_code == 200 and len(answer.json()["outputs"][0]["data"]) == 10
+        assert "(batching on)" in server.log_tail() and "running" in repr(server)
+        assert server.start() is server  # starting a running server does nothing
+    assert not server.running and server.exit_code == 0  # SIGTERM drained and exited cleanly
+    assert "stopped" in server.log_tail(1) and server.stop() == 0  # a second stop is harmless
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(server.url + "/v2/health/live", timeout=2)
+
+
+def test_command_line_carries_every_setting():
+    cmd = ServerProcess("digits-cnn", batching=False, max_batch_size=8, max_delay_ms=2.5,
+                        api_key_env="KEY", port=8123).command()  # fmt: skip
+    assert cmd[1:4] == ["-m", "maaslab", "serve"] and "--no-batching" in cmd
+    flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
+    assert flags["--models"] == "digits-cnn" and flags["--max-batch-size"] == "8"
+    assert flags["--max-delay-ms"] == "2.5" and flags["--port"] == "8123"
+    assert cmd[-2:] == ["--api-key-env", "KEY"]
+
+
+def test_a_server_that_cannot_start_raises_with_its_message():
+    started = time.monotonic()
+    with pytest.raises(MaaslabError, match=r"(?s)exited with code 2.*unknown model 'no-such"):
+        ServerProcess(["no-such-model"]).start(timeout=60)
+    assert time.monotonic() - started < 60  # the exit is noticed, not waited out
