@@ -203,8 +203,21 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     **{code: SERVER_ERRORS[code] for code in (401, 413, 503, 504)},
     "4XX": {"model": ErrorBody, "description": "any other refusal of the request"},
 }  # fmt: skip
+# One server-sent event (Open API 3.1: the schema of an event stream describes each event).
+EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {
+            "type": "string",
+            "description": "an OpenAI chunk object as JSON (text_completion or "
+            "chat.completion.chunk), an error object, or [DONE] at the end",
+        },
+        "event": {"type": "string"},
+    },
+}
 STREAM = {
     "description": "JSON, or with stream=true server-sent events `data: {chunk}`, then "
     "`data: [DONE]`",
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "content": {"text/event-stream": {"schema": EVENT}},
 }
