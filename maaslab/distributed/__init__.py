@@ -23,6 +23,9 @@ from maaslab.distributed.collective import (
     steps_per_epoch,
 )
 from maaslab.distributed.ddp import (
+    GRADIENTS_FILE,
+    MODEL_DIR,
+    RUN_FILE,
     DDPConfig,
     DDPRun,
     build,
@@ -41,6 +44,7 @@ from maaslab.distributed.gradients import (
     shard_gradients,
 )
 from maaslab.distributed.launch import (
+    LOG_FILE,
     ScalingRow,
     cli_args,
     load_run,
@@ -50,6 +54,10 @@ from maaslab.distributed.launch import (
 )
 
 __all__ = [
+    "GRADIENTS_FILE",
+    "LOG_FILE",
+    "MODEL_DIR",
+    "RUN_FILE",
     "DDPConfig",
     "DDPRun",
     "RingResult",

@@ -28,7 +28,15 @@ from maaslab.distributed.collective import global_batches, steps_per_epoch
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model
 from maaslab.registry import save_model, state_to_safetensors, write_json
-from maaslab.train import TrainConfig, _loss_fn, _loss_inputs, evaluate, make_optimizer
+from maaslab.runtime import torch_threads
+from maaslab.train import (
+    TrainConfig,
+    _loss_fn,
+    _loss_inputs,
+    cpu_threads,
+    evaluate,
+    make_optimizer,
+)
 
 MODELS = ("mlp", "cnn")
 BACKENDS = ("gloo", "nccl")
@@ -319,7 +327,14 @@ def reference_train(cfg: DDPConfig, world_size: int) -> tuple[nn.Module, dict, l
     (collective.global_batches). Returns (model, first step's gradients, loss per step).
     """
     data, model = build(cfg)
-    per_epoch = check_fits(len(data.y_train), cfg, world_size)
+    check_fits(len(data.y_train), cfg, world_size)
+    # as maaslab.train: small models on one thread (a second one mostly waits when cores are busy)
+    with torch_threads(cpu_threads(model, cfg.train_config())):
+        return _reference_steps(cfg, world_size, data, model)
+
+
+def _reference_steps(cfg: DDPConfig, world_size: int, data: Dataset, model: nn.Module):
+    per_epoch = steps_per_epoch(len(data.y_train), world_size, cfg.batch_size)
     total = min(cfg.epochs * per_epoch, cfg.max_steps or cfg.epochs * per_epoch)
     X, y = to_tensors(data.X_train, data.y_train)
     optimizer = make_optimizer(model, cfg.train_config())

@@ -18,6 +18,7 @@ from maaslab.distributed.ddp import RUN_FILE, DDPConfig, DDPRun
 from maaslab.errors import MaaslabError
 from maaslab.paths import ROOT
 
+LOG_FILE = "torchrun.log"  # what rank 0 printed, kept next to run.json
 TORCHRUN_TIMEOUT_S = 300  # a run of this lesson takes seconds; longer means a stuck rank
 
 
@@ -91,7 +92,8 @@ def run_torchrun(
 
     Parameters
     ----------
-    cfg : the run; cfg.output must name a folder (it receives model/ and run.json).
+    cfg : the run; cfg.output must name a folder (it receives model/, run.json and
+        torchrun.log, what rank 0 printed).
     nproc_per_node : processes to start (2 here: one per core).
     timeout : seconds before the run is stopped and reported as stuck.
     """
@@ -116,6 +118,7 @@ def run_torchrun(
         errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
         tail = errors[0][len("error: ") :] if errors else "\n".join(done.stderr.splitlines()[-5:])
         raise MaaslabError(f"torchrun failed (exit code {done.returncode}): {tail}")
+    (Path(cfg.output) / LOG_FILE).write_text(done.stdout, encoding="utf-8")
     return load_run(cfg.output)
 
 
