@@ -29,12 +29,6 @@ from maaslab.plots.linreg import (
     schedule_plot,
 )
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
-from maaslab.plots.serve import (
-    batch_size_histogram,
-    latency_histogram,
-    load_curves,
-    throughput_timeline,
-)
 from maaslab.plots.serve_live import latency_timeline, live_timeline
 from maaslab.plots.surfaces import add_click_targets, race_contour, race_loss, surface_contour
 from maaslab.plots.text import sampling_bars
@@ -65,7 +59,6 @@ __all__ = [
     "attribution_bars",
     "attribution_figure",
     "batch_size_comparison",
-    "batch_size_histogram",
     "communication_volume",
     "confusion_matrix_heatmap",
     "conv_filter_grid",
@@ -81,10 +74,8 @@ __all__ = [
     "gradcheck_bars",
     "heads_grid",
     "image_attribution",
-    "latency_histogram",
     "latency_timeline",
     "live_timeline",
-    "load_curves",
     "loss_comparison",
     "loss_contour",
     "loss_curve",
@@ -103,7 +94,6 @@ __all__ = [
     "speedup_bars",
     "summary_dots",
     "surface_contour",
-    "throughput_timeline",
     "token_attribution",
     "training_curves",
     "variant_scatter",
