@@ -30,6 +30,12 @@ from maaslab.plots.linreg import (
 )
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
 from maaslab.plots.serve_live import latency_timeline, live_timeline
+from maaslab.plots.serve import (
+    batch_size_histogram,
+    latency_histogram,
+    load_curves,
+    throughput_timeline,
+)
 from maaslab.plots.surfaces import add_click_targets, race_contour, race_loss, surface_contour
 from maaslab.plots.text import sampling_bars
 from maaslab.plots.training import (
@@ -59,6 +65,7 @@ __all__ = [
     "attribution_bars",
     "attribution_figure",
     "batch_size_comparison",
+    "batch_size_histogram",
     "communication_volume",
     "confusion_matrix_heatmap",
     "conv_filter_grid",
@@ -74,8 +81,10 @@ __all__ = [
     "gradcheck_bars",
     "heads_grid",
     "image_attribution",
+    "latency_histogram",
     "latency_timeline",
     "live_timeline",
+    "load_curves",
     "loss_comparison",
     "loss_contour",
     "loss_curve",
@@ -94,6 +103,7 @@ __all__ = [
     "speedup_bars",
     "summary_dots",
     "surface_contour",
+    "throughput_timeline",
     "token_attribution",
     "training_curves",
     "variant_scatter",
