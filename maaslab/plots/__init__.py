@@ -29,13 +29,13 @@ from maaslab.plots.linreg import (
     schedule_plot,
 )
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
-from maaslab.plots.serve_live import latency_timeline, live_timeline
 from maaslab.plots.serve import (
     batch_size_histogram,
     latency_histogram,
     load_curves,
     throughput_timeline,
 )
+from maaslab.plots.serve_live import latency_timeline, live_timeline
 from maaslab.plots.surfaces import add_click_targets, race_contour, race_loss, surface_contour
 from maaslab.plots.text import sampling_bars
 from maaslab.plots.training import (
