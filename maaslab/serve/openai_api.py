@@ -24,7 +24,9 @@ Refusals come in OpenAI's shape, `{"error": {"message": ..., "type": ..., "param
 so the openai client's exception says what was wrong.
 
 Generation runs on the server's thread pool, never on the event loop, one torch thread per
-sampling step (see maaslab.models.gpt._sample_step).
+sampling step (see maaslab.models.gpt._sample_step). A whole answer that takes longer than the
+server's per-request timeout is given up with 504; a stream runs until it is done or the client
+leaves.
 """
 
 import base64
@@ -43,6 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maaslab.errors import MaaslabError
+from maaslab.serve.batching import RequestTimeout
 from maaslab.serve.models import check_served_texts
 from maaslab.serve.openai_schema import (
     CHAT_TOKENS,
@@ -189,11 +192,17 @@ class Choice:
             self.text += pending
             yield pending
 
-    def run(self) -> "Choice":
-        """Sample to the end."""
-        for _ in self:
-            pass
-        return self
+
+def run_all(request: Request, choices: list[Choice]) -> None:
+    """Sample every choice to its end; 504 once the server's per-request timeout has passed."""
+    config = getattr(request.app.state, "config", None)
+    timeout = getattr(config, "request_timeout_s", None)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for choice in choices:
+        for _ in choice:
+            if deadline is not None and time.monotonic() > deadline:
+                raise RequestTimeout(f"generation did not finish within {timeout:g} s; ask for "
+                                     "fewer tokens or choices, or stream")  # fmt: skip
 
 
 def stops_of(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -316,8 +325,7 @@ def completions(body: CompletionRequest, request: Request) -> Any:
     if body.stream:
         head = {"id": ident, "object": "text_completion", "created": created, "model": body.model}
         return stream(head, choices, body, lambda text: {"text": text}, None, tail)
-    for choice in choices:
-        choice.run()
+    run_all(request, choices)
     return CompletionResponse(
         id=ident, created=created, model=body.model, usage=tail(),
         choices=[CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
@@ -351,8 +359,7 @@ def chat_completions(body: ChatRequest, request: Request) -> Any:
                 "model": body.model}  # fmt: skip
         role = {"delta": {"role": "assistant", "content": ""}}
         return stream(head, choices, body, lambda text: {"delta": {"content": text}}, role, tail)
-    for choice in choices:
-        choice.run()
+    run_all(request, choices)
     return ChatResponse(
         id=ident, created=created, model=body.model, usage=tail(),
         choices=[ChatChoice(index=i, message=AssistantMessage(content=c.text),

@@ -186,3 +186,10 @@ def test_bad_chat_and_embedding_requests_are_refused_with_a_message(client, serv
     r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", timeout=30,
                    headers={"content-type": "application/json"})  # fmt: skip
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+
+
+def test_a_generation_past_the_request_timeout_gets_504(start_server):
+    quick = start_server(models=("mini-gpt",), request_timeout_s=0.05)
+    body = {"model": "mini-gpt", "prompt": "x", "max_tokens": MAX_NEW_TOKENS}
+    r = httpx.post(quick.url + "/v1/completions", json=body, timeout=60)
+    assert r.status_code == 504 and "did not finish within 0.05 s" in r.json()["error"]
