@@ -157,16 +157,22 @@ def read_metadata(folder: str | Path) -> dict[str, Any]:
     return dict(read_config(folder).get("metadata", {}))
 
 
-def load(name: str, *, device: str = "cpu"):
-    """A shipped model by name, ready to call: digits-mlp, digits-cnn, sentiment-minilm, mini-gpt,
-    minilm-embed.
+def load(name: str | Path, *, device: str = "cpu"):
+    """A shipped model by name (digits-mlp, digits-cnn, sentiment-minilm, mini-gpt,
+    minilm-embed), or a model folder (a saved digits or sentiment model, or a compressed variant
+    from maaslab.compress.export_variant), ready to call.
 
     Returns a wrapper from maaslab.zoo with a predict-style method (`predict` for classifiers,
-    `generate` / `complete` for mini-gpt, `embed` for the encoder); an unknown name is refused
-    with the list of known ones.
+    `generate` / `complete` for mini-gpt, `embed` for the encoder); an unknown name that is not
+    a folder either is refused with the list of known names.
     """
-    from maaslab.zoo import LOADERS
+    from maaslab.zoo import LOADERS, load_folder
 
-    if name not in LOADERS:
-        raise MaaslabError(f"unknown model {name!r}: choose one of {', '.join(LOADERS)}")
-    return LOADERS[name](name, device)
+    if isinstance(name, str) and name in LOADERS:
+        return LOADERS[name](name, device)
+    if Path(name).is_dir():
+        return load_folder(name, device)
+    raise MaaslabError(
+        f"unknown model {str(name)!r}: choose one of {', '.join(LOADERS)}, or give the path of "
+        "a model folder (config.json + model.safetensors)"
+    )

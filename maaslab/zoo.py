@@ -113,10 +113,12 @@ def _encoder_attention(tokenizer, encoder, text: str, max_length: int) -> Attent
 class SentimentModel:
     """sentiment-minilm: texts -> probabilities [negative, positive] and a label per text."""
 
-    def __init__(self, name: str, device: str = "cpu") -> None:
-        self.name, self.folder = name, _folder(name)
+    def __init__(self, name: str, device: str = "cpu", folder: Path | None = None,
+                 model: torch.nn.Module | None = None) -> None:  # fmt: skip
+        self.name, self.folder = name, Path(folder) if folder is not None else _folder(name)
         # The adapters are folded into the encoder: same answers, no adapter cost per call.
-        self.model = load_model(self.folder, device=device).merge()
+        # A caller that already rebuilt the model (a compressed variant) passes it in.
+        self.model = model if model is not None else load_model(self.folder, device).merge()
         self.device = torch.device(device)
         self.metadata = read_metadata(self.folder)
         self.class_names = tuple(self.model.config.labels)
@@ -243,6 +245,27 @@ def _folder(name: str) -> Path:
 
 def _digits(name: str, device: str) -> DigitsClassifier:
     return DigitsClassifier(name, _folder(name), device)
+
+
+def load_folder(folder: str | Path, device: str = "cpu"):
+    """The wrapper for a model folder: a saved digits or sentiment model, or a compressed
+    variant written by maaslab.compress.export_variant."""
+    from maaslab.registry import read_config
+
+    folder = Path(folder)
+    config = read_config(folder)
+    if "compression" in config:
+        from maaslab.compress.export import load_variant
+
+        return load_variant(folder, device)
+    if config["model_type"] in ("mlp", "cnn"):
+        return DigitsClassifier(folder.name, folder, device)
+    if config["model_type"] == "sentiment":
+        return SentimentModel(folder.name, device, folder=folder)
+    raise MaaslabError(
+        f"{folder} holds a {config['model_type']!r} model; folders load for digits and "
+        "sentiment classifiers (load a shipped name for the others)"
+    )
 
 
 LOADERS = {

@@ -1,0 +1,53 @@
+"""Compression: quantization, pruning, distillation and ONNX, measured side by side.
+
+`variants_for(model)` lists the variants of a shipped model; `compare(model)` builds and measures
+them (accuracy, latency at batch 1 and 32, size, SHAP drift) into a Comparison table;
+`export_variant(model, variant, folder)` writes one as a model folder the server can load.
+"""
+
+from maaslab.compress.export import export_variant, load_variant
+from maaslab.compress.measure import (
+    Comparison,
+    VariantRow,
+    compare,
+    interleaved_latency,
+    shap_difference,
+)
+from maaslab.compress.onnx import OnnxModule, export_onnx, session_options
+from maaslab.compress.quantize import (
+    ffn_output_matmuls,
+    int8_state,
+    ort_dynamic_int8,
+    torch_dynamic_int8,
+)
+from maaslab.compress.variants import (
+    COMPRESSIBLE,
+    VARIANTS,
+    Built,
+    Variant,
+    build_variant,
+    variants_for,
+)
+
+__all__ = [
+    "COMPRESSIBLE",
+    "VARIANTS",
+    "Built",
+    "Comparison",
+    "OnnxModule",
+    "Variant",
+    "VariantRow",
+    "build_variant",
+    "compare",
+    "export_onnx",
+    "export_variant",
+    "ffn_output_matmuls",
+    "int8_state",
+    "interleaved_latency",
+    "load_variant",
+    "ort_dynamic_int8",
+    "session_options",
+    "shap_difference",
+    "torch_dynamic_int8",
+    "variants_for",
+]

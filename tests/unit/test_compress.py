@@ -1,0 +1,223 @@
+"""maaslab.compress: int8 and ONNX variants agree with fp32, the table is honest, exports load."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from maaslab import MaaslabError
+from maaslab.compress import (
+    build_variant,
+    compare,
+    export_onnx,
+    export_variant,
+    interleaved_latency,
+    shap_difference,
+    torch_dynamic_int8,
+    variants_for,
+)
+from maaslab.compress import variants as variants_module
+from maaslab.compress.measure import held_out
+from maaslab.data import load_dataset
+from maaslab.explain import Cancelled
+from maaslab.registry import load, save_model
+from maaslab.reviews import load_reviews
+from maaslab.zoo import DigitsClassifier, SentimentModel
+
+TEXTS = ["A fine film, warm and funny.", "Dull, long and badly acted.", "Not bad at all!"]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", seed=0)
+
+
+@pytest.fixture(scope="module")
+def sentiment():
+    return load("sentiment-minilm")
+
+
+@pytest.fixture(scope="module")
+def digits_table():
+    return compare("digits-cnn", ["int8-dynamic", "onnx-int8"], repeats=2, shap_inputs=1)
+
+
+def _logits(module, x):
+    with torch.no_grad():
+        return module(torch.as_tensor(x)).double().numpy()
+
+
+def test_variants_apply_by_model_and_bad_names_are_refused():
+    digits = variants_for("digits-cnn")
+    assert digits[:4] == ["fp32", "int8-dynamic", "onnx-fp32", "onnx-int8"]
+    assert "distilled" not in digits
+    with pytest.raises(MaaslabError, match=r"'mini-gpt' cannot be compressed.*digits-cnn"):
+        variants_for("mini-gpt")
+    with pytest.raises(MaaslabError, match=r"'int4' not a variant of digits-cnn: choose from fp32"):
+        compare("digits-cnn", ["int4"])
+    with pytest.raises(MaaslabError, match="does not apply to digits-cnn"):
+        build_variant("digits-cnn", "distilled")
+    with pytest.raises(MaaslabError, match="repeats must be at least 1"):
+        compare("digits-cnn", ["fp32"], repeats=-1)
+
+
+def test_digits_variants_match_fp32_logits(digits):
+    X = digits.X_test.astype(np.float32)
+    ref = _logits(build_variant("digits-cnn", "fp32").module, X)
+    onnx = _logits(build_variant("digits-cnn", "onnx-fp32").module, X)
+    np.testing.assert_allclose(onnx, ref, atol=1e-4)  # same graph, same fp32 arithmetic
+    for name in ("int8-dynamic", "onnx-int8"):
+        out = _logits(build_variant("digits-cnn", name).module, X)
+        # int8 rounding moves logits by a few percent of their range, rarely the answer
+        assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max(), name
+        assert (out.argmax(1) == ref.argmax(1)).mean() > 0.97, name
+
+
+def test_sentiment_int8_and_onnx_track_fp32(sentiment):
+    model = sentiment.model
+    ids, _ = model.encode(TEXTS)
+    ref = _logits(model, ids)
+    int8 = _logits(torch_dynamic_int8(model), ids)
+    assert (int8.argmax(1) == ref.argmax(1)).all()
+    # one scale per weight tensor: torch.ao's int8 moves MiniLM's logits the most
+    assert np.abs(int8 - ref).max() < 0.4 * np.abs(ref).max()
+    onnx = _logits(build_variant("sentiment-minilm", "onnx-int8").module, ids)
+    assert (onnx.argmax(1) == ref.argmax(1)).all()
+    assert np.abs(onnx - ref).max() < 0.25 * np.abs(ref).max()
+
+
+def test_table_rows_are_measured(digits_table, digits):
+    table = digits_table
+    assert table.names == ["fp32", "int8-dynamic", "onnx-int8"]
+    fp32 = table.row("fp32")
+    n = table.examples  # fast mode: the first 100 of the test split
+    shipped = (load("digits-cnn").predict(digits.X_test[:n] * 16).probabilities.argmax(1)
+               == digits.y_test[:n]).mean()  # fmt: skip
+    assert fp32.accuracy == pytest.approx(shipped)
+    assert fp32.accuracy_drop == 0 and fp32.speedup_1 == 1 and fp32.shap_difference == 0
+    for row in table.rows:
+        assert row.error is None and row.latency_ms_1 > 0 and row.latency_ms_32 > 0
+        assert row.accuracy_drop == pytest.approx((fp32.accuracy - row.accuracy) * 100)
+        assert row.speedup_32 == pytest.approx(fp32.latency_ms_32 / row.latency_ms_32)
+        assert 0 <= row.shap_difference < 0.5
+    # int8 weights take about a quarter of the fp32 bytes (biases and scales stay fp32)
+    assert table.row("int8-dynamic").size_mb < 0.5 * fp32.size_mb
+    frame = table.frame()
+    assert list(frame.index) == table.names and "speedup_1" in frame.columns
+    assert table.best(100.0).speedup_1 == max(r.speedup_1 for r in table.rows)
+    assert table.best(-1.0) is None
+
+
+def test_fp32_accuracy_is_the_shipped_accuracy(sentiment):
+    table = compare("sentiment-minilm", ["fp32"], repeats=1, examples=214, shap_inputs=0)
+    row = table.row("fp32")
+    assert table.examples == len(load_reviews("test")) == 214
+    # the recipe stored assets.sentiment_accuracy(model) when it built the shipped folder
+    assert row.accuracy == sentiment.metadata["test_accuracy"]["overall"]
+    assert row.accuracy == pytest.approx(0.9346, abs=1e-4)
+    assert row.shap_difference is None and row.size_mb > 50  # every MiniLM weight, fp32
+
+
+def test_a_failing_variant_is_reported_in_its_row(monkeypatch):
+    def refuse(model, example, path):
+        raise MaaslabError("ONNX export of CNN failed: the exporter refused this test model")
+
+    variants_module.clear_cache()
+    monkeypatch.setattr(variants_module, "export_onnx", refuse)
+    try:
+        table = compare("digits-cnn", ["onnx-fp32", "int8-dynamic"], repeats=1, shap_inputs=0)
+    finally:
+        variants_module.clear_cache()
+    broken = table.row("onnx-fp32")
+    assert broken.error == "ONNX export of CNN failed: the exporter refused this test model"
+    assert broken.accuracy is None and broken.latency_ms_1 is None
+    assert table.row("int8-dynamic").error is None and table.row("int8-dynamic").accuracy > 0.9
+    assert table.best(1.0) is not None
+
+
+def test_the_exporter_refusing_a_model_gives_a_clear_error(tmp_path):
+    class DataDependent(nn.Module):
+        def forward(self, x):
+            return x * 2 if int(x.sum().item()) > 0 else x  # depends on the values: untraceable
+
+    with pytest.raises(MaaslabError, match="ONNX export of DataDependent failed"):
+        export_onnx(DataDependent(), torch.ones(2, 3), tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_cancel_stops_the_comparison():
+    cancel = threading.Event()
+    stages = []
+
+    def progress(stage, fraction):
+        stages.append(stage)
+        if stage.startswith("latency"):
+            cancel.set()
+
+    with pytest.raises(Cancelled, match="cancelled"):
+        compare("digits-cnn", ["int8-dynamic"], repeats=1, progress=progress, cancel=cancel)
+    assert not any(s.startswith("SHAP") for s in stages)
+
+
+@pytest.mark.parametrize("variant", ["int8-dynamic", "onnx-int8"])
+def test_export_round_trip_digits(tmp_path, digits, variant):
+    folder = export_variant("digits-cnn", variant, tmp_path / variant)
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["config.json", "model.safetensors"] + (["model.onnx"] if "onnx" in variant else [])
+    )
+    loaded = load(folder)
+    assert isinstance(loaded, DigitsClassifier) and loaded.compression["variant"] == variant
+    module = build_variant("digits-cnn", variant).module
+    expected = torch.softmax(torch.as_tensor(_logits(module, digits.X_test)), 1).numpy()
+    got = loaded.predict(digits.X_test * 16).probabilities
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    with pytest.raises(MaaslabError, match="already exists"):
+        export_variant("digits-cnn", variant, folder)
+
+
+def test_export_round_trip_sentiment_int8(tmp_path, sentiment):
+    folder = export_variant("sentiment-minilm", "int8-dynamic", tmp_path / "s8")
+    loaded = load(str(folder))
+    assert isinstance(loaded, SentimentModel)
+    module = build_variant("sentiment-minilm", "int8-dynamic").module
+    ids, _ = module.encode(TEXTS)
+    expected = torch.softmax(torch.as_tensor(_logits(module, ids)), 1).numpy()
+    np.testing.assert_allclose(loaded.predict(TEXTS).probabilities, expected, atol=1e-6)
+
+
+def test_registry_loads_plain_folders_and_refuses_unknown_names(tmp_path, digits):
+    folder = save_model(load("digits-cnn").model, tmp_path / "cnn")
+    assert isinstance(load(folder), DigitsClassifier)
+    pixels = digits.X_test[:5] * 16
+    np.testing.assert_array_equal(load(folder).predict(pixels).probabilities,
+                                  load("digits-cnn").predict(pixels).probabilities)  # fmt: skip
+    with pytest.raises(MaaslabError, match=r"unknown model 'nope'.*path of a model folder"):
+        load("nope")
+    with pytest.raises(MaaslabError, match=r"has no model\.safetensors"):
+        load(tmp_path)
+
+
+def test_latency_is_interleaved_round_robin():
+    order = []
+    calls = {name: (lambda name=name: order.append(name)) for name in ("a", "b", "c")}
+    ms = interleaved_latency(calls, 3)
+    assert set(ms) == {"a", "b", "c"} and all(v >= 0 for v in ms.values())
+    timed = order[-9:]  # after the warm-up calls
+    assert timed == ["a", "b", "c"] * 3
+
+
+def test_shap_difference_is_relative_l1():
+    ref = [np.array([1.0, -1.0]), np.array([0.5, 0.5])]
+    assert shap_difference(ref, ref) == 0
+    assert shap_difference([np.zeros(2), np.zeros(2)], ref) == pytest.approx(1.0)
+    assert shap_difference([np.array([1.0, 0.0]), np.array([0.5, 0.5])], ref) == pytest.approx(0.25)
+
+
+def test_held_out_inputs_are_fixed():
+    text = held_out("sentiment-minilm", shap_inputs=2)
+    assert len(text.inputs) == 214 and len(text.explained) == 2
+    assert all(len(t.split()) <= 20 for t in text.explained)
+    pixels = held_out("digits-cnn", examples=10)
+    assert pixels.inputs.shape == (10, 64) and pixels.batch_32.shape == (32, 64)
