@@ -224,11 +224,12 @@ ANSWER = {
 @router.post(
     "/models/{name}/explain",
     summary="Explain (extension)",
+    description=__doc__,
     openapi_extra={"requestBody": REQUEST_BODY},
     responses={200: ANSWER},
 )
 async def explain_route(request: Request, name: str) -> Response:
-    """Explain each input row with SHAP or LIME: attributions as tensors (see the module notes)."""
+    """Explain each input row with SHAP or LIME: attributions as tensors (see the docstring)."""
     model = get_model(request, name)
     if model.kind not in SHAP:
         raise MaaslabError(f"model {name!r} ({model.kind}) cannot be explained: explanations "

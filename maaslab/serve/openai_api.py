@@ -313,7 +313,10 @@ def stream(head: dict, choices: list[Choice], body: Sampling, piece: Callable[[s
 
 
 @router.post(
-    "/v1/completions", response_model=CompletionResponse, responses={**ERRORS, 200: STREAM}
+    "/v1/completions",
+    response_model=CompletionResponse,
+    responses={**ERRORS, 200: STREAM},
+    description=__doc__,
 )
 def completions(body: CompletionRequest, request: Request) -> Any:
     """Continue the prompt with mini-gpt (one token = one character); see the module notes."""
