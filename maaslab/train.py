@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ SMALL_MODEL = 1_000_000  # parameters; see TrainConfig.cpu_threads
 STATE_FILE = "trainer_state.json"
 OPTIM_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
+# A custom training loss: (model outputs, input batch, label batch) -> scalar tensor.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -310,6 +312,7 @@ def train(
     data: Dataset,
     cfg: TrainConfig = TrainConfig(),
     callbacks: Sequence[Callback] = (),
+    loss: LossFn | None = None,
 ) -> History:
     """Train `model` on `data` with `cfg`; return the History (also when a callback stops it).
 
@@ -321,11 +324,14 @@ def train(
     cfg : optimizer, epochs, batch size, seed, device, checkpointing.
     callbacks : objects with on_train_begin / on_step_end / on_epoch_end / on_train_end; any of
         them may set `state.stop = True` to end training after the current step.
+    loss : the training loss as `loss(outputs, inputs, labels)` -> scalar (e.g. a distillation
+        loss that also asks a teacher about `inputs`); None: cross-entropy, or MSE for
+        regression. Test loss and accuracy are always the task's standard ones.
     """
     device = get_device(cfg.device)
     threads = cpu_threads(model, cfg) if device.type == "cpu" else None
     with torch_threads(threads):
-        return _train(model, data, cfg, callbacks, device)
+        return _train(model, data, cfg, callbacks, device, loss)
 
 
 def cpu_threads(model: nn.Module, cfg: TrainConfig) -> int:
@@ -342,6 +348,7 @@ def _train(
     cfg: TrainConfig,
     callbacks: Sequence[Callback],
     device: torch.device,
+    custom_loss: LossFn | None = None,
 ) -> History:
     model.to(device).train()
     torch.manual_seed(cfg.seed)
@@ -388,7 +395,10 @@ def _train(
         norm_samples: list[torch.Tensor] = []  # per sampled step: each parameter's grad norm
         for xb, yb in train_loader:
             out = model(xb)
-            loss = loss_fn(*_loss_inputs(out, yb, data.task))
+            if custom_loss is None:
+                loss = loss_fn(*_loss_inputs(out, yb, data.task))
+            else:
+                loss = custom_loss(out, xb, yb)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.schedule != "constant":

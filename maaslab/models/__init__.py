@@ -16,6 +16,7 @@ from maaslab.models.cnn import CNN, CNNConfig
 from maaslab.models.gpt import GPTConfig, MiniGPT
 from maaslab.models.mlp import MLP, MLPConfig
 from maaslab.models.sentiment import SentimentClassifier, SentimentConfig
+from maaslab.models.student import StudentClassifier, StudentConfig
 
 # model_type -> (config class, model class). Later models (gpt, ...) register here.
 MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
@@ -23,6 +24,7 @@ MODEL_TYPES: dict[str, tuple[type, type[nn.Module]]] = {
     "cnn": (CNNConfig, CNN),
     "gpt": (GPTConfig, MiniGPT),
     "sentiment": (SentimentConfig, SentimentClassifier),
+    "sentiment-student": (StudentConfig, StudentClassifier),
 }
 
 
@@ -69,6 +71,8 @@ __all__ = [
     "MiniGPT",
     "SentimentClassifier",
     "SentimentConfig",
+    "StudentClassifier",
+    "StudentConfig",
     "build_model",
     "model_config",
 ]
