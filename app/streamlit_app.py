@@ -18,6 +18,8 @@ PAGES = [
     ("Train", "training_studio", "Training Studio", ":material/model_training:"),
     ("Use", "inference", "Inference", ":material/bolt:"),
     ("Use", "explain", "Explain", ":material/insights:"),
+    ("Use", "serve", "Serve", ":material/dns:"),
+    ("Use", "compress", "Compress", ":material/compress:"),
 ]
 
 sections: dict[str, list] = {}
