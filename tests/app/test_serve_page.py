@@ -1,0 +1,153 @@
+"""The Serve page through AppTest: start a real server, call it, load it, stop it."""
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from maaslab.data import load_dataset
+from maaslab.registry import load
+
+APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
+REVIEW = "A warm, funny film; I loved every minute of it."
+
+
+def until(at, done, timeout=150.0, what="the page"):
+    """Rerun (as the page's 0.5 s poll would) until done(at) holds."""
+    deadline = time.time() + timeout
+    while not done(at):
+        assert time.time() < deadline, f"{what} did not happen within {timeout:g} s"
+        assert not at.exception, at.exception
+        time.sleep(0.5)
+        at.run()
+    assert not at.exception, at.exception
+    return at
+
+
+def alive(pid: int) -> bool:
+    """True while a process with this id exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def has_button(at, key: str) -> bool:
+    """True when the page shows the button with this key."""
+    return any(b.key == key for b in at.button)
+
+
+@pytest.fixture(scope="module")
+def served(request):
+    """The page with a server it started (digits-cnn + sentiment-minilm), and its pid."""
+    at = AppTest.from_file(APP, default_timeout=90)
+    at.run()
+    at.switch_page("views/serve.py").run()
+    at.button(key="serve.start").click().run()
+    until(at, lambda a: has_button(a, "serve.stop") or a.error, what="the server start")
+    assert not at.error, at.error[0].value
+    shown = next(s.value for s in at.success if "Serving" in s.value)
+    pid = int(re.search(r"pid (\d+)", shown).group(1))
+
+    def kill() -> None:  # whatever a failing test left behind: no server outlives the module
+        if alive(pid):
+            os.kill(pid, signal.SIGTERM)
+
+    request.addfinalizer(kill)
+    return at, pid
+
+
+def test_the_page_without_a_server(open_page, page_text):
+    at = open_page("serve")
+    assert at.title[0].value == "Serve"
+    assert at.multiselect(key="serve.models").value == ["digits-cnn", "sentiment-minilm"]
+    assert has_button(at, "serve.start") and not has_button(at, "serve.stop")
+    assert "Send a request" not in page_text(at)
+    at.multiselect(key="serve.models").set_value([]).run()
+    at.button(key="serve.start").click().run()
+    assert [e.value for e in at.error] == ["Choose at least one model to serve."]
+    assert not has_button(at, "serve.stop")
+
+
+def test_start_brings_a_loopback_server_up(served, page_text):
+    at, pid = served
+    assert alive(pid)
+    text = page_text(at)
+    assert re.search(r"at `http://127\.0\.0\.1:\d+`", text)
+    assert "batching on (up to 32 rows, 5 ms wait)" in text
+    assert at.selectbox(key="serve.model").options == ["digits-cnn", "sentiment-minilm"]
+
+
+def test_a_review_gets_the_in_process_label(served, page_text):
+    at, _ = served
+    at.selectbox(key="serve.model").set_value("sentiment-minilm").run()
+    at.text_area(key="serve.review").input(REVIEW).run()
+    at.button(key="serve.send").click().run()
+    assert not at.error, [e.value for e in at.error]
+    expected = load("sentiment-minilm").predict([REVIEW])
+    label, sure = expected.labels[0], expected.probabilities[0].max()
+    assert f"**Sentiment: {label}** ({sure:.0%} sure)" in page_text(at)
+    assert at.metric[0].value == "200"
+    wire = at.session_state["serve.call"]["calls"][0]
+    assert wire.request["inputs"][0]["data"] == [REVIEW]
+    assert wire.url.endswith("/v2/models/sentiment-minilm/infer")
+
+
+def test_a_digit_with_its_explanation(served, page_text):
+    at, _ = served
+    at.selectbox(key="serve.model").set_value("digits-cnn").run()
+    at.slider(key="serve.digit").set_value(5).run()
+    at.checkbox(key="serve.explain").check().run()
+    at.button(key="serve.send").click().run()
+    assert not at.error, [e.value for e in at.error]
+    data = load_dataset("digits", seed=0)
+    predicted = int(load("digits-cnn").predict(data.X_test[5:6] * 16).probabilities[0].argmax())
+    assert f"**Prediction: {predicted}** (label {data.y_test[5]})" in page_text(at)
+    calls = at.session_state["serve.call"]["calls"]
+    assert [c.status for c in calls] == [200, 200]
+    assert calls[1].url.endswith("/v2/models/digits-cnn/explain")
+    values = np.asarray(calls[1].response["outputs"][0]["data"])
+    assert values.shape == (64,) and np.abs(values).sum() > 0
+
+
+def test_an_empty_review_is_refused_with_a_message(served):
+    at, _ = served
+    at.selectbox(key="serve.model").set_value("sentiment-minilm").run()
+    at.checkbox(key="serve.explain").uncheck().run()
+    at.text_area(key="serve.review").input("   ").run()
+    at.button(key="serve.send").click().run()
+    assert not at.exception
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("HTTP 400: ") and "empty" in errors[0]
+    assert at.metric[0].value == "400"
+
+
+def test_a_load_test_shows_its_numbers(served, page_text):
+    at, _ = served
+    at.selectbox(key="serve.load_model").set_value("digits-cnn").run()
+    at.slider(key="serve.concurrency").set_value(4).run()
+    at.slider(key="serve.duration").set_value(2).run()
+    at.button(key="serve.start_load").click().run()
+    until(at, lambda a: "serve.final" in a.session_state, timeout=60, what="the load test")
+    metrics = {m.label: m.value for m in at.metric}
+    completed = int(metrics["Completed"].replace(",", ""))
+    assert completed > 0 and metrics["Rejected (503)"] == "0"
+    assert float(metrics["Throughput overall"].removesuffix("/s")) > 0
+    assert re.fullmatch(r"[\d.]+ ms", metrics["p90 latency"])
+    result = at.session_state["serve.final"][2]
+    assert result.ok == completed and result.concurrency == 4
+    assert "digits-cnn c=4:" in page_text(at)
+
+
+def test_stop_ends_the_process(served, page_text):
+    at, pid = served
+    at.button(key="serve.stop").click().run()
+    assert not alive(pid)
+    assert "exited with code 0" in page_text(at)
+    assert has_button(at, "serve.start") and "Send a request" not in page_text(at)
