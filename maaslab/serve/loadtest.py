@@ -168,12 +168,13 @@ def _check_args(concurrency: int, duration_s: float | None, requests: int | None
 async def _drive(url: str, model: str, bodies: Sequence[bytes], concurrency: int,
                  duration_s: float | None, requests: int | None, api_key: str | None,
                  recorder: _Recorder, progress: Progress | None,
-                 cancel: threading.Event | None) -> float:  # fmt: skip
+                 cancel: threading.Event | None, rate: float | None = None,
+                 endpoint: str | None = None) -> float:  # fmt: skip
     # `concurrency` workers share one client; each sends, waits, and sends again.
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    endpoint = f"{url.rstrip('/')}/v2/models/{model}/infer"
+    target = url.rstrip("/") + (endpoint or f"/v2/models/{model}/infer")
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=10.0)
     sent = 0
@@ -194,11 +195,17 @@ async def _drive(url: str, model: str, bodies: Sequence[bytes], concurrency: int
                 return
             if requests is not None and sent >= requests:
                 return
-            body = bodies[sent % len(bodies)]
+            k, body = sent, bodies[sent % len(bodies)]
             sent += 1
+            if rate is not None:  # open loop: request k leaves at k / rate, answered or not
+                wait = t0 + k / rate - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                if deadline is not None and time.perf_counter() >= deadline:
+                    return
             started = time.perf_counter()
             try:
-                response = await client.post(endpoint, content=body, headers=headers)
+                response = await client.post(target, content=body, headers=headers)
                 await response.aread()
                 status = response.status_code
                 error = None if status in (200, 503) else str(status)
@@ -238,7 +245,8 @@ def _run_coroutine(make: Callable[[], object]) -> object:
 def run_load(url: str, model: str, *, concurrency: int, duration_s: float | None = None,
              requests: int | None = None, api_key: str | None = None,
              progress: Progress | None = None, cancel: threading.Event | None = None,
-             bodies: Sequence[bytes] | None = None) -> LoadResult:  # fmt: skip
+             bodies: Sequence[bytes] | None = None, rate: float | None = None,
+             endpoint: str | None = None) -> LoadResult:  # fmt: skip
     """Send requests from `concurrency` closed-loop clients for a time or a count; what happened.
 
     Parameters
@@ -252,15 +260,20 @@ def run_load(url: str, model: str, *, concurrency: int, duration_s: float | None
     progress : called with (stage, fraction) after every answer.
     cancel : a threading.Event that stops sending when set.
     bodies : request bodies to cycle through (default: request_bodies(model)).
+    rate : open loop: start requests at this many per second whether or not answers came back
+        (concurrency then only caps requests in flight); None: closed loop.
+    endpoint : URL path to POST to (default: /v2/models/{model}/infer).
     """
     if duration_s is None and requests is None:
         raise MaaslabError("give duration_s or requests (or both) so the load test ends")
     _check_args(concurrency, duration_s, requests)
+    if rate is not None and not 0 < rate <= 100_000:
+        raise MaaslabError(f"rate must be in (0, 100000] requests per second, got {rate}")
     bodies = list(bodies) if bodies is not None else request_bodies(model)
     recorder = _Recorder()
     seconds = _run_coroutine(
         lambda: _drive(url, model, bodies, concurrency, duration_s, requests, api_key, recorder,
-                       progress, cancel)
+                       progress, cancel, rate, endpoint)
     )  # fmt: skip
     return recorder.result(model, concurrency, float(seconds))  # type: ignore[arg-type]
 

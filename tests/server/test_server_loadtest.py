@@ -146,3 +146,12 @@ def test_parse_metrics_matches_what_was_observed():
     assert m.requests_by_code() == {"200": 1, "503": 1} and m.errors == {"503": 1}
     assert m.queue_depth == {"m": 7}
     assert m.latency[("m", "/v2/models/{name}/infer")].count == 2
+
+
+def test_open_loop_rate_spaces_the_requests(digits_server):
+    r = run_load(digits_server.url, "digits-cnn", concurrency=8, requests=20, rate=100.0)
+    _consistent(r, 20)
+    # Request k may not leave before k / rate, whatever the answers do.
+    assert np.all(np.sort(r.started_s) >= np.arange(20) / 100.0 - 1e-3)
+    with pytest.raises(MaaslabError, match="rate must be"):
+        run_load(digits_server.url, "digits-cnn", concurrency=1, requests=1, rate=0)
