@@ -49,6 +49,7 @@ from maaslab.distributed.launch import (
     cli_args,
     load_run,
     measure_scaling,
+    run_in_process,
     run_torchrun,
     torchrun_command,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "reference_train",
     "ring_allreduce",
     "ring_bytes_per_rank",
+    "run_in_process",
     "run_torchrun",
     "scaled_lr",
     "shard",

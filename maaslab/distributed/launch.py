@@ -14,9 +14,10 @@ import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from maaslab.distributed.ddp import RUN_FILE, DDPConfig, DDPRun
+from maaslab.distributed.ddp import RUN_FILE, DDPConfig, DDPRun, process_group, train_ddp
 from maaslab.errors import MaaslabError
 from maaslab.paths import ROOT
+from maaslab.runtime import torch_threads
 
 LOG_FILE = "torchrun.log"  # what rank 0 printed, kept next to run.json
 TORCHRUN_TIMEOUT_S = 300  # a run of this lesson takes seconds; longer means a stuck rank
@@ -72,6 +73,16 @@ def torchrun_command(
             "--rdzv-id=maaslab-ddp",
         ]
     return [*cmd, f"--nproc_per_node={nproc_per_node}", "-m", "maaslab.distributed", *cli_args(cfg)]
+
+
+def run_in_process(cfg: DDPConfig) -> DDPRun:
+    """Run `cfg` in this process as a group of one: train_ddp without starting anything.
+
+    The threads are restored afterwards; the numbers are those `torchrun --nproc_per_node=1`
+    reports, without waiting for a fresh Python to import torch.
+    """
+    with torch_threads(cfg.threads or None), process_group(cfg.backend):
+        return train_ddp(cfg)
 
 
 def load_run(folder: str | Path) -> DDPRun:
@@ -142,6 +153,7 @@ def measure_scaling(
     setups: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1)),
     global_batch: int = 64,
     keep: str = "",
+    one_in_process: bool = False,
 ) -> list[ScalingRow]:
     """Train the same steps of the same global batch with different (processes, threads) setups.
 
@@ -151,6 +163,8 @@ def measure_scaling(
     setups : (processes, CPU threads per process) pairs, each launched with torchrun.
     global_batch : examples per step, split evenly over the processes.
     keep : a folder to keep every run in (keep/<processes>x<threads>); "" discards them.
+    one_in_process : run the 1-process setups in this process (run_in_process) instead of
+        through torchrun: the same loop and timers, seconds of start-up saved per setup.
     """
     rows: list[ScalingRow] = []
     with tempfile.TemporaryDirectory(prefix="maaslab-scaling-") as tmp:
@@ -161,7 +175,10 @@ def measure_scaling(
             run_cfg = replace(
                 cfg, batch_size=global_batch // procs, threads=threads, output=str(folder)
             )
-            run = run_torchrun(run_cfg, procs)
+            if procs == 1 and one_in_process:
+                run = run_in_process(run_cfg)
+            else:
+                run = run_torchrun(run_cfg, procs)
             base = rows[0].steps_per_second if rows else run.steps_per_second
             rows.append(
                 ScalingRow(

@@ -4,6 +4,7 @@ the hand-written collectives and shards match torch.distributed and DistributedS
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from maaslab.distributed import (
     reference_train,
     ring_allreduce,
     ring_bytes_per_rank,
+    run_in_process,
     run_torchrun,
     scaled_lr,
     shard_gradients,
@@ -103,6 +105,12 @@ def test_a_group_of_one_trains_in_process_like_the_reference(tmp_path):
     assert max_relative_difference(load_model(tmp_path / MODEL_DIR).state_dict(),
                                    model.state_dict()) < 1e-6  # fmt: skip
     np.testing.assert_allclose(run.step_loss, losses, rtol=1e-6)
+    threads = torch.get_num_threads()
+    other = 1 if threads > 1 else 2
+    again = run_in_process(replace(cfg, threads=other, output=str(tmp_path / "again")))
+    assert again.threads == other and torch.get_num_threads() == threads  # restored
+    assert again.step_loss == pytest.approx(run.step_loss, rel=1e-6)
+    assert load_run(tmp_path / "again").steps == 5
 
 
 def test_real_ddp_gradients_equal_the_global_batch_gradient():
