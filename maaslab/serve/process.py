@@ -88,6 +88,7 @@ class ServerProcess:
         self._lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
         self._ready = threading.Event()
         self._pump: threading.Thread | None = None
+        self._started = 0.0  # time.monotonic() at start()
 
     def command(self) -> list[str]:
         """The command line the server is started with."""
@@ -130,15 +131,16 @@ class ServerProcess:
         tail = self.log_tail(20).strip()
         return MaaslabError(f"the server {why}" + (f"; its last output:\n{tail}" if tail else ""))
 
-    def start(self, timeout: float = 120.0) -> Self:
+    def start(self, timeout: float = 120.0, *, wait: bool = True) -> Self:
         """Spawn the server and wait until it answers /v2/health/ready (MaaslabError if not).
 
         Parameters
         ----------
         timeout : seconds to wait for models to load and the server to become ready.
+        wait : False returns at once (call wait_ready later), so several servers load at once.
         """
         if self.running:
-            return self
+            return self.wait_ready(timeout) if wait else self
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self._lines.clear()
         self._ready.clear()
@@ -147,14 +149,26 @@ class ServerProcess:
             self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, text=True, errors="replace",
         )  # fmt: skip
+        self._started = time.monotonic()
         self._pump = threading.Thread(target=self._read_output, daemon=True,
                                       name=f"maaslab-serve-log-{self.process.pid}")  # fmt: skip
         self._pump.start()
         _LIVE.add(self)
-        deadline = time.monotonic() + timeout
+        return self.wait_ready(timeout) if wait else self
+
+    def wait_ready(self, timeout: float = 120.0) -> Self:
+        """Block until the started server answers /v2/health/ready; MaaslabError if it cannot.
+
+        Parameters
+        ----------
+        timeout : seconds since start() to wait in all.
+        """
+        if self.process is None:
+            raise MaaslabError("the server was not started: call start() first")
+        deadline = self._started + timeout
         while not self._ready.wait(0.05):
             if self.process.poll() is not None:
-                self._pump.join(2.0)  # collect the last lines (the error message)
+                self._pump.join(2.0)  # type: ignore[union-attr]  # collect the last lines
                 self.exit_code = self.process.returncode
                 raise self._fail(f"exited with code {self.exit_code} before it was ready")
             if time.monotonic() > deadline:

@@ -44,5 +44,10 @@ def test_command_line_carries_every_setting():
 def test_a_server_that_cannot_start_raises_with_its_message():
     started = time.monotonic()
     with pytest.raises(MaaslabError, match=r"(?s)exited with code 2.*unknown model 'no-such"):
-        ServerProcess(["no-such-model"]).start(timeout=60)
+        ServerProcess(["no-such-model"]).start(wait=False).wait_ready(timeout=60)
     assert time.monotonic() - started < 60  # the exit is noticed, not waited out
+
+
+def test_wait_ready_needs_a_start():
+    with pytest.raises(MaaslabError, match="call start"):
+        ServerProcess("digits-cnn").wait_ready()
