@@ -69,6 +69,11 @@ class Batcher:
         """Requests waiting in the queue (not counting the batch being run)."""
         return self._queue.qsize() if self._queue is not None else 0
 
+    @property
+    def full(self) -> bool:
+        """True when one more request would be refused."""
+        return self.depth >= self.max_queue
+
     def start(self) -> None:
         """Create the queue and the worker on the running event loop."""
         if self._worker is None:

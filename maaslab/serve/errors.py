@@ -90,6 +90,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):
+        metrics = getattr(request.app.state, "metrics", None)
+        if metrics is not None:
+            metrics.rejected.labels(str(request.path_params.get("name", ""))[:64]).inc()
         return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(ShuttingDown)

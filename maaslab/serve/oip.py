@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from maaslab import __version__
 from maaslab.errors import MaaslabError
+from maaslab.serve.batching import Overloaded
 from maaslab.serve.errors import ERROR_RESPONSES
 from maaslab.serve.models import ServedModel, check_served_texts
 from maaslab.serve.tensors import (
@@ -219,6 +220,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if model.kind == "generator":
         raise MaaslabError(f"model {name!r} generates text: use POST /v1/completions or "
                            "/v1/chat/completions (the OpenAI-compatible API)")  # fmt: skip
+    if model.batcher is not None and model.batcher.full:
+        # Refuse before reading and parsing the body: an overloaded server must say so fast.
+        raise Overloaded(name)
     body, head = parse_body(await request.body(), request.headers.get(HEADER))
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):

@@ -80,10 +80,10 @@ def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) ->
     config : what to serve and how.
     on_ready : called with the server's URL once it is bound and the models are loaded.
     """
+    # Refuse an open bind before spending seconds on imports and loading models.
+    api_key = resolve_api_key(config.host, config.api_key_env)
     from maaslab.serve.app import create_app
 
-    # Refuse an open bind before spending seconds on loading models.
-    api_key = resolve_api_key(config.host, config.api_key_env)
     sock = bind_socket(config.host, config.port)
     try:
         app = create_app(config, api_key=api_key)

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
 import pytest
+import torch
 from sklearn.datasets import load_digits
 
 from maaslab.errors import MaaslabError
 from maaslab.serve.batching import Batcher, Overloaded, RequestTimeout
-from maaslab.serve.models import batch_function
+from maaslab.serve.models import batch_function, try_half
 
 
 def _recording(seen: list[list[int]], pause: float = 0.0):
@@ -202,3 +204,31 @@ def test_request_timeout_is_504(start_server):
     with httpx.Client(timeout=10) as client:
         reply = _post(client, srv.url, load_digits().data[:1].astype(np.float32))
     assert reply.status_code == 504 and "did not answer within 0.2 s" in reply.json()["error"]
+
+
+class _FakeGpuClassifier:
+    """A two-class 'text' model that claims to run on CUDA (only its device label is fake)."""
+
+    def __init__(self, row0: float, row1: float) -> None:
+        self.device = torch.device("cuda")
+        self.model = torch.nn.Linear(4, 2, bias=False)
+        with torch.no_grad():
+            self.model.weight[0] = row0
+            self.model.weight[1] = row1
+
+    def predict(self, texts):
+        x = torch.ones(len(texts), 4, dtype=self.model.weight.dtype)
+        with torch.no_grad():
+            proba = torch.softmax(self.model(x).float(), 1).numpy()
+        return SimpleNamespace(probabilities=proba, labels=tuple(proba.argmax(1)))
+
+
+def test_half_precision_only_where_answers_hold():
+    kept = _FakeGpuClassifier(0.25, 0.125)  # exact in fp16: same answers
+    assert try_half(kept, "sentiment", ["a", "b"]) == "fp16"
+    assert kept.model.weight.dtype == torch.float16
+    # 1000.1 rounds to 1000.0 in fp16 (spacing 0.5 there): the probabilities move, so fp32 stays
+    lost = _FakeGpuClassifier(1000.1, 1000.0)
+    assert try_half(lost, "sentiment", ["a", "b"]) == "fp32"
+    assert lost.model.weight.dtype == torch.float32
+    assert try_half(kept, "digits", ["a"]) == "fp32"  # digits never switch
