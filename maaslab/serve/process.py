@@ -52,7 +52,10 @@ class ServerProcess:
     device : "cpu", "cuda" or "auto".
     api_key_env : name of the environment variable holding the Bearer key (needed off loopback).
     extra_args : more CLI flags, e.g. ("--request-timeout-s", "10").
-    env : extra environment variables for the child (e.g. OMP_NUM_THREADS).
+    env : extra environment variables for the child.
+    threads : torch CPU threads in the server (None: torch's default, one per core). One is
+        best when a load generator or other servers share the cores: two threads that each wait
+        for a busy core at every operation are slower than one that never waits.
     """
 
     def __init__(
@@ -69,6 +72,7 @@ class ServerProcess:
         api_key_env: str | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        threads: int | None = None,
     ) -> None:
         self.models = (models,) if isinstance(models, str) else tuple(models)
         self.host, self.requested_port = host, port
@@ -80,7 +84,13 @@ class ServerProcess:
         )
         self.device, self.api_key_env = device, api_key_env
         self.extra_args = tuple(str(a) for a in extra_args)
+        if threads is not None and not 1 <= threads <= 256:
+            raise MaaslabError(f"threads must be 1..256, got {threads}")
+        self.threads = threads
         self.env = dict(env or {})
+        if threads is not None:  # torch sizes its thread pool from these when it starts
+            self.env.setdefault("OMP_NUM_THREADS", str(threads))
+            self.env.setdefault("MKL_NUM_THREADS", str(threads))
         self.url: str | None = None
         self.port: int | None = None
         self.process: subprocess.Popen | None = None

@@ -39,6 +39,9 @@ def test_command_line_carries_every_setting():
     assert flags["--models"] == "digits-cnn" and flags["--max-batch-size"] == "8"
     assert flags["--max-delay-ms"] == "2.5" and flags["--port"] == "8123"
     assert cmd[-2:] == ["--api-key-env", "KEY"]
+    assert ServerProcess("digits-cnn", threads=1).env["OMP_NUM_THREADS"] == "1"
+    with pytest.raises(MaaslabError, match="threads must be"):
+        ServerProcess("digits-cnn", threads=0)
 
 
 def test_a_server_that_cannot_start_raises_with_its_message():
