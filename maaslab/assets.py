@@ -108,6 +108,29 @@ def _sentiment(parent: Path) -> Path:
     return save_model(model, parent / "sentiment-minilm", metadata=meta, overwrite=True)
 
 
+def _student(parent: Path) -> Path:
+    import time
+
+    from maaslab.compress.distill import DEFAULTS, STUDENT_NAME, distill, size_report
+    from maaslab.registry import load_model
+
+    seed_everything(0)
+    teacher = load_model(parent / "sentiment-minilm").merge()
+    started = time.perf_counter()
+    student = distill(teacher, seed=0)
+    seconds = time.perf_counter() - started
+    meta = {
+        "teacher": "sentiment-minilm",
+        "distillation": {**DEFAULTS, "seed": 0, "training_seconds": round(seconds, 1)},
+        "class_names": list(student.config.labels),
+        "input": "text (English reviews); longer than max_length tokens is truncated",
+        "test_accuracy": sentiment_accuracy(student),
+        "teacher_test_accuracy": sentiment_accuracy(teacher),
+        **size_report(student, teacher),
+    }
+    return save_model(student, parent / STUDENT_NAME, metadata=meta, overwrite=True)
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -134,6 +157,12 @@ RECIPES: dict[str, Recipe] = {
             f"MiniLM-L6 + LoRA rank 8 + linear head, fine-tuned on assets/reviews "
             f"({SENTIMENT_EPOCHS} epochs, AdamW 0.001; a few minutes on 2 cores)",
             _sentiment,
+        ),
+        Recipe(
+            "sentiment-minilm-student",
+            "3 MiniLM blocks + linear head distilled from sentiment-minilm (Hinton loss, "
+            "T 4, alpha 0.1; 6 epochs, AdamW 2e-4; about 5 minutes on 2 cores)",
+            _student,
         ),
     )
 }

@@ -272,6 +272,7 @@ LOADERS = {
     "digits-mlp": _digits,
     "digits-cnn": _digits,
     "sentiment-minilm": SentimentModel,
+    "sentiment-minilm-student": SentimentModel,  # a StudentClassifier; merge() is a no-op
     "mini-gpt": TextGenerator,
     "minilm-embed": TextEmbedder,
 }
