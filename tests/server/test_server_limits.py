@@ -102,3 +102,5 @@ def test_errors_are_counted_in_metrics(server):
     text = httpx.get(server.url + "/metrics").text
     assert 'maaslab_errors_total{code="400"}' in text
     assert 'maaslab_requests_total{code="400",endpoint="/v2/models/{name}/infer"' in text
+    assert 'maaslab_queue_depth{model="sentiment-minilm"} 0.0' in text
+    assert 'maaslab_request_seconds_bucket{endpoint="/v2/models/{name}/infer"' in text

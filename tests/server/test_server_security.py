@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+
 import httpx
 import pytest
 
+from maaslab.assets import MODELS_DIR
 from maaslab.errors import MaaslabError
 from maaslab.serve.config import ServeConfig
+from maaslab.serve.models import load_models
 from maaslab.serve.security import is_loopback, key_matches, resolve_api_key
 
 KEY = "s3cret-key-for-tests-0123456789"
@@ -56,3 +60,23 @@ def test_no_route_loads_or_registers_models(server):
     assert not [p for p in paths if "repository" in p or "load" in p or "register" in p]
     for path in ("/v2/repository/models/x/load", "/models?url=http://example.org/m.mar"):
         assert httpx.post(server.url + path).status_code == 404
+
+
+def test_a_model_folder_is_served_under_its_name(start_server, tmp_path):
+    folder = tmp_path / "my-digits"
+    shutil.copytree(MODELS_DIR / "digits-cnn", folder)
+    srv = start_server(models=[str(folder)])
+    meta = httpx.get(srv.url + "/v2/models/my-digits").json()
+    assert meta["inputs"][0]["name"] == "pixels"
+    body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
+                        "data": [8.0] * 64}]}  # fmt: skip
+    assert httpx.post(srv.url + "/v2/models/my-digits/infer", json=body).status_code == 200
+
+
+def test_pickled_weights_are_never_loaded(tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    shutil.copy(MODELS_DIR / "digits-cnn" / "config.json", folder / "config.json")
+    (folder / "pytorch_model.bin").write_bytes(b"not opened")
+    with pytest.raises(MaaslabError, match=r"refusing pytorch_model\.bin.*only model\.safetensors"):
+        load_models(ServeConfig(models=(str(folder),), device="cpu"))
