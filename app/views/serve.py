@@ -219,20 +219,26 @@ def metrics_of(url: str):
         return None
 
 
+def ms(value: float) -> str:
+    """A latency for a metric tile ("—" before there is one)."""
+    return f"{value:.1f} ms" if np.isfinite(value) else "—"
+
+
 def dashboard(live: list, model: str, metrics, result=None) -> None:
     """The numbers, the timeline and the batch sizes of a load test (running or done)."""
     s = live[-1][0]
     p90 = result.p90_ms if result is not None else float("nan")
-    c = st.columns(8)
-    c[0].metric("Throughput, last 3 s", f"{s.recent_throughput:.1f}/s")
-    c[1].metric("Throughput overall", f"{s.throughput:.1f}/s")
-    c[2].metric("p50 latency", f"{s.p50_ms:.1f} ms")
-    c[3].metric("p90 latency", f"{p90:.1f} ms" if np.isfinite(p90) else "at the end")
-    c[4].metric("p99 latency", f"{s.p99_ms:.1f} ms")
-    c[5].metric("Completed", f"{s.completed:,}")
-    c[6].metric("Rejected (503)", f"{s.rejected:,}", help=f"{s.errors} other errors")
     depth = metrics.queue_depth.get(model) if metrics is not None else None
-    c[7].metric("Queue depth", "—" if depth is None else f"{depth:.0f}")
+    top, bottom = st.columns(4), st.columns(4)
+    top[0].metric("Throughput, last 3 s", f"{s.recent_throughput:.1f}/s")
+    top[1].metric("Throughput overall", f"{s.throughput:.1f}/s")
+    top[2].metric("Completed", f"{s.completed:,}")
+    top[3].metric("Rejected (503)", f"{s.rejected:,}", help=f"{s.errors} other errors")
+    bottom[0].metric("p50 latency", ms(s.p50_ms))
+    bottom[1].metric("p90 latency", ms(p90), help="computed over all answers when the run ends")
+    bottom[2].metric("p99 latency", ms(s.p99_ms))
+    bottom[3].metric("Queue depth", "—" if depth is None else f"{depth:.0f}",
+                     help="requests waiting in the model's queue, from /metrics")  # fmt: skip
     left, right = st.columns(2)
     left.plotly_chart(plots.live_timeline([x[0] for x in live], [x[1] for x in live]),
                       key="serve.timeline")  # fmt: skip
@@ -265,8 +271,10 @@ def watch_load() -> None:
     if load.error:
         ss[NOTE] = ("error", load.error)
     else:
-        ss.setdefault(LIVE, []).append((load.snapshot(), 0.0))
-        ss[FINAL] = (load.model, metrics_of(slot.server.url), load.result)
+        metrics = metrics_of(slot.server.url)
+        depth = metrics.queue_depth.get(load.model) if metrics is not None else None
+        ss.setdefault(LIVE, []).append((load.snapshot(), np.nan if depth is None else depth))
+        ss[FINAL] = (load.model, metrics, load.result)
     st.rerun()
 
 

@@ -1,0 +1,79 @@
+"""Serve page in Chromium: start a server, send a review, watch a short load test, stop."""
+
+import contextlib
+import os
+import re
+import signal
+
+import pytest
+from playwright.sync_api import Page, expect
+
+pytestmark = pytest.mark.browser
+
+REVIEW = "A warm, funny film; I loved every minute of it."
+
+
+def pick(page: Page, label: str, option: str) -> None:
+    """Choose `option` in the selectbox labelled `label`."""
+    box = page.get_by_test_id("stSelectbox").filter(has=page.get_by_text(label, exact=True))
+    box.get_by_role("combobox").click()
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(800)
+
+
+def test_start_call_load_and_stop_a_server(page: Page, app_url, shot, request):
+    page.goto(f"{app_url}/serve")
+    main = page.get_by_test_id("stMain")
+    expect(page.get_by_role("heading", name="Serve", exact=True)).to_be_visible(timeout=60_000)
+    main.get_by_role("button", name="Start server").click()
+    serving = page.get_by_text(re.compile(r"Serving digits-cnn, sentiment-minilm at"))
+    expect(serving).to_be_visible(timeout=150_000)
+    pid = int(re.search(r"pid (\d+)", serving.inner_text()).group(1))
+
+    def kill() -> None:  # a failed step must not leave the server running
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+    request.addfinalizer(kill)
+
+    pick(page, "Model", "sentiment-minilm")
+    box = page.get_by_label("A review")
+    box.fill(REVIEW)
+    box.press("Control+Enter")
+    page.wait_for_timeout(800)
+    main.get_by_role("button", name="Send request").click()
+    expect(page.get_by_text("Sentiment: positive")).to_be_visible(timeout=60_000)
+    main.get_by_text("What went over the wire (raw JSON)").click()
+    expect(
+        main.get_by_text(re.compile(r"POST http://127\.0\.0\.1:\d+/v2/models/sentiment"))
+    ).to_be_visible()
+    page.wait_for_timeout(1000)
+    shot("serve-request")
+
+    main.get_by_text("What went over the wire (raw JSON)").click()  # fold it away again
+    heading = page.get_by_role("heading", name="Load test")
+    duration = page.get_by_test_id("stSlider").filter(has=page.get_by_text("Duration (s)"))
+    thumb = duration.get_by_role("slider")
+    for key in ("Home", "ArrowRight", "ArrowRight"):  # a 4 s run
+        thumb.press(key)
+    page.wait_for_timeout(1000)
+    main.get_by_role("button", name="Start load").click()
+    expect(main.get_by_role("button", name="Stop load")).to_be_visible(timeout=30_000)
+    expect(page.get_by_text("Throughput, last 3 s")).to_be_visible()
+    heading.evaluate("h => h.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(1500)  # a few half-second updates
+    shot("serve-load-live")
+    summary = page.get_by_text(re.compile(r"digits-cnn c=16: \d+/\d+ ok"))
+    expect(summary).to_be_visible(timeout=60_000)
+    charts = main.locator(".js-plotly-plot")  # the answer's bars and the load test's four
+    expect(charts).to_have_count(5, timeout=30_000)
+    page.wait_for_timeout(1500)  # let plotly finish drawing
+    completed = page.get_by_test_id("stMetric").filter(has_text="Completed")
+    assert int(completed.get_by_test_id("stMetricValue").inner_text().replace(",", "")) > 0
+    heading.evaluate("h => h.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(500)
+    shot("serve-load-done")
+
+    main.get_by_role("button", name="Stop server").click()
+    expect(page.get_by_text(re.compile(r"exited with code 0"))).to_be_visible(timeout=60_000)
+    expect(main.get_by_role("button", name="Start server")).to_be_visible()
