@@ -78,8 +78,10 @@ def torchrun_command(
 def run_in_process(cfg: DDPConfig) -> DDPRun:
     """Run `cfg` in this process as a group of one: train_ddp without starting anything.
 
-    The threads are restored afterwards; the numbers are those `torchrun --nproc_per_node=1`
-    reports, without waiting for a fresh Python to import torch.
+    The threads are restored afterwards. The steps equal those of `torchrun
+    --nproc_per_node=1`, the timings do not: a long-lived process (a notebook kernel) that has
+    already run torch on more threads measured several times slower per step than a fresh one,
+    so measure_scaling always launches fresh processes.
     """
     with torch_threads(cfg.threads or None), process_group(cfg.backend):
         return train_ddp(cfg)
@@ -153,7 +155,6 @@ def measure_scaling(
     setups: tuple[tuple[int, int], ...] = ((1, 1), (1, 2), (2, 1)),
     global_batch: int = 64,
     keep: str = "",
-    one_in_process: bool = False,
 ) -> list[ScalingRow]:
     """Train the same steps of the same global batch with different (processes, threads) setups.
 
@@ -163,8 +164,6 @@ def measure_scaling(
     setups : (processes, CPU threads per process) pairs, each launched with torchrun.
     global_batch : examples per step, split evenly over the processes.
     keep : a folder to keep every run in (keep/<processes>x<threads>); "" discards them.
-    one_in_process : run the 1-process setups in this process (run_in_process) instead of
-        through torchrun: the same loop and timers, seconds of start-up saved per setup.
     """
     rows: list[ScalingRow] = []
     with tempfile.TemporaryDirectory(prefix="maaslab-scaling-") as tmp:
@@ -175,10 +174,7 @@ def measure_scaling(
             run_cfg = replace(
                 cfg, batch_size=global_batch // procs, threads=threads, output=str(folder)
             )
-            if procs == 1 and one_in_process:
-                run = run_in_process(run_cfg)
-            else:
-                run = run_torchrun(run_cfg, procs)
+            run = run_torchrun(run_cfg, procs)
             base = rows[0].steps_per_second if rows else run.steps_per_second
             rows.append(
                 ScalingRow(
