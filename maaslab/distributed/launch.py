@@ -79,9 +79,9 @@ def run_in_process(cfg: DDPConfig) -> DDPRun:
     """Run `cfg` in this process as a group of one: train_ddp without starting anything.
 
     The threads are restored afterwards. The steps equal those of `torchrun
-    --nproc_per_node=1`, the timings do not: a long-lived process (a notebook kernel) that has
-    already run torch on more threads measured several times slower per step than a fresh one,
-    so measure_scaling always launches fresh processes.
+    --nproc_per_node=1`, the timings do not: run this way (in a notebook kernel or a script)
+    the same steps measured 1.5x to 7x slower than in a rank that torchrun started, so
+    measure_scaling always launches fresh processes.
     """
     with torch_threads(cfg.threads or None), process_group(cfg.backend):
         return train_ddp(cfg)
