@@ -118,7 +118,7 @@ class SentimentModel:
         self.name, self.folder = name, Path(folder) if folder is not None else _folder(name)
         # The adapters are folded into the encoder: same answers, no adapter cost per call.
         # A caller that already rebuilt the model (a compressed variant) passes it in.
-        self.model = model if model is not None else load_model(self.folder, device).merge()
+        self.model = model if model is not None else load_model(self.folder, device=device).merge()
         self.device = torch.device(device)
         self.metadata = read_metadata(self.folder)
         self.class_names = tuple(self.model.config.labels)
