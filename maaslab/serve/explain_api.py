@@ -258,7 +258,7 @@ async def explain_route(request: Request, name: str) -> Response:
     timeout = state.config.request_timeout_s
     if not (await asyncio.wait({work}, timeout=timeout))[0]:
         cancel.set()  # the worker stops at its next model call, raising Cancelled
-        work.add_done_callback(lambda task: task.exception())  # retrieved: nothing to report
+        work.add_done_callback(lambda task: task.cancelled() or task.exception())  # seen
         raise RequestTimeout(f"the explanation did not finish within {timeout:g} s; "
                              "explain fewer inputs per request")  # fmt: skip
     attributions = work.result()

@@ -100,7 +100,7 @@ def test_streaming_chat_sends_each_token_as_it_is_sampled(client, gpt):
     messages = [{"role": "user", "content": "Explain sorted()"}]
     started = time.perf_counter()
     arrivals, pieces, chunks = [], [], []
-    stream = client.chat.completions.create(model="mini-gpt", messages=messages, max_tokens=300,
+    stream = client.chat.completions.create(model="mini-gpt", messages=messages, max_tokens=150,
                                             seed=4, stream=True,
                                             stream_options={"include_usage": True})  # fmt: skip
     for chunk in stream:
@@ -108,11 +108,11 @@ def test_streaming_chat_sends_each_token_as_it_is_sampled(client, gpt):
         if chunk.choices and chunk.choices[0].delta.content:
             pieces.append(chunk.choices[0].delta.content)
             arrivals.append(time.perf_counter() - started)
-    ref = gpt.complete("user: Explain sorted()\nassistant: ", 300, seed=4)
-    assert "".join(pieces) == ref.text and len(pieces) == 300  # one chunk per character
+    ref = gpt.complete("user: Explain sorted()\nassistant: ", 150, seed=4)
+    assert "".join(pieces) == ref.text and len(pieces) == 150  # one chunk per character
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-2].choices[0].finish_reason == "length"
-    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 300
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 150
     # Sent as sampled, not buffered: the first token arrives long before the last.
     assert arrivals[0] < 0.5 * arrivals[-1]
 
