@@ -191,7 +191,7 @@ def main() -> None:
     rate = 3 * on
     with ServerProcess([MODEL], max_queue=16, **common) as small:
         run_load(small.url, MODEL, concurrency=args.concurrency, duration_s=2.0)
-        r = run_load(small.url, MODEL, concurrency=512, duration_s=args.seconds, rate=rate)
+        r = run_load(small.url, MODEL, concurrency=128, duration_s=args.seconds, rate=rate)
         alive = small.running and httpx.get(small.url + "/v2/health/ready").status_code == 200
         codes = scrape_metrics(small.url).requests_by_code(MODEL)
     rejects = r.rejected_latencies_ms

@@ -175,7 +175,10 @@ async def _drive(url: str, model: str, bodies: Sequence[bytes], concurrency: int
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     target = url.rstrip("/") + (endpoint or f"/v2/models/{model}/infer")
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout: reusing one the
+    # server is closing at that moment fails with a ReadError that is no fault of the server.
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency,
+                          keepalive_expiry=2.0)  # fmt: skip
     timeout = httpx.Timeout(REQUEST_TIMEOUT_S, connect=10.0)
     sent = 0
     t0 = time.perf_counter()

@@ -197,17 +197,21 @@ class ServerProcess:
                 raise self._fail(f"printed its URL {self.url} but never became ready")
             time.sleep(0.05)
 
-    def stop(self, timeout: float = 30.0) -> int | None:
+    def stop(self, timeout: float = 30.0, *, wait: bool = True) -> int | None:
         """SIGTERM (the server drains, then exits), SIGKILL after `timeout`; the exit code.
 
         Parameters
         ----------
         timeout : seconds to wait for the drain before killing the process.
+        wait : False only sends SIGTERM and returns None (stop several servers at once, then
+            call stop() again on each for its exit code).
         """
         if self.process is None:
             return None
         if self.process.poll() is None:
             self.process.terminate()
+            if not wait:
+                return None
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:

@@ -25,6 +25,7 @@ def test_start_answers_then_sigterm_exits_zero():
         assert answer.status_code == 200 and len(answer.json()["outputs"][0]["data"]) == 10
         assert "(batching on)" in server.log_tail() and "running" in repr(server)
         assert server.start() is server  # starting a running server does nothing
+        assert server.stop(wait=False) is None  # SIGTERM sent; leaving the block waits
     assert not server.running and server.exit_code == 0  # SIGTERM drained and exited cleanly
     assert "stopped" in server.log_tail(1) and server.stop() == 0  # a second stop is harmless
     with pytest.raises(httpx.ConnectError):
