@@ -132,7 +132,6 @@ def ort_dynamic_int8(
         quantize_dynamic(
             str(source), str(target), per_channel=per_channel, reduce_range=reduce_range,
             weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-            op_types_to_quantize=["MatMul", "Gemm"],
         )  # fmt: skip
     except Exception as err:  # the quantizer raises assorted types for graphs it cannot read
         raise MaaslabError(

@@ -75,7 +75,7 @@ def test_digits_variants_match_fp32_logits(digits):
         assert (out.argmax(1) == ref.argmax(1)).mean() > 0.97, name
 
 
-def test_sentiment_int8_and_onnx_track_fp32(sentiment):
+def test_sentiment_torch_int8_tracks_fp32(sentiment):
     model = sentiment.model
     ids, _ = model.encode(TEXTS)
     ref = _logits(model, ids)
@@ -83,9 +83,21 @@ def test_sentiment_int8_and_onnx_track_fp32(sentiment):
     assert (int8.argmax(1) == ref.argmax(1)).all()
     # one scale per weight tensor: torch.ao's int8 moves MiniLM's logits the most
     assert np.abs(int8 - ref).max() < 0.4 * np.abs(ref).max()
-    onnx = _logits(build_variant("sentiment-minilm", "onnx-int8").module, ids)
+
+
+def test_sentiment_onnx_int8_tracks_fp32_and_exports(tmp_path, sentiment):
+    module = build_variant("sentiment-minilm", "onnx-int8").module
+    ids, _ = sentiment.model.encode(TEXTS)
+    ref = _logits(sentiment.model, ids)
+    onnx = _logits(module, ids)
     assert (onnx.argmax(1) == ref.argmax(1)).all()
-    assert np.abs(onnx - ref).max() < 0.25 * np.abs(ref).max()
+    assert np.abs(onnx - ref).max() < 0.25 * np.abs(ref).max()  # per-channel scales: closer
+    # the folder the server loads gives the variant's own answers
+    folder = export_variant("sentiment-minilm", "onnx-int8", tmp_path / "s8")
+    loaded = load(str(folder))
+    assert isinstance(loaded, SentimentModel) and loaded.compression["runtime"] == "onnx-int8"
+    expected = torch.softmax(torch.as_tensor(onnx), 1).numpy()
+    np.testing.assert_allclose(loaded.predict(TEXTS).probabilities, expected, atol=1e-6)
 
 
 def test_table_rows_are_measured(digits_table, digits):
@@ -161,7 +173,7 @@ def test_cancel_stops_the_comparison():
     assert not any(s.startswith("SHAP") for s in stages)
 
 
-@pytest.mark.parametrize("variant", ["int8-dynamic", "onnx-int8"])
+@pytest.mark.parametrize("variant", ["int8-dynamic", "onnx-int8", "pruned-structured"])
 def test_export_round_trip_digits(tmp_path, digits, variant):
     folder = export_variant("digits-cnn", variant, tmp_path / variant)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -177,11 +189,20 @@ def test_export_round_trip_digits(tmp_path, digits, variant):
         export_variant("digits-cnn", variant, folder)
 
 
-def test_export_round_trip_sentiment_int8(tmp_path, sentiment):
-    folder = export_variant("sentiment-minilm", "int8-dynamic", tmp_path / "s8")
-    loaded = load(str(folder))
-    assert isinstance(loaded, SentimentModel)
-    module = build_variant("sentiment-minilm", "int8-dynamic").module
+def test_export_round_trip_structured_pruning_keeps_the_smaller_layers(tmp_path, monkeypatch):
+    pytest.importorskip("maaslab.compress.prune")
+    # No fine-tuning: this checks the folder format (shrunk FFN layers), not the pruning.
+    monkeypatch.setitem(variants_module.FINETUNE_EPOCHS, "sentiment-minilm", 0)
+    variants_module.clear_cache()
+    try:
+        module = build_variant("sentiment-minilm", "pruned-structured").module
+        folder = export_variant("sentiment-minilm", "pruned-structured", tmp_path / "p")
+    finally:
+        variants_module.clear_cache()
+    width = module.encoder.encoder.layer[0].intermediate.dense.out_features
+    assert width < 1536  # MiniLM's FFN has 1536 neurons; structured pruning removed some
+    loaded = load(folder)
+    assert loaded.model.encoder.encoder.layer[0].intermediate.dense.out_features == width
     ids, _ = module.encode(TEXTS)
     expected = torch.softmax(torch.as_tensor(_logits(module, ids)), 1).numpy()
     np.testing.assert_allclose(loaded.predict(TEXTS).probabilities, expected, atol=1e-6)
