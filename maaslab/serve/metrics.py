@@ -47,6 +47,11 @@ class ServerMetrics:
                                        registry=r)  # fmt: skip
         self.rejected = Counter("maaslab_rejected_total", "Requests refused with a full queue",
                                 ["model"], registry=r)  # fmt: skip
+        # Overload answers must stay fast; timing them alone shows it (the latency histogram
+        # above mixes them with the slow successes).
+        self.reject_latency = Histogram("maaslab_rejected_seconds", "Time to answer a 503",
+                                        ["model"], buckets=LATENCY_BUCKETS,
+                                        registry=r)  # fmt: skip
 
     def watch_queue(self, model: str, depth) -> None:
         """Report `depth()` as the model's queue depth whenever metrics are scraped."""
@@ -67,6 +72,8 @@ class ServerMetrics:
         self.latency.labels(model, endpoint).observe(seconds)
         if code >= 400:
             self.errors.labels(str(code)).inc()
+        if code == 503:
+            self.reject_latency.labels(model).observe(seconds)
 
     def render(self) -> Response:
         """The text exposition format for GET /metrics."""

@@ -195,7 +195,10 @@ def test_overload_answers_503_fast_and_every_accepted_request(start_server):
         assert reply.headers["Retry-After"] == "1" and "overloaded" in reply.json()["error"]
         assert seconds < 0.5  # refused while the model was still busy, not after waiting
     assert httpx.get(srv.url + "/v2/health/ready").status_code == 200
-    assert 'maaslab_requests_total{code="503"' in httpx.get(srv.url + "/metrics").text
+    metrics = httpx.get(srv.url + "/metrics").text
+    assert 'maaslab_requests_total{code="503"' in metrics
+    assert f'maaslab_rejected_total{{model="digits-cnn"}} {len(refused)}.0' in metrics
+    assert f'maaslab_rejected_seconds_count{{model="digits-cnn"}} {len(refused)}.0' in metrics
 
 
 def test_request_timeout_is_504(start_server):
