@@ -2,7 +2,8 @@
 
 The names are those maaslab.serve.metrics registers: maaslab_requests_total{model,endpoint,code},
 maaslab_request_seconds (histogram), maaslab_queue_depth{model}, maaslab_batch_size (histogram),
-maaslab_batch_seconds (histogram), maaslab_rejected_total{model}, maaslab_errors_total{code}.
+maaslab_batch_seconds (histogram), maaslab_rejected_total{model}, maaslab_errors_total{code},
+maaslab_rejected_seconds (histogram of 503 answer times; empty on servers without it).
 """
 
 from __future__ import annotations
@@ -30,6 +31,21 @@ class Histogram:
         """Mean observation (nan when empty)."""
         return self.total / self.count if self.count else float("nan")
 
+    def quantile(self, q: float) -> float:
+        """The q-quantile (0..1) by linear interpolation inside its bucket, as Prometheus'
+        histogram_quantile does; nan when empty, the last finite bound if it lies in +inf."""
+        if not self.count or not 0 <= q <= 1:
+            return float("nan")
+        rank, seen = q * self.count, 0
+        for lower, upper, n in zip((0.0, *self.bounds[:-1]), self.bounds, self.counts,
+                                   strict=True):  # fmt: skip
+            if n and seen + n >= rank:
+                if not np.isfinite(upper):
+                    return lower
+                return lower + (upper - lower) * (rank - seen) / n
+            seen += n
+        return self.bounds[-2] if len(self.bounds) > 1 else float("nan")
+
 
 @dataclass(frozen=True)
 class ServerMetrics:
@@ -41,6 +57,7 @@ class ServerMetrics:
     batch_seconds: dict[str, Histogram] = field(default_factory=dict)  # model -> batch call time
     latency: dict[tuple[str, str], Histogram] = field(default_factory=dict)  # (model, route)
     rejected: dict[str, int] = field(default_factory=dict)  # model -> 503s for a full queue
+    reject_latency: dict[str, Histogram] = field(default_factory=dict)  # model -> 503 answer time
     errors: dict[str, int] = field(default_factory=dict)  # status code -> 4xx/5xx answers
 
     def requests_by_code(self, model: str | None = None) -> dict[str, int]:
@@ -101,6 +118,8 @@ def parse_metrics(text: str) -> ServerMetrics:
         rejected={s.labels["model"]: int(s.value)
                   for s in samples("maaslab_rejected", ("_total",))},
         errors={s.labels["code"]: int(s.value) for s in samples("maaslab_errors", ("_total",))},
+        reject_latency={k[0]: h for k, h in _histograms(samples(
+            "maaslab_rejected_seconds", ("_bucket", "_count", "_sum")), ("model",)).items()},
     )  # fmt: skip
 
 

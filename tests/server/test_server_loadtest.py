@@ -20,7 +20,7 @@ from maaslab.serve.loadtest import (
     throughput_over_time,
 )
 from maaslab.serve.metrics import ServerMetrics as Registry
-from maaslab.serve.scrape import parse_metrics
+from maaslab.serve.scrape import Histogram, parse_metrics
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,9 @@ def test_overload_rejects_with_503_and_answers_the_rest(start_server):
     _consistent(r)
     assert r.ok > 0 and r.rejected > 0 and r.errors == {}
     assert len(r.rejected_latencies_ms) == r.rejected
-    assert scrape_metrics(server.url).requests_by_code("sentiment-minilm").get("503") == r.rejected
+    m = scrape_metrics(server.url)
+    assert m.requests_by_code("sentiment-minilm").get("503") == r.rejected
+    assert m.rejected["sentiment-minilm"] == r.rejected
 
 
 def test_live_generator_snapshots_then_stops(digits_server):
@@ -146,6 +148,10 @@ def test_parse_metrics_matches_what_was_observed():
     assert m.requests_by_code() == {"200": 1, "503": 1} and m.errors == {"503": 1}
     assert m.queue_depth == {"m": 7}
     assert m.latency[("m", "/v2/models/{name}/infer")].count == 2
+    lat = m.latency[("m", "/v2/models/{name}/infer")]
+    # 0.0001 s falls in the first bucket (0, 0.001], 0.002 s in (0.001, 0.0025].
+    assert lat.quantile(0.5) == pytest.approx(0.001) and 0.001 < lat.quantile(0.99) <= 0.0025
+    assert np.isnan(Histogram((1.0, float("inf")), (0, 0), 0, 0.0).quantile(0.5))
 
 
 def test_open_loop_rate_spaces_the_requests(digits_server):
