@@ -252,6 +252,14 @@ def dashboard(live: list, model: str, metrics, result=None) -> None:
         right.plotly_chart(plots.latency_histogram(result), key="serve.latency_hist")
 
 
+def record(stats, depth: float | None) -> None:
+    """Keep a snapshot for the timeline; the final one replaces a live one taken later."""
+    live = ss.setdefault(LIVE, [])
+    if live and stats.elapsed_s <= live[-1][0].elapsed_s:
+        live.pop()  # the run's own end time can fall before the last half-second poll
+    live.append((stats, np.nan if depth is None else depth))
+
+
 @st.fragment(run_every=0.5)
 def watch_load() -> None:
     """Every half second while the load runs: snapshot, scrape /metrics, redraw."""
@@ -262,7 +270,7 @@ def watch_load() -> None:
     if load.running:
         metrics = metrics_of(slot.server.url)
         depth = metrics.queue_depth.get(load.model) if metrics is not None else None
-        ss.setdefault(LIVE, []).append((load.snapshot(), np.nan if depth is None else depth))
+        record(load.snapshot(), depth)
         if st.button("Stop load", icon=":material/stop:", key="serve.stop_load"):
             load.stop()
         dashboard(ss[LIVE], load.model, metrics)
@@ -273,7 +281,7 @@ def watch_load() -> None:
     else:
         metrics = metrics_of(slot.server.url)
         depth = metrics.queue_depth.get(load.model) if metrics is not None else None
-        ss.setdefault(LIVE, []).append((load.snapshot(), np.nan if depth is None else depth))
+        record(load.snapshot(), depth)
         ss[FINAL] = (load.model, metrics, load.result)
     st.rerun()
 

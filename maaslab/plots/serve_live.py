@@ -53,7 +53,7 @@ def live_timeline(
                         row=3, col=1)  # fmt: skip
     fig.update_xaxes(title_text="seconds since the load started", row=rows, col=1)
     fig.update_yaxes(rangemode="tozero")
-    fig.update_layout(**layout(height=200 + 150 * rows))
+    fig.update_layout(**layout(height=180 + 130 * rows))
     return fig
 
 
@@ -79,8 +79,8 @@ def latency_timeline(result: LoadResult) -> go.Figure:
             fig.add_hline(y=value, line={"color": "#64748b", "dash": dash},
                           annotation_text=f"p{q} {value:.1f} ms")  # fmt: skip
     fig.update_layout(**layout(height=360),
-                      title=f"{result.requests:,} requests at concurrency {result.concurrency}: "
-                      f"latency by the time each was sent")  # fmt: skip
+                      title=f"Each request's latency ({result.requests:,} at "
+                      f"concurrency {result.concurrency})")  # fmt: skip
     fig.update_xaxes(title_text="sent at (s since the load started)")
     fig.update_yaxes(title_text="latency (ms)", rangemode="tozero")
     return fig

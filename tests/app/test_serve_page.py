@@ -14,6 +14,7 @@ from maaslab.data import load_dataset
 from maaslab.registry import load
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
+MODELS = ["digits-cnn", "sentiment-minilm", "mini-gpt", "minilm-embed"]
 REVIEW = "A warm, funny film; I loved every minute of it."
 
 
@@ -49,6 +50,7 @@ def served(request):
     at = AppTest.from_file(APP, default_timeout=90)
     at.run()
     at.switch_page("views/serve.py").run()
+    at.multiselect(key="serve.models").set_value(MODELS).run()
     at.button(key="serve.start").click().run()
     until(at, lambda a: has_button(a, "serve.stop") or a.error, what="the server start")
     assert not at.error, at.error[0].value
@@ -81,7 +83,8 @@ def test_start_brings_a_loopback_server_up(served, page_text):
     text = page_text(at)
     assert re.search(r"at `http://127\.0\.0\.1:\d+`", text)
     assert "batching on (up to 32 rows, 5 ms wait)" in text
-    assert at.selectbox(key="serve.model").options == ["digits-cnn", "sentiment-minilm"]
+    assert at.selectbox(key="serve.model").options == MODELS
+    assert at.selectbox(key="serve.load_model").options == MODELS[:2]  # the OIP tensor models
 
 
 def test_a_review_gets_the_in_process_label(served, page_text):
@@ -114,6 +117,29 @@ def test_a_digit_with_its_explanation(served, page_text):
     assert calls[1].url.endswith("/v2/models/digits-cnn/explain")
     values = np.asarray(calls[1].response["outputs"][0]["data"])
     assert values.shape == (64,) and np.abs(values).sum() > 0
+
+
+def test_a_completion_and_an_embedding_over_the_openai_api(served, page_text):
+    at, _ = served
+    at.selectbox(key="serve.model").set_value("mini-gpt").run()
+    at.number_input(key="serve.max_tokens").set_value(12).run()
+    at.button(key="serve.send").click().run()
+    assert not at.error, [e.value for e in at.error]
+    call = at.session_state["serve.call"]["calls"][0]
+    assert call.url.endswith("/v1/completions") and call.request["max_tokens"] == 12
+    text = call.response["choices"][0]["text"]
+    assert call.request["temperature"] == 0.8 and call.request["seed"] == 0
+    expected = load("mini-gpt").complete(call.request["prompt"], 12, 0.8, seed=0).text
+    assert text == expected and 0 < len(text) <= 12
+    assert call.request["prompt"] + text in [c.value for c in at.code]
+    assert f"{len(text)} completion tokens" in page_text(at)
+
+    at.selectbox(key="serve.model").set_value("minilm-embed").run()
+    at.button(key="serve.send").click().run()
+    assert not at.error, [e.value for e in at.error]
+    vector = np.asarray(at.session_state["serve.call"]["calls"][0].response["data"][0]["embedding"])
+    assert "**384 dimensions** · length 1.000" in page_text(at)
+    assert vector.shape == (384,) and f"{vector[0]:+.4f}" in page_text(at)
 
 
 def test_an_empty_review_is_refused_with_a_message(served):

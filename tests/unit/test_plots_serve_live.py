@@ -38,4 +38,4 @@ def test_latency_timeline_separates_ok_rejected_and_failed():
     assert list(by_name["ok (200)"].y) == [5.0, 7.0, 9.0]
     assert list(by_name["rejected (503)"].x) == [0.2] and list(by_name["failed"].y) == [60.0]
     assert [s.y0 for s in fig.layout.shapes] == [7.0, 8.96]
-    assert "5 requests at concurrency 2" in fig.layout.title.text
+    assert "(5 at concurrency 2)" in fig.layout.title.text
