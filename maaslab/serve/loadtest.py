@@ -21,18 +21,9 @@ import numpy as np
 from maaslab.errors import MaaslabError
 from maaslab.serve.scrape import Histogram, ServerMetrics, scrape_metrics
 
-__all__ = [
-    "Histogram",
-    "LiveStats",
-    "LoadGenerator",
-    "LoadResult",
-    "ServerMetrics",
-    "request_bodies",
-    "run_load",
-    "scrape_metrics",
-    "sweep",
-    "throughput_over_time",
-]
+__all__ = ["Histogram", "LiveStats", "LoadGenerator", "LoadResult", "ServerMetrics",
+           "request_bodies", "run_load", "scrape_metrics", "sweep",
+           "throughput_over_time"]  # fmt: skip
 
 Progress = Callable[[str, float], None]  # (stage, fraction), the maaslab.jobs.Task convention
 TENSOR_MODELS = {"digits": "pixels", "sentiment": "text"}  # model-name prefix -> input tensor
