@@ -86,7 +86,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(MaaslabError)
     async def user_error(request: Request, exc: MaaslabError):
-        return error_response(400, str(exc))
+        from maaslab.serve.tensors import BodyTooLarge
+
+        return error_response(413 if isinstance(exc, BodyTooLarge) else 400, str(exc))
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):

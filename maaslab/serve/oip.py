@@ -24,6 +24,7 @@ from maaslab.serve.tensors import (
     HEADER,
     Tensor,
     decode_inputs,
+    decompress,
     encode_response,
     parse_body,
     requested_outputs,
@@ -223,7 +224,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if model.batcher is not None and model.batcher.full:
         # Refuse before reading and parsing the body: an overloaded server must say so fast.
         raise Overloaded(name)
-    body, head = parse_body(await request.body(), request.headers.get(HEADER))
+    raw = decompress(await request.body(), request.headers.get("content-encoding"),
+                     request.app.state.config.max_body_bytes)  # fmt: skip
+    body, head = parse_body(raw, request.headers.get(HEADER))
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MaaslabError("'id' must be a string")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,29 @@ class Tensor:
     datatype: str
     shape: tuple[int, ...]
     data: Any
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """Undo a request's Content-Encoding (gzip or deflate, as tritonclient can send), refusing
+    to inflate past `limit` bytes (a small compressed body can expand without bound)."""
+    if encoding is None or encoding.strip().lower() in ("", "identity"):
+        return body
+    kind = encoding.strip().lower()
+    if kind not in ("gzip", "deflate"):
+        raise MaaslabError(f"Content-Encoding {encoding!r} is not supported: use gzip or deflate")
+    inflater = zlib.decompressobj(wbits=31 if kind == "gzip" else 15)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as err:
+        raise MaaslabError(f"the {kind} request body cannot be decompressed: {err}") from None
+    if len(out) > limit:
+        raise BodyTooLarge(f"the decompressed request body is over the server's limit of "
+                           f"{limit:,} bytes")  # fmt: skip
+    return out
+
+
+class BodyTooLarge(MaaslabError):
+    """A request body (after decompression) over the server's size limit: answered with 413."""
 
 
 def parse_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:

@@ -104,3 +104,17 @@ def test_errors_are_counted_in_metrics(server):
     assert 'maaslab_requests_total{code="400",endpoint="/v2/models/{name}/infer"' in text
     assert 'maaslab_queue_depth{model="sentiment-minilm"} 0.0' in text
     assert 'maaslab_request_seconds_bucket{endpoint="/v2/models/{name}/infer"' in text
+
+
+def test_compressed_bodies_are_bounded_after_inflating(start_server):
+    import gzip
+
+    small = start_server(models=["digits-cnn"], max_body_bytes=4096)
+    url = small.url + "/v2/models/digits-cnn/infer"
+    bomb = gzip.compress(b" " * 1_000_000)  # 1 MB of spaces is ~1 KB compressed
+    reply = httpx.post(url, content=bomb, headers={"Content-Encoding": "gzip"})
+    assert reply.status_code == 413 and "decompressed" in reply.json()["error"]
+    broken = httpx.post(url, content=b"not gzip", headers={"Content-Encoding": "gzip"})
+    assert broken.status_code == 400 and "cannot be decompressed" in broken.json()["error"]
+    odd = httpx.post(url, content=b"{}", headers={"Content-Encoding": "br"})
+    assert odd.status_code == 400 and "not supported" in odd.json()["error"]

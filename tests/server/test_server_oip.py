@@ -134,3 +134,13 @@ def test_embedder_over_oip(server, shared_wrappers):
     got = np.asarray(answer["outputs"][0]["data"], dtype=np.float32).reshape(2, -1)
     want = shared_wrappers.get_or_load(("minilm-embed",))["minilm-embed"].embed(["a cat", "a dog"])
     np.testing.assert_allclose(got, want.embeddings, atol=1e-5)
+
+
+@pytest.mark.parametrize("algorithm", ["gzip", "deflate"])
+def test_tritonclient_compressed_requests(server, digits, expected, algorithm):
+    client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
+    inp = triton.InferInput("pixels", list(digits.shape), "FP32")
+    inp.set_data_from_numpy(digits)
+    result = client.infer("digits-cnn", [inp], request_compression_algorithm=algorithm,
+                          response_compression_algorithm=algorithm)  # fmt: skip
+    np.testing.assert_allclose(result.as_numpy("probabilities"), expected["digits"], atol=1e-6)
