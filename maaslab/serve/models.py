@@ -82,12 +82,16 @@ def _batched(call: Callable[[Any], Result], join: Callable[[list[Any]], Any],
     # One call for the whole batch; if the wrapper refuses it (one bad request among good
     # ones), run each request alone so only the bad one gets the error.
     try:
-        joined = call(join(payloads))
+        # inference_mode: no autograd bookkeeping at all (the wrappers' no_grad still tracks
+        # versions); this runs in the batcher's thread, where the mode is thread-local.
+        with torch.inference_mode():
+            joined = call(join(payloads))
     except MaaslabError:
         out: list[Result | Exception] = []
         for payload in payloads:
             try:
-                out.append(call(payload))
+                with torch.inference_mode():
+                    out.append(call(payload))
             except Exception as err:
                 out.append(err)
         return out
