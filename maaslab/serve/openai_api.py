@@ -88,13 +88,21 @@ def error_response(status: int, message: str, param: str | None = None) -> JSONR
     return JSONResponse(ErrorBody(error=detail).model_dump(), status_code=status)
 
 
+def union_branch(part: str) -> bool:
+    """True for the part of a pydantic error location that names a union's branch ("str",
+    "list[constrained-str]", "function-after[...]"), not a field."""
+    return part in {"str", "int", "float", "bool", "none"} or "[" in part or part.startswith(
+        ("function-", "constrained-", "literal")
+    )  # fmt: skip
+
+
 def validation_message(err: RequestValidationError) -> tuple[str, str | None]:
     """A schema violation in words (`field: what is wrong`) and the first field at fault."""
     parts, params = [], []
     for e in err.errors():
         loc = [str(x) for x in e.get("loc", ()) if x != "body"]
         # A union (str | list[str]) reports once per branch: name the field, not the branch.
-        field = ".".join(x for x in loc if not x.startswith(("str", "list[", "function-")))
+        field = ".".join(x for x in loc if not union_branch(x))
         params.append(field or None)
         text = f"{field}: {e.get('msg', 'invalid')}" if field else e.get("msg", "invalid body")
         if text not in parts:

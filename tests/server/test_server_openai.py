@@ -164,6 +164,7 @@ def test_embeddings_equal_the_in_process_encoder(client, embedder, server):
         ({"model": "mini-gpt", "prompt": ["a", "b", "c"], "n": 3}, 400, "at most 8"),
         ({"model": "mini-gpt", "prompt": "x", "stream": True, "max_tokens": -1}, 400, "max_tokens"),
         ({"prompt": "x"}, 400, "model"),
+        ({"model": "mini-gpt", "prompt": "x", "stream": "yes please"}, 400, "stream: "),
     ],
 )  # fmt: skip
 def test_bad_completion_requests_are_refused_with_a_message(server, body, status, words):
