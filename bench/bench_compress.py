@@ -49,12 +49,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads, torch and ONNX Runtime (default: torch's)")  # fmt: skip
     parser.add_argument("--models", default="sentiment-minilm,digits-cnn")
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated variants (default: all that apply)")  # fmt: skip
     args = parser.parse_args()
     print(f"device: {describe().summary()}")
     summary = []
     for model in args.models.split(","):
-        result = compare(model, repeats=args.repeats, threads=args.threads)
-        print(f"\n{model}: {len(variants_for(model))} variants, accuracy on {result.examples} "
+        usable = variants_for(model)
+        chosen = [v for v in args.variants.split(",") if v in usable] if args.variants else None
+        result = compare(model, chosen, repeats=args.repeats, threads=args.threads)
+        print(f"\n{model}: {len(result.rows)} variants, accuracy on {result.examples} "
               f"held-out examples, {result.repeats} interleaved calls per latency, "
               f"{result.threads} thread(s), SHAP diff over {result.shap_inputs} inputs, "
               f"{result.seconds:.0f} s")  # fmt: skip

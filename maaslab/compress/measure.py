@@ -267,6 +267,10 @@ def _compare(model_name: str, variants: Sequence[str] | None, repeats: int | Non
     repeats = repeats or scaled(30, 5)
     if repeats < 1:
         raise MaaslabError(f"repeats must be at least 1, got {repeats}")
+    if examples is not None and examples < 1:
+        raise MaaslabError(
+            f"examples must be at least 1 (or None for the whole split), got {examples}"
+        )
     examples = examples if examples is not None else (100 if fast_mode() else None)
     shap_inputs = scaled(3, 1) if shap_inputs is None else shap_inputs
     data = held_out(model_name, examples, shap_inputs)
@@ -301,7 +305,10 @@ def _compare(model_name: str, variants: Sequence[str] | None, repeats: int | Non
         step(f"building {name}")
 
         def build(name: str = name) -> None:
-            built[name] = build_variant(model_name, name, seed=seed, progress=sub_progress,
+            def report(stage: str, fraction: float) -> None:
+                sub_progress(f"building {name}: {stage}", fraction)
+
+            built[name] = build_variant(model_name, name, seed=seed, progress=report,
                                         cancel=cancel)  # fmt: skip
 
         attempt(name, build)
