@@ -24,6 +24,7 @@ from maaslab.distributed.collective import (
 )
 from maaslab.distributed.ddp import (
     GRADIENTS_FILE,
+    LOG_FILE,
     MODEL_DIR,
     RUN_FILE,
     DDPConfig,
@@ -44,11 +45,11 @@ from maaslab.distributed.gradients import (
     shard_gradients,
 )
 from maaslab.distributed.launch import (
-    LOG_FILE,
     ScalingRow,
     cli_args,
     load_run,
     measure_scaling,
+    run_forked,
     run_in_process,
     run_torchrun,
     torchrun_command,
@@ -81,6 +82,7 @@ __all__ = [
     "reference_train",
     "ring_allreduce",
     "ring_bytes_per_rank",
+    "run_forked",
     "run_in_process",
     "run_torchrun",
     "scaled_lr",

@@ -43,6 +43,7 @@ BACKENDS = ("gloo", "nccl")
 RUN_FILE = "run.json"
 MODEL_DIR = "model"
 GRADIENTS_FILE = "gradients.safetensors"
+LOG_FILE = "rank0.log"  # what rank 0 printed (written by the launchers of launch.py)
 TIMING_REPEATS = 10  # timed repeats of compute-only and all-reduce-only, after training
 
 

@@ -107,6 +107,15 @@ def _rank_main(
         "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world_size
     )
     try:
+        if job == "train":  # a whole DDP run (launch.run_forked); rank 0 saves its record
+            from maaslab.distributed.ddp import LOG_FILE, train_ddp
+
+            lines: list[str] = []
+            train_ddp(info["cfg"], log=lines.append if rank == 0 else lambda _: None)
+            if rank == 0:
+                text = "".join(f"{line}\n" for line in lines)
+                (Path(info["cfg"].output) / LOG_FILE).write_text(text, encoding="utf-8")
+            return
         if job == "all_reduce":
             value = tensors[f"value{rank}"].clone()
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
@@ -145,6 +154,8 @@ def _spawn(job: str, world_size: int, tensors: dict[str, Any], info: dict[str, A
             )
         except mp.ProcessRaisedException as err:
             raise MaaslabError(f"a rank failed: {str(err).strip().splitlines()[-1]}") from None
+        if job == "train":
+            return []
         return [read_safetensors(Path(folder) / f"rank{r}.safetensors") for r in range(world_size)]
 
 

@@ -23,11 +23,13 @@ from maaslab.distributed import (
     global_gradient,
     load_run,
     max_relative_difference,
+    measure_scaling,
     parameter_server_bytes,
     process_group,
     reference_train,
     ring_allreduce,
     ring_bytes_per_rank,
+    run_forked,
     run_in_process,
     run_torchrun,
     scaled_lr,
@@ -37,7 +39,7 @@ from maaslab.distributed import (
     train_ddp,
 )
 from maaslab.distributed.__main__ import config_from_args, main
-from maaslab.distributed.ddp import GRADIENTS_FILE, MODEL_DIR
+from maaslab.distributed.ddp import GRADIENTS_FILE, LOG_FILE, MODEL_DIR
 from maaslab.models import build_model
 from maaslab.paths import ROOT
 from maaslab.registry import load_model, read_safetensors
@@ -111,6 +113,22 @@ def test_a_group_of_one_trains_in_process_like_the_reference(tmp_path):
     assert again.threads == other and torch.get_num_threads() == threads  # restored
     assert again.step_loss == pytest.approx(run.step_loss, rel=1e-6)
     assert load_run(tmp_path / "again").steps == 5
+
+
+def test_forked_ranks_take_the_reference_steps_and_scaling_rows_come_out(tmp_path):
+    cfg = DDPConfig(**{**TINY.__dict__, "max_steps": 6, "output": str(tmp_path / "f")})
+    run = run_forked(cfg, 2)
+    assert (run.world_size, run.steps) == (2, 6) and run.allreduce_ms > 0
+    assert "2 rank(s)" in (tmp_path / "f" / LOG_FILE).read_text()
+    model, _, losses = reference_train(cfg, world_size=2)
+    ddp_model = load_model(tmp_path / "f" / MODEL_DIR)
+    assert max_relative_difference(ddp_model.state_dict(), model.state_dict()) < 1e-5
+    np.testing.assert_allclose(run.step_loss, losses, rtol=1e-5)
+    rows = measure_scaling(cfg, ((1, 1), (2, 1)), global_batch=32, launcher="fork")
+    assert [(r.processes, r.global_batch) for r in rows] == [(1, 32), (2, 32)]
+    assert rows[0].speedup == 1.0 and rows[0].allreduce_ms == 0 and rows[1].allreduce_ms > 0
+    with pytest.raises(MaaslabError, match="unknown launcher"):
+        measure_scaling(cfg, launcher="mpi")
 
 
 def test_real_ddp_gradients_equal_the_global_batch_gradient():
