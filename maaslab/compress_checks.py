@@ -9,6 +9,7 @@ Linear, torch.nn.utils.prune, `maaslab.compress.distill.distillation_loss` and
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -44,10 +45,13 @@ def _affine_reference(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     # torch's own answer: the MinMax observer picks (scale, zero point), quantize_per_tensor rounds
     from torch.ao.quantization.observer import MinMaxObserver
 
-    observer = MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_affine)
-    observer(x)
-    scale, zero_point = (float(v) for v in observer.calculate_qparams())
-    q = torch.quantize_per_tensor(x, scale, int(zero_point), torch.qint8).int_repr()
+    with warnings.catch_warnings():
+        # torch 2.13 marks its quantized tensors deprecated; they are still the reference here
+        warnings.filterwarnings("ignore", message=r".*deprecated.*")
+        observer = MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_affine)
+        observer(x)
+        scale, zero_point = (float(v) for v in observer.calculate_qparams())
+        q = torch.quantize_per_tensor(x, scale, int(zero_point), torch.qint8).int_repr()
     return q.to(torch.float64), scale, int(zero_point)
 
 

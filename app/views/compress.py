@@ -1,5 +1,6 @@
 """Compress: a model's variants measured side by side, the P5 verdict, and one exported."""
 
+import gc
 import os
 import re
 import shlex
@@ -50,7 +51,23 @@ def run(model: str, variants: list[str], repeats: int, shap_inputs: int, threads
     ).start()  # fmt: skip
 
 
-@st.fragment(run_every=0.5)
+@st.cache_resource(show_spinner="Loading the ONNX exporter and SHAP (once per server)…")
+def prepare() -> bool:
+    """Import what a comparison uses, then exclude those long-lived objects from GC scans.
+
+    Streamlit runs a full gc.collect() after every script run, fragments included. With torch,
+    the ONNX exporter (and sympy) and shap loaded that scan takes 0.3-0.8 s here, so a progress
+    poll every second left the comparison's thread almost no time. Module-level objects live as
+    long as the server anyway; gc.freeze() moves them out of the collector's way.
+    """
+    import shap  # noqa: F401
+    import torch.onnx._internal.exporter._compat  # noqa: F401
+
+    gc.freeze()
+    return True
+
+
+@st.fragment(run_every=1.0)
 def watch() -> None:
     """Progress and a Cancel button while the comparison runs; the page reruns when it ends."""
     task = ss.get(TASK)
@@ -110,7 +127,11 @@ def verdict(comparison) -> None:
 
 def show(comparison) -> None:
     """Table, verdict, figures, and the run's conditions."""
-    st.table(table(comparison).round(3))
+    formats = {"accuracy (%)": "{:.1f}", "drop (points)": "{:+.1f}", "ms batch 1": "{:.3g}",
+               "ms batch 32": "{:.3g}", "speed-up batch 1": "{:.2f}x",
+               "speed-up batch 32": "{:.2f}x", "MB on disk": "{:.3f}", "SHAP difference": "{:.3f}",
+               "build s": "{:.1f}"}  # fmt: skip
+    st.table(table(comparison).style.format(formats, na_rep="—"))
     failed = [r.name for r in comparison.rows if r.error]
     if failed:
         st.error(f"Not measured: {', '.join(failed)} (the reason is in the error column).")
@@ -150,7 +171,8 @@ def export_section(comparison) -> None:
     if done is not None:
         shown = done["folder"]
         st.success(f"Exported **{done['variant']}** to `{shown}`. {done['check']}")
-        st.table(pd.DataFrame(done["files"], columns=["file", "MB"]).set_index("file").round(3))
+        files = pd.DataFrame(done["files"], columns=["file", "MB"]).set_index("file")
+        st.table(files.style.format({"MB": "{:.3f}"}))
         st.markdown("Serve it (Open Inference Protocol and the Serve page read it like any model):")
         st.code(f"python -m maaslab serve --models {shlex.quote(shown)}", language="bash")
 
@@ -200,9 +222,11 @@ st.markdown(
     "model: accuracy on the held-out split, latency, size on disk, and how far each variant's "
     "SHAP explanation moves from fp32's."
 )
-if "compress.model" not in ss and st.query_params.get("model") in COMPRESSIBLE:
-    ss["compress.model"] = st.query_params["model"]  # a link may open the page on one model
-model = st.selectbox("Model", COMPRESSIBLE, index=1, key="compress.model")
+if "compress.model" not in ss:
+    # a link may open the page on one model; otherwise the cheap one comes first
+    asked = st.query_params.get("model")
+    ss["compress.model"] = asked if asked in COMPRESSIBLE else "digits-cnn"
+model = st.selectbox("Model", COMPRESSIBLE, key="compress.model")
 st.query_params["model"] = model
 others = [v for v in variants_for(model) if v != "fp32"]
 variants = st.multiselect(
@@ -225,6 +249,7 @@ busy = ss.get(TASK) is not None and ss[TASK].running
 if st.button(
     "Compare", type="primary", icon=":material/compress:", disabled=busy, key="compress.go"
 ):
+    prepare()
     run(model, variants, int(repeats), int(shap_inputs), int(threads), int(seed))
     st.rerun()
 watch()

@@ -31,6 +31,8 @@ def variant_scatter(comparison, goal: float = 2.0) -> go.Figure:
     rows = _measured(comparison)
     fig = go.Figure()
     largest = max((r.size_mb or 0.0 for r in rows), default=0.0) or 1.0
+    # labels alternate above and below in order of latency, so neighbours' names do not overlap
+    rank = {r.name: k for k, r in enumerate(sorted(rows, key=lambda r: r.latency_ms_1))}
     for i, r in enumerate(rows):
         size = r.size_mb or 0.0
         # marker area (not diameter) proportional to the bytes, so a 4x smaller file looks 4x
@@ -42,7 +44,7 @@ def variant_scatter(comparison, goal: float = 2.0) -> go.Figure:
             mode="markers+text",
             name=r.name,
             text=[r.name],
-            textposition="top center",
+            textposition="top center" if rank[r.name] % 2 == 0 else "bottom center",
             marker={"size": diameter, "color": SERIES_COLORS[i % len(SERIES_COLORS)],
                     "opacity": 0.75, "line": {"width": 1, "color": "white"}},
             customdata=[[size, r.speedup_1 or float("nan"), r.accuracy_drop or 0.0]],
