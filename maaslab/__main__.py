@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     assets.add_argument("names", nargs="*", help="models to rebuild (default: all)")
 
-    from maaslab.serve.cli import add_serve_arguments
+    from maaslab.serve.config import add_serve_arguments
 
     add_serve_arguments(sub.add_parser(
         "serve", help="serve models over HTTP (Open Inference Protocol v2, OpenAI API)",
@@ -254,10 +254,20 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Start the model server in the foreground until SIGTERM or Ctrl+C."""
-    from maaslab.serve.cli import run_serve
+    """Start the model server in the foreground until SIGTERM or Ctrl+C (exit 0 after a drain)."""
+    from maaslab.serve.config import config_from_args
+    from maaslab.serve.runner import serve
 
-    return run_serve(args)
+    config = config_from_args(args)
+
+    def ready(url: str) -> None:
+        # One line on stdout once it listens: scripts and tests wait for " on http://".
+        print(f"maaslab serve: {', '.join(config.models)} on {url} "
+              f"(batching {'on' if config.batching else 'off'})", flush=True)  # fmt: skip
+
+    code = serve(config, on_ready=ready)
+    print("maaslab serve: stopped", file=sys.stderr, flush=True)
+    return code
 
 
 COMMANDS = {
