@@ -131,7 +131,8 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise MaaslabError("every input must be an object with a 'name'")
         name, dtype = spec["name"], spec.get("datatype")
-        if dtype != "BYTES" and dtype not in NUMPY_DTYPES:
+        # a JSON object or list is unhashable: test the type before the dict lookup
+        if not isinstance(dtype, str) or (dtype != "BYTES" and dtype not in NUMPY_DTYPES):
             raise MaaslabError(f"input {name!r}: unknown datatype {dtype!r}")
         shape = _shape(spec.get("shape"), name)
         count = math.prod(shape)

@@ -29,6 +29,7 @@ CASES = {
     "shape and data disagree": ("digits-cnn", _pixels(GOOD_ROW, shape=(2, 64)), "elements"),
     "wrong datatype": ("digits-cnn", _pixels(["x"] * 64, datatype="BYTES"), "FP32"),
     "unknown datatype": ("digits-cnn", _pixels(GOOD_ROW, datatype="FP99"), "datatype"),
+    "datatype not a string": ("digits-cnn", _pixels(GOOD_ROW, datatype={}), "datatype"),
     "strings as numbers": ("digits-cnn", _pixels(["1"] * 64), "numbers"),
     "nan": (
         "digits-cnn",
