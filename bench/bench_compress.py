@@ -76,7 +76,7 @@ def main() -> None:
             line = f"P5 {verdict} (goal >= 2x): " + line
         print(line)
         summary.append(line)
-    print(f"\nthreads: {torch.get_num_threads()}; summary: " + " | ".join(summary))
+    print(f"\nthreads: {args.threads or torch.get_num_threads()}; summary: " + " | ".join(summary))
 
 
 if __name__ == "__main__":

@@ -136,12 +136,9 @@ def test_a_failing_variant_is_reported_in_its_row(monkeypatch):
     def refuse(model, example, path):
         raise MaaslabError("ONNX export of CNN failed: the exporter refused this test model")
 
-    variants_module.clear_cache()
     monkeypatch.setattr(variants_module, "export_onnx", refuse)
-    try:
-        table = compare("digits-cnn", ["onnx-fp32", "int8-dynamic"], repeats=1, shap_inputs=0)
-    finally:
-        variants_module.clear_cache()
+    # seed 5: a cache key no other test builds, so the export really runs (and fails)
+    table = compare("digits-cnn", ["onnx-fp32", "int8-dynamic"], repeats=1, shap_inputs=0, seed=5)
     broken = table.row("onnx-fp32")
     assert broken.error == "ONNX export of CNN failed: the exporter refused this test model"
     assert broken.accuracy is None and broken.latency_ms_1 is None
@@ -193,12 +190,9 @@ def test_export_round_trip_structured_pruning_keeps_the_smaller_layers(tmp_path,
     pytest.importorskip("maaslab.compress.prune")
     # No fine-tuning: this checks the folder format (shrunk FFN layers), not the pruning.
     monkeypatch.setitem(variants_module.FINETUNE_EPOCHS, "sentiment-minilm", 0)
-    variants_module.clear_cache()
-    try:
-        module = build_variant("sentiment-minilm", "pruned-structured").module
-        folder = export_variant("sentiment-minilm", "pruned-structured", tmp_path / "p")
-    finally:
-        variants_module.clear_cache()
+    module = build_variant("sentiment-minilm", "pruned-structured", seed=6).module
+    folder = export_variant("sentiment-minilm", "pruned-structured", tmp_path / "p", seed=6)
+    variants_module.clear_cache()  # the unfine-tuned copy must not stand in for the real one
     width = module.encoder.encoder.layer[0].intermediate.dense.out_features
     assert width < 1536  # MiniLM's FFN has 1536 neurons; structured pruning removed some
     loaded = load(folder)
