@@ -48,6 +48,7 @@ def my_slot() -> Slot:
     from streamlit.runtime import Runtime
 
     registry = slots()
+    # A tab closed (or disconnected) means its server would run on unseen: stop it.
     if Runtime.exists():  # under `streamlit run` (AppTest has no runtime)
         runtime = Runtime.instance()
         for sid in [s for s in registry if not runtime.is_active_session(s)]:
@@ -77,7 +78,8 @@ def start_form(slot: Slot) -> None:
         if not models:
             st.error("Choose at least one model to serve.")
             return
-        ss.pop(NOTE, None)
+        for key in (NOTE, CALL, LIVE, FINAL):  # nothing of the last server carries over
+            ss.pop(key, None)
         server = ServerProcess(models, host="127.0.0.1", port=0, batching=batching,
                                max_batch_size=int(size), max_delay_ms=float(delay),
                                max_queue=int(queue))  # fmt: skip
@@ -94,8 +96,9 @@ def watch_start() -> None:
     if task is None:
         return
     if task.running:
-        st.info(f"Starting the server: loading {', '.join(slot.server.models)}… "
-                f"(pid {slot.server.pid})", icon=":material/hourglass_top:")  # fmt: skip
+        pid = f" (pid {slot.server.pid})" if slot.server.pid else ""
+        st.info(f"Starting the server: loading {', '.join(slot.server.models)}…{pid}",
+                icon=":material/hourglass_top:")  # fmt: skip
         if st.button("Cancel", icon=":material/stop:", key="serve.cancel"):
             slot.stop()
             ss[NOTE] = ("info", "Start cancelled.")
@@ -117,7 +120,8 @@ def server_panel(slot: Slot) -> None:
                f"{mode} · queue {server.max_queue}", icon=":material/dns:")  # fmt: skip
     if st.button("Stop server", icon=":material/stop:", key="serve.stop"):
         code = slot.stop()
-        ss[NOTE] = ("info", f"Server stopped (SIGTERM, it drained and exited with code {code}).")
+        how = "it drained and exited" if code == 0 else "it exited"
+        ss[NOTE] = ("info", f"Server stopped (SIGTERM; {how} with code {code}).")
         st.rerun()
     with st.expander("Server log"):
         st.code(server.log_tail(40) or "(nothing printed yet)", language=None)
@@ -311,12 +315,15 @@ st.caption("A real model server in its own process on 127.0.0.1: Open Inference 
 slot = my_slot()
 if slot.server is not None and slot.starting is None and not slot.server.running:
     server, slot.server = slot.server, None
-    ss[NOTE] = ("error", f"The server exited (code {server.process.returncode}). Its last "
-                f"output:\n\n{server.log_tail(20)}")  # fmt: skip
+    ss[NOTE] = ("error", f"The server exited on its own (code {server.process.returncode}); "
+                f"its last output:\n{server.log_tail(20)}")  # fmt: skip
     slot.stop()
 if NOTE in ss:
     level, text = ss[NOTE]
-    (st.error if level == "error" else st.info)(text)
+    first, _, rest = text.partition("\n")  # a server's own output follows the first line
+    (st.error if level == "error" else st.info)(first)
+    if rest.strip():
+        st.code(rest.strip(), language=None)
 st.header("Server")
 if slot.server is None:
     start_form(slot)

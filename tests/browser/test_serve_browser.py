@@ -60,8 +60,9 @@ def test_start_call_load_and_stop_a_server(page: Page, app_url, shot, request):
     main.get_by_role("button", name="Start load").click()
     expect(main.get_by_role("button", name="Stop load")).to_be_visible(timeout=30_000)
     expect(page.get_by_text("Throughput, last 3 s")).to_be_visible()
-    heading.evaluate("h => h.scrollIntoView({block: 'start'})")
     page.wait_for_timeout(1500)  # a few half-second updates
+    heading.evaluate("h => h.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(300)
     shot("serve-load-live")
     summary = page.get_by_text(re.compile(r"digits-cnn c=16: \d+/\d+ ok"))
     expect(summary).to_be_visible(timeout=60_000)
