@@ -118,6 +118,14 @@ def _text_tokens_to_words(x: str, tokens: list[str], values: np.ndarray) -> np.n
     return np.asarray(values, dtype=np.float64)[keep]
 
 
+def _one_word(model: Explainable, x: str, target: int) -> tuple[np.ndarray, float]:
+    # With one player the Shapley value is exact: f(text) - f(all masked). shap's text
+    # explainers fail on a one-word text (an empty array reduction), so it is computed here.
+    masked = _text_masker()(np.zeros(1, dtype=bool), x)[0][0]
+    base, full = _target_fn(model, target)([masked, x])
+    return np.array([full - base], dtype=np.float64), float(base)
+
+
 def kernel_shap(model: Explainable, x: Any, target: int, seed: int, budget: int):
     """KernelSHAP: Shapley values from a weighted regression over sampled coalitions."""
     import shap
@@ -133,6 +141,8 @@ def permutation_shap(model: Explainable, x: Any, target: int, seed: int, budget:
     import shap
 
     if model.kind == "text":
+        if model.n_features(x) == 1:
+            return _one_word(model, x, target)
         masker = _text_masker()
         explainer = shap.PermutationExplainer(_target_fn(model, target), masker, seed=seed)
         with _numpy_seed(seed):  # shap seeds NumPy's global generator only when it is built
@@ -150,6 +160,8 @@ def partition_shap(model: Explainable, x: Any, target: int, seed: int, budget: i
     """Partition SHAP: Owen values over a hierarchy of word groups (shap's text default)."""
     import shap
 
+    if model.n_features(x) == 1:
+        return _one_word(model, x, target)
     masker = _text_masker()
     explainer = shap.PartitionExplainer(_target_fn(model, target), masker, seed=seed)
     with _numpy_seed(seed):

@@ -48,7 +48,6 @@ from maaslab.explain import (
     Explainable,
     explain,
     explainable,
-    words_of,
 )
 from maaslab.serve.batching import RequestTimeout
 from maaslab.serve.errors import ERROR_RESPONSES
@@ -144,16 +143,8 @@ def parameters(body: dict[str, Any]) -> tuple[object, int, int | None]:
 
 def check_rows(explainer: Explainable, rows: list[Any], method: str) -> None:
     """Refuse inputs a method cannot explain, before any work starts."""
-    for i, x in enumerate(rows):
+    for x in rows:
         explainer.check_input(x)  # empty text, too many words, wrong size: a clear message
-        # shap's text masker builds a word clustering and fails on a single word (shap 0.4x).
-        if (
-            explainer.kind == "text"
-            and METHODS[method].library == "shap"
-            and len(words_of(x)[0]) < 2
-        ):
-            raise MaaslabError(f"text {i} has one word; {METHODS[method].label} needs at least "
-                               "two (use method 'lime', or add a word)")  # fmt: skip
 
 
 def explain_rows(

@@ -120,7 +120,6 @@ def test_binary_tensor_request_and_outputs(server, digits):
          400, f"at most {MAX_WORDS}"),
         ("sentiment-minilm", texts(""), {"method": "lime"}, 400, "empty"),
         ("sentiment-minilm", texts("?!"), {"method": "lime"}, 400, "empty"),
-        ("sentiment-minilm", texts("boring"), {"method": "shap"}, 400, "one word"),
         ("sentiment-minilm", texts("good film"), {"method": "lime", "target": 2}, 400, "target"),
         ("sentiment-minilm", texts("good film"), {"method": "lime", "seed": -1}, 400, "seed"),
         ("sentiment-minilm", texts(*["good film"] * 9), {"method": "lime"}, 400, "at most 8"),

@@ -112,6 +112,15 @@ def test_text_shap_adds_up_to_the_prediction(sentiment):
     assert explain(sentiment, REVIEW, "partition_shap").target_name == "positive"
 
 
+def test_a_one_word_text_gets_its_exact_shapley_value(sentiment):
+    # One player: its value is f(text) - f(empty text), and it adds up exactly.
+    full, empty = sentiment.predict(["boring.", ""])[:, 0]
+    for method in ("permutation_shap", "partition_shap"):
+        a = explain(sentiment, "boring.", method, target=0, seed=0)
+        assert a.values == pytest.approx([full - empty], abs=1e-6)
+        assert a.base_value == pytest.approx(empty, abs=1e-6)
+
+
 def test_lime_on_tables_reports_contributions_not_coefficients(tab):
     # Contributions (coefficient x standardized value) of LIME's surrogate add up to its own
     # local prediction, which is close to the model's for this confident row.
