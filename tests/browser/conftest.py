@@ -76,7 +76,11 @@ def app_url(tmp_path_factory):
         raise RuntimeError(f"the app did not start; see {log.name}")
     yield url
     proc.terminate()
-    proc.wait(10)
+    try:
+        proc.wait(30)  # Streamlit stops its sessions (and the servers pages started) first
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     log.close()
 
 
