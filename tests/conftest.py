@@ -10,7 +10,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-AREAS = ("unit", "app", "notebooks", "server", "browser")  # each must contribute tests in a full run
+# each must contribute tests in a full run
+AREAS = ("unit", "app", "notebooks", "server", "browser")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Browser tests run last: pytest-playwright's session-wide sync API keeps an asyncio loop
+    marked running on the main thread until the session ends, and asyncio.run() refuses to
+    start inside it (the server tests drive clients with asyncio.run)."""
+    items.sort(key=lambda item: "browser" in Path(item.path).relative_to(ROOT).parts)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -13,7 +13,14 @@ from maaslab.lessons import guide_sentences
 from maaslab.models.encoder import nearest
 from maaslab.models.gpt import MAX_NEW_TOKENS
 from maaslab.registry import load
-from maaslab.zoo import LOADERS, image_to_pixels, paint
+from maaslab.zoo import (
+    LOADERS,
+    DigitsClassifier,
+    SentimentModel,
+    TextGenerator,
+    image_to_pixels,
+    paint,
+)
 
 ss = st.session_state
 CANVAS, GENERATED = "infer.canvas", "infer.generated"
@@ -230,11 +237,12 @@ st.query_params["model"] = name
 model = model_named(name)
 st.caption(f"Model `{name}` · device {model.device}")
 
-if name.startswith("digits"):
+# The wrapper's type says which panel fits (the distilled student is a sentiment model too).
+if isinstance(model, DigitsClassifier):
     digits_panel(model)
-elif name == "sentiment-minilm":
+elif isinstance(model, SentimentModel):
     sentiment_panel(model)
-elif name == "mini-gpt":
+elif isinstance(model, TextGenerator):
     gpt_panel(model)
 else:
     embed_panel(model, name)
