@@ -135,12 +135,9 @@ def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
         raise MaaslabError(f"corrupted or unreadable safetensors file {path}: {err}") from None
 
 
-def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> nn.Module:
-    """Rebuild a model from its folder, load its weights, put it in eval mode on `device`."""
-    folder = Path(folder)
-    config = read_config(folder)
-    model = build_model(config["model_type"], **config.get("config", {}))
-    state = read_safetensors(folder / WEIGHTS_FILE)
+def load_weights(model: nn.Module, state: dict[str, torch.Tensor], folder: Path) -> None:
+    """Load a folder's weights into a model built from its config (a clear message if they do
+    not fit); models that save only part of themselves load through load_trained_state."""
     try:
         if hasattr(model, "load_trained_state"):
             model.load_trained_state(state)
@@ -149,6 +146,14 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> nn.
     except (RuntimeError, MaaslabError) as err:
         first = str(err).strip().splitlines()[0]
         raise MaaslabError(f"weights in {folder} do not fit its config: {first}") from None
+
+
+def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> nn.Module:
+    """Rebuild a model from its folder, load its weights, put it in eval mode on `device`."""
+    folder = Path(folder)
+    config = read_config(folder)
+    model = build_model(config["model_type"], **config.get("config", {}))
+    load_weights(model, read_safetensors(folder / WEIGHTS_FILE), folder)
     return model.to(device).eval()
 
 

@@ -1,6 +1,5 @@
 """Compress: a model's variants measured side by side, the P5 verdict, and one exported."""
 
-import gc
 import os
 import re
 import shlex
@@ -53,17 +52,14 @@ def run(model: str, variants: list[str], repeats: int, shap_inputs: int, threads
 
 @st.cache_resource(show_spinner="Loading the ONNX exporter and SHAP (once per server)…")
 def prepare() -> bool:
-    """Import what a comparison uses, then exclude those long-lived objects from GC scans.
+    """Import what a comparison uses once, behind a spinner, before the first run starts.
 
-    Streamlit runs a full gc.collect() after every script run, fragments included. With torch,
-    the ONNX exporter (and sympy) and shap loaded that scan takes 0.3-0.8 s here, so a progress
-    poll every second left the comparison's thread almost no time. Module-level objects live as
-    long as the server anyway; gc.freeze() moves them out of the collector's way.
+    (The app's config turns off Streamlit's garbage-collection pass after every script run,
+    which with these modules loaded starved the comparison's thread.)
     """
     import shap  # noqa: F401
     import torch.onnx._internal.exporter._compat  # noqa: F401
 
-    gc.freeze()
     return True
 
 

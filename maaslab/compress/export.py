@@ -34,6 +34,7 @@ from maaslab.registry import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     atomic_folder,
+    load_weights,
     read_config,
     read_safetensors,
     write_json,
@@ -101,14 +102,7 @@ def _text_model(folder: Path, config: dict[str, Any]) -> nn.Module:
     model = build_model(config["model_type"], **config.get("config", {}))
     state = read_safetensors(folder / WEIGHTS_FILE)
     _fit_linears(model, state)
-    try:
-        if hasattr(model, "load_trained_state"):
-            model.load_trained_state(state)
-        else:
-            model.load_state_dict(state, strict=True)
-    except (RuntimeError, MaaslabError) as err:
-        first = str(err).strip().splitlines()[0]
-        raise MaaslabError(f"weights in {folder} do not fit its config: {first}") from None
+    load_weights(model, state, folder)
     if hasattr(model, "merge"):
         model.merge()
     return model.eval()

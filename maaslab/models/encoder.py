@@ -157,3 +157,17 @@ def nearest(query: np.ndarray, corpus: np.ndarray, k: int = 5) -> tuple[np.ndarr
     scores = query @ corpus.T  # (Q, N): cosine similarity of unit vectors
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(scores, order, axis=1)
+
+
+def load_exact_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a partial state (what `model.trained_state()` saves): every expected tensor must be
+    there and nothing else; the rest of the model keeps its weights."""
+    expected = model.trained_state()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        named = (missing or extra)[0]
+        raise MaaslabError(
+            f"{len(missing)} weight(s) missing and {len(extra)} unexpected, e.g. {named!r}"
+        )
+    model.load_state_dict(state, strict=False)

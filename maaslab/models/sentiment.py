@@ -22,7 +22,14 @@ import torch
 from torch import nn
 
 from maaslab.errors import MaaslabError
-from maaslab.models.encoder import MINILM, check_texts, load_encoder, mean_pool, tokenize
+from maaslab.models.encoder import (
+    MINILM,
+    check_texts,
+    load_encoder,
+    load_exact_state,
+    mean_pool,
+    tokenize,
+)
 
 # The linear layers inside the encoder's blocks (attention q, k, v and output; the two MLP
 # layers). The pooler's `dense` is left out: mean pooling does not use it.
@@ -99,15 +106,7 @@ class SentimentClassifier(nn.Module):
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
         """Load what `trained_state` saved; every expected tensor must be there, nothing else."""
-        expected = self.trained_state()
-        missing = sorted(set(expected) - set(state))
-        extra = sorted(set(state) - set(expected))
-        if missing or extra:
-            named = (missing or extra)[0]
-            raise MaaslabError(
-                f"{len(missing)} weight(s) missing and {len(extra)} unexpected, e.g. {named!r}"
-            )
-        self.load_state_dict(state, strict=False)
+        load_exact_state(self, state)
 
     def merge(self) -> SentimentClassifier:
         """Fold the adapters into the encoder's weights (same outputs, faster); returns self."""
