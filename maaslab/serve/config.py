@@ -24,6 +24,9 @@ class ServeConfig:
     max_delay_ms: float = 5.0  # how long the first request of a batch waits for company
     max_queue: int = 256  # requests waiting per model; one more gets 503 + Retry-After at once
     batching: bool = True  # False runs every request alone (still queued and bounded)
+    # Model instances per model (Triton's instance count): workers sharing one queue, each
+    # running its own batch in its own thread, so one fills while another computes.
+    instances: int = 1
     api_key_env: str | None = None  # name of the environment variable holding the Bearer key
     request_timeout_s: float = 30.0  # a request still waiting after this gets 504
     max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413 before parsing
@@ -41,6 +44,8 @@ class ServeConfig:
             raise MaaslabError(f"--max-batch-size must be 1..4096, got {self.max_batch_size}")
         if not 0 <= self.max_delay_ms <= 10_000:
             raise MaaslabError(f"--max-delay-ms must be 0..10000, got {self.max_delay_ms}")
+        if not 1 <= self.instances <= 64:
+            raise MaaslabError(f"--instances must be 1..64, got {self.instances}")
         if not 1 <= self.max_queue <= 1_000_000:
             raise MaaslabError(f"--max-queue must be 1..1000000, got {self.max_queue}")
         if not 0 < self.request_timeout_s <= 3600:
@@ -89,6 +94,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help=f"requests waiting per model before 503 (default: {d.max_queue})",
     )
     p.add_argument("--no-batching", action="store_true", help="run every request alone")
+    p.add_argument("--instances", type=int, default=d.instances,
+                   help="model instances per model, each running its own batches (default: "
+                   f"{d.instances}; on a CPU, N instances with OMP_NUM_THREADS=cores/N "
+                   "keep every core busy)")  # fmt: skip
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="environment variable holding the Bearer API key")  # fmt: skip
     p.add_argument(
@@ -106,6 +115,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
     return ServeConfig(
         models=args.models, host=args.host, port=args.port, device=args.device,
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
-        max_queue=args.max_queue, batching=not args.no_batching, api_key_env=args.api_key_env,
+        max_queue=args.max_queue, batching=not args.no_batching, instances=args.instances,
+        api_key_env=args.api_key_env,
         request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes,
     )  # fmt: skip

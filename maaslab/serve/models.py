@@ -174,7 +174,8 @@ def load_models(
             batcher = Batcher(name, batch_function(wrapper, kind),
                               max_batch_size=config.effective_batch_size,
                               max_delay_s=config.effective_delay_s,
-                              max_queue=config.max_queue)  # fmt: skip
+                              max_queue=config.max_queue,
+                              instances=config.instances)  # fmt: skip
         served[name] = ServedModel(name, kind, wrapper, torch.device(wrapper.device), batcher,
                                    precision, time.perf_counter() - started)  # fmt: skip
     return served

@@ -45,6 +45,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from maaslab.errors import MaaslabError
+from maaslab.models.encoder import tokenize
 from maaslab.serve.batching import RequestTimeout
 from maaslab.serve.models import check_served_texts
 from maaslab.serve.openai_schema import (
@@ -397,10 +398,8 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingRespo
         vectors = (await run_in_threadpool(model.wrapper.embed, texts)).embeddings
     vectors = np.asarray(vectors, dtype=np.float32)
     # Word pieces MiniLM read, [CLS] and [SEP] included, as many as were kept after truncation.
-    ids = await run_in_threadpool(
-        lambda: encoder.tokenizer(texts, truncation=True, max_length=encoder.max_length)
-    )
-    tokens = sum(len(i) for i in ids["input_ids"])
+    batch, _ = await run_in_threadpool(tokenize, encoder.tokenizer, texts, encoder.max_length, None)
+    tokens = int(sum(sum(mask) for mask in batch["attention_mask"]))
     if body.encoding_format == "base64":
         data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
     else:

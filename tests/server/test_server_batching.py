@@ -105,6 +105,39 @@ def test_failures_reach_only_their_requests():
     assert ok == 1 and isinstance(bad, ValueError)
 
 
+def test_instances_run_batches_side_by_side_and_drain_on_close():
+    # Two instances: while one sleeps in its batch, the other takes the next from the queue.
+    seen: list[list[int]] = []
+    threads: set[str] = set()
+
+    def run(payloads):
+        import threading
+
+        threads.add(threading.current_thread().name)
+        return _recording(seen, pause=0.2)(payloads)
+
+    async def main():
+        b = Batcher("t", run, max_batch_size=2, max_delay_s=0, instances=2)
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(b.submit(i) for i in range(4)))
+        elapsed = time.perf_counter() - started
+        late = asyncio.ensure_future(b.submit(9))
+        await asyncio.sleep(0)
+        await b.close()  # the queued request is still answered
+        return answers, elapsed, await late
+
+    answers, elapsed, late = asyncio.run(main())
+    assert answers == [0, 10, 20, 30] and late == 90
+    assert sorted(len(batch) for batch in seen[:2]) == [2, 2]
+    assert elapsed < 0.38  # two batches of 0.2 s at once, not one after the other (0.4 s)
+    assert len(threads) == 2
+
+
+def test_instances_must_be_positive():
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher("t", lambda ps: ps, instances=0)
+
+
 def test_batch_function_falls_back_per_request(shared_wrappers):
     # One payload the wrapper refuses must not spoil the others in its batch.
     model = shared_wrappers.get_or_load(("digits-cnn",))["digits-cnn"]
@@ -152,6 +185,29 @@ def test_concurrent_requests_are_batched_over_http(start_server, shared_wrappers
         np.testing.assert_allclose(got, model.predict(part).probabilities, atol=1e-6)
     rows, batches = _batch_sizes(srv.url)
     assert rows == 24 and batches < len(parts)
+
+
+def test_two_instances_answer_text_models_as_one(start_server, shared_wrappers):
+    # Two instances tokenize and run in two threads at once; every answer must still be the
+    # model's own, in the order asked.
+    from maaslab.reviews import load_reviews
+
+    srv = start_server(models=["sentiment-minilm"], instances=2, max_batch_size=4,
+                       max_delay_ms=1)  # fmt: skip
+    texts = list(load_reviews("test").texts[:48])
+
+    async def main():
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(
+                client.post(srv.url + "/v2/models/sentiment-minilm/infer", json={"inputs": [
+                    {"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]})
+                for t in texts))  # fmt: skip
+
+    replies = asyncio.run(main())
+    assert [r.status_code for r in replies] == [200] * len(texts)
+    got = np.array([r.json()["outputs"][0]["data"] for r in replies])
+    want = shared_wrappers["sentiment-minilm"].predict(texts).probabilities
+    np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_no_batching_runs_requests_alone(start_server):

@@ -29,9 +29,10 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["--host", "0.0.0.0"], None, "refusing to listen on 0.0.0.0 without an API key"),
         (["--host", "::", "--api-key-env", "K"], {"K": "short"}, "too short"),
         (["--max-batch-size", "0"], None, "--max-batch-size must be"),
+        (["--instances", "0"], None, "--instances must be 1..64"),
         (["--models", "no-such-model", "--port", "0"], None, "unknown model 'no-such-model'"),
     ],
-    ids=["no-key", "short-key", "bad-batch", "unknown-model"],
+    ids=["no-key", "short-key", "bad-batch", "no-instances", "unknown-model"],
 )
 def test_refusals_are_one_line_and_exit_2(args, env, words):
     done = _serve(*args, env=env)
