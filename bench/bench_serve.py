@@ -9,8 +9,11 @@ P4: served throughput / in-process SentimentModel.predict throughput on batches 
 Overload: an open-loop arrival rate of 3x the measured capacity against a server with a small
 queue: no crash, every accepted request answered, 503 rejects answered in < 50 ms (p99).
 
-Every server runs in its own process; the load generator runs in this one. All of them share
-this machine's cores, so the client's HTTP work is paid from the same CPU budget as the model.
+Every server runs in its own process with the server's defaults (one model instance, torch's
+own thread count) unless --instances/--threads say otherwise; LitServe gets as many workers as
+we get instances, and the in-process reference as many torch threads as the server has in all.
+The load generator runs in this process. All of them share this machine's cores, so the
+client's HTTP work is paid from the same CPU budget as the model.
 Rounds are interleaved (on, off, LitServe, on, off, LitServe, ...) so machine noise hits each
 alike; the median round is reported.
 """
@@ -49,7 +52,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_litserve(max_batch_size: int, batch_timeout_s: float, threads: int | None) -> tuple:
+def start_litserve(max_batch_size: int, batch_timeout_s: float, threads: int | None,
+                   workers: int) -> tuple:  # fmt: skip
     """bench/litserve_sentiment.py as a child process; (process, url) once /health answers."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -57,7 +61,8 @@ def start_litserve(max_batch_size: int, batch_timeout_s: float, threads: int | N
         env["OMP_NUM_THREADS"] = str(threads)
     proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "litserve_sentiment.py"),
                              "--port", str(port), "--max-batch-size", str(max_batch_size),
-                             "--batch-timeout", str(batch_timeout_s)], cwd=ROOT, env=env,
+                             "--batch-timeout", str(batch_timeout_s), "--workers",
+                             str(workers)], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
@@ -113,19 +118,27 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per measured round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server")
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per process; 0: torch decides (default 1)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per instance; 0: the server's default (torch's "
+                        "own, shared by the instances)")  # fmt: skip
+    parser.add_argument(
+        "--instances",
+        type=int,
+        default=1,
+        help="model instances in each maaslab server (LitServe workers)",
+    )
     parser.add_argument("--no-litserve", action="store_true", help="skip P3")
     parser.add_argument("--device", default="cpu", help="cpu or cuda for the maaslab servers")
     args = parser.parse_args()
 
-    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    per_instance = args.threads or max(1, torch.get_num_threads() // args.instances)
+    total = per_instance * args.instances
+    env = {"OMP_NUM_THREADS": str(per_instance)} if args.threads or args.instances > 1 else {}
+    torch.set_num_threads(total)  # the in-process reference uses what the server uses in all
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
           f"python {platform.python_version()}, torch {torch.__version__}")  # fmt: skip
-    print(f"device: {describe().summary()}; torch threads here {torch.get_num_threads()}, "
-          f"per server {args.threads or 'default'}; load average before start "
+    print(f"device: {describe().summary()}; torch threads in-process {torch.get_num_threads()}, "
+          f"per server {args.instances} instance(s) x {per_instance}; load average before start "
           f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
     print(f"settings: {MODEL}, concurrency {args.concurrency} (closed loop, 1 review per "
           f"request), {args.rounds} x {args.seconds:g} s rounds, max batch 32, max delay "
@@ -134,13 +147,14 @@ def main() -> None:
     inproc = InProcess(32)
     inproc_runs: list[tuple[float, float]] = []
     common = {"max_batch_size": 32, "max_delay_ms": args.max_delay_ms, "device": args.device,
-              "env": env}  # fmt: skip
+              "env": env, "instances": args.instances}  # fmt: skip
     servers = {"on": ServerProcess([MODEL], batching=True, **common).start(180),
                "off": ServerProcess([MODEL], batching=False, **common).start(180)}  # fmt: skip
     urls = {k: s.url for k, s in servers.items()}
     lit = None
     if not args.no_litserve:
-        lit = start_litserve(32, args.max_delay_ms / 1000, args.threads)
+        lit = start_litserve(32, args.max_delay_ms / 1000, env.get("OMP_NUM_THREADS"),
+                             args.instances)  # fmt: skip
         urls["litserve"] = lit[1]
     texts = load_reviews("test").texts
     bodies = {k: request_bodies(MODEL) for k in ("on", "off")}

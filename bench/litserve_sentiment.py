@@ -3,6 +3,7 @@
 The same merged model and the same `SentimentModel.predict` call as `python -m maaslab serve`;
 a JSON route: POST /predict {"text": "..."} -> {"probabilities": [neg, pos], "label": "..."}.
 Run: python bench/litserve_sentiment.py --port 8100 [--max-batch-size 32] [--batch-timeout 0.005]
+[--workers 1]
 """
 
 from __future__ import annotations
@@ -50,9 +51,12 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--batch-timeout", type=float, default=0.005, help="seconds")
+    parser.add_argument("--workers", type=int, default=1, help="inference workers (processes)")
     args = parser.parse_args()
     api = SentimentAPI(max_batch_size=args.max_batch_size, batch_timeout=args.batch_timeout)
-    server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60)
+    server = ls.LitServer(
+        api, accelerator="cpu", devices=1, workers_per_device=args.workers, timeout=60
+    )
     server.run(host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning",
                generate_client_file=False)  # fmt: skip
 

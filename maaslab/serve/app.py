@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi import FastAPI
@@ -40,7 +41,13 @@ def create_app(config: ServeConfig | None = None, *, api_key: str | None = None,
     preloaded : served name -> zoo wrapper already in memory, reused instead of loading again.
     """
     config = config or ServeConfig()
-    served = models if models is not None else load_models(config, preloaded)
+    # The threads every model is loaded and run on (one per instance): see serve.batching.
+    compute = ThreadPoolExecutor(config.instances, thread_name_prefix="maaslab-compute")
+    try:
+        served = models if models is not None else load_models(config, preloaded, compute)
+    except BaseException:
+        compute.shutdown(wait=False)
+        raise
     metrics = ServerMetrics()
     for model in served.values():
         if model.batcher is not None:
@@ -58,6 +65,7 @@ def create_app(config: ServeConfig | None = None, *, api_key: str | None = None,
         for model in served.values():
             if model.batcher is not None:
                 await model.batcher.close()
+        compute.shutdown(wait=True)
 
     app = FastAPI(title="MaaS Lab model server", version=__version__, description=DESCRIPTION,
                   lifespan=lifespan, responses=ERROR_RESPONSES)  # fmt: skip

@@ -4,6 +4,7 @@ and the `python -m maaslab serve` flags that fill it."""
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from maaslab.errors import MaaslabError
@@ -24,9 +25,12 @@ class ServeConfig:
     max_delay_ms: float = 5.0  # how long the first request of a batch waits for company
     max_queue: int = 256  # requests waiting per model; one more gets 503 + Retry-After at once
     batching: bool = True  # False runs every request alone (still queued and bounded)
-    # Model instances per model (Triton's instance count): workers sharing one queue, each
-    # running its own batch in its own thread, so one fills while another computes.
+    # Model instances (Triton's instance count): compute threads, and workers per model that
+    # share its queue, each running its own batch, so one fills while another computes.
     instances: int = 1
+    # Torch CPU threads in the server process; None: torch's default with one instance, else
+    # cores / instances (unless OMP_NUM_THREADS says otherwise).
+    threads: int | None = None
     api_key_env: str | None = None  # name of the environment variable holding the Bearer key
     request_timeout_s: float = 30.0  # a request still waiting after this gets 504
     max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413 before parsing
@@ -46,6 +50,8 @@ class ServeConfig:
             raise MaaslabError(f"--max-delay-ms must be 0..10000, got {self.max_delay_ms}")
         if not 1 <= self.instances <= 64:
             raise MaaslabError(f"--instances must be 1..64, got {self.instances}")
+        if self.threads is not None and not 1 <= self.threads <= 1024:
+            raise MaaslabError(f"--threads must be 1..1024, got {self.threads}")
         if not 1 <= self.max_queue <= 1_000_000:
             raise MaaslabError(f"--max-queue must be 1..1000000, got {self.max_queue}")
         if not 0 < self.request_timeout_s <= 3600:
@@ -54,6 +60,14 @@ class ServeConfig:
             )
         if not 1024 <= self.max_body_bytes <= 1024**3:
             raise MaaslabError(f"--max-body-bytes must be 1 KiB..1 GiB, got {self.max_body_bytes}")
+
+    def torch_threads(self, cores: int | None, environ: Mapping[str, str]) -> int | None:
+        """CPU threads the server gives torch, or None to leave torch's default alone."""
+        if self.threads is not None:
+            return self.threads
+        if self.instances > 1 and "OMP_NUM_THREADS" not in environ:
+            return max(1, (cores or 1) // self.instances)
+        return None
 
     @property
     def effective_batch_size(self) -> int:
@@ -95,9 +109,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-batching", action="store_true", help="run every request alone")
     p.add_argument("--instances", type=int, default=d.instances,
-                   help="model instances per model, each running its own batches (default: "
-                   f"{d.instances}; on a CPU, N instances with OMP_NUM_THREADS=cores/N "
-                   "keep every core busy)")  # fmt: skip
+                   help="model instances (compute threads), each running its own batches "
+                   f"(default: {d.instances})")  # fmt: skip
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's own with one instance, else "
+                   "cores / instances)")  # fmt: skip
     p.add_argument("--api-key-env", default=None, metavar="VAR",
                    help="environment variable holding the Bearer API key")  # fmt: skip
     p.add_argument(
@@ -116,6 +132,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         models=args.models, host=args.host, port=args.port, device=args.device,
         max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
         max_queue=args.max_queue, batching=not args.no_batching, instances=args.instances,
+        threads=args.threads,
         api_key_env=args.api_key_env,
         request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes,
     )  # fmt: skip

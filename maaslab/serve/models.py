@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,15 +147,25 @@ def try_half(wrapper: Any, kind: str, texts: Sequence[str] | None = None) -> str
     return "fp32"
 
 
-def load_models(
-    config: ServeConfig, preloaded: dict[str, Any] | None = None
-) -> dict[str, ServedModel]:
+def on(executor: ThreadPoolExecutor | None, fn: Callable[..., Any], *args: Any,
+       **kwargs: Any) -> Any:  # fmt: skip
+    """fn(*args, **kwargs) on the executor's thread and wait for it (here when None)."""
+    if executor is None:
+        return fn(*args, **kwargs)
+    return executor.submit(fn, *args, **kwargs).result()
+
+
+def load_models(config: ServeConfig, preloaded: dict[str, Any] | None = None,
+                executor: ThreadPoolExecutor | None = None) -> dict[str, ServedModel]:  # fmt: skip
     """Load every --models item on the configured device, with a batcher for tensor models.
 
     Parameters
     ----------
     config : what to load and how to batch it.
     preloaded : served name -> wrapper already in memory (tests share one load across servers).
+    executor : compute threads shared by every batcher; models are loaded on the first of them
+        so torch's CPU thread team lives there alone (see maaslab.serve.batching). None: each
+        batcher gets threads of its own and models load on the calling thread.
     """
     from maaslab.device import get_device
     from maaslab.registry import load
@@ -166,16 +177,16 @@ def load_models(
         if name in served:
             raise MaaslabError(f"two --models items are both served as {name!r}")
         started = time.perf_counter()
-        wrapper = (preloaded or {}).get(name) or load(spec, device=str(device))
+        wrapper = (preloaded or {}).get(name) or on(executor, load, spec, device=str(device))
         kind = kind_of(wrapper)
-        precision = try_half(wrapper, kind) if config.half_precision else "fp32"
+        precision = on(executor, try_half, wrapper, kind) if config.half_precision else "fp32"
         batcher = None
         if kind != "generator":
             batcher = Batcher(name, batch_function(wrapper, kind),
                               max_batch_size=config.effective_batch_size,
                               max_delay_s=config.effective_delay_s,
                               max_queue=config.max_queue,
-                              instances=config.instances)  # fmt: skip
+                              instances=config.instances, executor=executor)  # fmt: skip
         served[name] = ServedModel(name, kind, wrapper, torch.device(wrapper.device), batcher,
                                    precision, time.perf_counter() - started)  # fmt: skip
     return served

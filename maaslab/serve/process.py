@@ -49,13 +49,14 @@ class ServerProcess:
     host, port : where to listen; port 0 lets the OS pick a free one (read it from `.port`).
     batching : False passes --no-batching (every request runs alone).
     max_batch_size, max_delay_ms, max_queue : dynamic batching and the bounded queue.
+    instances : model instances (compute threads) in the server.
     device : "cpu", "cuda" or "auto".
     api_key_env : name of the environment variable holding the Bearer key (needed off loopback).
     extra_args : more CLI flags, e.g. ("--request-timeout-s", "10").
     env : extra environment variables for the child.
-    threads : torch CPU threads in the server (None: torch's default, one per core). One is
-        best when a load generator or other servers share the cores: two threads that each wait
-        for a busy core at every operation are slower than one that never waits.
+    threads : torch CPU threads in the server (None: the server's default, one per core shared
+        by the instances). One is best when several servers share the cores: two threads that
+        each wait for a busy core at every operation are slower than one that never waits.
     """
 
     def __init__(
@@ -73,6 +74,7 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         threads: int | None = None,
+        instances: int = 1,
     ) -> None:
         self.models = (models,) if isinstance(models, str) else tuple(models)
         self.host, self.requested_port = host, port
@@ -83,6 +85,9 @@ class ServerProcess:
             max_queue,
         )
         self.device, self.api_key_env = device, api_key_env
+        if not 1 <= instances <= 64:
+            raise MaaslabError(f"instances must be 1..64, got {instances}")
+        self.instances = instances
         self.extra_args = tuple(str(a) for a in extra_args)
         if threads is not None and not 1 <= threads <= 256:
             raise MaaslabError(f"threads must be 1..256, got {threads}")
@@ -107,6 +112,8 @@ class ServerProcess:
                "--max-batch-size", str(self.max_batch_size),
                "--max-delay-ms", f"{self.max_delay_ms:g}",
                "--max-queue", str(self.max_queue)]  # fmt: skip
+        if self.instances != 1:
+            cmd += ["--instances", str(self.instances)]
         if not self.batching:
             cmd.append("--no-batching")
         if self.api_key_env:

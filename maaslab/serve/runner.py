@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import threading
@@ -82,7 +83,13 @@ def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) ->
     """
     # Refuse an open bind before spending seconds on imports and loading models.
     api_key = resolve_api_key(config.host, config.api_key_env)
+    import torch
+
     from maaslab.serve.app import create_app
+
+    threads = config.torch_threads(os.cpu_count(), os.environ)
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     sock = bind_socket(config.host, config.port)
     try:
