@@ -262,8 +262,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         # One line on stdout once it listens: scripts and tests wait for " on http://".
+        import torch
+
+        instances = f"{config.instances} instance{'s' if config.instances > 1 else ''}"
         print(f"maaslab serve: {', '.join(config.models)} on {url} "
-              f"(batching {'on' if config.batching else 'off'})", flush=True)  # fmt: skip
+              f"(batching {'on' if config.batching else 'off'}, {instances}, "
+              f"{torch.get_num_threads()} torch threads each)", flush=True)  # fmt: skip
 
     code = serve(config, on_ready=ready)
     print("maaslab serve: stopped", file=sys.stderr, flush=True)

@@ -65,7 +65,7 @@ class ServeConfig:
         """CPU threads the server gives torch, or None to leave torch's default alone."""
         if self.threads is not None:
             return self.threads
-        if self.instances > 1 and "OMP_NUM_THREADS" not in environ:
+        if self.instances > 1 and not environ.get("OMP_NUM_THREADS"):
             return max(1, (cores or 1) // self.instances)
         return None
 

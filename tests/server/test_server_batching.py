@@ -291,3 +291,34 @@ def test_half_precision_only_where_answers_hold():
     assert try_half(lost, "sentiment", ["a", "b"]) == "fp32"
     assert lost.model.weight.dtype == torch.float32
     assert try_half(kept, "digits", ["a"]) == "fp32"  # digits never switch
+
+
+def test_models_load_and_run_on_the_same_compute_thread(monkeypatch, shared_wrappers):
+    # One thread for loading and running keeps one OpenMP team in the process (see batching).
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    import maaslab.registry
+    from maaslab.serve.app import create_app
+    from maaslab.serve.config import ServeConfig
+
+    real = shared_wrappers.get_or_load(("digits-cnn",))["digits-cnn"]
+    threads: dict[str, str] = {}
+
+    def load(spec, device=None):
+        threads["load"] = threading.current_thread().name
+        return real
+
+    def predict(x):
+        threads["run"] = threading.current_thread().name
+        return type(real).predict(real, x)
+
+    monkeypatch.setattr(maaslab.registry, "load", load)
+    monkeypatch.setattr(real, "predict", predict)
+    app = create_app(ServeConfig(models=("digits-cnn",), port=0, device="cpu"))
+    pixels = {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}
+    with TestClient(app) as client:
+        reply = client.post("/v2/models/digits-cnn/infer", json={"inputs": [pixels]})
+    assert reply.status_code == 200
+    assert threads["load"] == threads["run"] and threads["load"].startswith("maaslab-compute")

@@ -12,6 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from maaslab.errors import MaaslabError
+from maaslab.serve.config import ServeConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "cli-test-key-0123456789abcdef"
 
@@ -59,3 +62,13 @@ def test_serve_with_a_key_from_the_environment(spawn_server):
     assert ok.status_code == 200
     srv.process.send_signal(signal.SIGTERM)  # an idle server stops at once, exit code 0
     assert srv.process.wait(timeout=30) == 0
+
+
+def test_torch_threads_follow_flags_environment_and_instances():
+    assert ServeConfig().torch_threads(8, {}) is None  # one instance: torch's own default
+    assert ServeConfig(instances=2).torch_threads(8, {}) == 4
+    assert ServeConfig(instances=3).torch_threads(2, {}) == 1
+    assert ServeConfig(instances=2).torch_threads(8, {"OMP_NUM_THREADS": "3"}) is None
+    assert ServeConfig(instances=2, threads=5).torch_threads(8, {"OMP_NUM_THREADS": "3"}) == 5
+    with pytest.raises(MaaslabError, match="--threads must be"):
+        ServeConfig(threads=0)

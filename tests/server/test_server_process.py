@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import httpx
@@ -23,7 +24,7 @@ def test_start_answers_then_sigterm_exits_zero():
                             "data": [0.0] * 64}]}  # fmt: skip
         answer = httpx.post(server.url + "/v2/models/digits-cnn/infer", json=body, timeout=30)
         assert answer.status_code == 200 and len(answer.json()["outputs"][0]["data"]) == 10
-        assert "(batching on)" in server.log_tail() and "running" in repr(server)
+        assert "(batching on, 1 instance" in server.log_tail() and "running" in repr(server)
         assert server.start() is server  # starting a running server does nothing
         assert server.stop(wait=False) is None  # SIGTERM sent; leaving the block waits
     assert not server.running and server.exit_code == 0  # SIGTERM drained and exited cleanly
@@ -43,6 +44,19 @@ def test_command_line_carries_every_setting():
     assert ServerProcess("digits-cnn", threads=1).env["OMP_NUM_THREADS"] == "1"
     with pytest.raises(MaaslabError, match="threads must be"):
         ServerProcess("digits-cnn", threads=0)
+    two = ServerProcess("digits-cnn", instances=2).command()
+    assert two[two.index("--instances") + 1] == "2"
+    assert "--instances" not in ServerProcess("digits-cnn").command()
+    with pytest.raises(MaaslabError, match="instances must be"):
+        ServerProcess("digits-cnn", instances=0)
+
+
+def test_two_instances_split_the_cores():
+    # The server gives each instance cores / instances torch threads unless told otherwise.
+    with ServerProcess(["digits-cnn"], instances=2) as server:
+        line = next(x for x in server.log_tail().splitlines() if " on http://" in x)
+    threads = os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // 2)
+    assert f"2 instances, {threads} torch threads each" in line
 
 
 def test_a_server_that_cannot_start_raises_with_its_message():
