@@ -63,11 +63,15 @@ def latency_histogram(result: LoadResult, bins: int = 40) -> go.Figure:
     if len(rejected):
         fig.add_histogram(x=rejected, nbinsx=bins, marker_color=TEST_COLOR, name="503 rejects",
                           hovertemplate="%{x} ms: %{y} rejects<extra></extra>")  # fmt: skip
-    for q, dash in (("p50", "solid"), ("p90", "dot"), ("p99", "dash")):
+    for i, (q, dash) in enumerate((("p50", "solid"), ("p90", "dot"), ("p99", "dash"))):
         value = getattr(result, f"{q}_ms")
         if np.isfinite(value):
+            # Labels one under another: close percentiles would otherwise print over each other.
             fig.add_vline(x=value, line_dash=dash, line_color="#111827",
-                          annotation_text=f"{q} {value:.0f} ms")  # fmt: skip
+                          annotation_text=f"{q} {value:.0f} ms",
+                          annotation={"y": 1 - 0.08 * i, "yref": "paper", "yanchor": "top",
+                                      "xanchor": "left",
+                                      "bgcolor": "rgba(255,255,255,0.85)"})  # fmt: skip
     fig.update_layout(**layout(), barmode="overlay", xaxis_title="latency (ms)",
                       yaxis_title="requests",
                       title=f"{result.model}, {result.concurrency} clients: "

@@ -45,6 +45,8 @@ def live_timeline(
                     line={"color": TRAIN_COLOR, "dash": "dot"}, row=1, col=1)  # fmt: skip
     fig.add_scatter(x=t, y=_finite([s.p50_ms for s in stats]), name="p50", mode="lines",
                     line={"color": SERIES_COLORS[2]}, row=2, col=1)  # fmt: skip
+    fig.add_scatter(x=t, y=_finite([s.p90_ms for s in stats]), name="p90", mode="lines",
+                    line={"color": SERIES_COLORS[5]}, row=2, col=1)  # fmt: skip
     fig.add_scatter(x=t, y=_finite([s.p99_ms for s in stats]), name="p99", mode="lines",
                     line={"color": TEST_COLOR}, row=2, col=1)  # fmt: skip
     if queue_depth is not None:

@@ -331,6 +331,7 @@ class LiveStats:
     throughput: float  # ok answers per second over the whole run
     recent_throughput: float  # ok answers per second over the last RECENT_WINDOW_S seconds
     p50_ms: float  # of the ok answers so far (nan before the first)
+    p90_ms: float
     p99_ms: float
     running: bool
 
@@ -406,5 +407,6 @@ class LoadGenerator:
             errors=int(len(status) - ok.sum() - (status == 503).sum()),
             throughput=float(ok.sum()) / elapsed if elapsed > 0 else 0.0,
             recent_throughput=recent, p50_ms=_percentile(latencies, 50),
-            p99_ms=_percentile(latencies, 99), running=self.running,
+            p90_ms=_percentile(latencies, 90), p99_ms=_percentile(latencies, 99),
+            running=self.running,
         )  # fmt: skip

@@ -9,17 +9,19 @@ from maaslab.serve.loadtest import LiveStats, LoadResult
 def stats(t: float, p50: float) -> LiveStats:
     """A snapshot at t seconds with the given median latency."""
     return LiveStats(elapsed_s=t, completed=int(10 * t), rejected=0, errors=0, throughput=10.0,
-                     recent_throughput=12.0, p50_ms=p50, p99_ms=2 * p50, running=True)  # fmt: skip
+                     recent_throughput=12.0, p50_ms=p50, p90_ms=1.5 * p50, p99_ms=2 * p50,
+                     running=True)  # fmt: skip
 
 
 def test_live_timeline_draws_every_series_and_leaves_gaps_for_nan():
     snaps = [stats(0.5, float("nan")), stats(1.0, 4.0), stats(1.5, 5.0)]
     fig = plots.live_timeline(snaps, [0.0, 3.0, 1.0])
     names = [trace.name for trace in fig.data]
-    assert names == ["last 3 s", "overall", "p50", "p99", "queue depth"]
-    assert list(fig.data[2].y) == [None, 4.0, 5.0] and list(fig.data[3].y) == [None, 8.0, 10.0]
-    assert list(fig.data[4].y) == [0.0, 3.0, 1.0] and list(fig.data[0].x) == [0.5, 1.0, 1.5]
-    assert len(plots.live_timeline(snaps).data) == 4  # no queue depth: no third panel
+    assert names == ["last 3 s", "overall", "p50", "p90", "p99", "queue depth"]
+    assert list(fig.data[2].y) == [None, 4.0, 5.0] and list(fig.data[3].y) == [None, 6.0, 7.5]
+    assert list(fig.data[4].y) == [None, 8.0, 10.0]
+    assert list(fig.data[5].y) == [0.0, 3.0, 1.0] and list(fig.data[0].x) == [0.5, 1.0, 1.5]
+    assert len(plots.live_timeline(snaps).data) == 5  # no queue depth: no third panel
 
 
 def test_latency_timeline_separates_ok_rejected_and_failed():
