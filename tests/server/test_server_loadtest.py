@@ -161,3 +161,14 @@ def test_open_loop_rate_spaces_the_requests(digits_server):
     assert np.all(np.sort(r.started_s) >= np.arange(20) / 100.0 - 1e-3)
     with pytest.raises(MaaslabError, match="rate must be"):
         run_load(digits_server.url, "digits-cnn", concurrency=1, requests=1, rate=0)
+
+
+def test_the_client_leaves_the_heap_out_of_gc_only_while_it_runs(digits_server):
+    # A full collection over torch's objects would stall the client and count as latency.
+    import gc
+
+    during: list[int] = []
+    r = run_load(digits_server.url, "digits-cnn", concurrency=2, requests=6,
+                 progress=lambda stage, fraction: during.append(gc.get_freeze_count()))  # fmt: skip
+    _consistent(r, 6)
+    assert min(during) > 0 and gc.get_freeze_count() == 0
