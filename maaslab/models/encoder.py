@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,24 @@ def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tenso
     """Average the token vectors of each text, padding left out: (B, T, C), (B, T) -> (B, C)."""
     weights = attention_mask.unsqueeze(-1).to(hidden.dtype)  # (B, T, 1)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+class PooledClassifier(nn.Module):
+    """A MiniLM-style encoder, mean pooling and a linear head; subclasses build `tokenizer`,
+    `pad_id`, `encoder`, `head` and `config` (with `max_length`)."""
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) int64 token ids padded with the tokenizer's pad id -> (B, C) logits."""
+        mask = (ids != self.pad_id).long()
+        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.head(mean_pool(hidden, mask))
+
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Texts -> (ids (N, L) int64 padded to the longest, truncated (N,) bool)."""
+        batch, truncated = tokenize(
+            self.tokenizer, check_texts(texts), self.config.max_length, None
+        )
+        return np.asarray(batch["input_ids"], dtype=np.int64), np.array(truncated)
 
 
 @dataclass(frozen=True)

@@ -13,22 +13,18 @@ leaving an ordinary BertModel with no adapter overhead.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from maaslab.errors import MaaslabError
 from maaslab.models.encoder import (
     MINILM,
-    check_texts,
+    PooledClassifier,
     load_encoder,
     load_exact_state,
-    mean_pool,
-    tokenize,
 )
 
 # The linear layers inside the encoder's blocks (attention q, k, v and output; the two MLP
@@ -58,7 +54,7 @@ class SentimentConfig:
             raise MaaslabError(f"max_length must be between 8 and 512, got {self.max_length}")
 
 
-class SentimentClassifier(nn.Module):
+class SentimentClassifier(PooledClassifier):
     """Token ids (B, L), right-padded -> class logits (B, len(labels))."""
 
     model_type: ClassVar[str] = "sentiment"
@@ -81,19 +77,6 @@ class SentimentClassifier(nn.Module):
         self.encoder = encoder
         self.head = nn.Linear(encoder.config.hidden_size, len(config.labels))
         self.merged = False
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) int64 token ids padded with the tokenizer's pad id -> (B, C) logits."""
-        mask = (ids != self.pad_id).long()
-        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return self.head(mean_pool(hidden, mask))
-
-    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Texts -> (ids (N, L) int64 padded to the longest, truncated (N,) bool)."""
-        batch, truncated = tokenize(
-            self.tokenizer, check_texts(texts), self.config.max_length, None
-        )
-        return np.asarray(batch["input_ids"], dtype=np.int64), np.array(truncated)
 
     # What a model folder stores: only the weights training changed.
     def trained_state(self) -> dict[str, torch.Tensor]:

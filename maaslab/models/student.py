@@ -11,22 +11,18 @@ tables and the head, and reads the word table from the MiniLM wheel when it is b
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
 from maaslab.errors import MaaslabError
 from maaslab.models.encoder import (
     MINILM,
-    check_texts,
+    PooledClassifier,
     load_encoder,
     load_exact_state,
-    mean_pool,
-    tokenize,
 )
 
 # Read from the pretrained encoder at build time and never trained, so never stored.
@@ -67,7 +63,7 @@ def spread(layers: int, total: int) -> tuple[int, ...]:
     return tuple(round(i * total / layers) for i in range(layers))
 
 
-class StudentClassifier(nn.Module):
+class StudentClassifier(PooledClassifier):
     """Token ids (B, L), right-padded -> class logits (B, len(labels)), with `layers` blocks."""
 
     model_type: ClassVar[str] = "sentiment-student"
@@ -92,19 +88,6 @@ class StudentClassifier(nn.Module):
             mine.load_state_dict(pretrained.encoder.layer[theirs].state_dict())
         self.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
         self.head = nn.Linear(small.hidden_size, len(config.labels))
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        """(B, L) int64 token ids padded with the tokenizer's pad id -> (B, C) logits."""
-        mask = (ids != self.pad_id).long()
-        hidden = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return self.head(mean_pool(hidden, mask))
-
-    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Texts -> (ids (N, L) int64 padded to the longest, truncated (N,) bool)."""
-        batch, truncated = tokenize(
-            self.tokenizer, check_texts(texts), self.config.max_length, None
-        )
-        return np.asarray(batch["input_ids"], dtype=np.int64), np.array(truncated)
 
     def copy_from(self, teacher: nn.Module) -> StudentClassifier:
         """Start from a trained classifier: its embeddings, chosen blocks and head; returns self.
