@@ -35,8 +35,9 @@ COLUMNS = {
 def table(comparison) -> str:
     """The comparison as aligned text, errors on their own lines."""
     frame = comparison.frame()[list(COLUMNS)].rename(columns=COLUMNS)
-    with pd.option_context("display.width", 200, "display.max_columns", 20,
-                           "display.float_format", "{:.3f}".format):  # fmt: skip
+    with pd.option_context(
+        "display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format
+    ):
         text = frame.to_string()
     errors = [f"  {r.name}: {r.error}" for r in comparison.rows if r.error]
     return text + ("\nfailed variants:\n" + "\n".join(errors) if errors else "")
@@ -46,11 +47,16 @@ def main() -> None:
     """Print each model's variant table, then the P5 verdict for sentiment-minilm."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per variant/batch")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="CPU threads, torch and ONNX Runtime (default: torch's)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads, torch and ONNX Runtime (default: torch's)",
+    )
     parser.add_argument("--models", default="sentiment-minilm,digits-cnn")
-    parser.add_argument("--variants", default=None,
-                        help="comma-separated variants (default: all that apply)")  # fmt: skip
+    parser.add_argument(
+        "--variants", default=None, help="comma-separated variants (default: all that apply)"
+    )
     args = parser.parse_args()
     print(f"device: {describe().summary()}")
     summary = []
@@ -58,20 +64,24 @@ def main() -> None:
         usable = variants_for(model)
         chosen = [v for v in args.variants.split(",") if v in usable] if args.variants else None
         result = compare(model, chosen, repeats=args.repeats, threads=args.threads)
-        print(f"\n{model}: {len(result.rows)} variants, accuracy on {result.examples} "
-              f"held-out examples, {result.repeats} interleaved calls per latency, "
-              f"{result.threads} thread(s), SHAP diff over {result.shap_inputs} inputs, "
-              f"{result.seconds:.0f} s")  # fmt: skip
+        print(
+            f"\n{model}: {len(result.rows)} variants, accuracy on {result.examples} "
+            f"held-out examples, {result.repeats} interleaved calls per latency, "
+            f"{result.threads} thread(s), SHAP diff over {result.shap_inputs} inputs, "
+            f"{result.seconds:.0f} s"
+        )
         print(table(result))
         best = result.best(max_drop_points=1.0)
         if best is None:
             summary.append(f"{model}: no variant within 1 point of fp32")
             continue
         verdict = "met" if best.speedup_1 >= 2.0 else "NOT met"
-        line = (f"{model}: best within 1 point at batch 1 = {best.name}, {best.speedup_1:.2f}x "
-                f"faster than fp32 eager ({best.latency_ms_1:.2f} vs "
-                f"{result.row('fp32').latency_ms_1:.2f} ms), accuracy drop "
-                f"{best.accuracy_drop:+.2f} points")  # fmt: skip
+        line = (
+            f"{model}: best within 1 point at batch 1 = {best.name}, {best.speedup_1:.2f}x "
+            f"faster than fp32 eager ({best.latency_ms_1:.2f} vs "
+            f"{result.row('fp32').latency_ms_1:.2f} ms), accuracy drop "
+            f"{best.accuracy_drop:+.2f} points"
+        )
         if model == "sentiment-minilm":
             line = f"P5 {verdict} (goal >= 2x): " + line
         print(line)

@@ -51,10 +51,12 @@ def main() -> None:
     med = {m: statistics.median(t) for m, t in times.items()}
     for method, attr in last.items():
         f = faithfulness(cnn, digit, attr)
-        print(f"digit 0, {METHODS[method].label:11s}: median {med[method]:.3f} s over "
-              f"{args.repeats} · {attr.evaluations:,} model rows · deletion AUC "
-              f"{f.deletion.auc:.3f} (random {f.random_deletion.auc:.3f}) · additivity gap "
-              f"{attr.additivity_gap:+.1e}")  # fmt: skip
+        print(
+            f"digit 0, {METHODS[method].label:11s}: median {med[method]:.3f} s over "
+            f"{args.repeats} · {attr.evaluations:,} model rows · deletion AUC "
+            f"{f.deletion.auc:.3f} (random {f.random_deletion.auc:.3f}) · additivity gap "
+            f"{attr.additivity_gap:+.1e}"
+        )
     p6 = med["kernel_shap"] / med["deep_shap"]
     print(f"P6: KernelSHAP / DeepSHAP time = {p6:.1f}x (goal >= 50)")
 
@@ -67,12 +69,16 @@ def main() -> None:
             seconds = statistics.median(r.seconds for r in runs)
             worst[method] = max(worst[method], seconds)
             f = faithfulness(sentiment, text, runs[0])
-            print(f"{METHODS[method].label:14s} {seconds:5.2f} s · {runs[0].evaluations:4d} "
-                  f"evaluations · deletion AUC {f.deletion.auc:.3f} (random "
-                  f"{f.random_deletion.auc:.3f}) · {text!r}")  # fmt: skip
-    print(f"threads: {torch.get_num_threads()}; summary: P6 {p6:.1f}x (goal >= 50); text "
-          f"slowest Partition SHAP {worst['partition_shap']:.2f} s, LIME {worst['lime']:.2f} s "
-          f"(goal <= 3 s each)")  # fmt: skip
+            print(
+                f"{METHODS[method].label:14s} {seconds:5.2f} s · {runs[0].evaluations:4d} "
+                f"evaluations · deletion AUC {f.deletion.auc:.3f} (random "
+                f"{f.random_deletion.auc:.3f}) · {text!r}"
+            )
+    print(
+        f"threads: {torch.get_num_threads()}; summary: P6 {p6:.1f}x (goal >= 50); text "
+        f"slowest Partition SHAP {worst['partition_shap']:.2f} s, LIME {worst['lime']:.2f} s "
+        f"(goal <= 3 s each)"
+    )
     np.testing.assert_array_equal(last["deep_shap"].values, explain(cnn, digit, "deep_shap").values)
 
 

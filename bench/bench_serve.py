@@ -53,19 +53,33 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_litserve(max_batch_size: int, batch_timeout_s: float, threads: int | None,
-                   workers: int) -> tuple:  # fmt: skip
+def start_litserve(
+    max_batch_size: int, batch_timeout_s: float, threads: int | None, workers: int
+) -> tuple:
     """bench/litserve_sentiment.py as a child process; (process, url) once /health answers."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if threads:
         env["OMP_NUM_THREADS"] = str(threads)
-    proc = subprocess.Popen([sys.executable, str(ROOT / "bench" / "litserve_sentiment.py"),
-                             "--port", str(port), "--max-batch-size", str(max_batch_size),
-                             "--batch-timeout", str(batch_timeout_s), "--workers",
-                             str(workers)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "litserve_sentiment.py"),
+            "--port",
+            str(port),
+            "--max-batch-size",
+            str(max_batch_size),
+            "--batch-timeout",
+            str(batch_timeout_s),
+            "--workers",
+            str(workers),
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -126,9 +140,13 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=8.0, help="per measured round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per server")
     parser.add_argument("--max-delay-ms", type=float, default=5.0)
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch threads per instance; 0: the server's default (torch's "
-                        "own, shared by the instances)")  # fmt: skip
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per instance; 0: the server's default (torch's "
+        "own, shared by the instances)",
+    )
     parser.add_argument(
         "--instances",
         type=int,
@@ -143,26 +161,40 @@ def main() -> None:
     total = per_instance * args.instances
     env = {"OMP_NUM_THREADS": str(per_instance)} if args.threads or args.instances > 1 else {}
     torch.set_num_threads(total)  # the in-process reference uses what the server uses in all
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
-          f"python {platform.python_version()}, torch {torch.__version__}")  # fmt: skip
-    print(f"device: {describe().summary()}; torch threads in-process {torch.get_num_threads()}, "
-          f"per server {args.instances} instance(s) x {per_instance}; load average before start "
-          f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}")  # fmt: skip
-    print(f"settings: {MODEL}, concurrency {args.concurrency} (closed loop, 1 review per "
-          f"request), {args.rounds} x {args.seconds:g} s rounds, max batch 32, max delay "
-          f"{args.max_delay_ms:g} ms; client and servers share the same cores")  # fmt: skip
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.platform()}; "
+        f"python {platform.python_version()}, torch {torch.__version__}"
+    )
+    print(
+        f"device: {describe().summary()}; torch threads in-process {torch.get_num_threads()}, "
+        f"per server {args.instances} instance(s) x {per_instance}; load average before start "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"settings: {MODEL}, concurrency {args.concurrency} (closed loop, 1 review per "
+        f"request), {args.rounds} x {args.seconds:g} s rounds, max batch 32, max delay "
+        f"{args.max_delay_ms:g} ms; client and servers share the same cores"
+    )
 
     inproc = InProcess(32)
     inproc_runs: list[tuple[float, float]] = []
-    common = {"max_batch_size": 32, "max_delay_ms": args.max_delay_ms, "device": args.device,
-              "env": env, "instances": args.instances}  # fmt: skip
-    servers = {"on": ServerProcess([MODEL], batching=True, **common).start(180),
-               "off": ServerProcess([MODEL], batching=False, **common).start(180)}  # fmt: skip
+    common = {
+        "max_batch_size": 32,
+        "max_delay_ms": args.max_delay_ms,
+        "device": args.device,
+        "env": env,
+        "instances": args.instances,
+    }
+    servers = {
+        "on": ServerProcess([MODEL], batching=True, **common).start(180),
+        "off": ServerProcess([MODEL], batching=False, **common).start(180),
+    }
     urls = {k: s.url for k, s in servers.items()}
     lit = None
     if not args.no_litserve:
-        lit = start_litserve(32, args.max_delay_ms / 1000, env.get("OMP_NUM_THREADS"),
-                             args.instances)  # fmt: skip
+        lit = start_litserve(
+            32, args.max_delay_ms / 1000, env.get("OMP_NUM_THREADS"), args.instances
+        )
         urls["litserve"] = lit[1]
     texts = load_reviews("test").texts
     bodies = {k: request_bodies(MODEL) for k in ("on", "off")}
@@ -175,8 +207,14 @@ def main() -> None:
         if key == "litserve" and lit is not None:
             pause(lit[0], False)
         try:
-            return run_load(urls[key], MODEL, concurrency=args.concurrency, duration_s=seconds,
-                            bodies=bodies[key], endpoint=endpoint.get(key))  # fmt: skip
+            return run_load(
+                urls[key],
+                MODEL,
+                concurrency=args.concurrency,
+                duration_s=seconds,
+                bodies=bodies[key],
+                endpoint=endpoint.get(key),
+            )
         finally:
             if key == "litserve" and lit is not None:
                 pause(lit[0], True)
@@ -186,8 +224,10 @@ def main() -> None:
             measure(key, 2.0)
         for _ in range(args.rounds):
             inproc_runs.append(inproc.run(args.seconds))
-            print(f"  in-process batches of 32: {inproc_runs[-1][0]:.1f} texts/s (tokenizing "
-                  f"{inproc_runs[-1][1]:.0%} of the time)")  # fmt: skip
+            print(
+                f"  in-process batches of 32: {inproc_runs[-1][0]:.1f} texts/s (tokenizing "
+                f"{inproc_runs[-1][1]:.0%} of the time)"
+            )
             for key in urls:
                 r = measure(key, args.seconds)
                 results[key].append(r)
@@ -195,15 +235,19 @@ def main() -> None:
         batches = scrape_metrics(urls["on"]).batch_size[MODEL]
         for key, rs in results.items():
             bad = sum(r.error_count + r.rejected for r in rs)
-            print(f"{key:8s}: median {med(rs, 'throughput'):6.1f} req/s, p50 "
-                  f"{med(rs, 'p50_ms'):6.1f} ms, p99 {med(rs, 'p99_ms'):6.1f} ms, "
-                  f"{bad} not ok")  # fmt: skip
+            print(
+                f"{key:8s}: median {med(rs, 'throughput'):6.1f} req/s, p50 "
+                f"{med(rs, 'p50_ms'):6.1f} ms, p99 {med(rs, 'p99_ms'):6.1f} ms, "
+                f"{bad} not ok"
+            )
         print(f"batching on: {batches.count} batches, mean {batches.mean:.1f} rows")
         on, off = med(results["on"], "throughput"), med(results["off"], "throughput")
         p2 = on / off
         p99_ratio = med(results["on"], "p99_ms") / med(results["off"], "p99_ms")
-        print(f"P2: batching on / off throughput = {p2:.2f}x (goal >= 3.0); p99 on / off = "
-              f"{p99_ratio:.2f} (goal <= 1.0)")  # fmt: skip
+        print(
+            f"P2: batching on / off throughput = {p2:.2f}x (goal >= 3.0); p99 on / off = "
+            f"{p99_ratio:.2f} (goal <= 1.0)"
+        )
         p3 = float("nan")
         if lit is not None:
             p3 = on / med(results["litserve"], "throughput")
@@ -234,18 +278,24 @@ def main() -> None:
     rejects = r.rejected_latencies_ms
     offered = r.requests / r.seconds
     reject_p99 = float(np.percentile(rejects, 99)) if len(rejects) else float("nan")
-    print(f"overload: asked {rate:.0f} req/s (3 x {on:.0f}), sent {offered:.0f} req/s; "
-          f"{r.ok} ok, {r.rejected} rejected (503), errors {r.errors or 'none'}; server saw "
-          f"{codes}; alive after: {alive}")  # fmt: skip
-    print(f"overload: ok p50 {r.p50_ms:.0f} ms, p99 {r.p99_ms:.0f} ms; 503 p50 "
-          f"{np.median(rejects) if len(rejects) else float('nan'):.1f} ms, p99 {reject_p99:.1f} "
-          f"ms at the client (goal < 50 ms); server-side 503 p99 {server_reject_p99:.1f} ms "
-          f"(from its histogram); answered {r.ok + r.rejected} of {r.requests}")  # fmt: skip
+    print(
+        f"overload: asked {rate:.0f} req/s (3 x {on:.0f}), sent {offered:.0f} req/s; "
+        f"{r.ok} ok, {r.rejected} rejected (503), errors {r.errors or 'none'}; server saw "
+        f"{codes}; alive after: {alive}"
+    )
+    print(
+        f"overload: ok p50 {r.p50_ms:.0f} ms, p99 {r.p99_ms:.0f} ms; 503 p50 "
+        f"{np.median(rejects) if len(rejects) else float('nan'):.1f} ms, p99 {reject_p99:.1f} "
+        f"ms at the client (goal < 50 ms); server-side 503 p99 {server_reject_p99:.1f} ms "
+        f"(from its histogram); answered {r.ok + r.rejected} of {r.requests}"
+    )
     print(f"load average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
-    print(f"summary: P2 {p2:.2f}x (goal >= 3.0), p99 on/off {p99_ratio:.2f}; P3 {p3:.2f}x "
-          f"(goal >= 1.0); P4 {p4:.2f} (goal >= 0.8); overload 503 p99 {reject_p99:.1f} ms "
-          f"(server-side {server_reject_p99:.1f} ms), "
-          f"{r.error_count} errors, alive {alive}")  # fmt: skip
+    print(
+        f"summary: P2 {p2:.2f}x (goal >= 3.0), p99 on/off {p99_ratio:.2f}; P3 {p3:.2f}x "
+        f"(goal >= 1.0); P4 {p4:.2f} (goal >= 0.8); overload 503 p99 {reject_p99:.1f} ms "
+        f"(server-side {server_reject_p99:.1f} ms), "
+        f"{r.error_count} errors, alive {alive}"
+    )
 
 
 if __name__ == "__main__":

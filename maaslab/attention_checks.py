@@ -62,13 +62,19 @@ def check_attention_weights(fn: Callable) -> CheckResult:
     scores = q @ k.transpose(-2, -1)  # (B, H, T, T), not yet scaled
     d = q.shape[-1]
     mistakes = [
-        (scores.softmax(-1), f"you forgot to divide the scores by √d (√{d}); without it "
-         "large d makes the softmax nearly one-hot"),
+        (
+            scores.softmax(-1),
+            f"you forgot to divide the scores by √d (√{d}); without it "
+            "large d makes the softmax nearly one-hot",
+        ),
         ((scores / d).softmax(-1), f"you divided by d = {d}; divide by √d = {math.sqrt(d):.3g}"),
-        ((scores / math.sqrt(d)).softmax(-2), "the softmax runs over the queries (dim -2): take "
-         "it over the keys, the last dim, so that every row sums to 1"),
+        (
+            (scores / math.sqrt(d)).softmax(-2),
+            "the softmax runs over the queries (dim -2): take "
+            "it over the keys, the last dim, so that every row sums to 1",
+        ),
         (scores / math.sqrt(d), "these are the scaled scores; apply a softmax over the last dim"),
-    ]  # fmt: skip
+    ]
     expected = scaled_dot_product_attention(q, k, v)[1]
     return _verdict(name, got, expected, mistakes, "Compute q @ k.transpose(-2, -1) / √d.")
 
@@ -82,13 +88,19 @@ def check_causal_mask(fn: Callable) -> CheckResult:
         return bad
     ones = torch.ones(T, T)
     mistakes = [
-        (ones.triu(), "that is the wrong triangle: row t is query t, it may see keys 0..t, so "
-         "True belongs on and below the diagonal (torch.tril)"),
+        (
+            ones.triu(),
+            "that is the wrong triangle: row t is query t, it may see keys 0..t, so "
+            "True belongs on and below the diagonal (torch.tril)",
+        ),
         (ones.triu(1), "the mask is inverted: here True must mean 'may attend', not 'blocked'"),
-        (ones.tril(-1), "the diagonal is missing: a token may attend to itself (tril, not "
-         "tril(-1)), otherwise the first row has nothing to attend to"),
+        (
+            ones.tril(-1),
+            "the diagonal is missing: a token may attend to itself (tril, not "
+            "tril(-1)), otherwise the first row has nothing to attend to",
+        ),
         (ones, "nothing is masked: a token must not see the tokens after it"),
-    ]  # fmt: skip
+    ]
     return _verdict(name, got, causal_mask(T).float(), mistakes, "Try torch.ones(T, T).tril().")
 
 
@@ -105,13 +117,20 @@ def check_attention_output(fn: Callable) -> CheckResult:
     weights = scores.softmax(-1)
     mistakes = [
         (weights @ v, "the mask is ignored: set the scores where mask is False to -inf"),
-        ((weights * mask) @ v, "you zeroed the weights after the softmax, so rows no longer sum "
-         "to 1: mask the scores with -inf before the softmax"),
-        (scores.masked_fill(mask, float("-inf")).softmax(-1) @ v,
-         "you masked the wrong positions: mask is True where attention is allowed, so fill "
-         "~mask (or mask == False) with -inf"),
-        ((scores * math.sqrt(d)).masked_fill(~mask, float("-inf")).softmax(-1) @ v,
-         f"you forgot to divide the scores by √d (√{d})"),
-    ]  # fmt: skip
+        (
+            (weights * mask) @ v,
+            "you zeroed the weights after the softmax, so rows no longer sum "
+            "to 1: mask the scores with -inf before the softmax",
+        ),
+        (
+            scores.masked_fill(mask, float("-inf")).softmax(-1) @ v,
+            "you masked the wrong positions: mask is True where attention is allowed, so fill "
+            "~mask (or mask == False) with -inf",
+        ),
+        (
+            (scores * math.sqrt(d)).masked_fill(~mask, float("-inf")).softmax(-1) @ v,
+            f"you forgot to divide the scores by √d (√{d})",
+        ),
+    ]
     expected = scaled_dot_product_attention(q, k, v, mask)[0]
     return _verdict(name, got, expected, mistakes, "softmax(masked scores / √d) @ v.")

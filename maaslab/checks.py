@@ -87,8 +87,10 @@ def check_array(
 def call_answer(name: str, fn: Callable, *args: object) -> tuple[object, CheckResult | None]:
     """Run a learner's function on copies of its arrays and tensors: (answer, None), or
     (None, a failed verdict) when it raised or returned None — a verdict, never a traceback."""
-    copies = (a.clone() if hasattr(a, "clone") else a.copy() if isinstance(a, np.ndarray) else a
-              for a in args)  # fmt: skip
+    copies = (
+        a.clone() if hasattr(a, "clone") else a.copy() if isinstance(a, np.ndarray) else a
+        for a in args
+    )
     try:
         got = fn(*copies)
     except Exception as err:  # any error in the answer is a verdict
@@ -115,7 +117,8 @@ def first_mistake(
     """
     for wrong, why in mistakes:
         wrong = np.asarray(wrong.detach().cpu() if hasattr(wrong, "detach") else wrong, float)
-        if got.shape == wrong.shape and np.allclose(got, wrong, rtol=rtol, atol=atol,
-                                                    equal_nan=equal_nan):  # fmt: skip
+        if got.shape == wrong.shape and np.allclose(
+            got, wrong, rtol=rtol, atol=atol, equal_nan=equal_nan
+        ):
             return why
     return None

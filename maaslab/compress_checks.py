@@ -87,12 +87,18 @@ def check_quantize_int8(fn: Callable) -> CheckResult:
     q, bad = answer_array(name, q)
     if bad is not None:
         return bad
-    why = first_mistake(q, [
-        (torch.clamp(torch.trunc(x / scale_ref) + zp_ref, INT8_MIN, INT8_MAX),
-         "you truncated x / scale; round it to the nearest integer"),
-        (torch.round(x / scale_ref), "you forgot to add the zero point"),
-        (torch.round(x / scale_ref) + zp_ref, "clamp the result to [-128, 127]"),
-    ], atol=0)  # fmt: skip
+    why = first_mistake(
+        q,
+        [
+            (
+                torch.clamp(torch.trunc(x / scale_ref) + zp_ref, INT8_MIN, INT8_MAX),
+                "you truncated x / scale; round it to the nearest integer",
+            ),
+            (torch.round(x / scale_ref), "you forgot to add the zero point"),
+            (torch.round(x / scale_ref) + zp_ref, "clamp the result to [-128, 127]"),
+        ],
+        atol=0,
+    )
     if why is not None and not np.array_equal(q, q_ref.numpy()):
         return failed(name, why)
     hint = "q = clamp(round(x * (1 / scale) + zero_point), -128, 127)"
@@ -139,12 +145,23 @@ def check_int8_linear(fn: Callable) -> CheckResult:
     fp32 = (x @ weight.T + bias).double()
     sw = weight.abs().max() / 127.5
     qw = torch.clamp(torch.round(weight * (1 / sw)), INT8_MIN, INT8_MAX)
-    why = first_mistake(got, [
-        (fp32, "this is the fp32 product: quantize x and the weight first, multiply the integers, "
-         "then scale back by scale_x * scale_w"),
-        ((x @ (qw * sw).T + bias), "you quantized the weight but not the activations: x is "
-         "quantized on the fly too, to 0..127 from its own min and max"),
-    ], rtol=1e-6, atol=1e-6)  # fmt: skip
+    why = first_mistake(
+        got,
+        [
+            (
+                fp32,
+                "this is the fp32 product: quantize x and the weight first, multiply the integers, "
+                "then scale back by scale_x * scale_w",
+            ),
+            (
+                (x @ (qw * sw).T + bias),
+                "you quantized the weight but not the activations: x is "
+                "quantized on the fly too, to 0..127 from its own min and max",
+            ),
+        ],
+        rtol=1e-6,
+        atol=1e-6,
+    )
     if why is not None:
         return failed(name, why)
     hint = (
@@ -157,9 +174,12 @@ def check_int8_linear(fn: Callable) -> CheckResult:
     if not result:
         return result
     drift = float((expected - fp32).abs().max())
-    return passed(name, f"equal to torch.ao's quantized Linear (max difference "
-                  f"{np.abs(got - expected.numpy()).max():.1e}); both are {drift:.4f} away from "
-                  "the fp32 product at most")  # fmt: skip
+    return passed(
+        name,
+        f"equal to torch.ao's quantized Linear (max difference "
+        f"{np.abs(got - expected.numpy()).max():.1e}); both are {drift:.4f} away from "
+        "the fp32 product at most",
+    )
 
 
 # --- exercise 3: unstructured magnitude pruning ----------------------------------------------
@@ -188,23 +208,41 @@ def check_magnitude_prune(fn: Callable) -> CheckResult:
     by_value[flat.argsort()[:k]] = 0
     largest = flat.clone()
     largest[flat.abs().argsort(descending=True)[:k]] = 0
-    why = first_mistake(got, [
-        (by_value.view_as(weight), "you removed the most negative weights: rank by |w|, the "
-         "magnitude, not by signed value"),
-        (largest.view_as(weight), "you removed the largest weights: pruning keeps them and "
-         "zeroes the smallest |w|"),
-        (weight * 0, "everything is zero: remove only round(amount * numel) weights"),
-    ], atol=0)  # fmt: skip
+    why = first_mistake(
+        got,
+        [
+            (
+                by_value.view_as(weight),
+                "you removed the most negative weights: rank by |w|, the "
+                "magnitude, not by signed value",
+            ),
+            (
+                largest.view_as(weight),
+                "you removed the largest weights: pruning keeps them and zeroes the smallest |w|",
+            ),
+            (weight * 0, "everything is zero: remove only round(amount * numel) weights"),
+        ],
+        atol=0,
+    )
     if why is not None:
         return failed(name, why)
-    result = check_array(name, got, expected, rtol=0, atol=0,
-                         hint=f"zero exactly round({amount} * {weight.numel()}) = {k} weights, "
-                         "those with the smallest |w|; leave the rest unchanged")  # fmt: skip
+    result = check_array(
+        name,
+        got,
+        expected,
+        rtol=0,
+        atol=0,
+        hint=f"zero exactly round({amount} * {weight.numel()}) = {k} weights, "
+        "those with the smallest |w|; leave the rest unchanged",
+    )
     if not result:
         return result
     sparsity = float((got == 0).mean())
-    return passed(name, f"equal to torch.nn.utils.prune.l1_unstructured: sparsity {sparsity:.0%}; "
-                  "the matrix keeps its shape, so a dense kernel does the same work")  # fmt: skip
+    return passed(
+        name,
+        f"equal to torch.nn.utils.prune.l1_unstructured: sparsity {sparsity:.0%}; "
+        "the matrix keeps its shape, so a dense kernel does the same work",
+    )
 
 
 # --- exercise 4: the distillation loss -------------------------------------------------------
@@ -228,8 +266,13 @@ def check_distillation_loss(fn: Callable) -> CheckResult:
     got = got.reshape(())
 
     def loss(**kw):
-        args = {"student_logits": student, "teacher_logits": teacher, "labels": labels,
-                "temperature": T, "alpha": alpha} | kw  # fmt: skip
+        args = {
+            "student_logits": student,
+            "teacher_logits": teacher,
+            "labels": labels,
+            "temperature": T,
+            "alpha": alpha,
+        } | kw
         return distillation_loss(**args)
 
     expected = loss()
@@ -237,21 +280,38 @@ def check_distillation_loss(fn: Callable) -> CheckResult:
     soft = (expected - alpha * hard) / (1 - alpha)  # T^2 * KL
     kl_reverse = torch.nn.functional.kl_div(
         torch.log_softmax(teacher / T, -1), torch.softmax(student / T, -1), reduction="batchmean"
-    )  # fmt: skip
-    why = first_mistake(got, [
-        (alpha * hard + (1 - alpha) * soft / T**2, "the soft term is missing its T² factor: "
-         "without it its gradients shrink like 1/T² as T grows"),
-        ((1 - alpha) * hard + alpha * soft, "alpha and 1 - alpha are swapped: alpha weighs the "
-         "cross-entropy with the true labels"),
-        (loss(temperature=1.0), "the temperature is not applied: divide both logit sets by T "
-         "before the softmax"),
-        (alpha * hard + (1 - alpha) * T**2 * kl_reverse, "the KL divergence is the wrong way "
-         "round: KL(teacher || student) = sum p_teacher * (log p_teacher - log p_student)"),
-    ], rtol=1e-5)  # fmt: skip
+    )
+    why = first_mistake(
+        got,
+        [
+            (
+                alpha * hard + (1 - alpha) * soft / T**2,
+                "the soft term is missing its T² factor: "
+                "without it its gradients shrink like 1/T² as T grows",
+            ),
+            (
+                (1 - alpha) * hard + alpha * soft,
+                "alpha and 1 - alpha are swapped: alpha weighs the "
+                "cross-entropy with the true labels",
+            ),
+            (
+                loss(temperature=1.0),
+                "the temperature is not applied: divide both logit sets by T before the softmax",
+            ),
+            (
+                alpha * hard + (1 - alpha) * T**2 * kl_reverse,
+                "the KL divergence is the wrong way "
+                "round: KL(teacher || student) = sum p_teacher * (log p_teacher - log p_student)",
+            ),
+        ],
+        rtol=1e-5,
+    )
     if why is not None:
         return failed(name, why)
-    hint = ("alpha * CE(student, labels) + (1 - alpha) * T² * KL(softmax(teacher/T) || "
-            "softmax(student/T)), averaged over the batch")  # fmt: skip
+    hint = (
+        "alpha * CE(student, labels) + (1 - alpha) * T² * KL(softmax(teacher/T) || "
+        "softmax(student/T)), averaged over the batch"
+    )
     result = check_array(name, got, expected.detach(), rtol=1e-5, hint=hint)
     if not result:
         return result
@@ -282,8 +342,10 @@ def check_best_variant(fn: Callable) -> CheckResult:
 
     name = "the best variant within an accuracy budget"
     frame = best_variant_probe()
-    rows = [VariantRow(n, **{k: (None if pd.isna(v) else v) for k, v in r.items()})
-            for n, r in frame.iterrows()]  # fmt: skip
+    rows = [
+        VariantRow(n, **{k: (None if pd.isna(v) else v) for k, v in r.items()})
+        for n, r in frame.iterrows()
+    ]
     comparison = Comparison("sentiment-minilm", rows, 30, 214, 3, 1)
     answers = {}
     for budget in (1.0, 0.5):
@@ -307,7 +369,11 @@ def check_best_variant(fn: Callable) -> CheckResult:
         if budget == 0.5 and got == "distilled-onnx-int8":
             why = "distilled-onnx-int8 loses 1 point, more than the 0.5 budget"
         why = why or "rank by speedup_1 among rows without an error"
-        return failed(name, f"with max_drop_points={budget:g} you chose {got!r}, expected "
-                      f"{expected!r}. {why}")  # fmt: skip
-    return passed(name, f"{answers[1.0]} within 1 point, {answers[0.5]} within 0.5: the same "
-                  "choices as Comparison.best")  # fmt: skip
+        return failed(
+            name, f"with max_drop_points={budget:g} you chose {got!r}, expected {expected!r}. {why}"
+        )
+    return passed(
+        name,
+        f"{answers[1.0]} within 1 point, {answers[0.5]} within 0.5: the same "
+        "choices as Comparison.best",
+    )

@@ -52,14 +52,22 @@ def check_all_reduce_mean(fn: Callable) -> CheckResult:
     stacked = torch.stack(probe)
     expected = average_gradients([{"w": t} for t in probe])["w"]
     mistakes = [
-        (stacked.sum(0), "this is the sum (what all_reduce(SUM) leaves on every rank): DDP then "
-         "divides by the world size, here 3"),
+        (
+            stacked.sum(0),
+            "this is the sum (what all_reduce(SUM) leaves on every rank): DDP then "
+            "divides by the world size, here 3",
+        ),
         (probe[0], "this is rank 0's own gradient: every rank must end with the same average"),
-        (stacked.sum(0) / stacked[0].numel(), "you divided by the number of values in a "
-         "gradient: divide by the number of ranks"),
-        (stacked.mean((1, 2)), "you averaged within each rank: average across ranks, element by "
-         "element, keeping the gradient's shape"),
-    ]  # fmt: skip
+        (
+            stacked.sum(0) / stacked[0].numel(),
+            "you divided by the number of values in a gradient: divide by the number of ranks",
+        ),
+        (
+            stacked.mean((1, 2)),
+            "you averaged within each rank: average across ranks, element by "
+            "element, keeping the gradient's shape",
+        ),
+    ]
     hint = "torch.stack(per_rank).sum(0) / len(per_rank)."
     result = check_array(name, got, expected.numpy(), rtol=1e-5, atol=1e-6, hint=hint)
     if result.passed:
@@ -92,17 +100,30 @@ def check_shard_indices(fn: Callable) -> CheckResult:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch)).tolist()
         per = n // world
         mistakes = [
-            (order[rank * per : (rank + 1) * per], "you gave each rank a contiguous block of the "
-             "permutation; DistributedSampler takes every world_size-th index: "
-             "order[rank:total:world_size]"),
-            (list(range(n))[rank : per * world : world], "you forgot to shuffle: the order is "
-             "torch.randperm(n) from a generator seeded with seed + epoch"),
-            (torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()[
-                rank : per * world : world], "the generator must be seeded with seed + epoch, "
-             "or every epoch repeats the same order (that is what set_epoch changes)"),
-            (order[rank::world], "you kept the uneven tail: with drop_last=True the order is cut "
-             "to a multiple of world_size first, so every rank gets the same number"),
-        ]  # fmt: skip
+            (
+                order[rank * per : (rank + 1) * per],
+                "you gave each rank a contiguous block of the "
+                "permutation; DistributedSampler takes every world_size-th index: "
+                "order[rank:total:world_size]",
+            ),
+            (
+                list(range(n))[rank : per * world : world],
+                "you forgot to shuffle: the order is "
+                "torch.randperm(n) from a generator seeded with seed + epoch",
+            ),
+            (
+                torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()[
+                    rank : per * world : world
+                ],
+                "the generator must be seeded with seed + epoch, "
+                "or every epoch repeats the same order (that is what set_epoch changes)",
+            ),
+            (
+                order[rank::world],
+                "you kept the uneven tail: with drop_last=True the order is cut "
+                "to a multiple of world_size first, so every rank gets the same number",
+            ),
+        ]
         for wrong, why in mistakes:
             if got == wrong:
                 return failed(name, f"for {where}: {why}")
@@ -113,8 +134,13 @@ def check_shard_indices(fn: Callable) -> CheckResult:
 # --- exercise 3: global batch and learning rate --------------------------------------------------
 
 # Two machines with 4 GPUs each, 32 examples per GPU; the recipe was tuned at batch 128, lr 0.1.
-BATCH_PROBLEM = {"nodes": 2, "gpus_per_node": 4, "batch_per_gpu": 32, "base_batch": 128,
-                 "base_lr": 0.1}  # fmt: skip
+BATCH_PROBLEM = {
+    "nodes": 2,
+    "gpus_per_node": 4,
+    "batch_per_gpu": 32,
+    "base_batch": 128,
+    "base_lr": 0.1,
+}
 
 
 def check_global_batch_lr(answer: object) -> CheckResult:
@@ -134,11 +160,15 @@ def check_global_batch_lr(answer: object) -> CheckResult:
     if batch != global_batch:
         return failed(name, f"global batch {batch:g}: multiply nodes x GPUs per node x batch")
     if np.isclose(lr, p["base_lr"]):
-        return failed(name, "the batch is right but the learning rate was not scaled: the "
-                      "linear rule multiplies it by global batch / base batch")  # fmt: skip
+        return failed(
+            name,
+            "the batch is right but the learning rate was not scaled: the "
+            "linear rule multiplies it by global batch / base batch",
+        )
     if np.isclose(lr, p["base_lr"] * p["base_batch"] / global_batch):
-        return failed(name, "you scaled the learning rate the wrong way: a larger batch gets "
-                      "a larger rate")  # fmt: skip
+        return failed(
+            name, "you scaled the learning rate the wrong way: a larger batch gets a larger rate"
+        )
     if not np.isclose(lr, lr_expected):
         return failed(name, f"lr {lr:g}: use base_lr x global_batch / base_batch")
     return passed(name, f"global batch {global_batch}, lr {lr_expected:g}")
@@ -165,13 +195,19 @@ def check_ring_bytes(fn: Callable) -> CheckResult:
     probes = np.array(RING_PROBES, dtype=float)
     n, p, b = probes[:, 0], probes[:, 1], probes[:, 2]
     mistakes = [
-        ((p - 1) / p * n * b, "that is only the reduce-scatter half: the all-gather sends "
-         "the same amount again, 2 (p - 1) / p in all"),
+        (
+            (p - 1) / p * n * b,
+            "that is only the reduce-scatter half: the all-gather sends "
+            "the same amount again, 2 (p - 1) / p in all",
+        ),
         (2 * (p - 1) * n * b, "each round sends one chunk (1/p of the vector), not all of it"),
         (2 * (p - 1) / p * n, "that counts values, not bytes: multiply by bytes_per_value"),
-        (2 * n * b + 0 * p, "that is a parameter-server worker (push a gradient, pull the "
-         "weights); in a ring each rank sends 2 (p - 1) / p of the vector"),
-    ]  # fmt: skip
+        (
+            2 * n * b + 0 * p,
+            "that is a parameter-server worker (push a gradient, pull the "
+            "weights); in a ring each rank sends 2 (p - 1) / p of the vector",
+        ),
+    ]
     result = check_array(name, got, np.array(expected), rtol=1e-9, hint="2 (p - 1) / p x n x b.")
     if result.passed:
         return passed(name, f"{len(RING_PROBES)} cases right, e.g. 8 ranks send 1.75 x the model")

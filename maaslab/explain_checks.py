@@ -126,21 +126,38 @@ def check_shapley(fn: Callable) -> CheckResult:
         singles = [value((i,)) - empty for i in range(3)]
         leave_one_out = [full - value(tuple(j for j in range(3) if j != i)) for i in range(3)]
         unweighted = [
-            np.mean([value((*s, i)) - value(s) for k in range(3)
-                     for s in combinations([j for j in range(3) if j != i], k)])
+            np.mean(
+                [
+                    value((*s, i)) - value(s)
+                    for k in range(3)
+                    for s in combinations([j for j in range(3) if j != i], k)
+                ]
+            )
             for i in range(3)
-        ]  # fmt: skip
+        ]
         mistakes = [
-            (singles, "each value is v({i}) - v({}): the feature added to an empty coalition "
-             "only. Shapley averages its contribution over every coalition of the others"),
-            (leave_one_out, "each value is v(all) - v(all but i): the feature removed last only "
-             "(leave-one-out). Average over every coalition of the others"),
-            (unweighted, "you averaged the marginal contributions over subsets with equal "
-             "weights. Weight a subset S of the others by |S|! (n - |S| - 1)! / n!, so every "
-             "coalition size counts the same"),
-            (expected * factorial(3), "your values are n! = 6 times too large: divide the "
-             "weights |S|! (n - |S| - 1)! by n!"),
-        ]  # fmt: skip
+            (
+                singles,
+                "each value is v({i}) - v({}): the feature added to an empty coalition "
+                "only. Shapley averages its contribution over every coalition of the others",
+            ),
+            (
+                leave_one_out,
+                "each value is v(all) - v(all but i): the feature removed last only "
+                "(leave-one-out). Average over every coalition of the others",
+            ),
+            (
+                unweighted,
+                "you averaged the marginal contributions over subsets with equal "
+                "weights. Weight a subset S of the others by |S|! (n - |S| - 1)! / n!, so every "
+                "coalition size counts the same",
+            ),
+            (
+                expected * factorial(3),
+                "your values are n! = 6 times too large: divide the "
+                "weights |S|! (n - |S| - 1)! by n!",
+            ),
+        ]
         for wrong, why in mistakes:
             if _matches(got, wrong):
                 return failed(name, f"on {label}: {why}.")
@@ -160,8 +177,15 @@ def check_shapley(fn: Callable) -> CheckResult:
 
 def _additivity_probes() -> list[Attribution]:
     # A SHAP-like explanation that adds up and LIME-like ones that do not.
-    common = dict(target=1, target_name="benign", features=("u", "v", "w", "z"),
-                  kind="tabular", evaluations=0, seconds=0.0, seed=0)  # fmt: skip
+    common = dict(
+        target=1,
+        target_name="benign",
+        features=("u", "v", "w", "z"),
+        kind="tabular",
+        evaluations=0,
+        seconds=0.0,
+        seed=0,
+    )
     return [
         Attribution(np.array([0.12, -0.05, 0.03, 0.02]), 0.6, 0.72, method="kernel_shap", **common),
         # Gaps of both signs: +0.12 first, so a flipped sign and |gap| are told apart.
@@ -191,22 +215,37 @@ def check_additivity(fn: Callable) -> CheckResult:
             continue
         v, b, p = attr.values, attr.base_value, attr.prediction
         mistakes = [
-            (v.sum() - p, "you left out the base value (the expected output with every feature "
-             "absent): the explanation starts there"),
-            (b + np.abs(v).sum() - p, "you summed |values|: negative values pull the "
-             "prediction down, so sum them with their signs"),
-            (abs(expected), "you returned |gap|: keep the sign, it says whether the explanation "
-             "over- or undershoots"),
+            (
+                v.sum() - p,
+                "you left out the base value (the expected output with every feature "
+                "absent): the explanation starts there",
+            ),
+            (
+                b + np.abs(v).sum() - p,
+                "you summed |values|: negative values pull the "
+                "prediction down, so sum them with their signs",
+            ),
+            (
+                abs(expected),
+                "you returned |gap|: keep the sign, it says whether the explanation "
+                "over- or undershoots",
+            ),
             (p - b - v.sum(), "the sign is flipped: compute base + sum(values) - prediction"),
-            (b + v.sum(), "this is the explanation's total, base + sum(values): subtract the "
-             "model's prediction to get the gap"),
-        ]  # fmt: skip
+            (
+                b + v.sum(),
+                "this is the explanation's total, base + sum(values): subtract the "
+                "model's prediction to get the gap",
+            ),
+        ]
         for wrong, why in mistakes:
             if abs(got - wrong) <= 1e-9:
                 return failed(name, f"on a {attr.method} explanation: {why}.")
-        return failed(name, f"on a {attr.method} explanation you returned {got:.4g}, "
-                      f"expected {expected:.4g} (base {b} + sum {v.sum():.4g} - prediction "
-                      f"{p}).")  # fmt: skip
+        return failed(
+            name,
+            f"on a {attr.method} explanation you returned {got:.4g}, "
+            f"expected {expected:.4g} (base {b} + sum {v.sum():.4g} - prediction "
+            f"{p}).",
+        )
     return passed(name, "0 for the SHAP explanation, and LIME's gap with its sign")
 
 
@@ -217,10 +256,12 @@ def _spearman_probes() -> list[tuple[np.ndarray, np.ndarray]]:
     # No ties (ranks are unambiguous); signs mixed so |values| rank differently from values,
     # and one large value so Pearson on the raw numbers differs from the rank correlation.
     return [
-        (np.array([0.30, -0.12, 0.05, 0.01, -0.02, 0.08, -0.20, 0.0]),
-         np.array([0.90, -0.05, 0.07, -0.01, 0.02, 0.03, -0.30, 0.04])),
+        (
+            np.array([0.30, -0.12, 0.05, 0.01, -0.02, 0.08, -0.20, 0.0]),
+            np.array([0.90, -0.05, 0.07, -0.01, 0.02, 0.03, -0.30, 0.04]),
+        ),
         (np.array([-0.4, 0.1, 0.25, -0.05, 0.02]), np.array([0.2, 0.15, 0.3, -0.1, 0.01])),
-    ]  # fmt: skip
+    ]
 
 
 def check_spearman(fn: Callable) -> CheckResult:
@@ -244,20 +285,31 @@ def check_spearman(fn: Callable) -> CheckResult:
         if abs(got - expected) <= 1e-9:
             continue
         mistakes = [
-            (pearsonr(a, b).statistic, "this is Pearson's correlation of the values: rank "
-             "each array first (Spearman compares orders, not sizes)"),
-            (np.corrcoef(np.argsort(a), np.argsort(b))[0, 1], "np.argsort(a) lists the indices "
-             "in sorted order, it is not each value's rank: the rank is np.argsort(np.argsort(a))"
-             " (or scipy.stats.rankdata)"),
-            (spearmanr(np.abs(a), np.abs(b)).statistic, "you ranked |values|: agreement here "
-             "ranks the signed values, so a feature pushing up and one pushing down differ"),
+            (
+                pearsonr(a, b).statistic,
+                "this is Pearson's correlation of the values: rank "
+                "each array first (Spearman compares orders, not sizes)",
+            ),
+            (
+                np.corrcoef(np.argsort(a), np.argsort(b))[0, 1],
+                "np.argsort(a) lists the indices in sorted order, it is not each value's rank: "
+                "the rank is np.argsort(np.argsort(a)) (or scipy.stats.rankdata)",
+            ),
+            (
+                spearmanr(np.abs(a), np.abs(b)).statistic,
+                "you ranked |values|: agreement here "
+                "ranks the signed values, so a feature pushing up and one pushing down differ",
+            ),
             (-expected, "the sign is flipped"),
-        ]  # fmt: skip
+        ]
         for wrong, why in mistakes:
             if abs(got - wrong) <= 1e-9:
                 return failed(name, f"{why}.")
-        return failed(name, f"you returned {got:.4g}, expected {expected:.4g}: correlate the "
-                      "ranks of a with the ranks of b.")  # fmt: skip
+        return failed(
+            name,
+            f"you returned {got:.4g}, expected {expected:.4g}: correlate the "
+            "ranks of a with the ranks of b.",
+        )
     return passed(name, "matches scipy.stats.spearmanr on both probes")
 
 
@@ -281,8 +333,9 @@ def _surrogate_probe() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return Z, y, lime_kernel(d, 1.5)  # narrower than lime's 0.75 * sqrt(4): weights vary more
 
 
-def _ridge(Z: np.ndarray, y: np.ndarray, w: np.ndarray | None, alpha: float,
-           intercept: bool = True) -> tuple[np.ndarray, float]:  # fmt: skip
+def _ridge(
+    Z: np.ndarray, y: np.ndarray, w: np.ndarray | None, alpha: float, intercept: bool = True
+) -> tuple[np.ndarray, float]:
     from sklearn.linear_model import Ridge
 
     model = Ridge(alpha=alpha, fit_intercept=intercept).fit(Z, y, sample_weight=w)
@@ -317,21 +370,36 @@ def check_lime_surrogate(fn: Callable) -> CheckResult:
     ):
         return passed(name, "matches sklearn Ridge(alpha=1).fit(Z, y, sample_weight=weights)")
     mistakes = [
-        (_ridge(Z, y, None, LIME_ALPHA), "you ignored the weights: every perturbation counted "
-         "the same, so this is a global fit, not a local one. Weight each squared error by w_i"),
-        (_ridge(Z, y, w, 0.0), "this is weighted least squares without the penalty: lime's "
-         "Ridge adds alpha |coef|^2 with alpha = 1 (add alpha to the diagonal of Z^T W Z)"),
-        (_ridge(Z, y, w, LIME_ALPHA, intercept=False), "you fitted without an intercept: centre "
-         "Z and y on their weighted means first, then b = mean(y) - mean(Z) . coef"),
-        (_ridge(Z, y, None, 0.0), "this is plain least squares: weight the samples by w_i and "
-         "add the ridge penalty alpha = 1"),
-    ]  # fmt: skip
+        (
+            _ridge(Z, y, None, LIME_ALPHA),
+            "you ignored the weights: every perturbation counted "
+            "the same, so this is a global fit, not a local one. Weight each squared error by w_i",
+        ),
+        (
+            _ridge(Z, y, w, 0.0),
+            "this is weighted least squares without the penalty: lime's "
+            "Ridge adds alpha |coef|^2 with alpha = 1 (add alpha to the diagonal of Z^T W Z)",
+        ),
+        (
+            _ridge(Z, y, w, LIME_ALPHA, intercept=False),
+            "you fitted without an intercept: centre "
+            "Z and y on their weighted means first, then b = mean(y) - mean(Z) . coef",
+        ),
+        (
+            _ridge(Z, y, None, 0.0),
+            "this is plain least squares: weight the samples by w_i and "
+            "add the ridge penalty alpha = 1",
+        ),
+    ]
     for (wrong_coef, wrong_b), why in mistakes:
         if _matches(coef, wrong_coef, rtol=1e-5) and abs(intercept - wrong_b) <= 1e-5:
             return failed(name, f"{why}.")
     if coef.shape != ref_coef.shape:
         return failed(name, f"coef has shape {coef.shape}, expected {ref_coef.shape}")
     worst = int(np.argmax(np.abs(coef - ref_coef)))
-    return failed(name, f"coef[{worst}] = {coef[worst]:.5g}, expected {ref_coef[worst]:.5g}; "
-                  f"intercept {intercept:.5g}, expected {ref_b:.5g}. Is the intercept left out "
-                  "of the penalty, and are the means weighted?")  # fmt: skip
+    return failed(
+        name,
+        f"coef[{worst}] = {coef[worst]:.5g}, expected {ref_coef[worst]:.5g}; "
+        f"intercept {intercept:.5g}, expected {ref_b:.5g}. Is the intercept left out "
+        "of the penalty, and are the means weighted?",
+    )

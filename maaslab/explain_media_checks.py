@@ -59,19 +59,33 @@ def check_deletion_auc(fn: Callable) -> CheckResult:
     if abs(value - expected) <= 1e-6:
         return passed(name, f"area {value:.4f}, as the library's Curve.auc (np.trapezoid)")
     mistakes = [
-        (float(s.mean()), "that is the mean of the scores: it treats every step as equally "
-         "wide, but the steps here remove 5%, 10%, 20%, 30% of the features; weight each "
-         "segment by its width"),
-        (float(np.sum(dx * s[:-1])), "left rectangles (each segment at its starting score): "
-         "average the two ends of each segment instead"),
-        (float(np.sum(dx * s[1:])), "right rectangles (each segment at its ending score): "
-         "average the two ends of each segment instead"),
-        (float(np.sum(dx * (s[1:] + s[:-1]))), "twice the area: a trapezoid is width x "
-         "(left + right) / 2 — the / 2 is missing"),
-        (float(np.sum(np.diff(s) * (f[1:] + f[:-1]) / 2)), "the arguments are swapped: "
-         "integrate the scores (y) over the fractions (x), np.trapezoid(scores, fractions)"),
+        (
+            float(s.mean()),
+            "that is the mean of the scores: it treats every step as equally "
+            "wide, but the steps here remove 5%, 10%, 20%, 30% of the features; weight each "
+            "segment by its width",
+        ),
+        (
+            float(np.sum(dx * s[:-1])),
+            "left rectangles (each segment at its starting score): "
+            "average the two ends of each segment instead",
+        ),
+        (
+            float(np.sum(dx * s[1:])),
+            "right rectangles (each segment at its ending score): "
+            "average the two ends of each segment instead",
+        ),
+        (
+            float(np.sum(dx * (s[1:] + s[:-1]))),
+            "twice the area: a trapezoid is width x (left + right) / 2 — the / 2 is missing",
+        ),
+        (
+            float(np.sum(np.diff(s) * (f[1:] + f[:-1]) / 2)),
+            "the arguments are swapped: "
+            "integrate the scores (y) over the fractions (x), np.trapezoid(scores, fractions)",
+        ),
         (float(np.sum(s)), "that is the sum of the scores: multiply by each segment's width"),
-    ]  # fmt: skip
+    ]
     for wrong, why in mistakes:
         if abs(value - wrong) <= 1e-6:
             return failed(name, why)
@@ -97,16 +111,25 @@ def check_pixel_segments(segments: object, shape: tuple[int, int] = (8, 8)) -> C
     expected = np.arange(h * w).reshape(h, w)
     if got.shape != (h, w):
         if got.size == h * w:
-            return failed(name, f"shape {got.shape}: LIME's segmentation has the image's own "
-                          f"shape ({h}, {w}); reshape it")  # fmt: skip
+            return failed(
+                name,
+                f"shape {got.shape}: LIME's segmentation has the image's own "
+                f"shape ({h}, {w}); reshape it",
+            )
         return failed(name, f"shape {got.shape}, expected ({h}, {w}): one number per pixel")
     if np.array_equal(got, expected):
-        return passed(name, f"{h * w} segments, segment i = pixel i (row-major), so LIME's "
-                      "weights line up with the pixel names r0c0, r0c1, ...")  # fmt: skip
+        return passed(
+            name,
+            f"{h * w} segments, segment i = pixel i (row-major), so LIME's "
+            "weights line up with the pixel names r0c0, r0c1, ...",
+        )
     labels = np.unique(got)
     if len(labels) == 1:
-        return failed(name, "every pixel is in one segment: LIME would have a single feature "
-                      "(this is what quickshift gives an 8x8 digit)")  # fmt: skip
+        return failed(
+            name,
+            "every pixel is in one segment: LIME would have a single feature "
+            "(this is what quickshift gives an 8x8 digit)",
+        )
     if np.array_equal(got, expected.T):
         return failed(
             name,
@@ -114,13 +137,18 @@ def check_pixel_segments(segments: object, shape: tuple[int, int] = (8, 8)) -> C
             "row (np.arange(64).reshape(8, 8)), the order of the 64 pixel features",
         )
     if np.array_equal(got, expected + 1):
-        return failed(name, "the numbers start at 1: LIME's feature i is segment i, counted "
-                      "from 0")  # fmt: skip
+        return failed(name, "the numbers start at 1: LIME's feature i is segment i, counted from 0")
     if len(labels) < h * w:
-        return failed(name, f"{len(labels)} segments, expected {h * w}: every pixel must be its "
-                      "own segment (blocks of pixels are superpixels)")  # fmt: skip
-    return failed(name, "64 segments, but not numbered 0..63 row by row: segment i must be "
-                  "pixel i = row * 8 + column")  # fmt: skip
+        return failed(
+            name,
+            f"{len(labels)} segments, expected {h * w}: every pixel must be its "
+            "own segment (blocks of pixels are superpixels)",
+        )
+    return failed(
+        name,
+        "64 segments, but not numbered 0..63 row by row: segment i must be "
+        "pixel i = row * 8 + column",
+    )
 
 
 # --- exercise 3: the sanity check --------------------------------------------------------------
@@ -172,16 +200,25 @@ def check_sanity_check(fn: Callable) -> CheckResult:
             for why, w in wrong.items():
                 if abs(value - w) <= 1e-6:
                     return failed(name, why)
-            return failed(name, f"similarity {value:.4f}, expected {expected[0]:.4f}: Spearman "
-                          "correlation of np.abs(trained) and np.abs(randomized)")  # fmt: skip
+            return failed(
+                name,
+                f"similarity {value:.4f}, expected {expected[0]:.4f}: Spearman "
+                "correlation of np.abs(trained) and np.abs(randomized)",
+            )
         if bool(got[1]) != expected[1]:
-            return failed(name, f"similarity {value:.2f} but passed={bool(got[1])}: a method "
-                          f"passes when its map CHANGES with the weights, similarity < "
-                          f"{SANITY_THRESHOLD}")  # fmt: skip
+            return failed(
+                name,
+                f"similarity {value:.2f} but passed={bool(got[1])}: a method "
+                f"passes when its map CHANGES with the weights, similarity < "
+                f"{SANITY_THRESHOLD}",
+            )
         answers.append((value, bool(got[1])))
     (s1, p1), (s2, p2) = answers
-    return passed(name, f"similarity {s1:.2f} -> passed={p1} (the map ignores the weights); "
-                  f"{s2:.2f} -> passed={p2}")  # fmt: skip
+    return passed(
+        name,
+        f"similarity {s1:.2f} -> passed={p1} (the map ignores the weights); "
+        f"{s2:.2f} -> passed={p2}",
+    )
 
 
 # --- exercise 4: remove a text's top words -----------------------------------------------------
@@ -222,19 +259,25 @@ def check_remove_top_words(fn: Callable) -> CheckResult:
 
         top = np.argsort(-values, kind="stable")
         mistakes = [
-            (cut(np.argsort(-np.abs(values), kind="stable")), "you ranked by |value|: deletion "
-             "removes the words that SUPPORT the explained class most, largest value first "
-             "('awful' pushes the other way)"),
-            (cut(np.argsort(values, kind="stable")), "you removed the k words with the smallest "
-             "values: sort from the largest down (np.argsort(-values))"),
-            (cut(top, k - 1), f"you removed {k - 1} words, expected {k}: check the slice "
-             "[:k]"),
-            (cut(top, k + 1), f"you removed {k + 1} words, expected {k}: check the slice "
-             "[:k]"),
-            (" ".join(w for i, w in enumerate(words) if i not in set(top[:k].tolist())),
-             "the punctuation is gone: cut the words out of the text with the spans from "
-             "words_of and keep everything else (the model reads commas and full stops too)"),
-        ]  # fmt: skip
+            (
+                cut(np.argsort(-np.abs(values), kind="stable")),
+                "you ranked by |value|: deletion "
+                "removes the words that SUPPORT the explained class most, largest value first "
+                "('awful' pushes the other way)",
+            ),
+            (
+                cut(np.argsort(values, kind="stable")),
+                "you removed the k words with the smallest "
+                "values: sort from the largest down (np.argsort(-values))",
+            ),
+            (cut(top, k - 1), f"you removed {k - 1} words, expected {k}: check the slice [:k]"),
+            (cut(top, k + 1), f"you removed {k + 1} words, expected {k}: check the slice [:k]"),
+            (
+                " ".join(w for i, w in enumerate(words) if i not in set(top[:k].tolist())),
+                "the punctuation is gone: cut the words out of the text with the spans from "
+                "words_of and keep everything else (the model reads commas and full stops too)",
+            ),
+        ]
         for wrong, why in mistakes:
             if _tidy(got) == _tidy(wrong):
                 return failed(name, why)

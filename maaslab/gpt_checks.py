@@ -58,8 +58,9 @@ def _verdict(
     if why:
         return failed(name, f"with {setting}: {why}")
     if got.shape == expected.shape and np.all(np.isfinite(got)) and abs(got.sum() - 1) > 1e-3:
-        return failed(name, f"with {setting} your probabilities sum to {got.sum():.4g}, not 1. "
-                      + hint)  # fmt: skip
+        return failed(
+            name, f"with {setting} your probabilities sum to {got.sum():.4g}, not 1. " + hint
+        )
     return failed(name, f"with {setting}: {result.message}")
 
 
@@ -84,20 +85,38 @@ def check_temperature_softmax(fn: Callable) -> CheckResult:
         if bad is not None:  # a CheckResult is falsy when it fails
             return bad
         mistakes = [
-            ((logits * T).softmax(-1), "you multiplied the logits by the temperature; divide "
-             "them, so that T < 1 sharpens and T > 1 flattens"),
-            (logits.softmax(-1), "the temperature is ignored: divide the logits by it before "
-             "the softmax"),
-            (logits / T, "these are the scaled logits: apply a softmax to turn them into "
-             "probabilities"),
-            (logits.softmax(-1) / T, "you divided the probabilities by T after the softmax: "
-             "divide the logits before it"),
-            (torch.exp(logits / T), "exp(logits / T) is not yet a distribution: divide by its "
-             "sum (that is the softmax)"),
-        ]  # fmt: skip
+            (
+                (logits * T).softmax(-1),
+                "you multiplied the logits by the temperature; divide "
+                "them, so that T < 1 sharpens and T > 1 flattens",
+            ),
+            (
+                logits.softmax(-1),
+                "the temperature is ignored: divide the logits by it before the softmax",
+            ),
+            (
+                logits / T,
+                "these are the scaled logits: apply a softmax to turn them into probabilities",
+            ),
+            (
+                logits.softmax(-1) / T,
+                "you divided the probabilities by T after the softmax: divide the logits before it",
+            ),
+            (
+                torch.exp(logits / T),
+                "exp(logits / T) is not yet a distribution: divide by its "
+                "sum (that is the softmax)",
+            ),
+        ]
         expected = next_token_probs(logits, temperature=T)
-        result = _verdict(name, got, expected, mistakes, "Try torch.softmax(logits / "
-                          "temperature, dim=-1).", f"temperature={T}")  # fmt: skip
+        result = _verdict(
+            name,
+            got,
+            expected,
+            mistakes,
+            "Try torch.softmax(logits / temperature, dim=-1).",
+            f"temperature={T}",
+        )
         if not result:
             return result
     return passed(name, f"matches next_token_probs for temperatures {TEMPERATURES}")
@@ -115,19 +134,35 @@ def check_top_k(fn: Callable) -> CheckResult:
         if bad is not None:  # a CheckResult is falsy when it fails
             return bad
         mistakes = [
-            (_renormalized(probs, rank >= PROBE_VOCAB - k), "you kept the k *least* likely "
-             "tokens: keep the k largest logits (torch.topk takes the largest by default)"),
-            (torch.where(rank < k, probs, 0.0), "the kept probabilities are not renormalized: "
-             "divide them by their sum, or set the other logits to -inf before the softmax"),
+            (
+                _renormalized(probs, rank >= PROBE_VOCAB - k),
+                "you kept the k *least* likely "
+                "tokens: keep the k largest logits (torch.topk takes the largest by default)",
+            ),
+            (
+                torch.where(rank < k, probs, 0.0),
+                "the kept probabilities are not renormalized: "
+                "divide them by their sum, or set the other logits to -inf before the softmax",
+            ),
             (_renormalized(probs, rank < k + 1), f"you kept k + 1 = {k + 1} tokens, one too many"),
             (probs, "nothing was filtered: every token still has a chance"),
-        ]  # fmt: skip
+        ]
         if k > 1:
-            mistakes.append((_renormalized(probs, rank < k - 1), f"you kept k - 1 = {k - 1} "
-                             "tokens, one too few"))  # fmt: skip
+            mistakes.append(
+                (
+                    _renormalized(probs, rank < k - 1),
+                    f"you kept k - 1 = {k - 1} tokens, one too few",
+                )
+            )
         expected = next_token_probs(logits, top_k=k)
-        result = _verdict(name, got, expected, mistakes, "Set every logit below the k-th "
-                          "largest to -inf, then take the softmax.", f"k={k}")  # fmt: skip
+        result = _verdict(
+            name,
+            got,
+            expected,
+            mistakes,
+            "Set every logit below the k-th largest to -inf, then take the softmax.",
+            f"k={k}",
+        )
         if not result:
             return result
     return passed(name, f"matches next_token_probs for k = {TOP_KS}")
@@ -148,19 +183,31 @@ def check_top_p(fn: Callable) -> CheckResult:
             return bad
         nucleus = _keep(order, before < p)  # the right set: the mass before a token is below p
         mistakes = [
-            (_renormalized(probs, _keep(order, before + sorted_probs <= p)),
-             "you dropped the token that takes the total past p, so the kept mass is below p: "
-             "keep a token while the mass *before* it is below p (cumsum - prob < p)"),
-            (torch.where(nucleus, probs, 0.0), "the kept probabilities are not renormalized: "
-             "divide them by their sum"),
-            (_renormalized(probs, _keep(ascending, low_first.cumsum(0) - low_first < p)),
-             "you sorted in ascending order and kept the least likely tokens: sort descending"),
+            (
+                _renormalized(probs, _keep(order, before + sorted_probs <= p)),
+                "you dropped the token that takes the total past p, so the kept mass is below p: "
+                "keep a token while the mass *before* it is below p (cumsum - prob < p)",
+            ),
+            (
+                torch.where(nucleus, probs, 0.0),
+                "the kept probabilities are not renormalized: divide them by their sum",
+            ),
+            (
+                _renormalized(probs, _keep(ascending, low_first.cumsum(0) - low_first < p)),
+                "you sorted in ascending order and kept the least likely tokens: sort descending",
+            ),
             (probs, "nothing was filtered: every token still has a chance"),
-        ]  # fmt: skip
+        ]
         expected = next_token_probs(logits, top_p=p)
-        result = _verdict(name, got, expected, mistakes, "Sort descending, keep tokens while "
-                          "the cumulative mass before them is < p, renormalize.",
-                          f"p={p}")  # fmt: skip
+        result = _verdict(
+            name,
+            got,
+            expected,
+            mistakes,
+            "Sort descending, keep tokens while "
+            "the cumulative mass before them is < p, renormalize.",
+            f"p={p}",
+        )
         if not result:
             return result
     return passed(name, f"matches next_token_probs for p = {TOP_PS}")
@@ -175,23 +222,32 @@ def check_uniform_loss(answer: object, vocab_size: int = 104) -> CheckResult:
         return failed(name, f"expected a number, got {type(answer).__name__}")
     right = math.log(vocab_size)
     if math.isclose(value, right, rel_tol=1e-4):
-        return passed(name, f"ln {vocab_size} = {right:.4f} nats: every prediction pays "
-                      f"-ln(1/{vocab_size})")  # fmt: skip
+        return passed(
+            name, f"ln {vocab_size} = {right:.4f} nats: every prediction pays -ln(1/{vocab_size})"
+        )
     mistakes = [
-        (math.log2(vocab_size), "that is in bits (log base 2); the loss uses the natural log, "
-         "nats"),
+        (
+            math.log2(vocab_size),
+            "that is in bits (log base 2); the loss uses the natural log, nats",
+        ),
         (math.log10(vocab_size), "that is log base 10; the loss uses the natural log"),
         (1 / vocab_size, "that is the probability of each token; the loss is -ln of it"),
         (float(vocab_size), "that is the perplexity e^loss; the loss is its natural log"),
         (-right, "wrong sign: the loss is -ln p, and ln(1/V) is negative"),
-        (math.log(vocab_size - 1), f"that is ln {vocab_size - 1}: the vocabulary has "
-         f"{vocab_size} tokens (the unknown marker counts)"),
-    ]  # fmt: skip
+        (
+            math.log(vocab_size - 1),
+            f"that is ln {vocab_size - 1}: the vocabulary has "
+            f"{vocab_size} tokens (the unknown marker counts)",
+        ),
+    ]
     for wrong, why in mistakes:
         if math.isclose(value, wrong, rel_tol=1e-4):
             return failed(name, why)
-    return failed(name, f"got {value:.4g}. The model puts 1/{vocab_size} on the right token "
-                  "every time; the loss is -ln of that.")  # fmt: skip
+    return failed(
+        name,
+        f"got {value:.4g}. The model puts 1/{vocab_size} on the right token "
+        "every time; the loss is -ln of that.",
+    )
 
 
 def _true_count(config: GPTConfig) -> int:
@@ -204,8 +260,10 @@ def check_param_count(fn: Callable[[GPTConfig], int]) -> CheckResult:
     """Check `fn(config) -> int`, the parameter count of a MiniGPT from its config by formula."""
     name = "parameter count of a mini GPT"
     for cfg in COUNT_CONFIGS:
-        setting = (f"GPTConfig(vocab_size={cfg.vocab_size}, context={cfg.context}, "
-                   f"n_embd={cfg.n_embd}, n_layer={cfg.n_layer})")  # fmt: skip
+        setting = (
+            f"GPTConfig(vocab_size={cfg.vocab_size}, context={cfg.context}, "
+            f"n_embd={cfg.n_embd}, n_layer={cfg.n_layer})"
+        )
         try:
             got = int(fn(cfg))
         except Exception as err:  # any error in the answer is a verdict
@@ -215,23 +273,40 @@ def check_param_count(fn: Callable[[GPTConfig], int]) -> CheckResult:
             continue
         V, T, C, L = cfg.vocab_size, cfg.context, cfg.n_embd, cfg.n_layer
         mistakes = [
-            (right + V * C, "you counted the output layer (lm_head) as new weights: it is tied "
-             "to the token embedding, the same V x C matrix, so it adds nothing"),
+            (
+                right + V * C,
+                "you counted the output layer (lm_head) as new weights: it is tied "
+                "to the token embedding, the same V x C matrix, so it adds nothing",
+            ),
             (right - T * C, "the position embedding (context x n_embd) is missing"),
             (right - 2 * C, "the final LayerNorm (ln_f: weight and bias, 2 x n_embd) is missing"),
-            (right - 2 * C * (2 * L + 1), "the LayerNorms are missing: two per block and one at "
-             "the end, each with 2 x n_embd parameters"),
-            (right - L * 9 * C, "the biases of the linear layers in the blocks are missing "
-             "(3C + C in attention, 4C + C in the MLP)"),
+            (
+                right - 2 * C * (2 * L + 1),
+                "the LayerNorms are missing: two per block and one at "
+                "the end, each with 2 x n_embd parameters",
+            ),
+            (
+                right - L * 9 * C,
+                "the biases of the linear layers in the blocks are missing "
+                "(3C + C in attention, 4C + C in the MLP)",
+            ),
             (right - L * 13 * C - 2 * C, "the biases and LayerNorms are missing"),
-            (right - L * (6 * C * C + 3 * C), "the MLP is 4 x n_embd wide, not n_embd: its "
-             "two matrices have 2 x 4C² parameters"),
-        ]  # fmt: skip
+            (
+                right - L * (6 * C * C + 3 * C),
+                "the MLP is 4 x n_embd wide, not n_embd: its two matrices have 2 x 4C² parameters",
+            ),
+        ]
         for wrong, why in mistakes:
             if got == wrong:
                 return failed(name, f"for {setting}: {why}")
-        return failed(name, f"for {setting} you count {got:,}, the model has {right:,} "
-                      f"({got - right:+,}). Count embeddings (V·C + T·C), 12C² + 13C per block "
-                      "and 2C for the final LayerNorm; lm_head is tied.")  # fmt: skip
-    return passed(name, f"right for {len(COUNT_CONFIGS)} configs, e.g. "
-                  f"{_true_count(COUNT_CONFIGS[0]):,} for GPTConfig()")  # fmt: skip
+        return failed(
+            name,
+            f"for {setting} you count {got:,}, the model has {right:,} "
+            f"({got - right:+,}). Count embeddings (V·C + T·C), 12C² + 13C per block "
+            "and 2C for the final LayerNorm; lm_head is tied.",
+        )
+    return passed(
+        name,
+        f"right for {len(COUNT_CONFIGS)} configs, e.g. "
+        f"{_true_count(COUNT_CONFIGS[0]):,} for GPTConfig()",
+    )

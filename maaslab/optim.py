@@ -49,8 +49,13 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("gd", "momentum", "nesterov", "rmsprop", "adam")
-NAMES = {"gd": "GD", "momentum": "Momentum", "nesterov": "Nesterov", "rmsprop": "RMSprop",
-         "adam": "Adam"}  # fmt: skip
+NAMES = {
+    "gd": "GD",
+    "momentum": "Momentum",
+    "nesterov": "Nesterov",
+    "rmsprop": "RMSprop",
+    "adam": "Adam",
+}
 MAX_STEPS = 5000
 DIVERGED = 1e6  # a coordinate beyond this counts as diverged: the path left every window
 
@@ -200,9 +205,12 @@ def torch_optimizer(cfg: OptimizerConfig, params: list[torch.Tensor]) -> torch.o
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=wd)
     if cfg.name in ("momentum", "nesterov"):
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.name == "nesterov",
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.name == "nesterov",
             weight_decay=wd,
-        )  # fmt: skip
+        )
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, alpha=cfg.alpha, eps=cfg.eps, weight_decay=wd)
     return torch.optim.Adam(
@@ -285,11 +293,16 @@ class RaceResult:
         for p in self.paths:
             x, y = (float(v) for v in p.xy[-1])
             m = self.surface.minimum
-            rows.append({
-                "optimizer": p.label, "final loss": p.final_loss, "diverged at": p.diverged_at,
-                "x": x, "y": y,
-                "distance to minimum": None if m is None else math.hypot(x - m[0], y - m[1]),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "optimizer": p.label,
+                    "final loss": p.final_loss,
+                    "diverged at": p.diverged_at,
+                    "x": x,
+                    "y": y,
+                    "distance to minimum": None if m is None else math.hypot(x - m[0], y - m[1]),
+                }
+            )
         return rows
 
 

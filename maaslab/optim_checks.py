@@ -49,9 +49,14 @@ def _check_rule(title, fn, reference, n_state, hyper, with_t, wrong, hint) -> Ch
     return failed(
         title,
         f"step {bad + 1} gives params {np.round(got[bad], 6)}, expected "
-        f"{np.round(expected[bad], 6)}. " + (hint if bad == 0 else "Step 1 is right, so check "
-        "the state you return and carry to the next step. " + hint),
-    )  # fmt: skip
+        f"{np.round(expected[bad], 6)}. "
+        + (
+            hint
+            if bad == 0
+            else "Step 1 is right, so check "
+            "the state you return and carry to the next step. " + hint
+        ),
+    )
 
 
 def _adam_variant(correct: bool = True, eps_inside: bool = False, swap: bool = False):

@@ -54,15 +54,24 @@ def check_mean_pool(fn: Callable) -> CheckResult:
     m = mask.unsqueeze(-1).float()  # (B, T, 1)
     T = hidden.shape[1]
     mistakes = [
-        (hidden.mean(1), "you averaged the padding too: multiply by the mask before summing and "
-         "divide by the number of real tokens (mask.sum), not by T"),
-        ((hidden * m).sum(1) / T, f"you left the padding out of the sum but still divided by "
-         f"T = {T}: divide each row by its own count of real tokens, mask.sum(1)"),
+        (
+            hidden.mean(1),
+            "you averaged the padding too: multiply by the mask before summing and "
+            "divide by the number of real tokens (mask.sum), not by T",
+        ),
+        (
+            (hidden * m).sum(1) / T,
+            f"you left the padding out of the sum but still divided by "
+            f"T = {T}: divide each row by its own count of real tokens, mask.sum(1)",
+        ),
         ((hidden * m).sum(1), "this is the sum of the real tokens: divide by how many there are"),
         (hidden[:, 0], "this is the first token ([CLS]) alone: average every real token"),
-        ((hidden * m).mean(2), "you averaged over the features (dim 2): average over the tokens, "
-         "dim 1, so each text keeps its C features"),
-    ]  # fmt: skip
+        (
+            (hidden * m).mean(2),
+            "you averaged over the features (dim 2): average over the tokens, "
+            "dim 1, so each text keeps its C features",
+        ),
+    ]
     expected = mean_pool(hidden, mask).numpy()
     hint = "Sum hidden * mask[..., None] over dim 1, divide by mask.sum(1)."
     result = check_array(name, got, expected, rtol=1e-4, atol=1e-6, hint=hint)
@@ -114,15 +123,23 @@ def check_top_k(fn: Callable) -> CheckResult:
     cosine = unit @ (query / np.linalg.norm(query))
     distance = np.linalg.norm(corpus - query, axis=1)
     mistakes = [
-        (np.argsort(-dot)[:k], "you ranked by the raw dot product, which favours long vectors: "
-         "divide by both lengths (or normalize the rows first) to get the cosine"),
-        (np.argsort(cosine)[:k], "these are the k *least* similar rows: sort by the negated "
-         "similarity (np.argsort(-sims)) to put the largest first"),
-        (np.argsort(distance)[:k], "you ranked by Euclidean distance between unnormalized "
-         "vectors; the cosine ignores length, so normalize first (or use the cosine directly)"),
-        (np.sort(expected), "the right rows, but sorted by index: return them most similar "
-         "first"),
-    ]  # fmt: skip
+        (
+            np.argsort(-dot)[:k],
+            "you ranked by the raw dot product, which favours long vectors: "
+            "divide by both lengths (or normalize the rows first) to get the cosine",
+        ),
+        (
+            np.argsort(cosine)[:k],
+            "these are the k *least* similar rows: sort by the negated "
+            "similarity (np.argsort(-sims)) to put the largest first",
+        ),
+        (
+            np.argsort(distance)[:k],
+            "you ranked by Euclidean distance between unnormalized "
+            "vectors; the cosine ignores length, so normalize first (or use the cosine directly)",
+        ),
+        (np.sort(expected), "the right rows, but sorted by index: return them most similar first"),
+    ]
     for wrong, why in mistakes:
         if got.tolist() == np.asarray(wrong).tolist():
             return failed(name, why)
@@ -139,8 +156,20 @@ def _phenomenon_probe() -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
     # 12 reviews with unequal group sizes, so dividing by the wrong count shows.
     labels = np.array([0, 1, 1, 0, 1, 0, 1, 0, 1, 1, 0, 0])
     predictions = np.array([0, 1, 0, 0, 0, 1, 1, 1, 1, 0, 0, 1])
-    phenomena = ("plain", "plain", "plain", "plain", "plain", "negation", "negation",
-                 "negation", "sarcasm", "sarcasm", "contrast", "contrast")  # fmt: skip
+    phenomena = (
+        "plain",
+        "plain",
+        "plain",
+        "plain",
+        "plain",
+        "negation",
+        "negation",
+        "negation",
+        "sarcasm",
+        "sarcasm",
+        "contrast",
+        "contrast",
+    )
     return predictions, labels, phenomena
 
 
@@ -176,19 +205,27 @@ def check_phenomenon_accuracy(fn: Callable) -> CheckResult:
     tags = np.array(phenomena)
     counts = np.array([right[tags == p].sum() for p in expected], dtype=float)
     mistakes = [
-        (np.full(len(want), right.mean()), "every tag got the overall accuracy: keep only the "
-         "reviews of that tag (right[tags == p]) before averaging"),
+        (
+            np.full(len(want), right.mean()),
+            "every tag got the overall accuracy: keep only the "
+            "reviews of that tag (right[tags == p]) before averaging",
+        ),
         (1 - want, "these are error rates: accuracy is the fraction predicted *right*"),
         (counts, "these are counts of right answers: divide by the number of reviews of the tag"),
-        (counts / len(right), f"you divided by all {len(right)} reviews: divide by the number "
-         "of reviews of that tag"),
-    ]  # fmt: skip
+        (
+            counts / len(right),
+            f"you divided by all {len(right)} reviews: divide by the number of reviews of that tag",
+        ),
+    ]
     why = first_mistake(values, mistakes)
     if why:
         return failed(name, why)
     worst = max(expected, key=lambda p: abs(float(got[p]) - expected[p]))
-    return failed(name, f"{worst}: got {float(got[worst]):.3f}, expected {expected[worst]:.3f}. "
-                  "Mean of (predictions == labels) over the reviews with that tag.")  # fmt: skip
+    return failed(
+        name,
+        f"{worst}: got {float(got[worst]):.3f}, expected {expected[worst]:.3f}. "
+        "Mean of (predictions == labels) over the reviews with that tag.",
+    )
 
 
 # --- exercise 4: how many numbers LoRA trains ----------------------------------------------------
@@ -216,18 +253,27 @@ def check_lora_count(fn: Callable) -> CheckResult:
             continue
         full = sum(o * i for o, i in shapes)
         mistakes = [
-            (full, "that is every number of the frozen weights W (out x in): LoRA trains only "
-             "A (r x in) and B (out x r)"),
+            (
+                full,
+                "that is every number of the frozen weights W (out x in): LoRA trains only "
+                "A (r x in) and B (out x r)",
+            ),
             (full + expected, "you counted the frozen weights W too: only A and B are trained"),
             (sum(r * i for _, i in shapes), "you counted only A (r x in): add B (out x r)"),
             (sum(o * r for o, _ in shapes), "you counted only B (out x r): add A (r x in)"),
-            (sum(r * o * i for o, i in shapes), "r x out x in is r full-size matrices: A is "
-             "r x in and B is out x r, so a layer adds r (in + out)"),
+            (
+                sum(r * o * i for o, i in shapes),
+                "r x out x in is r full-size matrices: A is "
+                "r x in and B is out x r, so a layer adds r (in + out)",
+            ),
             (r * sum(shapes[0]), "that is one layer: sum over every layer"),
             (expected // r, "you left out the rank: A has r rows and B has r columns"),
-        ]  # fmt: skip
-        why = next((w for value, w in mistakes if value == got), f"got {got:,}, expected "
-                   f"{expected:,}")  # fmt: skip
-        return failed(name, f"for r = {r} on {shapes}: {why}. A layer (out, in) adds "
-                      "A (r x in) and B (out x r).")  # fmt: skip
+        ]
+        why = next(
+            (w for value, w in mistakes if value == got), f"got {got:,}, expected {expected:,}"
+        )
+        return failed(
+            name,
+            f"for r = {r} on {shapes}: {why}. A layer (out, in) adds A (r x in) and B (out x r).",
+        )
     return passed(name, f"for r = 4, 8, 1 on {shapes}: r x (in + out) per layer, summed")

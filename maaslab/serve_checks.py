@@ -43,13 +43,19 @@ def check_littles_law(fn: Callable) -> CheckResult:
             continue
         where = f"for {lam:g} answers/s and {w_ms:g} ms you gave {got:g}, expected {want:g}"
         if np.isclose(got, lam * w_ms, rtol=1e-6):
-            return failed(name, f"{where}: the latency is in milliseconds; turn it into "
-                          "seconds before multiplying (answers per second x seconds)")  # fmt: skip
+            return failed(
+                name,
+                f"{where}: the latency is in milliseconds; turn it into "
+                "seconds before multiplying (answers per second x seconds)",
+            )
         if np.isclose(got, lam / (w_ms / 1000), rtol=1e-6) or np.isclose(got, lam / w_ms):
             return failed(name, f"{where}: L = lambda x W multiplies throughput by latency")
         return failed(name, f"{where}. Hint: L = throughput (per second) x latency (seconds).")
-    return passed(name, "L = lambda x W: at 120 answers/s and 250 ms, 30 requests are inside "
-                  "the server on average, queued or running")  # fmt: skip
+    return passed(
+        name,
+        "L = lambda x W: at 120 answers/s and 250 ms, 30 requests are inside "
+        "the server on average, queued or running",
+    )
 
 
 # --- exercise 2: an OIP v2 inference request for reviews ------------------------------------------
@@ -80,18 +86,23 @@ def check_infer_request(fn: Callable) -> CheckResult:
         except MaaslabError as err:
             return failed(name, f"the server would answer 400: {err}")
         if set(inputs) != {"text"}:
-            return failed(name, f"sentiment-minilm takes one input named 'text', got "
-                          f"{', '.join(map(repr, inputs))}")  # fmt: skip
+            return failed(
+                name,
+                f"sentiment-minilm takes one input named 'text', got "
+                f"{', '.join(map(repr, inputs))}",
+            )
         t = inputs["text"]
         if t.datatype != "BYTES":
             return failed(name, f"text travels as datatype 'BYTES', not {t.datatype!r}")
         if list(t.shape) not in ([len(texts)], [len(texts), 1]):
-            return failed(name, f"shape must be [{len(texts)}] (one element per review), "
-                          f"got {list(t.shape)}")  # fmt: skip
+            return failed(
+                name, f"shape must be [{len(texts)}] (one element per review), got {list(t.shape)}"
+            )
         if [b.decode() for b in t.data] != list(texts):
             return failed(name, "'data' must hold the reviews themselves, in order")
-    return passed(name, "the body decodes with the server's own parser: one BYTES tensor "
-                  "'text' of shape [N]")  # fmt: skip
+    return passed(
+        name, "the body decodes with the server's own parser: one BYTES tensor 'text' of shape [N]"
+    )
 
 
 # --- exercise 3: p99 latency ----------------------------------------------------------------------
@@ -130,10 +141,14 @@ def check_p99(fn: Callable) -> CheckResult:
         for value, why in mistakes:
             if np.isclose(got, value, rtol=1e-6):
                 return failed(name, f"{where}: {why}")
-        return failed(name, f"{where}. Hint: np.percentile(latencies, 99), or sort and take "
-                      "the value at rank ceil(0.99 n)")  # fmt: skip
-    return passed(name, "p99: 99 % of requests were at least this fast; one in a hundred was "
-                  "slower")  # fmt: skip
+        return failed(
+            name,
+            f"{where}. Hint: np.percentile(latencies, 99), or sort and take "
+            "the value at rank ceil(0.99 n)",
+        )
+    return passed(
+        name, "p99: 99 % of requests were at least this fast; one in a hundred was slower"
+    )
 
 
 # --- exercise 4: a BYTES tensor in Triton's binary format -----------------------------------------
@@ -165,11 +180,18 @@ def check_bytes_tensor(fn: Callable) -> CheckResult:
         if bytes(got) == big:
             return failed(name, f"{where}: the length is little-endian ('<I'), not big-endian")
         if bytes(got) == chars:
-            return failed(name, f"{where}: the length counts UTF-8 bytes, not characters "
-                          "('è' and '✨' take more than one byte)")  # fmt: skip
+            return failed(
+                name,
+                f"{where}: the length counts UTF-8 bytes, not characters "
+                "('è' and '✨' take more than one byte)",
+            )
         if bytes(got) == b"".join(encoded):
-            return failed(name, f"{where}: each element needs its 4-byte length before it, "
-                          "or the reader cannot tell where one ends")  # fmt: skip
-        return failed(name, f"{where}. Hint: struct.pack('<I', len(b)) + b for each "
-                      "b = text.encode('utf-8')")  # fmt: skip
+            return failed(
+                name,
+                f"{where}: each element needs its 4-byte length before it, "
+                "or the reader cannot tell where one ends",
+            )
+        return failed(
+            name, f"{where}. Hint: struct.pack('<I', len(b)) + b for each b = text.encode('utf-8')"
+        )
     return passed(name, "length-prefixed UTF-8: what tritonclient sends for a BYTES input")

@@ -81,8 +81,9 @@ class DigitsClassifier:
         if not np.all(np.isfinite(x)):
             raise MaaslabError("pixels contain NaN or infinity")
         if x.min() < 0 or x.max() > DIGIT_PIXEL_MAX:
-            raise MaaslabError(f"pixels must lie in 0..16 (sklearn digits scale); got "
-                               f"{x.min():g}..{x.max():g}")  # fmt: skip
+            raise MaaslabError(
+                f"pixels must lie in 0..16 (sklearn digits scale); got {x.min():g}..{x.max():g}"
+            )
         started = time.perf_counter()
         proba = predict_proba(self.model, x / DIGIT_PIXEL_MAX)
         labels = tuple(self.class_names[i] for i in proba.argmax(1))
@@ -113,8 +114,13 @@ def _encoder_attention(tokenizer, encoder, text: str, max_length: int) -> Attent
 class SentimentModel:
     """sentiment-minilm: texts -> probabilities [negative, positive] and a label per text."""
 
-    def __init__(self, name: str, device: str = "cpu", folder: Path | None = None,
-                 model: torch.nn.Module | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        device: str = "cpu",
+        folder: Path | None = None,
+        model: torch.nn.Module | None = None,
+    ) -> None:
         self.name, self.folder = name, Path(folder) if folder is not None else _folder(name)
         # The adapters are folded into the encoder: same answers, no adapter cost per call.
         # A caller that already rebuilt the model (a compressed variant) passes it in.
@@ -133,8 +139,9 @@ class SentimentModel:
 
     def attention(self, text: str) -> AttentionMap:
         """Attention weights of every MiniLM layer and head over the tokens of `text`."""
-        return _encoder_attention(self.model.tokenizer, self.model.encoder, text,
-                                  self.model.config.max_length)  # fmt: skip
+        return _encoder_attention(
+            self.model.tokenizer, self.model.encoder, text, self.model.config.max_length
+        )
 
 
 class TextGenerator:
@@ -150,24 +157,41 @@ class TextGenerator:
         self.tokenizer = CharTokenizer.from_dict(self.metadata["tokenizer"])
         self.context = self.model.config.context
 
-    def generate(self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None) -> Iterator[str]:  # fmt: skip
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Iterator[str]:
         """New tokens as text, yielded as they are sampled (see maaslab.models.gpt.generate)."""
         from maaslab.models.gpt import generate
 
-        return generate(self.model, self.tokenizer, prompt, max_new_tokens, temperature,
-                        top_k, top_p, seed)  # fmt: skip
+        return generate(
+            self.model, self.tokenizer, prompt, max_new_tokens, temperature, top_k, top_p, seed
+        )
 
-    def complete(self, prompt: str, max_new_tokens: int = 200, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None,
-                 seed: int | None = None) -> Completion:  # fmt: skip
+    def complete(
+        self,
+        prompt: str,
+        max_new_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+    ) -> Completion:
         """The whole continuation at once, with token counts and time."""
         stream = self.generate(prompt, max_new_tokens, temperature, top_k, top_p, seed)
         started = time.perf_counter()
         pieces = list(stream)
-        return Completion("".join(pieces), len(self.tokenizer.encode(prompt)), len(pieces),
-                          time.perf_counter() - started)  # fmt: skip
+        return Completion(
+            "".join(pieces),
+            len(self.tokenizer.encode(prompt)),
+            len(pieces),
+            time.perf_counter() - started,
+        )
 
     def attention(self, text: str) -> AttentionMap:
         """Attention weights over the last `context` characters of `text` (causal: row i
@@ -197,8 +221,9 @@ class TextEmbedder:
 
     def attention(self, text: str) -> AttentionMap:
         """Attention weights of every MiniLM layer and head over the tokens of `text`."""
-        return _encoder_attention(self.encoder.tokenizer, self.encoder.model, text,
-                                  self.encoder.max_length)  # fmt: skip
+        return _encoder_attention(
+            self.encoder.tokenizer, self.encoder.model, text, self.encoder.max_length
+        )
 
 
 def image_to_pixels(data: bytes) -> np.ndarray:

@@ -44,10 +44,16 @@ def run(model: str, variants: list[str], repeats: int, shap_inputs: int, threads
     ss["compress.run_seed"] = seed  # the export rebuilds (or reuses) the variant with this seed
     ss[TASK] = Task(
         lambda progress, cancel: compare(
-            model, ["fp32", *variants], repeats=repeats, shap_inputs=shap_inputs, seed=seed,
-            threads=threads, progress=progress, cancel=cancel,
+            model,
+            ["fp32", *variants],
+            repeats=repeats,
+            shap_inputs=shap_inputs,
+            seed=seed,
+            threads=threads,
+            progress=progress,
+            cancel=cancel,
         )
-    ).start()  # fmt: skip
+    ).start()
 
 
 @st.cache_resource(show_spinner="Loading the ONNX exporter and SHAP (once per server)…")
@@ -86,19 +92,21 @@ def table(comparison) -> pd.DataFrame:
     """The comparison as shown: one row per variant, its error (if any) in the last column."""
     rows = []
     for r in comparison.rows:
-        rows.append({
-            "variant": r.name,
-            "accuracy (%)": None if r.accuracy is None else 100 * r.accuracy,
-            "drop (points)": r.accuracy_drop,
-            "ms batch 1": r.latency_ms_1,
-            "ms batch 32": r.latency_ms_32,
-            "speed-up batch 1": r.speedup_1,
-            "speed-up batch 32": r.speedup_32,
-            "MB on disk": r.size_mb,
-            "SHAP difference": r.shap_difference,
-            "build s": r.build_seconds,
-            "error": r.error or "",
-        })  # fmt: skip
+        rows.append(
+            {
+                "variant": r.name,
+                "accuracy (%)": None if r.accuracy is None else 100 * r.accuracy,
+                "drop (points)": r.accuracy_drop,
+                "ms batch 1": r.latency_ms_1,
+                "ms batch 32": r.latency_ms_32,
+                "speed-up batch 1": r.speedup_1,
+                "speed-up batch 32": r.speedup_32,
+                "MB on disk": r.size_mb,
+                "SHAP difference": r.shap_difference,
+                "build s": r.build_seconds,
+                "error": r.error or "",
+            }
+        )
     return pd.DataFrame(rows).set_index("variant").astype({"error": str})
 
 
@@ -123,10 +131,17 @@ def verdict(comparison) -> None:
 
 def show(comparison) -> None:
     """Table, verdict, figures, and the run's conditions."""
-    formats = {"accuracy (%)": "{:.1f}", "drop (points)": "{:+.1f}", "ms batch 1": "{:.3g}",
-               "ms batch 32": "{:.3g}", "speed-up batch 1": "{:.2f}x",
-               "speed-up batch 32": "{:.2f}x", "MB on disk": "{:.3f}", "SHAP difference": "{:.3f}",
-               "build s": "{:.1f}"}  # fmt: skip
+    formats = {
+        "accuracy (%)": "{:.1f}",
+        "drop (points)": "{:+.1f}",
+        "ms batch 1": "{:.3g}",
+        "ms batch 32": "{:.3g}",
+        "speed-up batch 1": "{:.2f}x",
+        "speed-up batch 32": "{:.2f}x",
+        "MB on disk": "{:.3f}",
+        "SHAP difference": "{:.3f}",
+        "build s": "{:.1f}",
+    }
     st.table(table(comparison).style.format(formats, na_rep="—"))
     failed = [r.name for r in comparison.rows if r.error]
     if failed:
@@ -188,8 +203,13 @@ def export(comparison, variant: str, name: str, overwrite: bool) -> dict:
         )
     with st.spinner(f"Exporting {variant}…"), torch_threads(comparison.threads):
         # same threads and seed as the comparison: the variant built there is reused, not rebuilt
-        export_variant(comparison.model, variant, folder, seed=ss.get("compress.run_seed", 0),
-                       overwrite=overwrite)  # fmt: skip
+        export_variant(
+            comparison.model,
+            variant,
+            folder,
+            seed=ss.get("compress.run_seed", 0),
+            overwrite=overwrite,
+        )
     loaded = registry.load(folder)
     x, label = held_out_example(comparison.model)
     pred = loaded.predict([x] if isinstance(x, str) else np.asarray(x)[None])
@@ -237,9 +257,13 @@ c1, c2, c3, c4 = st.columns(4)
 repeats = c1.number_input("Timed calls per variant", 1, 200, 20, key="compress.repeats")
 shap_inputs = c2.number_input("SHAP inputs (0 = skip)", 0, 5, 1, key="compress.shap")
 threads = c3.number_input(
-    "CPU threads", 1, os.cpu_count() or 1, 1, key="compress.threads",
+    "CPU threads",
+    1,
+    os.cpu_count() or 1,
+    1,
+    key="compress.threads",
     help="1 thread gives steadier timings when other work shares the cores",
-)  # fmt: skip
+)
 seed = c4.number_input("Seed", 0, 2**31 - 1, 0, key="compress.seed")
 busy = ss.get(TASK) is not None and ss[TASK].running
 if st.button(

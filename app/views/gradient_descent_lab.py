@@ -43,11 +43,22 @@ def pick(label: str, grid, key: str, **kwargs) -> None:
 st.title("Gradient Descent Lab")
 left, right = st.columns([1, 3], gap="large")
 with left:
-    name = st.selectbox("Surface", list(SURFACES), format_func=lambda n: SURFACES[n].title,
-                        key=P + "surface", on_change=on_surface)  # fmt: skip
+    name = st.selectbox(
+        "Surface",
+        list(SURFACES),
+        format_func=lambda n: SURFACES[n].title,
+        key=P + "surface",
+        on_change=on_surface,
+    )
     surface = SURFACES[name]
-    chosen = st.pills("Optimizers", OPTIMIZERS, selection_mode="multi", format_func=NAMES.get,
-                      key=P + "opt", wrap=True)  # fmt: skip
+    chosen = st.pills(
+        "Optimizers",
+        OPTIMIZERS,
+        selection_mode="multi",
+        format_func=NAMES.get,
+        key=P + "opt",
+        wrap=True,
+    )
     for opt in chosen:
         ss.setdefault(P + f"lr.{opt}", surface.lr_for(opt))  # forgotten while it was unselected
         pick(f"Learning rate · {NAMES[opt]}", lab.LR_GRID, f"lr.{opt}")
@@ -86,8 +97,10 @@ with right:
     # invisible click targets over the map: a contour cannot be selected, markers can
     fig = add_click_targets(race_contour(result), surface, lab.click_grid(surface))
     st.plotly_chart(fig, key=P + "chart", on_select=on_click, selection_mode="points")
-    st.caption("Press ▶ Play to replay the race. Click anywhere on the map to start from there. "
-               "The address bar holds every setting: copy it to share this race.")  # fmt: skip
+    st.caption(
+        "Press ▶ Play to replay the race. Click anywhere on the map to start from there. "
+        "The address bar holds every setting: copy it to share this race."
+    )
     table = pd.DataFrame(lab.race_table(result))  # a static table: 4 significant digits, any size
     numbers = ["final loss", "distance to minimum"]
     st.table(table.style.format("{:.4g}", subset=numbers, na_rep="—").hide(axis="index"))

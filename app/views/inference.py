@@ -66,8 +66,10 @@ def cost(model, seconds: float) -> str:
 def truncation_notice(truncated: bool, limit: str) -> None:
     """Say so when the model saw only the start of a long text."""
     if truncated:
-        st.warning(f"The text is longer than the model reads: only {limit} were used.",
-                   icon=":material/content_cut:")  # fmt: skip
+        st.warning(
+            f"The text is longer than the model reads: only {limit} were used.",
+            icon=":material/content_cut:",
+        )
 
 
 def attention_panel(model, text: str, key: str) -> None:
@@ -94,8 +96,9 @@ def attention_panel(model, text: str, key: str) -> None:
 def digits_panel(model) -> None:
     """Pick a test image, draw one, or upload a picture; see the class probabilities."""
     X, y = digits_test()
-    source = st.segmented_control("Input", ["Test sample", "Draw", "Upload"],
-                                  default="Test sample", key="infer.source")  # fmt: skip
+    source = st.segmented_control(
+        "Input", ["Test sample", "Draw", "Upload"], default="Test sample", key="infer.source"
+    )
     left, right = st.columns(2, gap="large")
     pixels, true = None, None
     with left:
@@ -104,11 +107,16 @@ def digits_panel(model) -> None:
             if st.button("Clear", icon=":material/ink_eraser:"):
                 ss[CANVAS] = np.zeros(64, dtype=np.float32)
             pixels = ss[CANVAS]
-            st.plotly_chart(plots.digit_canvas(pixels), key="infer.canvas_chart",
-                            on_select=on_click, selection_mode="points")  # fmt: skip
+            st.plotly_chart(
+                plots.digit_canvas(pixels),
+                key="infer.canvas_chart",
+                on_select=on_click,
+                selection_mode="points",
+            )
         elif source == "Upload":
-            upload = st.file_uploader("A picture of one digit (PNG or JPEG)", type=IMAGE_TYPES,
-                                      key="infer.upload")  # fmt: skip
+            upload = st.file_uploader(
+                "A picture of one digit (PNG or JPEG)", type=IMAGE_TYPES, key="infer.upload"
+            )
             if upload is not None:
                 try:
                     pixels = image_to_pixels(upload.getvalue())
@@ -181,8 +189,9 @@ def gpt_panel(model) -> None:
     """A prompt and sampling settings; the continuation streams in as it is sampled."""
     prompt = st.text_area("Prompt", EXAMPLE_PROMPT, max_chars=10_000, key="infer.prompt")
     c1, c2, c3, c4, c5 = st.columns(5)
-    max_new = c1.number_input(f"Max new tokens (1–{MAX_NEW_TOKENS})", value=200, step=50,
-                              key="infer.max_tokens")  # fmt: skip
+    max_new = c1.number_input(
+        f"Max new tokens (1–{MAX_NEW_TOKENS})", value=200, step=50, key="infer.max_tokens"
+    )
     temperature = c2.slider("Temperature", 0.1, 2.0, 0.8, 0.1, key="infer.temperature")
     top_k = c3.number_input("Top-k (0 = off)", 0, model.tokenizer.vocab_size, 0, key="infer.top_k")
     top_p = c4.slider("Top-p", 0.05, 1.0, 0.95, 0.05, key="infer.top_p")
@@ -190,8 +199,9 @@ def gpt_panel(model) -> None:
     if st.button("Generate", type="primary", icon=":material/play_arrow:", key="infer.generate"):
         ss.pop(GENERATED, None)
         try:
-            stream = model.generate(prompt, int(max_new), temperature, int(top_k) or None,
-                                    top_p, int(seed))  # fmt: skip
+            stream = model.generate(
+                prompt, int(max_new), temperature, int(top_k) or None, top_p, int(seed)
+            )
         except MaaslabError as err:
             st.error(str(err))
             return
@@ -211,8 +221,9 @@ def embed_panel(model, name: str) -> None:
     """A query; the nearest sentences of the lesson guides by cosine similarity."""
     sentences, corpus = corpus_embeddings(name)
     example = "Why does a learning rate that is too large make the loss explode?"
-    query = st.text_area("Find the passages of the guides closest to…", example,
-                         max_chars=200_000, key="infer.query")  # fmt: skip
+    query = st.text_area(
+        "Find the passages of the guides closest to…", example, max_chars=200_000, key="infer.query"
+    )
     try:
         out = model.embed([query])
     except MaaslabError as err:
@@ -222,8 +233,11 @@ def embed_panel(model, name: str) -> None:
     order, scores = nearest(out.embeddings, corpus, k=5)
     st.markdown(f"{len(sentences)} sentences searched")
     st.caption(cost(model, out.seconds))
-    st.table(pd.DataFrame({"cosine similarity": scores[0].round(3),
-                           "sentence": [sentences[i] for i in order[0]]}))  # fmt: skip
+    st.table(
+        pd.DataFrame(
+            {"cosine similarity": scores[0].round(3), "sentence": [sentences[i] for i in order[0]]}
+        )
+    )
     with st.expander("Attention: which tokens each token looks at"):
         attention_panel(model, query, "infer.emb_att")
 

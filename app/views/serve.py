@@ -65,14 +65,17 @@ def digits_test() -> tuple[np.ndarray, np.ndarray]:
 
 def start_form(slot: Slot) -> None:
     """Models and batching settings; Start spawns `python -m maaslab serve` on 127.0.0.1."""
-    models = st.multiselect("Models to serve", list(LOADERS), ["digits-cnn", "sentiment-minilm"],
-                            key="serve.models")  # fmt: skip
+    models = st.multiselect(
+        "Models to serve", list(LOADERS), ["digits-cnn", "sentiment-minilm"], key="serve.models"
+    )
     c1, c2, c3, c4 = st.columns(4)
     batching = c1.toggle("Dynamic batching", True, key="serve.batching")
-    size = c2.number_input("Max batch size", 1, 256, 32, key="serve.batch_size",
-                           disabled=not batching)  # fmt: skip
-    delay = c3.number_input("Max delay (ms)", 0.0, 1000.0, 5.0, 1.0, key="serve.delay",
-                            disabled=not batching)  # fmt: skip
+    size = c2.number_input(
+        "Max batch size", 1, 256, 32, key="serve.batch_size", disabled=not batching
+    )
+    delay = c3.number_input(
+        "Max delay (ms)", 0.0, 1000.0, 5.0, 1.0, key="serve.delay", disabled=not batching
+    )
     queue = c4.number_input("Max queue (then 503)", 1, 10_000, 256, key="serve.queue")
     if st.button("Start server", type="primary", icon=":material/play_arrow:", key="serve.start"):
         if not models:
@@ -80,9 +83,15 @@ def start_form(slot: Slot) -> None:
             return
         for key in (NOTE, CALL, LIVE, FINAL):  # nothing of the last server carries over
             ss.pop(key, None)
-        server = ServerProcess(models, host="127.0.0.1", port=0, batching=batching,
-                               max_batch_size=int(size), max_delay_ms=float(delay),
-                               max_queue=int(queue))  # fmt: skip
+        server = ServerProcess(
+            models,
+            host="127.0.0.1",
+            port=0,
+            batching=batching,
+            max_batch_size=int(size),
+            max_delay_ms=float(delay),
+            max_queue=int(queue),
+        )
         slot.server = server
         slot.starting = Task(lambda progress, cancel: server.start(START_TIMEOUT_S)).start()
         st.rerun()
@@ -97,8 +106,10 @@ def watch_start() -> None:
         return
     if task.running:
         pid = f" (pid {slot.server.pid})" if slot.server.pid else ""
-        st.info(f"Starting the server: loading {', '.join(slot.server.models)}…{pid}",
-                icon=":material/hourglass_top:")  # fmt: skip
+        st.info(
+            f"Starting the server: loading {', '.join(slot.server.models)}…{pid}",
+            icon=":material/hourglass_top:",
+        )
         if st.button("Cancel", icon=":material/stop:", key="serve.cancel"):
             slot.stop()
             ss[NOTE] = ("info", "Start cancelled.")
@@ -114,10 +125,16 @@ def watch_start() -> None:
 def server_panel(slot: Slot) -> None:
     """What is running where, Stop, and the server's own log."""
     server = slot.server
-    mode = (f"batching on (up to {server.max_batch_size} rows, {server.max_delay_ms:g} ms wait)"
-            if server.batching else "batching off")  # fmt: skip
-    st.success(f"Serving **{', '.join(server.models)}** at `{server.url}` · pid {server.pid} · "
-               f"{mode} · queue {server.max_queue}", icon=":material/dns:")  # fmt: skip
+    mode = (
+        f"batching on (up to {server.max_batch_size} rows, {server.max_delay_ms:g} ms wait)"
+        if server.batching
+        else "batching off"
+    )
+    st.success(
+        f"Serving **{', '.join(server.models)}** at `{server.url}` · pid {server.pid} · "
+        f"{mode} · queue {server.max_queue}",
+        icon=":material/dns:",
+    )
     if st.button("Stop server", icon=":material/stop:", key="serve.stop"):
         code = slot.stop()
         how = "it drained and exited" if code == 0 else "it exited"
@@ -188,11 +205,16 @@ def show_call(sent: dict) -> None:
         st.markdown(f"**Sentiment: {label}** ({proba.max():.0%} sure)")
         st.plotly_chart(plots.probability_bars(proba, ["negative", "positive"]), key="serve.p")
     elif kind == "generator":
-        st.code(first.request["prompt"] + client.completion_text(first.response),
-                language=None, wrap_lines=True)  # fmt: skip
+        st.code(
+            first.request["prompt"] + client.completion_text(first.response),
+            language=None,
+            wrap_lines=True,
+        )
         usage = first.response.get("usage", {})
-        st.caption(f"{usage.get('prompt_tokens')} prompt tokens · "
-                   f"{usage.get('completion_tokens')} completion tokens")  # fmt: skip
+        st.caption(
+            f"{usage.get('prompt_tokens')} prompt tokens · "
+            f"{usage.get('completion_tokens')} completion tokens"
+        )
     else:
         vector = client.embedding_of(first.response)
         st.markdown(f"**{len(vector)} dimensions** · length {np.linalg.norm(vector):.3f}")
@@ -211,8 +233,9 @@ def show_call(sent: dict) -> None:
             st.markdown(f"`{c.method} {c.url}` → **{status}** in {c.seconds * 1000:.1f} ms")
             left, right = st.columns(2)
             left.code(client.shown(c.request), language="json")
-            right.code(client.shown(c.response) if c.response is not None else c.error,
-                       language="json")  # fmt: skip
+            right.code(
+                client.shown(c.response) if c.response is not None else c.error, language="json"
+            )
 
 
 def metrics_of(url: str):
@@ -240,11 +263,15 @@ def dashboard(live: list, model: str, metrics, result=None) -> None:
     bottom[0].metric("p50 latency", ms(s.p50_ms))
     bottom[1].metric("p90 latency", ms(s.p90_ms))
     bottom[2].metric("p99 latency", ms(s.p99_ms))
-    bottom[3].metric("Queue depth", "—" if depth is None else f"{depth:.0f}",
-                     help="requests waiting in the model's queue, from /metrics")  # fmt: skip
+    bottom[3].metric(
+        "Queue depth",
+        "—" if depth is None else f"{depth:.0f}",
+        help="requests waiting in the model's queue, from /metrics",
+    )
     left, right = st.columns(2)
-    left.plotly_chart(plots.live_timeline([x[0] for x in live], [x[1] for x in live]),
-                      key="serve.timeline")  # fmt: skip
+    left.plotly_chart(
+        plots.live_timeline([x[0] for x in live], [x[1] for x in live]), key="serve.timeline"
+    )
     if metrics is not None and model in metrics.batch_size:
         right.plotly_chart(plots.batch_size_histogram(metrics, model), key="serve.batches")
     else:
@@ -300,8 +327,9 @@ def load_form(slot: Slot) -> None:
     concurrency = c2.slider("Concurrency (clients)", 1, 64, 16, key="serve.concurrency")
     duration = c3.slider("Duration (s)", 2, 60, 10, key="serve.duration")
     busy = slot.load is not None
-    if st.button("Start load", type="primary", icon=":material/speed:", disabled=busy,
-                 key="serve.start_load"):  # fmt: skip
+    if st.button(
+        "Start load", type="primary", icon=":material/speed:", disabled=busy, key="serve.start_load"
+    ):
         ss.pop(LIVE, None)
         ss.pop(FINAL, None)
         slot.load = LoadGenerator(slot.server.url, model, int(concurrency), float(duration)).start()
@@ -309,13 +337,18 @@ def load_form(slot: Slot) -> None:
 
 
 st.title("Serve")
-st.caption("A real model server in its own process on 127.0.0.1: Open Inference Protocol v2 "
-           "for tensors, the OpenAI API for text, Prometheus metrics.")  # fmt: skip
+st.caption(
+    "A real model server in its own process on 127.0.0.1: Open Inference Protocol v2 "
+    "for tensors, the OpenAI API for text, Prometheus metrics."
+)
 slot = my_slot()
 if slot.server is not None and slot.starting is None and not slot.server.running:
     server, slot.server = slot.server, None
-    ss[NOTE] = ("error", f"The server exited on its own (code {server.process.returncode}); "
-                f"its last output:\n{server.log_tail(20)}")  # fmt: skip
+    ss[NOTE] = (
+        "error",
+        f"The server exited on its own (code {server.process.returncode}); "
+        f"its last output:\n{server.log_tail(20)}",
+    )
     slot.stop()
 if NOTE in ss:
     level, text = ss[NOTE]

@@ -34,8 +34,13 @@ TEMPERATURE = 3.0
 ALPHA = 0.3
 EPOCHS = 10
 LR = 1e-4  # AdamW, warm-up then linear decay
-DEFAULTS = {"layers": LAYERS, "temperature": TEMPERATURE, "alpha": ALPHA, "epochs": EPOCHS,
-            "lr": LR}  # fmt: skip
+DEFAULTS = {
+    "layers": LAYERS,
+    "temperature": TEMPERATURE,
+    "alpha": ALPHA,
+    "epochs": EPOCHS,
+    "lr": LR,
+}
 
 Progress = Callable[[str, float], None]
 
@@ -150,14 +155,21 @@ def distill(
     teacher_logits = TeacherLogits(teacher_model, torch.as_tensor(data.X_train))
 
     def loss(out: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-        return distillation_loss(out, teacher_logits(xb), yb, temperature=temperature,
-                                 alpha=alpha)  # fmt: skip
+        return distillation_loss(out, teacher_logits(xb), yb, temperature=temperature, alpha=alpha)
 
     # One thread: batches of 16 short reviews through 3 blocks are too small to split, and a
     # second thread stalls whenever the machine's cores are busy with anything else.
-    cfg = TrainConfig(epochs=epochs, batch_size=16, optimizer="adamw", lr=lr, weight_decay=0.01,
-                      schedule="warmup_linear", seed=seed, device="cpu",
-                      cpu_threads=1)  # fmt: skip
+    cfg = TrainConfig(
+        epochs=epochs,
+        batch_size=16,
+        optimizer="adamw",
+        lr=lr,
+        weight_decay=0.01,
+        schedule="warmup_linear",
+        seed=seed,
+        device="cpu",
+        cpu_threads=1,
+    )
     train(student, data, cfg, callbacks=[Watch(progress, cancel, "distilling")], loss=loss)
     check_cancel(cancel, "distillation")
     if progress is not None:

@@ -52,8 +52,9 @@ def _float_config(module) -> dict[str, Any]:
     return config
 
 
-def export_variant(model_name: str, variant: str, folder: str | Path, *, seed: int = 0,
-                   overwrite: bool = False) -> Path:  # fmt: skip
+def export_variant(
+    model_name: str, variant: str, folder: str | Path, *, seed: int = 0, overwrite: bool = False
+) -> Path:
     """Write `variant` of `model_name` as a model folder that registry.load(folder) loads.
 
     Parameters
@@ -67,12 +68,19 @@ def export_variant(model_name: str, variant: str, folder: str | Path, *, seed: i
     built = build_variant(model_name, variant, seed=seed)
     config = _float_config(built.float_module)
     config["maaslab_version"] = __version__
-    config["metadata"] = {"compressed_from": model_name, "variant": variant,
-                          "description": built.variant.description}  # fmt: skip
+    config["metadata"] = {
+        "compressed_from": model_name,
+        "variant": variant,
+        "description": built.variant.description,
+    }
     runtime = built.variant.runtime
-    config["compression"] = {"format": FORMAT, "variant": variant, "base_model": model_name,
-                             "runtime": runtime,
-                             "onnx": ONNX_FILE if runtime.startswith("onnx") else None}  # fmt: skip
+    config["compression"] = {
+        "format": FORMAT,
+        "variant": variant,
+        "base_model": model_name,
+        "runtime": runtime,
+        "onnx": ONNX_FILE if runtime.startswith("onnx") else None,
+    }
     with atomic_folder(folder, overwrite=overwrite) as staging:
         write_json(staging / CONFIG_FILE, config)
         save_weights(built.float_module, staging / WEIGHTS_FILE)
@@ -93,8 +101,11 @@ def _fit_linears(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
         ):
             parent_name, _, child = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, nn.Linear(weight.shape[1], weight.shape[0],
-                                             bias=f"{name}.bias" in state))  # fmt: skip
+            setattr(
+                parent,
+                child,
+                nn.Linear(weight.shape[1], weight.shape[0], bias=f"{name}.bias" in state),
+            )
 
 
 def _text_model(folder: Path, config: dict[str, Any]) -> nn.Module:
@@ -129,8 +140,9 @@ def load_variant(folder: str | Path, device: str = "cpu"):
     if config["model_type"] in ("mlp", "cnn"):
         wrapper = DigitsClassifier(folder.name, folder, device)
     else:
-        wrapper = SentimentModel(folder.name, device, folder=folder,
-                                 model=_text_model(folder, config).to(device))  # fmt: skip
+        wrapper = SentimentModel(
+            folder.name, device, folder=folder, model=_text_model(folder, config).to(device)
+        )
     if runtime == "torch-int8":
         wrapper.model = torch_dynamic_int8(wrapper.model)
     elif runtime.startswith("onnx"):

@@ -96,10 +96,13 @@ class Comparison:
     def best(self, max_drop_points: float = 1.0) -> VariantRow | None:
         """The fastest variant at batch 1 losing at most `max_drop_points` of accuracy."""
         ok = [
-            r for r in self.rows
-            if r.error is None and r.speedup_1 is not None and r.accuracy_drop is not None
+            r
+            for r in self.rows
+            if r.error is None
+            and r.speedup_1 is not None
+            and r.accuracy_drop is not None
             and r.accuracy_drop <= max_drop_points + 1e-9
-        ]  # fmt: skip
+        ]
         return max(ok, key=lambda r: r.speedup_1) if ok else None
 
 
@@ -132,9 +135,14 @@ def held_out(model_name: str, examples: int | None = None, shap_inputs: int = 3)
 
     data = load_dataset("digits", seed=0)
     X = data.X_test.astype(np.float32)[:examples]
-    return HeldOut(X, data.y_test[:examples], data.X_test[:1].astype(np.float32),
-                   data.X_test[:32].astype(np.float32), list(data.X_test[:shap_inputs]),
-                   background_rows(data.X_train))  # fmt: skip
+    return HeldOut(
+        X,
+        data.y_test[:examples],
+        data.X_test[:1].astype(np.float32),
+        data.X_test[:32].astype(np.float32),
+        list(data.X_test[:shap_inputs]),
+        background_rows(data.X_train),
+    )
 
 
 def model_inputs(module: nn.Module, batch: Any) -> torch.Tensor:
@@ -153,8 +161,9 @@ def accuracy(module: nn.Module, data: HeldOut) -> float:
     return float((predict_proba(module, X).argmax(1) == data.labels).mean())
 
 
-def interleaved_latency(calls: dict[str, Callable[[], object]], repeats: int, *,
-                        cancel: threading.Event | None = None) -> dict[str, float]:  # fmt: skip
+def interleaved_latency(
+    calls: dict[str, Callable[[], object]], repeats: int, *, cancel: threading.Event | None = None
+) -> dict[str, float]:
     """Median ms of each call over `repeats` round-robin rounds (after untimed warm-up calls)."""
     for call in calls.values():
         for _ in range(WARMUP_CALLS):
@@ -170,8 +179,13 @@ def interleaved_latency(calls: dict[str, Callable[[], object]], repeats: int, *,
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
-def explainable_variant(model_name: str, module: nn.Module, data: HeldOut, name: str,
-                        cancel: threading.Event | None = None) -> Explainable:  # fmt: skip
+def explainable_variant(
+    model_name: str,
+    module: nn.Module,
+    data: HeldOut,
+    name: str,
+    cancel: threading.Event | None = None,
+) -> Explainable:
     """Any variant (torch or ONNX) as an Explainable for the model-agnostic SHAP methods."""
 
     @torch.no_grad()
@@ -183,29 +197,51 @@ def explainable_variant(model_name: str, module: nn.Module, data: HeldOut, name:
     if model_name == "sentiment-minilm":
         labels = tuple(module.config.labels)
         return Explainable("text", predict, labels, name, cancel=cancel)
-    return Explainable("image", predict, tuple(str(i) for i in range(10)), name,
-                       background=data.background, cancel=cancel)  # fmt: skip
+    return Explainable(
+        "image",
+        predict,
+        tuple(str(i) for i in range(10)),
+        name,
+        background=data.background,
+        cancel=cancel,
+    )
 
 
-def shap_values(model_name: str, module: nn.Module, data: HeldOut, targets: Sequence[int],
-                seed: int, cancel: threading.Event | None = None) -> list[np.ndarray]:  # fmt: skip
+def shap_values(
+    model_name: str,
+    module: nn.Module,
+    data: HeldOut,
+    targets: Sequence[int],
+    seed: int,
+    cancel: threading.Event | None = None,
+) -> list[np.ndarray]:
     """SHAP values of each explained held-out input for the given classes, same method and seed."""
     from maaslab.explain import explain
 
     model = explainable_variant(model_name, module, data, model_name, cancel)
     return [
-        explain(model, x, SHAP_METHOD[model_name], target=int(t), seed=seed,
-                budget=SHAP_BUDGET[model_name]).values
+        explain(
+            model,
+            x,
+            SHAP_METHOD[model_name],
+            target=int(t),
+            seed=seed,
+            budget=SHAP_BUDGET[model_name],
+        ).values
         for x, t in zip(data.explained, targets, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def shap_difference(values: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
     """Mean over inputs of ||values - reference||_1 / ||reference||_1."""
-    return float(np.mean([
-        np.abs(v - r).sum() / max(np.abs(r).sum(), 1e-12)
-        for v, r in zip(values, reference, strict=True)
-    ]))  # fmt: skip
+    return float(
+        np.mean(
+            [
+                np.abs(v - r).sum() / max(np.abs(r).sum(), 1e-12)
+                for v, r in zip(values, reference, strict=True)
+            ]
+        )
+    )
 
 
 def _reason(err: BaseException) -> str:
@@ -247,13 +283,21 @@ def compare(
     if threads is not None and threads < 1:
         raise MaaslabError(f"threads must be at least 1, got {threads}")
     with torch_threads(threads):
-        return _compare(model_name, variants, repeats, examples, shap_inputs, seed, progress,
-                        cancel)  # fmt: skip
+        return _compare(
+            model_name, variants, repeats, examples, shap_inputs, seed, progress, cancel
+        )
 
 
-def _compare(model_name: str, variants: Sequence[str] | None, repeats: int | None,
-             examples: int | None, shap_inputs: int | None, seed: int, progress: Progress | None,
-             cancel: threading.Event | None) -> Comparison:  # fmt: skip
+def _compare(
+    model_name: str,
+    variants: Sequence[str] | None,
+    repeats: int | None,
+    examples: int | None,
+    shap_inputs: int | None,
+    seed: int,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> Comparison:
     check_model_name(model_name)
     usable = variants_for(model_name)
     names = list(usable if variants is None else dict.fromkeys(variants))
@@ -308,15 +352,15 @@ def _compare(model_name: str, variants: Sequence[str] | None, repeats: int | Non
             def report(stage: str, fraction: float) -> None:
                 sub_progress(f"building {name}: {stage}", fraction)
 
-            built[name] = build_variant(model_name, name, seed=seed, progress=report,
-                                        cancel=cancel)  # fmt: skip
+            built[name] = build_variant(model_name, name, seed=seed, progress=report, cancel=cancel)
 
         attempt(name, build)
     live = [n for n in names if n not in errors]
     for name in live:
         step(f"accuracy of {name}")
-        attempt(name, lambda name=name: facts[name].update(
-            accuracy=accuracy(built[name].module, data)))  # fmt: skip
+        attempt(
+            name, lambda name=name: facts[name].update(accuracy=accuracy(built[name].module, data))
+        )
     live = [n for n in live if n not in errors]
     for size, batch in ((1, data.batch_1), (32, data.batch_32)):
         step(f"latency at batch {size}, {repeats} rounds")
@@ -330,10 +374,15 @@ def _compare(model_name: str, variants: Sequence[str] | None, repeats: int | Non
         step(f"SHAP of {REFERENCE}")
         ref_module = built[REFERENCE].module
         targets = [
-            int(np.argmax(ref_module(model_inputs(ref_module, [x] if isinstance(x, str)
-                                                  else x[None])).detach().numpy()))
+            int(
+                np.argmax(
+                    ref_module(model_inputs(ref_module, [x] if isinstance(x, str) else x[None]))
+                    .detach()
+                    .numpy()
+                )
+            )
             for x in data.explained
-        ]  # fmt: skip
+        ]
         reference = shap_values(model_name, ref_module, data, targets, seed, cancel)
         facts[REFERENCE]["shap_difference"] = 0.0
         for name in live[1:]:
@@ -354,18 +403,33 @@ def _compare(model_name: str, variants: Sequence[str] | None, repeats: int | Non
             continue
         f, b = facts[name], built[name]
         acc = f.get("accuracy")
-        rows.append(VariantRow(
-            name, VARIANTS[name].description, acc,
-            None if acc is None or "accuracy" not in ref else (ref["accuracy"] - acc) * 100,
-            f.get("latency_ms_1"), f.get("latency_ms_32"),
-            _ratio(ref.get("latency_ms_1"), f.get("latency_ms_1")),
-            _ratio(ref.get("latency_ms_32"), f.get("latency_ms_32")),
-            b.size_mb, f.get("shap_difference"), b.seconds,
-        ))  # fmt: skip
+        rows.append(
+            VariantRow(
+                name,
+                VARIANTS[name].description,
+                acc,
+                None if acc is None or "accuracy" not in ref else (ref["accuracy"] - acc) * 100,
+                f.get("latency_ms_1"),
+                f.get("latency_ms_32"),
+                _ratio(ref.get("latency_ms_1"), f.get("latency_ms_1")),
+                _ratio(ref.get("latency_ms_32"), f.get("latency_ms_32")),
+                b.size_mb,
+                f.get("shap_difference"),
+                b.seconds,
+            )
+        )
     if progress is not None:
         progress("done", 1.0)
-    return Comparison(model_name, rows, repeats, len(data.labels), len(data.explained),
-                      torch.get_num_threads(), time.perf_counter() - started, built)  # fmt: skip
+    return Comparison(
+        model_name,
+        rows,
+        repeats,
+        len(data.labels),
+        len(data.explained),
+        torch.get_num_threads(),
+        time.perf_counter() - started,
+        built,
+    )
 
 
 def _add_call(calls: dict, name: str, module: nn.Module, batch: Any) -> None:

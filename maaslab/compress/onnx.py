@@ -71,9 +71,14 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str | Path) -> Pa
     try:
         with _quiet_export(), torch.no_grad():
             program = torch.onnx.export(
-                model, (example,), dynamo=True, input_names=["x"], output_names=["logits"],
-                dynamic_shapes=({**dims},), verbose=False,
-            )  # fmt: skip
+                model,
+                (example,),
+                dynamo=True,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_shapes=({**dims},),
+                verbose=False,
+            )
             if program is None:
                 raise MaaslabError("torch.onnx.export returned nothing")
             program.save(str(path), external_data=False)
@@ -105,8 +110,9 @@ def session_options(threads: int):
 class OnnxModule(nn.Module):
     """An ONNX file run by ONNX Runtime, called like the torch model it was exported from."""
 
-    def __init__(self, path: str | Path, *, threads: int | None = None,
-                 like: nn.Module | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, path: str | Path, *, threads: int | None = None, like: nn.Module | None = None
+    ) -> None:
         import onnxruntime as ort
 
         super().__init__()

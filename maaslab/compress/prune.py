@@ -148,13 +148,27 @@ def _finetune(model: nn.Module, data: Dataset, epochs: int, seed: int, progress,
         for p in model.parameters():
             p.requires_grad_(True)
         model.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-        cfg = TrainConfig(epochs=epochs, batch_size=16, optimizer="adamw", lr=3e-5,
-                          weight_decay=0.01, schedule="warmup_linear", seed=seed,
-                          device="cpu")  # fmt: skip
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=16,
+            optimizer="adamw",
+            lr=3e-5,
+            weight_decay=0.01,
+            schedule="warmup_linear",
+            seed=seed,
+            device="cpu",
+        )
     else:
         # The digits models' own recipe, at a tenth of its learning rate: adjust, not relearn.
-        cfg = TrainConfig(epochs=epochs, batch_size=32, optimizer="adam", lr=0.0003, seed=seed,
-                          device="cpu", cpu_threads=1)  # fmt: skip
+        cfg = TrainConfig(
+            epochs=epochs,
+            batch_size=32,
+            optimizer="adam",
+            lr=0.0003,
+            seed=seed,
+            device="cpu",
+            cpu_threads=1,
+        )
     train(model, data, cfg, callbacks=[Watch(progress, cancel, "fine-tuning")])
 
 

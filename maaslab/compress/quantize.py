@@ -56,10 +56,12 @@ def torch_dynamic_int8(model: nn.Module, *, exclude: str | None = None) -> nn.Mo
         # it on purpose (it is still the fastest eager int8 path here), so the notice, which
         # names nothing the learner can act on, is silenced for this call only.
         # Only these two notices are dropped, and only during this call.
-        warnings.filterwarnings("ignore", r"torch\.ao\.quantization is deprecated",
-                                DeprecationWarning)  # fmt: skip
-        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao\.",
-                                message=r".*deprecated.*")  # fmt: skip
+        warnings.filterwarnings(
+            "ignore", r"torch\.ao\.quantization is deprecated", DeprecationWarning
+        )
+        warnings.filterwarnings(
+            "ignore", category=UserWarning, module=r"torch\.ao\.", message=r".*deprecated.*"
+        )
         return torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model).eval(), names, dtype=torch.qint8
         )
@@ -139,9 +141,13 @@ def ort_dynamic_int8(
     root.setLevel(logging.ERROR)
     try:
         quantize_dynamic(
-            str(source), str(target), per_channel=per_channel, reduce_range=reduce_range,
-            weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude),
-        )  # fmt: skip
+            str(source),
+            str(target),
+            per_channel=per_channel,
+            reduce_range=reduce_range,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=list(exclude),
+        )
     except Exception as err:  # the quantizer raises assorted types for graphs it cannot read
         raise MaaslabError(
             f"ONNX Runtime quantization failed: {type(err).__name__}: {err}"

@@ -58,24 +58,55 @@ VARIANTS: dict[str, Variant] = {
     v.name: v
     for v in (
         Variant("fp32", "the shipped model, fp32, torch eager (the reference)", "base", "torch"),
-        Variant("int8-dynamic", "torch.ao dynamic int8 on every nn.Linear (per tensor)", "base",
-                "torch-int8"),
-        Variant("onnx-fp32", "exported with torch.onnx (dynamo), run by ONNX Runtime", "base",
-                "onnx"),
-        Variant("onnx-int8", "ONNX Runtime quantize_dynamic: int8 weights, one scale per "
-                "output channel", "base", "onnx-int8"),
-        Variant("pruned-unstructured", f"{PRUNE_AMOUNT['unstructured']:.0%} of weights with the "
-                "smallest magnitude set to 0, then fine-tuned", "pruned-unstructured", "torch",
-                needs="prune"),
-        Variant("pruned-structured", f"{PRUNE_AMOUNT['structured']:.0%} of the FFN neurons "
-                "(MiniLM) or channels (CNN) with the smallest L1 norm removed, then fine-tuned",
-                "pruned-structured", "torch", needs="prune"),
-        Variant("distilled", "a student with fewer MiniLM blocks, distilled from the classifier",
-                "distilled", "torch", ("sentiment-minilm",), "distill"),
-        Variant("distilled-onnx-int8", "the distilled student, ONNX Runtime int8 (per channel)",
-                "distilled", "onnx-int8", ("sentiment-minilm",), "distill"),
+        Variant(
+            "int8-dynamic",
+            "torch.ao dynamic int8 on every nn.Linear (per tensor)",
+            "base",
+            "torch-int8",
+        ),
+        Variant(
+            "onnx-fp32", "exported with torch.onnx (dynamo), run by ONNX Runtime", "base", "onnx"
+        ),
+        Variant(
+            "onnx-int8",
+            "ONNX Runtime quantize_dynamic: int8 weights, one scale per output channel",
+            "base",
+            "onnx-int8",
+        ),
+        Variant(
+            "pruned-unstructured",
+            f"{PRUNE_AMOUNT['unstructured']:.0%} of weights with the "
+            "smallest magnitude set to 0, then fine-tuned",
+            "pruned-unstructured",
+            "torch",
+            needs="prune",
+        ),
+        Variant(
+            "pruned-structured",
+            f"{PRUNE_AMOUNT['structured']:.0%} of the FFN neurons "
+            "(MiniLM) or channels (CNN) with the smallest L1 norm removed, then fine-tuned",
+            "pruned-structured",
+            "torch",
+            needs="prune",
+        ),
+        Variant(
+            "distilled",
+            "a student with fewer MiniLM blocks, distilled from the classifier",
+            "distilled",
+            "torch",
+            ("sentiment-minilm",),
+            "distill",
+        ),
+        Variant(
+            "distilled-onnx-int8",
+            "the distilled student, ONNX Runtime int8 (per channel)",
+            "distilled",
+            "onnx-int8",
+            ("sentiment-minilm",),
+            "distill",
+        ),
     )
-}  # fmt: skip
+}
 
 
 def _available(variant: Variant) -> bool:
@@ -150,8 +181,13 @@ def training_data(model_name: str, module: nn.Module):
     return load_dataset("digits", seed=0)  # pixels 0..1, as the shipped digits models read them
 
 
-def _float_source(model_name: str, source: str, seed: int, progress: Progress | None,
-                  cancel: threading.Event | None) -> nn.Module:  # fmt: skip
+def _float_source(
+    model_name: str,
+    source: str,
+    seed: int,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+) -> nn.Module:
     if source == "distilled":
         from maaslab.compress.distill import load_student
 
@@ -163,9 +199,16 @@ def _float_source(model_name: str, source: str, seed: int, progress: Progress | 
 
     kind = source.removeprefix("pruned-")
     data = training_data(model_name, base)
-    return prune(base, kind=kind, amount=PRUNE_AMOUNT[kind], data=data,
-                 finetune_epochs=FINETUNE_EPOCHS[model_name], seed=seed, progress=progress,
-                 cancel=cancel).eval()  # fmt: skip
+    return prune(
+        base,
+        kind=kind,
+        amount=PRUNE_AMOUNT[kind],
+        data=data,
+        finetune_epochs=FINETUNE_EPOCHS[model_name],
+        seed=seed,
+        progress=progress,
+        cancel=cancel,
+    ).eval()
 
 
 def save_weights(module: nn.Module, path: Path) -> Path:
@@ -180,8 +223,9 @@ def save_weights(module: nn.Module, path: Path) -> Path:
     return path
 
 
-def _runtime(built_float: nn.Module, runtime: str, model_name: str,
-             folder: Path) -> tuple[nn.Module, list[Path]]:  # fmt: skip
+def _runtime(
+    built_float: nn.Module, runtime: str, model_name: str, folder: Path
+) -> tuple[nn.Module, list[Path]]:
     if runtime == "torch":
         return built_float, [save_weights(built_float, folder / "model.safetensors")]
     if runtime == "torch-int8":
@@ -229,8 +273,9 @@ def build_variant(
     source = _float_source(model_name, spec.source, seed, progress, cancel)  # may fine-tune
     with torch.no_grad():
         module, files = _runtime(source, spec.runtime, model_name, Path(workdir.name))
-    built = Built(model_name, spec, module.eval(), source, files,
-                  time.perf_counter() - started, workdir)  # fmt: skip
+    built = Built(
+        model_name, spec, module.eval(), source, files, time.perf_counter() - started, workdir
+    )
     with _cache_lock:
         _cache[key] = built
         while len(_cache) > CACHE_SIZE:

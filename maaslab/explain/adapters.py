@@ -89,8 +89,14 @@ def _sentiment(wrapper: Any) -> Explainable:
     def rebuild(module: nn.Module):
         return _text_predict(module, model.tokenizer, cfg.max_length, model.pad_id)
 
-    return text(rebuild(model), cfg.labels, name=wrapper.name, module=model, rebuild=rebuild,
-                tokenizer=model.tokenizer)  # fmt: skip
+    return text(
+        rebuild(model),
+        cfg.labels,
+        name=wrapper.name,
+        module=model,
+        rebuild=rebuild,
+        tokenizer=model.tokenizer,
+    )
 
 
 def _digits(wrapper: Any, seed: int) -> Explainable:

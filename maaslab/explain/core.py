@@ -224,8 +224,14 @@ class Explainable:
         for sub in module.modules():
             if hasattr(sub, "reset_parameters") and sub is not module:
                 sub.reset_parameters()
-        return replace(self, module=module, predict_fn=self.rebuild(module), evaluations=0,
-                       name=f"{self.name} (random weights)", _lock=threading.Lock())  # fmt: skip
+        return replace(
+            self,
+            module=module,
+            predict_fn=self.rebuild(module),
+            evaluations=0,
+            name=f"{self.name} (random weights)",
+            _lock=threading.Lock(),
+        )
 
 
 class _Counted(nn.Module):
@@ -272,13 +278,21 @@ def tabular(
     background = np.asarray(background, dtype=np.float64)
     if isinstance(model, nn.Module):
         module = _Probabilities(model)
-        return Explainable("tabular", _torch_predict(module), tuple(class_names), name,
-                           tuple(feature_names), background, module,
-                           rebuild=_torch_predict)  # fmt: skip
+        return Explainable(
+            "tabular",
+            _torch_predict(module),
+            tuple(class_names),
+            name,
+            tuple(feature_names),
+            background,
+            module,
+            rebuild=_torch_predict,
+        )
     if not hasattr(model, "predict_proba"):
         raise MaaslabError(f"{type(model).__name__} has no predict_proba: it cannot be explained")
-    return Explainable("tabular", model.predict_proba, tuple(class_names), name,
-                       tuple(feature_names), background)  # fmt: skip
+    return Explainable(
+        "tabular", model.predict_proba, tuple(class_names), name, tuple(feature_names), background
+    )
 
 
 def image(
@@ -291,9 +305,17 @@ def image(
 ) -> Explainable:
     """A torch classifier on flat grey images (N, H*W); `scale` maps the inputs to its own."""
     module = _Probabilities(model, scale)
-    return Explainable("image", _torch_predict(module), tuple(class_names), name, (),
-                       np.asarray(background, dtype=np.float64), module, shape,
-                       rebuild=_torch_predict)  # fmt: skip
+    return Explainable(
+        "image",
+        _torch_predict(module),
+        tuple(class_names),
+        name,
+        (),
+        np.asarray(background, dtype=np.float64),
+        module,
+        shape,
+        rebuild=_torch_predict,
+    )
 
 
 def text(
@@ -305,5 +327,12 @@ def text(
     tokenizer: Any = None,
 ) -> Explainable:
     """A text classifier: a list of strings -> (N, C) probabilities."""
-    return Explainable("text", predict_fn, tuple(class_names), name, module=module,
-                       rebuild=rebuild, tokenizer=tokenizer)  # fmt: skip
+    return Explainable(
+        "text",
+        predict_fn,
+        tuple(class_names),
+        name,
+        module=module,
+        rebuild=rebuild,
+        tokenizer=tokenizer,
+    )

@@ -224,12 +224,17 @@ def lime(model: Explainable, x: Any, target: int, seed: int, budget: int):
     if model.kind == "text":
         from lime.lime_text import LimeTextExplainer
 
-        explainer = LimeTextExplainer(class_names=list(model.class_names), bow=False,
-                                      split_expression=r"\W+", mask_string="",
-                                      random_state=seed)  # fmt: skip
+        explainer = LimeTextExplainer(
+            class_names=list(model.class_names),
+            bow=False,
+            split_expression=r"\W+",
+            mask_string="",
+            random_state=seed,
+        )
         fn = lambda texts: model.predict(list(texts))  # noqa: E731
-        exp = explainer.explain_instance(x, fn, labels=(target,), num_features=n,
-                                         num_samples=budget)  # fmt: skip
+        exp = explainer.explain_instance(
+            x, fn, labels=(target,), num_features=n, num_samples=budget
+        )
     elif model.kind == "image":
         from lime import lime_image
         from lime.lime_image import LimeImageExplainer
@@ -242,20 +247,31 @@ def lime(model: Explainable, x: Any, target: int, seed: int, budget: int):
         lime_image.tqdm = _silent  # lime 0.2.0.1 always draws a progress bar here
         rgb = np.repeat(x.reshape(h, w)[:, :, None], 3, axis=2)
         fn = lambda images: model.predict(np.asarray(images)[..., 0].reshape(len(images), -1))  # noqa: E731
-        exp = explainer.explain_instance(rgb, fn, labels=(target,), top_labels=None,
-                                         hide_color=0, num_features=n, num_samples=budget,
-                                         batch_size=budget,
-                                         segmentation_fn=lambda _: segments)  # fmt: skip
+        exp = explainer.explain_instance(
+            rgb,
+            fn,
+            labels=(target,),
+            top_labels=None,
+            hide_color=0,
+            num_features=n,
+            num_samples=budget,
+            batch_size=budget,
+            segmentation_fn=lambda _: segments,
+        )
     else:
         from lime.lime_tabular import LimeTabularExplainer
 
-        explainer = LimeTabularExplainer(model.background, mode="classification",
-                                         feature_names=list(model.feature_names),
-                                         class_names=list(model.class_names),
-                                         discretize_continuous=False,
-                                         random_state=seed)  # fmt: skip
-        exp = explainer.explain_instance(x, model.predict, labels=(target,), num_features=n,
-                                         num_samples=budget)  # fmt: skip
+        explainer = LimeTabularExplainer(
+            model.background,
+            mode="classification",
+            feature_names=list(model.feature_names),
+            class_names=list(model.class_names),
+            discretize_continuous=False,
+            random_state=seed,
+        )
+        exp = explainer.explain_instance(
+            x, model.predict, labels=(target,), num_features=n, num_samples=budget
+        )
     values = np.zeros(n)
     for index, weight in exp.local_exp[target]:
         values[index] = weight
@@ -269,20 +285,62 @@ def lime(model: Explainable, x: Any, target: int, seed: int, budget: int):
 METHODS: dict[str, Method] = {
     m.key: m
     for m in (
-        Method("kernel_shap", "KernelSHAP", "shap", ("tabular", "image"), False,
-               {"tabular": 512, "image": 1024}, kernel_shap),
-        Method("permutation_shap", "Permutation SHAP", "shap", KINDS,
-               False, {"tabular": 512, "image": 1024, "text": 64}, permutation_shap),
-        Method("partition_shap", "Partition SHAP", "shap", ("text",), False, {"text": 64},
-               partition_shap),
-        Method("deep_shap", "DeepSHAP", "shap", ("tabular", "image"), True,
-               {"tabular": 1, "image": 1}, deep_shap),
-        Method("gradient_shap", "GradientSHAP", "shap", ("tabular", "image"), True,
-               {"tabular": 200, "image": 200}, gradient_shap),
-        Method("lime", "LIME", "lime", KINDS, False,
-               {"tabular": 1000, "image": 1000, "text": 128}, lime),
+        Method(
+            "kernel_shap",
+            "KernelSHAP",
+            "shap",
+            ("tabular", "image"),
+            False,
+            {"tabular": 512, "image": 1024},
+            kernel_shap,
+        ),
+        Method(
+            "permutation_shap",
+            "Permutation SHAP",
+            "shap",
+            KINDS,
+            False,
+            {"tabular": 512, "image": 1024, "text": 64},
+            permutation_shap,
+        ),
+        Method(
+            "partition_shap",
+            "Partition SHAP",
+            "shap",
+            ("text",),
+            False,
+            {"text": 64},
+            partition_shap,
+        ),
+        Method(
+            "deep_shap",
+            "DeepSHAP",
+            "shap",
+            ("tabular", "image"),
+            True,
+            {"tabular": 1, "image": 1},
+            deep_shap,
+        ),
+        Method(
+            "gradient_shap",
+            "GradientSHAP",
+            "shap",
+            ("tabular", "image"),
+            True,
+            {"tabular": 200, "image": 200},
+            gradient_shap,
+        ),
+        Method(
+            "lime",
+            "LIME",
+            "lime",
+            KINDS,
+            False,
+            {"tabular": 1000, "image": 1000, "text": 128},
+            lime,
+        ),
     )
-}  # fmt: skip
+}
 
 
 def methods_for(model: Explainable) -> list[str]:

@@ -60,8 +60,14 @@ def _steps(n: int, max_steps: int) -> np.ndarray:
     return np.unique(np.linspace(0, n, min(n, max_steps) + 1).round().astype(int))
 
 
-def _curves(model: Explainable, x: Any, orders: list[np.ndarray], target: int, insertion: bool,
-            max_steps: int) -> list[Curve]:  # fmt: skip
+def _curves(
+    model: Explainable,
+    x: Any,
+    orders: list[np.ndarray],
+    target: int,
+    insertion: bool,
+    max_steps: int,
+) -> list[Curve]:
     # Every step of every order in one batch: one model call instead of one per curve.
     n = len(orders[0])
     counts = _steps(n, max_steps)

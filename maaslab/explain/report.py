@@ -92,8 +92,9 @@ def build_report(
             within = min(evaluations / max(budget, 1), 0.99)
             progress(f"{stage}: {evaluations:,} model evaluations", (done + within) / total)
 
-    run = replace(model, progress=report_progress, cancel=cancel, evaluations=0,
-                  _lock=threading.Lock())  # fmt: skip
+    run = replace(
+        model, progress=report_progress, cancel=cancel, evaluations=0, _lock=threading.Lock()
+    )
     report = Report(model.name, model.kind, x)
     started = time.perf_counter()
     for method in methods:

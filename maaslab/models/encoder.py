@@ -96,8 +96,13 @@ def tokenize(tokenizer, texts: list[str], max_length: int, return_tensors: str |
         # Token counts before truncation, so a caller can say which texts were cut short.
         full = tokenizer(texts, truncation=False, verbose=False)["input_ids"]
         truncated = tuple(len(ids) > max_length for ids in full)
-        batch = tokenizer(texts, padding=True, truncation=True, max_length=max_length,
-                          return_tensors=return_tensors)  # fmt: skip
+        batch = tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors=return_tensors,
+        )
     return batch, truncated
 
 

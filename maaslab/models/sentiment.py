@@ -67,9 +67,13 @@ class SentimentClassifier(PooledClassifier):
         if config.lora_rank:
             from peft import LoraConfig, get_peft_model
 
-            lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha,
-                              target_modules=LORA_TARGETS, lora_dropout=0.0,
-                              bias="none")  # fmt: skip
+            lora = LoraConfig(
+                r=config.lora_rank,
+                lora_alpha=config.lora_alpha,
+                target_modules=LORA_TARGETS,
+                lora_dropout=0.0,
+                bias="none",
+            )
             with warnings.catch_warnings():
                 # peft asks a deprecated transformers property; nothing a user can act on.
                 warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)

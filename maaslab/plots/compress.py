@@ -45,15 +45,19 @@ def variant_scatter(comparison, goal: float = 2.0) -> go.Figure:
             name=r.name,
             text=[r.name],
             textposition="top center" if rank[r.name] % 2 == 0 else "bottom center",
-            marker={"size": diameter, "color": SERIES_COLORS[i % len(SERIES_COLORS)],
-                    "opacity": 0.75, "line": {"width": 1, "color": "white"}},
+            marker={
+                "size": diameter,
+                "color": SERIES_COLORS[i % len(SERIES_COLORS)],
+                "opacity": 0.75,
+                "line": {"width": 1, "color": "white"},
+            },
             customdata=[[size, r.speedup_1 or float("nan"), r.accuracy_drop or 0.0]],
             hovertemplate=(
                 f"<b>{r.name}</b><br>%{{x:.3g}} ms at batch 1 (%{{customdata[1]:.2f}}x)<br>"
                 "accuracy %{y:.1f} % (drop %{customdata[2]:.1f} points)<br>"
                 "%{customdata[0]:.2f} MB on disk<extra></extra>"
             ),
-        )  # fmt: skip
+        )
     reference = next((r for r in rows if r.name == "fp32"), None)
     if reference is not None and goal > 0:
         fig.add_vline(

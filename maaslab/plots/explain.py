@@ -197,9 +197,12 @@ def deletion_curves(results: Mapping[str, Faithfulness], insertion: bool = False
 
 
 def summary_dots(
-    values: np.ndarray, X: np.ndarray, feature_names: Sequence[str], top: int = 12,
+    values: np.ndarray,
+    X: np.ndarray,
+    feature_names: Sequence[str],
+    top: int = 12,
     title: str = "SHAP values over many rows",
-) -> go.Figure:  # fmt: skip
+) -> go.Figure:
     """A global view (SHAP's beeswarm): one dot per row and feature, coloured by feature value."""
     values, X = np.asarray(values, dtype=float), np.asarray(X, dtype=float)
     order = np.argsort(-np.abs(values).mean(0), kind="stable")[:top][::-1]

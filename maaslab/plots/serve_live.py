@@ -36,23 +36,65 @@ def live_timeline(
     """
     rows = 3 if queue_depth is not None else 2
     titles = ("Throughput (ok answers/s)", "Latency so far (ms)", "Queue depth (waiting)")
-    fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=titles[:rows])  # fmt: skip
+    fig = make_subplots(
+        rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=titles[:rows]
+    )
     t = [s.elapsed_s for s in stats]
-    fig.add_scatter(x=t, y=[s.recent_throughput for s in stats], name="last 3 s", mode="lines",
-                    line={"color": TRAIN_COLOR}, row=1, col=1)  # fmt: skip
-    fig.add_scatter(x=t, y=[s.throughput for s in stats], name="overall", mode="lines",
-                    line={"color": TRAIN_COLOR, "dash": "dot"}, row=1, col=1)  # fmt: skip
-    fig.add_scatter(x=t, y=_finite([s.p50_ms for s in stats]), name="p50", mode="lines",
-                    line={"color": SERIES_COLORS[2]}, row=2, col=1)  # fmt: skip
-    fig.add_scatter(x=t, y=_finite([s.p90_ms for s in stats]), name="p90", mode="lines",
-                    line={"color": SERIES_COLORS[5]}, row=2, col=1)  # fmt: skip
-    fig.add_scatter(x=t, y=_finite([s.p99_ms for s in stats]), name="p99", mode="lines",
-                    line={"color": TEST_COLOR}, row=2, col=1)  # fmt: skip
+    fig.add_scatter(
+        x=t,
+        y=[s.recent_throughput for s in stats],
+        name="last 3 s",
+        mode="lines",
+        line={"color": TRAIN_COLOR},
+        row=1,
+        col=1,
+    )
+    fig.add_scatter(
+        x=t,
+        y=[s.throughput for s in stats],
+        name="overall",
+        mode="lines",
+        line={"color": TRAIN_COLOR, "dash": "dot"},
+        row=1,
+        col=1,
+    )
+    fig.add_scatter(
+        x=t,
+        y=_finite([s.p50_ms for s in stats]),
+        name="p50",
+        mode="lines",
+        line={"color": SERIES_COLORS[2]},
+        row=2,
+        col=1,
+    )
+    fig.add_scatter(
+        x=t,
+        y=_finite([s.p90_ms for s in stats]),
+        name="p90",
+        mode="lines",
+        line={"color": SERIES_COLORS[5]},
+        row=2,
+        col=1,
+    )
+    fig.add_scatter(
+        x=t,
+        y=_finite([s.p99_ms for s in stats]),
+        name="p99",
+        mode="lines",
+        line={"color": TEST_COLOR},
+        row=2,
+        col=1,
+    )
     if queue_depth is not None:
-        fig.add_scatter(x=t[: len(queue_depth)], y=_finite(queue_depth), name="queue depth",
-                        mode="lines", line={"color": SERIES_COLORS[4], "shape": "hv"},
-                        row=3, col=1)  # fmt: skip
+        fig.add_scatter(
+            x=t[: len(queue_depth)],
+            y=_finite(queue_depth),
+            name="queue depth",
+            mode="lines",
+            line={"color": SERIES_COLORS[4], "shape": "hv"},
+            row=3,
+            col=1,
+        )
     fig.update_xaxes(title_text="seconds since the load started", row=rows, col=1)
     fig.update_yaxes(rangemode="tozero")
     fig.update_layout(**layout(height=180 + 130 * rows))
@@ -62,9 +104,11 @@ def live_timeline(
 def latency_timeline(result: LoadResult) -> go.Figure:
     """Every request's latency against when it was sent: ok answers, 503s and failures apart."""
     fig = go.Figure()
-    groups = [("ok (200)", result.status == 200, TRAIN_COLOR),
-              ("rejected (503)", result.status == 503, REJECTED_COLOR),
-              ("failed", (result.status != 200) & (result.status != 503), "#111827")]  # fmt: skip
+    groups = [
+        ("ok (200)", result.status == 200, TRAIN_COLOR),
+        ("rejected (503)", result.status == 503, REJECTED_COLOR),
+        ("failed", (result.status != 200) & (result.status != 503), "#111827"),
+    ]
     for name, mask, color in groups:
         if mask.any():
             fig.add_scattergl(
@@ -78,11 +122,15 @@ def latency_timeline(result: LoadResult) -> go.Figure:
     for q, dash in ((50, "dot"), (99, "dash")):
         value = getattr(result, f"p{q}_ms")
         if np.isfinite(value):
-            fig.add_hline(y=value, line={"color": "#64748b", "dash": dash},
-                          annotation_text=f"p{q} {value:.1f} ms")  # fmt: skip
-    fig.update_layout(**layout(height=360),
-                      title=f"Each request's latency ({result.requests:,} at "
-                      f"concurrency {result.concurrency})")  # fmt: skip
+            fig.add_hline(
+                y=value,
+                line={"color": "#64748b", "dash": dash},
+                annotation_text=f"p{q} {value:.1f} ms",
+            )
+    fig.update_layout(
+        **layout(height=360),
+        title=f"Each request's latency ({result.requests:,} at concurrency {result.concurrency})",
+    )
     fig.update_xaxes(title_text="sent at (s since the load started)")
     fig.update_yaxes(title_text="latency (ms)", rangemode="tozero")
     return fig

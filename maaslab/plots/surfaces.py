@@ -256,8 +256,13 @@ def add_click_targets(fig: go.Figure, surface: Surface, points: np.ndarray) -> g
     A page that lets the learner click the map (to pick a start) reads the selected marker.
     """
     fig.add_scatter(
-        x=points[:, 0], y=points[:, 1], customdata=surface.value(points), mode="markers",
-        marker={"size": 14, "opacity": 0}, showlegend=False, name="start here",
+        x=points[:, 0],
+        y=points[:, 1],
+        customdata=surface.value(points),
+        mode="markers",
+        marker={"size": 14, "opacity": 0},
+        showlegend=False,
+        name="start here",
         hovertemplate="f(%{x}, %{y}) = %{customdata:.4g}<br>click: start here<extra></extra>",
-    )  # fmt: skip
+    )
     return fig

@@ -148,9 +148,17 @@ def decision_boundary(grid: BoundaryGrid, data: Dataset) -> go.Figure:
         zmin, zmax = 0.0, k - 1.0
     fig = dataset_scatter(data)
     fig.add_heatmap(
-        x=grid.xs, y=grid.ys, z=z, colorscale=colorscale, zmin=zmin, zmax=zmax, opacity=0.45,
-        showscale=False, hoverinfo="skip", zsmooth="best",
-    )  # fmt: skip
+        x=grid.xs,
+        y=grid.ys,
+        z=z,
+        colorscale=colorscale,
+        zmin=zmin,
+        zmax=zmax,
+        opacity=0.45,
+        showscale=False,
+        hoverinfo="skip",
+        zsmooth="best",
+    )
     fig.data = (fig.data[-1], *fig.data[:-1])  # the shading goes under the points
     fig.update_layout(title="Decision boundary", uirevision="boundary")
     fig.update_xaxes(range=[grid.xs[0], grid.xs[-1]])
@@ -175,13 +183,25 @@ def weight_histograms(
         xbins = {"start": low, "end": high, "size": (high - low) / bins or 1.0}
         if before is not None:
             fig.add_histogram(
-                x=before, xbins=xbins, name="initial", legendgroup="initial",
+                x=before,
+                xbins=xbins,
+                name="initial",
+                legendgroup="initial",
                 marker={"color": "rgba(0,0,0,0)", "line": {"color": "#64748b", "width": 1}},
-                showlegend=col == 1, row=1, col=col,
-            )  # fmt: skip
+                showlegend=col == 1,
+                row=1,
+                col=col,
+            )
         fig.add_histogram(
-            x=now, xbins=xbins, name="now", marker={"color": TRAIN_COLOR}, opacity=0.7,
-            showlegend=col == 1, row=1, col=col, legendgroup="now",
-        )  # fmt: skip
+            x=now,
+            xbins=xbins,
+            name="now",
+            marker={"color": TRAIN_COLOR},
+            opacity=0.7,
+            showlegend=col == 1,
+            row=1,
+            col=col,
+            legendgroup="now",
+        )
     fig.update_layout(title="Weights per layer", barmode="overlay", **layout())
     return fig

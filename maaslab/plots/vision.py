@@ -102,8 +102,9 @@ def digit_grid(
     if titles is not None and len(titles) != len(arr):
         raise ValueError(f"{len(titles)} titles for {len(arr)} images")
     lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
-    return _tiled(arr, titles, cols=cols, colorscale="Greys", zrange=(lo, hi), title=title,
-                  hover="pixel")  # fmt: skip
+    return _tiled(
+        arr, titles, cols=cols, colorscale="Greys", zrange=(lo, hi), title=title, hover="pixel"
+    )
 
 
 def confusion_matrix_heatmap(
@@ -135,8 +136,14 @@ def confusion_matrix_heatmap(
     )
     fig.update_layout(**layout(height=460), title="Confusion matrix")
     fig.update_xaxes(title_text="predicted", type="category", showgrid=False, constrain="domain")
-    fig.update_yaxes(title_text="true", type="category", autorange="reversed", showgrid=False,
-                     scaleanchor="x", constrain="domain")  # fmt: skip
+    fig.update_yaxes(
+        title_text="true",
+        type="category",
+        autorange="reversed",
+        showgrid=False,
+        scaleanchor="x",
+        constrain="domain",
+    )
     return fig
 
 
@@ -159,8 +166,15 @@ def conv_filter_grid(
     scale = np.abs(kernels).reshape(len(kernels), -1).max(axis=1)[:, None, None]
     titles = [f"filter {k}" for k in range(len(kernels))]
     kernels = kernels / np.where(scale > 0, scale, 1.0)
-    return _tiled(kernels, titles, cols=cols, colorscale="RdBu_r", zrange=(-1.0, 1.0),
-                  title=title, hover="weight / max")  # fmt: skip
+    return _tiled(
+        kernels,
+        titles,
+        cols=cols,
+        colorscale="RdBu_r",
+        zrange=(-1.0, 1.0),
+        title=title,
+        hover="weight / max",
+    )
 
 
 def feature_map_grid(
@@ -190,9 +204,15 @@ def feature_map_grid(
     titles = list(titles) if titles is not None else [f"channel {k}" for k in range(len(arr))]
     if len(titles) < len(arr):
         raise ValueError(f"{len(titles)} titles for {len(arr)} maps")
-    return _tiled(arr, titles[: len(arr)], cols=cols, title=title, hover="activation / peak",
-                  colorscale="RdBu_r" if signed else "Viridis",
-                  zrange=(-1.0, 1.0) if signed else (0.0, 1.0))  # fmt: skip
+    return _tiled(
+        arr,
+        titles[: len(arr)],
+        cols=cols,
+        title=title,
+        hover="activation / peak",
+        colorscale="RdBu_r" if signed else "Viridis",
+        zrange=(-1.0, 1.0) if signed else (0.0, 1.0),
+    )
 
 
 def misclassified_grid(
@@ -233,9 +253,15 @@ def probability_bars(
     names = [str(c) for c in (class_names or range(len(proba)))]
     colors = [TEST_COLOR if k == true_label else TRAIN_COLOR for k in range(len(proba))]
     fig = go.Figure(
-        go.Bar(x=names, y=proba, marker_color=colors, texttemplate="%{y:.2f}",
-               textposition="outside", hovertemplate="class %{x}: %{y:.4f}<extra></extra>")
-    )  # fmt: skip
+        go.Bar(
+            x=names,
+            y=proba,
+            marker_color=colors,
+            texttemplate="%{y:.2f}",
+            textposition="outside",
+            hovertemplate="class %{x}: %{y:.4f}<extra></extra>",
+        )
+    )
     label = f" (true class {names[true_label]} in orange)" if true_label is not None else ""
     fig.update_layout(**layout(height=320), title=f"Predicted probabilities{label}")
     fig.update_xaxes(title_text="class", type="category")
@@ -293,14 +319,26 @@ def digit_canvas(pixels: object, *, title: str = "Click cells to draw") -> go.Fi
     image = np.asarray(pixels, dtype=float).reshape(8, 8)
     rows, cols = np.divmod(np.arange(64), 8)
     fig = go.Figure(
-        go.Heatmap(z=image, colorscale="Greys", zmin=0, zmax=16, showscale=False,
-                   hoverinfo="skip", xgap=1, ygap=1)  # the gaps draw the cell grid
-    )  # fmt: skip
+        go.Heatmap(
+            z=image,
+            colorscale="Greys",
+            zmin=0,
+            zmax=16,
+            showscale=False,
+            hoverinfo="skip",
+            xgap=1,
+            ygap=1,
+        )  # the gaps draw the cell grid
+    )
     fig.add_scatter(
-        x=cols, y=rows, customdata=np.arange(64), mode="markers", showlegend=False,
+        x=cols,
+        y=rows,
+        customdata=np.arange(64),
+        mode="markers",
+        showlegend=False,
         marker={"size": 30, "opacity": 0, "symbol": "square"},
         hovertemplate="row %{y}, column %{x}<extra></extra>",
-    )  # fmt: skip
+    )
     fig.update_layout(**layout(height=340), title=title, dragmode=False, plot_bgcolor="#cbd5e1")
     fig.update_xaxes(visible=False, range=[-0.5, 7.5], constrain="domain")
     fig.update_yaxes(visible=False, range=[7.5, -0.5], scaleanchor="x", constrain="domain")

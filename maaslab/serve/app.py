@@ -28,9 +28,13 @@ DESCRIPTION = (
 )
 
 
-def create_app(config: ServeConfig | None = None, *, api_key: str | None = None,
-               models: dict[str, ServedModel] | None = None,
-               preloaded: dict[str, Any] | None = None) -> FastAPI:  # fmt: skip
+def create_app(
+    config: ServeConfig | None = None,
+    *,
+    api_key: str | None = None,
+    models: dict[str, ServedModel] | None = None,
+    preloaded: dict[str, Any] | None = None,
+) -> FastAPI:
     """Build the server app.
 
     Parameters
@@ -67,8 +71,13 @@ def create_app(config: ServeConfig | None = None, *, api_key: str | None = None,
                 await model.batcher.close()
         compute.shutdown(wait=True)
 
-    app = FastAPI(title="MaaS Lab model server", version=__version__, description=DESCRIPTION,
-                  lifespan=lifespan, responses=ERROR_RESPONSES)  # fmt: skip
+    app = FastAPI(
+        title="MaaS Lab model server",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
     app.state.config = config
     app.state.models = served
     app.state.metrics = metrics

@@ -58,10 +58,18 @@ class _Item:
 class Batcher:
     """Queue + worker for one model; `submit` from request handlers, `close` at shutdown."""
 
-    def __init__(self, name: str, run: BatchFn, *, max_batch_size: int = 32,
-                 max_delay_s: float = 0.005, max_queue: int = 256, instances: int = 1,
-                 on_batch: BatchHook | None = None,
-                 executor: ThreadPoolExecutor | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        run: BatchFn,
+        *,
+        max_batch_size: int = 32,
+        max_delay_s: float = 0.005,
+        max_queue: int = 256,
+        instances: int = 1,
+        on_batch: BatchHook | None = None,
+        executor: ThreadPoolExecutor | None = None,
+    ) -> None:
         if instances < 1:
             raise ValueError(f"instances must be at least 1, got {instances}")
         self.name, self.run, self.instances = name, run, instances
@@ -183,8 +191,11 @@ class Batcher:
                 finally:
                     self.in_flight -= len(live)
                 if len(results) != len(live):  # a broken batch function must not kill the worker
-                    results = [RuntimeError(f"{self.name}: batch answered {len(results)} of "
-                                            f"{len(live)} requests")] * len(live)  # fmt: skip
+                    results = [
+                        RuntimeError(
+                            f"{self.name}: batch answered {len(results)} of {len(live)} requests"
+                        )
+                    ] * len(live)
                 seconds = time.perf_counter() - started
                 for it, result in zip(live, results, strict=True):
                     if it.future.done():

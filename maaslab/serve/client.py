@@ -81,8 +81,13 @@ def completion_body(
     model: str, prompt: str, max_tokens: int, temperature: float, seed: int = 0
 ) -> dict[str, Any]:
     """An OpenAI /v1/completions body."""
-    return {"model": model, "prompt": prompt, "max_tokens": int(max_tokens),
-            "temperature": float(temperature), "seed": int(seed)}  # fmt: skip
+    return {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": int(max_tokens),
+        "temperature": float(temperature),
+        "seed": int(seed),
+    }
 
 
 def embedding_body(model: str, text: str) -> dict[str, Any]:

@@ -90,17 +90,32 @@ def _models(text: str) -> tuple[str, ...]:
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     """Add the serve flags to a (sub)parser."""
     d = ServeConfig()
-    p.add_argument("--models", type=_models, default=DEFAULT_MODELS,
-                   help="comma-separated shipped names or model folders "
-                   f"(default: {','.join(DEFAULT_MODELS)})")  # fmt: skip
-    p.add_argument("--host", default=d.host, help=f"interface to bind (default: {d.host}; "
-                   "any other needs --api-key-env)")  # fmt: skip
+    p.add_argument(
+        "--models",
+        type=_models,
+        default=DEFAULT_MODELS,
+        help="comma-separated shipped names or model folders "
+        f"(default: {','.join(DEFAULT_MODELS)})",
+    )
+    p.add_argument(
+        "--host",
+        default=d.host,
+        help=f"interface to bind (default: {d.host}; any other needs --api-key-env)",
+    )
     p.add_argument("--port", type=int, default=d.port, help=f"port (default: {d.port}; 0 = any)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size,
-                   help=f"rows per batched model call (default: {d.max_batch_size})")  # fmt: skip
-    p.add_argument("--max-delay-ms", type=float, default=d.max_delay_ms,
-                   help=f"wait for a batch to fill (default: {d.max_delay_ms:g})")  # fmt: skip
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=d.max_batch_size,
+        help=f"rows per batched model call (default: {d.max_batch_size})",
+    )
+    p.add_argument(
+        "--max-delay-ms",
+        type=float,
+        default=d.max_delay_ms,
+        help=f"wait for a batch to fill (default: {d.max_delay_ms:g})",
+    )
     p.add_argument(
         "--max-queue",
         type=int,
@@ -108,31 +123,53 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help=f"requests waiting per model before 503 (default: {d.max_queue})",
     )
     p.add_argument("--no-batching", action="store_true", help="run every request alone")
-    p.add_argument("--instances", type=int, default=d.instances,
-                   help="model instances (compute threads), each running its own batches "
-                   f"(default: {d.instances})")  # fmt: skip
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's own with one instance, else "
-                   "cores / instances)")  # fmt: skip
-    p.add_argument("--api-key-env", default=None, metavar="VAR",
-                   help="environment variable holding the Bearer API key")  # fmt: skip
+    p.add_argument(
+        "--instances",
+        type=int,
+        default=d.instances,
+        help="model instances (compute threads), each running its own batches "
+        f"(default: {d.instances})",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own with one instance, else cores / instances)",
+    )
+    p.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="VAR",
+        help="environment variable holding the Bearer API key",
+    )
     p.add_argument(
         "--request-timeout-s",
         type=float,
         default=d.request_timeout_s,
         help=f"give up after this (default: {d.request_timeout_s:g})",
     )
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes,
-                   help=f"largest request body (default: {d.max_body_bytes})")  # fmt: skip
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=d.max_body_bytes,
+        help=f"largest request body (default: {d.max_body_bytes})",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """The ServeConfig the flags describe (MaaslabError when a value is out of range)."""
     return ServeConfig(
-        models=args.models, host=args.host, port=args.port, device=args.device,
-        max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
-        max_queue=args.max_queue, batching=not args.no_batching, instances=args.instances,
+        models=args.models,
+        host=args.host,
+        port=args.port,
+        device=args.device,
+        max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms,
+        max_queue=args.max_queue,
+        batching=not args.no_batching,
+        instances=args.instances,
         threads=args.threads,
         api_key_env=args.api_key_env,
-        request_timeout_s=args.request_timeout_s, max_body_bytes=args.max_body_bytes,
-    )  # fmt: skip
+        request_timeout_s=args.request_timeout_s,
+        max_body_bytes=args.max_body_bytes,
+    )

@@ -49,8 +49,9 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def send_error(send: Send, status: int, message: str,
-                     headers: dict[str, str] | None = None) -> None:  # fmt: skip
+async def send_error(
+    send: Send, status: int, message: str, headers: dict[str, str] | None = None
+) -> None:
     """Send {"error": message} straight from ASGI middleware (before routing)."""
     body = json.dumps({"error": message}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]

@@ -71,9 +71,15 @@ from maaslab.zoo import DIGIT_PIXEL_MAX
 
 MAX_EXPLAIN_ROWS = 8  # rows per request: each one is a whole explanation (tens of model calls)
 SHAP = {"digits": "deep_shap", "sentiment": "partition_shap"}  # "shap" for each model kind
-OUTPUTS = [("values", "FP32"), ("base_value", "FP32"), ("prediction", "FP32"),
-           ("target", "INT32"), ("target_name", "BYTES"), ("features", "BYTES"),
-           ("feature_count", "INT32")]  # fmt: skip
+OUTPUTS = [
+    ("values", "FP32"),
+    ("base_value", "FP32"),
+    ("prediction", "FP32"),
+    ("target", "INT32"),
+    ("target_name", "BYTES"),
+    ("features", "BYTES"),
+    ("feature_count", "INT32"),
+]
 
 router = APIRouter(prefix="/v2", tags=["Explain extension"], responses=ERROR_RESPONSES)
 
@@ -124,8 +130,10 @@ def method_for(model: ServedModel, explainer: Explainable, asked: object) -> str
         return SHAP[model.kind]
     if asked == "lime" or asked in keys:
         return str(asked)
-    raise MaaslabError(f"parameters.method must be 'shap' or 'lime' (or one of {', '.join(keys)} "
-                       f"for {model.name}), got {asked!r}")  # fmt: skip
+    raise MaaslabError(
+        f"parameters.method must be 'shap' or 'lime' (or one of {', '.join(keys)} "
+        f"for {model.name}), got {asked!r}"
+    )
 
 
 def parameters(body: dict[str, Any]) -> tuple[object, int, int | None]:
@@ -185,8 +193,9 @@ def tensors(attributions: list[Attribution]) -> list[tuple[str, str, Any]]:
     return [(name, dtype, columns[name]) for name, dtype in OUTPUTS]
 
 
-def shape_features(content: bytes, header_length: int | None,
-                   shape: list[int]) -> tuple[bytes, int | None]:  # fmt: skip
+def shape_features(
+    content: bytes, header_length: int | None, shape: list[int]
+) -> tuple[bytes, int | None]:
     """The encoded answer with `features` shaped [N, F] (encode_response sends BYTES flat)."""
     answer = json.loads(content if header_length is None else content[:header_length])
     for tensor in answer["outputs"]:
@@ -223,8 +232,10 @@ async def explain_route(request: Request, name: str) -> Response:
     """Explain each input row with SHAP or LIME: attributions as tensors (see the docstring)."""
     model = get_model(request, name)
     if model.kind not in SHAP:
-        raise MaaslabError(f"model {name!r} ({model.kind}) cannot be explained: explanations "
-                           "cover the digits models and sentiment-minilm")  # fmt: skip
+        raise MaaslabError(
+            f"model {name!r} ({model.kind}) cannot be explained: explanations "
+            "cover the digits models and sentiment-minilm"
+        )
     body, binary = parse_body(await request.body(), request.headers.get(HEADER))
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -233,8 +244,10 @@ async def explain_route(request: Request, name: str) -> Response:
     wanted = requested_outputs(body, [n for n, _ in OUTPUTS])
     payload, count = _payload(model, decode_inputs(body, binary))
     if count > MAX_EXPLAIN_ROWS:
-        raise MaaslabError(f"{count} inputs to explain; a request takes at most "
-                           f"{MAX_EXPLAIN_ROWS} (each is a whole explanation)")  # fmt: skip
+        raise MaaslabError(
+            f"{count} inputs to explain; a request takes at most "
+            f"{MAX_EXPLAIN_ROWS} (each is a whole explanation)"
+        )
     state = request.app.state
     if not hasattr(state, "explainers"):
         state.explainers = Explainers()
@@ -244,25 +257,32 @@ async def explain_route(request: Request, name: str) -> Response:
     rows = list(payload / DIGIT_PIXEL_MAX) if model.kind == "digits" else list(payload)
     check_rows(explainer, rows, method)
     cancel = threading.Event()
-    work = asyncio.ensure_future(run_in_threadpool(explain_rows, explainer, lock, rows, method,
-                                                   seed, target, cancel))  # fmt: skip
+    work = asyncio.ensure_future(
+        run_in_threadpool(explain_rows, explainer, lock, rows, method, seed, target, cancel)
+    )
     timeout = state.config.request_timeout_s
     if not (await asyncio.wait({work}, timeout=timeout))[0]:
         cancel.set()  # the worker stops at its next model call, raising Cancelled
         work.add_done_callback(lambda task: task.cancelled() or task.exception())  # seen
-        raise RequestTimeout(f"the explanation did not finish within {timeout:g} s; "
-                             "explain fewer inputs per request")  # fmt: skip
+        raise RequestTimeout(
+            f"the explanation did not finish within {timeout:g} s; explain fewer inputs per request"
+        )
     attributions = work.result()
     head: dict[str, Any] = {"model_name": name, "model_version": VERSION}
     if request_id is not None:
         head["id"] = request_id
-    head["parameters"] = {"method": method, "library": METHODS[method].library, "seed": seed,
-                          "evaluations": sum(a.evaluations for a in attributions)}  # fmt: skip
+    head["parameters"] = {
+        "method": method,
+        "library": METHODS[method].library,
+        "seed": seed,
+        "evaluations": sum(a.evaluations for a in attributions),
+    }
     outputs = tensors(attributions)
     content, header_length = encode_response(head, outputs, wanted)
     if "features" in wanted:
         content, header_length = shape_features(content, header_length, list(outputs[0][2].shape))
     if header_length is None:
         return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream",
-                    headers={HEADER: str(header_length)})  # fmt: skip
+    return Response(
+        content, media_type="application/octet-stream", headers={HEADER: str(header_length)}
+    )

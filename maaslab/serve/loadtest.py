@@ -22,9 +22,18 @@ import numpy as np
 from maaslab.errors import MaaslabError
 from maaslab.serve.scrape import Histogram, ServerMetrics, scrape_metrics
 
-__all__ = ["Histogram", "LiveStats", "LoadGenerator", "LoadResult", "ServerMetrics",
-           "request_bodies", "run_load", "scrape_metrics", "sweep",
-           "throughput_over_time"]  # fmt: skip
+__all__ = [
+    "Histogram",
+    "LiveStats",
+    "LoadGenerator",
+    "LoadResult",
+    "ServerMetrics",
+    "request_bodies",
+    "run_load",
+    "scrape_metrics",
+    "sweep",
+    "throughput_over_time",
+]
 
 Progress = Callable[[str, float], None]  # (stage, fraction), the maaslab.jobs.Task convention
 TENSOR_MODELS = {"digits": "pixels", "sentiment": "text"}  # model-name prefix -> input tensor
@@ -48,16 +57,22 @@ def request_bodies(model: str, n: int | None = None) -> list[bytes]:
 
         # load_dataset scales pixels to 0..1; the server takes sklearn's 0..16 scale.
         pixels = np.clip(np.round(load_dataset("digits").X_test * 16.0), 0, 16)
-        rows = [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": p.tolist()}
-                for p in pixels]  # fmt: skip
+        rows = [
+            {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": p.tolist()}
+            for p in pixels
+        ]
     elif model.startswith("sentiment"):
         from maaslab.reviews import load_reviews
 
-        rows = [{"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}
-                for t in load_reviews("test").texts]  # fmt: skip
+        rows = [
+            {"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}
+            for t in load_reviews("test").texts
+        ]
     else:
-        raise MaaslabError(f"no load test payloads for model {model!r}: use a digits-* or "
-                           "sentiment-* model (the OIP v2 tensor models)")  # fmt: skip
+        raise MaaslabError(
+            f"no load test payloads for model {model!r}: use a digits-* or "
+            "sentiment-* model (the OIP v2 tensor models)"
+        )
     rows = rows[:n] if n is not None else rows
     return [json.dumps({"inputs": [row]}).encode() for row in rows]
 
@@ -100,10 +115,12 @@ class LoadResult:
 
     def summary(self) -> str:
         """One line: concurrency, throughput, percentiles, rejects and errors."""
-        return (f"{self.model} c={self.concurrency}: {self.ok}/{self.requests} ok, "
-                f"{self.throughput:.1f} req/s, p50 {self.p50_ms:.1f} ms, p90 {self.p90_ms:.1f} "
-                f"ms, p99 {self.p99_ms:.1f} ms, {self.rejected} rejected, "
-                f"{self.error_count} errors")  # fmt: skip
+        return (
+            f"{self.model} c={self.concurrency}: {self.ok}/{self.requests} ok, "
+            f"{self.throughput:.1f} req/s, p50 {self.p50_ms:.1f} ms, p90 {self.p90_ms:.1f} "
+            f"ms, p99 {self.p99_ms:.1f} ms, {self.rejected} rejected, "
+            f"{self.error_count} errors"
+        )
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -140,12 +157,23 @@ class _Recorder:
         ok = latencies[status == 200]
         n_ok = int((status == 200).sum())
         return LoadResult(
-            model=model, concurrency=concurrency, requests=len(status), ok=n_ok,
-            rejected=int((status == 503).sum()), errors=errors, seconds=seconds,
-            throughput=n_ok / seconds if seconds > 0 else 0.0, p50_ms=_percentile(ok, 50),
-            p90_ms=_percentile(ok, 90), p99_ms=_percentile(ok, 99), latencies_ms=latencies,
-            status=status, started_s=started, finished_s=finished, started_at=self.wall0,
-        )  # fmt: skip
+            model=model,
+            concurrency=concurrency,
+            requests=len(status),
+            ok=n_ok,
+            rejected=int((status == 503).sum()),
+            errors=errors,
+            seconds=seconds,
+            throughput=n_ok / seconds if seconds > 0 else 0.0,
+            p50_ms=_percentile(ok, 50),
+            p90_ms=_percentile(ok, 90),
+            p99_ms=_percentile(ok, 99),
+            latencies_ms=latencies,
+            status=status,
+            started_s=started,
+            finished_s=finished,
+            started_at=self.wall0,
+        )
 
 
 def _check_args(concurrency: int, duration_s: float | None, requests: int | None) -> None:
@@ -157,11 +185,20 @@ def _check_args(concurrency: int, duration_s: float | None, requests: int | None
         raise MaaslabError(f"requests must be at least 1, got {requests}")
 
 
-async def _drive(url: str, model: str, bodies: Sequence[bytes], concurrency: int,
-                 duration_s: float | None, requests: int | None, api_key: str | None,
-                 recorder: _Recorder, progress: Progress | None,
-                 cancel: threading.Event | None, rate: float | None = None,
-                 endpoint: str | None = None) -> float:  # fmt: skip
+async def _drive(
+    url: str,
+    model: str,
+    bodies: Sequence[bytes],
+    concurrency: int,
+    duration_s: float | None,
+    requests: int | None,
+    api_key: str | None,
+    recorder: _Recorder,
+    progress: Progress | None,
+    cancel: threading.Event | None,
+    rate: float | None = None,
+    endpoint: str | None = None,
+) -> float:
     # `concurrency` workers share one client session; each sends, waits, and sends again.
     # aiohttp rather than httpx: the client shares the machine's cores with the server it
     # measures, and aiohttp spends about a tenth of httpx's CPU time per request (0.1-0.2 ms
@@ -249,11 +286,20 @@ def _run_coroutine(make: Callable[[], object]) -> object:
     return box["value"]
 
 
-def run_load(url: str, model: str, *, concurrency: int, duration_s: float | None = None,
-             requests: int | None = None, api_key: str | None = None,
-             progress: Progress | None = None, cancel: threading.Event | None = None,
-             bodies: Sequence[bytes] | None = None, rate: float | None = None,
-             endpoint: str | None = None) -> LoadResult:  # fmt: skip
+def run_load(
+    url: str,
+    model: str,
+    *,
+    concurrency: int,
+    duration_s: float | None = None,
+    requests: int | None = None,
+    api_key: str | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+    bodies: Sequence[bytes] | None = None,
+    rate: float | None = None,
+    endpoint: str | None = None,
+) -> LoadResult:
     """Send requests from `concurrency` closed-loop clients for a time or a count; what happened.
 
     Parameters
@@ -285,17 +331,36 @@ def run_load(url: str, model: str, *, concurrency: int, duration_s: float | None
     gc.freeze()
     try:
         seconds = _run_coroutine(
-            lambda: _drive(url, model, bodies, concurrency, duration_s, requests, api_key,
-                           recorder, progress, cancel, rate, endpoint)
-        )  # fmt: skip
+            lambda: _drive(
+                url,
+                model,
+                bodies,
+                concurrency,
+                duration_s,
+                requests,
+                api_key,
+                recorder,
+                progress,
+                cancel,
+                rate,
+                endpoint,
+            )
+        )
     finally:
         gc.unfreeze()
     return recorder.result(model, concurrency, float(seconds))  # type: ignore[arg-type]
 
 
-def sweep(url: str, model: str, concurrencies: Sequence[int], duration_s: float, *,
-          api_key: str | None = None, progress: Progress | None = None,
-          cancel: threading.Event | None = None) -> list[LoadResult]:  # fmt: skip
+def sweep(
+    url: str,
+    model: str,
+    concurrencies: Sequence[int],
+    duration_s: float,
+    *,
+    api_key: str | None = None,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> list[LoadResult]:
     """run_load at each concurrency in turn (for a throughput / latency curve).
 
     Parameters
@@ -312,8 +377,17 @@ def sweep(url: str, model: str, concurrencies: Sequence[int], duration_s: float,
             break
         if progress is not None:
             progress(f"concurrency {c}", i / len(concurrencies))
-        results.append(run_load(url, model, concurrency=c, duration_s=duration_s,
-                                api_key=api_key, cancel=cancel, bodies=bodies))  # fmt: skip
+        results.append(
+            run_load(
+                url,
+                model,
+                concurrency=c,
+                duration_s=duration_s,
+                api_key=api_key,
+                cancel=cancel,
+                bodies=bodies,
+            )
+        )
     if progress is not None:
         progress("done", 1.0)
     return results
@@ -378,9 +452,20 @@ class LoadGenerator:
 
     def _run(self) -> None:
         try:
-            seconds = asyncio.run(_drive(self.url, self.model, self._bodies, self.concurrency,
-                                         self.duration_s or 3600.0, None, self.api_key,
-                                         self._recorder, None, self._cancel))  # fmt: skip
+            seconds = asyncio.run(
+                _drive(
+                    self.url,
+                    self.model,
+                    self._bodies,
+                    self.concurrency,
+                    self.duration_s or 3600.0,
+                    None,
+                    self.api_key,
+                    self._recorder,
+                    None,
+                    self._cancel,
+                )
+            )
             self.result = self._recorder.result(self.model, self.concurrency, seconds)
         except Exception as err:  # shown on the page; the traceback would not help a learner
             self.error = f"load test failed: {type(err).__name__}: {err}"
@@ -412,10 +497,14 @@ class LoadGenerator:
         window = min(RECENT_WINDOW_S, elapsed) if elapsed > 0 else 0.0
         recent = int((finished[ok] >= elapsed - window).sum()) / window if window > 0 else 0.0
         return LiveStats(
-            elapsed_s=elapsed, completed=int(ok.sum()), rejected=int((status == 503).sum()),
+            elapsed_s=elapsed,
+            completed=int(ok.sum()),
+            rejected=int((status == 503).sum()),
             errors=int(len(status) - ok.sum() - (status == 503).sum()),
             throughput=float(ok.sum()) / elapsed if elapsed > 0 else 0.0,
-            recent_throughput=recent, p50_ms=_percentile(latencies, 50),
-            p90_ms=_percentile(latencies, 90), p99_ms=_percentile(latencies, 99),
+            recent_throughput=recent,
+            p50_ms=_percentile(latencies, 50),
+            p90_ms=_percentile(latencies, 90),
+            p99_ms=_percentile(latencies, 99),
             running=self.running,
-        )  # fmt: skip
+        )

@@ -31,27 +31,51 @@ class ServerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("maaslab_requests_total", "HTTP requests answered",
-                                ["model", "endpoint", "code"], registry=r)  # fmt: skip
-        self.latency = Histogram("maaslab_request_seconds", "Time from request to response",
-                                 ["model", "endpoint"], buckets=LATENCY_BUCKETS,
-                                 registry=r)  # fmt: skip
-        self.errors = Counter("maaslab_errors_total", "Responses with a 4xx or 5xx status",
-                              ["code"], registry=r)  # fmt: skip
-        self.queue_depth = Gauge("maaslab_queue_depth", "Requests waiting in a model's queue",
-                                 ["model"], registry=r)  # fmt: skip
-        self.batch_size = Histogram("maaslab_batch_size", "Rows run together in one model call",
-                                    ["model"], buckets=BATCH_BUCKETS, registry=r)  # fmt: skip
-        self.batch_seconds = Histogram("maaslab_batch_seconds", "Time of one batched model call",
-                                       ["model"], buckets=LATENCY_BUCKETS,
-                                       registry=r)  # fmt: skip
-        self.rejected = Counter("maaslab_rejected_total", "Requests refused with a full queue",
-                                ["model"], registry=r)  # fmt: skip
+        self.requests = Counter(
+            "maaslab_requests_total",
+            "HTTP requests answered",
+            ["model", "endpoint", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "maaslab_request_seconds",
+            "Time from request to response",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.errors = Counter(
+            "maaslab_errors_total", "Responses with a 4xx or 5xx status", ["code"], registry=r
+        )
+        self.queue_depth = Gauge(
+            "maaslab_queue_depth", "Requests waiting in a model's queue", ["model"], registry=r
+        )
+        self.batch_size = Histogram(
+            "maaslab_batch_size",
+            "Rows run together in one model call",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "maaslab_batch_seconds",
+            "Time of one batched model call",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rejected = Counter(
+            "maaslab_rejected_total", "Requests refused with a full queue", ["model"], registry=r
+        )
         # Overload answers must stay fast; timing them alone shows it (the latency histogram
         # above mixes them with the slow successes).
-        self.reject_latency = Histogram("maaslab_rejected_seconds", "Time to answer a 503",
-                                        ["model"], buckets=LATENCY_BUCKETS,
-                                        registry=r)  # fmt: skip
+        self.reject_latency = Histogram(
+            "maaslab_rejected_seconds",
+            "Time to answer a 503",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
 
     def watch_queue(self, model: str, depth) -> None:
         """Report `depth()` as the model's queue depth whenever metrics are scraped."""

@@ -51,8 +51,12 @@ def kind_of(wrapper: object) -> str:
     """Which of KINDS a zoo wrapper is (by the calls it offers)."""
     from maaslab.zoo import DigitsClassifier, SentimentModel, TextEmbedder, TextGenerator
 
-    kinds = {DigitsClassifier: "digits", SentimentModel: "sentiment",
-             TextGenerator: "generator", TextEmbedder: "embedder"}  # fmt: skip
+    kinds = {
+        DigitsClassifier: "digits",
+        SentimentModel: "sentiment",
+        TextGenerator: "generator",
+        TextEmbedder: "embedder",
+    }
     for cls, kind in kinds.items():
         if isinstance(wrapper, cls):
             return kind
@@ -73,13 +77,19 @@ def check_served_texts(texts: object) -> list[str]:
     texts = check_texts(texts)
     for i, text in enumerate(texts):
         if len(text) > MAX_SERVED_TEXT_CHARS:
-            raise MaaslabError(f"text {i} holds {len(text):,} characters; the server takes at "
-                               f"most {MAX_SERVED_TEXT_CHARS:,} per text")  # fmt: skip
+            raise MaaslabError(
+                f"text {i} holds {len(text):,} characters; the server takes at "
+                f"most {MAX_SERVED_TEXT_CHARS:,} per text"
+            )
     return texts
 
 
-def _batched(call: Callable[[Any], Result], join: Callable[[list[Any]], Any],
-             payloads: list[Any], sizes: list[int]) -> list[Result | Exception]:  # fmt: skip
+def _batched(
+    call: Callable[[Any], Result],
+    join: Callable[[list[Any]], Any],
+    payloads: list[Any],
+    sizes: list[int],
+) -> list[Result | Exception]:
     # One call for the whole batch; if the wrapper refuses it (one bad request among good
     # ones), run each request alone so only the bad one gets the error.
     try:
@@ -147,16 +157,20 @@ def try_half(wrapper: Any, kind: str, texts: Sequence[str] | None = None) -> str
     return "fp32"
 
 
-def on(executor: ThreadPoolExecutor | None, fn: Callable[..., Any], *args: Any,
-       **kwargs: Any) -> Any:  # fmt: skip
+def on(
+    executor: ThreadPoolExecutor | None, fn: Callable[..., Any], *args: Any, **kwargs: Any
+) -> Any:
     """fn(*args, **kwargs) on the executor's thread and wait for it (here when None)."""
     if executor is None:
         return fn(*args, **kwargs)
     return executor.submit(fn, *args, **kwargs).result()
 
 
-def load_models(config: ServeConfig, preloaded: dict[str, Any] | None = None,
-                executor: ThreadPoolExecutor | None = None) -> dict[str, ServedModel]:  # fmt: skip
+def load_models(
+    config: ServeConfig,
+    preloaded: dict[str, Any] | None = None,
+    executor: ThreadPoolExecutor | None = None,
+) -> dict[str, ServedModel]:
     """Load every --models item on the configured device, with a batcher for tensor models.
 
     Parameters
@@ -182,11 +196,22 @@ def load_models(config: ServeConfig, preloaded: dict[str, Any] | None = None,
         precision = on(executor, try_half, wrapper, kind) if config.half_precision else "fp32"
         batcher = None
         if kind != "generator":
-            batcher = Batcher(name, batch_function(wrapper, kind),
-                              max_batch_size=config.effective_batch_size,
-                              max_delay_s=config.effective_delay_s,
-                              max_queue=config.max_queue,
-                              instances=config.instances, executor=executor)  # fmt: skip
-        served[name] = ServedModel(name, kind, wrapper, torch.device(wrapper.device), batcher,
-                                   precision, time.perf_counter() - started)  # fmt: skip
+            batcher = Batcher(
+                name,
+                batch_function(wrapper, kind),
+                max_batch_size=config.effective_batch_size,
+                max_delay_s=config.effective_delay_s,
+                max_queue=config.max_queue,
+                instances=config.instances,
+                executor=executor,
+            )
+        served[name] = ServedModel(
+            name,
+            kind,
+            wrapper,
+            torch.device(wrapper.device),
+            batcher,
+            precision,
+            time.perf_counter() - started,
+        )
     return served

@@ -106,8 +106,10 @@ def signature(model: ServedModel) -> tuple[list[TensorMeta], list[TensorMeta]]:
     text = [TensorMeta(name="text", datatype="BYTES", shape=[-1])]
     if model.kind == "sentiment":
         n_classes = len(model.wrapper.class_names)
-        return text, [TensorMeta(name="probabilities", datatype="FP32", shape=[-1, n_classes]),
-                      TensorMeta(name="label", datatype="BYTES", shape=[-1])]  # fmt: skip
+        return text, [
+            TensorMeta(name="probabilities", datatype="FP32", shape=[-1, n_classes]),
+            TensorMeta(name="label", datatype="BYTES", shape=[-1]),
+        ]
     if model.kind == "embedder":
         return text, [TensorMeta(name="embedding", datatype="FP32", shape=[-1, EMBED_DIM])]
     return [], []  # the generator speaks the OpenAI API (/v1/completions) instead
@@ -117,8 +119,9 @@ def get_model(request: Request, name: str, version: str | None = None) -> Served
     """The served model `name`, or 404 naming the models there are."""
     models: dict[str, ServedModel] = request.app.state.models
     if name not in models:
-        raise HTTPException(404, f"unknown model {name!r}: this server has "
-                                 f"{', '.join(models) or 'no models'}")  # fmt: skip
+        raise HTTPException(
+            404, f"unknown model {name!r}: this server has {', '.join(models) or 'no models'}"
+        )
     if version is not None and version != VERSION:
         raise HTTPException(404, f"model {name!r} has only version {VERSION}, not {version!r}")
     return models[name]
@@ -129,21 +132,26 @@ def _payload(model: ServedModel, inputs: dict[str, Tensor]) -> tuple[Any, int]:
     want = signature(model)[0][0]
     extra = sorted(set(inputs) - {want.name})
     if want.name not in inputs or extra:
-        raise MaaslabError(f"model {model.name!r} takes one input named {want.name!r} "
-                           f"({want.datatype} {want.shape}); got {', '.join(inputs)}")  # fmt: skip
+        raise MaaslabError(
+            f"model {model.name!r} takes one input named {want.name!r} "
+            f"({want.datatype} {want.shape}); got {', '.join(inputs)}"
+        )
     t = inputs[want.name]
     if model.kind == "digits":
         if t.datatype not in ("FP16", "FP32", "FP64"):
             raise MaaslabError(f"input 'pixels' must be FP32 (or FP16/FP64), not {t.datatype}")
         if len(t.shape) != 2 or t.shape[1] != 64 or t.shape[0] < 1:
-            raise MaaslabError(f"input 'pixels' must have shape [N, 64] with N >= 1, "
-                               f"got {list(t.shape)}")  # fmt: skip
+            raise MaaslabError(
+                f"input 'pixels' must have shape [N, 64] with N >= 1, got {list(t.shape)}"
+            )
         x = np.asarray(t.data, dtype=np.float32).reshape(t.shape)
         if not np.all(np.isfinite(x)):
             raise MaaslabError("input 'pixels' contains NaN or infinity")
         if x.min() < 0 or x.max() > 16:
-            raise MaaslabError(f"input 'pixels' must lie in 0..16 (sklearn digits scale); got "
-                               f"{x.min():g}..{x.max():g}")  # fmt: skip
+            raise MaaslabError(
+                f"input 'pixels' must lie in 0..16 (sklearn digits scale); got "
+                f"{x.min():g}..{x.max():g}"
+            )
         return x, len(x)
     if t.datatype != "BYTES":
         raise MaaslabError(f"input 'text' must be BYTES (strings), not {t.datatype}")
@@ -165,8 +173,9 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Server readiness",
-            responses={503: {"description": "Not ready"}})  # fmt: skip
+@router.get(
+    "/health/ready", summary="Server readiness", responses={503: {"description": "Not ready"}}
+)
 async def ready(request: Request) -> JSONResponse:
     """200 when every model is loaded and the server is not shutting down, else 503."""
     ok = bool(request.app.state.models) and not request.app.state.draining
@@ -200,8 +209,9 @@ async def model_version_ready(request: Request, name: str, version: str) -> JSON
 def _metadata(request: Request, name: str, version: str | None) -> ModelMetadata:
     model = get_model(request, name, version)
     inputs, outputs = signature(model)
-    return ModelMetadata(name=name, versions=[VERSION], platform=PLATFORM, inputs=inputs,
-                         outputs=outputs)  # fmt: skip
+    return ModelMetadata(
+        name=name, versions=[VERSION], platform=PLATFORM, inputs=inputs, outputs=outputs
+    )
 
 
 @router.get("/models/{name}", summary="Model metadata")
@@ -219,13 +229,18 @@ async def model_version_metadata(request: Request, name: str, version: str) -> M
 async def _infer(request: Request, name: str, version: str | None) -> Response:
     model = get_model(request, name, version)
     if model.kind == "generator":
-        raise MaaslabError(f"model {name!r} generates text: use POST /v1/completions or "
-                           "/v1/chat/completions (the OpenAI-compatible API)")  # fmt: skip
+        raise MaaslabError(
+            f"model {name!r} generates text: use POST /v1/completions or "
+            "/v1/chat/completions (the OpenAI-compatible API)"
+        )
     if model.batcher is not None and model.batcher.full:
         # Refuse before reading and parsing the body: an overloaded server must say so fast.
         raise Overloaded(name)
-    raw = decompress(await request.body(), request.headers.get("content-encoding"),
-                     request.app.state.config.max_body_bytes)  # fmt: skip
+    raw = decompress(
+        await request.body(),
+        request.headers.get("content-encoding"),
+        request.app.state.config.max_body_bytes,
+    )
     body, head = parse_body(raw, request.headers.get(HEADER))
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
@@ -242,8 +257,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     )
     if header_length is None:
         return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream",
-                    headers={HEADER: str(header_length)})  # fmt: skip
+    return Response(
+        content, media_type="application/octet-stream", headers={HEADER: str(header_length)}
+    )
 
 
 def _inline_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -289,8 +305,7 @@ async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference (version)",
-             **_INFER_DOC)  # fmt: skip
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference (version)", **_INFER_DOC)
 async def infer_version(request: Request, name: str, version: str) -> Response:
     """Same as /infer, for version 1."""
     return await _infer(request, name, version)

@@ -92,9 +92,11 @@ def error_response(status: int, message: str, param: str | None = None) -> JSONR
 def union_branch(part: str) -> bool:
     """True for the part of a pydantic error location that names a union's branch ("str",
     "list[constrained-str]", "function-after[...]"), not a field."""
-    return part in {"str", "int", "float", "bool", "none"} or "[" in part or part.startswith(
-        ("function-", "constrained-", "literal")
-    )  # fmt: skip
+    return (
+        part in {"str", "int", "float", "bool", "none"}
+        or "[" in part
+        or part.startswith(("function-", "constrained-", "literal"))
+    )
 
 
 def validation_message(err: RequestValidationError) -> tuple[str, str | None]:
@@ -150,9 +152,10 @@ def served(request: Request, name: str, kind: str, route: str) -> Any:
     model = models[name]
     if model.kind != kind:
         raise HTTPException(
-            400, f"{route} needs a {kind} model and {name} is a {model.kind} model; "
+            400,
+            f"{route} needs a {kind} model and {name} is a {model.kind} model; "
             f"use {', '.join(fitting) or 'none served'}",
-        )  # fmt: skip
+        )
     return model
 
 
@@ -210,8 +213,10 @@ def run_all(request: Request, choices: list[Choice]) -> None:
     for choice in choices:
         for _ in choice:
             if deadline is not None and time.monotonic() > deadline:
-                raise RequestTimeout(f"generation did not finish within {timeout:g} s; ask for "
-                                     "fewer tokens or choices, or stream")  # fmt: skip
+                raise RequestTimeout(
+                    f"generation did not finish within {timeout:g} s; ask for "
+                    "fewer tokens or choices, or stream"
+                )
 
 
 def stops_of(stop: str | list[str] | None) -> tuple[str, ...]:
@@ -223,15 +228,17 @@ def start_choices(wrapper: Any, prompts: list[str], body: Sampling, max_tokens: 
     """One Choice per prompt and per n, its arguments checked now (before any byte is sent)."""
     if len(prompts) * body.n > MAX_CHOICES:
         raise HTTPException(
-            400, f"{len(prompts)} prompts x n={body.n} asks for {len(prompts) * body.n} "
+            400,
+            f"{len(prompts)} prompts x n={body.n} asks for {len(prompts) * body.n} "
             f"choices; at most {MAX_CHOICES} per request",
-        )  # fmt: skip
+        )
     for prompt in prompts:
         if len(prompt) > MAX_PROMPT_CHARS:
             raise HTTPException(
-                400, f"a prompt may hold at most {MAX_PROMPT_CHARS:,} characters, got "
+                400,
+                f"a prompt may hold at most {MAX_PROMPT_CHARS:,} characters, got "
                 f"{len(prompt):,} (the model reads only the last {wrapper.context})",
-            )  # fmt: skip
+            )
     # temperature 0 means "the likeliest token every time": top_k=1 does exactly that.
     greedy = body.temperature == 0
     settings = {
@@ -242,8 +249,9 @@ def start_choices(wrapper: Any, prompts: list[str], body: Sampling, max_tokens: 
     }
     seeds = [None if body.seed is None else body.seed + j for j in range(body.n)]
     stops = stops_of(body.stop)
-    return [Choice(wrapper.generate(p, seed=seed, **settings), stops)
-            for p in prompts for seed in seeds]  # fmt: skip
+    return [
+        Choice(wrapper.generate(p, seed=seed, **settings), stops) for p in prompts for seed in seeds
+    ]
 
 
 def prompt_tokens(wrapper: Any, prompts: list[str]) -> int:
@@ -254,8 +262,9 @@ def prompt_tokens(wrapper: Any, prompts: list[str]) -> int:
 def usage(prompt: int, choices: list[Choice]) -> Usage:
     """Usage counts of a finished request."""
     completion = sum(c.tokens for c in choices)
-    return Usage(prompt_tokens=prompt, completion_tokens=completion,
-                 total_tokens=prompt + completion)  # fmt: skip
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
 
 
 def sse(payload: dict | str) -> str:
@@ -297,14 +306,22 @@ def get_model(model: str, request: Request) -> ModelCard:
     return ModelCard(id=model, created=STARTED, owned_by=OWNER)
 
 
-def stream(head: dict, choices: list[Choice], body: Sampling, piece: Callable[[str], dict],
-           first: dict | None, tail: Callable[[], Usage]) -> StreamingResponse:  # fmt: skip
+def stream(
+    head: dict,
+    choices: list[Choice],
+    body: Sampling,
+    piece: Callable[[str], dict],
+    first: dict | None,
+    tail: Callable[[], Usage],
+) -> StreamingResponse:
     """Stream `choices` as OpenAI chunks: `first` (chat's role delta), a chunk per `piece` of
     text as it is sampled, one with the finish reason per choice, the usage if asked, [DONE]."""
 
     def chunk(index: int, finish: str | None, fields: dict) -> dict:
-        return {**head, "choices": [{"index": index, **fields, "finish_reason": finish,
-                                     "logprobs": None}]}  # fmt: skip
+        return {
+            **head,
+            "choices": [{"index": index, **fields, "finish_reason": finish, "logprobs": None}],
+        }
 
     def chunks() -> Iterator[dict]:
         for index, choice in enumerate(choices):
@@ -339,10 +356,15 @@ def completions(body: CompletionRequest, request: Request) -> Any:
         return stream(head, choices, body, lambda text: {"text": text}, None, tail)
     run_all(request, choices)
     return CompletionResponse(
-        id=ident, created=created, model=body.model, usage=tail(),
-        choices=[CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
-                 for i, c in enumerate(choices)],
-    )  # fmt: skip
+        id=ident,
+        created=created,
+        model=body.model,
+        usage=tail(),
+        choices=[
+            CompletionChoice(index=i, text=c.text, finish_reason=c.finish_reason)
+            for i, c in enumerate(choices)
+        ],
+    )
 
 
 def chat_prompt(messages: list[ChatMessage]) -> str:
@@ -367,16 +389,27 @@ def chat_completions(body: ChatRequest, request: Request) -> Any:
     ident, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     tail = lambda: usage(prompt_tokens(wrapper, [prompt]), choices)  # noqa: E731
     if body.stream:
-        head = {"id": ident, "object": "chat.completion.chunk", "created": created,
-                "model": body.model}  # fmt: skip
+        head = {
+            "id": ident,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": body.model,
+        }
         role = {"delta": {"role": "assistant", "content": ""}}
         return stream(head, choices, body, lambda text: {"delta": {"content": text}}, role, tail)
     run_all(request, choices)
     return ChatResponse(
-        id=ident, created=created, model=body.model, usage=tail(),
-        choices=[ChatChoice(index=i, message=AssistantMessage(content=c.text),
-                            finish_reason=c.finish_reason) for i, c in enumerate(choices)],
-    )  # fmt: skip
+        id=ident,
+        created=created,
+        model=body.model,
+        usage=tail(),
+        choices=[
+            ChatChoice(
+                index=i, message=AssistantMessage(content=c.text), finish_reason=c.finish_reason
+            )
+            for i, c in enumerate(choices)
+        ],
+    )
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse, responses=ERRORS)
@@ -386,9 +419,10 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingRespo
     encoder = model.wrapper.encoder
     if body.dimensions is not None and body.dimensions != encoder.dim:
         raise HTTPException(
-            400, f"{body.model} embeddings have {encoder.dim} dimensions, not {body.dimensions}: "
+            400,
+            f"{body.model} embeddings have {encoder.dim} dimensions, not {body.dimensions}: "
             "leave `dimensions` out",
-        )  # fmt: skip
+        )
     texts = check_served_texts([body.input] if isinstance(body.input, str) else list(body.input))
     if model.batcher is not None:  # queued and batched with other requests
         config = getattr(request.app.state, "config", None)

@@ -196,13 +196,16 @@ class ErrorBody(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorBody, "description": "a parameter is missing, out of range or of the "
-          "wrong type, or the model is of the wrong kind"},
+    400: {
+        "model": ErrorBody,
+        "description": "a parameter is missing, out of range or of the "
+        "wrong type, or the model is of the wrong kind",
+    },
     404: {"model": ErrorBody, "description": "the model is not served"},
     # Refused before the route runs (API key, body size) or by the queue: the server's shape.
     **{code: SERVER_ERRORS[code] for code in (401, 413, 503, 504)},
     "4XX": {"model": ErrorBody, "description": "any other refusal of the request"},
-}  # fmt: skip
+}
 # One server-sent event (Open API 3.1: the schema of an event stream describes each event).
 EVENT = {
     "type": "object",

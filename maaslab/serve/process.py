@@ -107,11 +107,26 @@ class ServerProcess:
 
     def command(self) -> list[str]:
         """The command line the server is started with."""
-        cmd = [sys.executable, "-m", "maaslab", "serve", "--models", ",".join(self.models),
-               "--host", self.host, "--port", str(self.requested_port), "--device", self.device,
-               "--max-batch-size", str(self.max_batch_size),
-               "--max-delay-ms", f"{self.max_delay_ms:g}",
-               "--max-queue", str(self.max_queue)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "maaslab",
+            "serve",
+            "--models",
+            ",".join(self.models),
+            "--host",
+            self.host,
+            "--port",
+            str(self.requested_port),
+            "--device",
+            self.device,
+            "--max-batch-size",
+            str(self.max_batch_size),
+            "--max-delay-ms",
+            f"{self.max_delay_ms:g}",
+            "--max-queue",
+            str(self.max_queue),
+        ]
         if self.instances != 1:
             cmd += ["--instances", str(self.instances)]
         if not self.batching:
@@ -163,12 +178,19 @@ class ServerProcess:
         self._ready.clear()
         self.url = self.port = self.exit_code = None
         self.process = subprocess.Popen(
-            self.command(), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL, text=True, errors="replace",
-        )  # fmt: skip
+            self.command(),
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            errors="replace",
+        )
         self._started = time.monotonic()
-        self._pump = threading.Thread(target=self._read_output, daemon=True,
-                                      name=f"maaslab-serve-log-{self.process.pid}")  # fmt: skip
+        self._pump = threading.Thread(
+            target=self._read_output, daemon=True, name=f"maaslab-serve-log-{self.process.pid}"
+        )
         self._pump.start()
         _LIVE.add(self)
         return self.wait_ready(timeout) if wait else self

@@ -66,10 +66,15 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def uvicorn_server(app, config: ServeConfig, log_level: str = "warning") -> GracefulServer:
     """A GracefulServer for `app` with the drain timeout and quiet logs."""
     uv = uvicorn.Config(
-        app, host=config.host, port=config.port, log_level=log_level, access_log=False,
-        lifespan="on", timeout_graceful_shutdown=int(config.request_timeout_s + DRAIN_GRACE_S),
+        app,
+        host=config.host,
+        port=config.port,
+        log_level=log_level,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(config.request_timeout_s + DRAIN_GRACE_S),
         timeout_keep_alive=5,
-    )  # fmt: skip
+    )
     return GracefulServer(uv)
 
 

@@ -37,8 +37,7 @@ class Histogram:
         if not self.count or not 0 <= q <= 1:
             return float("nan")
         rank, seen = q * self.count, 0
-        for lower, upper, n in zip((0.0, *self.bounds[:-1]), self.bounds, self.counts,
-                                   strict=True):  # fmt: skip
+        for lower, upper, n in zip((0.0, *self.bounds[:-1]), self.bounds, self.counts, strict=True):
             if n and seen + n >= rank:
                 if not np.isfinite(upper):
                     return lower
@@ -105,22 +104,41 @@ def parse_metrics(text: str) -> ServerMetrics:
         return [s for s in fam.samples if s.name in wanted] if fam is not None else []
 
     return ServerMetrics(
-        requests={(s.labels["model"], s.labels["endpoint"], s.labels["code"]): int(s.value)
-                  for s in samples("maaslab_requests", ("_total",))},
+        requests={
+            (s.labels["model"], s.labels["endpoint"], s.labels["code"]): int(s.value)
+            for s in samples("maaslab_requests", ("_total",))
+        },
         queue_depth={s.labels["model"]: s.value for s in samples("maaslab_queue_depth")},
-        batch_size={k[0]: h for k, h in _histograms(samples(
-            "maaslab_batch_size", ("_bucket", "_count", "_sum")), ("model",)).items()},
-        batch_seconds={k[0]: h for k, h in _histograms(samples(
-            "maaslab_batch_seconds", ("_bucket", "_count", "_sum")), ("model",)).items()},
-        latency={(k[0], k[1]): h for k, h in _histograms(samples(
-            "maaslab_request_seconds", ("_bucket", "_count", "_sum")),
-            ("model", "endpoint")).items()},
-        rejected={s.labels["model"]: int(s.value)
-                  for s in samples("maaslab_rejected", ("_total",))},
+        batch_size={
+            k[0]: h
+            for k, h in _histograms(
+                samples("maaslab_batch_size", ("_bucket", "_count", "_sum")), ("model",)
+            ).items()
+        },
+        batch_seconds={
+            k[0]: h
+            for k, h in _histograms(
+                samples("maaslab_batch_seconds", ("_bucket", "_count", "_sum")), ("model",)
+            ).items()
+        },
+        latency={
+            (k[0], k[1]): h
+            for k, h in _histograms(
+                samples("maaslab_request_seconds", ("_bucket", "_count", "_sum")),
+                ("model", "endpoint"),
+            ).items()
+        },
+        rejected={
+            s.labels["model"]: int(s.value) for s in samples("maaslab_rejected", ("_total",))
+        },
         errors={s.labels["code"]: int(s.value) for s in samples("maaslab_errors", ("_total",))},
-        reject_latency={k[0]: h for k, h in _histograms(samples(
-            "maaslab_rejected_seconds", ("_bucket", "_count", "_sum")), ("model",)).items()},
-    )  # fmt: skip
+        reject_latency={
+            k[0]: h
+            for k, h in _histograms(
+                samples("maaslab_rejected_seconds", ("_bucket", "_count", "_sum")), ("model",)
+            ).items()
+        },
+    )
 
 
 def scrape_metrics(url: str, api_key: str | None = None, timeout: float = 10.0) -> ServerMetrics:
@@ -138,6 +156,5 @@ def scrape_metrics(url: str, api_key: str | None = None, timeout: float = 10.0) 
     except httpx.HTTPError as err:
         raise MaaslabError(f"cannot read {url}/metrics: {type(err).__name__}: {err}") from None
     if response.status_code != 200:
-        raise MaaslabError(f"{url}/metrics answered {response.status_code}: "
-                           f"{response.text[:200]}")  # fmt: skip
+        raise MaaslabError(f"{url}/metrics answered {response.status_code}: {response.text[:200]}")
     return parse_metrics(response.text)

@@ -31,8 +31,9 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def resolve_api_key(host: str, api_key_env: str | None,
-                    environ: Mapping[str, str] | None = None) -> str | None:  # fmt: skip
+def resolve_api_key(
+    host: str, api_key_env: str | None, environ: Mapping[str, str] | None = None
+) -> str | None:
     """The API key the server will demand, or None on loopback without one.
 
     Raises MaaslabError (the CLI exits with code 2) when a non-loopback bind has no key, or
@@ -48,11 +49,13 @@ def resolve_api_key(host: str, api_key_env: str | None,
         return None
     key = env.get(api_key_env, "").strip()
     if not key:
-        raise MaaslabError(f"--api-key-env names {api_key_env}, but that environment variable "
-                           "is not set or empty")  # fmt: skip
+        raise MaaslabError(
+            f"--api-key-env names {api_key_env}, but that environment variable is not set or empty"
+        )
     if len(key) < MIN_KEY_CHARS:
-        raise MaaslabError(f"the API key in {api_key_env} is too short: use at least "
-                           f"{MIN_KEY_CHARS} characters")  # fmt: skip
+        raise MaaslabError(
+            f"the API key in {api_key_env} is too short: use at least {MIN_KEY_CHARS} characters"
+        )
     return key
 
 
@@ -84,5 +87,9 @@ class ApiKeyMiddleware:
             return
         from maaslab.serve.errors import send_error
 
-        await send_error(send, 401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
-                         {"www-authenticate": "Bearer"})  # fmt: skip
+        await send_error(
+            send,
+            401,
+            "missing or wrong API key: send 'Authorization: Bearer KEY'",
+            {"www-authenticate": "Bearer"},
+        )

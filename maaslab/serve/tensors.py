@@ -21,9 +21,19 @@ from maaslab.errors import MaaslabError
 
 HEADER = "Inference-Header-Content-Length"
 NUMPY_DTYPES = {
-    "BOOL": "?", "INT8": "<i1", "INT16": "<i2", "INT32": "<i4", "INT64": "<i8", "UINT8": "<u1",
-    "UINT16": "<u2", "UINT32": "<u4", "UINT64": "<u8", "FP16": "<f2", "FP32": "<f4", "FP64": "<f8",
-}  # fmt: skip
+    "BOOL": "?",
+    "INT8": "<i1",
+    "INT16": "<i2",
+    "INT32": "<i4",
+    "INT64": "<i8",
+    "UINT8": "<u1",
+    "UINT16": "<u2",
+    "UINT32": "<u4",
+    "UINT64": "<u8",
+    "FP16": "<f2",
+    "FP32": "<f4",
+    "FP64": "<f8",
+}
 
 
 @dataclass(frozen=True)
@@ -50,8 +60,9 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     except zlib.error as err:
         raise MaaslabError(f"the {kind} request body cannot be decompressed: {err}") from None
     if len(out) > limit:
-        raise BodyTooLarge(f"the decompressed request body is over the server's limit of "
-                           f"{limit:,} bytes")  # fmt: skip
+        raise BodyTooLarge(
+            f"the decompressed request body is over the server's limit of {limit:,} bytes"
+        )
     return out
 
 
@@ -140,8 +151,10 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                raise MaaslabError(f"input {name!r}: binary_data_size {size!r} does not fit the "
-                                   f"{len(binary) - offset} bytes left in the body")  # fmt: skip
+                raise MaaslabError(
+                    f"input {name!r}: binary_data_size {size!r} does not fit the "
+                    f"{len(binary) - offset} bytes left in the body"
+                )
             raw = binary[offset : offset + size]
             offset += size
             if dtype == "BYTES":
@@ -149,8 +162,10 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
             else:
                 width = np.dtype(NUMPY_DTYPES[dtype]).itemsize
                 if size != count * width:
-                    raise MaaslabError(f"input {name!r}: shape {list(shape)} of {dtype} needs "
-                                       f"{count * width} bytes, got {size}")  # fmt: skip
+                    raise MaaslabError(
+                        f"input {name!r}: shape {list(shape)} of {dtype} needs "
+                        f"{count * width} bytes, got {size}"
+                    )
                 data = np.frombuffer(raw, dtype=NUMPY_DTYPES[dtype])
         elif "data" in spec:
             flat = _flatten(spec["data"], name)
@@ -165,8 +180,10 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
         else:
             raise MaaslabError(f"input {name!r} has neither 'data' nor binary_data_size")
         if len(data) != count:
-            raise MaaslabError(f"input {name!r}: shape {list(shape)} holds {count} elements, "
-                               f"but {len(data)} were sent")  # fmt: skip
+            raise MaaslabError(
+                f"input {name!r}: shape {list(shape)} holds {count} elements, "
+                f"but {len(data)} were sent"
+            )
         if name in out:
             raise MaaslabError(f"input {name!r} is given twice")
         out[name] = Tensor(name, dtype, shape, data)
@@ -189,18 +206,22 @@ def requested_outputs(request: dict[str, Any], available: list[str]) -> dict[str
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise MaaslabError("every requested output must be an object with a 'name'")
         if spec["name"] not in available:
-            raise MaaslabError(f"unknown output {spec['name']!r}: this model gives "
-                               f"{', '.join(available)}")  # fmt: skip
+            raise MaaslabError(
+                f"unknown output {spec['name']!r}: this model gives {', '.join(available)}"
+            )
         p = spec.get("parameters") or {}
         if isinstance(p, dict) and p.get("classification"):
-            raise MaaslabError("the classification extension is not supported: ask for "
-                               "'probabilities' and take the argmax")  # fmt: skip
+            raise MaaslabError(
+                "the classification extension is not supported: ask for "
+                "'probabilities' and take the argmax"
+            )
         out[spec["name"]] = bool(p.get("binary_data", default)) if isinstance(p, dict) else default
     return out
 
 
-def encode_response(head: dict[str, Any], outputs: list[tuple[str, str, Any]],
-                    binary: dict[str, bool]) -> tuple[bytes, int | None]:  # fmt: skip
+def encode_response(
+    head: dict[str, Any], outputs: list[tuple[str, str, Any]], binary: dict[str, bool]
+) -> tuple[bytes, int | None]:
     """(body, JSON header length or None) for outputs given as (name, datatype, value)."""
     tensors, blobs = [], []
     for name, dtype, value in outputs:
@@ -214,13 +235,17 @@ def encode_response(head: dict[str, Any], outputs: list[tuple[str, str, Any]],
             shape = list(arr.shape)
         tensor: dict[str, Any] = {"name": name, "datatype": dtype, "shape": shape}
         if binary[name]:
-            blob = (b"".join(struct.pack("<I", len(b)) + b for b in items) if dtype == "BYTES"
-                    else arr.tobytes())  # fmt: skip
+            blob = (
+                b"".join(struct.pack("<I", len(b)) + b for b in items)
+                if dtype == "BYTES"
+                else arr.tobytes()
+            )
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            tensor["data"] = ([b.decode() for b in items] if dtype == "BYTES"
-                              else arr.ravel().tolist())  # fmt: skip
+            tensor["data"] = (
+                [b.decode() for b in items] if dtype == "BYTES" else arr.ravel().tolist()
+            )
         tensors.append(tensor)
     header = json.dumps({**head, "outputs": tensors}).encode()
     if not blobs:

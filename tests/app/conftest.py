@@ -23,8 +23,17 @@ def open_app(page: str | None = None, **query: str) -> AppTest:
 
 def app_text(at: AppTest) -> str:
     """Every piece of text the page shows, messages included, one per line."""
-    parts = [*at.markdown, *at.caption, *at.title, *at.header, *at.subheader, *at.info,
-             *at.warning, *at.error, *at.success]  # fmt: skip
+    parts = [
+        *at.markdown,
+        *at.caption,
+        *at.title,
+        *at.header,
+        *at.subheader,
+        *at.info,
+        *at.warning,
+        *at.error,
+        *at.success,
+    ]
     return "\n".join(str(p.value) for p in parts)
 
 

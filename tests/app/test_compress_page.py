@@ -84,7 +84,10 @@ def test_digits_table_is_the_backends_and_the_export_loads(open_page, page_text,
     assert not at.exception and not at.error, [e.value for e in at.error]
     folder = runs / "exports" / "cnn-onnx"
     assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json", "model.onnx", "model.safetensors"]  # fmt: skip
+        "config.json",
+        "model.onnx",
+        "model.safetensors",
+    ]
     assert f"python -m maaslab serve --models {folder.resolve()}" in at.code[0].value
     assert "Loaded back with `registry.load`" in page_text(at)
     from maaslab.data import load_dataset

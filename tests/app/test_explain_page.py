@@ -20,12 +20,15 @@ def finish(at, timeout=240):
 @pytest.mark.parametrize(
     ("model", "methods", "labels"),
     [
-        ("breast-cancer gradient boosting (scikit-learn)", ["kernel_shap", "lime"],
-         ["KernelSHAP", "LIME"]),
+        (
+            "breast-cancer gradient boosting (scikit-learn)",
+            ["kernel_shap", "lime"],
+            ["KernelSHAP", "LIME"],
+        ),
         ("digits-cnn", ["deep_shap", "lime"], ["DeepSHAP", "LIME"]),
         ("sentiment-minilm", ["partition_shap", "lime"], ["Partition SHAP", "LIME"]),
     ],
-)  # fmt: skip
+)
 def test_each_data_type_is_explained_side_by_side(open_page, page_text, model, methods, labels):
     at = open_page("explain")
     at.selectbox(key="explain.model").set_value(model).run()

@@ -29,8 +29,10 @@ def _table(at: AppTest) -> dict[str, dict]:
 
 def _url(at: AppTest) -> dict[str, str]:
     """The page's URL query parameters (one value each)."""
-    return {key: value if isinstance(value, str) else value[-1]
-            for key, value in at.query_params.items()}  # fmt: skip
+    return {
+        key: value if isinstance(value, str) else value[-1]
+        for key, value in at.query_params.items()
+    }
 
 
 def test_the_default_race_runs_and_fills_the_url():
@@ -140,6 +142,8 @@ def test_suggested_settings_button_restores_the_surface_defaults():
     next(b for b in at.button if b.label == "Suggested lrs and start").click().run()
     beale = SURFACES["beale"]
     assert (at.slider(key="gdlab.x").value, at.slider(key="gdlab.y").value) == beale.start
-    assert list(_table(at)) == [f"GD (lr {beale.lr_for('gd'):g})",
-                                f"Adam (lr {beale.lr_for('adam'):g})"]  # fmt: skip
+    assert list(_table(at)) == [
+        f"GD (lr {beale.lr_for('gd'):g})",
+        f"Adam (lr {beale.lr_for('adam'):g})",
+    ]
     assert at.select_slider(key="gdlab.steps").value == 100  # not a learning rate: kept

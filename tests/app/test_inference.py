@@ -92,8 +92,10 @@ def test_generation_writes_the_text_the_model_samples(open_page, page_text):
 
 def test_generation_refuses_bad_settings_with_a_message(open_page, page_text):
     at = open_page("inference", model="mini-gpt")
-    for key, value, message in [("infer.max_tokens", 5000, "between 1 and 1000, got 5000"),
-                                ("infer.max_tokens", 0, "between 1 and 1000, got 0")]:  # fmt: skip
+    for key, value, message in [
+        ("infer.max_tokens", 5000, "between 1 and 1000, got 5000"),
+        ("infer.max_tokens", 0, "between 1 and 1000, got 0"),
+    ]:
         at.number_input(key=key).set_value(value).run()
         at.button(key="infer.generate").click().run()
         assert message in page_text(at) and not at.exception

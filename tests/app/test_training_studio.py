@@ -86,8 +86,17 @@ def test_stop_then_save_refuses_bad_names(runs_dir, open_page, page_text):
 
 
 def test_a_shared_link_reopens_the_same_settings(open_page, page_text):
-    at = open_page("training_studio", dataset="digits", model="cnn", depth="3", lr="0.003",
-               batch_size="64", weight_decay="0.0001", epochs="7", seed="5")  # fmt: skip
+    at = open_page(
+        "training_studio",
+        dataset="digits",
+        model="cnn",
+        depth="3",
+        lr="0.003",
+        batch_size="64",
+        weight_decay="0.0001",
+        epochs="7",
+        seed="5",
+    )
     assert not at.warning
     assert at.selectbox(key="studio.dataset").value == "digits"
     assert at.radio(key="studio.model").value == "cnn"
@@ -98,8 +107,16 @@ def test_a_shared_link_reopens_the_same_settings(open_page, page_text):
 
 
 def test_nonsense_in_the_link_is_named_and_replaced_by_defaults(open_page, page_text):
-    at = open_page("training_studio", dataset="mnist", lr="-1", epochs="0", noise="nan",
-               batch_size="lots", model="cnn", pace="1e9")  # fmt: skip
+    at = open_page(
+        "training_studio",
+        dataset="mnist",
+        lr="-1",
+        epochs="0",
+        noise="nan",
+        batch_size="lots",
+        model="cnn",
+        pace="1e9",
+    )
     warnings = " ".join(w.value for w in at.warning)
     for name in ("dataset", "lr", "epochs", "noise", "batch_size", "model", "pace"):
         assert f"ignored {name}=" in warnings

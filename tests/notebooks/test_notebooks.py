@@ -35,8 +35,11 @@ def test_runs_top_to_bottom(path, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     started = time.perf_counter()
     NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}},
-    ).execute()  # fmt: skip
+        nb,
+        timeout=300,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(path.parent)}},
+    ).execute()
     elapsed = time.perf_counter() - started
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.output_type == "error"]
     assert not errors

@@ -79,8 +79,9 @@ def shared_wrappers() -> _Wrappers:
     return _Wrappers()
 
 
-def _start_thread_server(wrappers: _Wrappers, api_key: str | None = None,
-                         **options: Any) -> RunningServer:  # fmt: skip
+def _start_thread_server(
+    wrappers: _Wrappers, api_key: str | None = None, **options: Any
+) -> RunningServer:
     options.setdefault("models", DEFAULT_MODELS)
     options["models"] = tuple(options["models"])
     config = ServeConfig(host="127.0.0.1", port=0, device="cpu", **options)
@@ -88,8 +89,9 @@ def _start_thread_server(wrappers: _Wrappers, api_key: str | None = None,
     sock = bind_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     server = uvicorn_server(app, config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
-                              name=f"uvicorn-{port}")  # fmt: skip
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{port}"
+    )
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S
     while not server.started:
@@ -120,13 +122,15 @@ def server(start_server) -> RunningServer:
     return start_server(models=DEFAULT_MODELS)
 
 
-def spawn(*args: str, env: dict[str, str] | None = None,
-          timeout: float = START_TIMEOUT_S) -> RunningServer:  # fmt: skip
+def spawn(
+    *args: str, env: dict[str, str] | None = None, timeout: float = START_TIMEOUT_S
+) -> RunningServer:
     """Start `python -m maaslab serve --port 0 ARGS` and wait for its ready line."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     cmd = [sys.executable, "-m", "maaslab", "serve", "--port", "0", *args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: list[str] = []
     ready: list[str] = []
 

@@ -56,8 +56,7 @@ def test_full_queue_refuses_at_once_and_accepted_work_finishes():
     seen: list[list[int]] = []
 
     async def main():
-        b = Batcher("t", _recording(seen, pause=0.2), max_batch_size=1, max_delay_s=0,
-                    max_queue=2)  # fmt: skip
+        b = Batcher("t", _recording(seen, pause=0.2), max_batch_size=1, max_delay_s=0, max_queue=2)
         first = asyncio.ensure_future(b.submit(0))
         await asyncio.sleep(0.05)  # the worker holds request 0; two more fill the queue
         queued = [asyncio.ensure_future(b.submit(i)) for i in (1, 2)]
@@ -150,8 +149,16 @@ def test_batch_function_falls_back_per_request(shared_wrappers):
 
 
 def _post(client, url, rows):
-    body = {"inputs": [{"name": "pixels", "shape": list(rows.shape), "datatype": "FP32",
-                        "data": rows.ravel().tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": list(rows.shape),
+                "datatype": "FP32",
+                "data": rows.ravel().tolist(),
+            }
+        ]
+    }
     return client.post(url + "/v2/models/digits-cnn/infer", json=body)
 
 
@@ -192,16 +199,24 @@ def test_two_instances_answer_text_models_as_one(start_server, shared_wrappers):
     # model's own, in the order asked.
     from maaslab.reviews import load_reviews
 
-    srv = start_server(models=["sentiment-minilm"], instances=2, max_batch_size=4,
-                       max_delay_ms=1)  # fmt: skip
+    srv = start_server(models=["sentiment-minilm"], instances=2, max_batch_size=4, max_delay_ms=1)
     texts = list(load_reviews("test").texts[:48])
 
     async def main():
         async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*(
-                client.post(srv.url + "/v2/models/sentiment-minilm/infer", json={"inputs": [
-                    {"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}]})
-                for t in texts))  # fmt: skip
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        srv.url + "/v2/models/sentiment-minilm/infer",
+                        json={
+                            "inputs": [
+                                {"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}
+                            ]
+                        },
+                    )
+                    for t in texts
+                )
+            )
 
     replies = asyncio.run(main())
     assert [r.status_code for r in replies] == [200] * len(texts)

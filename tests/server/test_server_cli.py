@@ -21,9 +21,13 @@ KEY = "cli-test-key-0123456789abcdef"
 
 def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "maaslab", "serve", *args], cwd=ROOT, capture_output=True,
-        text=True, timeout=120, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        [sys.executable, "-m", "maaslab", "serve", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize(
@@ -54,8 +58,14 @@ def test_port_in_use_is_a_clear_error():
 
 
 def test_serve_with_a_key_from_the_environment(spawn_server):
-    srv = spawn_server("--models", "digits-cnn", "--api-key-env", "MAASLAB_TEST_KEY",
-                       "--no-batching", env={"MAASLAB_TEST_KEY": KEY})  # fmt: skip
+    srv = spawn_server(
+        "--models",
+        "digits-cnn",
+        "--api-key-env",
+        "MAASLAB_TEST_KEY",
+        "--no-batching",
+        env={"MAASLAB_TEST_KEY": KEY},
+    )
     assert "digits-cnn on http://127.0.0.1:" in srv.output[0]
     assert httpx.get(srv.url + "/v2/models/digits-cnn").status_code == 401
     ok = httpx.get(srv.url + "/v2/models/digits-cnn", headers={"Authorization": f"Bearer {KEY}"})

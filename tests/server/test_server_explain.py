@@ -17,8 +17,9 @@ REVIEW = "Not bad at all: the plot was slow, but I loved the ending."
 def server(start_server):
     # Explanations take tens of model calls: on a busy 2-core machine shap's first text
     # explanation (it compiles code) can pass the default 30 s request timeout.
-    return start_server(models=("digits-cnn", "sentiment-minilm", "mini-gpt"),
-                        request_timeout_s=600)  # fmt: skip
+    return start_server(
+        models=("digits-cnn", "sentiment-minilm", "mini-gpt"), request_timeout_s=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +42,9 @@ def outputs(response: httpx.Response) -> dict[str, np.ndarray]:
 
 
 def pixels(x: np.ndarray) -> list[dict]:
-    return [{"name": "pixels", "shape": list(x.shape), "datatype": "FP32",
-             "data": x.ravel().tolist()}]  # fmt: skip
+    return [
+        {"name": "pixels", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}
+    ]
 
 
 def texts(*items: str) -> list[dict]:
@@ -60,13 +62,15 @@ def test_digit_shap_adds_up_and_equals_the_library(server, shared_wrappers, digi
         ref = explain(model, x / 16, "deep_shap", seed=3)
         assert np.allclose(out["values"][i], ref.values, atol=1e-6)
         assert out["target"][i] == ref.target and out["prediction"][i] == pytest.approx(
-            ref.prediction, abs=1e-6)  # fmt: skip
+            ref.prediction, abs=1e-6
+        )
     assert list(out["feature_count"]) == [64, 64]
 
 
 def test_text_shap_and_lime_equal_the_library(server, shared_wrappers):
-    r = post(server, "sentiment-minilm", texts(REVIEW, "What a dull, boring film"), method="shap",
-             seed=1)  # fmt: skip
+    r = post(
+        server, "sentiment-minilm", texts(REVIEW, "What a dull, boring film"), method="shap", seed=1
+    )
     out = outputs(r)
     assert r.json()["parameters"]["method"] == "partition_shap"
     model = explainable(shared_wrappers.get_or_load(("sentiment-minilm",))["sentiment-minilm"])
@@ -90,16 +94,30 @@ def test_binary_tensor_request_and_outputs(server, digits):
     # Triton's binary extension: the pixels as raw float32 after the JSON header, and every
     # output asked for as binary except `features`.
     x = digits[:1].astype("<f4")
-    head = json.dumps({
-        "inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
-                    "parameters": {"binary_data_size": x.nbytes}}],
-        "outputs": [{"name": "values", "parameters": {"binary_data": True}},
-                    {"name": "features", "parameters": {"binary_data": False}}],
-        "parameters": {"method": "shap"},
-    }).encode()  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": x.nbytes},
+                }
+            ],
+            "outputs": [
+                {"name": "values", "parameters": {"binary_data": True}},
+                {"name": "features", "parameters": {"binary_data": False}},
+            ],
+            "parameters": {"method": "shap"},
+        }
+    ).encode()
     headers = {"Inference-Header-Content-Length": str(len(head))}
-    r = httpx.post(f"{server.url}/v2/models/digits-cnn/explain", content=head + x.tobytes(),
-                   headers=headers, timeout=60)  # fmt: skip
+    r = httpx.post(
+        f"{server.url}/v2/models/digits-cnn/explain",
+        content=head + x.tobytes(),
+        headers=headers,
+        timeout=60,
+    )
     assert r.status_code == 200, r.text
     n = int(r.headers["Inference-Header-Content-Length"])
     answer = json.loads(r.content[:n])
@@ -116,8 +134,13 @@ def test_binary_tensor_request_and_outputs(server, digits):
     [
         ("sentiment-minilm", texts("good film"), {"method": "magic"}, 400, "'shap' or 'lime'"),
         ("sentiment-minilm", texts("good film"), {}, 400, "parameters.method"),
-        ("sentiment-minilm", texts(" ".join(["word"] * (MAX_WORDS + 1))), {"method": "shap"},
-         400, f"at most {MAX_WORDS}"),
+        (
+            "sentiment-minilm",
+            texts(" ".join(["word"] * (MAX_WORDS + 1))),
+            {"method": "shap"},
+            400,
+            f"at most {MAX_WORDS}",
+        ),
         ("sentiment-minilm", texts(""), {"method": "lime"}, 400, "empty"),
         ("sentiment-minilm", texts("?!"), {"method": "lime"}, 400, "empty"),
         ("sentiment-minilm", texts("good film"), {"method": "lime", "target": 2}, 400, "target"),
@@ -129,9 +152,10 @@ def test_binary_tensor_request_and_outputs(server, digits):
         ("mini-gpt", texts("good film"), {"method": "shap"}, 400, "cannot be explained"),
         ("nope", texts("good film"), {"method": "shap"}, 404, "unknown model"),
     ],
-)  # fmt: skip
-def test_bad_explain_requests_are_refused_with_a_message(server, name, inputs, params, status,
-                                                         words):  # fmt: skip
+)
+def test_bad_explain_requests_are_refused_with_a_message(
+    server, name, inputs, params, status, words
+):
     r = post(server, name, inputs, **params)
     assert r.status_code == status, r.text
     assert words in r.json()["error"]

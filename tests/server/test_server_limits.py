@@ -15,8 +15,11 @@ def _pixels(data, shape=(1, 64), datatype="FP32", name="pixels"):
 
 
 def _text(data, shape=None):
-    return {"inputs": [{"name": "text", "shape": shape or [len(data)], "datatype": "BYTES",
-                        "data": data}]}  # fmt: skip
+    return {
+        "inputs": [
+            {"name": "text", "shape": shape or [len(data)], "datatype": "BYTES", "data": data}
+        ]
+    }
 
 
 CASES = {
@@ -63,10 +66,21 @@ def test_bad_binary_header(server):
     url = server.url + "/v2/models/digits-cnn/infer"
     reply = httpx.post(url, content=b"{}", headers={"Inference-Header-Content-Length": "99"})
     assert reply.status_code == 400 and "body holds 2 bytes" in reply.json()["error"]
-    head = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": 256}}]}).encode()  # fmt: skip
-    short = httpx.post(url, content=head + b"\0" * 100,
-                       headers={"Inference-Header-Content-Length": str(len(head))})  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": 256},
+                }
+            ]
+        }
+    ).encode()
+    short = httpx.post(
+        url, content=head + b"\0" * 100, headers={"Inference-Header-Content-Length": str(len(head))}
+    )
     assert short.status_code == 400 and "binary_data_size" in short.json()["error"]
 
 

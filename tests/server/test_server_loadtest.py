@@ -94,8 +94,9 @@ def test_run_load_works_inside_a_running_event_loop(digits_server):
 
 
 def test_overload_rejects_with_503_and_answers_the_rest(start_server):
-    server = start_server(models=("sentiment-minilm",), max_batch_size=2, max_delay_ms=0,
-                          max_queue=1)  # fmt: skip
+    server = start_server(
+        models=("sentiment-minilm",), max_batch_size=2, max_delay_ms=0, max_queue=1
+    )
     r = run_load(server.url, "sentiment-minilm", concurrency=12, duration_s=1.5)
     _consistent(r)
     assert r.ok > 0 and r.rejected > 0 and r.errors == {}
@@ -122,8 +123,13 @@ def test_live_generator_snapshots_then_stops(digits_server):
 
 def test_sweep_runs_each_concurrency_and_honours_cancel(digits_server):
     stages = []
-    results = sweep(digits_server.url, "digits-cnn", [1, 3], duration_s=0.4,
-                    progress=lambda stage, f: stages.append((stage, f)))  # fmt: skip
+    results = sweep(
+        digits_server.url,
+        "digits-cnn",
+        [1, 3],
+        duration_s=0.4,
+        progress=lambda stage, f: stages.append((stage, f)),
+    )
     assert [r.concurrency for r in results] == [1, 3] and all(r.ok > 0 for r in results)
     assert stages[0] == ("concurrency 1", 0.0) and stages[-1] == ("done", 1.0)
     stop = threading.Event()
@@ -143,8 +149,18 @@ def test_parse_metrics_matches_what_was_observed():
     h = m.batch_size["m"]
     assert h.count == 4 and h.total == 47 and h.mean == pytest.approx(47 / 4)
     assert dict(zip(h.bounds, h.counts, strict=True)) == {
-        1: 1, 2: 0, 4: 2, 8: 0, 16: 0, 32: 0, 64: 1, 128: 0, 256: 0, 512: 0, float("inf"): 0
-    }  # fmt: skip
+        1: 1,
+        2: 0,
+        4: 2,
+        8: 0,
+        16: 0,
+        32: 0,
+        64: 1,
+        128: 0,
+        256: 0,
+        512: 0,
+        float("inf"): 0,
+    }
     assert m.requests_by_code() == {"200": 1, "503": 1} and m.errors == {"503": 1}
     assert m.queue_depth == {"m": 7}
     assert m.latency[("m", "/v2/models/{name}/infer")].count == 2
@@ -168,7 +184,12 @@ def test_the_client_leaves_the_heap_out_of_gc_only_while_it_runs(digits_server):
     import gc
 
     during: list[int] = []
-    r = run_load(digits_server.url, "digits-cnn", concurrency=2, requests=6,
-                 progress=lambda stage, fraction: during.append(gc.get_freeze_count()))  # fmt: skip
+    r = run_load(
+        digits_server.url,
+        "digits-cnn",
+        concurrency=2,
+        requests=6,
+        progress=lambda stage, fraction: during.append(gc.get_freeze_count()),
+    )
     _consistent(r, 6)
     assert min(during) > 0 and gc.get_freeze_count() == 0

@@ -40,7 +40,9 @@ def test_model_metadata_and_ready(server):
     assert meta["name"] == "sentiment-minilm" and meta["versions"] == ["1"]
     assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
-        ("probabilities", "FP32", [-1, 2]), ("label", "BYTES", [-1])]  # fmt: skip
+        ("probabilities", "FP32", [-1, 2]),
+        ("label", "BYTES", [-1]),
+    ]
     digits = httpx.get(server.url + "/v2/models/digits-cnn/versions/1").json()
     assert digits["inputs"][0] == {"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}
     assert httpx.get(server.url + "/v2/models/digits-cnn/ready").status_code == 200
@@ -49,8 +51,17 @@ def test_model_metadata_and_ready(server):
 
 
 def test_json_infer_digits_matches_wrapper(server, digits, expected):
-    body = {"id": "req-7", "inputs": [{"name": "pixels", "shape": [8, 64], "datatype": "FP32",
-                                       "data": digits.ravel().tolist()}]}  # fmt: skip
+    body = {
+        "id": "req-7",
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": [8, 64],
+                "datatype": "FP32",
+                "data": digits.ravel().tolist(),
+            }
+        ],
+    }
     answer = httpx.post(server.url + "/v2/models/digits-cnn/infer", json=body).json()
     assert answer["id"] == "req-7" and answer["model_name"] == "digits-cnn"
     (out,) = answer["outputs"]
@@ -60,8 +71,10 @@ def test_json_infer_digits_matches_wrapper(server, digits, expected):
 
 
 def test_json_infer_sentiment_with_requested_output(server, expected):
-    body = {"inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": TEXTS}],
-            "outputs": [{"name": "label"}]}  # fmt: skip
+    body = {
+        "inputs": [{"name": "text", "shape": [3], "datatype": "BYTES", "data": TEXTS}],
+        "outputs": [{"name": "label"}],
+    }
     answer = httpx.post(server.url + "/v2/models/sentiment-minilm/infer", json=body).json()
     assert [o["name"] for o in answer["outputs"]] == ["label"]
     assert answer["outputs"][0]["data"] == list(expected["sentiment"].labels)
@@ -103,8 +116,9 @@ def test_tritonclient_json_sentiment(server, expected):
     inp.set_data_from_numpy(np.array(TEXTS, dtype=np.object_), binary_data=False)
     outs = [triton.InferRequestedOutput(n, binary_data=False) for n in ("probabilities", "label")]
     result = client.infer("sentiment-minilm", [inp], outputs=outs)
-    np.testing.assert_allclose(result.as_numpy("probabilities"),
-                               expected["sentiment"].probabilities, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(
+        result.as_numpy("probabilities"), expected["sentiment"].probabilities, atol=1e-5
+    )
     assert [str(x) for x in result.as_numpy("label")] == list(expected["sentiment"].labels)
 
 
@@ -112,13 +126,24 @@ def test_binary_request_by_hand(server, digits, expected):
     # The extension spelled out: JSON header, its length in a header, raw little-endian floats.
     import json
 
-    head = json.dumps({"inputs": [{"name": "pixels", "shape": [8, 64], "datatype": "FP32",
-                                   "parameters": {"binary_data_size": digits.nbytes}}],
-                       "outputs": [{"name": "probabilities",
-                                    "parameters": {"binary_data": True}}]}).encode()  # fmt: skip
-    reply = httpx.post(server.url + "/v2/models/digits-cnn/infer",
-                       content=head + digits.astype("<f4").tobytes(),
-                       headers={"Inference-Header-Content-Length": str(len(head))})  # fmt: skip
+    head = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "pixels",
+                    "shape": [8, 64],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": digits.nbytes},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    reply = httpx.post(
+        server.url + "/v2/models/digits-cnn/infer",
+        content=head + digits.astype("<f4").tobytes(),
+        headers={"Inference-Header-Content-Length": str(len(head))},
+    )
     assert reply.status_code == 200
     n = int(reply.headers["Inference-Header-Content-Length"])
     header = json.loads(reply.content[:n])
@@ -128,8 +153,9 @@ def test_binary_request_by_hand(server, digits, expected):
 
 
 def test_embedder_over_oip(server, shared_wrappers):
-    body = {"inputs": [{"name": "text", "shape": [2], "datatype": "BYTES",
-                        "data": ["a cat", "a dog"]}]}  # fmt: skip
+    body = {
+        "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": ["a cat", "a dog"]}]
+    }
     answer = httpx.post(server.url + "/v2/models/minilm-embed/infer", json=body).json()
     got = np.asarray(answer["outputs"][0]["data"], dtype=np.float32).reshape(2, -1)
     want = shared_wrappers.get_or_load(("minilm-embed",))["minilm-embed"].embed(["a cat", "a dog"])
@@ -141,6 +167,10 @@ def test_tritonclient_compressed_requests(server, digits, expected, algorithm):
     client = triton.InferenceServerClient(f"127.0.0.1:{server.port}")
     inp = triton.InferInput("pixels", list(digits.shape), "FP32")
     inp.set_data_from_numpy(digits)
-    result = client.infer("digits-cnn", [inp], request_compression_algorithm=algorithm,
-                          response_compression_algorithm=algorithm)  # fmt: skip
+    result = client.infer(
+        "digits-cnn",
+        [inp],
+        request_compression_algorithm=algorithm,
+        response_compression_algorithm=algorithm,
+    )
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected["digits"], atol=1e-6)

@@ -48,14 +48,16 @@ def test_completion_equals_the_in_process_model(client, gpt):
     assert out.usage.prompt_tokens == len(PROMPT) == ref.prompt_tokens  # a token is a character
     assert out.usage.completion_tokens == 30 and out.usage.total_tokens == 30 + len(PROMPT)
     # n choices: choice j is the seed + j draw; temperature and top_p reach the sampler.
-    out = client.completions.create(model="mini-gpt", prompt=PROMPT, max_tokens=12, seed=3, n=3,
-                                    temperature=0.7, top_p=0.9)  # fmt: skip
+    out = client.completions.create(
+        model="mini-gpt", prompt=PROMPT, max_tokens=12, seed=3, n=3, temperature=0.7, top_p=0.9
+    )
     texts = [c.text for c in sorted(out.choices, key=lambda c: c.index)]
     assert texts == [gpt.complete(PROMPT, 12, 0.7, None, 0.9, 3 + j).text for j in range(3)]
     assert len(set(texts)) > 1 and out.usage.completion_tokens == 36
     # temperature 0 is greedy: always the likeliest character.
-    greedy = client.completions.create(model="mini-gpt", prompt=PROMPT, max_tokens=12,
-                                       temperature=0)  # fmt: skip
+    greedy = client.completions.create(
+        model="mini-gpt", prompt=PROMPT, max_tokens=12, temperature=0
+    )
     assert greedy.choices[0].text == gpt.complete(PROMPT, 12, top_k=1, seed=0).text
 
 
@@ -63,13 +65,15 @@ def test_stop_cuts_the_text_before_the_first_stop_string(client, gpt):
     full = gpt.complete(PROMPT, 60, seed=11).text
     stop = full[20:23]  # three characters from the middle; may also occur earlier
     cut = full.index(stop)
-    out = client.completions.create(model="mini-gpt", prompt=PROMPT, max_tokens=60, seed=11,
-                                    stop=[stop, "\x00never"])  # fmt: skip
+    out = client.completions.create(
+        model="mini-gpt", prompt=PROMPT, max_tokens=60, seed=11, stop=[stop, "\x00never"]
+    )
     assert out.choices[0].text == full[:cut] and out.choices[0].finish_reason == "stop"
     assert out.usage.completion_tokens == cut + len(stop)  # sampled up to the stop's end
     # Streamed, the held-back prefix of a stop is never sent.
-    stream = client.completions.create(model="mini-gpt", prompt=PROMPT, max_tokens=60, seed=11,
-                                       stop=stop, stream=True)  # fmt: skip
+    stream = client.completions.create(
+        model="mini-gpt", prompt=PROMPT, max_tokens=60, seed=11, stop=stop, stream=True
+    )
     chunks = list(stream)
     assert "".join(c.choices[0].text for c in chunks) == full[:cut]
     assert chunks[-1].choices[0].finish_reason == "stop"
@@ -84,10 +88,11 @@ def test_stop_scanner_holds_back_only_a_possible_stop_start():
 
 
 def test_chat_answers_as_the_assistant_with_the_documented_template(client, gpt):
-    messages = [{"role": "system", "content": "You explain Python."},
-                {"role": "user", "content": "What does len do?"}]  # fmt: skip
-    out = client.chat.completions.create(model="mini-gpt", messages=messages, max_tokens=25,
-                                         seed=2)  # fmt: skip
+    messages = [
+        {"role": "system", "content": "You explain Python."},
+        {"role": "user", "content": "What does len do?"},
+    ]
+    out = client.chat.completions.create(model="mini-gpt", messages=messages, max_tokens=25, seed=2)
     prompt = "system: You explain Python.\nuser: What does len do?\nassistant: "
     ref = gpt.complete(prompt, 25, seed=2)
     assert out.choices[0].message.role == "assistant"
@@ -98,9 +103,14 @@ def test_chat_answers_as_the_assistant_with_the_documented_template(client, gpt)
 def test_streaming_chat_sends_one_chunk_per_token(client, gpt):
     messages = [{"role": "user", "content": "Explain sorted()"}]
     pieces, chunks = [], []
-    stream = client.chat.completions.create(model="mini-gpt", messages=messages, max_tokens=150,
-                                            seed=4, stream=True,
-                                            stream_options={"include_usage": True})  # fmt: skip
+    stream = client.chat.completions.create(
+        model="mini-gpt",
+        messages=messages,
+        max_tokens=150,
+        seed=4,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     for chunk in stream:
         chunks.append(chunk)
         if chunk.choices and chunk.choices[0].delta.content:
@@ -141,8 +151,11 @@ def test_embeddings_equal_the_in_process_encoder(client, embedder, server):
     assert out.usage.prompt_tokens == out.usage.total_tokens > 10
     # A single string, and base64 of little-endian float32 (what the client asks for by default
     # in some versions), decode to the same numbers.
-    r = httpx.post(server.url + "/v1/embeddings", timeout=30, json={
-        "model": "minilm-embed", "input": texts[0], "encoding_format": "base64"})  # fmt: skip
+    r = httpx.post(
+        server.url + "/v1/embeddings",
+        timeout=30,
+        json={"model": "minilm-embed", "input": texts[0], "encoding_format": "base64"},
+    )
     vector = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), dtype="<f4")
     assert r.status_code == 200 and np.allclose(vector, ref[0], atol=1e-5)
 
@@ -166,7 +179,7 @@ def test_embeddings_equal_the_in_process_encoder(client, embedder, server):
         ({"prompt": "x"}, 400, "model"),
         ({"model": "mini-gpt", "prompt": "x", "stream": "yes please"}, 400, "stream: "),
     ],
-)  # fmt: skip
+)
 def test_bad_completion_requests_are_refused_with_a_message(server, body, status, words):
     r = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
     assert r.status_code == status, r.text
@@ -178,8 +191,9 @@ def test_bad_chat_and_embedding_requests_are_refused_with_a_message(client, serv
     with pytest.raises(openai.BadRequestError, match="messages"):
         client.chat.completions.create(model="mini-gpt", messages=[])
     with pytest.raises(openai.BadRequestError, match="every message is empty"):
-        client.chat.completions.create(model="mini-gpt",
-                                       messages=[{"role": "user", "content": " "}])  # fmt: skip
+        client.chat.completions.create(
+            model="mini-gpt", messages=[{"role": "user", "content": " "}]
+        )
     with pytest.raises(openai.BadRequestError, match="role"):
         client.chat.completions.create(model="mini-gpt", messages=[{"role": "x", "content": "a"}])
     with pytest.raises(openai.BadRequestError, match="embedder"):
@@ -188,8 +202,12 @@ def test_bad_chat_and_embedding_requests_are_refused_with_a_message(client, serv
         client.embeddings.create(model="minilm-embed", input=["fine", ""])
     with pytest.raises(openai.BadRequestError, match="384 dimensions"):
         client.embeddings.create(model="minilm-embed", input="a", dimensions=10)
-    r = httpx.post(server.url + "/v1/chat/completions", content=b"{not json", timeout=30,
-                   headers={"content-type": "application/json"})  # fmt: skip
+    r = httpx.post(
+        server.url + "/v1/chat/completions",
+        content=b"{not json",
+        timeout=30,
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
 
 

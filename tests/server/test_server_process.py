@@ -20,8 +20,9 @@ def test_start_answers_then_sigterm_exits_zero():
         assert server.running and server.pid is not None
         assert server.url == f"http://127.0.0.1:{server.port}" and server.port > 0
         assert httpx.get(server.url + "/v2/health/ready", timeout=10).status_code == 200
-        body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
-                            "data": [0.0] * 64}]}  # fmt: skip
+        body = {
+            "inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [0.0] * 64}]
+        }
         answer = httpx.post(server.url + "/v2/models/digits-cnn/infer", json=body, timeout=30)
         assert answer.status_code == 200 and len(answer.json()["outputs"][0]["data"]) == 10
         assert "(batching on, 1 instance" in server.log_tail() and "running" in repr(server)
@@ -34,8 +35,14 @@ def test_start_answers_then_sigterm_exits_zero():
 
 
 def test_command_line_carries_every_setting():
-    cmd = ServerProcess("digits-cnn", batching=False, max_batch_size=8, max_delay_ms=2.5,
-                        api_key_env="KEY", port=8123).command()  # fmt: skip
+    cmd = ServerProcess(
+        "digits-cnn",
+        batching=False,
+        max_batch_size=8,
+        max_delay_ms=2.5,
+        api_key_env="KEY",
+        port=8123,
+    ).command()
     assert cmd[1:4] == ["-m", "maaslab", "serve"] and "--no-batching" in cmd
     flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
     assert flags["--models"] == "digits-cnn" and flags["--max-batch-size"] == "8"

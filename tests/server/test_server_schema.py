@@ -17,8 +17,11 @@ CONFIG = {
 }
 MAX_TOKENS = 4  # characters a generated completion may ask for
 MAX_N = 2  # choices a generated completion may ask for
-ROUTE_MODELS = {"/v1/completions": "mini-gpt", "/v1/chat/completions": "mini-gpt",
-                "/v1/embeddings": "minilm-embed"}  # fmt: skip
+ROUTE_MODELS = {
+    "/v1/completions": "mini-gpt",
+    "/v1/chat/completions": "mini-gpt",
+    "/v1/embeddings": "minilm-embed",
+}
 
 
 @pytest.fixture

@@ -68,8 +68,9 @@ def test_a_model_folder_is_served_under_its_name(start_server, tmp_path):
     srv = start_server(models=[str(folder)])
     meta = httpx.get(srv.url + "/v2/models/my-digits").json()
     assert meta["inputs"][0]["name"] == "pixels"
-    body = {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32",
-                        "data": [8.0] * 64}]}  # fmt: skip
+    body = {
+        "inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [8.0] * 64}]
+    }
     assert httpx.post(srv.url + "/v2/models/my-digits/infer", json=body).status_code == 200
 
 

@@ -15,13 +15,25 @@ ROWS = 400  # rows per request: about 0.1 s each on two cores, so a queue builds
 def test_sigterm_answers_every_accepted_request_then_exits_0(spawn_server):
     srv = spawn_server("--models", "digits-cnn", "--no-batching")
     pixels = np.resize(load_digits().data.astype(np.float32), (ROWS, 64))
-    body = {"inputs": [{"name": "pixels", "shape": [ROWS, 64], "datatype": "FP32",
-                        "data": pixels.ravel().tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [
+            {
+                "name": "pixels",
+                "shape": [ROWS, 64],
+                "datatype": "FP32",
+                "data": pixels.ravel().tolist(),
+            }
+        ]
+    }
 
     async def burst():
         async with httpx.AsyncClient(timeout=120) as client:
-            sends = [asyncio.ensure_future(client.post(srv.url + "/v2/models/digits-cnn/infer",
-                                                       json=body)) for _ in range(6)]  # fmt: skip
+            sends = [
+                asyncio.ensure_future(
+                    client.post(srv.url + "/v2/models/digits-cnn/infer", json=body)
+                )
+                for _ in range(6)
+            ]
             # One at a time (--no-batching): when the first answer is back, five are accepted
             # and still waiting; SIGTERM now must not lose any of them.
             await asyncio.wait(sends, return_when=asyncio.FIRST_COMPLETED)

@@ -16,8 +16,13 @@ def run(*args, cwd=None, env_runs=None):
         env["MAASLAB_RUNS"] = str(env_runs)
     return subprocess.run(
         [sys.executable, "-m", "maaslab", *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=env, timeout=300, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_help_lists_the_subcommands():
@@ -39,8 +44,18 @@ def test_doctor_reports_device_versions_and_assets():
 
 
 def test_train_saves_a_folder_that_evaluates_to_the_same_accuracy(tmp_path):
-    out = run("train", "--dataset", "moons", "--epochs", "15", "--hidden", "16,16", "--quiet",
-              "--out", tmp_path / "moons")  # fmt: skip
+    out = run(
+        "train",
+        "--dataset",
+        "moons",
+        "--epochs",
+        "15",
+        "--hidden",
+        "16,16",
+        "--quiet",
+        "--out",
+        tmp_path / "moons",
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"saved {tmp_path / 'moons'} (test accuracy 0.")
     accuracy = out.stdout.split("test accuracy ")[1].split(",")[0]
@@ -65,8 +80,17 @@ def test_checkpoint_and_resume_from_the_cli(tmp_path):
         "train", "--epochs", "2", "--checkpoint-dir", ckpt, "--quiet", "--out", tmp_path / "a"
     )
     assert first.returncode == 0, first.stderr
-    second = run("train", "--epochs", "4", "--checkpoint-dir", ckpt, "--resume", "--quiet",
-                 "--out", tmp_path / "b")  # fmt: skip
+    second = run(
+        "train",
+        "--epochs",
+        "4",
+        "--checkpoint-dir",
+        ckpt,
+        "--resume",
+        "--quiet",
+        "--out",
+        tmp_path / "b",
+    )
     assert second.returncode == 0, second.stderr
     assert "4 epochs" in second.stdout
 

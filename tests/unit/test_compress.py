@@ -105,8 +105,10 @@ def test_table_rows_are_measured(digits_table, digits):
     assert table.names == ["fp32", "int8-dynamic", "onnx-int8"]
     fp32 = table.row("fp32")
     n = table.examples  # fast mode: the first 100 of the test split
-    shipped = (load("digits-cnn").predict(digits.X_test[:n] * 16).probabilities.argmax(1)
-               == digits.y_test[:n]).mean()  # fmt: skip
+    shipped = (
+        load("digits-cnn").predict(digits.X_test[:n] * 16).probabilities.argmax(1)
+        == digits.y_test[:n]
+    ).mean()
     assert fp32.accuracy == pytest.approx(shipped)
     assert fp32.accuracy_drop == 0 and fp32.speedup_1 == 1 and fp32.shap_difference == 0
     for row in table.rows:
@@ -206,8 +208,9 @@ def test_registry_loads_plain_folders_and_refuses_unknown_names(tmp_path, digits
     folder = save_model(load("digits-cnn").model, tmp_path / "cnn")
     assert isinstance(load(folder), DigitsClassifier)
     pixels = digits.X_test[:5] * 16
-    np.testing.assert_array_equal(load(folder).predict(pixels).probabilities,
-                                  load("digits-cnn").predict(pixels).probabilities)  # fmt: skip
+    np.testing.assert_array_equal(
+        load(folder).predict(pixels).probabilities, load("digits-cnn").predict(pixels).probabilities
+    )
     with pytest.raises(MaaslabError, match=r"unknown model 'nope'.*path of a model folder"):
         load("nope")
     with pytest.raises(MaaslabError, match=r"has no model\.safetensors"):

@@ -68,10 +68,13 @@ def test_hand_int8_linear_equals_torch_ao_on_other_inputs():
 
 
 def test_right_answers_pass():
-    for check, fn in [(check_quantize_int8, quantize_int8), (check_int8_linear, int8_linear),
-                      (check_magnitude_prune, magnitude_prune),
-                      (check_distillation_loss, distill_loss),
-                      (check_best_variant, best_variant)]:  # fmt: skip
+    for check, fn in [
+        (check_quantize_int8, quantize_int8),
+        (check_int8_linear, int8_linear),
+        (check_magnitude_prune, magnitude_prune),
+        (check_distillation_loss, distill_loss),
+        (check_best_variant, best_variant),
+    ]:
         result = check(fn)
         assert result.passed, result.message
 

@@ -40,8 +40,9 @@ def test_distillation_loss_matches_torch(temperature, alpha):
     torch.manual_seed(0)
     s, t = torch.randn(8, 3) * 3, torch.randn(8, 3) * 3
     y = torch.randint(0, 3, (8,))
-    soft = F.kl_div(F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1),
-                    reduction="batchmean")  # fmt: skip
+    soft = F.kl_div(
+        F.log_softmax(s / temperature, -1), F.softmax(t / temperature, -1), reduction="batchmean"
+    )
     expected = alpha * F.cross_entropy(s, y) + (1 - alpha) * temperature**2 * soft
     got = distillation_loss(s, t, y, temperature=temperature, alpha=alpha)
     torch.testing.assert_close(got, expected)
@@ -61,8 +62,9 @@ def test_train_uses_a_custom_loss():
 
     def mlp():
         torch.manual_seed(0)
-        return build_model("mlp", in_features=data.n_features, hidden=(8,),
-                           out_features=data.n_classes)  # fmt: skip
+        return build_model(
+            "mlp", in_features=data.n_features, hidden=(8,), out_features=data.n_classes
+        )
 
     default, same = mlp(), mlp()
     h1 = train(default, data, cfg)

@@ -106,10 +106,21 @@ def test_structured_minilm_fine_tunes_and_keeps_working(minilm, monkeypatch):
     stages = []
     full = review_dataset(minilm)
     # Two steps of fine-tuning are enough to show the loop runs on the shrinking model.
-    data = dataclasses.replace(full, X_train=full.X_train[:32], y_train=full.y_train[:32],
-                               X_test=full.X_test[:16], y_test=full.y_test[:16])  # fmt: skip
-    small = prune(minilm, kind="structured", amount=0.25, data=data, finetune_epochs=1,
-                  progress=lambda s, f: stages.append((s, f)))  # fmt: skip
+    data = dataclasses.replace(
+        full,
+        X_train=full.X_train[:32],
+        y_train=full.y_train[:32],
+        X_test=full.X_test[:16],
+        y_test=full.y_test[:16],
+    )
+    small = prune(
+        minilm,
+        kind="structured",
+        amount=0.25,
+        data=data,
+        finetune_epochs=1,
+        progress=lambda s, f: stages.append((s, f)),
+    )
     assert all(b.intermediate.dense.out_features == 1152 for b in small.encoder.encoder.layer)
     ids = torch.as_tensor(small.encode(["What a lovely film."])[0])
     with torch.no_grad():

@@ -58,7 +58,11 @@ def test_override_reaches_a_fresh_process():
     env = {"MAASLAB_DEVICE": "cpu", "PATH": "/usr/bin:/bin"}
     out = subprocess.run(
         [sys.executable, "-m", "maaslab", "doctor", "--json"],
-        capture_output=True, text=True, env=env, check=False, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["device"]["device"] == "cpu"

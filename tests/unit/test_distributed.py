@@ -104,8 +104,10 @@ def test_a_group_of_one_trains_in_process_like_the_reference(tmp_path):
     assert not torch.distributed.is_initialized()  # destroyed on the way out
     assert run.steps == 5 and run.allreduce_ms == 0.0 and "1 rank(s)" in lines[0]
     model, _, losses = reference_train(cfg, world_size=1)
-    assert max_relative_difference(load_model(tmp_path / MODEL_DIR).state_dict(),
-                                   model.state_dict()) < 1e-6  # fmt: skip
+    assert (
+        max_relative_difference(load_model(tmp_path / MODEL_DIR).state_dict(), model.state_dict())
+        < 1e-6
+    )
     np.testing.assert_allclose(run.step_loss, losses, rtol=1e-6)
     threads = torch.get_num_threads()
     other = 1 if threads > 1 else 2
@@ -166,8 +168,7 @@ def test_hand_all_reduce_and_the_ring_match_torch_distributed():
 )
 def test_shard_indices_match_distributed_sampler(n, world, seed, epoch):
     for rank in range(world):
-        sampler = DistributedSampler(range(n), world, rank, shuffle=True, seed=seed,
-                                     drop_last=True)  # fmt: skip
+        sampler = DistributedSampler(range(n), world, rank, shuffle=True, seed=seed, drop_last=True)
         sampler.set_epoch(epoch)
         assert shard_indices(n, world, rank, seed=seed, epoch=epoch) == list(sampler)
     steps = global_batches(n, world, 1, seed=seed, epoch=epoch)
@@ -202,8 +203,10 @@ def test_figures_draw_the_numbers_they_are_given():
     from maaslab import plots
     from maaslab.distributed import ScalingRow
 
-    rows = [ScalingRow(1, 1, 64, 500.0, 32000.0, 1.0, 0.0, 1.0, ""),
-            ScalingRow(2, 1, 64, 250.0, 16000.0, 0.6, 0.9, 0.5, "")]  # fmt: skip
+    rows = [
+        ScalingRow(1, 1, 64, 500.0, 32000.0, 1.0, 0.0, 1.0, ""),
+        ScalingRow(2, 1, 64, 250.0, 16000.0, 0.6, 0.9, 0.5, ""),
+    ]
     fig = plots.scaling_bars(rows)
     assert list(fig.data[0].y) == [500.0, 250.0] and list(fig.data[0].text) == ["1.00x", "0.50x"]
     assert list(fig.data[2].y) == [0.0, 0.9] and fig.layout.barmode == "stack"

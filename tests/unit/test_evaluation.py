@@ -168,8 +168,9 @@ def test_check_param_count():
 def test_check_conv_output_shape():
     conv = nn.Conv2d(1, 16, 3, padding=1)
     assert ev.check_conv_output_shape((1, 16, 8, 8), conv, (1, 1, 8, 8))
-    assert ev.check_conv_output_shape((2, 16, 4, 4), nn.Sequential(conv, nn.MaxPool2d(2)),
-                                      (2, 1, 8, 8))  # fmt: skip
+    assert ev.check_conv_output_shape(
+        (2, 16, 4, 4), nn.Sequential(conv, nn.MaxPool2d(2)), (2, 1, 8, 8)
+    )
     no_padding = ev.check_conv_output_shape((1, 16, 8, 8), nn.Conv2d(1, 16, 3), (1, 1, 8, 8))
     assert not no_padding and "(1, 16, 6, 6)" in no_padding.message
     assert "2*padding" in no_padding.message

@@ -48,16 +48,25 @@ def sentiment():
 
 def test_the_tabular_pair_is_trained(tab):
     assert tab.mlp_accuracy > 0.93 and tab.boosting_accuracy > 0.9
-    assert methods_for(tab.mlp) == ["kernel_shap", "permutation_shap", "deep_shap",
-                                    "gradient_shap", "lime"]  # fmt: skip
+    assert methods_for(tab.mlp) == [
+        "kernel_shap",
+        "permutation_shap",
+        "deep_shap",
+        "gradient_shap",
+        "lime",
+    ]
     assert methods_for(tab.boosting) == ["kernel_shap", "permutation_shap", "lime"]
 
 
 @pytest.mark.parametrize(
     ("which", "method"),
-    [("mlp", "kernel_shap"), ("boosting", "permutation_shap"), ("mlp", "deep_shap"),
-     ("mlp", "lime")],
-)  # fmt: skip
+    [
+        ("mlp", "kernel_shap"),
+        ("boosting", "permutation_shap"),
+        ("mlp", "deep_shap"),
+        ("mlp", "lime"),
+    ],
+)
 def test_same_seed_same_attribution_on_a_table_row(tab, which, method):
     x, model = tab.data.X_test[3], getattr(tab, which)
     a = explain(model, x, method, seed=5, budget=200 if method != "deep_shap" else None)
@@ -82,9 +91,13 @@ def test_different_seeds_move_lime_and_stability_measures_it(tab):
 
 @pytest.mark.parametrize(
     ("which", "method", "tol"),
-    [("mlp", "kernel_shap", 1e-6), ("boosting", "kernel_shap", 1e-6),
-     ("boosting", "permutation_shap", 1e-6), ("mlp", "deep_shap", 1e-5)],
-)  # fmt: skip
+    [
+        ("mlp", "kernel_shap", 1e-6),
+        ("boosting", "kernel_shap", 1e-6),
+        ("boosting", "permutation_shap", 1e-6),
+        ("mlp", "deep_shap", 1e-5),
+    ],
+)
 def test_shap_values_add_up_to_the_prediction_on_tables(tab, which, method, tol):
     model = getattr(tab, which)
     for row in tab.data.X_test[:3]:
@@ -167,9 +180,13 @@ def test_sanity_check_needs_a_torch_model(tab):
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [(np.zeros(63), "64 numbers"), (np.zeros((2, 64)), "64 numbers"),
-     (np.full(64, np.nan), "NaN"), ("a string", "must be numbers")],
-)  # fmt: skip
+    [
+        (np.zeros(63), "64 numbers"),
+        (np.zeros((2, 64)), "64 numbers"),
+        (np.full(64, np.nan), "NaN"),
+        ("a string", "must be numbers"),
+    ],
+)
 def test_wrong_shaped_input_is_named(cnn, bad, message):
     with pytest.raises(MaaslabError, match=message):
         explain(cnn, bad, "kernel_shap")

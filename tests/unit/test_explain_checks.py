@@ -82,8 +82,9 @@ def test_shapley_check_passes_right_answers():
 
 
 def _loo(v, n):
-    return np.array([v(tuple(range(n))) - v(tuple(j for j in range(n) if j != i))
-                     for i in range(n)])  # fmt: skip
+    return np.array(
+        [v(tuple(range(n))) - v(tuple(j for j in range(n) if j != i)) for i in range(n)]
+    )
 
 
 def _unweighted(v, n):

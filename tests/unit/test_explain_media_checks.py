@@ -193,8 +193,7 @@ def _by(order_fn, k_shift=0):
     def answer(text, values, k):
         words, _ = words_of(text)
         drop = set(order_fn(np.asarray(values))[: k + k_shift].tolist())
-        return hand_remove(text, [1.0 if i in drop else 0.0 for i in range(len(words))],
-                           len(drop))  # fmt: skip
+        return hand_remove(text, [1.0 if i in drop else 0.0 for i in range(len(words))], len(drop))
 
     return answer
 

@@ -111,17 +111,23 @@ def _softmax_keep(logits, keep):
 @pytest.mark.parametrize(
     ("answer", "words"),
     [
-        (lambda z, k: _softmax_keep(z, z <= torch.topk(z, k, largest=False).values[-1]),
-         ["least", "k=1"]),
-        (lambda z, k: torch.softmax(z, -1) * (z >= torch.topk(z, k).values[-1]),
-         ["not renormalized"]),
+        (
+            lambda z, k: _softmax_keep(z, z <= torch.topk(z, k, largest=False).values[-1]),
+            ["least", "k=1"],
+        ),
+        (
+            lambda z, k: torch.softmax(z, -1) * (z >= torch.topk(z, k).values[-1]),
+            ["not renormalized"],
+        ),
         (lambda z, k: _softmax_keep(z, z >= torch.topk(z, k + 1).values[-1]), ["one too many"]),
-        (lambda z, k: _softmax_keep(z, z >= torch.topk(z, max(k - 1, 1)).values[-1]),
-         ["one too few", "k=5"]),
+        (
+            lambda z, k: _softmax_keep(z, z >= torch.topk(z, max(k - 1, 1)).values[-1]),
+            ["one too few", "k=5"],
+        ),
         (lambda z, k: torch.softmax(z, -1), ["nothing was filtered"]),
         (lambda z, k: torch.softmax(z, -1)[:k], ["shape"]),
     ],
-)  # fmt: skip
+)
 def test_top_k_mistakes(answer, words):
     _fails(check_top_k(answer), *words)
 
@@ -140,14 +146,15 @@ def _nucleus(logits, p, rule, renormalize=True, descending=True):
     [
         (lambda z, p: _nucleus(z, p, lambda c, s, p: c < p), ["past p", "p=0.5"]),
         (lambda z, p: _nucleus(z, p, lambda c, s, p: c <= p), ["past p"]),
-        (lambda z, p: _nucleus(z, p, lambda c, s, p: c - s < p, renormalize=False),
-         ["not renormalized"]),
-        (lambda z, p: _nucleus(z, p, lambda c, s, p: c - s < p, descending=False),
-         ["ascending"]),
+        (
+            lambda z, p: _nucleus(z, p, lambda c, s, p: c - s < p, renormalize=False),
+            ["not renormalized"],
+        ),
+        (lambda z, p: _nucleus(z, p, lambda c, s, p: c - s < p, descending=False), ["ascending"]),
         (lambda z, p: torch.softmax(z, -1), ["nothing was filtered"]),
         (lambda z, p: _nucleus(z, p + 0.2, lambda c, s, p: c - s < p), ["largest difference"]),
     ],
-)  # fmt: skip
+)
 def test_top_p_mistakes(answer, words):
     _fails(check_top_p(answer), *words)
 
@@ -175,8 +182,7 @@ def test_uniform_loss_follows_the_vocabulary():
 
 
 def _minus(term):
-    return lambda cfg: param_count(cfg) - term(cfg.vocab_size, cfg.context, cfg.n_embd,
-                                               cfg.n_layer)  # fmt: skip
+    return lambda cfg: param_count(cfg) - term(cfg.vocab_size, cfg.context, cfg.n_embd, cfg.n_layer)
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,9 @@ def _race(**kwargs) -> RaceConfig:
         OptimizerConfig("nesterov", lr=3e-5, momentum=0.8, beta1=0.85, beta2=0.99),
         OptimizerConfig("adam", lr=0.123456789, momentum=0.8, beta1=0.85, beta2=0.99),
     )
-    return RaceConfig(**{"surface": "beale", "optimizers": opts, "start": (-1.23, 0.1),
-                         "steps": 321, **kwargs})  # fmt: skip
+    return RaceConfig(
+        **{"surface": "beale", "optimizers": opts, "start": (-1.23, 0.1), "steps": 321, **kwargs}
+    )
 
 
 def test_a_race_round_trips_through_the_url():
@@ -38,8 +39,9 @@ def test_every_surface_default_round_trips(surface):
     cfg = lab.default_race(surface)
     assert lab.race_config_from_params(lab.race_config_to_params(cfg)) == (cfg, [])
     assert cfg.start == SURFACES[surface].start
-    assert [o.lr for o in cfg.optimizers] == [SURFACES[surface].lr_for(n) for n in
-                                              lab.DEFAULT_OPTIMIZERS]  # fmt: skip
+    assert [o.lr for o in cfg.optimizers] == [
+        SURFACES[surface].lr_for(n) for n in lab.DEFAULT_OPTIMIZERS
+    ]
 
 
 def test_an_empty_url_is_the_default_race():
@@ -91,9 +93,14 @@ def test_warnings_say_why_a_value_was_ignored():
 
 def test_a_bad_value_spoils_only_itself():
     cfg, warnings = lab.race_config_from_params(
-        {"surface": "quadratic", "opt": "gd,rmsprop,wat", "lr": "gd:abc,rmsprop:0.3,foo:1",
-         "steps": "50", "start": "1,1,1"}
-    )  # fmt: skip
+        {
+            "surface": "quadratic",
+            "opt": "gd,rmsprop,wat",
+            "lr": "gd:abc,rmsprop:0.3,foo:1",
+            "steps": "50",
+            "start": "1,1,1",
+        }
+    )
     assert len(warnings) == 4, warnings  # opt wat, lr gd, lr foo, start
     quadratic = SURFACES["quadratic"]
     assert cfg.surface == "quadratic" and cfg.steps == 50 and cfg.start == quadratic.start

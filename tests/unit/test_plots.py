@@ -13,8 +13,9 @@ def _history(task="classification"):
         EpochRecord(e, 1.0 / e, 1.2 / e, acc, acc, {"hidden1": 0.5, "output": 0.1}, 0.01)
         for e in (1, 2, 3)
     ]
-    return History(task=task, step_loss=[1.0, math.nan, 0.5, 0.4, 0.3, 0.2],
-                   epochs=epochs, steps_per_epoch=2)  # fmt: skip
+    return History(
+        task=task, step_loss=[1.0, math.nan, 0.5, 0.4, 0.3, 0.2], epochs=epochs, steps_per_epoch=2
+    )
 
 
 def test_loss_curve_places_steps_on_the_epoch_axis():

@@ -9,8 +9,20 @@ from maaslab.explain.quality import Curve, Faithfulness
 
 
 def _attr(kind, values, features, shape=()):
-    return Attribution(np.asarray(values, float), 0.2, 0.9, 1, "positive", "kernel_shap",
-                       tuple(features), kind, 100, 0.5, 0, shape)  # fmt: skip
+    return Attribution(
+        np.asarray(values, float),
+        0.2,
+        0.9,
+        1,
+        "positive",
+        "kernel_shap",
+        tuple(features),
+        kind,
+        100,
+        0.5,
+        0,
+        shape,
+    )
 
 
 def test_bars_show_the_largest_values_first_with_signs_as_colours():

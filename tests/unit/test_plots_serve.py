@@ -20,17 +20,29 @@ def _result(concurrency: int, latency_ms: float, n: int = 50, rejected: int = 0)
     started = np.sort(rng.uniform(0, 2.0, n))
     ok = lat[status == 200]
     return LoadResult(
-        model="sentiment-minilm", concurrency=concurrency, requests=n, ok=n - rejected,
-        rejected=rejected, errors={}, seconds=2.0 + lat.max() / 1000,
-        throughput=(n - rejected) / 2.0, p50_ms=float(np.percentile(ok, 50)),
-        p90_ms=float(np.percentile(ok, 90)), p99_ms=float(np.percentile(ok, 99)),
-        latencies_ms=lat, status=status, started_s=started, finished_s=started + lat / 1000,
-    )  # fmt: skip
+        model="sentiment-minilm",
+        concurrency=concurrency,
+        requests=n,
+        ok=n - rejected,
+        rejected=rejected,
+        errors={},
+        seconds=2.0 + lat.max() / 1000,
+        throughput=(n - rejected) / 2.0,
+        p50_ms=float(np.percentile(ok, 50)),
+        p90_ms=float(np.percentile(ok, 90)),
+        p99_ms=float(np.percentile(ok, 99)),
+        latencies_ms=lat,
+        status=status,
+        started_s=started,
+        finished_s=started + lat / 1000,
+    )
 
 
 def test_load_curves_one_throughput_line_and_two_latency_lines_per_mode():
-    results = {"batching on": [_result(c, 20.0 + c) for c in (4, 1, 16)],
-               "batching off": [_result(c, 10.0 * c) for c in (1, 4, 16)]}  # fmt: skip
+    results = {
+        "batching on": [_result(c, 20.0 + c) for c in (4, 1, 16)],
+        "batching off": [_result(c, 10.0 * c) for c in (1, 4, 16)],
+    }
     fig = load_curves(results, title="t")
     assert isinstance(fig, go.Figure) and len(fig.data) == 6
     on = fig.data[0]

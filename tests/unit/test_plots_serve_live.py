@@ -8,9 +8,18 @@ from maaslab.serve.loadtest import LiveStats, LoadResult
 
 def stats(t: float, p50: float) -> LiveStats:
     """A snapshot at t seconds with the given median latency."""
-    return LiveStats(elapsed_s=t, completed=int(10 * t), rejected=0, errors=0, throughput=10.0,
-                     recent_throughput=12.0, p50_ms=p50, p90_ms=1.5 * p50, p99_ms=2 * p50,
-                     running=True)  # fmt: skip
+    return LiveStats(
+        elapsed_s=t,
+        completed=int(10 * t),
+        rejected=0,
+        errors=0,
+        throughput=10.0,
+        recent_throughput=12.0,
+        p50_ms=p50,
+        p90_ms=1.5 * p50,
+        p99_ms=2 * p50,
+        running=True,
+    )
 
 
 def test_live_timeline_draws_every_series_and_leaves_gaps_for_nan():
@@ -29,11 +38,22 @@ def test_latency_timeline_separates_ok_rejected_and_failed():
     started = np.array([0.0, 0.1, 0.2, 0.3, 0.4])
     latencies = np.array([5.0, 7.0, 1.0, 60.0, 9.0])
     result = LoadResult(
-        model="digits-cnn", concurrency=2, requests=5, ok=3, rejected=1,
-        errors={"ConnectError": 1}, seconds=1.0, throughput=3.0, p50_ms=7.0, p90_ms=8.6,
-        p99_ms=8.96, latencies_ms=latencies, status=status, started_s=started,
+        model="digits-cnn",
+        concurrency=2,
+        requests=5,
+        ok=3,
+        rejected=1,
+        errors={"ConnectError": 1},
+        seconds=1.0,
+        throughput=3.0,
+        p50_ms=7.0,
+        p90_ms=8.6,
+        p99_ms=8.96,
+        latencies_ms=latencies,
+        status=status,
+        started_s=started,
         finished_s=started + latencies / 1000,
-    )  # fmt: skip
+    )
     fig = plots.latency_timeline(result)
     by_name = {trace.name: trace for trace in fig.data}
     assert list(by_name) == ["ok (200)", "rejected (503)", "failed"]

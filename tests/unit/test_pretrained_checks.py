@@ -57,7 +57,7 @@ def test_mean_pool_check_passes_right_answers():
         (lambda h, m: 1 / 0, "raised ZeroDivisionError"),
         (lambda h, m: "pooled", "expected a tensor or array"),
     ],
-)  # fmt: skip
+)
 def test_mean_pool_check_names_mistakes(wrong, message):
     result = check_mean_pool(wrong)
     assert not result.passed
@@ -136,18 +136,24 @@ def test_phenomenon_check_passes_right_answers():
     ("wrong", "message"),
     [
         (lambda p, y, t: {k: float((p == y).mean()) for k in t}, "overall accuracy"),
-        (lambda p, y, t: {k: 1 - v for k, v in hand_phenomenon_accuracy(p, y, t).items()},
-         "error rates"),
+        (
+            lambda p, y, t: {k: 1 - v for k, v in hand_phenomenon_accuracy(p, y, t).items()},
+            "error rates",
+        ),
         (lambda p, y, t: {k: float((p == y)[np.array(t) == k].sum()) for k in t}, "counts"),
-        (lambda p, y, t: {k: float((p == y)[np.array(t) == k].sum()) / len(y) for k in t},
-         "divided by all 12 reviews"),
+        (
+            lambda p, y, t: {k: float((p == y)[np.array(t) == k].sum()) / len(y) for k in t},
+            "divided by all 12 reviews",
+        ),
         (lambda p, y, t: {"plain": 0.6}, "the keys should be the tags"),
         (lambda p, y, t: [0.6, 0.33], "expected a dict"),
         (lambda p, y, t: {k: "high" for k in t}, "must be a number"),
-        (lambda p, y, t: {**hand_phenomenon_accuracy(p, y, t), "sarcasm": 0.9},
-         "sarcasm: got 0.900, expected 0.500"),
+        (
+            lambda p, y, t: {**hand_phenomenon_accuracy(p, y, t), "sarcasm": 0.9},
+            "sarcasm: got 0.900, expected 0.500",
+        ),
     ],
-)  # fmt: skip
+)
 def test_phenomenon_check_names_mistakes(wrong, message):
     result = check_phenomenon_accuracy(wrong)
     assert not result.passed

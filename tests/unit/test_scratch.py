@@ -144,8 +144,13 @@ def test_to_torch_builds_the_same_network():
     model = _model((8, 4), "tanh", "cross_entropy", 3)
     X, _ = _batch("cross_entropy", 3)
     net = to_torch(model)
-    assert [n for n, _ in net.layers.named_children()] == ["hidden1", "act1", "hidden2", "act2",
-                                                           "output"]  # fmt: skip
+    assert [n for n, _ in net.layers.named_children()] == [
+        "hidden1",
+        "act1",
+        "hidden2",
+        "act2",
+        "output",
+    ]
     with torch.no_grad():
         np.testing.assert_allclose(net(torch.tensor(X)).numpy(), model.forward(X), rtol=1e-12)
         out32 = to_torch(model, torch.float32)(torch.tensor(X, dtype=torch.float32))

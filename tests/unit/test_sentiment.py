@@ -47,8 +47,11 @@ def test_shipped_model_reaches_the_target_on_the_held_out_split(shipped):
 def test_cli_evaluate_prints_the_accuracy_and_the_baseline():
     out = subprocess.run(
         [sys.executable, "-m", "maaslab", "evaluate", "sentiment-minilm"],
-        capture_output=True, text=True, check=True, timeout=120,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     line = out.stdout.splitlines()[0]
     accuracy = float(line.split("accuracy ")[1].split(" ")[0])
     assert accuracy >= TARGET and "TF-IDF + logistic regression 0.6869" in line
@@ -104,10 +107,25 @@ def test_a_few_steps_change_the_adapters_and_not_the_encoder(fresh):
     assert data.X_train.dtype == np.int64 and data.X_train.shape[0] == 856
     frozen = {n: p.detach().clone() for n, p in fresh.named_parameters() if not p.requires_grad}
     head = fresh.head.weight.detach().clone()
-    small = replace(data, X_train=data.X_train[:32], y_train=data.y_train[:32],
-                    X_test=data.X_test[:16], y_test=data.y_test[:16])  # fmt: skip
-    train(fresh, small, TrainConfig(epochs=1, batch_size=16, optimizer="adamw", lr=1e-3,
-                                    schedule="warmup_linear", device="cpu"))  # fmt: skip
+    small = replace(
+        data,
+        X_train=data.X_train[:32],
+        y_train=data.y_train[:32],
+        X_test=data.X_test[:16],
+        y_test=data.y_test[:16],
+    )
+    train(
+        fresh,
+        small,
+        TrainConfig(
+            epochs=1,
+            batch_size=16,
+            optimizer="adamw",
+            lr=1e-3,
+            schedule="warmup_linear",
+            device="cpu",
+        ),
+    )
     assert not torch.equal(fresh.head.weight, head)
     for n, p in fresh.named_parameters():
         if n in frozen:
@@ -123,8 +141,13 @@ def test_wrapper_predicts_truncates_and_refuses_bad_text():
     np.testing.assert_allclose(out.probabilities.sum(1), 1.0, rtol=1e-5)
     long = model.predict(["good " * 20_000])  # 100,000 characters
     assert long.truncated == (True,) and out.truncated == (False, False)
-    for bad, message in [([""], "empty"), (["   "], "empty"), ("just a string", "list"),
-                         ([], "no text"), (["x" * (MAX_TEXT_CHARS + 1)], "at most")]:  # fmt: skip
+    for bad, message in [
+        ([""], "empty"),
+        (["   "], "empty"),
+        ("just a string", "list"),
+        ([], "no text"),
+        (["x" * (MAX_TEXT_CHARS + 1)], "at most"),
+    ]:
         with pytest.raises(MaaslabError, match=message):
             model.predict(bad)
     att = model.attention("not bad at all")

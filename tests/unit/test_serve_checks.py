@@ -27,21 +27,24 @@ def test_littles_law():
 
 def test_infer_request_is_checked_with_the_servers_parser():
     def right(texts):
-        return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES",
-                            "data": texts}]}  # fmt: skip
+        return {
+            "inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}]
+        }
 
     assert check_infer_request(right).passed
-    two_d = check_infer_request(lambda t: {"inputs": [{**right(t)["inputs"][0],
-                                                       "shape": [len(t), 1]}]})  # fmt: skip
+    two_d = check_infer_request(
+        lambda t: {"inputs": [{**right(t)["inputs"][0], "shape": [len(t), 1]}]}
+    )
     assert two_d.passed  # [N, 1] is what tritonclient users often send; the server takes it
-    bad_count = check_infer_request(lambda t: {"inputs": [{**right(t)["inputs"][0],
-                                                           "shape": [1]}]})  # fmt: skip
+    bad_count = check_infer_request(lambda t: {"inputs": [{**right(t)["inputs"][0], "shape": [1]}]})
     assert not bad_count.passed and "400" in bad_count.message
-    bad_type = check_infer_request(lambda t: {"inputs": [{**right(t)["inputs"][0],
-                                                          "datatype": "FP32"}]})  # fmt: skip
+    bad_type = check_infer_request(
+        lambda t: {"inputs": [{**right(t)["inputs"][0], "datatype": "FP32"}]}
+    )
     assert not bad_type.passed
-    bad_name = check_infer_request(lambda t: {"inputs": [{**right(t)["inputs"][0],
-                                                          "name": "texts"}]})  # fmt: skip
+    bad_name = check_infer_request(
+        lambda t: {"inputs": [{**right(t)["inputs"][0], "name": "texts"}]}
+    )
     assert not bad_name.passed and "'text'" in bad_name.message
     reversed_ = check_infer_request(lambda t: right(t[::-1]))
     assert not reversed_.passed and "in order" in reversed_.message

@@ -84,8 +84,13 @@ def test_an_explanation_reads_back_as_an_additive_attribution(url, digit):
 
 def test_bodies_and_readers_of_the_openai_side():
     body = client.completion_body("mini-gpt", "The ", 20, 0.7, seed=3)
-    assert body == {"model": "mini-gpt", "prompt": "The ", "max_tokens": 20,
-                    "temperature": 0.7, "seed": 3}  # fmt: skip
+    assert body == {
+        "model": "mini-gpt",
+        "prompt": "The ",
+        "max_tokens": 20,
+        "temperature": 0.7,
+        "seed": 3,
+    }
     assert client.embedding_body("minilm-embed", "a") == {"model": "minilm-embed", "input": "a"}
     answer = {"choices": [{"text": "cat sat"}], "data": [{"embedding": [0.5, -0.5]}]}
     assert client.completion_text(answer) == "cat sat"
@@ -96,8 +101,9 @@ def test_bodies_and_readers_of_the_openai_side():
 
 
 def test_kinds_sizes_and_what_a_page_shows():
-    kinds = [client.kind_of(n) for n in ("digits-mlp", "sentiment-minilm", "mini-gpt",
-                                         "minilm-embed")]  # fmt: skip
+    kinds = [
+        client.kind_of(n) for n in ("digits-mlp", "sentiment-minilm", "mini-gpt", "minilm-embed")
+    ]
     assert kinds == ["digits", "sentiment", "generator", "embedder"]
     with pytest.raises(MaaslabError, match="unknown model"):
         client.kind_of("resnet")

@@ -13,8 +13,13 @@ from maaslab.train import History, TrainConfig, train
 
 def _mlp(data, hidden=(16, 16), dropout=0.0, seed=0):
     seed_everything(seed)
-    return build_model("mlp", in_features=data.n_features, hidden=hidden,
-                       out_features=data.out_features, dropout=dropout)  # fmt: skip
+    return build_model(
+        "mlp",
+        in_features=data.n_features,
+        hidden=hidden,
+        out_features=data.out_features,
+        dropout=dropout,
+    )
 
 
 def _same_weights(a: nn.Module, b: nn.Module) -> bool:
@@ -67,9 +72,12 @@ def test_matches_a_bare_pytorch_loop_exactly():
             opt.zero_grad()
             loss.backward()
             if step % every == 0:  # the steps whose gradient norms the loop samples
-                norms.append([torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()
-                              for layer in (bare.layers.hidden1, bare.layers.hidden2,
-                                            bare.layers.output)])  # fmt: skip
+                norms.append(
+                    [
+                        torch.cat([p.grad.flatten() for p in layer.parameters()]).norm()
+                        for layer in (bare.layers.hidden1, bare.layers.hidden2, bare.layers.output)
+                    ]
+                )
             opt.step()
             correct += (out.argmax(1) == yb).sum().item()
             seen += len(yb)
@@ -104,8 +112,9 @@ def test_early_stopping_and_divergence_guard():
     history = train(_mlp(data), data, TrainConfig(epochs=500, lr=0.05), [EarlyStopping(3)])
     assert history.stopped_early and len(history.epochs) < 500
     wild = load_dataset("diabetes")  # raw targets in the hundreds: lr 3 explodes
-    history = train(_mlp(wild), wild, TrainConfig(epochs=50, lr=3.0, optimizer="sgd"),
-                    [StopOnDivergence()])  # fmt: skip
+    history = train(
+        _mlp(wild), wild, TrainConfig(epochs=50, lr=3.0, optimizer="sgd"), [StopOnDivergence()]
+    )
     assert history.stopped_early and not math.isfinite(history.step_loss[-1])
 
 
@@ -147,8 +156,11 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
             _mlp(data, hidden=(4,)), data, TrainConfig(epochs=2, checkpoint_dir=ckpt, resume=True)
         )
     with pytest.raises(MaaslabError, match="same optimizer"):
-        train(_mlp(data), data,
-              TrainConfig(epochs=2, optimizer="sgd", checkpoint_dir=ckpt, resume=True))  # fmt: skip
+        train(
+            _mlp(data),
+            data,
+            TrainConfig(epochs=2, optimizer="sgd", checkpoint_dir=ckpt, resume=True),
+        )
 
 
 @pytest.mark.parametrize(

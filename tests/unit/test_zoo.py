@@ -73,8 +73,12 @@ def test_embedder_and_unknown_names():
 
 
 def test_cli_refuses_an_unknown_recipe_in_one_line():
-    done = subprocess.run([sys.executable, "-m", "maaslab", "assets", "nope"],
-                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "maaslab", "assets", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 2 and "no recipe for nope" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
 
