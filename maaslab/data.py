@@ -26,6 +26,9 @@ from maaslab.errors import MaaslabError
 
 TOY_SETS = ("moons", "circles", "xor", "spirals", "gaussians")
 SKLEARN_SETS = ("digits", "breast_cancer", "diabetes")
+# sklearn's digits come as pixels 0..16; load_dataset scales them to 0..1, while the digit models'
+# predict, the server and the pages take the 0..16 scale (pixels = X * DIGIT_PIXEL_MAX).
+DIGIT_PIXEL_MAX = 16.0
 
 
 @dataclass(frozen=True)
@@ -109,7 +112,7 @@ def _digits() -> tuple[np.ndarray, np.ndarray, dict]:
         "input_shape": (1, 8, 8),
         "description": "8x8 handwritten digits, 1797 images; pixels scaled from 0-16 to 0-1",
     }
-    return bunch.data / 16.0, bunch.target, info
+    return bunch.data / DIGIT_PIXEL_MAX, bunch.target, info
 
 
 def _breast_cancer() -> tuple[np.ndarray, np.ndarray, dict]:

@@ -16,12 +16,11 @@ import numpy as np
 import torch
 
 from maaslab.assets import MODELS_DIR
+from maaslab.data import DIGIT_PIXEL_MAX
 from maaslab.errors import MaaslabError
 from maaslab.evaluation import predict_proba
 from maaslab.models.encoder import check_texts, tokenize
 from maaslab.registry import load_model, read_metadata
-
-DIGIT_PIXEL_MAX = 16.0  # sklearn digits pixels run 0..16; the models were trained on pixels / 16
 
 
 @dataclass(frozen=True)
@@ -82,7 +81,8 @@ class DigitsClassifier:
             raise MaaslabError("pixels contain NaN or infinity")
         if x.min() < 0 or x.max() > DIGIT_PIXEL_MAX:
             raise MaaslabError(
-                f"pixels must lie in 0..16 (sklearn digits scale); got {x.min():g}..{x.max():g}"
+                f"pixels must lie in 0..{DIGIT_PIXEL_MAX:g} (sklearn digits scale); "
+                f"got {x.min():g}..{x.max():g}"
             )
         started = time.perf_counter()
         proba = predict_proba(self.model, x / DIGIT_PIXEL_MAX)
@@ -255,7 +255,8 @@ def paint(pixels: np.ndarray, index: int) -> np.ndarray:
     if not 0 <= index < 64:
         raise MaaslabError(f"a digit has 64 cells (0-63), not {index}")
     out = np.array(pixels, dtype=np.float32).reshape(64)
-    out[index] = {0.0: 8.0, 8.0: 16.0}.get(float(out[index]), 0.0)
+    half = DIGIT_PIXEL_MAX / 2
+    out[index] = {0.0: half, half: DIGIT_PIXEL_MAX}.get(float(out[index]), 0.0)
     return out
 
 

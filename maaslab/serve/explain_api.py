@@ -41,6 +41,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from maaslab.data import DIGIT_PIXEL_MAX
 from maaslab.errors import MaaslabError
 from maaslab.explain import (
     METHODS,
@@ -67,7 +68,6 @@ from maaslab.serve.tensors import (
     parse_body,
     requested_outputs,
 )
-from maaslab.zoo import DIGIT_PIXEL_MAX
 
 MAX_EXPLAIN_ROWS = 8  # rows per request: each one is a whole explanation (tens of model calls)
 SHAP = {"digits": "deep_shap", "sentiment": "partition_shap"}  # "shap" for each model kind
