@@ -6,6 +6,7 @@
 - `ddp`: the per-rank training loop (`train_ddp`), its config and record, and the
   single-process reference that takes the same steps.
 - `launch`: the torchrun command line, running it, and the 1-vs-2-process timing table.
+- `ranks`: starting ranks as fresh processes (spawn, torchrun), each wait with a deadline.
 
 Run it: `torchrun --nproc_per_node=2 -m maaslab.distributed --epochs 2 --output runs/ddp`.
 """
@@ -45,18 +46,20 @@ from maaslab.distributed.gradients import (
     shard_gradients,
 )
 from maaslab.distributed.launch import (
+    LAUNCHERS,
     ScalingRow,
     cli_args,
     load_run,
     measure_scaling,
-    run_forked,
     run_in_process,
+    run_spawned,
     run_torchrun,
     torchrun_command,
 )
 
 __all__ = [
     "GRADIENTS_FILE",
+    "LAUNCHERS",
     "LOG_FILE",
     "MODEL_DIR",
     "RUN_FILE",
@@ -82,8 +85,8 @@ __all__ = [
     "reference_train",
     "ring_allreduce",
     "ring_bytes_per_rank",
-    "run_forked",
     "run_in_process",
+    "run_spawned",
     "run_torchrun",
     "scaled_lr",
     "shard",

@@ -1,13 +1,12 @@
 """Gradient equivalence: one process on a global batch vs N ranks on its shards, averaged.
 
 `global_gradient` and `shard_gradients` + `average_gradients` do it in one process;
-`ddp_gradients` and `all_reduce_values` start real ranks (forked processes, gloo) so the
+`ddp_gradients` and `all_reduce_values` start real ranks (spawned processes, gloo) so the
 lesson can compare the hand version with what torch.distributed and DDP compute.
 """
 
 from __future__ import annotations
 
-import importlib
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,10 +14,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from maaslab.distributed.ranks import RANKS_TIMEOUT_S, start_ranks
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model, model_config
 from maaslab.registry import read_safetensors, state_to_safetensors
@@ -100,14 +99,14 @@ def max_relative_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch
 def _rank_main(
     rank: int, job: str, folder: str, world_size: int, tensors: dict[str, torch.Tensor], info: dict
 ) -> None:
-    """One rank of a `_spawn` job: join through a file in `folder`, work, write its result."""
+    """One rank of a `run_ranks` job: join through a file in `folder`, work, write its result."""
     torch.set_num_threads(1)  # the ranks share the machine's cores
     # A file store needs no port, so nothing can collide with another run on this machine.
     dist.init_process_group(
         "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world_size
     )
     try:
-        if job == "train":  # a whole DDP run (launch.run_forked); rank 0 saves its record
+        if job == "train":  # a whole DDP run (launch.run_spawned); rank 0 saves its record
             from maaslab.distributed.ddp import LOG_FILE, train_ddp
 
             lines: list[str] = []
@@ -134,26 +133,22 @@ def _rank_main(
         dist.destroy_process_group()
 
 
-def _spawn(job: str, world_size: int, tensors: dict[str, Any], info: dict[str, Any]) -> list[Grads]:
-    # Forked ranks start in a fraction of a second with everything already imported, and need
-    # nothing from the caller's __main__ (a notebook, a test or stdin all work the same way).
-    if not 1 <= world_size <= 8:
-        raise MaaslabError(f"world_size must be between 1 and 8 on one machine, got {world_size}")
-    if "fork" not in mp.get_all_start_methods():
-        raise MaaslabError("starting ranks in-process needs fork (Linux or macOS); use torchrun")
-    # DDP imports torch._dynamo the first time it is built (about 2 s): import it once here,
-    # before forking, instead of once in every rank of every call.
-    importlib.import_module("torch._dynamo")
+def run_ranks(
+    job: str,
+    world_size: int,
+    tensors: dict[str, Any],
+    info: dict[str, Any],
+    timeout: float = RANKS_TIMEOUT_S,
+) -> list[Grads]:
+    """Run `job` ("gradients", "all_reduce" or "train") on `world_size` spawned ranks.
+
+    The ranks are fresh interpreters (never forked: see maaslab.distributed.ranks) that join
+    through a file store, so they need no port; each returns its table through a file.
+    """
     with tempfile.TemporaryDirectory(prefix="maaslab-ddp-") as folder:
-        try:
-            mp.start_processes(
-                _rank_main,
-                args=(job, folder, world_size, tensors, info),
-                nprocs=world_size,
-                start_method="fork",
-            )
-        except mp.ProcessRaisedException as err:
-            raise MaaslabError(f"a rank failed: {str(err).strip().splitlines()[-1]}") from None
+        start_ranks(
+            _rank_main, world_size, (job, folder, world_size, tensors, info), timeout=timeout
+        )
         if job == "train":
             return []
         return [read_safetensors(Path(folder) / f"rank{r}.safetensors") for r in range(world_size)]
@@ -168,7 +163,7 @@ def ddp_gradients(
 ) -> list[Grads]:
     """Every rank's gradient after one DDP backward pass, each rank holding its shard of (X, y).
 
-    Forks `world_size` processes (gloo on CPU), each with a copy of `model`; DDP all-reduces
+    Spawns `world_size` processes (gloo on CPU), each with a copy of `model`; DDP all-reduces
     the gradients during backward, so all returned tables should be equal to each other and to
     `global_gradient(model, X, y)`.
 
@@ -181,7 +176,7 @@ def ddp_gradients(
     shard(len(X), world_size, 0)  # refuse uneven shards before starting any process
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     tensors = {"state": state, "X": X.detach().cpu(), "y": y.detach().cpu()}
-    return _spawn("gradients", world_size, tensors, {**model_config(model), "task": task})
+    return run_ranks("gradients", world_size, tensors, {**model_config(model), "task": task})
 
 
 def all_reduce_values(values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -197,4 +192,4 @@ def all_reduce_values(values: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     if any(t.shape != tensors[0].shape for t in tensors):
         raise MaaslabError("every rank must hold a tensor of the same shape")
     table = {f"value{r}": t for r, t in enumerate(tensors)}
-    return [out["value"] for out in _spawn("all_reduce", len(tensors), table, {})]
+    return [out["value"] for out in run_ranks("all_reduce", len(tensors), table, {})]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, fields, replace
@@ -22,12 +21,13 @@ from maaslab.distributed.ddp import (
     process_group,
     train_ddp,
 )
-from maaslab.distributed.gradients import _spawn
+from maaslab.distributed.gradients import run_ranks
+from maaslab.distributed.ranks import RANKS_TIMEOUT_S, run_command
 from maaslab.errors import MaaslabError
 from maaslab.paths import ROOT
 from maaslab.runtime import torch_threads
 
-TORCHRUN_TIMEOUT_S = 300  # a run of this lesson takes seconds; longer means a stuck rank
+LAUNCHERS = ("torchrun", "spawn")  # how measure_scaling starts the ranks of each setup
 
 
 def cli_args(cfg: DDPConfig) -> list[str]:
@@ -94,15 +94,17 @@ def run_in_process(cfg: DDPConfig) -> DDPRun:
         return train_ddp(cfg)
 
 
-def run_forked(cfg: DDPConfig, nproc: int = 2) -> DDPRun:
-    """Run `cfg` on `nproc` ranks forked from this process (gloo, joined through a file).
+def run_spawned(cfg: DDPConfig, nproc: int = 2, *, timeout: float = RANKS_TIMEOUT_S) -> DDPRun:
+    """Run `cfg` on `nproc` ranks spawned from this process (gloo, joined through a file).
 
-    What torchrun would run, minus its start-up: the ranks inherit this process's imports, so
-    nothing is imported again. Each rank sets its own threads (cfg.threads, default 1).
+    What torchrun would run, minus torchrun itself: each rank is a fresh interpreter started by
+    multiprocessing's spawn method (never a fork of this process, which may hold threads), and
+    sets its own threads (cfg.threads, default 1). Ranks still running after `timeout` seconds
+    are killed and MaaslabError says so.
     """
     if not cfg.output:
-        raise MaaslabError("run_forked needs cfg.output: the folder where rank 0 saves")
-    _spawn("train", nproc, {}, {"cfg": cfg})
+        raise MaaslabError("run_spawned needs cfg.output: the folder where rank 0 saves")
+    run_ranks("train", nproc, {}, {"cfg": cfg}, timeout=timeout)
     return load_run(cfg.output)
 
 
@@ -118,7 +120,7 @@ def load_run(folder: str | Path) -> DDPRun:
 
 
 def run_torchrun(
-    cfg: DDPConfig, nproc_per_node: int = 2, *, timeout: float = TORCHRUN_TIMEOUT_S
+    cfg: DDPConfig, nproc_per_node: int = 2, *, timeout: float = RANKS_TIMEOUT_S
 ) -> DDPRun:
     """Run `torchrun --nproc_per_node=N -m maaslab.distributed` and return rank 0's record.
 
@@ -127,7 +129,7 @@ def run_torchrun(
     cfg : the run; cfg.output must name a folder (it receives model/, run.json and
         rank0.log, what rank 0 printed).
     nproc_per_node : processes to start (2 here: one per core).
-    timeout : seconds before the run is stopped and reported as stuck.
+    timeout : seconds before torchrun and its ranks are killed and the run reported as stuck.
     """
     if not cfg.output:
         raise MaaslabError("run_torchrun needs cfg.output: the folder where rank 0 saves")
@@ -135,17 +137,7 @@ def run_torchrun(
     # so one process gets the same default, and let cfg.threads override it in the rank.
     env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads or 1)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    try:
-        done = subprocess.run(
-            torchrun_command(cfg, nproc_per_node),
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-    except subprocess.TimeoutExpired:
-        raise MaaslabError(f"torchrun did not finish within {timeout:g} s") from None
+    done = run_command(torchrun_command(cfg, nproc_per_node), cwd=ROOT, env=env, timeout=timeout)
     if done.returncode:
         errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
         tail = errors[0][len("error: ") :] if errors else "\n".join(done.stderr.splitlines()[-5:])
@@ -184,11 +176,11 @@ def measure_scaling(
     setups : (processes, CPU threads per process) pairs, each launched with torchrun.
     global_batch : examples per step, split evenly over the processes.
     keep : a folder to keep every run in (keep/<processes>x<threads>); "" discards them.
-    launcher : "torchrun" (fresh interpreters, as in a terminal) or "fork" (run_forked: ranks
-        forked from this process, seconds faster to start; the steps are timed the same way).
+    launcher : "torchrun" (as in a terminal) or "spawn" (run_spawned: the same ranks started by
+        multiprocessing, without torchrun's own start-up; the steps are timed the same way).
     """
-    if launcher not in ("torchrun", "fork"):
-        raise MaaslabError(f"unknown launcher {launcher!r}: choose torchrun or fork")
+    if launcher not in LAUNCHERS:
+        raise MaaslabError(f"unknown launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")
     rows: list[ScalingRow] = []
     with tempfile.TemporaryDirectory(prefix="maaslab-scaling-") as tmp:
         for procs, threads in setups:
@@ -198,7 +190,7 @@ def measure_scaling(
             run_cfg = replace(
                 cfg, batch_size=global_batch // procs, threads=threads, output=str(folder)
             )
-            start = run_forked if launcher == "fork" else run_torchrun
+            start = run_spawned if launcher == "spawn" else run_torchrun
             run = start(run_cfg, procs)
             base = rows[0].steps_per_second if rows else run.steps_per_second
             rows.append(

@@ -11,6 +11,18 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 FAST_BUDGET_S = 90  # each notebook, fast mode, 2 cores
+# Run first in every kernel: a kernel holds threads (ZMQ, OpenMP), so a process forked from it
+# can hang on a copied lock; ranks, servers and workers must start as fresh processes.
+NO_FORK = """
+import os
+
+
+def _no_fork(*args, **kwargs):
+    raise RuntimeError("this kernel holds threads: start processes with spawn, never fork")
+
+
+os.fork = _no_fork
+"""
 
 
 def test_there_are_notebooks():
@@ -33,6 +45,7 @@ def test_runs_top_to_bottom(path, monkeypatch):
     monkeypatch.setenv("MAASLAB_FAST", "1")
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     nb = nbformat.read(path, as_version=4)
+    nb.cells.insert(0, nbformat.v4.new_code_cell(NO_FORK))
     started = time.perf_counter()
     NotebookClient(
         nb,

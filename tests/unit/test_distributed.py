@@ -4,6 +4,7 @@ the hand-written collectives and shards match torch.distributed and DistributedS
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -29,8 +30,8 @@ from maaslab.distributed import (
     reference_train,
     ring_allreduce,
     ring_bytes_per_rank,
-    run_forked,
     run_in_process,
+    run_spawned,
     run_torchrun,
     scaled_lr,
     shard_gradients,
@@ -40,6 +41,7 @@ from maaslab.distributed import (
 )
 from maaslab.distributed.__main__ import config_from_args, main
 from maaslab.distributed.ddp import GRADIENTS_FILE, LOG_FILE, MODEL_DIR
+from maaslab.distributed.ranks import run_command, start_ranks
 from maaslab.models import build_model
 from maaslab.paths import ROOT
 from maaslab.registry import load_model, read_safetensors
@@ -117,23 +119,48 @@ def test_a_group_of_one_trains_in_process_like_the_reference(tmp_path):
     assert load_run(tmp_path / "again").steps == 5
 
 
-def test_forked_ranks_take_the_reference_steps_and_scaling_rows_come_out(tmp_path):
+def test_spawned_ranks_take_the_reference_steps_and_scaling_rows_come_out(tmp_path, monkeypatch):
+    # notebook 13's fast path; a fork of this process (which holds threads) would fail here
+    monkeypatch.setattr(os, "fork", _no_fork)
     cfg = DDPConfig(**{**TINY.__dict__, "max_steps": 6, "output": str(tmp_path / "f")})
-    run = run_forked(cfg, 2)
+    run = run_spawned(cfg, 2)
     assert (run.world_size, run.steps) == (2, 6) and run.allreduce_ms > 0
     assert "2 rank(s)" in (tmp_path / "f" / LOG_FILE).read_text()
     model, _, losses = reference_train(cfg, world_size=2)
     ddp_model = load_model(tmp_path / "f" / MODEL_DIR)
     assert max_relative_difference(ddp_model.state_dict(), model.state_dict()) < 1e-5
     np.testing.assert_allclose(run.step_loss, losses, rtol=1e-5)
-    rows = measure_scaling(cfg, ((1, 1), (2, 1)), global_batch=32, launcher="fork")
+    rows = measure_scaling(cfg, ((1, 1), (2, 1)), global_batch=32, launcher="spawn")
     assert [(r.processes, r.global_batch) for r in rows] == [(1, 32), (2, 32)]
     assert rows[0].speedup == 1.0 and rows[0].allreduce_ms == 0 and rows[1].allreduce_ms > 0
     with pytest.raises(MaaslabError, match="unknown launcher"):
         measure_scaling(cfg, launcher="mpi")
 
 
-def test_real_ddp_gradients_equal_the_global_batch_gradient():
+def _no_fork():
+    raise AssertionError("a rank was forked from a process that may hold threads")
+
+
+def _hang(rank: int, seconds: float) -> None:
+    time.sleep(seconds)  # a rank that never reaches the collective
+
+
+def test_a_stuck_rank_is_killed_at_the_deadline_with_a_clear_error():
+    started = time.monotonic()
+    with pytest.raises(MaaslabError, match=r"did not finish within 3 s: stopped them all"):
+        start_ranks(_hang, 2, (600.0,), timeout=3)
+    assert time.monotonic() - started < 60
+    with pytest.raises(MaaslabError, match="did not finish within 1 s: stopped it and its ranks"):
+        run_command(
+            [sys.executable, "-c", "import time; time.sleep(600)"],
+            cwd=ROOT,
+            env=dict(os.environ),
+            timeout=1,
+        )
+
+
+def test_real_ddp_gradients_equal_the_global_batch_gradient(monkeypatch):
+    monkeypatch.setattr(os, "fork", _no_fork)
     torch.manual_seed(0)
     model = build_model("mlp", in_features=64, hidden=(32,), out_features=10)
     X, y = torch.randn(24, 64), torch.randint(0, 10, (24,))
@@ -147,7 +174,8 @@ def test_real_ddp_gradients_equal_the_global_batch_gradient():
     assert max_relative_difference(shard_gradients(model, X, y, 2)[0], expected) > 1e-2
 
 
-def test_hand_all_reduce_and_the_ring_match_torch_distributed():
+def test_hand_all_reduce_and_the_ring_match_torch_distributed(monkeypatch):
+    monkeypatch.setattr(os, "fork", _no_fork)
     g = torch.Generator().manual_seed(1)
     values = [torch.randn(7, generator=g) for _ in range(3)]
     summed = all_reduce_values(values)
