@@ -1,13 +1,13 @@
 """Evaluating a trained classifier: predictions, confusion matrix, mistakes, model comparisons.
 
 Also the overfitting experiment of lesson 05 (one MLP, four ways to regularize it, all trained
-with `maaslab.train`) and the auto-checked exercises of lessons 05 and 06.
+with `maaslab.train`); the exercises of lessons 05 and 06 are graded in `maaslab.exercises`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,7 +17,6 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 
 from maaslab.callbacks import Callback, EarlyStopping
-from maaslab.checks import CheckResult, check_array, failed, passed
 from maaslab.data import Dataset
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model
@@ -259,91 +258,3 @@ def overfitting_gap(history: History) -> float:
     if last is None or last.train_accuracy is None:
         raise MaaslabError("overfitting_gap needs a classification History with one epoch or more")
     return last.train_accuracy - last.test_accuracy
-
-
-# --- exercise checks (lessons 05 and 06) -------------------------------------------------------
-
-
-def check_gradient(
-    answer: object, fn: Callable[[torch.Tensor], torch.Tensor], at: object
-) -> CheckResult:
-    """Check a gradient worked out by hand against autograd's gradient of `fn` at `at`."""
-    x = torch.as_tensor(np.asarray(at, dtype=np.float64)).clone().requires_grad_(True)
-    fn(x).backward()
-    return check_array(
-        "gradient by hand",
-        answer,
-        x.grad.numpy(),
-        rtol=1e-4,
-        atol=1e-6,
-        hint="Differentiate term by term with the chain rule; d/dx of x**2 is 2*x.",
-    )
-
-
-def check_param_count(answer: object, model: nn.Module) -> CheckResult:
-    """Check the number of trainable parameters of `model` counted by hand."""
-    name = f"parameters of the {type(model).__name__}"
-    expected = count_parameters(model)
-    try:
-        got = int(answer)
-    except (TypeError, ValueError):
-        return failed(name, f"expected a whole number, got {answer!r}")
-    if got == expected:
-        return passed(name, f"{expected:,} parameters")
-    biases = sum(p.numel() for n, p in model.named_parameters() if n.endswith("bias"))
-    hint = "Each Linear(n_in, n_out) has n_in*n_out weights and n_out biases; "
-    hint += "a Conv2d(c_in, c_out, k) has c_out*c_in*k*k weights and c_out biases."
-    if got == expected - biases:
-        hint = f"You counted the weights but not the {biases:,} biases."
-    return failed(name, f"you said {got:,}, the model has {expected:,}. {hint}")
-
-
-def check_conv_output_shape(
-    answer: object, layer: nn.Module, input_shape: Sequence[int]
-) -> CheckResult:
-    """Check the output shape of `layer` (a conv, a pooling, a stack) for an input of that shape."""
-    name = f"output shape for input {tuple(input_shape)}"
-    with torch.no_grad():
-        expected = tuple(layer(torch.zeros(*input_shape, device=_device_of(layer))).shape)
-    try:
-        got = tuple(int(d) for d in answer)  # type: ignore[union-attr]
-    except (TypeError, ValueError):
-        return failed(name, f"expected a tuple of ints like (1, 16, 8, 8), got {answer!r}")
-    if got == expected:
-        return passed(name, f"{expected}")
-    if len(got) != len(expected):
-        return failed(name, f"{got} has {len(got)} dimensions; the output has {len(expected)}")
-    hint = "Channels become the conv's out_channels; each side becomes "
-    hint += "(size + 2*padding - kernel) // stride + 1; a 2x2 max pooling halves it."
-    return failed(name, f"you said {got}, the layer gives {expected}. {hint}")
-
-
-def check_confusion_matrix(answer: object, y_true: np.ndarray, y_pred: np.ndarray) -> CheckResult:
-    """Check a confusion matrix computed by hand (rows true classes, columns predictions)."""
-    expected = confusion_matrix(y_true, y_pred)
-    got = np.asarray(answer)
-    if got.shape == expected.shape and np.array_equal(got, expected.T):
-        return failed(
-            "confusion matrix",
-            "this is the transpose: row i should be true class i, column j predicted class j.",
-        )
-    return check_array(
-        "confusion matrix",
-        answer,
-        expected,
-        rtol=0,
-        atol=0,
-        hint="Cell (i, j) counts the examples whose label is i and whose prediction is j.",
-    )
-
-
-def check_overfitting_gap(answer: object, history: History) -> CheckResult:
-    """Check the train-minus-test accuracy gap after the last epoch of `history`."""
-    return check_array(
-        "overfitting gap",
-        answer,
-        overfitting_gap(history),
-        rtol=0,
-        atol=1e-6,
-        hint="Subtract the last epoch's test accuracy from its train accuracy (history.last).",
-    )

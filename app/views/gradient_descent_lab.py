@@ -3,11 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from maaslab import lab_state as lab
 from maaslab.errors import MaaslabError
-from maaslab.optim import NAMES, OPTIMIZERS, race
+from maaslab.optimization import lab_state as lab
+from maaslab.optimization.optim import HAND_OPTIMIZERS, NAMES, race
+from maaslab.optimization.surfaces import SURFACES
 from maaslab.plots import add_click_targets, race_contour, race_loss
-from maaslab.surfaces import SURFACES
 from maaslab.urlstate import slider_options
 
 P = "gdlab."  # session_state prefix of this page
@@ -53,7 +53,7 @@ with left:
     surface = SURFACES[name]
     chosen = st.pills(
         "Optimizers",
-        OPTIMIZERS,
+        HAND_OPTIMIZERS,
         selection_mode="multi",
         format_func=NAMES.get,
         key=P + "opt",

@@ -9,9 +9,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from maaslab.data import Dataset
-from maaslab.descent import GDResult
-from maaslab.linreg import LossSurface, predict
-from maaslab.minibatch import Schedule, schedule_curve
+from maaslab.optimization.descent import GDResult
+from maaslab.optimization.linreg import LossSurface, predict
+from maaslab.optimization.minibatch import Schedule, schedule_curve
 from maaslab.plots._style import SERIES_COLORS, TEST_COLOR, TRAIN_COLOR, layout
 
 OPTIMUM_COLOR = "#111827"
@@ -41,7 +41,7 @@ def loss_contour(
 
     Parameters
     ----------
-    surface : from `maaslab.linreg.loss_surface`.
+    surface : from `maaslab.optimization.linreg.loss_surface`.
     runs : descents whose theta paths are drawn (projected on the two parameters); a path that
         leaves the grid is cut at its edge.
     equal_axes : one unit is as long on both axes, so a round bowl looks round.
@@ -177,7 +177,7 @@ def fitted_lines(data: Dataset, thetas: Mapping[str, np.ndarray]) -> go.Figure:
 
     Parameters
     ----------
-    data : a one-feature dataset, e.g. `maaslab.linreg.diabetes("bmi")`.
+    data : a one-feature dataset, e.g. `maaslab.optimization.linreg.diabetes("bmi")`.
     thetas : lines to draw by label, each theta = (w, b).
     """
     if data.n_features != 1:

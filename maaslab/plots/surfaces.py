@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import plotly.graph_objects as go
 
-from maaslab.optim import OptimizerPath, RaceResult
+from maaslab.optimization.optim import OptimizerPath, RaceResult
+from maaslab.optimization.surfaces import Surface
 from maaslab.plots._style import SERIES_COLORS, layout
-from maaslab.surfaces import Surface
 
 GRID = 100  # contour resolution per axis: smooth enough, light enough for a page
 FLOOR = 1e-12  # log axes need positive values; losses this close to the minimum show as equal
@@ -35,7 +35,7 @@ def surface_contour(surface: Surface) -> go.Figure:
 
     Parameters
     ----------
-    surface : one of `maaslab.optim.SURFACES`. Surfaces with a minimum are coloured by
+    surface : one of `maaslab.optimization.optim.SURFACES`. Surfaces with a minimum are coloured by
         log10(f - f_min); the saddle, which has none, by f itself.
     """
     xs, ys, f = _grid(surface)
@@ -94,7 +94,7 @@ def race_contour(
 
     Parameters
     ----------
-    result : what `maaslab.optim.race` returned.
+    result : what `maaslab.optimization.optim.race` returned.
     animate : add frames, a Play/Pause button and a step slider (False: a still figure).
     max_frames : at most this many animation frames; steps are subsampled evenly.
     max_points : each drawn path is thinned to at most this many points, to keep figures light.
@@ -217,7 +217,7 @@ def race_loss(result: RaceResult) -> go.Figure:
 
     Parameters
     ----------
-    result : what `maaslab.optim.race` returned. With a minimum the curve is f − f_min
+    result : what `maaslab.optimization.optim.race` returned. With a minimum the curve is f − f_min
         (floored at 1e-12); on the saddle it is f itself, with the axis limited to the values
         f takes inside the plotting window, since f falls without bound.
     """

@@ -39,8 +39,12 @@ def numerical_gradient(
     return grad.reshape(x.shape)
 
 
-def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    """||a - b|| / (||a|| + ||b||): 0 when they agree, 1 when one is zero or they point opposite."""
+def bounded_relative_error(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / (||a|| + ||b||), between 0 (they agree) and 1 (one is zero, or opposite).
+
+    Lesson 04's measure. Lesson 01's `maaslab.optimization.linreg.relative_error` divides by
+    max(||a||, ||b||) instead: the same verdict near agreement, twice this value there.
+    """
     # Norms of the whole array, not entry by entry: a tiny entry's rounding noise would look like
     # a large relative error, while the norm weighs every entry by its share of the gradient.
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
@@ -52,7 +56,7 @@ def relative_error(a: np.ndarray, b: np.ndarray) -> float:
 class GradCheckResult:
     """Analytic gradients against finite differences, parameter by parameter."""
 
-    errors: dict[str, float]  # parameter name -> relative_error of its checked entries
+    errors: dict[str, float]  # parameter name -> bounded_relative_error of its checked entries
     checked: int  # number of entries compared
     tolerance: float  # largest relative error that still counts as agreement
 
@@ -107,7 +111,7 @@ def gradient_check(
         index = np.sort(rng.choice(p.size, size=n, replace=False))
         numeric = numerical_gradient(lambda: model.loss(X, y), p, index, eps)
         analytic = np.asarray(grads[name], dtype=np.float64).reshape(-1)[index]
-        errors[name] = relative_error(analytic, numeric.reshape(-1)[index])
+        errors[name] = bounded_relative_error(analytic, numeric.reshape(-1)[index])
         checked += n
     return GradCheckResult(errors, checked, tolerance)
 

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from streamlit.testing.v1 import AppTest
 
-from maaslab import lab_state as lab
-from maaslab.surfaces import SURFACES
+from maaslab.optimization import lab_state as lab
+from maaslab.optimization.surfaces import SURFACES
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 PAGE = "views/gradient_descent_lab.py"

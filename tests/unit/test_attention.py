@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maaslab import attention_checks as ac
 from maaslab.errors import MaaslabError
+from maaslab.exercises import attention as ac
 from maaslab.models.attention import (
     AttentionConfig,
     MultiHeadAttention,

@@ -7,6 +7,12 @@ from torch import nn
 from maaslab import MaaslabError, seed_everything
 from maaslab import evaluation as ev
 from maaslab.data import load_dataset
+from maaslab.exercises.cnn import check_confusion_matrix, check_conv_output_shape
+from maaslab.exercises.pytorch import (
+    check_gradient_by_hand,
+    check_model_param_count,
+    check_overfitting_gap,
+)
 from maaslab.models import build_model
 from maaslab.train import EpochRecord, History, TrainConfig, train
 
@@ -150,49 +156,49 @@ def test_check_gradient():
 
     at = np.array([1.0, -2.0])
     right = 2 * at + 3 * at[::-1]
-    assert ev.check_gradient(right, fn, at)
-    wrong = ev.check_gradient(2 * at, fn, at)
+    assert check_gradient_by_hand(right, fn, at)
+    wrong = check_gradient_by_hand(2 * at, fn, at)
     assert not wrong and "largest difference" in wrong.message and "chain rule" in wrong.message
 
 
 def test_check_param_count():
     model = _mlp(hidden=(32,))
-    assert ev.check_param_count(2410, model)
-    no_bias = ev.check_param_count(64 * 32 + 32 * 10, model)
+    assert check_model_param_count(2410, model)
+    no_bias = check_model_param_count(64 * 32 + 32 * 10, model)
     assert not no_bias and "not the 42 biases" in no_bias.message
-    wrong = ev.check_param_count(1000, model)
+    wrong = check_model_param_count(1000, model)
     assert not wrong and "has 2,410" in wrong.message and "n_in*n_out" in wrong.message
-    assert "whole number" in ev.check_param_count("many", model).message
+    assert "whole number" in check_model_param_count("many", model).message
 
 
 def test_check_conv_output_shape():
     conv = nn.Conv2d(1, 16, 3, padding=1)
-    assert ev.check_conv_output_shape((1, 16, 8, 8), conv, (1, 1, 8, 8))
-    assert ev.check_conv_output_shape(
+    assert check_conv_output_shape((1, 16, 8, 8), conv, (1, 1, 8, 8))
+    assert check_conv_output_shape(
         (2, 16, 4, 4), nn.Sequential(conv, nn.MaxPool2d(2)), (2, 1, 8, 8)
     )
-    no_padding = ev.check_conv_output_shape((1, 16, 8, 8), nn.Conv2d(1, 16, 3), (1, 1, 8, 8))
+    no_padding = check_conv_output_shape((1, 16, 8, 8), nn.Conv2d(1, 16, 3), (1, 1, 8, 8))
     assert not no_padding and "(1, 16, 6, 6)" in no_padding.message
     assert "2*padding" in no_padding.message
-    assert "dimensions" in ev.check_conv_output_shape((16, 8, 8), conv, (1, 1, 8, 8)).message
-    assert "tuple of ints" in ev.check_conv_output_shape(None, conv, (1, 1, 8, 8)).message
+    assert "dimensions" in check_conv_output_shape((16, 8, 8), conv, (1, 1, 8, 8)).message
+    assert "tuple of ints" in check_conv_output_shape(None, conv, (1, 1, 8, 8)).message
 
 
 def test_check_confusion_matrix():
     y_true, y_pred = np.array([0, 0, 1, 2, 2, 2]), np.array([0, 1, 1, 2, 0, 2])
     right = sklearn.metrics.confusion_matrix(y_true, y_pred)
-    assert ev.check_confusion_matrix(right, y_true, y_pred)
-    transposed = ev.check_confusion_matrix(right.T, y_true, y_pred)
+    assert check_confusion_matrix(right, y_true, y_pred)
+    transposed = check_confusion_matrix(right.T, y_true, y_pred)
     assert not transposed and "transpose" in transposed.message
     off = right.copy()
     off[0, 0] += 1
-    wrong = ev.check_confusion_matrix(off, y_true, y_pred)
+    wrong = check_confusion_matrix(off, y_true, y_pred)
     assert not wrong and "index (0, 0)" in wrong.message
 
 
 def test_check_overfitting_gap():
     history = _history(train_acc=0.95, test_acc=0.9)
-    assert ev.check_overfitting_gap(0.05, history)
-    flipped = ev.check_overfitting_gap(-0.05, history)
+    assert check_overfitting_gap(0.05, history)
+    flipped = check_overfitting_gap(-0.05, history)
     assert not flipped and "wrong sign" in flipped.message
-    assert not ev.check_overfitting_gap(0.9, history)
+    assert not check_overfitting_gap(0.9, history)

@@ -4,10 +4,10 @@ import math
 
 import pytest
 
-from maaslab import lab_state as lab
 from maaslab.errors import MaaslabError
-from maaslab.optim import OPTIMIZERS, OptimizerConfig, RaceConfig, race
-from maaslab.surfaces import SURFACES
+from maaslab.optimization import lab_state as lab
+from maaslab.optimization.optim import HAND_OPTIMIZERS, OptimizerConfig, RaceConfig, race
+from maaslab.optimization.surfaces import SURFACES
 from maaslab.urlstate import slider_options
 
 
@@ -129,7 +129,7 @@ def test_surface_defaults_move_the_start_and_the_lrs():
     values = lab.surface_defaults("quadratic")
     quadratic = SURFACES["quadratic"]
     assert (values["x"], values["y"]) == quadratic.start
-    assert {k for k in values if k.startswith("lr.")} == {f"lr.{n}" for n in OPTIMIZERS}
+    assert {k for k in values if k.startswith("lr.")} == {f"lr.{n}" for n in HAND_OPTIMIZERS}
     assert values["lr.gd"] == quadratic.lr_for("gd")
     assert "steps" not in values and "momentum" not in values  # those stay as the user set them
 

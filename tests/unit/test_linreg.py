@@ -14,17 +14,20 @@ import torch
 from sklearn.linear_model import LinearRegression
 
 from maaslab import MaaslabError
-from maaslab.checks import CheckResult
-from maaslab.descent import (
+from maaslab.exercises.gradient_descent import (
     check_gd_step,
     check_learning_rate,
+    check_mse_gradient,
+)
+from maaslab.exercises.grading import CheckResult
+from maaslab.exercises.minibatch_sgd import check_minibatches, check_schedule, check_sgd_config
+from maaslab.optimization.descent import (
     gradient_descent,
     hessian_eigenvalues,
     steps_to_reach,
 )
-from maaslab.linreg import (
+from maaslab.optimization.linreg import (
     as_problem,
-    check_gradient,
     closed_form,
     diabetes,
     loss_surface,
@@ -33,12 +36,9 @@ from maaslab.linreg import (
     numerical_gradient,
     relative_error,
 )
-from maaslab.minibatch import (
+from maaslab.optimization.minibatch import (
     Schedule,
     SGDConfig,
-    check_minibatches,
-    check_schedule,
-    check_sgd_config,
     learning_rate,
     minibatch_gd,
     minibatch_indices,
@@ -279,13 +279,13 @@ def test_schedules_match_torch_schedulers_at_whole_epochs(schedule, make):
     ],
 )
 def test_check_gradient_names_the_mistake(fn, message):
-    result = check_gradient(fn)
+    result = check_mse_gradient(fn)
     assert not result.passed and message in result.message, result.message
 
 
 def test_check_gradient_passes_a_right_answer():
-    assert check_gradient(_hand_gradient).passed
-    assert check_gradient(lambda t, X, y: mse_gradient(t, X, y)).passed
+    assert check_mse_gradient(_hand_gradient).passed
+    assert check_mse_gradient(lambda t, X, y: mse_gradient(t, X, y)).passed
 
 
 @pytest.mark.parametrize(

@@ -9,21 +9,23 @@ import pytest
 import torch
 
 from maaslab.errors import MaaslabError
-from maaslab.optim import (
-    OPTIMIZERS,
+from maaslab.exercises.optimizers import (
+    check_adam_step,
+    check_momentum_step,
+    check_rmsprop_step,
+    check_rosenbrock_gradient,
+)
+from maaslab.optimization.optim import (
+    HAND_OPTIMIZERS,
     SURFACES,
     Adam,
     Momentum,
     OptimizerConfig,
     RaceConfig,
     RMSprop,
-    check_adam_step,
-    check_momentum_step,
-    check_rmsprop_step,
-    check_rosenbrock_gradient,
     default_optimizers,
     get_surface,
-    make_optimizer,
+    make_hand_optimizer,
     race,
     torch_optimizer,
 )
@@ -51,7 +53,7 @@ def _least_squares():
 
 def _lockstep(cfg, w0, numpy_grad, torch_loss, steps):
     # Run ours and torch's from the same start; return the largest difference along the way.
-    opt = make_optimizer(cfg)
+    opt = make_hand_optimizer(cfg)
     w = w0.copy()
     param = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
     topt = torch_optimizer(cfg, [param])
@@ -141,7 +143,7 @@ def test_torch_optimizer_kinds():
 
 def test_race_records_paths():
     result = race(RaceConfig(surface="rosenbrock", steps=50))
-    assert [p.config.name for p in result.paths] == list(OPTIMIZERS)
+    assert [p.config.name for p in result.paths] == list(HAND_OPTIMIZERS)
     for path in result.paths:
         assert path.diverged_at is None
         assert path.xy.shape == (51, 2) and path.loss.shape == (51,)
@@ -184,7 +186,7 @@ def test_race_stories_the_lesson_tells():
     assert all(wall[n].diverged_at is not None for n in ("gd", "momentum", "nesterov"))
     assert all(wall[n].final_loss < 0.5 for n in ("rmsprop", "adam"))  # bounded steps survive
     for name in SURFACES:
-        assert [c.name for c in default_optimizers(name)] == list(OPTIMIZERS)
+        assert [c.name for c in default_optimizers(name)] == list(HAND_OPTIMIZERS)
         finished = race(RaceConfig(name, steps=SURFACES[name].steps)).paths
         assert name == "saddle" or all(p.diverged_at is None for p in finished)
 
@@ -257,7 +259,7 @@ def hand_adam(params, grad, m, v, t, lr, beta1, beta2, eps):
 
 
 def library_adam(params, grad, m, v, t, lr, beta1, beta2, eps):
-    # The check's reference must agree with maaslab.optim.Adam (which the tests above tie to torch).
+    # The check's reference must agree with maaslab.optimization.optim.Adam (tied to torch above).
     opt = Adam(OptimizerConfig("adam", lr=lr, beta1=beta1, beta2=beta2, eps=eps))
     opt.t, opt.m, opt.v = t - 1, m, v
     return opt.step(params, grad), opt.m, opt.v

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from maaslab import plots
-from maaslab.descent import gradient_descent
-from maaslab.linreg import closed_form, diabetes, loss_surface, mse_loss
-from maaslab.minibatch import Schedule, SGDConfig, learning_rate, minibatch_gd
+from maaslab.optimization.descent import gradient_descent
+from maaslab.optimization.linreg import closed_form, diabetes, loss_surface, mse_loss
+from maaslab.optimization.minibatch import Schedule, SGDConfig, learning_rate, minibatch_gd
 
 
 @pytest.fixture(scope="module")

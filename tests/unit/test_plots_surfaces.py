@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import pytest
 
 from maaslab import plots
-from maaslab.optim import SURFACES, OptimizerConfig, RaceConfig, race
+from maaslab.optimization.optim import SURFACES, OptimizerConfig, RaceConfig, race
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from maaslab.checks import CheckResult, call_answer, failed, passed
+from maaslab.exercises.grading import CheckResult, call_answer, failed, first_mistake, passed
 from maaslab.explain.core import drop_words, words_of
 from maaslab.explain.quality import SANITY_THRESHOLD
 
@@ -86,9 +86,9 @@ def check_deletion_auc(fn: Callable) -> CheckResult:
         ),
         (float(np.sum(s)), "that is the sum of the scores: multiply by each segment's width"),
     ]
-    for wrong, why in mistakes:
-        if abs(value - wrong) <= 1e-6:
-            return failed(name, why)
+    why = first_mistake(value, mistakes, rtol=0, atol=1e-6)
+    if why:
+        return failed(name, why)
     return failed(
         name,
         f"got {value:.4f}, expected {expected:.4f}. Sum over segments of "
@@ -197,9 +197,9 @@ def check_sanity_check(fn: Callable) -> CheckResult:
             "correlation of |values|": float(pearsonr(trained, randomized).statistic),
         }
         if abs(value - expected[0]) > 1e-6:
-            for why, w in wrong.items():
-                if abs(value - w) <= 1e-6:
-                    return failed(name, why)
+            why = first_mistake(value, [(w, why) for why, w in wrong.items()], rtol=0, atol=1e-6)
+            if why:
+                return failed(name, why)
             return failed(
                 name,
                 f"similarity {value:.4f}, expected {expected[0]:.4f}: Spearman "

@@ -14,7 +14,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from maaslab.checks import CheckResult, call_answer, check_array, failed, first_mistake, passed
+from maaslab.exercises.grading import (
+    CheckResult,
+    call_answer,
+    failed,
+    first_mistake,
+    passed,
+    right_or_first_mistake,
+)
 from maaslab.models.encoder import mean_pool, nearest
 
 # Linear layers as (out_features, in_features), the shape of nn.Linear.weight: a small probe
@@ -74,11 +81,7 @@ def check_mean_pool(fn: Callable) -> CheckResult:
     ]
     expected = mean_pool(hidden, mask).numpy()
     hint = "Sum hidden * mask[..., None] over dim 1, divide by mask.sum(1)."
-    result = check_array(name, got, expected, rtol=1e-4, atol=1e-6, hint=hint)
-    if result.passed:
-        return result
-    why = first_mistake(got, mistakes)
-    return failed(name, why) if why else result
+    return right_or_first_mistake(name, got, expected, mistakes, hint=hint)
 
 
 # --- exercise 2: cosine similarity and top-k search ----------------------------------------------
@@ -101,7 +104,7 @@ def _search_probe() -> tuple[np.ndarray, np.ndarray]:
     return query, corpus
 
 
-def check_top_k(fn: Callable) -> CheckResult:
+def check_top_k_search(fn: Callable) -> CheckResult:
     """Check `fn(query (C,), corpus (N, C), k) -> indices` of the k rows with the largest cosine."""
     name = "top-k search by cosine similarity"
     query, corpus = _search_probe()
@@ -140,9 +143,9 @@ def check_top_k(fn: Callable) -> CheckResult:
         ),
         (np.sort(expected), "the right rows, but sorted by index: return them most similar first"),
     ]
-    for wrong, why in mistakes:
-        if got.tolist() == np.asarray(wrong).tolist():
-            return failed(name, why)
+    why = first_mistake(got, mistakes, rtol=0, atol=0)
+    if why:
+        return failed(name, why)
     if len(got) != k:
         return failed(name, f"expected {k} indices, got {len(got)}: keep the first k of the order")
     how = "Compute cos = corpus @ query / (|corpus| |query|), then np.argsort(-cos)[:k]."
@@ -269,9 +272,7 @@ def check_lora_count(fn: Callable) -> CheckResult:
             (r * sum(shapes[0]), "that is one layer: sum over every layer"),
             (expected // r, "you left out the rank: A has r rows and B has r columns"),
         ]
-        why = next(
-            (w for value, w in mistakes if value == got), f"got {got:,}, expected {expected:,}"
-        )
+        why = first_mistake(got, mistakes, rtol=0, atol=0) or f"got {got:,}, expected {expected:,}"
         return failed(
             name,
             f"for r = {r} on {shapes}: {why}. A layer (out, in) adds A (r x in) and B (out x r).",

@@ -1,13 +1,16 @@
-"""Auto-checked exercises: a `check_…` function says whether an answer is right, and why not.
+"""Grading for every exercise: a verdict (`CheckResult`) and the helpers that build one.
 
-Each lesson module offers its own `check_…` functions (for example
-`maaslab.linreg.check_gradient`); they all return a `CheckResult` built with the helpers here,
-so every notebook prints verdicts the same way and tests can assert on `.passed`.
+Each lesson's module in `maaslab.exercises` offers `check_…` functions (for example
+`maaslab.exercises.gradient_descent.check_mse_gradient`); they all return a `CheckResult` built
+with the helpers here, so every notebook prints verdicts the same way and tests can assert on
+`.passed`. A wrong answer is compared with the lesson's known mistakes by `first_mistake`, so the
+message names the slip instead of saying only "wrong"; `right_or_first_mistake` does the whole
+"right answer, else the first known mistake, else the largest difference" verdict for arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -108,17 +111,62 @@ def answer_array(name: str, got: object) -> tuple[np.ndarray | None, CheckResult
         return None, failed(name, f"expected a tensor or array, got {type(got).__name__}")
 
 
+def _as_floats(value: object) -> np.ndarray | None:
+    # Numbers, lists, arrays and tensors (detached) as a float array; None when not numeric.
+    try:
+        return np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, float)
+    except (TypeError, ValueError):
+        return None
+
+
+def matches(
+    got: object, wrong: object, *, rtol: float = 1e-4, atol: float = 1e-6, equal_nan: bool = False
+) -> bool:
+    """True when `got` has the shape of `wrong` and equals it within tolerance (as np.allclose)."""
+    got, wrong = _as_floats(got), _as_floats(wrong)
+    if got is None or wrong is None or got.shape != wrong.shape:
+        return False
+    return bool(np.allclose(got, wrong, rtol=rtol, atol=atol, equal_nan=equal_nan))
+
+
 def first_mistake(
-    got: np.ndarray, mistakes, *, rtol: float = 1e-4, atol: float = 1e-6, equal_nan: bool = False
+    got: object,
+    mistakes: Iterable[tuple[object, str]],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    equal_nan: bool = False,
 ) -> str | None:
     """The message of the first known wrong answer that `got` equals (within tolerance), if any.
 
-    `mistakes` is a sequence of (wrong answer, message naming the mistake) pairs.
+    Parameters
+    ----------
+    got: the learner's answer: a number, a list, an array or a tensor.
+    mistakes: (wrong answer, message naming the mistake) pairs, most telling first.
+    rtol, atol, equal_nan: as in `np.allclose`; rtol=0, atol=0 asks for exact equality.
     """
     for wrong, why in mistakes:
-        wrong = np.asarray(wrong.detach().cpu() if hasattr(wrong, "detach") else wrong, float)
-        if got.shape == wrong.shape and np.allclose(
-            got, wrong, rtol=rtol, atol=atol, equal_nan=equal_nan
-        ):
+        if matches(got, wrong, rtol=rtol, atol=atol, equal_nan=equal_nan):
             return why
     return None
+
+
+def right_or_first_mistake(
+    name: str,
+    got: object,
+    expected: object,
+    mistakes: Iterable[tuple[object, str]],
+    *,
+    rtol: float = 1e-4,
+    atol: float = 1e-6,
+    equal_nan: bool = False,
+    hint: str = "",
+) -> CheckResult:
+    """The verdict on an array answer: right, or the first known mistake it equals, or else
+    `check_array`'s message (shape, or the largest difference) with `hint`."""
+    expected = _as_floats(expected)
+    result = check_array(name, got, expected, rtol=rtol, atol=atol, hint=hint)
+    if result.passed:
+        return result
+    why = first_mistake(got, mistakes, rtol=rtol, atol=atol, equal_nan=equal_nan)
+    return failed(name, why) if why else result

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from maaslab.checks import (
+from maaslab.exercises.grading import (
     CheckResult,
     answer_array,
     call_answer,
@@ -119,7 +119,7 @@ def check_quantize_int8(fn: Callable) -> CheckResult:
 
 def int8_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
     """torch.ao's dynamic int8 nn.Linear (fbgemm) on x: the oracle of exercise 2."""
-    from maaslab.compress.quantize import torch_dynamic_int8
+    from maaslab.backends import torch_dynamic_int8
 
     layer = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from maaslab.checks import (
+from maaslab.exercises.grading import (
     CheckResult,
     answer_array,
     call_answer,
@@ -122,7 +122,7 @@ def check_temperature_softmax(fn: Callable) -> CheckResult:
     return passed(name, f"matches next_token_probs for temperatures {TEMPERATURES}")
 
 
-def check_top_k(fn: Callable) -> CheckResult:
+def check_top_k_sampling(fn: Callable) -> CheckResult:
     """Check `fn(logits, k) -> probs`: only the k most likely tokens keep (renormalized) mass."""
     name = "top-k filtering"
     logits = probe_logits()
@@ -240,9 +240,9 @@ def check_uniform_loss(answer: object, vocab_size: int = 104) -> CheckResult:
             f"{vocab_size} tokens (the unknown marker counts)",
         ),
     ]
-    for wrong, why in mistakes:
-        if math.isclose(value, wrong, rel_tol=1e-4):
-            return failed(name, why)
+    why = first_mistake(value, mistakes, rtol=1e-4, atol=0)
+    if why:
+        return failed(name, why)
     return failed(
         name,
         f"got {value:.4g}. The model puts 1/{vocab_size} on the right token "
@@ -256,7 +256,7 @@ def _true_count(config: GPTConfig) -> int:
         return sum(p.numel() for p in MiniGPT(config).parameters())
 
 
-def check_param_count(fn: Callable[[GPTConfig], int]) -> CheckResult:
+def check_gpt_param_count(fn: Callable[[GPTConfig], int]) -> CheckResult:
     """Check `fn(config) -> int`, the parameter count of a MiniGPT from its config by formula."""
     name = "parameter count of a mini GPT"
     for cfg in COUNT_CONFIGS:
@@ -296,9 +296,9 @@ def check_param_count(fn: Callable[[GPTConfig], int]) -> CheckResult:
                 "the MLP is 4 x n_embd wide, not n_embd: its two matrices have 2 x 4C² parameters",
             ),
         ]
-        for wrong, why in mistakes:
-            if got == wrong:
-                return failed(name, f"for {setting}: {why}")
+        why = first_mistake(got, mistakes, rtol=0, atol=0)
+        if why:
+            return failed(name, f"for {setting}: {why}")
         return failed(
             name,
             f"for {setting} you count {got:,}, the model has {right:,} "

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from maaslab.checks import CheckResult, call_answer, failed, passed
 from maaslab.errors import MaaslabError
+from maaslab.exercises.grading import CheckResult, call_answer, failed, first_mistake, passed
 
 # --- exercise 1: Little's law ---------------------------------------------------------------------
 
@@ -138,9 +138,9 @@ def check_p99(fn: Callable) -> CheckResult:
             (float(lat[int(np.ceil(0.99 * len(lat))) - 1]), "sort the latencies first"),
             (float(np.percentile(lat, 0.99)), "99 is a percentage: q=99, not 0.99"),
         ]
-        for value, why in mistakes:
-            if np.isclose(got, value, rtol=1e-6):
-                return failed(name, f"{where}: {why}")
+        why = first_mistake(got, mistakes, rtol=1e-6, atol=1e-8)
+        if why:
+            return failed(name, f"{where}: {why}")
         return failed(
             name,
             f"{where}. Hint: np.percentile(latencies, 99), or sort and take "

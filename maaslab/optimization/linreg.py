@@ -11,24 +11,20 @@ With the residuals r = X w + b - y the gradient is
 
 Everything is plain NumPy in float64. Least squares has a closed-form minimum (`closed_form`),
 the oracle every descent is measured against. The descent itself (full batch, mini-batches,
-learning-rate schedules) lives in `maaslab.descent`; lessons 01 and 02 use both modules.
+learning-rate schedules) lives in `maaslab.optimization.descent`; lessons 01 and 02 use both
+modules, and their exercises are graded in `maaslab.exercises.gradient_descent`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from maaslab.checks import CheckResult, failed, passed
 from maaslab.data import Dataset, load_dataset
 from maaslab.errors import MaaslabError
-
-# Two gradients whose relative error is below this agree (float64 round-off is ~1e-12 here).
-GRAD_TOL = 1e-6
 
 
 def diabetes(feature: str | None = None, *, standardize: bool = True, seed: int = 0) -> Dataset:
@@ -120,7 +116,11 @@ def numerical_gradient(
 
 
 def relative_error(a: np.ndarray, b: np.ndarray) -> float:
-    """||a - b|| / max(||a||, ||b||): about 1e-7 or less means two gradients agree."""
+    """||a - b|| / max(||a||, ||b||): about 1e-7 or less means two gradients agree.
+
+    Lesson 01's measure. Lesson 04's `maaslab.scratch.bounded_relative_error` divides by
+    ||a|| + ||b|| instead, so it stays between 0 and 1 (half of this near agreement).
+    """
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     scale = max(float(np.linalg.norm(a)), float(np.linalg.norm(b)), 1e-300)
     return float(np.linalg.norm(a - b)) / scale
@@ -208,83 +208,3 @@ def loss_surface(
         optimum=optimum,
         optimum_loss=mse_loss(optimum, X, y),
     )
-
-
-# --- exercise check ------------------------------------------------------------------------------
-
-
-def exercise_problem(seed: int = 7) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A small random (X, y, theta) for checks: n = 12, d = 3, so 2, n and 2/n differ."""
-    rng = np.random.default_rng(seed)
-    X = rng.normal(size=(12, 3))
-    return X, X @ rng.normal(size=3) + rng.normal(size=12) + 1.5, rng.normal(size=4)
-
-
-def _factor_hint(ratio: float, n: int) -> str:
-    # Common slips change the gradient by a constant factor; name the one that fits.
-    for factor, hint in (
-        (
-            -1.0,
-            "Every entry has the wrong sign: the residual is r = y_hat - y (prediction minus "
-            "target); with y - y_hat you must negate the result",
-        ),
-        (0.5, "It is half the right size: the derivative of r^2 is 2 r, so a factor 2 is missing"),
-        (n, "It is n times too large: J is a mean, so divide the sum by n"),
-        (n / 2, "The factor 2/n is missing: J = (1/n) sum r^2 gives (2/n) X^T r"),
-        (1 / n, "It is n times too small: divide by n once, not twice"),
-        (2.0, "It is twice too large: the 2 from r^2 appears only once"),
-    ):
-        if math.isclose(ratio, factor, rel_tol=1e-6):
-            return hint
-    return f"It is {ratio:.4g} times the right gradient: check the constant in front"
-
-
-def _diagnose_gradient(got: np.ndarray, theta: np.ndarray, X: np.ndarray, y: np.ndarray) -> str:
-    # Name the slip that explains a wrong gradient: bias left out, sign or a constant factor.
-    expected = mse_gradient(theta, X, y)
-
-    def close(a: np.ndarray, b: np.ndarray) -> bool:
-        return relative_error(a, b) < GRAD_TOL
-
-    if close(got[:-1], expected[:-1]):
-        if got[-1] == 0:
-            return "The weights are right but dJ/db is 0: the bias gets (2/n) sum_i r_i too"
-        return f"Weights right, but dJ/db is {got[-1]:.6g}, not (2/n) sum r = {expected[-1]:.6g}"
-    if close(got[-1:], expected[-1:]):
-        return "The bias entry is right but the weights are not: dJ/dw = (2/n) X^T r"
-    if close(got, mse_gradient(np.append(theta[:-1], 0.0), X, y)):
-        return "The prediction leaves out the bias: use y_hat = X w + b with b = theta[-1]"
-    ratio = float(got @ expected / (expected @ expected))
-    if close(got, ratio * expected):
-        return _factor_hint(ratio, len(y))
-    return "Compute r = X w + b - y, then (2/n) X^T r for the weights and (2/n) sum r for b"
-
-
-def check_gradient(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], object]) -> CheckResult:
-    """Check a hand-written gradient of the MSE against the analytic one on a random problem.
-
-    Parameters
-    ----------
-    fn : your gradient, called as fn(theta, X, y) with theta = (w_1, ..., w_d, b); it must
-        return the d + 1 partial derivatives dJ/dw_1, ..., dJ/dw_d, dJ/db.
-    """
-    name = "gradient of the MSE loss"
-    X, y, theta = exercise_problem()
-    d = X.shape[1]
-    try:
-        got = np.asarray(fn(theta.copy(), X.copy(), y.copy()), dtype=float)
-    except Exception as err:  # the learner's code may raise anything; show it as a verdict
-        return failed(name, f"calling fn(theta, X, y) raised {type(err).__name__}: {err}")
-    if got.shape == (d,):
-        return failed(name, "it returned only the d weight entries: append dJ/db = (2/n) sum r")
-    if got.shape != (d + 1,):
-        return failed(
-            name, f"it returned shape {got.shape}, expected ({d + 1},): d weights, then b"
-        )
-    if not np.all(np.isfinite(got)):
-        return failed(name, "it returned NaN or inf")
-    error = relative_error(got, mse_gradient(theta, X, y))
-    if error < GRAD_TOL:
-        return passed(name, f"relative error {error:.1e} against the analytic gradient")
-    hint = _diagnose_gradient(got, theta, X, y)
-    return failed(name, f"relative error {error:.2g} (want < {GRAD_TOL:g}). {hint}")

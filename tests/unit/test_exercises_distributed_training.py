@@ -9,7 +9,7 @@ from maaslab.distributed import (
     scaled_lr,
     shard_indices,
 )
-from maaslab.distributed_checks import (
+from maaslab.exercises.distributed_training import (
     BATCH_PROBLEM,
     check_all_reduce_mean,
     check_global_batch_lr,

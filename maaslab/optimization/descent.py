@@ -2,29 +2,20 @@
 
 A run records every theta it visits and the loss there (`GDResult`), and stops when the loss
 explodes, saying so in the result instead of filling the path with inf and NaN. Lesson 01 uses
-it with the exercise checks below; `maaslab.minibatch` adds mini-batches and learning-rate
-schedules and returns the same result type, so the figures in `maaslab.plots` draw both.
+it (its exercises are graded in `maaslab.exercises.gradient_descent`);
+`maaslab.optimization.minibatch` adds mini-batches and learning-rate schedules and returns the
+same result type, so the figures in `maaslab.plots` draw both.
 """
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from maaslab.checks import CheckResult, failed, passed
 from maaslab.errors import MaaslabError
-from maaslab.linreg import (
-    as_problem,
-    closed_form,
-    diabetes,
-    exercise_problem,
-    mse_gradient,
-    mse_loss,
-    relative_error,
-)
+from maaslab.optimization.linreg import as_problem, mse_gradient, mse_loss
 
 # A loss this many times above the start (or the variance of y) counts as exploded.
 DIVERGE_FACTOR = 1e6
@@ -168,80 +159,3 @@ def steps_to_reach(result: GDResult, target: float) -> int | None:
     """The first update at which the loss is at or below `target`, or None if it never is."""
     hits = np.flatnonzero(result.losses <= target)
     return int(hits[0]) if hits.size else None
-
-
-# --- exercise checks -----------------------------------------------------------------------------
-
-
-def check_gd_step(fn: Callable[[np.ndarray, np.ndarray, np.ndarray, float], object]) -> CheckResult:
-    """Check a hand-written update: fn(theta, X, y, lr) must return theta - lr * grad J(theta).
-
-    Parameters
-    ----------
-    fn : your step, called with theta = (w_1, ..., w_d, b), the data and a learning rate.
-    """
-    name = "one gradient-descent step"
-    X, y, theta = exercise_problem()
-    lr = 0.05
-    grad = mse_gradient(theta, X, y)
-    try:
-        got = np.asarray(fn(theta.copy(), X.copy(), y.copy(), lr), dtype=float)
-    except Exception as err:  # the learner's code may raise anything; show it as a verdict
-        return failed(name, f"calling fn(theta, X, y, lr) raised {type(err).__name__}: {err}")
-    if got.shape != theta.shape:
-        return failed(name, f"it returned shape {got.shape}; the new theta has {theta.shape}")
-    if relative_error(got, theta - lr * grad) < 1e-9:
-        return passed(name, "it returns theta - lr * grad J(theta)")
-    slips = (
-        (theta + lr * grad, "It moved uphill: subtract the gradient, theta - lr * grad"),
-        (theta - grad, "The step ignores lr: multiply the gradient by the learning rate"),
-        (-lr * grad, "It returned the change, not the new theta: return theta - lr * grad"),
-        (theta, "theta did not change: apply the update and return the new theta"),
-    )
-    hint = next((h for want, h in slips if relative_error(got, want) < 1e-9), "")
-    return failed(name, hint or "expected theta - lr * grad J(theta); compare your formula")
-
-
-@functools.cache
-def _lr_problem(steps: int, tol: float) -> tuple[np.ndarray, np.ndarray, float, float, float]:
-    # Diabetes, all 10 standardized features; the target loss, the edge 2 / lambda_max, and the
-    # fastest lr on a fine grid (the boundary between "too small" and "overshooting").
-    data = diabetes()
-    X, y = as_problem(data.X_train, data.y_train)
-    target = mse_loss(closed_form(X, y), X, y) * (1 + tol)
-    edge = 2 / hessian_eigenvalues(X)[-1]
-    grid = np.linspace(edge / 100, edge, 100, endpoint=False)
-    needed = [steps_to_reach(gradient_descent(X, y, lr=a, steps=steps * 4), target) for a in grid]
-    best = grid[int(np.argmin([n if n is not None else np.inf for n in needed]))]
-    return X, y, target, edge, float(best)
-
-
-def check_learning_rate(lr: float, *, steps: int = 10, tol: float = 0.01) -> CheckResult:
-    """Check a learning rate for full-batch GD on diabetes (10 features) from theta = 0.
-
-    The task: reach a loss within `tol` (1%) of the least-squares minimum in at most `steps`
-    updates. Too small crawls, too large overshoots, and beyond 2 / lambda_max it diverges.
-
-    Parameters
-    ----------
-    lr : your learning rate.
-    steps : the update budget.
-    tol : how close to the minimum counts as there, relative to the minimum loss.
-    """
-    name = f"a learning rate that converges within {steps} updates"
-    if not isinstance(lr, int | float) or not np.isfinite(lr) or lr <= 0:
-        return failed(name, f"lr must be a number above 0, got {lr!r}")
-    X, y, target, edge, best = _lr_problem(steps, tol)
-    run = gradient_descent(X, y, lr=lr, steps=max(steps, 400))
-    needed = steps_to_reach(run, target)
-    if needed is not None and needed <= steps:
-        return passed(name, f"within {tol:.0%} of the minimum after {needed} updates")
-    if run.diverged_at is not None or (needed is None and run.final_loss > run.losses[0]):
-        why = f"above 2 / lambda_max = {edge:.3g} every step overshoots more than the last"
-        return failed(name, f"lr {lr:g} diverges: {why}. Try a smaller lr")
-    count = f"it needs {needed} updates" if needed else f"it is not there after {run.steps}"
-    if lr > best:
-        why = "it bounces across the valley along the steepest direction"
-        return failed(name, f"{count}: lr {lr:g} overshoots ({why}). Try a bit smaller")
-    why = f"try a larger lr, below 2 / lambda_max = {edge:.3g}"
-    return failed(name, f"{count}: lr {lr:g} takes steps that are too small; {why}")

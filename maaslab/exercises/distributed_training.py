@@ -13,7 +13,13 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from maaslab.checks import (
+from maaslab.distributed.collective import (
+    average_gradients,
+    ring_bytes_per_rank,
+    scaled_lr,
+    shard_indices,
+)
+from maaslab.exercises.grading import (
     CheckResult,
     answer_array,
     call_answer,
@@ -21,12 +27,7 @@ from maaslab.checks import (
     failed,
     first_mistake,
     passed,
-)
-from maaslab.distributed.collective import (
-    average_gradients,
-    ring_bytes_per_rank,
-    scaled_lr,
-    shard_indices,
+    right_or_first_mistake,
 )
 
 # --- exercise 1: all-reduce by hand --------------------------------------------------------------
@@ -69,11 +70,7 @@ def check_all_reduce_mean(fn: Callable) -> CheckResult:
         ),
     ]
     hint = "torch.stack(per_rank).sum(0) / len(per_rank)."
-    result = check_array(name, got, expected.numpy(), rtol=1e-5, atol=1e-6, hint=hint)
-    if result.passed:
-        return result
-    why = first_mistake(got, mistakes)
-    return failed(name, why) if why else result
+    return right_or_first_mistake(name, got, expected, mistakes, rtol=1e-5, atol=1e-6, hint=hint)
 
 
 # --- exercise 2: the shard DistributedSampler gives a rank ---------------------------------------
@@ -124,9 +121,9 @@ def check_shard_indices(fn: Callable) -> CheckResult:
                 "to a multiple of world_size first, so every rank gets the same number",
             ),
         ]
-        for wrong, why in mistakes:
-            if got == wrong:
-                return failed(name, f"for {where}: {why}")
+        why = first_mistake(got, mistakes, rtol=0, atol=0)
+        if why:
+            return failed(name, f"for {where}: {why}")
         return failed(name, f"for {where}: got {got}, expected {expected}")
     return passed(name, f"matches DistributedSampler on {len(SHARD_PROBES)} cases")
 

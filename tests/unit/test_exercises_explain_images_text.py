@@ -6,9 +6,7 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from maaslab.explain import explain, faithfulness, sanity_check, tabular
-from maaslab.explain.core import words_of
-from maaslab.explain_media_checks import (
+from maaslab.exercises.explain_images_text import (
     AUC_PROBE_FRACTIONS,
     AUC_PROBE_SCORES,
     WORDS_PROBE_TEXT,
@@ -21,6 +19,8 @@ from maaslab.explain_media_checks import (
     remove_top_words,
     sanity_probe,
 )
+from maaslab.explain import explain, faithfulness, sanity_check, tabular
+from maaslab.explain.core import words_of
 
 # --- the notebook's solutions ----------------------------------------------------------------
 

@@ -8,8 +8,7 @@ import pytest
 from scipy.stats import rankdata
 from sklearn.linear_model import Ridge
 
-from maaslab.explain import explain
-from maaslab.explain_checks import (
+from maaslab.exercises.explain_tabular import (
     TOY_BASELINE,
     TOY_X,
     _additivity_probes,
@@ -25,6 +24,7 @@ from maaslab.explain_checks import (
     toy_function,
     toy_value,
 )
+from maaslab.explain import explain
 
 # --- the notebook's solutions (they must agree with the libraries) ------------------------------
 

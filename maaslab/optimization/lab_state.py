@@ -14,8 +14,14 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from maaslab.errors import MaaslabError
-from maaslab.optim import MAX_STEPS, OPTIMIZERS, OptimizerConfig, RaceConfig, RaceResult
-from maaslab.surfaces import SURFACES, Surface
+from maaslab.optimization.optim import (
+    HAND_OPTIMIZERS,
+    MAX_STEPS,
+    OptimizerConfig,
+    RaceConfig,
+    RaceResult,
+)
+from maaslab.optimization.surfaces import SURFACES, Surface
 
 DEFAULT_SURFACE = "rosenbrock"  # the classic race: a banana valley every optimizer finds hard
 DEFAULT_OPTIMIZERS = ("gd", "momentum", "adam")  # three paths stay readable on one contour
@@ -64,12 +70,13 @@ def _last(raw: str | list[str]) -> str:
 def _parse_optimizers(raw: str | list[str], warn: list[str]) -> tuple[str, ...]:
     parts = [raw] if isinstance(raw, str) else list(raw)  # ?opt=gd&opt=adam works too
     names = [n.strip() for part in parts for n in str(part).split(",") if n.strip()]
-    unknown = [n for n in names if n not in OPTIMIZERS]
+    unknown = [n for n in names if n not in HAND_OPTIMIZERS]
     if unknown:
         warn.append(
-            f"ignored opt={','.join(unknown)!r} from the URL (choose from {', '.join(OPTIMIZERS)})"
+            f"ignored opt={','.join(unknown)!r} from the URL "
+            f"(choose from {', '.join(HAND_OPTIMIZERS)})"
         )
-    chosen = tuple(dict.fromkeys(n for n in names if n in OPTIMIZERS))
+    chosen = tuple(dict.fromkeys(n for n in names if n in HAND_OPTIMIZERS))
     if not chosen:
         warn.append(f"no optimizer left in the URL; racing {', '.join(DEFAULT_OPTIMIZERS)}")
         return DEFAULT_OPTIMIZERS
@@ -96,7 +103,7 @@ def _parse_lrs(raw: str, chosen: Sequence[str], warn: list[str]) -> dict[str, fl
         name, _, text = item.partition(":")
         name = name.strip()
         try:
-            if name not in OPTIMIZERS:
+            if name not in HAND_OPTIMIZERS:
                 raise ValueError(f"unknown optimizer {name!r}")
             lrs[name] = _check_lr(_number(text))
         except ValueError as err:
@@ -205,7 +212,7 @@ def widget_values(cfg: RaceConfig) -> dict[str, object]:
     s = SURFACES[cfg.surface]
     first = cfg.optimizers[0]
     start = cfg.start if cfg.start is not None else s.start
-    lrs = {f"lr.{name}": s.lr_for(name) for name in OPTIMIZERS}
+    lrs = {f"lr.{name}": s.lr_for(name) for name in HAND_OPTIMIZERS}
     lrs.update({f"lr.{o.name}": o.lr for o in cfg.optimizers})
     return {
         "surface": cfg.surface,

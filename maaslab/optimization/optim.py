@@ -2,8 +2,10 @@
 
 Each optimizer follows the formula torch.optim uses (same defaults, weight decay added to the
 gradient as an L2 penalty), so a test can step it beside its torch twin and see the same numbers.
-`race` runs several of them from one start on a surface of `maaslab.surfaces` and records paths.
-The `check_…` functions grade lesson 03's hand-written update rules.
+`race` runs several of them from one start on a surface of `maaslab.optimization.surfaces` and
+records paths. These are the hand-written twins of the torch.optim optimizers `maaslab.train`
+builds (`HAND_OPTIMIZERS` and `make_hand_optimizer` here, `OPTIMIZERS` and `make_optimizer`
+there); `maaslab.exercises.optimizers` grades lesson 03's hand-written update rules.
 """
 
 from __future__ import annotations
@@ -15,17 +17,11 @@ import numpy as np
 import torch
 
 from maaslab.errors import MaaslabError
-from maaslab.optim_checks import (
-    check_adam_step,
-    check_momentum_step,
-    check_rmsprop_step,
-    check_rosenbrock_gradient,
-)
-from maaslab.surfaces import SURFACES, Surface, get_surface
+from maaslab.optimization.surfaces import SURFACES, Surface, get_surface
 
 __all__ = [
     "GD",
-    "OPTIMIZERS",
+    "HAND_OPTIMIZERS",
     "SURFACES",
     "Adam",
     "Momentum",
@@ -37,18 +33,14 @@ __all__ = [
     "RaceConfig",
     "RaceResult",
     "Surface",
-    "check_adam_step",
-    "check_momentum_step",
-    "check_rmsprop_step",
-    "check_rosenbrock_gradient",
     "default_optimizers",
     "get_surface",
-    "make_optimizer",
+    "make_hand_optimizer",
     "race",
     "torch_optimizer",
 ]
 
-OPTIMIZERS = ("gd", "momentum", "nesterov", "rmsprop", "adam")
+HAND_OPTIMIZERS = ("gd", "momentum", "nesterov", "rmsprop", "adam")
 NAMES = {
     "gd": "GD",
     "momentum": "Momentum",
@@ -69,7 +61,7 @@ def _finite(value: object) -> bool:
 class OptimizerConfig:
     """One optimizer and its hyperparameters; defaults are torch.optim's."""
 
-    name: str = "adam"  # one of OPTIMIZERS
+    name: str = "adam"  # one of HAND_OPTIMIZERS
     lr: float = 0.01  # step size alpha (> 0)
     momentum: float = 0.9  # momentum / nesterov: beta of the velocity
     beta1: float = 0.9  # adam: decay of the first moment m
@@ -79,9 +71,9 @@ class OptimizerConfig:
     weight_decay: float = 0.0  # L2 penalty added to the gradient, as torch does
 
     def __post_init__(self) -> None:
-        if self.name not in OPTIMIZERS:
+        if self.name not in HAND_OPTIMIZERS:
             raise MaaslabError(
-                f"unknown optimizer {self.name!r}: choose one of {', '.join(OPTIMIZERS)}"
+                f"unknown optimizer {self.name!r}: choose one of {', '.join(HAND_OPTIMIZERS)}"
             )
         if not _finite(self.lr) or self.lr <= 0:
             raise MaaslabError(f"learning rate must be a positive number, got {self.lr!r}")
@@ -193,13 +185,13 @@ class Adam(Optimizer):
 _CLASSES = {"gd": GD, "momentum": Momentum, "nesterov": Nesterov, "rmsprop": RMSprop, "adam": Adam}
 
 
-def make_optimizer(cfg: OptimizerConfig) -> Optimizer:
+def make_hand_optimizer(cfg: OptimizerConfig) -> Optimizer:
     """The NumPy optimizer described by `cfg`, with empty state."""
     return _CLASSES[cfg.name](cfg)
 
 
 def torch_optimizer(cfg: OptimizerConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    """The torch.optim twin of `make_optimizer(cfg)`, for oracle tests and comparisons."""
+    """The torch.optim twin of `make_hand_optimizer(cfg)`, for oracle tests and comparisons."""
     wd = cfg.weight_decay
     if cfg.name == "gd":
         return torch.optim.SGD(params, lr=cfg.lr, weight_decay=wd)
@@ -221,7 +213,7 @@ def torch_optimizer(cfg: OptimizerConfig, params: list[torch.Tensor]) -> torch.o
 def default_optimizers(surface: str) -> tuple[OptimizerConfig, ...]:
     """Every optimizer once, each at the learning rate that races well on `surface`."""
     s = get_surface(surface)
-    return tuple(OptimizerConfig(name, lr=s.lr_for(name)) for name in OPTIMIZERS)
+    return tuple(OptimizerConfig(name, lr=s.lr_for(name)) for name in HAND_OPTIMIZERS)
 
 
 @dataclass(frozen=True)
@@ -248,7 +240,7 @@ class RaceConfig:
         if not opts or not all(isinstance(o, OptimizerConfig) for o in opts):
             raise MaaslabError(
                 "optimizers must be a non-empty list of OptimizerConfig or names from "
-                f"{', '.join(OPTIMIZERS)}"
+                f"{', '.join(HAND_OPTIMIZERS)}"
             )
         object.__setattr__(self, "optimizers", opts)
         if self.start is not None:
@@ -307,7 +299,7 @@ class RaceResult:
 
 
 def _run_path(surface: Surface, cfg: OptimizerConfig, start: np.ndarray, steps: int):
-    opt = make_optimizer(cfg)
+    opt = make_hand_optimizer(cfg)
     p, points, diverged_at = start, [start], None
     for t in range(1, steps + 1):
         with np.errstate(over="ignore", invalid="ignore"):

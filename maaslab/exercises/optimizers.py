@@ -2,18 +2,18 @@
 
 Each check feeds the learner's update rule a fixed, seeded stream of gradients of very different
 sizes (1 down to 1e-4, where eps and bias correction visibly matter), carries the learner's own
-state from step to step and compares every step with torch.optim's rule. When the answer matches a
-known mistake (no bias correction, eps inside the square root...) the message names it. The
-checks are re-exported from `maaslab.optim`; tests prove the reference rules here equal the
-optimizers there, which equal torch.
+state from step to step and compares every step with torch.optim's rule. When the answer matches
+a known mistake (no bias correction, eps inside the square root...) the message names it. Tests
+prove the reference rules here equal the optimizers of `maaslab.optimization.optim`, which equal
+torch.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from maaslab.checks import CheckResult, failed, passed
-from maaslab.surfaces import SURFACES
+from maaslab.exercises.grading import CheckResult, failed, first_mistake, passed
+from maaslab.optimization.surfaces import SURFACES
 
 _CHECK_STEPS = 6  # enough for bias correction and carried state to show
 
@@ -42,9 +42,10 @@ def _check_rule(title, fn, reference, n_state, hyper, with_t, wrong, hint) -> Ch
     expected = _trajectory(reference, n_state, hyper, with_t)
     if np.allclose(got, expected, rtol=1e-6, atol=1e-12):
         return passed(title, f"all {_CHECK_STEPS} steps match the reference update")
-    for mistake, variant in wrong.items():
-        if np.allclose(got, _trajectory(variant, n_state, hyper, with_t), rtol=1e-6, atol=1e-12):
-            return failed(title, mistake)
+    mistakes = [(_trajectory(v, n_state, hyper, with_t), why) for why, v in wrong.items()]
+    why = first_mistake(got, mistakes, rtol=1e-6, atol=1e-12)
+    if why:
+        return failed(title, why)
     bad = int(np.argmax(~np.all(np.isclose(got, expected, rtol=1e-6, atol=1e-12), axis=1)))
     return failed(
         title,

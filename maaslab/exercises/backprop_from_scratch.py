@@ -10,7 +10,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from maaslab.checks import CheckResult, check_array, failed, passed
+from maaslab.exercises.grading import (
+    CheckResult,
+    check_array,
+    failed,
+    first_mistake,
+    matches,
+    passed,
+    right_or_first_mistake,
+)
 from maaslab.scratch.gradcheck import GradCheckResult
 from maaslab.scratch.network import linear_backward, relu_backward, softmax_cross_entropy
 
@@ -25,12 +33,8 @@ def _call(name: str, fn: Callable, *args: np.ndarray) -> tuple[object, CheckResu
 
 
 def _close(got: object, expected: np.ndarray) -> bool:
-    # True when `got` is a numeric array equal to `expected`: used to recognise known mistakes.
-    try:
-        got = np.asarray(got, dtype=float)
-    except (TypeError, ValueError):
-        return False
-    return got.shape == expected.shape and np.allclose(got, expected)
+    # np.allclose's tolerances, as the reference answers here are computed the same way.
+    return matches(got, expected, rtol=1e-5, atol=1e-8)
 
 
 def check_relu_backward(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> CheckResult:
@@ -46,14 +50,20 @@ def check_relu_backward(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> C
     got, error = _call(name, fn, dout, x)
     if error is not None:
         return error
-    expected = relu_backward(dout, x)
-    if _close(got, dout):
-        return failed(name, "you returned dout unchanged: zero it where the input x was <= 0.")
-    if _close(got, (x > 0).astype(float)):
-        return failed(name, "you returned the mask (x > 0) alone: multiply it by dout.")
-    if _close(got, dout * (x <= 0)):
-        return failed(name, "the mask is inverted: keep dout where x > 0, not where x <= 0.")
-    return check_array(name, got, expected, hint="dx = dout * (x > 0).")
+    mistakes = [
+        (dout, "you returned dout unchanged: zero it where the input x was <= 0."),
+        ((x > 0).astype(float), "you returned the mask (x > 0) alone: multiply it by dout."),
+        (dout * (x <= 0), "the mask is inverted: keep dout where x > 0, not where x <= 0."),
+    ]
+    return right_or_first_mistake(
+        name,
+        got,
+        relu_backward(dout, x),
+        mistakes,
+        rtol=1e-5,
+        atol=1e-8,
+        hint="dx = dout * (x > 0).",
+    )
 
 
 def check_linear_backward(fn: Callable[..., tuple[np.ndarray, ...]]) -> CheckResult:
@@ -107,11 +117,16 @@ def check_softmax_xent_grad(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) 
     if error is not None:
         return error
     expected = softmax_cross_entropy(logits, y)[1]
-    if _close(got, expected * len(y)):
-        return failed(name, "the gradient is N times too large: divide by the batch size N.")
     one_hot = np.eye(3)[y]
-    if _close(got, (logits - one_hot) / len(y)) or _close(got, logits - one_hot):
-        return failed(name, "use the softmax probabilities p, not the raw logits: (p - y) / N.")
+    raw = "use the softmax probabilities p, not the raw logits: (p - y) / N."
+    mistakes = [
+        (expected * len(y), "the gradient is N times too large: divide by the batch size N."),
+        ((logits - one_hot) / len(y), raw),
+        (logits - one_hot, raw),
+    ]
+    why = first_mistake(got, mistakes, rtol=1e-5, atol=1e-8)
+    if why:
+        return failed(name, why)
     result = check_array(name, got, expected, hint="dlogits = (softmax(logits) - one_hot(y)) / N.")
     if not result:
         return result

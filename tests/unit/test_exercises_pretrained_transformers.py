@@ -5,16 +5,16 @@ import pytest
 import torch
 from torch import nn
 
-from maaslab.models.encoder import mean_pool, nearest
-from maaslab.pretrained_checks import (
+from maaslab.exercises.pretrained_transformers import (
     LORA_PROBE_SHAPES,
     check_lora_count,
     check_mean_pool,
     check_phenomenon_accuracy,
-    check_top_k,
+    check_top_k_search,
     lora_parameter_count,
     phenomenon_accuracy,
 )
+from maaslab.models.encoder import mean_pool, nearest
 
 # --- mean pooling ------------------------------------------------------------------------------
 
@@ -83,10 +83,10 @@ def test_hand_top_k_matches_nearest_on_unit_vectors():
 
 
 def test_top_k_check_passes_right_answers():
-    assert check_top_k(hand_top_k).passed
+    assert check_top_k_search(hand_top_k).passed
     # Returning (indices, scores) like maaslab's nearest is fine too.
-    assert check_top_k(lambda q, c, k: (hand_top_k(q, c, k), None)).passed
-    assert check_top_k(lambda q, c, k: torch.from_numpy(hand_top_k(q, c, k))).passed
+    assert check_top_k_search(lambda q, c, k: (hand_top_k(q, c, k), None)).passed
+    assert check_top_k_search(lambda q, c, k: torch.from_numpy(hand_top_k(q, c, k))).passed
 
 
 @pytest.mark.parametrize(
@@ -103,7 +103,7 @@ def test_top_k_check_passes_right_answers():
     ],
 )
 def test_top_k_check_names_mistakes(wrong, message):
-    result = check_top_k(wrong)
+    result = check_top_k_search(wrong)
     assert not result.passed
     assert message in result.message, result.message
 

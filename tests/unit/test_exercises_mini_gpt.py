@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from maaslab.gpt_checks import (
+from maaslab.exercises.mini_gpt import (
     COUNT_CONFIGS,
     TOP_PS,
-    check_param_count,
+    check_gpt_param_count,
     check_temperature_softmax,
-    check_top_k,
+    check_top_k_sampling,
     check_top_p,
     check_uniform_loss,
     probe_logits,
@@ -54,10 +54,10 @@ def _fails(result, *words):
 
 def test_the_notebooks_answers_pass():
     assert check_temperature_softmax(temperature_softmax)
-    assert check_top_k(top_k_probs)
+    assert check_top_k_sampling(top_k_probs)
     assert check_top_p(top_p_probs)
     assert check_uniform_loss(math.log(104))
-    assert check_param_count(param_count)
+    assert check_gpt_param_count(param_count)
 
 
 def test_the_parameter_formula_matches_real_models():
@@ -73,7 +73,7 @@ def test_checks_do_not_move_the_global_random_stream():
     torch.manual_seed(0)
     expected = torch.rand(1)
     torch.manual_seed(0)
-    check_param_count(param_count)
+    check_gpt_param_count(param_count)
     assert torch.rand(1) == expected
 
 
@@ -129,7 +129,7 @@ def _softmax_keep(logits, keep):
     ],
 )
 def test_top_k_mistakes(answer, words):
-    _fails(check_top_k(answer), *words)
+    _fails(check_top_k_sampling(answer), *words)
 
 
 def _nucleus(logits, p, rule, renormalize=True, descending=True):
@@ -201,4 +201,4 @@ def _minus(term):
     ],
 )
 def test_param_count_mistakes(answer, words):
-    _fails(check_param_count(answer), *words)
+    _fails(check_gpt_param_count(answer), *words)

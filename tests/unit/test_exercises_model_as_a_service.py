@@ -7,7 +7,7 @@ import struct
 import numpy as np
 from tritonclient.utils import serialize_byte_tensor
 
-from maaslab.serve_checks import (
+from maaslab.exercises.model_as_a_service import (
     BYTES_PROBES,
     check_bytes_tensor,
     check_infer_request,

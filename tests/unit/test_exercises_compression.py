@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from maaslab.compress_checks import (
+from maaslab.exercises.compression import (
     best_variant_probe,
     check_best_variant,
     check_distillation_loss,

@@ -17,7 +17,15 @@ from math import factorial
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from maaslab.checks import CheckResult, call_answer, check_array, failed, passed
+from maaslab.exercises.grading import (
+    CheckResult,
+    call_answer,
+    check_array,
+    failed,
+    first_mistake,
+    matches,
+    passed,
+)
 from maaslab.explain.core import Attribution, Explainable
 
 LIME_ALPHA = 1.0  # lime fits Ridge(alpha=1, fit_intercept=True): its surrogate's penalty
@@ -78,11 +86,6 @@ def toy_explainable() -> Explainable:
         feature_names=TOY_FEATURES,
         background=TOY_BASELINE[None, :],
     )
-
-
-def _matches(got: np.ndarray, wrong: object, rtol: float = 1e-6) -> bool:
-    wrong = np.asarray(wrong, dtype=float)
-    return got.shape == wrong.shape and bool(np.allclose(got, wrong, rtol=rtol, atol=1e-9))
 
 
 # --- exercise 1: exact Shapley values ------------------------------------------------------------
@@ -158,9 +161,9 @@ def check_shapley(fn: Callable) -> CheckResult:
                 "weights |S|! (n - |S| - 1)! by n!",
             ),
         ]
-        for wrong, why in mistakes:
-            if _matches(got, wrong):
-                return failed(name, f"on {label}: {why}.")
+        why = first_mistake(got, mistakes, rtol=1e-6, atol=1e-9)
+        if why:
+            return failed(name, f"on {label}: {why}.")
         gap = got.sum() - (full - empty)
         extra = (
             f" They add up to {got.sum():.4g}, but Shapley values add up to "
@@ -237,9 +240,9 @@ def check_additivity(fn: Callable) -> CheckResult:
                 "model's prediction to get the gap",
             ),
         ]
-        for wrong, why in mistakes:
-            if abs(got - wrong) <= 1e-9:
-                return failed(name, f"on a {attr.method} explanation: {why}.")
+        why = first_mistake(got, mistakes, rtol=0, atol=1e-9)
+        if why:
+            return failed(name, f"on a {attr.method} explanation: {why}.")
         return failed(
             name,
             f"on a {attr.method} explanation you returned {got:.4g}, "
@@ -302,9 +305,9 @@ def check_spearman(fn: Callable) -> CheckResult:
             ),
             (-expected, "the sign is flipped"),
         ]
-        for wrong, why in mistakes:
-            if abs(got - wrong) <= 1e-9:
-                return failed(name, f"{why}.")
+        why = first_mistake(got, mistakes, rtol=0, atol=1e-9)
+        if why:
+            return failed(name, f"{why}.")
         return failed(
             name,
             f"you returned {got:.4g}, expected {expected:.4g}: correlate the "
@@ -392,7 +395,7 @@ def check_lime_surrogate(fn: Callable) -> CheckResult:
         ),
     ]
     for (wrong_coef, wrong_b), why in mistakes:
-        if _matches(coef, wrong_coef, rtol=1e-5) and abs(intercept - wrong_b) <= 1e-5:
+        if matches(coef, wrong_coef, rtol=1e-5, atol=1e-9) and abs(intercept - wrong_b) <= 1e-5:
             return failed(name, f"{why}.")
     if coef.shape != ref_coef.shape:
         return failed(name, f"coef has shape {coef.shape}, expected {ref_coef.shape}")
