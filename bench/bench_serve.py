@@ -36,8 +36,8 @@ import httpx
 import numpy as np
 import torch
 
+from maaslab.auto import load
 from maaslab.device import describe
-from maaslab.registry import load
 from maaslab.reviews import load_reviews
 from maaslab.serve.loadtest import LoadResult, request_bodies, run_load, scrape_metrics
 from maaslab.serve.process import ServerProcess

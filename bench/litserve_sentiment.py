@@ -18,7 +18,7 @@ class SentimentAPI(ls.LitAPI):
 
     def setup(self, device: str) -> None:
         """Load the shipped model once per worker."""
-        from maaslab.registry import load
+        from maaslab.auto import load
 
         self.model = load("sentiment-minilm", device="cpu")
 

@@ -50,7 +50,8 @@ def _hidden(text: str) -> tuple[int, ...]:
 
 def _model_folder(text: str) -> Path:
     # A shipped model's name means its folder in assets/models, unless a folder has that name.
-    from maaslab.assets import MODELS_DIR, RECIPES
+    from maaslab.assets import RECIPES
+    from maaslab.paths import MODELS_DIR
 
     path = Path(text)
     return MODELS_DIR / text if text in RECIPES and not path.exists() else path

@@ -14,12 +14,10 @@ from pathlib import Path
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model
-from maaslab.paths import ASSETS_DIR
+from maaslab.paths import MODELS_DIR
 from maaslab.registry import save_model
 from maaslab.runtime import seed_everything
 from maaslab.train import TrainConfig, run_metadata, train
-
-MODELS_DIR = ASSETS_DIR / "models"
 
 
 @dataclass(frozen=True)

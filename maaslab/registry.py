@@ -4,6 +4,9 @@ A folder is the only way a model leaves memory. Weights are safetensors (a flat 
 that cannot run code when read); pickle-based files (.bin, .pt, .pth, .pkl, .ckpt) are refused
 with a message, never opened. Writes go to a hidden sibling folder that is renamed into place
 once complete, so an interrupted save leaves the old folder (or nothing), never half a model.
+
+This module knows folders, not names: `maaslab.auto.load(name or folder)`, above it, picks the
+wrapper (maaslab.zoo) that serves a folder.
 """
 
 from __future__ import annotations
@@ -160,24 +163,3 @@ def load_model(folder: str | Path, *, device: torch.device | str = "cpu") -> nn.
 def read_metadata(folder: str | Path) -> dict[str, Any]:
     """The metadata block of a model folder's config.json."""
     return dict(read_config(folder).get("metadata", {}))
-
-
-def load(name: str | Path, *, device: str = "cpu"):
-    """A shipped model by name (digits-mlp, digits-cnn, sentiment-minilm, mini-gpt,
-    minilm-embed), or a model folder (a saved digits or sentiment model, or a compressed variant
-    from maaslab.compress.export_variant), ready to call.
-
-    Returns a wrapper from maaslab.zoo with a predict-style method (`predict` for classifiers,
-    `generate` / `complete` for mini-gpt, `embed` for the encoder); an unknown name that is not
-    a folder either is refused with the list of known names.
-    """
-    from maaslab.zoo import LOADERS, load_folder
-
-    if isinstance(name, str) and name in LOADERS:
-        return LOADERS[name](name, device)
-    if Path(name).is_dir():
-        return load_folder(name, device)
-    raise MaaslabError(
-        f"unknown model {str(name)!r}: choose one of {', '.join(LOADERS)}, or give the path of "
-        "a model folder (config.json + model.safetensors)"
-    )

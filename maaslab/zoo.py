@@ -1,7 +1,7 @@
-"""Shipped models by name, each behind a small wrapper with a predict-style call.
+"""The model wrappers: a loaded model behind a small predict / generate / embed call.
 
-`maaslab.registry.load(name)` returns one of these; the app, the notebooks and the server all
-call the same wrapper, so a name gives the same numbers everywhere.
+`maaslab.auto.load(name or folder)` returns one of these; the app, the notebooks and the server
+all call the same wrapper, so a name gives the same numbers everywhere.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maaslab.assets import MODELS_DIR
 from maaslab.data import DIGIT_PIXEL_MAX
 from maaslab.errors import MaaslabError
 from maaslab.evaluation import predict_proba
 from maaslab.models.encoder import check_texts, tokenize
+from maaslab.paths import MODELS_DIR
 from maaslab.registry import load_model, read_metadata
 
 
@@ -121,7 +121,7 @@ class SentimentModel:
         folder: Path | None = None,
         model: torch.nn.Module | None = None,
     ) -> None:
-        self.name, self.folder = name, Path(folder) if folder is not None else _folder(name)
+        self.name, self.folder = name, Path(folder) if folder is not None else shipped_folder(name)
         # The adapters are folded into the encoder: same answers, no adapter cost per call.
         # A caller that already rebuilt the model (a compressed variant) passes it in.
         self.model = model if model is not None else load_model(self.folder, device=device).merge()
@@ -150,7 +150,7 @@ class TextGenerator:
     def __init__(self, name: str, device: str = "cpu") -> None:
         from maaslab.textdata import CharTokenizer
 
-        self.name, self.folder = name, _folder(name)
+        self.name, self.folder = name, shipped_folder(name)
         self.model = load_model(self.folder, device=device)
         self.device = torch.device(device)
         self.metadata = read_metadata(self.folder)
@@ -260,45 +260,11 @@ def paint(pixels: np.ndarray, index: int) -> np.ndarray:
     return out
 
 
-def _folder(name: str) -> Path:
+def shipped_folder(name: str) -> Path:
+    """The folder of shipped model `name` in assets/models; if missing, how to rebuild it."""
     folder = MODELS_DIR / name
     if not folder.is_dir():
         raise MaaslabError(
             f"{folder} is missing: run `python -m maaslab assets {name}` to rebuild it"
         )
     return folder
-
-
-def _digits(name: str, device: str) -> DigitsClassifier:
-    return DigitsClassifier(name, _folder(name), device)
-
-
-def load_folder(folder: str | Path, device: str = "cpu"):
-    """The wrapper for a model folder: a saved digits or sentiment model, or a compressed
-    variant written by maaslab.compress.export_variant."""
-    from maaslab.registry import read_config
-
-    folder = Path(folder)
-    config = read_config(folder)
-    if "compression" in config:
-        from maaslab.compress.export import load_variant
-
-        return load_variant(folder, device)
-    if config["model_type"] in ("mlp", "cnn"):
-        return DigitsClassifier(folder.name, folder, device)
-    if config["model_type"] == "sentiment":
-        return SentimentModel(folder.name, device, folder=folder)
-    raise MaaslabError(
-        f"{folder} holds a {config['model_type']!r} model; folders load for digits and "
-        "sentiment classifiers (load a shipped name for the others)"
-    )
-
-
-LOADERS = {
-    "digits-mlp": _digits,
-    "digits-cnn": _digits,
-    "sentiment-minilm": SentimentModel,
-    "sentiment-minilm-student": SentimentModel,  # a StudentClassifier; merge() is a no-op
-    "mini-gpt": TextGenerator,
-    "minilm-embed": TextEmbedder,
-}

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from maaslab import plots, registry
+from maaslab import auto, plots
 from maaslab.compress import COMPRESSIBLE, VARIANTS, compare, export_variant, variants_for
 from maaslab.errors import MaaslabError
 from maaslab.jobs import Task
@@ -189,7 +189,7 @@ def export_section(comparison) -> None:
 
 
 def export(comparison, variant: str, name: str, overwrite: bool) -> dict:
-    """Export, load the folder back with registry.load and predict one held-out example."""
+    """Export, load the folder back with auto.load and predict one held-out example."""
     if not FOLDER_NAME.fullmatch(name) or set(name) == {"."}:
         raise MaaslabError(
             f"{name!r} is not a folder name: use letters, digits, '.', '_' or '-' (up to 80, "
@@ -210,7 +210,7 @@ def export(comparison, variant: str, name: str, overwrite: bool) -> dict:
             seed=ss.get("compress.run_seed", 0),
             overwrite=overwrite,
         )
-    loaded = registry.load(folder)
+    loaded = auto.load(folder)
     x, label = held_out_example(comparison.model)
     pred = loaded.predict([x] if isinstance(x, str) else np.asarray(x)[None])
     got = int(pred.labels[0]) if not isinstance(pred.labels[0], str) else pred.labels[0]
@@ -227,7 +227,7 @@ def export(comparison, variant: str, name: str, overwrite: bool) -> dict:
         "variant": variant,
         "folder": shown,
         "files": files,
-        "check": f"Loaded back with `registry.load`: held-out example 0 (label {label}) -> "
+        "check": f"Loaded back with `auto.load`: held-out example 0 (label {label}) -> "
         f"predicted {got} ({pred.probabilities[0].max():.1%}).",
     }
 

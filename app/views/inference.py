@@ -7,14 +7,13 @@ import pandas as pd
 import streamlit as st
 
 from maaslab import plots
+from maaslab.auto import LOADERS, load
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.lessons import guide_sentences
 from maaslab.models.encoder import nearest
 from maaslab.models.gpt import MAX_NEW_TOKENS
-from maaslab.registry import load
 from maaslab.zoo import (
-    LOADERS,
     DigitsClassifier,
     SentimentModel,
     TextGenerator,

@@ -2,10 +2,13 @@
 
 `variants_for(model)` lists the variants of a shipped model; `compare(model)` builds and measures
 them (accuracy, latency at batch 1 and 32, size, SHAP drift) into a Comparison table;
-`export_variant(model, variant, folder)` writes one as a model folder the server can load.
+`export_variant(model, variant, folder)` writes one as a model folder the server can load;
+`maaslab.auto.load(folder)` (also here as `load_variant`) reads it back.
 """
 
-from maaslab.compress.export import export_variant, load_variant
+from maaslab.auto import load_variant
+from maaslab.backends import OnnxModule, session_options, torch_dynamic_int8
+from maaslab.compress.export import export_variant
 from maaslab.compress.measure import (
     Comparison,
     VariantRow,
@@ -13,13 +16,8 @@ from maaslab.compress.measure import (
     interleaved_latency,
     shap_difference,
 )
-from maaslab.compress.onnx import OnnxModule, export_onnx, session_options
-from maaslab.compress.quantize import (
-    ffn_output_matmuls,
-    int8_state,
-    ort_dynamic_int8,
-    torch_dynamic_int8,
-)
+from maaslab.compress.onnx import export_onnx
+from maaslab.compress.quantize import ffn_output_matmuls, int8_state, ort_dynamic_int8
 from maaslab.compress.variants import (
     COMPRESSIBLE,
     VARIANTS,

@@ -90,12 +90,12 @@ class TeacherLogits:
 
 
 def _classifier(model: object) -> nn.Module:
-    # A zoo wrapper (registry.load(...)) holds its torch model in `.model`.
+    # A zoo wrapper (auto.load(...)) holds its torch model in `.model`.
     inner = model if isinstance(model, nn.Module) else getattr(model, "model", None)
     if not isinstance(inner, nn.Module) or not hasattr(inner, "encode"):
         raise MaaslabError(
             "distillation needs a text classifier with encode(texts), e.g. "
-            'registry.load("sentiment-minilm")'
+            'auto.load("sentiment-minilm")'
         )
     return inner
 
@@ -117,7 +117,7 @@ def distill(
 
     Parameters
     ----------
-    teacher : the shipped sentiment classifier (registry.load("sentiment-minilm") or its
+    teacher : the shipped sentiment classifier (auto.load("sentiment-minilm") or its
         `.model`); it is only asked, never changed.
     student : the model to train; None: a StudentClassifier of `layers` blocks started from the
         teacher's evenly spaced blocks, its embeddings and its head.
@@ -179,7 +179,7 @@ def distill(
 
 def load_student() -> nn.Module:
     """The shipped student (assets/models/sentiment-minilm-student) as a StudentClassifier."""
-    from maaslab.registry import load
+    from maaslab.auto import load
 
     return load(STUDENT_NAME).model
 

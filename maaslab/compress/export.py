@@ -1,18 +1,10 @@
-"""A compressed variant as a model folder that `maaslab.registry.load(folder)` serves.
+"""A compressed variant as a model folder that `maaslab.auto.load(folder)` serves.
 
 The folder is an ordinary model folder (config.json + model.safetensors) holding the variant's
 float weights (the merged MiniLM, the pruned copy or the student), plus a `compression` block in
-config.json saying what the loader re-applies:
-
-- torch int8: `torch_dynamic_int8` again on load. Dynamic quantization is a pure function of
-  the float weights, so the loaded model gives exactly the variant's outputs, and only
-  safetensors are ever read (no pickled quantized modules).
-- ONNX Runtime: the variant's own .onnx file sits next to the weights (`model.onnx`) and is run
-  as is; it is a protobuf graph, not code, and re-exporting at every load would cost seconds.
-  The float weights stay in the folder so the tokenizer, labels and config load as usual.
-
-The loader returns the same zoo wrapper as the shipped model (SentimentModel / DigitsClassifier)
-with its `.model` swapped for the variant, so `.predict` works unchanged.
+config.json naming the runtime (maaslab.backends) the loader re-applies: torch int8 again from
+the float weights, or the variant's own .onnx file (`model.onnx`) next to them. maaslab.auto
+reads the folder back (`load_variant`), the way it loads every other folder.
 """
 
 from __future__ import annotations
@@ -21,27 +13,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
-
 from maaslab import __version__
-from maaslab.compress.onnx import OnnxModule
-from maaslab.compress.quantize import torch_dynamic_int8
+from maaslab.auto import FORMAT, ONNX_FILE
 from maaslab.compress.variants import build_variant, save_weights
-from maaslab.errors import MaaslabError
-from maaslab.models import build_model, model_config
+from maaslab.models import model_config
 from maaslab.registry import (
     CONFIG_FILE,
     WEIGHTS_FILE,
     atomic_folder,
-    load_weights,
-    read_config,
-    read_safetensors,
     write_json,
 )
-
-ONNX_FILE = "model.onnx"
-FORMAT = 1  # version of the compression block; a loader refuses blocks it does not know
 
 
 def _float_config(module) -> dict[str, Any]:
@@ -55,7 +36,7 @@ def _float_config(module) -> dict[str, Any]:
 def export_variant(
     model_name: str, variant: str, folder: str | Path, *, seed: int = 0, overwrite: bool = False
 ) -> Path:
-    """Write `variant` of `model_name` as a model folder that registry.load(folder) loads.
+    """Write `variant` of `model_name` as a model folder that maaslab.auto.load(folder) loads.
 
     Parameters
     ----------
@@ -87,68 +68,3 @@ def export_variant(
         if runtime.startswith("onnx"):
             shutil.copyfile(built.module.path, staging / ONNX_FILE)
     return Path(folder)
-
-
-def _fit_linears(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
-    # Structured pruning shrinks MiniLM's FFN layers below what its config says; rebuild each
-    # Linear whose stored weight has another shape at that shape before loading.
-    for name, module in list(model.named_modules()):
-        weight = state.get(f"{name}.weight")
-        if (
-            isinstance(module, nn.Linear)
-            and weight is not None
-            and weight.shape != module.weight.shape
-        ):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(
-                parent,
-                child,
-                nn.Linear(weight.shape[1], weight.shape[0], bias=f"{name}.bias" in state),
-            )
-
-
-def _text_model(folder: Path, config: dict[str, Any]) -> nn.Module:
-    # The float text model of a variant folder: the merged MiniLM, a pruned copy, or the student.
-    model = build_model(config["model_type"], **config.get("config", {}))
-    state = read_safetensors(folder / WEIGHTS_FILE)
-    _fit_linears(model, state)
-    load_weights(model, state, folder)
-    if hasattr(model, "merge"):
-        model.merge()
-    return model.eval()
-
-
-def load_variant(folder: str | Path, device: str = "cpu"):
-    """The zoo wrapper for an exported variant folder, running the variant (CPU only)."""
-    from maaslab.zoo import DigitsClassifier, SentimentModel
-
-    folder = Path(folder)
-    config = read_config(folder)
-    block = config.get("compression")
-    if not isinstance(block, dict) or block.get("format") != FORMAT:
-        raise MaaslabError(
-            f"{folder / CONFIG_FILE} has a compression block this version cannot read"
-        )
-    runtime = block.get("runtime")
-    if runtime not in ("torch", "torch-int8", "onnx", "onnx-int8"):
-        raise MaaslabError(f"{folder} names an unknown runtime {runtime!r}")
-    if runtime != "torch" and str(device) != "cpu":
-        raise MaaslabError(
-            f"{block.get('variant')} runs on the CPU only; load it with device='cpu'"
-        )
-    if config["model_type"] in ("mlp", "cnn"):
-        wrapper = DigitsClassifier(folder.name, folder, device)
-    else:
-        wrapper = SentimentModel(
-            folder.name, device, folder=folder, model=_text_model(folder, config).to(device)
-        )
-    if runtime == "torch-int8":
-        wrapper.model = torch_dynamic_int8(wrapper.model)
-    elif runtime.startswith("onnx"):
-        onnx_path = folder / str(block.get("onnx") or ONNX_FILE)
-        if not onnx_path.is_file():
-            raise MaaslabError(f"{folder} has no {onnx_path.name}; export the variant again")
-        wrapper.model = OnnxModule(onnx_path, like=wrapper.model)
-    wrapper.compression = dict(block)
-    return wrapper

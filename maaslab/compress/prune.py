@@ -187,7 +187,7 @@ def prune(
 
     Parameters
     ----------
-    model : a torch classifier: the merged MiniLM classifier (registry.load("sentiment-minilm")
+    model : a torch classifier: the merged MiniLM classifier (auto.load("sentiment-minilm")
         .model), digits-cnn or digits-mlp (.model), or any module with Linear/Conv layers
         (unstructured only).
     kind : "unstructured" (global smallest |w|) or "structured" (whole neurons / channels,

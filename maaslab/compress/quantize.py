@@ -19,14 +19,13 @@ review at batch 1, 32 reviews at batch 32, torch and ORT on the same threads, in
   accuracy but is slower than fp32 in eager mode (0.5x and 0.85x); it needs `torch.compile`
   (minutes of compiling on 2 cores) to get ahead, so it is not shipped here.
 bench/bench_compress.py prints the figures for the shipped variants, measured in one run.
+`torch_dynamic_int8` lives in maaslab.backends (a loaded variant folder re-applies it) and is
+re-exported by maaslab.compress.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import re
-import warnings
 from pathlib import Path
 
 import torch
@@ -34,37 +33,6 @@ from safetensors.torch import save_file
 from torch import nn
 
 from maaslab.errors import MaaslabError
-
-
-def torch_dynamic_int8(model: nn.Module, *, exclude: str | None = None) -> nn.Module:
-    """A copy of `model` with its nn.Linear layers as torch.ao dynamic int8 (per tensor).
-
-    Parameters
-    ----------
-    model : any torch model; only its nn.Linear layers change.
-    exclude : a regular expression; Linear layers whose qualified name matches stay fp32.
-    """
-    names = {
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not (exclude and re.search(exclude, name))
-    }
-    if not names:
-        raise MaaslabError(f"{type(model).__name__} has no nn.Linear layer to quantize")
-    with warnings.catch_warnings():
-        # torch 2.13 deprecates torch.ao.quantization in favour of torchao. This lesson measures
-        # it on purpose (it is still the fastest eager int8 path here), so the notice, which
-        # names nothing the learner can act on, is silenced for this call only.
-        # Only these two notices are dropped, and only during this call.
-        warnings.filterwarnings(
-            "ignore", r"torch\.ao\.quantization is deprecated", DeprecationWarning
-        )
-        warnings.filterwarnings(
-            "ignore", category=UserWarning, module=r"torch\.ao\.", message=r".*deprecated.*"
-        )
-        return torch.ao.quantization.quantize_dynamic(
-            copy.deepcopy(model).eval(), names, dtype=torch.qint8
-        )
 
 
 def int8_state(model: nn.Module) -> dict[str, torch.Tensor]:

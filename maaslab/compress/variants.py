@@ -23,17 +23,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from maaslab.compress.onnx import OnnxModule, export_onnx
-from maaslab.compress.quantize import (
-    ort_dynamic_int8,
-    save_int8_state,
-    torch_dynamic_int8,
-)
+from maaslab.backends import OnnxModule, torch_dynamic_int8
+from maaslab.compress.onnx import export_onnx
+from maaslab.compress.quantize import ort_dynamic_int8, save_int8_state
 from maaslab.errors import MaaslabError
 from maaslab.runtime import fast_mode
 
 COMPRESSIBLE = ("sentiment-minilm", "digits-cnn")
-RUNTIMES = ("torch", "torch-int8", "onnx", "onnx-int8")
 SOURCES = ("base", "pruned-unstructured", "pruned-structured", "distilled")
 PRUNE_AMOUNT = {"unstructured": 0.5, "structured": 0.25}  # share of weights / of channels removed
 # Passes of fine-tuning after pruning (prune() cuts them to one short epoch in fast mode).
@@ -49,7 +45,7 @@ class Variant:
     name: str
     description: str
     source: str  # one of SOURCES: the float weights the variant starts from
-    runtime: str  # one of RUNTIMES
+    runtime: str  # one of maaslab.backends.RUNTIMES
     models: tuple[str, ...] = COMPRESSIBLE  # shipped models it applies to
     needs: str | None = None  # module of maaslab.compress it needs ("prune", "distill")
 
@@ -157,7 +153,7 @@ class Built:
 
 def base_module(model_name: str) -> nn.Module:
     """The shipped fp32 model as a torch module (sentiment: adapters merged into MiniLM)."""
-    from maaslab.registry import load
+    from maaslab.auto import load
 
     return load(check_model_name(model_name)).model.eval()
 

@@ -113,7 +113,7 @@ def explainable(obj: Any, *, seed: int = 0) -> Explainable:
     if isinstance(obj, Explainable):
         return obj
     if isinstance(obj, str):
-        from maaslab.registry import load
+        from maaslab.auto import load
 
         obj = load(obj)
     from maaslab.zoo import DigitsClassifier, SentimentModel

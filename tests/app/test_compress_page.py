@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import maaslab.compress.measure as measure
-from maaslab import registry
+from maaslab import auto
 from maaslab.compress import compare
 from maaslab.errors import MaaslabError
 
@@ -89,11 +89,11 @@ def test_digits_table_is_the_backends_and_the_export_loads(open_page, page_text,
         "model.safetensors",
     ]
     assert f"python -m maaslab serve --models {folder.resolve()}" in at.code[0].value
-    assert "Loaded back with `registry.load`" in page_text(at)
+    assert "Loaded back with `auto.load`" in page_text(at)
     from maaslab.data import load_dataset
 
     data = load_dataset("digits", seed=0)
-    pred = registry.load(folder).predict(data.X_test[:1] * 16)
+    pred = auto.load(folder).predict(data.X_test[:1] * 16)
     assert f"predicted {pred.labels[0]}" in page_text(at)
     at.button(key="compress.export.go").click().run()
     assert "already exists" in page_text(at)

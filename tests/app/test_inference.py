@@ -4,9 +4,9 @@ import re
 
 import numpy as np
 
+from maaslab.auto import LOADERS, load
 from maaslab.data import load_dataset
-from maaslab.registry import load
-from maaslab.zoo import LOADERS, paint
+from maaslab.zoo import paint
 
 
 def test_every_model_renders(open_page, page_text):

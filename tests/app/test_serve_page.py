@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
+from maaslab.auto import load
 from maaslab.data import load_dataset
-from maaslab.registry import load
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 MODELS = ["digits-cnn", "sentiment-minilm", "mini-gpt", "minilm-embed"]

@@ -28,7 +28,7 @@ def test_compare_two_variants_and_export_one(page: Page, app_url, shot):
 
     main.get_by_role("button", name="Export").click()
     expect(page.get_by_text("python -m maaslab serve --models")).to_be_visible(timeout=120_000)
-    expect(page.get_by_text(re.compile(r"Loaded back with registry.load"))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"Loaded back with auto.load"))).to_be_visible()
     page.get_by_text("python -m maaslab serve --models").scroll_into_view_if_needed()
     page.wait_for_timeout(500)
     shot("compress-export")

@@ -65,7 +65,7 @@ class _Wrappers(dict):
     """Zoo wrappers loaded once per session and shared by every in-process server."""
 
     def get_or_load(self, names: tuple[str, ...]) -> dict[str, Any]:
-        from maaslab.registry import load
+        from maaslab.auto import load
 
         for name in names:
             if name not in self:

@@ -7,8 +7,8 @@ import shutil
 import httpx
 import pytest
 
-from maaslab.assets import MODELS_DIR
 from maaslab.errors import MaaslabError
+from maaslab.paths import MODELS_DIR
 from maaslab.serve.config import ServeConfig
 from maaslab.serve.models import load_models
 from maaslab.serve.security import is_loopback, key_matches, resolve_api_key

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from maaslab import MaaslabError
+from maaslab.auto import load
 from maaslab.compress import (
     build_variant,
     compare,
@@ -22,7 +23,7 @@ from maaslab.compress import variants as variants_module
 from maaslab.compress.measure import held_out
 from maaslab.data import load_dataset
 from maaslab.explain import Cancelled
-from maaslab.registry import load, save_model
+from maaslab.registry import save_model
 from maaslab.reviews import load_reviews
 from maaslab.zoo import DigitsClassifier, SentimentModel
 

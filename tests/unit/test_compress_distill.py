@@ -9,14 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maaslab.assets import MODELS_DIR, sentiment_accuracy
+from maaslab.assets import sentiment_accuracy
+from maaslab.auto import load
 from maaslab.compress.distill import STUDENT_NAME, TeacherLogits, distill, distillation_loss
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.explain.core import Cancelled
 from maaslab.models import build_model
 from maaslab.models.student import FROZEN, StudentClassifier, StudentConfig, spread
-from maaslab.registry import load, load_model, read_metadata, save_model
+from maaslab.paths import MODELS_DIR
+from maaslab.registry import load_model, read_metadata, save_model
 from maaslab.train import TrainConfig, train
 
 # Held-out accuracy of the shipped student, measured when it was built (its config.json says

@@ -12,12 +12,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from maaslab.auto import load
 from maaslab.compress.prune import apply_masks, prunable, prune, shrink, sparsity
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.explain.core import Cancelled
 from maaslab.models.sentiment import review_dataset
-from maaslab.registry import load
 
 
 @pytest.fixture(scope="module")

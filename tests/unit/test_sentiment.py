@@ -9,10 +9,12 @@ import pytest
 import torch
 
 from maaslab import MaaslabError
-from maaslab.assets import MODELS_DIR, sentiment_accuracy
+from maaslab.assets import sentiment_accuracy
+from maaslab.auto import load
 from maaslab.models.encoder import MAX_TEXT_CHARS
 from maaslab.models.sentiment import SentimentClassifier, SentimentConfig, review_dataset
-from maaslab.registry import WEIGHTS_FILE, load, load_model, read_safetensors, save_model
+from maaslab.paths import MODELS_DIR
+from maaslab.registry import WEIGHTS_FILE, load_model, read_safetensors, save_model
 from maaslab.reviews import load_reviews, tfidf_baseline
 from maaslab.runtime import seed_everything
 from maaslab.train import TrainConfig, train

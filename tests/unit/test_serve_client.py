@@ -7,9 +7,9 @@ import time
 import numpy as np
 import pytest
 
+from maaslab.auto import load
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
-from maaslab.registry import load
 from maaslab.serve import client
 from maaslab.serve.app import create_app
 from maaslab.serve.config import ServeConfig

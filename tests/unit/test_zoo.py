@@ -1,4 +1,4 @@
-"""Shipped models by name: digits-mlp, digits-cnn and minilm-embed through registry.load."""
+"""Shipped models by name: digits-mlp, digits-cnn and minilm-embed through maaslab.auto.load."""
 
 import subprocess
 import sys
@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from maaslab import MaaslabError
-from maaslab.assets import MODELS_DIR, build_assets
+from maaslab.assets import build_assets
+from maaslab.auto import load
 from maaslab.data import load_dataset
-from maaslab.registry import load, load_model, read_metadata
+from maaslab.paths import MODELS_DIR
+from maaslab.registry import load_model, read_metadata
 from maaslab.zoo import paint
 
 

@@ -1,0 +1,156 @@
+"""A model by name or by folder, as a wrapper ready to call: `maaslab.auto.load`.
+
+This sits above the wrappers (maaslab.zoo) and the folders (maaslab.registry), the way
+transformers' `auto` module sits above its model files: it reads a name or a folder's
+config.json and picks the wrapper. Nothing below imports it.
+
+- A shipped name (digits-mlp, digits-cnn, sentiment-minilm, sentiment-minilm-student, mini-gpt,
+  minilm-embed) loads from assets/models (maaslab.paths.MODELS_DIR).
+- A folder loads by its `model_type`: a saved digits or sentiment model.
+- A compressed variant's folder (written by maaslab.compress.export_variant) has a `compression`
+  block in config.json naming the runtime the loader re-applies:
+  torch int8: `torch_dynamic_int8` again on load. Dynamic quantization is a pure function of
+  the float weights, so the loaded model gives exactly the variant's outputs, and only
+  safetensors are ever read (no pickled quantized modules).
+  ONNX Runtime: the variant's own .onnx file sits next to the weights (`model.onnx`) and is run
+  as is; it is a protobuf graph, not code, and re-exporting at every load would cost seconds.
+  The float weights stay in the folder so the tokenizer, labels and config load as usual.
+  The wrapper is the shipped model's (SentimentModel / DigitsClassifier) with its `.model`
+  swapped for the variant, so `.predict` works unchanged.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from maaslab.backends import RUNTIMES, OnnxModule, torch_dynamic_int8
+from maaslab.errors import MaaslabError
+from maaslab.models import build_model
+from maaslab.registry import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_config, read_safetensors
+from maaslab.zoo import (
+    DigitsClassifier,
+    SentimentModel,
+    TextEmbedder,
+    TextGenerator,
+    shipped_folder,
+)
+
+ONNX_FILE = "model.onnx"  # an ONNX variant's graph, next to its float weights
+FORMAT = 1  # version of the compression block; a loader refuses blocks it does not know
+
+
+def _digits(name: str, device: str) -> DigitsClassifier:
+    return DigitsClassifier(name, shipped_folder(name), device)
+
+
+LOADERS = {
+    "digits-mlp": _digits,
+    "digits-cnn": _digits,
+    "sentiment-minilm": SentimentModel,
+    "sentiment-minilm-student": SentimentModel,  # a StudentClassifier; merge() is a no-op
+    "mini-gpt": TextGenerator,
+    "minilm-embed": TextEmbedder,
+}
+
+
+def load(name: str | Path, *, device: str = "cpu"):
+    """A shipped model by name (digits-mlp, digits-cnn, sentiment-minilm, mini-gpt,
+    minilm-embed), or a model folder (a saved digits or sentiment model, or a compressed variant
+    from maaslab.compress.export_variant), ready to call.
+
+    Returns a wrapper from maaslab.zoo with a predict-style method (`predict` for classifiers,
+    `generate` / `complete` for mini-gpt, `embed` for the encoder); an unknown name that is not
+    a folder either is refused with the list of known names.
+    """
+    if isinstance(name, str) and name in LOADERS:
+        return LOADERS[name](name, device)
+    if Path(name).is_dir():
+        return load_folder(name, device)
+    raise MaaslabError(
+        f"unknown model {str(name)!r}: choose one of {', '.join(LOADERS)}, or give the path of "
+        "a model folder (config.json + model.safetensors)"
+    )
+
+
+def load_folder(folder: str | Path, device: str = "cpu"):
+    """The wrapper for a model folder: a saved digits or sentiment model, or a compressed
+    variant written by maaslab.compress.export_variant."""
+    folder = Path(folder)
+    config = read_config(folder)
+    if "compression" in config:
+        return load_variant(folder, device)
+    if config["model_type"] in ("mlp", "cnn"):
+        return DigitsClassifier(folder.name, folder, device)
+    if config["model_type"] == "sentiment":
+        return SentimentModel(folder.name, device, folder=folder)
+    raise MaaslabError(
+        f"{folder} holds a {config['model_type']!r} model; folders load for digits and "
+        "sentiment classifiers (load a shipped name for the others)"
+    )
+
+
+def _fit_linears(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    # Structured pruning shrinks MiniLM's FFN layers below what its config says; rebuild each
+    # Linear whose stored weight has another shape at that shape before loading.
+    for name, module in list(model.named_modules()):
+        weight = state.get(f"{name}.weight")
+        if (
+            isinstance(module, nn.Linear)
+            and weight is not None
+            and weight.shape != module.weight.shape
+        ):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(
+                parent,
+                child,
+                nn.Linear(weight.shape[1], weight.shape[0], bias=f"{name}.bias" in state),
+            )
+
+
+def _text_model(folder: Path, config: dict[str, Any]) -> nn.Module:
+    # The float text model of a variant folder: the merged MiniLM, a pruned copy, or the student.
+    model = build_model(config["model_type"], **config.get("config", {}))
+    state = read_safetensors(folder / WEIGHTS_FILE)
+    _fit_linears(model, state)
+    load_weights(model, state, folder)
+    if hasattr(model, "merge"):
+        model.merge()
+    return model.eval()
+
+
+def load_variant(folder: str | Path, device: str = "cpu"):
+    """The zoo wrapper for an exported variant folder, running the variant (CPU only)."""
+    folder = Path(folder)
+    config = read_config(folder)
+    block = config.get("compression")
+    if not isinstance(block, dict) or block.get("format") != FORMAT:
+        raise MaaslabError(
+            f"{folder / CONFIG_FILE} has a compression block this version cannot read"
+        )
+    runtime = block.get("runtime")
+    if runtime not in RUNTIMES:
+        raise MaaslabError(f"{folder} names an unknown runtime {runtime!r}")
+    if runtime != "torch" and str(device) != "cpu":
+        raise MaaslabError(
+            f"{block.get('variant')} runs on the CPU only; load it with device='cpu'"
+        )
+    if config["model_type"] in ("mlp", "cnn"):
+        wrapper = DigitsClassifier(folder.name, folder, device)
+    else:
+        wrapper = SentimentModel(
+            folder.name, device, folder=folder, model=_text_model(folder, config).to(device)
+        )
+    if runtime == "torch-int8":
+        wrapper.model = torch_dynamic_int8(wrapper.model)
+    elif runtime.startswith("onnx"):
+        onnx_path = folder / str(block.get("onnx") or ONNX_FILE)
+        if not onnx_path.is_file():
+            raise MaaslabError(f"{folder} has no {onnx_path.name}; export the variant again")
+        wrapper.model = OnnxModule(onnx_path, like=wrapper.model)
+    wrapper.compression = dict(block)
+    return wrapper
