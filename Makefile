@@ -36,10 +36,11 @@ bench: setup
 lint: setup
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports  # the layers in pyproject.toml [tool.importlinter]
 
 format: setup
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf runs .pytest_cache .ruff_cache test-results
+	rm -rf runs .pytest_cache .ruff_cache .import_linter_cache test-results
