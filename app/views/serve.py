@@ -2,32 +2,33 @@
 
 import numpy as np
 import streamlit as st
-from streamlit.runtime.scriptrunner import get_script_run_ctx
+from components import digits_test, session_slot, watch_task
 
 from maaslab import plots
-from maaslab.data import load_dataset
-from maaslab.errors import MaaslabError
+from maaslab.auto import LOADERS
+from maaslab.data import DIGIT_PIXEL_MAX
 from maaslab.jobs import Task
 from maaslab.serve import client
-from maaslab.serve.loadtest import LoadGenerator, scrape_metrics
+from maaslab.serve.config import ServeConfig
+from maaslab.serve.loadtest import LoadGenerator, scrape_or_none
 from maaslab.serve.process import ServerProcess
-from maaslab.zoo import LOADERS
 
 ss = st.session_state
 CALL, LIVE, FINAL, NOTE = "serve.call", "serve.live", "serve.final", "serve.note"
 START_TIMEOUT_S = 180.0  # MiniLM loads in seconds, slower when the machine is busy
-EXAMPLE_REVIEW = "I expected to hate it, but honestly it was not bad at all."
-EXAMPLE_PROMPT = "The for statement "
-EXAMPLE_SENTENCE = "A server answers requests in batches."
+EXAMPLES = {
+    "sentiment": "I expected to hate it, but honestly it was not bad at all.",
+    "generator": "The for statement ",
+    "embedder": "A server answers requests in batches.",
+}
 
 
 class Slot:
     """This browser session's server, the task starting it, and its load generator."""
 
-    def __init__(self) -> None:
-        self.server: ServerProcess | None = None
-        self.starting: Task | None = None
-        self.load: LoadGenerator | None = None
+    server: ServerProcess | None = None
+    starting: Task | None = None
+    load: LoadGenerator | None = None
 
     def stop(self) -> int | None:
         """Stop the load, then the server (SIGTERM: it drains); the server's exit code."""
@@ -37,102 +38,85 @@ class Slot:
         return server.stop() if server is not None else None
 
 
-@st.cache_resource
-def slots() -> dict[str, Slot]:
-    """Every session's Slot, so a server outlives reruns and a closed tab's server is stopped."""
-    return {}
-
-
-def my_slot() -> Slot:
-    """This session's Slot; stops the servers of sessions that have gone."""
-    from streamlit.runtime import Runtime
-
-    registry = slots()
-    # A tab closed (or disconnected) means its server would run on unseen: stop it.
-    if Runtime.exists():  # under `streamlit run` (AppTest has no runtime)
-        runtime = Runtime.instance()
-        for sid in [s for s in registry if not runtime.is_active_session(s)]:
-            registry.pop(sid).stop()
-    return registry.setdefault(get_script_run_ctx().session_id, Slot())
-
-
-@st.cache_data(show_spinner=False)
-def digits_test() -> tuple[np.ndarray, np.ndarray]:
-    """The digits test split as sklearn's 0..16 pixels (what the server takes), with labels."""
-    data = load_dataset("digits", seed=0)
-    return data.X_test * 16, data.y_test
-
-
 def start_form(slot: Slot) -> None:
     """Models and batching settings; Start spawns `python -m maaslab serve` on 127.0.0.1."""
     models = st.multiselect(
         "Models to serve", list(LOADERS), ["digits-cnn", "sentiment-minilm"], key="serve.models"
     )
+    d, bound = ServeConfig(), ServeConfig.bounds
     c1, c2, c3, c4 = st.columns(4)
-    batching = c1.toggle("Dynamic batching", True, key="serve.batching")
+    batching = c1.toggle("Dynamic batching", d.batching, key="serve.batching")
+    low, high = bound("max_batch_size")
     size = c2.number_input(
-        "Max batch size", 1, 256, 32, key="serve.batch_size", disabled=not batching
+        "Max batch size", low, high, d.max_batch_size, key="serve.batch_size", disabled=not batching
     )
+    low, high = bound("max_delay_ms")
     delay = c3.number_input(
-        "Max delay (ms)", 0.0, 1000.0, 5.0, 1.0, key="serve.delay", disabled=not batching
+        "Max delay (ms)",
+        float(low),
+        float(high),
+        d.max_delay_ms,
+        1.0,
+        key="serve.delay",
+        disabled=not batching,
     )
-    queue = c4.number_input("Max queue (then 503)", 1, 10_000, 256, key="serve.queue")
+    low, high = bound("max_queue")
+    queue = c4.number_input("Max queue (then 503)", low, high, d.max_queue, key="serve.queue")
     if st.button("Start server", type="primary", icon=":material/play_arrow:", key="serve.start"):
         if not models:
             st.error("Choose at least one model to serve.")
             return
         for key in (NOTE, CALL, LIVE, FINAL):  # nothing of the last server carries over
             ss.pop(key, None)
-        server = ServerProcess(
-            models,
-            host="127.0.0.1",
+        config = ServeConfig(
+            models=tuple(models),
             port=0,
+            device="cpu",
             batching=batching,
             max_batch_size=int(size),
             max_delay_ms=float(delay),
             max_queue=int(queue),
         )
-        slot.server = server
+        server = slot.server = ServerProcess(config)
         slot.starting = Task(lambda progress, cancel: server.start(START_TIMEOUT_S)).start()
         st.rerun()
 
 
-@st.fragment(run_every=0.5)
-def watch_start() -> None:
-    """While the models load: elapsed time and Cancel; the page reruns once it is up (or not)."""
+def starting(task: Task) -> None:
+    """While the models load: which ones, and the server's pid."""
+    server = my_slot().server
+    pid = f" (pid {server.pid})" if server.pid else ""
+    loading = ", ".join(server.models)
+    st.info(f"Starting the server: loading {loading}…{pid}", icon=":material/hourglass_top:")
+
+
+def started(task: Task) -> None:
+    """The start ended: serving, or the reason it did not come up."""
     slot = my_slot()
-    task = slot.starting
-    if task is None:
-        return
-    if task.running:
-        pid = f" (pid {slot.server.pid})" if slot.server.pid else ""
-        st.info(
-            f"Starting the server: loading {', '.join(slot.server.models)}…{pid}",
-            icon=":material/hourglass_top:",
-        )
-        if st.button("Cancel", icon=":material/stop:", key="serve.cancel"):
-            slot.stop()
-            ss[NOTE] = ("info", "Start cancelled.")
-            st.rerun()
-        return
     slot.starting = None
     if task.error:
         slot.server = None
         ss[NOTE] = ("error", task.error)
+
+
+def cancel_start(task: Task) -> None:
+    """Cancel: stop the half-started server."""
+    my_slot().stop()
+    ss[NOTE] = ("info", "Start cancelled.")
     st.rerun()
 
 
 def server_panel(slot: Slot) -> None:
     """What is running where, Stop, and the server's own log."""
-    server = slot.server
+    server, c = slot.server, slot.server.config
     mode = (
-        f"batching on (up to {server.max_batch_size} rows, {server.max_delay_ms:g} ms wait)"
-        if server.batching
+        f"batching on (up to {c.max_batch_size} rows, {c.max_delay_ms:g} ms wait)"
+        if c.batching
         else "batching off"
     )
     st.success(
-        f"Serving **{', '.join(server.models)}** at `{server.url}` · pid {server.pid} · "
-        f"{mode} · queue {server.max_queue}",
+        f"Serving **{', '.join(c.models)}** at `{server.url}` · pid {server.pid} · "
+        f"{mode} · queue {c.max_queue}",
         icon=":material/dns:",
     )
     if st.button("Stop server", icon=":material/stop:", key="serve.stop"):
@@ -145,43 +129,60 @@ def server_panel(slot: Slot) -> None:
 
 
 def request_form(server: ServerProcess) -> None:
-    """Build one request from the form and send it; the answer is kept for show_call."""
+    """One input for the chosen model; Send asks the server (and for an explanation)."""
     model = st.selectbox("Model", server.models, key="serve.model")
-    kind = client.kind_of(model)
-    extra: dict = {}
+    kind, options, extra = client.kind_of(model), {}, {}
     if kind == "digits":
         X, y = digits_test()
         index = st.slider("Test digit", 0, len(y) - 1, 0, key="serve.digit")
-        extra = {"pixels": X[index], "label": int(y[index])}
+        data, extra = X[index], {"pixels": X[index], "label": int(y[index])}
         title = f"Test digit {index} · label {y[index]}"
         st.plotly_chart(plots.digit_canvas(X[index], title=title), key="serve.digit_chart")
-        path, body = f"/v2/models/{model}/infer", client.digits_body(X[index])
     elif kind == "sentiment":
-        text = st.text_area("A review", EXAMPLE_REVIEW, max_chars=20_000, key="serve.review")
-        path, body = f"/v2/models/{model}/infer", client.text_body(text)
+        data = st.text_area("A review", EXAMPLES[kind], max_chars=20_000, key="serve.review")
     elif kind == "generator":
-        prompt = st.text_area("Prompt", EXAMPLE_PROMPT, max_chars=10_000, key="serve.prompt")
+        data = st.text_area("Prompt", EXAMPLES[kind], max_chars=10_000, key="serve.prompt")
         c1, c2, c3 = st.columns(3)
-        tokens = c1.number_input("Max tokens", 1, 512, 80, key="serve.max_tokens")
-        temperature = c2.slider("Temperature", 0.0, 2.0, 0.8, 0.1, key="serve.temperature")
-        seed = c3.number_input("Seed", 0, 2**31 - 1, 0, key="serve.seed")
-        path = "/v1/completions"
-        body = client.completion_body(model, prompt, int(tokens), temperature, int(seed))
+        options = {
+            "max_tokens": int(c1.number_input("Max tokens", 1, 512, 80, key="serve.max_tokens")),
+            "temperature": c2.slider("Temperature", 0.0, 2.0, 0.8, 0.1, key="serve.temperature"),
+            "seed": int(c3.number_input("Seed", 0, 2**31 - 1, 0, key="serve.seed")),
+        }
     else:
-        text = st.text_input("A sentence", EXAMPLE_SENTENCE, max_chars=20_000, key="serve.sentence")
-        path, body = "/v1/embeddings", client.embedding_body(model, text)
+        data = st.text_input("A sentence", EXAMPLES[kind], max_chars=20_000, key="serve.sentence")
+    request = client.request_for(model, data, **options)
     method = None
     if kind in client.EXPLAINABLE:
         c1, c2 = st.columns([1, 3])
         if c1.checkbox("Explain the answer", key="serve.explain"):
             method = c2.radio("Method", ["shap", "lime"], horizontal=True, key="serve.method")
     if st.button("Send request", type="primary", icon=":material/send:", key="serve.send"):
-        with st.spinner(f"POST {path}…"):
-            calls = [client.call(server.url, path, body)]
-            if method and calls[0].ok:
-                explain = client.explain_body(body, method)
-                calls.append(client.call(server.url, f"/v2/models/{model}/explain", explain))
+        with st.spinner(f"POST {request.path}…"):
+            calls = client.ask(server.url, request, explain=method)
         ss[CALL] = {"model": model, "kind": kind, "calls": calls, **extra}
+
+
+def show_answer(answer: client.Answer, call: client.Call, sent: dict) -> None:
+    """A good answer in pictures, by kind."""
+    if answer.kind == "digits":
+        proba = answer.probabilities
+        st.markdown(f"**Prediction: {int(proba.argmax())}** (label {sent['label']})")
+        st.plotly_chart(plots.probability_bars(proba, true_label=sent["label"]), key="serve.p")
+    elif answer.kind == "sentiment":
+        proba = answer.probabilities
+        st.markdown(f"**Sentiment: {answer.label}** ({proba.max():.0%} sure)")
+        st.plotly_chart(plots.probability_bars(proba, ["negative", "positive"]), key="serve.p")
+    elif answer.kind == "generator":
+        st.code(call.request["prompt"] + answer.text, language=None, wrap_lines=True)
+        tokens = answer.usage
+        st.caption(
+            f"{tokens.get('prompt_tokens')} prompt tokens · "
+            f"{tokens.get('completion_tokens')} completion tokens"
+        )
+    else:
+        vector = answer.embedding
+        st.markdown(f"**{len(vector)} dimensions** · length {np.linalg.norm(vector):.3f}")
+        st.caption("First values: " + ", ".join(f"{v:+.4f}" for v in vector[:8]) + ", …")
 
 
 def show_call(sent: dict) -> None:
@@ -193,57 +194,24 @@ def show_call(sent: dict) -> None:
     c2.metric("Latency", f"{first.seconds * 1000:.1f} ms")
     c3.metric("Model", sent["model"])
     if not first.ok:
-        show = st.warning if first.status in (None, 503, 504) else st.error
-        show(first.error)
-    elif kind == "digits":
-        proba = client.output(first.response, "probabilities")[0]
-        st.markdown(f"**Prediction: {int(proba.argmax())}** (label {sent['label']})")
-        st.plotly_chart(plots.probability_bars(proba, true_label=sent["label"]), key="serve.p")
-    elif kind == "sentiment":
-        proba = client.output(first.response, "probabilities")[0]
-        label = str(client.output(first.response, "label")[0])
-        st.markdown(f"**Sentiment: {label}** ({proba.max():.0%} sure)")
-        st.plotly_chart(plots.probability_bars(proba, ["negative", "positive"]), key="serve.p")
-    elif kind == "generator":
-        st.code(
-            first.request["prompt"] + client.completion_text(first.response),
-            language=None,
-            wrap_lines=True,
-        )
-        usage = first.response.get("usage", {})
-        st.caption(
-            f"{usage.get('prompt_tokens')} prompt tokens · "
-            f"{usage.get('completion_tokens')} completion tokens"
-        )
+        (st.warning if first.status in (None, 503, 504) else st.error)(first.error)
     else:
-        vector = client.embedding_of(first.response)
-        st.markdown(f"**{len(vector)} dimensions** · length {np.linalg.norm(vector):.3f}")
-        st.caption("First values: " + ", ".join(f"{v:+.4f}" for v in vector[:8]) + ", …")
+        show_answer(client.answer_of(kind, first.response), first, sent)
     if len(calls) > 1:
-        attr_call = calls[1]
-        if attr_call.ok:
-            attr = client.attribution_of(attr_call.response, kind, seconds=attr_call.seconds)
-            x = sent["pixels"] / 16 if kind == "digits" else None
+        if calls[1].ok:
+            attr = client.attribution_of(calls[1].response, kind, seconds=calls[1].seconds)
+            x = sent["pixels"] / DIGIT_PIXEL_MAX if kind == "digits" else None
             st.plotly_chart(plots.attribution_figure(attr, x), key="serve.attr")
         else:
-            st.error(f"Explain: {attr_call.error}")
+            st.error(f"Explain: {calls[1].error}")
     with st.expander("What went over the wire (raw JSON)"):
         for c in calls:
             status = c.status if c.status is not None else "no answer"
             st.markdown(f"`{c.method} {c.url}` → **{status}** in {c.seconds * 1000:.1f} ms")
             left, right = st.columns(2)
             left.code(client.shown(c.request), language="json")
-            right.code(
-                client.shown(c.response) if c.response is not None else c.error, language="json"
-            )
-
-
-def metrics_of(url: str):
-    """One /metrics scrape, or None when the server does not answer it."""
-    try:
-        return scrape_metrics(url, timeout=2.0)
-    except MaaslabError:
-        return None
+            answer = client.shown(c.response) if c.response is not None else c.error
+            right.code(answer, language="json")
 
 
 def ms(value: float) -> str:
@@ -253,8 +221,7 @@ def ms(value: float) -> str:
 
 def dashboard(live: list, model: str, metrics, result=None) -> None:
     """The numbers, the timeline and the batch sizes of a load test (running or done)."""
-    s = live[-1][0]
-    depth = metrics.queue_depth.get(model) if metrics is not None else None
+    s, depth = live[-1]
     top, bottom = st.columns(4), st.columns(4)
     top[0].metric("Throughput, last 3 s", f"{s.recent_throughput:.1f}/s")
     top[1].metric("Throughput overall", f"{s.throughput:.1f}/s")
@@ -263,15 +230,13 @@ def dashboard(live: list, model: str, metrics, result=None) -> None:
     bottom[0].metric("p50 latency", ms(s.p50_ms))
     bottom[1].metric("p90 latency", ms(s.p90_ms))
     bottom[2].metric("p99 latency", ms(s.p99_ms))
+    shown = "—" if metrics is None or np.isnan(depth) else f"{depth:.0f}"
     bottom[3].metric(
-        "Queue depth",
-        "—" if depth is None else f"{depth:.0f}",
-        help="requests waiting in the model's queue, from /metrics",
+        "Queue depth", shown, help="requests waiting in the model's queue, from /metrics"
     )
     left, right = st.columns(2)
-    left.plotly_chart(
-        plots.live_timeline([x[0] for x in live], [x[1] for x in live]), key="serve.timeline"
-    )
+    timeline = plots.live_timeline([x[0] for x in live], [x[1] for x in live])
+    left.plotly_chart(timeline, key="serve.timeline")
     if metrics is not None and model in metrics.batch_size:
         right.plotly_chart(plots.batch_size_histogram(metrics, model), key="serve.batches")
     else:
@@ -282,14 +247,6 @@ def dashboard(live: list, model: str, metrics, result=None) -> None:
         right.plotly_chart(plots.latency_histogram(result), key="serve.latency_hist")
 
 
-def record(stats, depth: float | None) -> None:
-    """Keep a snapshot for the timeline; the final one replaces a live one taken later."""
-    live = ss.setdefault(LIVE, [])
-    if live and stats.elapsed_s <= live[-1][0].elapsed_s:
-        live.pop()  # the run's own end time can fall before the last half-second poll
-    live.append((stats, np.nan if depth is None else depth))
-
-
 @st.fragment(run_every=0.5)
 def watch_load() -> None:
     """Every half second while the load runs: snapshot, scrape /metrics, redraw."""
@@ -297,10 +254,9 @@ def watch_load() -> None:
     load = slot.load
     if load is None or slot.server is None:
         return
+    metrics = scrape_or_none(slot.server.url)
+    ss[LIVE] = load.sample(metrics)
     if load.running:
-        metrics = metrics_of(slot.server.url)
-        depth = metrics.queue_depth.get(load.model) if metrics is not None else None
-        record(load.snapshot(), depth)
         if st.button("Stop load", icon=":material/stop:", key="serve.stop_load"):
             load.stop()
         dashboard(ss[LIVE], load.model, metrics)
@@ -309,9 +265,6 @@ def watch_load() -> None:
     if load.error:
         ss[NOTE] = ("error", load.error)
     else:
-        metrics = metrics_of(slot.server.url)
-        depth = metrics.queue_depth.get(load.model) if metrics is not None else None
-        record(load.snapshot(), depth)
         ss[FINAL] = (load.model, metrics, load.result)
     st.rerun()
 
@@ -334,6 +287,11 @@ def load_form(slot: Slot) -> None:
         ss.pop(FINAL, None)
         slot.load = LoadGenerator(slot.server.url, model, int(concurrency), float(duration)).start()
         st.rerun()
+
+
+def my_slot() -> Slot:
+    """This session's Slot (a closed tab's server is stopped)."""
+    return session_slot("serve", Slot)
 
 
 st.title("Serve")
@@ -359,7 +317,13 @@ if NOTE in ss:
 st.header("Server")
 if slot.server is None:
     start_form(slot)
-watch_start()
+watch_task(
+    lambda: my_slot().starting,
+    started,
+    cancel_key="serve.cancel",
+    status=starting,
+    cancel=cancel_start,
+)
 if slot.server is not None and slot.starting is None:
     server_panel(slot)
     st.header("Send a request")

@@ -1,10 +1,18 @@
-"""A small HTTP client for the MaaS Lab server: the JSON bodies each model takes, one call that
+"""A small HTTP client for the MaaS Lab server: the request each model kind takes, one call that
 records what went over the wire, and readers that turn answers back into numbers.
 
-The Serve page and lesson 14 use it to show a request exactly as it is sent: a plain JSON body
-(the Open Inference Protocol v2 for tensors, OpenAI's shape for text), the status code, the
-latency and the JSON that came back. A server that is down or refuses gets a message, not an
-exception.
+The Serve page, the load generator and lesson 14 use it to show a request exactly as it is
+sent: a plain JSON body (the Open Inference Protocol v2 for tensors, OpenAI's shape for text),
+the status code, the latency and the JSON that came back. A server that is down or refuses gets
+a message, not an exception.
+
+    kind            request (request_for)                      answer (answer_of)
+    digits          POST /v2/models/{name}/infer  pixels FP32  probabilities
+    sentiment       POST /v2/models/{name}/infer  text BYTES   probabilities, label
+    generator       POST /v1/completions          prompt       text, usage
+    embedder        POST /v1/embeddings           input        embedding
+
+digits and sentiment also answer POST /v2/models/{name}/explain (explain_request).
 """
 
 from __future__ import annotations
@@ -19,14 +27,10 @@ import numpy as np
 
 from maaslab.errors import MaaslabError
 from maaslab.explain.core import Attribution
+from maaslab.serve.models import kind_of
 
-# Which endpoint and body each shipped model speaks, by name prefix.
-KINDS = {
-    "digits": "digits",
-    "sentiment": "sentiment",
-    "mini-gpt": "generator",
-    "minilm": "embedder",
-}
+__all__ = ["kind_of"]  # re-exported: the one function that decides a model's kind (serve.models)
+
 EXPLAINABLE = ("digits", "sentiment")  # kinds the explain extension covers
 TIMEOUT_S = 60.0  # a first request may wait for a model's warm-up; an explanation takes seconds
 SHOWN_CHARS = 6_000  # a body longer than this is cut in what a page shows (a digit is ~400)
@@ -50,21 +54,17 @@ class Call:
         return self.status is not None and 200 <= self.status < 300
 
 
-def kind_of(model: str) -> str:
-    """The kind of a served model by name: digits, sentiment, generator or embedder."""
-    for prefix, kind in KINDS.items():
-        if model.startswith(prefix):
-            return kind
-    raise MaaslabError(f"unknown model {model!r}: expected one of the shipped names")
-
-
 def digits_body(pixels: Any) -> dict[str, Any]:
-    """An OIP v2 infer body for one digit: `pixels` FP32 [1, 64] on sklearn's 0..16 scale."""
-    x = np.asarray(pixels, dtype=np.float32).reshape(-1)
-    if x.size != 64:
+    """An OIP v2 infer body for digits: `pixels` FP32 [N, 64] on sklearn's 0..16 scale.
+
+    One digit (64 values) is sent as [1, 64]; an (N, 64) array as N rows.
+    """
+    x = np.asarray(pixels, dtype=np.float32)
+    rows = 1 if x.ndim <= 1 else x.shape[0]
+    if x.size != 64 * rows or x.size == 0:
         raise MaaslabError(f"a digit has 64 pixels, got {x.size}")
-    data = [round(float(v), 4) for v in x]
-    return {"inputs": [{"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": data}]}
+    data = [round(float(v), 4) for v in x.reshape(-1)]
+    return {"inputs": [{"name": "pixels", "shape": [rows, 64], "datatype": "FP32", "data": data}]}
 
 
 def text_body(text: str) -> dict[str, Any]:
@@ -93,6 +93,60 @@ def completion_body(
 def embedding_body(model: str, text: str) -> dict[str, Any]:
     """An OpenAI /v1/embeddings body for one sentence."""
     return {"model": model, "input": text}
+
+
+def infer_path(model: str) -> str:
+    """The OIP v2 infer endpoint of a served model."""
+    return f"/v2/models/{model}/infer"
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request to a served model: its kind, the endpoint and the JSON body."""
+
+    model: str
+    kind: str  # kind_of(model)
+    path: str  # e.g. "/v2/models/digits-cnn/infer"
+    body: dict[str, Any]
+
+
+def request_for(
+    model: str,
+    data: Any,
+    *,
+    max_tokens: int = 80,
+    temperature: float = 0.8,
+    seed: int = 0,
+) -> Request:
+    """The request a served model takes for one input, by its kind.
+
+    Parameters
+    ----------
+    model : the served name (its kind comes from kind_of).
+    data : 64 pixels on 0..16 (digits), a review (sentiment), a prompt (generator) or a
+        sentence (embedder).
+    max_tokens, temperature, seed : sampling settings of a generator.
+    """
+    kind = kind_of(model)
+    if kind == "digits":
+        return Request(model, kind, infer_path(model), digits_body(data))
+    if kind == "sentiment":
+        return Request(model, kind, infer_path(model), text_body(data))
+    if kind == "generator":
+        body = completion_body(model, data, max_tokens, temperature, seed)
+        return Request(model, kind, "/v1/completions", body)
+    return Request(model, kind, "/v1/embeddings", embedding_body(model, data))
+
+
+def explain_request(request: Request, method: str, seed: int = 0) -> Request:
+    """The explain-extension request for an infer request ("shap" or "lime")."""
+    if request.kind not in EXPLAINABLE:
+        raise MaaslabError(
+            f"{request.model} is a {request.kind} model; explanations cover "
+            f"{' and '.join(EXPLAINABLE)} models"
+        )
+    path = f"/v2/models/{request.model}/explain"
+    return Request(request.model, request.kind, path, explain_body(request.body, method, seed))
 
 
 def error_text(status: int, answer: Any) -> str:
@@ -136,6 +190,19 @@ def call(
     return Call(method, target, body, r.status_code, answer, seconds, error)
 
 
+def send(url: str, request: Request, timeout: float = TIMEOUT_S) -> Call:
+    """POST a Request to the server at `url` and record the exchange."""
+    return call(url, request.path, request.body, timeout)
+
+
+def ask(url: str, request: Request, explain: str | None = None) -> list[Call]:
+    """Send `request`; with `explain` ("shap" or "lime") and a good answer, its explanation too."""
+    calls = [send(url, request)]
+    if explain and calls[0].ok:
+        calls.append(send(url, explain_request(request, explain)))
+    return calls
+
+
 def shown(body: Any) -> str:
     """A body as indented JSON for a page, cut after SHOWN_CHARS characters."""
     text = json.dumps(body, indent=2) if not isinstance(body, str) else body
@@ -153,6 +220,30 @@ def output(answer: dict[str, Any], name: str) -> np.ndarray:
                 return np.array(data, dtype=object).reshape(tensor["shape"])
             return np.asarray(data, dtype=np.float64).reshape(tensor["shape"])
     raise MaaslabError(f"the answer has no output named {name!r}")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A good answer read back by kind (the fields the kind does not have are None)."""
+
+    kind: str
+    probabilities: np.ndarray | None = None  # digits, sentiment: first row's class probabilities
+    label: str | None = None  # sentiment: the predicted label
+    text: str | None = None  # generator: the completion
+    usage: dict[str, Any] | None = None  # generator: prompt_tokens, completion_tokens
+    embedding: np.ndarray | None = None  # embedder: the first sentence's vector
+
+
+def answer_of(kind: str, answer: dict[str, Any]) -> Answer:
+    """The numbers in a JSON answer of a model of `kind` (first row)."""
+    if kind == "digits":
+        return Answer(kind, probabilities=output(answer, "probabilities")[0])
+    if kind == "sentiment":
+        proba = output(answer, "probabilities")[0]
+        return Answer(kind, probabilities=proba, label=str(output(answer, "label")[0]))
+    if kind == "generator":
+        return Answer(kind, text=completion_text(answer), usage=dict(answer.get("usage", {})))
+    return Answer(kind, embedding=embedding_of(answer))
 
 
 def completion_text(answer: dict[str, Any]) -> str:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import ClassVar
 
 from maaslab.errors import MaaslabError
 
@@ -37,29 +39,51 @@ class ServeConfig:
     # Half precision on CUDA for models that keep their answers in it (checked at load time).
     half_precision: bool = True
 
+    # The range each number may take (request_timeout_s excludes its lower end). A face that
+    # offers these as widgets reads its limits here, so it cannot offer what the server refuses.
+    BOUNDS: ClassVar[Mapping[str, tuple[float, float]]] = MappingProxyType(
+        {
+            "port": (0, 65535),
+            "max_batch_size": (1, 4096),
+            "max_delay_ms": (0, 10_000),
+            "max_queue": (1, 1_000_000),
+            "instances": (1, 64),
+            "threads": (1, 1024),
+            "request_timeout_s": (0, 3600),
+            "max_body_bytes": (1024, 1024**3),
+        }
+    )
+
     def __post_init__(self) -> None:
+        models = (self.models,) if isinstance(self.models, str) else tuple(self.models)
+        object.__setattr__(self, "models", models)  # a list or one name is taken as a tuple
         if not self.models:
             raise MaaslabError("no models to serve: name at least one with --models")
         if len(set(self.models)) != len(self.models):
             raise MaaslabError(f"a model is named twice in --models: {', '.join(self.models)}")
-        if not 0 <= self.port <= 65535:
-            raise MaaslabError(f"--port must be 0..65535, got {self.port}")
-        if not 1 <= self.max_batch_size <= 4096:
-            raise MaaslabError(f"--max-batch-size must be 1..4096, got {self.max_batch_size}")
-        if not 0 <= self.max_delay_ms <= 10_000:
-            raise MaaslabError(f"--max-delay-ms must be 0..10000, got {self.max_delay_ms}")
-        if not 1 <= self.instances <= 64:
-            raise MaaslabError(f"--instances must be 1..64, got {self.instances}")
-        if self.threads is not None and not 1 <= self.threads <= 1024:
-            raise MaaslabError(f"--threads must be 1..1024, got {self.threads}")
-        if not 1 <= self.max_queue <= 1_000_000:
-            raise MaaslabError(f"--max-queue must be 1..1000000, got {self.max_queue}")
-        if not 0 < self.request_timeout_s <= 3600:
+        for name in ("port", "max_batch_size", "max_delay_ms", "instances", "threads"):
+            self._check(name)
+        self._check("max_queue", "1..1000000")
+        low, high = self.bounds("request_timeout_s")
+        if not low < self.request_timeout_s <= high:
             raise MaaslabError(
-                f"--request-timeout-s must be in (0, 3600], got {self.request_timeout_s}"
+                f"--request-timeout-s must be in ({low:g}, {high:g}], got {self.request_timeout_s}"
             )
-        if not 1024 <= self.max_body_bytes <= 1024**3:
-            raise MaaslabError(f"--max-body-bytes must be 1 KiB..1 GiB, got {self.max_body_bytes}")
+        self._check("max_body_bytes", "1 KiB..1 GiB")
+
+    @classmethod
+    def bounds(cls, name: str) -> tuple[float, float]:
+        """The (lowest, highest) value the field `name` may take."""
+        if name not in cls.BOUNDS:
+            raise MaaslabError(f"ServeConfig has no bounded field {name!r}; see ServeConfig.BOUNDS")
+        return cls.BOUNDS[name]
+
+    def _check(self, name: str, shown: str | None = None) -> None:
+        value = getattr(self, name)
+        low, high = self.bounds(name)
+        if value is not None and not low <= value <= high:
+            flag = "--" + name.replace("_", "-")
+            raise MaaslabError(f"{flag} must be {shown or f'{low:g}..{high:g}'}, got {value}")
 
     def torch_threads(self, cores: int | None, environ: Mapping[str, str]) -> int | None:
         """CPU threads the server gives torch, or None to leave torch's default alone."""
@@ -124,6 +148,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--no-batching", action="store_true", help="run every request alone")
     p.add_argument(
+        "--no-half-precision",
+        action="store_true",
+        help="keep every model in fp32 on CUDA (default: fp16 where it keeps the answers)",
+    )
+    p.add_argument(
         "--instances",
         type=int,
         default=d.instances,
@@ -172,4 +201,5 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         api_key_env=args.api_key_env,
         request_timeout_s=args.request_timeout_s,
         max_body_bytes=args.max_body_bytes,
+        half_precision=not args.no_half_precision,
     )

@@ -20,6 +20,7 @@ import aiohttp
 import numpy as np
 
 from maaslab.errors import MaaslabError
+from maaslab.serve.client import infer_path, kind_of, request_for
 from maaslab.serve.scrape import Histogram, ServerMetrics, scrape_metrics
 
 __all__ = [
@@ -31,12 +32,12 @@ __all__ = [
     "request_bodies",
     "run_load",
     "scrape_metrics",
+    "scrape_or_none",
     "sweep",
     "throughput_over_time",
 ]
 
 Progress = Callable[[str, float], None]  # (stage, fraction), the maaslab.jobs.Task convention
-TENSOR_MODELS = {"digits": "pixels", "sentiment": "text"}  # model-name prefix -> input tensor
 MAX_CONCURRENCY = 1024  # more open connections than this from one process only measures the client
 REQUEST_TIMEOUT_S = 60.0  # longer than the server's own per-request timeout (30 s)
 RECENT_WINDOW_S = 3.0  # LiveStats.recent_throughput counts answers in this many last seconds
@@ -52,29 +53,27 @@ def request_bodies(model: str, n: int | None = None) -> list[bytes]:
     """
     import json
 
-    if model.startswith("digits"):
-        from maaslab.data import load_dataset
+    try:
+        kind = kind_of(model)
+    except MaaslabError:
+        kind = None
+    if kind == "digits":
+        from maaslab.data import DIGIT_PIXEL_MAX, load_dataset
 
         # load_dataset scales pixels to 0..1; the server takes sklearn's 0..16 scale.
-        pixels = np.clip(np.round(load_dataset("digits").X_test * 16.0), 0, 16)
-        rows = [
-            {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": p.tolist()}
-            for p in pixels
-        ]
-    elif model.startswith("sentiment"):
+        scaled = load_dataset("digits").X_test * DIGIT_PIXEL_MAX
+        rows = list(np.clip(np.round(scaled), 0, DIGIT_PIXEL_MAX))
+    elif kind == "sentiment":
         from maaslab.reviews import load_reviews
 
-        rows = [
-            {"name": "text", "shape": [1], "datatype": "BYTES", "data": [t]}
-            for t in load_reviews("test").texts
-        ]
+        rows = list(load_reviews("test").texts)
     else:
         raise MaaslabError(
             f"no load test payloads for model {model!r}: use a digits-* or "
             "sentiment-* model (the OIP v2 tensor models)"
         )
     rows = rows[:n] if n is not None else rows
-    return [json.dumps({"inputs": [row]}).encode() for row in rows]
+    return [json.dumps(request_for(model, row).body).encode() for row in rows]
 
 
 @dataclass(frozen=True)
@@ -206,7 +205,7 @@ async def _drive(
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
-    target = url.rstrip("/") + (endpoint or f"/v2/models/{model}/infer")
+    target = url.rstrip("/") + (endpoint or infer_path(model))
     sent = 0
     t0 = time.perf_counter()
     deadline = t0 + duration_s if duration_s is not None else None
@@ -393,6 +392,14 @@ def sweep(
     return results
 
 
+def scrape_or_none(url: str, timeout: float = 2.0) -> ServerMetrics | None:
+    """One /metrics scrape, or None when the server does not answer it (a dashboard goes on)."""
+    try:
+        return scrape_metrics(url, timeout=timeout)
+    except MaaslabError:
+        return None
+
+
 def throughput_over_time(result: LoadResult, bin_s: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
     """(bin start times in s, ok answers per second in each bin) for a throughput-vs-time plot."""
     if bin_s <= 0:
@@ -434,6 +441,8 @@ class LoadGenerator:
     api_key: str | None = None
     result: LoadResult | None = field(default=None, init=False)
     error: str | None = field(default=None, init=False)
+    # (LiveStats, the model's queue depth or nan) per sample(): what a live timeline draws
+    timeline: list[tuple[LiveStats, float]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
         _check_args(self.concurrency, self.duration_s, None)
@@ -481,6 +490,19 @@ class LoadGenerator:
     def running(self) -> bool:
         """True while the clients are sending or awaiting answers."""
         return self._thread is not None and self._thread.is_alive()
+
+    def sample(self, metrics: ServerMetrics | None) -> list[tuple[LiveStats, float]]:
+        """Add a snapshot and the model's queue depth from a /metrics scrape to `timeline`.
+
+        The run's own end time can fall before the last poll's: the final snapshot then
+        replaces that one, so the timeline never runs backwards.
+        """
+        stats = self.snapshot()
+        depth = metrics.queue_depth.get(self.model) if metrics is not None else None
+        if self.timeline and stats.elapsed_s <= self.timeline[-1][0].elapsed_s:
+            self.timeline.pop()
+        self.timeline.append((stats, np.nan if depth is None else float(depth)))
+        return self.timeline
 
     def snapshot(self) -> LiveStats:
         """Counts, throughput and latency percentiles so far."""

@@ -1,7 +1,7 @@
 """The models a server holds: load them from model folders, run batches of requests through them.
 
 Every model is a maaslab.zoo wrapper (the same object a notebook or a page calls), so a request
-answered by the server gives the numbers `maaslab.registry.load(name).predict(...)` gives.
+answered by the server gives the numbers `maaslab.auto.load(name).predict(...)` gives.
 """
 
 from __future__ import annotations
@@ -47,8 +47,27 @@ class ServedModel:
         return await self.batcher.submit(payload, rows, timeout)
 
 
-def kind_of(wrapper: object) -> str:
-    """Which of KINDS a zoo wrapper is (by the calls it offers)."""
+# A served name's kind by its prefix: the shipped names, and folders named after them (an
+# exported variant is written as "<model>-<variant>").
+NAME_KINDS = {
+    "digits": "digits",
+    "sentiment": "sentiment",
+    "mini-gpt": "generator",
+    "minilm": "embedder",
+}
+
+
+def kind_of(model: object) -> str:
+    """A model's kind, one of KINDS: from its zoo wrapper's class, or from its served name.
+
+    The server decides from the loaded wrapper; a client that only knows the name (the Serve
+    page, the load generator) gets the same answer for the shipped names and their exports.
+    """
+    if isinstance(model, str):
+        for prefix, kind in NAME_KINDS.items():
+            if model.startswith(prefix):
+                return kind
+        raise MaaslabError(f"unknown model {model!r}: expected one of the shipped names")
     from maaslab.zoo import DigitsClassifier, SentimentModel, TextEmbedder, TextGenerator
 
     kinds = {
@@ -58,14 +77,14 @@ def kind_of(wrapper: object) -> str:
         TextEmbedder: "embedder",
     }
     for cls, kind in kinds.items():
-        if isinstance(wrapper, cls):
+        if isinstance(model, cls):
             return kind
-    raise MaaslabError(f"{type(wrapper).__name__} is not a model the server can serve")
+    raise MaaslabError(f"{type(model).__name__} is not a model the server can serve")
 
 
 def served_name(spec: str) -> str:
     """The URL name of a --models item: a shipped name as is, a folder by its folder name."""
-    from maaslab.zoo import LOADERS
+    from maaslab.auto import LOADERS
 
     return spec if spec in LOADERS else Path(spec).expanduser().name
 
@@ -181,8 +200,8 @@ def load_models(
         so torch's CPU thread team lives there alone (see maaslab.serve.batching). None: each
         batcher gets threads of its own and models load on the calling thread.
     """
+    from maaslab.auto import load
     from maaslab.device import get_device
-    from maaslab.registry import load
 
     device = get_device(config.device)
     served: dict[str, ServedModel] = {}

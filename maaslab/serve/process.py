@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -24,7 +24,7 @@ from typing import Self
 import httpx
 
 from maaslab.errors import MaaslabError
-from maaslab.serve.config import DEFAULT_MODELS
+from maaslab.serve.config import ServeConfig
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root: `python -m maaslab` works here
 READY_MARK = " on http://"  # the CLI prints "maaslab serve: <models> on http://HOST:PORT (...)"
@@ -45,57 +45,26 @@ class ServerProcess:
 
     Parameters
     ----------
-    models : shipped model names (or model folders) to serve.
-    host, port : where to listen; port 0 lets the OS pick a free one (read it from `.port`).
-    batching : False passes --no-batching (every request runs alone).
-    max_batch_size, max_delay_ms, max_queue : dynamic batching and the bounded queue.
-    instances : model instances (compute threads) in the server.
-    device : "cpu", "cuda" or "auto".
-    api_key_env : name of the environment variable holding the Bearer key (needed off loopback).
-    extra_args : more CLI flags, e.g. ("--request-timeout-s", "10").
+    config : how the server runs, checked when the ServeConfig is made (a bad value fails
+        here with ServeConfig's message, not later as a dead child). Use port=0 to let the OS
+        pick a free port (read it from `.port`). `threads` also sets OMP_NUM_THREADS and
+        MKL_NUM_THREADS for the child: one thread is best when several servers share the
+        cores, since two threads that each wait for a busy core at every operation are slower
+        than one that never waits.
     env : extra environment variables for the child.
-    threads : torch CPU threads in the server (None: the server's default, one per core shared
-        by the instances). One is best when several servers share the cores: two threads that
-        each wait for a busy core at every operation are slower than one that never waits.
     """
 
-    def __init__(
-        self,
-        models: Sequence[str] | str = DEFAULT_MODELS,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        batching: bool = True,
-        max_batch_size: int = 32,
-        max_delay_ms: float = 5.0,
-        max_queue: int = 256,
-        device: str = "cpu",
-        api_key_env: str | None = None,
-        extra_args: Sequence[str] = (),
-        env: Mapping[str, str] | None = None,
-        threads: int | None = None,
-        instances: int = 1,
-    ) -> None:
-        self.models = (models,) if isinstance(models, str) else tuple(models)
-        self.host, self.requested_port = host, port
-        self.batching = batching
-        self.max_batch_size, self.max_delay_ms, self.max_queue = (
-            max_batch_size,
-            max_delay_ms,
-            max_queue,
-        )
-        self.device, self.api_key_env = device, api_key_env
-        if not 1 <= instances <= 64:
-            raise MaaslabError(f"instances must be 1..64, got {instances}")
-        self.instances = instances
-        self.extra_args = tuple(str(a) for a in extra_args)
-        if threads is not None and not 1 <= threads <= 256:
-            raise MaaslabError(f"threads must be 1..256, got {threads}")
-        self.threads = threads
+    def __init__(self, config: ServeConfig, *, env: Mapping[str, str] | None = None) -> None:
+        if not isinstance(config, ServeConfig):
+            raise MaaslabError(
+                f"ServerProcess takes a ServeConfig, got {type(config).__name__}: e.g. "
+                "ServerProcess(ServeConfig(models=('digits-cnn',), port=0))"
+            )
+        self.config = config
         self.env = dict(env or {})
-        if threads is not None:  # torch sizes its thread pool from these when it starts
-            self.env.setdefault("OMP_NUM_THREADS", str(threads))
-            self.env.setdefault("MKL_NUM_THREADS", str(threads))
+        if config.threads is not None:  # torch sizes its thread pool from these when it starts
+            self.env.setdefault("OMP_NUM_THREADS", str(config.threads))
+            self.env.setdefault("MKL_NUM_THREADS", str(config.threads))
         self.url: str | None = None
         self.port: int | None = None
         self.process: subprocess.Popen | None = None
@@ -105,35 +74,49 @@ class ServerProcess:
         self._pump: threading.Thread | None = None
         self._started = 0.0  # time.monotonic() at start()
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models served (as named in the config)."""
+        return self.config.models
+
     def command(self) -> list[str]:
-        """The command line the server is started with."""
+        """The command line the server is started with: every setting of the config."""
+        c, default = self.config, ServeConfig()
         cmd = [
             sys.executable,
             "-m",
             "maaslab",
             "serve",
             "--models",
-            ",".join(self.models),
+            ",".join(c.models),
             "--host",
-            self.host,
+            c.host,
             "--port",
-            str(self.requested_port),
+            str(c.port),
             "--device",
-            self.device,
+            c.device,
             "--max-batch-size",
-            str(self.max_batch_size),
+            str(c.max_batch_size),
             "--max-delay-ms",
-            f"{self.max_delay_ms:g}",
+            f"{c.max_delay_ms:g}",
             "--max-queue",
-            str(self.max_queue),
+            str(c.max_queue),
         ]
-        if self.instances != 1:
-            cmd += ["--instances", str(self.instances)]
-        if not self.batching:
+        if c.instances != default.instances:
+            cmd += ["--instances", str(c.instances)]
+        if c.threads is not None:
+            cmd += ["--threads", str(c.threads)]
+        if c.request_timeout_s != default.request_timeout_s:
+            cmd += ["--request-timeout-s", f"{c.request_timeout_s:g}"]
+        if c.max_body_bytes != default.max_body_bytes:
+            cmd += ["--max-body-bytes", str(c.max_body_bytes)]
+        if not c.batching:
             cmd.append("--no-batching")
-        if self.api_key_env:
-            cmd += ["--api-key-env", self.api_key_env]
-        return cmd + list(self.extra_args)
+        if not c.half_precision:
+            cmd.append("--no-half-precision")
+        if c.api_key_env:
+            cmd += ["--api-key-env", c.api_key_env]
+        return cmd
 
     @property
     def pid(self) -> int | None:
@@ -265,5 +248,5 @@ class ServerProcess:
 
     def __repr__(self) -> str:
         state = "running" if self.running else f"stopped (exit {self.exit_code})"
-        where = self.url or f"{self.host}:{self.requested_port}"
+        where = self.url or f"{self.config.host}:{self.config.port}"
         return f"ServerProcess({', '.join(self.models)} on {where}, {state})"

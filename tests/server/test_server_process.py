@@ -9,11 +9,17 @@ import httpx
 import pytest
 
 from maaslab.errors import MaaslabError
+from maaslab.serve.config import ServeConfig
 from maaslab.serve.process import ServerProcess
 
 
+def config(*models: str, **settings) -> ServeConfig:
+    """A ServeConfig for a child server on a free port, on the CPU."""
+    return ServeConfig(models=models, port=settings.pop("port", 0), device="cpu", **settings)
+
+
 def test_start_answers_then_sigterm_exits_zero():
-    server = ServerProcess(["digits-cnn"], max_queue=8, extra_args=("--request-timeout-s", "9"))
+    server = ServerProcess(config("digits-cnn", max_queue=8, request_timeout_s=9))
     assert "--max-queue" in server.command() and "--request-timeout-s" in server.command()
     assert server.pid is None and not server.running and server.stop() is None
     with server:
@@ -36,31 +42,61 @@ def test_start_answers_then_sigterm_exits_zero():
 
 def test_command_line_carries_every_setting():
     cmd = ServerProcess(
-        "digits-cnn",
-        batching=False,
-        max_batch_size=8,
-        max_delay_ms=2.5,
-        api_key_env="KEY",
-        port=8123,
+        config(
+            "digits-cnn",
+            batching=False,
+            max_batch_size=8,
+            max_delay_ms=2.5,
+            api_key_env="KEY",
+            port=8123,
+        )
     ).command()
     assert cmd[1:4] == ["-m", "maaslab", "serve"] and "--no-batching" in cmd
     flags = dict(zip(cmd[4::2], cmd[5::2], strict=False))
     assert flags["--models"] == "digits-cnn" and flags["--max-batch-size"] == "8"
     assert flags["--max-delay-ms"] == "2.5" and flags["--port"] == "8123"
     assert cmd[-2:] == ["--api-key-env", "KEY"]
-    assert ServerProcess("digits-cnn", threads=1).env["OMP_NUM_THREADS"] == "1"
+    one = ServerProcess(config("digits-cnn", threads=1))
+    assert one.env["OMP_NUM_THREADS"] == "1" and "--threads" in one.command()
     with pytest.raises(MaaslabError, match="threads must be"):
-        ServerProcess("digits-cnn", threads=0)
-    two = ServerProcess("digits-cnn", instances=2).command()
+        ServerProcess(config("digits-cnn", threads=0))
+    two = ServerProcess(config("digits-cnn", instances=2)).command()
     assert two[two.index("--instances") + 1] == "2"
-    assert "--instances" not in ServerProcess("digits-cnn").command()
+    plain = ServerProcess(config("digits-cnn")).command()
+    assert "--instances" not in plain and "--threads" not in plain
     with pytest.raises(MaaslabError, match="instances must be"):
-        ServerProcess("digits-cnn", instances=0)
+        ServerProcess(config("digits-cnn", instances=0))
+    with pytest.raises(MaaslabError, match="max-queue must be"):
+        ServerProcess(config("digits-cnn", max_queue=0))  # refused before any child starts
+    with pytest.raises(MaaslabError, match="takes a ServeConfig"):
+        ServerProcess(["digits-cnn"])  # type: ignore[arg-type]
+
+
+def test_command_line_round_trips_through_the_cli_flags():
+    # Every setting a ServerProcess is given reaches the child as the config it was built from.
+    import argparse
+
+    from maaslab.serve.config import add_serve_arguments, config_from_args
+
+    given = config(
+        "digits-cnn",
+        "sentiment-minilm",
+        batching=False,
+        instances=2,
+        threads=3,
+        request_timeout_s=9,
+        max_body_bytes=2048,
+        half_precision=False,
+        api_key_env="KEY",
+    )
+    parser = argparse.ArgumentParser()
+    add_serve_arguments(parser)
+    assert config_from_args(parser.parse_args(ServerProcess(given).command()[4:])) == given
 
 
 def test_two_instances_split_the_cores():
     # The server gives each instance cores / instances torch threads unless told otherwise.
-    with ServerProcess(["digits-cnn"], instances=2) as server:
+    with ServerProcess(config("digits-cnn", instances=2)) as server:
         line = next(x for x in server.log_tail().splitlines() if " on http://" in x)
     threads = os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // 2)
     assert f"2 instances, {threads} torch threads each" in line
@@ -69,10 +105,10 @@ def test_two_instances_split_the_cores():
 def test_a_server_that_cannot_start_raises_with_its_message():
     started = time.monotonic()
     with pytest.raises(MaaslabError, match=r"(?s)exited with code 2.*unknown model 'no-such"):
-        ServerProcess(["no-such-model"]).start(wait=False).wait_ready(timeout=60)
+        ServerProcess(config("no-such-model")).start(wait=False).wait_ready(timeout=60)
     assert time.monotonic() - started < 60  # the exit is noticed, not waited out
 
 
 def test_wait_ready_needs_a_start():
     with pytest.raises(MaaslabError, match="call start"):
-        ServerProcess("digits-cnn").wait_ready()
+        ServerProcess(config("digits-cnn")).wait_ready()

@@ -1,0 +1,139 @@
+"""Page parts that several pages share: the model picker, the task watcher, the per-session
+slot, and the cached test digits. A page imports these (`from components import ...`; the
+router's folder is on the path while a page runs) instead of pasting its own copy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import streamlit as st
+from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+from maaslab.data import DIGIT_PIXEL_MAX, load_dataset
+from maaslab.jobs import Task
+
+ss = st.session_state
+
+
+# --- the model picker ------------------------------------------------------------------------
+
+
+def pick_model(names: Sequence[str], key: str, *, default: str | None = None) -> str:
+    """A "Model" selectbox kept in the URL (?model=...), so a link opens the page on one model.
+
+    Parameters
+    ----------
+    names : the models offered.
+    key : the page's session_state key for the choice, e.g. "infer.model".
+    default : the first choice when the URL names none (None: the first of `names`).
+    """
+    if key not in ss:
+        asked = st.query_params.get("model")
+        if asked in names:
+            ss[key] = asked
+        elif default is not None:
+            ss[key] = default
+    name = st.selectbox("Model", list(names), key=key)
+    st.query_params["model"] = name
+    return name
+
+
+@st.cache_data(show_spinner=False)
+def digits_test(pixel_scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """The digits test split and its labels: pixels on sklearn's 0..16 scale (what predict and
+    the server take), or with pixel_scale=False on 0..1 (what the networks read)."""
+    data = load_dataset("digits", seed=0)
+    return (data.X_test * DIGIT_PIXEL_MAX if pixel_scale else data.X_test), data.y_test
+
+
+# --- the task watcher ------------------------------------------------------------------------
+
+
+def watch_task(
+    find: Callable[[], Task | None],
+    finish: Callable[[Task], None],
+    *,
+    cancel_key: str,
+    every: float = 0.5,
+    status: Callable[[Task], None] | None = None,
+    cancel: Callable[[Task], None] | None = None,
+) -> None:
+    """Poll a background Task every `every` seconds: its progress and a Cancel button while it
+    runs; once it ends, `finish(task)` keeps its outcome and the whole page reruns.
+
+    Parameters
+    ----------
+    find : the task to watch now (None: nothing runs, nothing is shown).
+    finish : called once with the ended task (read task.error / task.result there).
+    cancel_key : the Cancel button's key, e.g. "compress.cancel".
+    every : seconds between polls.
+    status : shows the running task (default: a progress bar with its stage).
+    cancel : what Cancel does (default: task.cancel(); the task then ends and `finish` runs).
+    """
+
+    @st.fragment(run_every=every)
+    def poll() -> None:
+        task = find()
+        if task is None:
+            return
+        if task.running:
+            if status is not None:
+                status(task)
+            else:
+                st.progress(task.fraction, text=f"{task.stage} · {task.fraction:.0%}")
+            if st.button("Cancel", icon=":material/stop:", key=cancel_key):
+                (cancel or Task.cancel)(task)
+            return
+        finish(task)
+        st.rerun()
+
+    poll()
+
+
+def keep_outcome(task_key: str, result_key: str, error_key: str) -> Callable[[Task], None]:
+    """A `finish` for watch_task when the task sits in session_state under `task_key`: the
+    result goes to `result_key`, an error message to `error_key`."""
+
+    def finish(task: Task) -> None:
+        ss.pop(task_key, None)
+        if task.error:
+            ss[error_key] = task.error
+        else:
+            ss[result_key] = task.result
+
+    return finish
+
+
+# --- the per-session slot --------------------------------------------------------------------
+
+
+class Stoppable(Protocol):
+    def stop(self) -> Any: ...
+
+
+S = TypeVar("S", bound=Stoppable)
+
+
+@st.cache_resource
+def _slots() -> dict[tuple[str, str], Stoppable]:
+    """Every session's slots, so what they hold outlives reruns (and is stopped when it goes)."""
+    return {}
+
+
+def session_slot(page: str, make: Callable[[], S]) -> S:
+    """This browser session's slot for `page` (made by `make` the first time): a place for
+    processes and threads that must outlive a rerun. The slots of sessions that have gone (a
+    tab closed or disconnected) are stopped here, so nothing runs on unseen."""
+    from streamlit.runtime import Runtime
+
+    registry = _slots()
+    if Runtime.exists():  # under `streamlit run` (AppTest has no runtime)
+        runtime = Runtime.instance()
+        for key in [k for k in registry if not runtime.is_active_session(k[1])]:
+            registry.pop(key).stop()
+    key = (page, get_script_run_ctx().session_id)
+    if key not in registry:
+        registry[key] = make()
+    return registry[key]  # type: ignore[return-value]
