@@ -205,7 +205,7 @@ def test_export_round_trip_structured_pruning_keeps_the_smaller_layers(tmp_path,
     np.testing.assert_allclose(loaded.predict(TEXTS).probabilities, expected, atol=1e-6)
 
 
-def test_registry_loads_plain_folders_and_refuses_unknown_names(tmp_path, digits):
+def test_auto_loads_plain_folders_and_refuses_unknown_names(tmp_path, digits):
     folder = save_model(load("digits-cnn").model, tmp_path / "cnn")
     assert isinstance(load(folder), DigitsClassifier)
     pixels = digits.X_test[:5] * 16
