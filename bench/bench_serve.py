@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -39,6 +40,7 @@ import torch
 from maaslab.auto import load
 from maaslab.device import describe
 from maaslab.reviews import load_reviews
+from maaslab.serve.config import ServeConfig
 from maaslab.serve.loadtest import LoadResult, request_bodies, run_load, scrape_metrics
 from maaslab.serve.process import ServerProcess
 
@@ -178,16 +180,17 @@ def main() -> None:
 
     inproc = InProcess(32)
     inproc_runs: list[tuple[float, float]] = []
-    common = {
-        "max_batch_size": 32,
-        "max_delay_ms": args.max_delay_ms,
-        "device": args.device,
-        "env": env,
-        "instances": args.instances,
-    }
+    base = ServeConfig(
+        models=(MODEL,),
+        port=0,
+        device=args.device,
+        max_batch_size=32,
+        max_delay_ms=args.max_delay_ms,
+        instances=args.instances,
+    )
     servers = {
-        "on": ServerProcess([MODEL], batching=True, **common).start(180),
-        "off": ServerProcess([MODEL], batching=False, **common).start(180),
+        "on": ServerProcess(base, env=env).start(180),
+        "off": ServerProcess(replace(base, batching=False), env=env).start(180),
     }
     urls = {k: s.url for k, s in servers.items()}
     lit = None
@@ -266,7 +269,7 @@ def main() -> None:
 
     # Overload: open loop at 3x capacity against a small queue.
     rate = 3 * on
-    with ServerProcess([MODEL], max_queue=16, **common) as small:
+    with ServerProcess(replace(base, max_queue=16), env=env) as small:
         run_load(small.url, MODEL, concurrency=args.concurrency, duration_s=2.0)
         r = run_load(small.url, MODEL, concurrency=128, duration_s=args.seconds, rate=rate)
         alive = small.running and httpx.get(small.url + "/v2/health/ready").status_code == 200

@@ -1,39 +1,22 @@
 """Compress: a model's variants measured side by side, the P5 verdict, and one exported."""
 
 import os
-import re
 import shlex
 
-import numpy as np
 import pandas as pd
 import streamlit as st
+from components import keep_outcome, pick_model, watch_task
 
-from maaslab import auto, plots
-from maaslab.compress import COMPRESSIBLE, VARIANTS, compare, export_variant, variants_for
+from maaslab import plots
+from maaslab.compress import COMPRESSIBLE, VARIANTS, compare, variants_for
+from maaslab.compress.checked_export import export_checked, export_folder
+from maaslab.compress.verdict import GOAL_SPEEDUP, p5_verdict
 from maaslab.errors import MaaslabError
 from maaslab.jobs import Task
-from maaslab.paths import ROOT, runs_dir
-from maaslab.runtime import torch_threads
 
 ss = st.session_state
 TASK, RESULT, EXPORTED = "compress.task", "compress.result", "compress.exported"
 CHEAP = {"digits-cnn": ["int8-dynamic", "onnx-int8"], "sentiment-minilm": ["onnx-int8"]}
-GOAL_SPEEDUP, MAX_DROP = 2.0, 1.0  # P5: at least 2x faster at batch 1, within 1 point
-FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")  # one plain folder, no / or ..
-
-
-@st.cache_data(show_spinner=False)
-def held_out_example(model: str):
-    """One held-out input as the loaded model's predict takes it, and its label."""
-    if model == "sentiment-minilm":
-        from maaslab.reviews import load_reviews
-
-        reviews = load_reviews("test")
-        return reviews.texts[0], reviews.labels[0]
-    from maaslab.data import load_dataset
-
-    data = load_dataset("digits", seed=0)
-    return data.X_test[0] * 16, data.y_test[0]  # predict() takes pixels on 0..16
 
 
 def run(model: str, variants: list[str], repeats: int, shap_inputs: int, threads: int, seed):
@@ -69,25 +52,6 @@ def prepare() -> bool:
     return True
 
 
-@st.fragment(run_every=1.0)
-def watch() -> None:
-    """Progress and a Cancel button while the comparison runs; the page reruns when it ends."""
-    task = ss.get(TASK)
-    if task is None:
-        return
-    if task.running:
-        st.progress(task.fraction, text=f"{task.stage} · {task.fraction:.0%}")
-        if st.button("Cancel", icon=":material/stop:", key="compress.cancel"):
-            task.cancel()
-        return
-    ss.pop(TASK)
-    if task.error:
-        ss["compress.error"] = task.error
-    else:
-        ss[RESULT] = task.result
-    st.rerun()
-
-
 def table(comparison) -> pd.DataFrame:
     """The comparison as shown: one row per variant, its error (if any) in the last column."""
     rows = []
@@ -112,21 +76,8 @@ def table(comparison) -> pd.DataFrame:
 
 def verdict(comparison) -> None:
     """P5: the fastest variant within 1 point of fp32's accuracy, against the 2x goal."""
-    best = comparison.best(max_drop_points=MAX_DROP)
-    if best is None:
-        st.warning(f"No variant (fp32 included) could be measured within {MAX_DROP:g} point.")
-        return
-    line = (
-        f"**P5** (≥ {GOAL_SPEEDUP:g}x faster than fp32 at batch 1, accuracy within "
-        f"{MAX_DROP:g} point): the best variant is **{best.name}**, "
-        f"{best.speedup_1:.2f}x at batch 1, {best.accuracy_drop:+.1f} points"
-    )
-    if best.name == "fp32":
-        st.warning(f"{line}: no compressed variant beat fp32 within the accuracy budget.")
-    elif best.speedup_1 >= GOAL_SPEEDUP:
-        st.success(f"{line}: goal met.")
-    else:
-        st.warning(f"{line}: short of the {GOAL_SPEEDUP:g}x goal.")
+    said = p5_verdict(comparison)
+    (st.success if said.met else st.warning)(said.text(markdown=True))
 
 
 def show(comparison) -> None:
@@ -175,61 +126,25 @@ def export_section(comparison) -> None:
     if st.button("Export", icon=":material/save:", key="compress.export.go"):
         ss.pop(EXPORTED, None)
         try:
-            ss[EXPORTED] = export(comparison, variant, name.strip(), overwrite)
+            with st.spinner(f"Exporting {variant}…"):
+                ss[EXPORTED] = export_checked(
+                    comparison.model,
+                    variant,
+                    export_folder(name.strip()),
+                    seed=ss.get("compress.run_seed", 0),
+                    threads=comparison.threads,
+                    overwrite=overwrite,
+                )
         except MaaslabError as err:
             st.error(str(err))
     done = ss.get(EXPORTED)
     if done is not None:
-        shown = done["folder"]
-        st.success(f"Exported **{done['variant']}** to `{shown}`. {done['check']}")
-        files = pd.DataFrame(done["files"], columns=["file", "MB"]).set_index("file")
+        shown = done.shown_folder
+        st.success(f"Exported **{done.variant}** to `{shown}`. {done.check()}")
+        files = pd.DataFrame(done.files, columns=["file", "MB"]).set_index("file")
         st.table(files.style.format({"MB": "{:.3f}"}))
         st.markdown("Serve it (Open Inference Protocol and the Serve page read it like any model):")
         st.code(f"python -m maaslab serve --models {shlex.quote(shown)}", language="bash")
-
-
-def export(comparison, variant: str, name: str, overwrite: bool) -> dict:
-    """Export, load the folder back with auto.load and predict one held-out example."""
-    if not FOLDER_NAME.fullmatch(name) or set(name) == {"."}:
-        raise MaaslabError(
-            f"{name!r} is not a folder name: use letters, digits, '.', '_' or '-' (up to 80, "
-            "starting with a letter or digit), no '/' — it is created inside runs/exports/"
-        )
-    folder = runs_dir() / "exports" / name
-    if folder.exists() and not overwrite:
-        raise MaaslabError(
-            f"{folder} already exists: choose another name, or tick 'Replace the folder if it "
-            "exists'"
-        )
-    with st.spinner(f"Exporting {variant}…"), torch_threads(comparison.threads):
-        # same threads and seed as the comparison: the variant built there is reused, not rebuilt
-        export_variant(
-            comparison.model,
-            variant,
-            folder,
-            seed=ss.get("compress.run_seed", 0),
-            overwrite=overwrite,
-        )
-    loaded = auto.load(folder)
-    x, label = held_out_example(comparison.model)
-    pred = loaded.predict([x] if isinstance(x, str) else np.asarray(x)[None])
-    got = int(pred.labels[0]) if not isinstance(pred.labels[0], str) else pred.labels[0]
-    files = sorted(
-        (str(p.relative_to(folder)), p.stat().st_size / 1e6)
-        for p in folder.rglob("*")
-        if p.is_file()
-    )
-    try:
-        shown = str(folder.resolve().relative_to(ROOT))
-    except ValueError:  # runs/ moved elsewhere with MAASLAB_RUNS
-        shown = str(folder.resolve())
-    return {
-        "variant": variant,
-        "folder": shown,
-        "files": files,
-        "check": f"Loaded back with `auto.load`: held-out example 0 (label {label}) -> "
-        f"predicted {got} ({pred.probabilities[0].max():.1%}).",
-    }
 
 
 st.title("Compress")
@@ -238,12 +153,7 @@ st.markdown(
     "model: accuracy on the held-out split, latency, size on disk, and how far each variant's "
     "SHAP explanation moves from fp32's."
 )
-if "compress.model" not in ss:
-    # a link may open the page on one model; otherwise the cheap one comes first
-    asked = st.query_params.get("model")
-    ss["compress.model"] = asked if asked in COMPRESSIBLE else "digits-cnn"
-model = st.selectbox("Model", COMPRESSIBLE, key="compress.model")
-st.query_params["model"] = model
+model = pick_model(COMPRESSIBLE, "compress.model", default="digits-cnn")  # the cheap one first
 others = [v for v in variants_for(model) if v != "fp32"]
 variants = st.multiselect(
     "Variants (fp32, the reference, is always measured)",
@@ -272,7 +182,12 @@ if st.button(
     prepare()
     run(model, variants, int(repeats), int(shap_inputs), int(threads), int(seed))
     st.rerun()
-watch()
+watch_task(
+    lambda: ss.get(TASK),
+    keep_outcome(TASK, RESULT, "compress.error"),
+    cancel_key="compress.cancel",
+    every=1.0,
+)
 if "compress.error" in ss:
     st.error(ss["compress.error"])
 result = ss.get(RESULT)

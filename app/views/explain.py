@@ -1,11 +1,9 @@
 """Explain: SHAP and LIME side by side on a table row, a digit or a text, with trust numbers."""
 
-import numpy as np
-import pandas as pd
 import streamlit as st
+from components import digits_test, keep_outcome, pick_model, watch_task
 
 from maaslab import plots
-from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.explain import (
     METHODS,
@@ -51,13 +49,6 @@ def model_named(name: str):
     return model
 
 
-@st.cache_data(show_spinner=False)
-def digits_test() -> tuple[np.ndarray, np.ndarray]:
-    """The digits test split (pixels 0..1, as the networks read them) and labels."""
-    data = load_dataset("digits", seed=0)
-    return data.X_test, data.y_test
-
-
 def pick_instance(model, name: str):
     """The input to explain, chosen the way that suits the model; (x, a line about it)."""
     if model.kind == "tabular":
@@ -74,7 +65,7 @@ def pick_instance(model, name: str):
             f"{data.class_names[p.argmax()]} ({p.max():.0%})",
         )
     if model.kind == "image":
-        X, y = digits_test()
+        X, y = digits_test(pixel_scale=False)  # 0..1, as the networks read them
         i = st.slider("Test digit", 0, len(y) - 1, 0, key="explain.digit")
         return X[i], f"Test digit {i}: label **{y[i]}**"
     text = st.text_area(
@@ -98,25 +89,6 @@ def run(model, x, methods, seed, with_stability, with_sanity):
             cancel=cancel,
         )
     ).start()
-
-
-@st.fragment(run_every=0.5)
-def watch() -> None:
-    """Progress and a Cancel button while the report runs; the page reruns when it ends."""
-    task = ss.get(TASK)
-    if task is None:
-        return
-    if task.running:
-        st.progress(task.fraction, text=f"{task.stage} · {task.fraction:.0%}")
-        if st.button("Cancel", icon=":material/stop:", key="explain.cancel"):
-            task.cancel()
-        return
-    ss.pop(TASK)
-    if task.error:
-        ss["explain.error"] = task.error
-    else:
-        ss[REPORT] = task.result
-    st.rerun()
 
 
 def show(report, x) -> None:
@@ -144,26 +116,7 @@ def show(report, x) -> None:
             )
 
     st.header("How far to trust them")
-    rows = []
-    for method in methods:
-        attr, f = report.attributions[method], report.faithfulness[method]
-        row = {
-            "method": METHODS[method].label,
-            "deletion AUC (lower is better)": f.deletion.auc,
-            "random order": f.random_deletion.auc,
-            "insertion AUC (higher is better)": f.insertion.auc,
-            "random order ": f.random_insertion.auc,
-            "evaluations": attr.evaluations,
-            "seconds": attr.seconds,
-        }
-        if method in report.stability:
-            row["rank agreement across seeds"] = report.stability[method].rank_agreement
-        if method in report.sanity:
-            check = report.sanity[method]
-            row["similarity to random weights"] = check.similarity
-            row["sanity check"] = "passed" if check.passed else "FAILED"
-        rows.append(row)
-    st.table(pd.DataFrame(rows).round(3).set_index("method"))
+    st.table(report.trust_table())
     left, right = st.columns(2)
     named = {METHODS[m].label: report.faithfulness[m] for m in methods}
     left.plotly_chart(plots.deletion_curves(named), key="explain.deletion")
@@ -172,11 +125,7 @@ def show(report, x) -> None:
         st.markdown(
             "**Agreement** (Spearman rank correlation of the attributions; 1 = same ranking)"
         )
-        pairs = [
-            {"methods": f"{METHODS[a].label} vs {METHODS[b].label}", "agreement": v}
-            for (a, b), v in report.agreement.items()
-        ]
-        st.table(pd.DataFrame(pairs).round(3).set_index("methods"))
+        st.table(report.agreement_table())
     if report.sanity:
         st.caption(
             "Sanity check (Adebayo et al. 2018): the same method on a copy of the model with "
@@ -187,10 +136,7 @@ def show(report, x) -> None:
 
 
 st.title("Explain")
-if "explain.model" not in ss and st.query_params.get("model") in MODELS:
-    ss["explain.model"] = st.query_params["model"]  # a link may open the page on one model
-name = st.selectbox("Model", MODELS, key="explain.model")
-st.query_params["model"] = name
+name = pick_model(MODELS, "explain.model")
 model = model_named(name)
 x, about = pick_instance(model, name)
 if about:
@@ -237,7 +183,11 @@ if st.button(
             with_sanity and model.module is not None,
         )
         st.rerun()
-watch()
+watch_task(
+    lambda: ss.get(TASK),
+    keep_outcome(TASK, REPORT, "explain.error"),
+    cancel_key="explain.cancel",
+)
 if "explain.error" in ss:
     st.error(ss["explain.error"])
 report = ss.get(REPORT)

@@ -5,21 +5,16 @@ import time
 import numpy as np
 import pandas as pd
 import streamlit as st
+from components import digits_test, pick_model
 
 from maaslab import plots
 from maaslab.auto import LOADERS, load
-from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.lessons import guide_sentences
 from maaslab.models.encoder import nearest
 from maaslab.models.gpt import MAX_NEW_TOKENS
-from maaslab.zoo import (
-    DigitsClassifier,
-    SentimentModel,
-    TextGenerator,
-    image_to_pixels,
-    paint,
-)
+from maaslab.serve.models import kind_of
+from maaslab.zoo import image_to_pixels, paint
 
 ss = st.session_state
 CANVAS, GENERATED = "infer.canvas", "infer.generated"
@@ -34,13 +29,6 @@ EXAMPLE_PROMPT = "The for statement "
 def model_named(name: str):
     """Each model loads once per server; switching back to it is instant."""
     return load(name)
-
-
-@st.cache_data(show_spinner=False)
-def digits_test() -> tuple[np.ndarray, np.ndarray]:
-    """The digits test split as sklearn's 0-16 pixels, with labels."""
-    data = load_dataset("digits", seed=0)
-    return data.X_test * 16, data.y_test
 
 
 @st.cache_data(show_spinner="Embedding the corpus…")
@@ -242,20 +230,17 @@ def embed_panel(model, name: str) -> None:
 
 
 st.title("Inference")
-names = list(LOADERS)
-if "infer.model" not in ss and st.query_params.get("model") in names:
-    ss["infer.model"] = st.query_params["model"]  # a link may open the page on one model
-name = st.selectbox("Model", names, key="infer.model")
-st.query_params["model"] = name
+name = pick_model(list(LOADERS), "infer.model")
 model = model_named(name)
 st.caption(f"Model `{name}` · device {model.device}")
 
-# The wrapper's type says which panel fits (the distilled student is a sentiment model too).
-if isinstance(model, DigitsClassifier):
+# The wrapper's kind says which panel fits (the distilled student is a sentiment model too).
+kind = kind_of(model)
+if kind == "digits":
     digits_panel(model)
-elif isinstance(model, SentimentModel):
+elif kind == "sentiment":
     sentiment_panel(model)
-elif isinstance(model, TextGenerator):
+elif kind == "generator":
     gpt_panel(model)
 else:
     embed_panel(model, name)

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from itertools import combinations
 from typing import Any
 
+import pandas as pd
+
 from maaslab.errors import MaaslabError
 from maaslab.explain.core import Attribution, Cancelled, Explainable
 from maaslab.explain.methods import METHODS, explain, methods_for
@@ -45,6 +47,59 @@ class Report:
     stability: dict[str, Stability] = field(default_factory=dict)
     sanity: dict[str, SanityCheck] = field(default_factory=dict)
     seconds: float = 0.0
+
+    def trust_table(self) -> pd.DataFrame:
+        """How far to trust each method's answer: see trust_table."""
+        return trust_table(self.attributions, self.faithfulness, self.stability, self.sanity)
+
+    def agreement_table(self) -> pd.DataFrame:
+        """Each pair of methods and the rank agreement of their attributions."""
+        pairs = [
+            {"methods": f"{_label(a)} vs {_label(b)}", "agreement": v}
+            for (a, b), v in self.agreement.items()
+        ]
+        return pd.DataFrame(pairs, columns=["methods", "agreement"]).round(3).set_index("methods")
+
+
+def _label(method: str) -> str:
+    return METHODS[method].label if method in METHODS else method
+
+
+def trust_table(
+    attributions: dict[str, Attribution],
+    faithfulness: dict[str, Faithfulness],
+    stability: dict[str, Stability] | None = None,
+    sanity: dict[str, SanityCheck] | None = None,
+) -> pd.DataFrame:
+    """One row per method (its label): deletion and insertion AUC against a random order, cost,
+    and when measured the rank agreement across seeds and the sanity check; rounded to 3.
+
+    Parameters
+    ----------
+    attributions : method key (or label) -> its Attribution.
+    faithfulness : the same keys -> its Faithfulness.
+    stability, sanity : the same keys -> Stability / SanityCheck, for the methods that have one.
+    """
+    stability, sanity = stability or {}, sanity or {}
+    rows = []
+    for method, attr in attributions.items():
+        f = faithfulness[method]
+        row = {
+            "method": _label(method),
+            "deletion AUC (lower is better)": f.deletion.auc,
+            "random order": f.random_deletion.auc,
+            "insertion AUC (higher is better)": f.insertion.auc,
+            "random order ": f.random_insertion.auc,
+            "evaluations": attr.evaluations,
+            "seconds": attr.seconds,
+        }
+        if method in stability:
+            row["rank agreement across seeds"] = stability[method].rank_agreement
+        if method in sanity:
+            row["similarity to random weights"] = sanity[method].similarity
+            row["sanity check"] = "passed" if sanity[method].passed else "FAILED"
+        rows.append(row)
+    return pd.DataFrame(rows).round(3).set_index("method")
 
 
 def build_report(

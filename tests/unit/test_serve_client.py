@@ -112,3 +112,47 @@ def test_kinds_sizes_and_what_a_page_shows():
     long = client.shown({"data": list(range(5000))})
     assert long.endswith("more characters)") and len(long) < client.SHOWN_CHARS + 40
     assert client.shown({"a": 1}) == '{\n  "a": 1\n}'
+
+
+def test_requests_per_kind_and_their_answers(url, digit):
+    ask = client.request_for("digits-cnn", digit)
+    assert (ask.kind, ask.path) == ("digits", client.infer_path("digits-cnn"))
+    assert ask.body == client.digits_body(digit)
+    calls = client.ask(url, ask, explain="shap")
+    assert [c.status for c in calls] == [200, 200]
+    assert calls[1].url.endswith("/v2/models/digits-cnn/explain")
+    assert calls[1].request == client.explain_body(ask.body, "shap")
+    answer = client.answer_of("digits", calls[0].response)
+    local = load("digits-cnn").predict(digit[None, :]).probabilities[0]
+    np.testing.assert_allclose(answer.probabilities, local, atol=1e-4)
+    two = client.digits_body(np.stack([digit, digit]))["inputs"][0]
+    assert two["shape"] == [2, 64] and len(two["data"]) == 128
+
+    text = client.request_for("sentiment-minilm", "fine")
+    assert text.body == client.text_body("fine") and text.path.endswith("/infer")
+    gen = client.request_for("mini-gpt", "The ", max_tokens=5, temperature=0.5, seed=2)
+    assert gen.path == "/v1/completions"
+    assert gen.body == client.completion_body("mini-gpt", "The ", 5, 0.5, 2)
+    emb = client.request_for("minilm-embed", "a")
+    assert (emb.path, emb.body) == ("/v1/embeddings", client.embedding_body("minilm-embed", "a"))
+    with pytest.raises(MaaslabError, match="explanations cover"):
+        client.explain_request(gen, "shap")
+    read = client.answer_of("generator", {"choices": [{"text": "x"}], "usage": {"a": 1}})
+    assert (read.text, read.usage) == ("x", {"a": 1})
+    sentiment = {
+        "outputs": [
+            {"name": "probabilities", "shape": [1, 2], "datatype": "FP32", "data": [0.2, 0.8]},
+            {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["positive"]},
+        ]
+    }
+    assert client.answer_of("sentiment", sentiment).label == "positive"
+
+
+def test_one_kind_of_for_wrappers_and_names():
+    from maaslab.serve.models import kind_of
+
+    assert client.kind_of is kind_of
+    assert kind_of(load("digits-cnn")) == kind_of("digits-cnn") == "digits"
+    assert kind_of("digits-cnn-onnx-int8") == "digits"  # an exported variant's default name
+    with pytest.raises(MaaslabError, match="not a model the server can serve"):
+        kind_of(object())

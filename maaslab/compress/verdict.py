@@ -1,0 +1,73 @@
+"""The P5 verdict of a comparison: is a compressed variant fast enough without losing accuracy?
+
+P5 asks for a variant at least GOAL_SPEEDUP times faster than fp32 at batch 1 while losing at
+most MAX_DROP_POINTS points of held-out accuracy. The Compress page and lesson 12 both read
+their verdict here, so the page's banner and the notebook's line say the same thing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from maaslab.compress.measure import Comparison, VariantRow
+
+GOAL_SPEEDUP = 2.0  # P5: at least 2x faster than fp32 at batch 1 ...
+MAX_DROP_POINTS = 1.0  # ... losing at most 1 point of held-out accuracy
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What a comparison says about P5."""
+
+    model: str
+    best: VariantRow | None  # the fastest variant within the accuracy budget (fp32 included)
+    outcome: str  # "met", "short" (best is slower than the goal), "fp32" (none beat it), "none"
+    goal_speedup: float
+    max_drop_points: float
+
+    @property
+    def met(self) -> bool:
+        """True when a compressed variant reaches the goal within the accuracy budget."""
+        return self.outcome == "met"
+
+    def text(self, markdown: bool = False) -> str:
+        """The verdict in one line (with markdown bold for a page)."""
+        b = "**" if markdown else ""
+        if self.best is None:
+            return (
+                f"No variant (fp32 included) could be measured within "
+                f"{self.max_drop_points:g} point."
+            )
+        line = (
+            f"{b}P5{b} (≥ {self.goal_speedup:g}x faster than fp32 at batch 1, accuracy within "
+            f"{self.max_drop_points:g} point): the best variant is {b}{self.best.name}{b}, "
+            f"{self.best.speedup_1:.2f}x at batch 1, {self.best.accuracy_drop:+.1f} points"
+        )
+        if self.outcome == "fp32":
+            return f"{line}: no compressed variant beat fp32 within the accuracy budget."
+        if self.outcome == "met":
+            return f"{line}: goal met."
+        return f"{line}: short of the {self.goal_speedup:g}x goal."
+
+
+def p5_verdict(
+    comparison: Comparison,
+    goal_speedup: float = GOAL_SPEEDUP,
+    max_drop_points: float = MAX_DROP_POINTS,
+) -> Verdict:
+    """The P5 verdict: the fastest variant within the accuracy budget, against the goal.
+
+    Parameters
+    ----------
+    comparison : what `compare` measured (fp32 is the reference row).
+    goal_speedup : how many times faster than fp32 at batch 1 counts as met.
+    max_drop_points : accuracy points a variant may lose and still count.
+    """
+    best = comparison.best(max_drop_points=max_drop_points)
+    if best is None:
+        outcome = "none"
+    elif best.name == "fp32":
+        outcome = "fp32"
+    else:
+        outcome = "met" if best.speedup_1 >= goal_speedup else "short"
+    return Verdict(comparison.model, best, outcome, goal_speedup, max_drop_points)

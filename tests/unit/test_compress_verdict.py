@@ -1,0 +1,63 @@
+"""The P5 verdict and the checked export: one rule for the Compress page and lesson 12."""
+
+import numpy as np
+import pytest
+
+from maaslab.compress.checked_export import export_checked, export_folder
+from maaslab.compress.measure import Comparison, VariantRow
+from maaslab.compress.verdict import GOAL_SPEEDUP, MAX_DROP_POINTS, p5_verdict
+from maaslab.errors import MaaslabError
+from maaslab.paths import runs_dir
+
+
+def comparison(*rows: tuple[str, float, float] | str) -> Comparison:
+    """A Comparison of (name, speed-up at batch 1, accuracy drop) rows; a bare name failed."""
+    made = [
+        VariantRow(r, "", error="failed")
+        if isinstance(r, str)
+        else VariantRow(r[0], "", accuracy=0.9, accuracy_drop=r[2], speedup_1=r[1])
+        for r in rows
+    ]
+    return Comparison("digits-cnn", made, repeats=1, examples=10, shap_inputs=0, threads=1)
+
+
+def test_the_goal_is_met_short_or_not_beaten():
+    assert (GOAL_SPEEDUP, MAX_DROP_POINTS) == (2.0, 1.0)
+    met = p5_verdict(comparison(("fp32", 1.0, 0.0), ("onnx-int8", 2.5, 0.5), ("a", 3.0, 1.5)))
+    assert met.met and met.outcome == "met" and met.best.name == "onnx-int8"
+    assert met.text().endswith("2.50x at batch 1, +0.5 points: goal met.")
+    assert "**onnx-int8**" in met.text(markdown=True) and "**" not in met.text()
+    short = p5_verdict(comparison(("fp32", 1.0, 0.0), ("int8-dynamic", 1.4, 0.0)))
+    assert short.outcome == "short" and not short.met
+    assert short.text().endswith("short of the 2x goal.")
+    beaten = p5_verdict(comparison(("fp32", 1.0, 0.0), ("slow", 0.5, 0.0), "broken"))
+    assert beaten.outcome == "fp32" and "no compressed variant beat fp32" in beaten.text()
+    none = p5_verdict(comparison("fp32"))
+    assert none.best is None and none.outcome == "none" and "No variant" in none.text()
+    looser = p5_verdict(comparison(("fp32", 1.0, 0.0), ("a", 3.0, 1.5)), max_drop_points=2.0)
+    assert looser.met and looser.best.name == "a"
+
+
+def test_export_folder_takes_one_plain_name():
+    assert export_folder("cnn-onnx") == runs_dir() / "exports" / "cnn-onnx"
+    for bad in ("../escape", "a/b", "..", "", "-x"):
+        with pytest.raises(MaaslabError, match="is not a folder name"):
+            export_folder(bad)
+
+
+def test_export_checked_loads_the_folder_back(tmp_path):
+    from maaslab.auto import load
+    from maaslab.data import DIGIT_PIXEL_MAX, load_dataset
+
+    folder = tmp_path / "cnn"
+    done = export_checked("digits-cnn", "fp32", folder, threads=1, examples=3)
+    assert done.folder == folder and "config.json" in [name for name, _ in done.files]
+    data = load_dataset("digits", seed=0)
+    expected = load(folder).predict(data.X_test[:3] * DIGIT_PIXEL_MAX)
+    assert done.predicted == list(expected.labels)
+    assert done.labels.tolist() == data.y_test[:3].tolist()
+    np.testing.assert_allclose(done.confidence, expected.probabilities.max(1), atol=1e-5)
+    assert done.check().startswith("Loaded back with `auto.load`: held-out example 0 (label")
+    with pytest.raises(MaaslabError, match="already exists"):
+        export_checked("digits-cnn", "fp32", folder)
+    assert export_checked("digits-cnn", "fp32", folder, overwrite=True).folder == folder
