@@ -1,9 +1,11 @@
 """THE training loop: `train(model, data, cfg, callbacks)` -> History.
 
-Notebooks, the Training Studio, the CLI and (later) DDP all call this one function. It records
-per-step loss, per-epoch train/test loss and accuracy, per-layer gradient norms and wall time;
-callbacks watch it and may stop it; with a checkpoint folder it saves after every epoch and can
-resume from there, continuing exactly where it stopped (weights, optimizer, random streams).
+Notebooks, the Training Studio, the CLI and the compression recipes call this one function.
+It records per-step loss, per-epoch train/test loss and accuracy, per-layer gradient norms and
+wall time; callbacks watch it and may stop it; with a checkpoint folder it saves after every
+epoch and can resume from there, continuing exactly where it stopped (weights, optimizer, random
+streams). Every optimizer step it takes is `train_step`, which the data-parallel ranks of
+maaslab.distributed call too (they need a DistributedSampler instead of train's loaders).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from maaslab.callbacks import Callback, TrainState
@@ -169,16 +172,47 @@ def layer_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
     return groups
 
 
-def _loss_fn(task: str) -> nn.Module:
-    return nn.MSELoss() if task == "regression" else nn.CrossEntropyLoss()
+def task_loss(out: torch.Tensor, y: torch.Tensor, task: str) -> torch.Tensor:
+    """The task's standard loss, a mean over the batch: MSE for regression, else cross-entropy.
 
-
-def _loss_inputs(out: torch.Tensor, y: torch.Tensor, task: str) -> tuple[torch.Tensor, ...]:
-    # A language model predicts every position: logits (B, T, V) and targets (B, T) become
-    # (B*T, V) and (B*T,), so the loss is the mean over all predicted tokens.
+    A language model predicts every position: logits (B, T, V) and targets (B, T) become
+    (B*T, V) and (B*T,), so its loss is the mean over all predicted tokens.
+    """
     if task == "language_model":
-        return out.flatten(0, 1), y.flatten()
-    return out, y.view_as(out) if y.dtype.is_floating_point else y
+        return F.cross_entropy(out.flatten(0, 1), y.flatten())
+    if task == "regression":
+        return F.mse_loss(out, y.view_as(out))
+    return F.cross_entropy(out, y)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xb: torch.Tensor,
+    yb: torch.Tensor,
+    task: str,
+    *,
+    loss: LossFn | None = None,
+    before_update: Callable[[], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on one batch: forward, loss, backward, update; returns (loss, outputs).
+
+    Parameters
+    ----------
+    model : the model (or its DistributedDataParallel wrapper, which all-reduces in backward).
+    task : picks the standard loss (task_loss) when `loss` is None.
+    loss : a custom training loss `loss(outputs, inputs, labels)` -> scalar.
+    before_update : called after backward, before the update: the gradients are there to read
+        (gradient norms, a recorded first step) and the learning rate can still be set.
+    """
+    out = model(xb)
+    value = task_loss(out, yb, task) if loss is None else loss(out, xb, yb)
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    if before_update is not None:
+        before_update()
+    optimizer.step()
+    return value, out
 
 
 def _accuracy(predicted: list[torch.Tensor], labels: list[torch.Tensor]) -> float:
@@ -205,11 +239,10 @@ def evaluate(model: nn.Module, loader, task: str) -> tuple[float, float | None]:
     """
     was_training = model.training
     model.eval()
-    loss_fn = _loss_fn(task)
     total_loss, correct, count, predictions = 0.0, 0, 0, 0
     for xb, yb in loader:
         out = model(xb)
-        total_loss += loss_fn(*_loss_inputs(out, yb, task)).item() * len(yb)
+        total_loss += task_loss(out, yb, task).item() * len(yb)
         if task != "regression":
             correct += (out.argmax(-1) == yb).sum().item()
             predictions += yb.numel()  # one per example, or one per position for a language model
@@ -364,7 +397,6 @@ def _train(
         history = load_checkpoint(cfg.checkpoint_dir, model, optimizer, cfg, generator)
         history.stopped_early = False
     history.steps_per_epoch = len(train_loader)
-    loss_fn = _loss_fn(data.task)
     groups = layer_groups(model)
     layer_names = list(groups)
     grad_params = [p for params in groups.values() for p in params]
@@ -386,29 +418,29 @@ def _train(
         cb.on_train_begin(state)
     # Called after every step: skip callbacks that keep the base class's empty hook.
     step_callbacks = [cb for cb in callbacks if type(cb).on_step_end is not Callback.on_step_end]
+    norm_samples: list[torch.Tensor] = []  # per sampled step of an epoch: each parameter's norm
 
+    def before_update() -> None:
+        # between backward and the update: this step's learning rate, a gradient-norm sample
+        if cfg.schedule != "constant":
+            factor = lr_factor(cfg.schedule, state.step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * factor
+        if norm_every and state.step % norm_every == 0:
+            grads = [p.grad if p.grad is not None else p.new_zeros(1) for p in grad_params]
+            norm_samples.append(torch.stack(torch._foreach_norm(grads)))
+
+    hook = before_update if cfg.schedule != "constant" or norm_every else None
     while state.epoch < cfg.epochs and not state.stop:
         epoch_start = time.perf_counter()
         loss_sum, seen = 0.0, 0
         logits: list[torch.Tensor] = []  # kept per step; compared with labels once per epoch
         labels: list[torch.Tensor] = []
-        norm_samples: list[torch.Tensor] = []  # per sampled step: each parameter's grad norm
+        norm_samples.clear()
         for xb, yb in train_loader:
-            out = model(xb)
-            if custom_loss is None:
-                loss = loss_fn(*_loss_inputs(out, yb, data.task))
-            else:
-                loss = custom_loss(out, xb, yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.schedule != "constant":
-                factor = lr_factor(cfg.schedule, state.step, total_steps)
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * factor
-            if norm_every and state.step % norm_every == 0:
-                grads = [p.grad if p.grad is not None else p.new_zeros(1) for p in grad_params]
-                norm_samples.append(torch.stack(torch._foreach_norm(grads)))
-            optimizer.step()
+            loss, out = train_step(
+                model, optimizer, xb, yb, data.task, loss=custom_loss, before_update=hook
+            )
             loss_value = loss.item()
             history.step_loss.append(loss_value)
             loss_sum += loss_value * len(yb)

@@ -2,9 +2,9 @@
 
 `python -m maaslab.distributed` (under torchrun) calls `train_ddp` in every rank inside
 `process_group()`. `reference_train` takes the same optimizer steps in one process, on the same
-global batches, so a test can compare the two. The per-step maths (loss, optimizer) is the one
-maaslab.train uses; the loop itself is separate because train() builds its own loaders and a
-DDP rank needs a DistributedSampler instead.
+global batches, so a test can compare the two. Every step, in a rank and in the reference, is
+`maaslab.train.train_step` with train's optimizer and loss; only the loop around it is DDP's
+own, because a rank draws its batches through a DistributedSampler instead of train's loaders.
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ from maaslab.registry import save_model, state_to_safetensors, write_json
 from maaslab.runtime import torch_threads
 from maaslab.train import (
     TrainConfig,
-    _loss_fn,
-    _loss_inputs,
     cpu_threads,
     evaluate,
     make_optimizer,
+    task_loss,
+    train_step,
 )
 
 MODELS = ("mlp", "cnn")
@@ -215,7 +215,6 @@ def train_ddp(cfg: DDPConfig, log: Callable[[str], None] = lambda _: None) -> DD
     sampler, loader = _loader(data, cfg, rank, world, device)
     _, test_loader = make_loaders(data, cfg.batch_size, device=device)
     optimizer = make_optimizer(ddp, cfg.train_config())
-    loss_fn = _loss_fn(data.task)
     run = DDPRun(
         world_size=world,
         backend=backend,
@@ -234,19 +233,22 @@ def train_ddp(cfg: DDPConfig, log: Callable[[str], None] = lambda _: None) -> DD
     )
     out = Path(cfg.output) if cfg.output else None
     losses: list[float] = []
+
+    def record_first_step() -> None:
+        # after backward, so these are the all-reduced gradients every rank applies
+        if run.steps == 0 and out is not None:
+            first = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+            out.mkdir(parents=True, exist_ok=True)
+            state_to_safetensors(first, out / GRADIENTS_FILE)
+
+    hook = record_first_step if cfg.record_gradients and rank == 0 else None
     timed, started = 0.0, time.perf_counter()
     for epoch in range(cfg.epochs):
         sampler.set_epoch(epoch)  # a new shuffle each epoch, the same one on every rank
         for xb, yb in loader:
             step_start = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(*_loss_inputs(ddp(xb), yb, data.task))
-            loss.backward()  # DDP all-reduces the gradients bucket by bucket during backward
-            if cfg.record_gradients and run.steps == 0 and rank == 0 and out is not None:
-                first = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
-                out.mkdir(parents=True, exist_ok=True)
-                state_to_safetensors(first, out / GRADIENTS_FILE)
-            optimizer.step()
+            # DDP all-reduces the gradients bucket by bucket during the step's backward
+            loss, _ = train_step(ddp, optimizer, xb, yb, data.task, before_update=hook)
             losses.append(loss.item())
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -267,7 +269,7 @@ def train_ddp(cfg: DDPConfig, log: Callable[[str], None] = lambda _: None) -> DD
     run.seconds = time.perf_counter() - started
     run.steps_per_second = (run.steps - warmup) / timed if timed else 0.0
     run.step_loss = _mean_over_ranks(losses, world)
-    _time_parts(run, ddp, loader, loss_fn, data.task, device)
+    _time_parts(run, ddp, loader, data.task, device)
     if rank == 0 and out is not None:
         write_json(out / RUN_FILE, {**asdict(run), "config": asdict(cfg)})
     dist.barrier()
@@ -296,14 +298,14 @@ def _mean_over_ranks(losses: list[float], world: int) -> list[float]:
     return [sum(step) / world for step in zip(*gathered, strict=True)]
 
 
-def _time_parts(run: DDPRun, ddp, loader, loss_fn, task: str, device: torch.device) -> None:
+def _time_parts(run: DDPRun, ddp, loader, task: str, device: torch.device) -> None:
     # A step is compute (forward + backward) plus communication (the gradient all-reduce);
     # timing each alone shows which one dominates. no_sync() skips DDP's all-reduce.
     xb, yb = next(iter(loader))
 
     def compute() -> None:
         with ddp.no_sync():
-            loss_fn(*_loss_inputs(ddp(xb), yb, task)).backward()
+            task_loss(ddp(xb), yb, task).backward()
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -339,18 +341,19 @@ def _reference_steps(cfg: DDPConfig, world_size: int, data: Dataset, model: nn.M
     total = min(cfg.epochs * per_epoch, cfg.max_steps or cfg.epochs * per_epoch)
     X, y = to_tensors(data.X_train, data.y_train)
     optimizer = make_optimizer(model, cfg.train_config())
-    loss_fn = _loss_fn(data.task)
     model.train()
     first: dict[str, torch.Tensor] = {}
     losses: list[float] = []
+
+    def record_first_step() -> None:
+        if not first:
+            first.update({n: p.grad.clone() for n, p in model.named_parameters()})
+
     for epoch in range(cfg.epochs):
         for rows in global_batches(len(y), world_size, cfg.batch_size, seed=cfg.seed, epoch=epoch):
-            optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(*_loss_inputs(model(X[rows]), y[rows], data.task))
-            loss.backward()
-            if not first:
-                first = {n: p.grad.clone() for n, p in model.named_parameters()}
-            optimizer.step()
+            loss, _ = train_step(
+                model, optimizer, X[rows], y[rows], data.task, before_update=record_first_step
+            )
             losses.append(loss.item())
             if len(losses) == total:
                 return model.eval(), first, losses

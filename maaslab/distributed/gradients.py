@@ -21,7 +21,7 @@ from maaslab.distributed.ranks import RANKS_TIMEOUT_S, start_ranks
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model, model_config
 from maaslab.registry import read_safetensors, state_to_safetensors
-from maaslab.train import _loss_fn, _loss_inputs
+from maaslab.train import task_loss
 
 Grads = dict[str, torch.Tensor]
 
@@ -46,8 +46,7 @@ def global_gradient(
     task : "classification", "regression" or "language_model" (picks the loss, as train does).
     """
     model.zero_grad(set_to_none=True)
-    loss = _loss_fn(task)(*_loss_inputs(model(X), y, task))
-    loss.backward()
+    task_loss(model(X), y, task).backward()
     grads = _grads(model)
     model.zero_grad(set_to_none=True)
     return grads
@@ -126,7 +125,7 @@ def _rank_main(
             rows = shard(len(tensors["X"]), world_size, rank)
             task = info["task"]
             logits = ddp(tensors["X"][rows])
-            _loss_fn(task)(*_loss_inputs(logits, tensors["y"][rows], task)).backward()
+            task_loss(logits, tensors["y"][rows], task).backward()
             out = _grads(model)  # DDP has all-reduced (averaged) them during backward
         state_to_safetensors(out, Path(folder) / f"rank{rank}.safetensors")
     finally:
