@@ -1,7 +1,9 @@
 """The lesson catalogue: `lessons/NN_slug.md` files with YAML front matter.
 
 Front matter fields: title, notebook (path from the repository root), page (an app page file
-stem, e.g. training_studio), minutes, objectives (a list). The body is the guide in Markdown.
+stem, e.g. training_studio), minutes, objectives (a list), modules (the `maaslab` modules the
+lesson teaches, dotted names, so a learner knows where its code lives). The body is the guide
+in Markdown.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ class Lesson:
     page: str  # app page file stem, "" if the lesson has none
     minutes: int
     objectives: tuple[str, ...]
+    modules: tuple[str, ...]  # "maaslab.optimization.descent", ...: the code the lesson teaches
     body: str  # the guide's Markdown, without the front matter
 
     @property
@@ -62,7 +65,8 @@ def parse_lesson(path: Path) -> Lesson:
         meta = yaml.safe_load(front.group(1)) or {}
     except yaml.YAMLError as err:
         raise MaaslabError(f"{path}: front matter is not valid YAML: {err}") from None
-    missing = [k for k in ("title", "notebook", "minutes", "objectives") if k not in meta]
+    required = ("title", "notebook", "minutes", "objectives", "modules")
+    missing = [k for k in required if k not in meta]
     if missing:
         raise MaaslabError(f"{path}: front matter lacks {', '.join(missing)}")
     return Lesson(
@@ -73,6 +77,7 @@ def parse_lesson(path: Path) -> Lesson:
         page=str(meta.get("page") or ""),
         minutes=int(meta["minutes"]),
         objectives=tuple(str(o) for o in meta["objectives"]),
+        modules=tuple(str(m) for m in meta["modules"]),
         body=front.group(2).strip(),
     )
 

@@ -1,4 +1,6 @@
 import ast
+import importlib.util
+import json
 
 import pytest
 
@@ -26,6 +28,36 @@ def test_every_lesson_has_a_notebook_and_a_routed_page():
         if lesson.page:
             assert (ROOT / "app" / "views" / f"{lesson.page}.py").is_file()
             assert lesson.page in routed
+
+
+def _notebook_imports(path) -> set[str]:
+    cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    found = set()
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_every_lesson_names_the_modules_it_teaches_and_its_notebook_uses_them():
+    for lesson in load_lessons():
+        assert lesson.modules, f"{lesson.slug}: front matter names no modules"
+        imported = _notebook_imports(ROOT / lesson.notebook)
+        for name in lesson.modules:
+            assert name.startswith("maaslab"), f"{lesson.slug}: {name} is not a maaslab module"
+            assert importlib.util.find_spec(name) is not None, f"{lesson.slug}: no module {name}"
+            # the module itself, something in it, or the package that holds it (not maaslab)
+            assert any(
+                i == name or i.startswith(name + ".") or name.startswith(i + ".")
+                for i in imported - {"maaslab"}
+            ), f"{lesson.slug}: its notebook does not import {name}"
+        exercises = f"maaslab.exercises.{lesson.slug[3:]}"
+        if importlib.util.find_spec(exercises) is not None:
+            assert exercises in lesson.modules, f"{lesson.slug}: name its checks, {exercises}"
 
 
 def test_every_page_file_is_routed():
