@@ -86,3 +86,16 @@ def test_guide_sentences_are_prose_only():
     assert len(sentences) > 100 and sentences == sorted(set(sentences))
     assert all(len(s) >= 40 and "```" not in s and "$$" not in s for s in sentences)
     assert any("learning rate" in s for s in sentences)
+
+
+def test_the_readme_layout_map_lists_every_package_and_module():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = readme.split("## Layout", 1)[1].split("```")[1]
+    backend = layout.split("\nmaaslab/", 1)[1].split("\napp/", 1)[0]  # the maaslab/ block
+    listed = {line.split()[0] for line in backend.splitlines() if line.startswith("  ")}
+    package = ROOT / "maaslab"
+    present = {p.name + ("/" if p.is_dir() else "") for p in package.iterdir()}
+    present = {n for n in present if n.endswith((".py", "/")) and not n.startswith("__init__")}
+    present.discard("__pycache__/")
+    assert present - listed == set(), "add these to the README's layout map"
+    assert listed - present == set(), "the README's layout map names modules that do not exist"
