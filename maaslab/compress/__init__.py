@@ -17,7 +17,12 @@ from maaslab.compress.measure import (
     shap_difference,
 )
 from maaslab.compress.onnx import export_onnx
-from maaslab.compress.quantize import ffn_output_matmuls, int8_state, ort_dynamic_int8
+from maaslab.compress.quantize import (
+    ffn_output_matmuls,
+    int8_state,
+    int8_weight_error,
+    ort_dynamic_int8,
+)
 from maaslab.compress.variants import (
     COMPRESSIBLE,
     VARIANTS,
@@ -41,6 +46,7 @@ __all__ = [
     "export_variant",
     "ffn_output_matmuls",
     "int8_state",
+    "int8_weight_error",
     "interleaved_latency",
     "load_variant",
     "ort_dynamic_int8",

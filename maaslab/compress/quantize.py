@@ -35,6 +35,19 @@ from torch import nn
 from maaslab.errors import MaaslabError
 
 
+def int8_weight_error(weight: torch.Tensor, scale: torch.Tensor | float) -> float:
+    """Relative error ||W_hat - W|| / ||W|| of symmetric int8: W_hat = clamp(round(W / s)) * s.
+
+    Parameters
+    ----------
+    weight : the float weight matrix W.
+    scale : one scale for the whole tensor (a number), or one per output row (shape (rows, 1)).
+    """
+    weight = torch.as_tensor(weight, dtype=torch.float32)
+    restored = torch.clamp(torch.round(weight / scale), -128, 127) * scale
+    return float((restored - weight).norm() / weight.norm())
+
+
 def int8_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors a torch.ao dynamic int8 model stores: int8 weights, scales, fp32 rest."""
     out: dict[str, torch.Tensor] = {}

@@ -240,3 +240,17 @@ def test_held_out_inputs_are_fixed():
     assert all(len(t.split()) <= 20 for t in text.explained)
     pixels = held_out("digits-cnn", examples=10)
     assert pixels.inputs.shape == (10, 64) and pixels.batch_32.shape == (32, 64)
+
+
+def test_int8_weight_error_is_zero_on_the_grid_and_smaller_per_row():
+    from maaslab.compress import int8_weight_error
+
+    on_grid = torch.tensor([[-128.0, 0.0, 127.0], [3.0, -5.0, 7.0]]) * 0.01
+    assert int8_weight_error(on_grid, 0.01) == pytest.approx(0.0, abs=1e-7)
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(8, 32, generator=g) * torch.logspace(-3, 0, 8).unsqueeze(1)  # uneven rows
+    per_tensor = int8_weight_error(W, W.abs().max() / 127.5)
+    per_row = int8_weight_error(W, W.abs().amax(dim=1, keepdim=True) / 127.5)
+    assert 0 < per_row < per_tensor
+    restored = torch.round(W / 0.5).clamp(-128, 127) * 0.5
+    assert int8_weight_error(W, 0.5) == pytest.approx(float((restored - W).norm() / W.norm()))
