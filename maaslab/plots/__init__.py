@@ -35,7 +35,7 @@ from maaslab.plots.serve import (
     load_curves,
     throughput_timeline,
 )
-from maaslab.plots.serve_live import latency_timeline, live_timeline
+from maaslab.plots.serve_live import dashboard_tiles, latency_timeline, live_timeline
 from maaslab.plots.surfaces import add_click_targets, race_contour, race_loss, surface_contour
 from maaslab.plots.text import sampling_bars
 from maaslab.plots.training import (
@@ -69,6 +69,7 @@ __all__ = [
     "communication_volume",
     "confusion_matrix_heatmap",
     "conv_filter_grid",
+    "dashboard_tiles",
     "dataset_scatter",
     "decision_boundary",
     "deletion_curves",

@@ -24,6 +24,32 @@ def _finite(values: Sequence[float]) -> list[float | None]:
     return [float(v) if np.isfinite(v) else None for v in values]
 
 
+def _ms(value: float) -> str:
+    return f"{value:.1f} ms" if np.isfinite(value) else "—"
+
+
+def dashboard_tiles(stats: LiveStats, queue_depth: float) -> list[tuple[str, str, str | None]]:
+    """The eight numbers of a load-test dashboard as (label, value, help), throughput first.
+
+    Parameters
+    ----------
+    stats : the latest LoadGenerator snapshot.
+    queue_depth : the model's queue depth from the latest /metrics scrape (nan: none).
+    """
+    s = stats
+    depth = "—" if np.isnan(queue_depth) else f"{queue_depth:.0f}"
+    return [
+        ("Throughput, last 3 s", f"{s.recent_throughput:.1f}/s", None),
+        ("Throughput overall", f"{s.throughput:.1f}/s", None),
+        ("Completed", f"{s.completed:,}", None),
+        ("Rejected (503)", f"{s.rejected:,}", f"{s.errors} other errors"),
+        ("p50 latency", _ms(s.p50_ms), None),
+        ("p90 latency", _ms(s.p90_ms), None),
+        ("p99 latency", _ms(s.p99_ms), None),
+        ("Queue depth", depth, "requests waiting in the model's queue, from /metrics"),
+    ]
+
+
 def live_timeline(
     stats: Sequence[LiveStats], queue_depth: Sequence[float] | None = None
 ) -> go.Figure:

@@ -53,6 +53,20 @@ class Call:
         """True for a 2xx answer."""
         return self.status is not None and 200 <= self.status < 300
 
+    @property
+    def status_text(self) -> str:
+        """The status code, or "no answer" when none came back."""
+        return str(self.status) if self.status is not None else "no answer"
+
+    @property
+    def latency_text(self) -> str:
+        """The round trip in milliseconds, e.g. "12.3 ms"."""
+        return f"{self.seconds * 1000:.1f} ms"
+
+    def line(self) -> str:
+        """The exchange in one markdown line: method, URL, status and latency."""
+        return f"`{self.method} {self.url}` → **{self.status_text}** in {self.latency_text}"
+
 
 def digits_body(pixels: Any) -> dict[str, Any]:
     """An OIP v2 infer body for digits: `pixels` FP32 [N, 64] on sklearn's 0..16 scale.
@@ -232,6 +246,23 @@ class Answer:
     text: str | None = None  # generator: the completion
     usage: dict[str, Any] | None = None  # generator: prompt_tokens, completion_tokens
     embedding: np.ndarray | None = None  # embedder: the first sentence's vector
+
+    def lines(self, true_label: int | None = None) -> tuple[str, str]:
+        """(a markdown headline, a caption) for a page; "" where the kind has none.
+
+        `true_label` is the label of the digit sent, shown next to the prediction.
+        """
+        if self.kind == "digits":
+            return f"**Prediction: {int(self.probabilities.argmax())}** (label {true_label})", ""
+        if self.kind == "sentiment":
+            return f"**Sentiment: {self.label}** ({self.probabilities.max():.0%} sure)", ""
+        if self.kind == "generator":
+            u = self.usage
+            used = f"{u.get('prompt_tokens')} prompt tokens · {u.get('completion_tokens')}"
+            return "", used + " completion tokens"
+        v = self.embedding
+        first = "First values: " + ", ".join(f"{x:+.4f}" for x in v[:8]) + ", …"
+        return f"**{len(v)} dimensions** · length {np.linalg.norm(v):.3f}", first
 
 
 def answer_of(kind: str, answer: dict[str, Any]) -> Answer:

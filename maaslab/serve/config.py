@@ -103,6 +103,15 @@ class ServeConfig:
         """Seconds a batch waits to fill: 0 with batching off."""
         return self.max_delay_ms / 1000 if self.batching else 0.0
 
+    def describe(self) -> str:
+        """How requests are batched and queued, in words (the Serve page's server line)."""
+        mode = (
+            f"batching on (up to {self.max_batch_size} rows, {self.max_delay_ms:g} ms wait)"
+            if self.batching
+            else "batching off"
+        )
+        return f"{mode} · queue {self.max_queue}"
+
 
 def _models(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())

@@ -20,7 +20,7 @@ import aiohttp
 import numpy as np
 
 from maaslab.errors import MaaslabError
-from maaslab.serve.client import infer_path, kind_of, request_for
+from maaslab.serve.client import EXPLAINABLE, infer_path, kind_of, request_for
 from maaslab.serve.scrape import Histogram, ServerMetrics, scrape_metrics
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "LoadGenerator",
     "LoadResult",
     "ServerMetrics",
+    "loadable",
     "request_bodies",
     "run_load",
     "scrape_metrics",
@@ -74,6 +75,11 @@ def request_bodies(model: str, n: int | None = None) -> list[bytes]:
         )
     rows = rows[:n] if n is not None else rows
     return [json.dumps(request_for(model, row).body).encode() for row in rows]
+
+
+def loadable(models: Sequence[str]) -> list[str]:
+    """The served models a load test can drive: the OIP tensor models (digits, sentiment)."""
+    return [m for m in models if kind_of(m) in EXPLAINABLE]
 
 
 @dataclass(frozen=True)

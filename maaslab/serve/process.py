@@ -132,6 +132,20 @@ class ServerProcess:
         """The last `lines` lines the server printed (stdout and stderr together)."""
         return "".join(list(self._lines)[-lines:]) if lines > 0 else ""
 
+    def headline(self) -> str:
+        """What is served where, in one markdown line: models, address, pid, batching, queue."""
+        c = self.config
+        return (
+            f"Serving **{', '.join(c.models)}** at `{self.url}` · pid {self.pid} · {c.describe()}"
+        )
+
+    def exit_note(self, lines: int = 20) -> str:
+        """Why a server that stopped by itself is gone: its exit code, then its last output."""
+        code = self.process.returncode if self.process is not None else None
+        return (
+            f"The server exited on its own (code {code}); its last output:\n{self.log_tail(lines)}"
+        )
+
     def _read_output(self) -> None:
         # Runs on a thread: keep the pipe drained (a full pipe would block the server) and
         # catch the ready line with the URL.
@@ -234,6 +248,12 @@ class ServerProcess:
         self.exit_code = self.process.returncode
         _LIVE.discard(self)
         return self.exit_code
+
+    @staticmethod
+    def stop_note(code: int | None) -> str:
+        """What stop() returning `code` means: 0 is a drained, clean exit."""
+        how = "it drained and exited" if code == 0 else "it exited"
+        return f"Server stopped (SIGTERM; {how} with code {code})."
 
     def __enter__(self) -> Self:
         return self.start() if not self.running else self

@@ -61,3 +61,22 @@ def test_latency_timeline_separates_ok_rejected_and_failed():
     assert list(by_name["rejected (503)"].x) == [0.2] and list(by_name["failed"].y) == [60.0]
     assert [s.y0 for s in fig.layout.shapes] == [7.0, 8.96]
     assert "(5 at concurrency 2)" in fig.layout.title.text
+
+
+def test_dashboard_tiles_read_the_snapshot():
+    tiles = plots.dashboard_tiles(stats(2.0, 4.0), 3.0)
+    values = {label: value for label, value, _ in tiles}
+    assert len(tiles) == 8 and [label for label, _, _ in tiles][:2] == [
+        "Throughput, last 3 s",
+        "Throughput overall",
+    ]
+    assert values["Throughput, last 3 s"] == "12.0/s" and values["Completed"] == "20"
+    assert (values["p50 latency"], values["p90 latency"], values["p99 latency"]) == (
+        "4.0 ms",
+        "6.0 ms",
+        "8.0 ms",
+    )
+    assert values["Queue depth"] == "3"
+    assert dict((label, tip) for label, _, tip in tiles)["Rejected (503)"] == "0 other errors"
+    before = {label: value for label, value, _ in plots.dashboard_tiles(stats(0.1, np.nan), np.nan)}
+    assert before["p50 latency"] == "—" and before["Queue depth"] == "—"

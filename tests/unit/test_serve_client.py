@@ -156,3 +156,33 @@ def test_one_kind_of_for_wrappers_and_names():
     assert kind_of("digits-cnn-onnx-int8") == "digits"  # an exported variant's default name
     with pytest.raises(MaaslabError, match="not a model the server can serve"):
         kind_of(object())
+
+
+def test_a_call_and_an_answer_as_a_page_writes_them():
+    down = client.Call("POST", "http://h/v2/models/m/infer", {}, None, None, 0.5, "cannot reach")
+    good = client.Call("GET", "http://h/v2/health/ready", None, 200, {}, 0.01234)
+    assert (down.status_text, down.latency_text) == ("no answer", "500.0 ms")
+    assert good.line() == "`GET http://h/v2/health/ready` → **200** in 12.3 ms"
+    proba = np.array([0.1, 0.7, 0.2])
+    assert client.Answer("digits", probabilities=proba).lines(4) == (
+        "**Prediction: 1** (label 4)",
+        "",
+    )
+    sentiment = client.Answer("sentiment", probabilities=np.array([0.25, 0.75]), label="positive")
+    assert sentiment.lines() == ("**Sentiment: positive** (75% sure)", "")
+    usage = {"prompt_tokens": 3, "completion_tokens": 9}
+    assert client.Answer("generator", text="x", usage=usage).lines() == (
+        "",
+        "3 prompt tokens · 9 completion tokens",
+    )
+    headline, caption = client.Answer("embedder", embedding=np.full(16, 0.25)).lines()
+    assert headline == "**16 dimensions** · length 1.000"
+    assert caption == "First values: " + ", ".join(["+0.2500"] * 8) + ", …"
+
+
+def test_only_the_tensor_models_are_load_tested():
+    from maaslab.serve.loadtest import loadable
+
+    served = ["mini-gpt", "digits-cnn", "minilm-embed", "sentiment-minilm"]
+    assert loadable(served) == ["digits-cnn", "sentiment-minilm"]
+    assert loadable(["mini-gpt"]) == []
