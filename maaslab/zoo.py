@@ -13,12 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from maaslab.data import DIGIT_PIXEL_MAX
 from maaslab.errors import MaaslabError
 from maaslab.evaluation import predict_proba
-from maaslab.models.encoder import check_texts, tokenize
+from maaslab.models.encoder import check_texts, nearest, tokenize
 from maaslab.paths import MODELS_DIR
 from maaslab.registry import load_model, read_metadata
 
@@ -40,6 +41,14 @@ class AttentionMap:
     tokens: tuple[str, ...]  # the tokens as the model saw them
     weights: np.ndarray  # (layers, heads, T, T): row i = the weights token i gives each token
     truncated: bool  # True when the text was cut to the model's window first
+
+    def head(self, layer: int, head: int, last: int | None = None) -> tuple[np.ndarray, tuple]:
+        """(T, T) weights of one head (layer and head count from 1) and their tokens, kept to
+        the `last` tokens when there are more (None: all)."""
+        weights, tokens = self.weights[layer - 1, head - 1], self.tokens
+        if last is not None and len(tokens) > last:
+            weights, tokens = weights[-last:, -last:], tokens[-last:]
+        return weights, tokens
 
 
 @dataclass(frozen=True)
@@ -224,6 +233,24 @@ class TextEmbedder:
         return _encoder_attention(
             self.encoder.tokenizer, self.encoder.model, text, self.encoder.max_length
         )
+
+
+def nearest_sentences(
+    query: np.ndarray, corpus: np.ndarray, sentences: list[str], k: int = 5
+) -> pd.DataFrame:
+    """The k sentences whose embeddings are closest to the first query row, most similar first.
+
+    Parameters
+    ----------
+    query : (1, C) or (C,) unit-length embedding of the query.
+    corpus : (N, C) unit-length embeddings of `sentences`.
+    sentences : the N sentences embedded in `corpus`.
+    k : how many rows (at most N).
+    """
+    order, scores = nearest(query, corpus, k=k)
+    return pd.DataFrame(
+        {"cosine similarity": scores[0].round(3), "sentence": [sentences[i] for i in order[0]]}
+    )
 
 
 def image_to_pixels(data: bytes) -> np.ndarray:

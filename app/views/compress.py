@@ -1,21 +1,16 @@
 """Compress: a model's variants measured side by side, the P5 verdict, and one exported."""
 
 import os
-import shlex
 
-import pandas as pd
 import streamlit as st
 from components import keep_outcome, pick_model, watch_task
+from panels.compress import EXPORTED, export_section, show
 
-from maaslab import plots
 from maaslab.compress import COMPRESSIBLE, VARIANTS, compare, variants_for
-from maaslab.compress.checked_export import export_checked, export_folder
-from maaslab.compress.verdict import GOAL_SPEEDUP, p5_verdict
-from maaslab.errors import MaaslabError
 from maaslab.jobs import Task
 
 ss = st.session_state
-TASK, RESULT, EXPORTED = "compress.task", "compress.result", "compress.exported"
+TASK, RESULT = "compress.task", "compress.result"
 CHEAP = {"digits-cnn": ["int8-dynamic", "onnx-int8"], "sentiment-minilm": ["onnx-int8"]}
 
 
@@ -50,101 +45,6 @@ def prepare() -> bool:
     import torch.onnx._internal.exporter._compat  # noqa: F401
 
     return True
-
-
-def table(comparison) -> pd.DataFrame:
-    """The comparison as shown: one row per variant, its error (if any) in the last column."""
-    rows = []
-    for r in comparison.rows:
-        rows.append(
-            {
-                "variant": r.name,
-                "accuracy (%)": None if r.accuracy is None else 100 * r.accuracy,
-                "drop (points)": r.accuracy_drop,
-                "ms batch 1": r.latency_ms_1,
-                "ms batch 32": r.latency_ms_32,
-                "speed-up batch 1": r.speedup_1,
-                "speed-up batch 32": r.speedup_32,
-                "MB on disk": r.size_mb,
-                "SHAP difference": r.shap_difference,
-                "build s": r.build_seconds,
-                "error": r.error or "",
-            }
-        )
-    return pd.DataFrame(rows).set_index("variant").astype({"error": str})
-
-
-def verdict(comparison) -> None:
-    """P5: the fastest variant within 1 point of fp32's accuracy, against the 2x goal."""
-    said = p5_verdict(comparison)
-    (st.success if said.met else st.warning)(said.text(markdown=True))
-
-
-def show(comparison) -> None:
-    """Table, verdict, figures, and the run's conditions."""
-    formats = {
-        "accuracy (%)": "{:.1f}",
-        "drop (points)": "{:+.1f}",
-        "ms batch 1": "{:.3g}",
-        "ms batch 32": "{:.3g}",
-        "speed-up batch 1": "{:.2f}x",
-        "speed-up batch 32": "{:.2f}x",
-        "MB on disk": "{:.3f}",
-        "SHAP difference": "{:.3f}",
-        "build s": "{:.1f}",
-    }
-    st.table(table(comparison).style.format(formats, na_rep="—"))
-    failed = [r.name for r in comparison.rows if r.error]
-    if failed:
-        st.error(f"Not measured: {', '.join(failed)} (the reason is in the error column).")
-    verdict(comparison)
-    left, right = st.columns(2)
-    left.plotly_chart(plots.variant_scatter(comparison, GOAL_SPEEDUP), key="compress.scatter")
-    right.plotly_chart(plots.speedup_bars(comparison, GOAL_SPEEDUP), key="compress.speedups")
-    st.caption(
-        f"Latency: median of {comparison.repeats} calls per variant and batch size, taken in "
-        f"turn across the variants, {comparison.threads} CPU thread(s); timings on a shared "
-        f"machine move from run to run, accuracy does not. Accuracy on {comparison.examples} "
-        f"held-out examples; SHAP difference on {comparison.shap_inputs} input(s) (0 = the same "
-        f"explanation as fp32). The comparison took {comparison.seconds:.1f} s."
-    )
-
-
-def export_section(comparison) -> None:
-    """Write one compared variant as a model folder, then load it back and predict once."""
-    st.header("Export a variant")
-    usable = [r.name for r in comparison.rows if r.error is None]
-    c1, c2 = st.columns(2)
-    variant = c1.selectbox("Variant", usable, index=len(usable) - 1, key="compress.export.variant")
-    name = c2.text_input(
-        "Folder name (inside runs/exports/)",
-        f"{comparison.model}-{variant}",
-        max_chars=80,
-        key=f"compress.export.name.{comparison.model}.{variant}",
-    )
-    overwrite = st.checkbox("Replace the folder if it exists", key="compress.export.overwrite")
-    if st.button("Export", icon=":material/save:", key="compress.export.go"):
-        ss.pop(EXPORTED, None)
-        try:
-            with st.spinner(f"Exporting {variant}…"):
-                ss[EXPORTED] = export_checked(
-                    comparison.model,
-                    variant,
-                    export_folder(name.strip()),
-                    seed=ss.get("compress.run_seed", 0),
-                    threads=comparison.threads,
-                    overwrite=overwrite,
-                )
-        except MaaslabError as err:
-            st.error(str(err))
-    done = ss.get(EXPORTED)
-    if done is not None:
-        shown = done.shown_folder
-        st.success(f"Exported **{done.variant}** to `{shown}`. {done.check()}")
-        files = pd.DataFrame(done.files, columns=["file", "MB"]).set_index("file")
-        st.table(files.style.format({"MB": "{:.3f}"}))
-        st.markdown("Serve it (Open Inference Protocol and the Serve page read it like any model):")
-        st.code(f"python -m maaslab serve --models {shlex.quote(shown)}", language="bash")
 
 
 st.title("Compress")

@@ -2,8 +2,8 @@
 
 import streamlit as st
 from components import digits_test, keep_outcome, pick_model, watch_task
+from panels.explain import show
 
-from maaslab import plots
 from maaslab.errors import MaaslabError
 from maaslab.explain import (
     METHODS,
@@ -56,14 +56,7 @@ def pick_instance(model, name: str):
         i = st.number_input(
             f"Test row (0–{len(data.y_test) - 1})", 0, len(data.y_test) - 1, 0, key="explain.row"
         )
-        x = data.X_test[int(i)]
-        p = model.predict_fn(x[None, :])[0]
-        truth = data.class_names[data.y_test[int(i)]]
-        return (
-            x,
-            f"Row {int(i)}: truly **{truth}**; the model says "
-            f"{data.class_names[p.argmax()]} ({p.max():.0%})",
-        )
+        return tabular_models().test_row(model, int(i))
     if model.kind == "image":
         X, y = digits_test(pixel_scale=False)  # 0..1, as the networks read them
         i = st.slider("Test digit", 0, len(y) - 1, 0, key="explain.digit")
@@ -89,50 +82,6 @@ def run(model, x, methods, seed, with_stability, with_sanity):
             cancel=cancel,
         )
     ).start()
-
-
-def show(report, x) -> None:
-    """The methods side by side, then the quality panel."""
-    methods = list(report.attributions)
-    for start in range(0, len(methods), 3):
-        cols = st.columns(min(3, len(methods) - start))
-        for col, method in zip(cols, methods[start : start + 3], strict=False):
-            attr = report.attributions[method]
-            with col:
-                st.subheader(METHODS[method].label)
-                fig = plots.attribution_figure(attr, x if report.kind == "image" else None)
-                fig.update_layout(title=None)
-                st.plotly_chart(fig, key=f"explain.fig.{method}")
-                st.caption(
-                    f"{attr.evaluations:,} model evaluations · {attr.seconds:.2f} s · "
-                    f"base {attr.base_value:.3f} + sum {attr.values.sum():+.3f} vs "
-                    f"prediction {attr.prediction:.3f}"
-                )
-    if report.kind == "tabular" and st.toggle("Waterfalls", key="explain.waterfall"):
-        cols = st.columns(len(methods))
-        for col, method in zip(cols, methods, strict=True):
-            col.plotly_chart(
-                plots.waterfall(report.attributions[method]), key=f"explain.wf.{method}"
-            )
-
-    st.header("How far to trust them")
-    st.table(report.trust_table())
-    left, right = st.columns(2)
-    named = {METHODS[m].label: report.faithfulness[m] for m in methods}
-    left.plotly_chart(plots.deletion_curves(named), key="explain.deletion")
-    right.plotly_chart(plots.deletion_curves(named, insertion=True), key="explain.insertion")
-    if report.agreement:
-        st.markdown(
-            "**Agreement** (Spearman rank correlation of the attributions; 1 = same ranking)"
-        )
-        st.table(report.agreement_table())
-    if report.sanity:
-        st.caption(
-            "Sanity check (Adebayo et al. 2018): the same method on a copy of the model with "
-            "random weights. A map that barely changes (similarity ≥ 0.5) explains the input, "
-            "not the model."
-        )
-    st.caption(f"The whole report took {report.seconds:.1f} s.")
 
 
 st.title("Explain")

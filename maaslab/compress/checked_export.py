@@ -9,10 +9,12 @@ it. `export_folder` names where the page writes: one plain folder inside runs/ex
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from maaslab.compress.export import export_variant
 from maaslab.compress.measure import held_out
@@ -52,6 +54,14 @@ class CheckedExport:
             f"Loaded back with `auto.load`: held-out example 0 (label {self.labels[0]}) -> "
             f"predicted {self.predicted[0]} ({self.confidence[0]:.1%})."
         )
+
+    def files_table(self) -> pd.DataFrame:
+        """The folder's files and their sizes in MB, indexed by path."""
+        return pd.DataFrame(self.files, columns=["file", "MB"]).set_index("file")
+
+    def serve_command(self) -> str:
+        """The shell command that serves the exported folder."""
+        return f"python -m maaslab serve --models {shlex.quote(self.shown_folder)}"
 
 
 def export_folder(name: str) -> Path:

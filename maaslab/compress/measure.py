@@ -93,6 +93,16 @@ class Comparison:
         """Variant names in table order."""
         return [r.name for r in self.rows]
 
+    @property
+    def measured(self) -> list[str]:
+        """Names of the variants that have numbers, in table order."""
+        return [r.name for r in self.rows if r.error is None]
+
+    @property
+    def failed(self) -> list[str]:
+        """Names of the variants that could not be measured (their `error` says why)."""
+        return [r.name for r in self.rows if r.error]
+
     def best(self, max_drop_points: float = 1.0) -> VariantRow | None:
         """The fastest variant at batch 1 losing at most `max_drop_points` of accuracy."""
         ok = [

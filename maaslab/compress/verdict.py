@@ -2,12 +2,15 @@
 
 P5 asks for a variant at least GOAL_SPEEDUP times faster than fp32 at batch 1 while losing at
 most MAX_DROP_POINTS points of held-out accuracy. The Compress page and lesson 12 both read
-their verdict here, so the page's banner and the notebook's line say the same thing.
+their verdict here, so the page's banner and the notebook's line say the same thing; the page
+also shows the comparison as `comparison_table` and the run's `conditions`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import pandas as pd
 
 from maaslab.compress.measure import Comparison, VariantRow
 
@@ -71,3 +74,51 @@ def p5_verdict(
     else:
         outcome = "met" if best.speedup_1 >= goal_speedup else "short"
     return Verdict(comparison.model, best, outcome, goal_speedup, max_drop_points)
+
+
+# column shown -> how its numbers are written (Styler.format strings; None is shown as "—")
+TABLE_FORMATS = {
+    "accuracy (%)": "{:.1f}",
+    "drop (points)": "{:+.1f}",
+    "ms batch 1": "{:.3g}",
+    "ms batch 32": "{:.3g}",
+    "speed-up batch 1": "{:.2f}x",
+    "speed-up batch 32": "{:.2f}x",
+    "MB on disk": "{:.3f}",
+    "SHAP difference": "{:.3f}",
+    "build s": "{:.1f}",
+}
+
+
+def comparison_table(comparison: Comparison) -> pd.DataFrame:
+    """The comparison as a page shows it: one row per variant, accuracy in %, and the error (if
+    any) in the last column ("" for a measured variant); format it with TABLE_FORMATS."""
+    rows = [
+        {
+            "variant": r.name,
+            "accuracy (%)": None if r.accuracy is None else 100 * r.accuracy,
+            "drop (points)": r.accuracy_drop,
+            "ms batch 1": r.latency_ms_1,
+            "ms batch 32": r.latency_ms_32,
+            "speed-up batch 1": r.speedup_1,
+            "speed-up batch 32": r.speedup_32,
+            "MB on disk": r.size_mb,
+            "SHAP difference": r.shap_difference,
+            "build s": r.build_seconds,
+            "error": r.error or "",
+        }
+        for r in comparison.rows
+    ]
+    return pd.DataFrame(rows).set_index("variant").astype({"error": str})
+
+
+def conditions(comparison: Comparison) -> str:
+    """How the comparison's numbers were taken: repeats, threads, examples, SHAP inputs, time."""
+    c = comparison
+    return (
+        f"Latency: median of {c.repeats} calls per variant and batch size, taken in "
+        f"turn across the variants, {c.threads} CPU thread(s); timings on a shared "
+        f"machine move from run to run, accuracy does not. Accuracy on {c.examples} "
+        f"held-out examples; SHAP difference on {c.shap_inputs} input(s) (0 = the same "
+        f"explanation as fp32). The comparison took {c.seconds:.1f} s."
+    )

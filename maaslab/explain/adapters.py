@@ -38,6 +38,15 @@ class TabularModels:
     mlp_accuracy: float  # test accuracy
     boosting_accuracy: float
 
+    def test_row(self, model: Explainable, i: int) -> tuple[np.ndarray, str]:
+        """Test row `i` and a markdown line on it: the true class, and what `model` says."""
+        x = self.data.X_test[i]
+        p = model.predict_fn(x[None, :])[0]
+        names = self.data.class_names
+        truth = names[self.data.y_test[i]]
+        said = f"{names[p.argmax()]} ({p.max():.0%})"
+        return x, f"Row {i}: truly **{truth}**; the model says {said}"
+
 
 def breast_cancer_models(seed: int = 0) -> TabularModels:
     """Train the torch MLP and the gradient-boosting model on breast cancer (a few seconds)."""

@@ -55,6 +55,14 @@ class Attribution:
         """base + sum(values) - prediction: 0 for exact SHAP values, anything for LIME."""
         return float(self.base_value + self.values.sum() - self.prediction)
 
+    def summary(self) -> str:
+        """Its cost and its sum in one line: evaluations, seconds, base + sum vs prediction."""
+        return (
+            f"{self.evaluations:,} model evaluations · {self.seconds:.2f} s · "
+            f"base {self.base_value:.3f} + sum {self.values.sum():+.3f} vs "
+            f"prediction {self.prediction:.3f}"
+        )
+
     def top(self, k: int = 5) -> list[tuple[str, float]]:
         """The k features with the largest absolute attribution, largest first."""
         order = np.argsort(-np.abs(self.values), kind="stable")[:k]

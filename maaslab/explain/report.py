@@ -52,6 +52,10 @@ class Report:
         """How far to trust each method's answer: see trust_table."""
         return trust_table(self.attributions, self.faithfulness, self.stability, self.sanity)
 
+    def faithfulness_by_label(self) -> dict[str, Faithfulness]:
+        """Each method's deletion and insertion curves, keyed by its label (for a legend)."""
+        return {_label(m): f for m, f in self.faithfulness.items()}
+
     def agreement_table(self) -> pd.DataFrame:
         """Each pair of methods and the rank agreement of their attributions."""
         pairs = [

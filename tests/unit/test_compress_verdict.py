@@ -61,3 +61,32 @@ def test_export_checked_loads_the_folder_back(tmp_path):
     with pytest.raises(MaaslabError, match="already exists"):
         export_checked("digits-cnn", "fp32", folder)
     assert export_checked("digits-cnn", "fp32", folder, overwrite=True).folder == folder
+
+
+def test_the_table_a_page_shows_and_the_runs_conditions():
+    from maaslab.compress.verdict import TABLE_FORMATS, comparison_table, conditions
+
+    c = comparison(("fp32", 1.0, 0.0), "onnx-int8", ("int8-dynamic", 2.5, 0.4))
+    assert c.measured == ["fp32", "int8-dynamic"] and c.failed == ["onnx-int8"]
+    table = comparison_table(c)
+    assert list(table.index) == ["fp32", "onnx-int8", "int8-dynamic"]
+    assert table.columns[-1] == "error" and set(TABLE_FORMATS) == set(table.columns[:-1])
+    assert table.loc["fp32", "accuracy (%)"] == pytest.approx(90.0)
+    assert table.loc["int8-dynamic", "speed-up batch 1"] == 2.5
+    assert np.isnan(table.loc["onnx-int8", "accuracy (%)"])
+    assert table["error"].tolist() == ["", "failed", ""]
+    c.seconds = 12.34
+    said = conditions(c)
+    assert "median of 1 calls" in said and "1 CPU thread(s)" in said
+    assert "Accuracy on 10 held-out examples" in said and said.endswith("took 12.3 s.")
+
+
+def test_an_export_says_its_files_and_how_to_serve_it(tmp_path):
+    from maaslab.compress.checked_export import CheckedExport
+
+    folder = tmp_path / "my cnn"
+    files = [("config.json", 0.001), ("model.safetensors", 0.25)]
+    empty = np.array([])
+    done = CheckedExport("digits-cnn", "fp32", folder, files, empty, [], empty, empty)
+    assert done.files_table()["MB"].to_dict() == {"config.json": 0.001, "model.safetensors": 0.25}
+    assert done.serve_command() == f"python -m maaslab serve --models '{folder.resolve()}'"

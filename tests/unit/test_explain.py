@@ -228,3 +228,14 @@ def test_drop_words_keeps_punctuation_and_spacing():
     keep = np.array([0, 1, 1, 1, 1, 1], dtype=bool)
     assert drop_words("Not bad, not bad at all!", spans, keep) == "bad, not bad at all!"
     assert set(METHODS) >= {"kernel_shap", "lime", "deep_shap"}
+
+
+def test_a_test_row_comes_with_the_truth_and_the_models_answer(tab):
+    x, line = tab.test_row(tab.boosting, 3)
+    np.testing.assert_array_equal(x, tab.data.X_test[3])
+    p = tab.boosting.predict_fn(x[None, :])[0]
+    names = tab.data.class_names
+    assert line == (
+        f"Row 3: truly **{names[tab.data.y_test[3]]}**; the model says "
+        f"{names[p.argmax()]} ({p.max():.0%})"
+    )

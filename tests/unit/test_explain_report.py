@@ -42,3 +42,14 @@ def test_the_table_without_a_report_and_the_agreement_pairs(report):
     pairs = report.agreement_table()
     assert list(pairs.index) == ["DeepSHAP vs GradientSHAP"]
     assert pairs["agreement"].iloc[0] == round(report.agreement[("deep_shap", "gradient_shap")], 3)
+
+
+def test_what_the_page_writes_under_each_method(report):
+    attr = report.attributions["deep_shap"]
+    line = attr.summary()
+    assert line.startswith(f"{attr.evaluations:,} model evaluations · ")
+    assert f"base {attr.base_value:.3f} + sum {attr.values.sum():+.3f}" in line
+    assert line.endswith(f"vs prediction {attr.prediction:.3f}")
+    named = report.faithfulness_by_label()
+    assert list(named) == ["DeepSHAP", "GradientSHAP"]
+    assert named["GradientSHAP"] is report.faithfulness["gradient_shap"]

@@ -137,3 +137,29 @@ def test_attention_maps_of_the_text_models():
     assert emb.tokens == ("[CLS]", "a", "cat", "sat", "[SEP]") and not emb.truncated
     with pytest.raises(MaaslabError, match="empty"):
         gpt.attention(" ")
+
+
+def test_one_head_of_an_attention_map_keeps_the_last_tokens():
+    from maaslab.zoo import AttentionMap
+
+    weights = np.arange(2 * 3 * 5 * 5, dtype=float).reshape(2, 3, 5, 5)
+    att = AttentionMap(tuple("abcde"), weights, truncated=False)
+    w, tokens = att.head(2, 3)
+    np.testing.assert_array_equal(w, weights[1, 2])
+    assert tokens == tuple("abcde")
+    w, tokens = att.head(1, 2, last=2)
+    np.testing.assert_array_equal(w, weights[0, 1, 3:, 3:])
+    assert tokens == ("d", "e")
+    assert att.head(1, 1, last=5)[1] == tuple("abcde")
+
+
+def test_the_nearest_sentences_most_similar_first():
+    from maaslab.zoo import nearest_sentences
+
+    corpus = np.eye(3)
+    sentences = ["x axis", "y axis", "z axis"]
+    query = np.array([[0.6, 0.8, 0.0]])
+    table = nearest_sentences(query, corpus, sentences, k=2)
+    assert table["sentence"].tolist() == ["y axis", "x axis"]
+    assert table["cosine similarity"].tolist() == [0.8, 0.6]
+    assert len(nearest_sentences(query, corpus, sentences, k=10)) == 3
