@@ -8,7 +8,7 @@ from maaslab import MaaslabError, seed_everything
 from maaslab.callbacks import Callback, EarlyStopping, StopOnDivergence
 from maaslab.data import load_dataset, make_loaders
 from maaslab.models import build_model
-from maaslab.train import History, TrainConfig, train
+from maaslab.train import History, TrainConfig, task_loss, train, train_step
 
 
 def _mlp(data, hidden=(16, 16), dropout=0.0, seed=0):
@@ -203,3 +203,27 @@ def test_warmup_linear_schedule_matches_transformers():
     assert lr_factor("constant", 7, total) == 1.0
     with pytest.raises(MaaslabError, match="schedule"):
         TrainConfig(schedule="cosine")
+
+
+def test_train_step_is_forward_loss_backward_update_with_a_hook_before_the_update():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    X, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
+    expected = nn.functional.cross_entropy(model(X), y)
+    before = model.weight.detach().clone()
+    seen = {}
+
+    def hook():  # gradients are there, the weights not yet moved
+        seen["grad"] = model.weight.grad.clone()
+        seen["weight"] = model.weight.detach().clone()
+
+    loss, out = train_step(model, optimizer, X, y, "classification", before_update=hook)
+    assert loss.item() == pytest.approx(expected.item()) and out.shape == (8, 2)
+    assert torch.equal(seen["weight"], before)
+    torch.testing.assert_close(model.weight.detach(), before - 0.5 * seen["grad"])
+    # regression compares shapes (N, 1) with targets (N,); a language model every position
+    assert task_loss(torch.ones(4, 1), torch.zeros(4), "regression").item() == 1.0
+    logits = torch.zeros(2, 5, 7)  # uniform over 7 tokens at every position
+    lm = task_loss(logits, torch.zeros(2, 5, dtype=torch.long), "language_model")
+    assert lm.item() == pytest.approx(math.log(7))
