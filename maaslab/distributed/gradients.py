@@ -1,12 +1,14 @@
 """Gradient equivalence: one process on a global batch vs N ranks on its shards, averaged.
 
 `global_gradient` and `shard_gradients` + `average_gradients` do it in one process;
-`ddp_gradients` and `all_reduce_values` start real ranks (spawned processes, gloo) so the
+`ddp_gradients` and `all_reduce_values` start real ranks (fresh processes, gloo) so the
 lesson can compare the hand version with what torch.distributed and DDP compute.
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,10 +19,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from maaslab.distributed.ddp import LOG_FILE, DDPConfig, train_ddp
 from maaslab.distributed.ranks import RANKS_TIMEOUT_S, start_ranks
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model, model_config
-from maaslab.registry import read_safetensors, state_to_safetensors
+from maaslab.registry import read_safetensors, state_to_safetensors, write_json
 from maaslab.train import task_loss
 
 Grads = dict[str, torch.Tensor]
@@ -94,11 +97,20 @@ def max_relative_difference(a: Mapping[str, torch.Tensor], b: Mapping[str, torch
 
 # --- real ranks on this machine ----------------------------------------------------------------
 
+JOB_FILE = "job.json"  # what every rank of a run_ranks job does
+INPUTS_FILE = "inputs.safetensors"  # the tensors every rank reads
 
-def _rank_main(
-    rank: int, job: str, folder: str, world_size: int, tensors: dict[str, torch.Tensor], info: dict
-) -> None:
-    """One rank of a `run_ranks` job: join through a file in `folder`, work, write its result."""
+
+def rank_main(folder: str | Path, rank: int) -> None:
+    """One rank of a `run_ranks` job: join through a file in `folder`, work, write its result.
+
+    `python -m maaslab.distributed.worker FOLDER RANK` calls this in a fresh interpreter.
+    """
+    folder = Path(folder)
+    spec = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
+    job, world_size, info = spec["job"], spec["world_size"], spec["info"]
+    inputs = folder / INPUTS_FILE
+    tensors = read_safetensors(inputs) if inputs.is_file() else {}
     torch.set_num_threads(1)  # the ranks share the machine's cores
     # A file store needs no port, so nothing can collide with another run on this machine.
     dist.init_process_group(
@@ -106,13 +118,12 @@ def _rank_main(
     )
     try:
         if job == "train":  # a whole DDP run (launch.run_spawned); rank 0 saves its record
-            from maaslab.distributed.ddp import LOG_FILE, train_ddp
-
+            cfg = DDPConfig(**info["cfg"])
             lines: list[str] = []
-            train_ddp(info["cfg"], log=lines.append if rank == 0 else lambda _: None)
+            train_ddp(cfg, log=lines.append if rank == 0 else lambda _: None)
             if rank == 0:
                 text = "".join(f"{line}\n" for line in lines)
-                (Path(info["cfg"].output) / LOG_FILE).write_text(text, encoding="utf-8")
+                (Path(cfg.output) / LOG_FILE).write_text(text, encoding="utf-8")
             return
         if job == "all_reduce":
             value = tensors[f"value{rank}"].clone()
@@ -120,14 +131,14 @@ def _rank_main(
             out = {"value": value}
         else:
             model = build_model(info["model_type"], **info["config"])
-            model.load_state_dict(tensors["state"])
+            state = {k.removeprefix("state."): v for k, v in tensors.items() if k[:6] == "state."}
+            model.load_state_dict(state)
             ddp = DistributedDataParallel(model)
             rows = shard(len(tensors["X"]), world_size, rank)
-            task = info["task"]
             logits = ddp(tensors["X"][rows])
-            task_loss(logits, tensors["y"][rows], task).backward()
+            task_loss(logits, tensors["y"][rows], info["task"]).backward()
             out = _grads(model)  # DDP has all-reduced (averaged) them during backward
-        state_to_safetensors(out, Path(folder) / f"rank{rank}.safetensors")
+        state_to_safetensors(out, folder / f"rank{rank}.safetensors")
     finally:
         dist.destroy_process_group()
 
@@ -135,22 +146,27 @@ def _rank_main(
 def run_ranks(
     job: str,
     world_size: int,
-    tensors: dict[str, Any],
+    tensors: Mapping[str, torch.Tensor],
     info: dict[str, Any],
     timeout: float = RANKS_TIMEOUT_S,
 ) -> list[Grads]:
-    """Run `job` ("gradients", "all_reduce" or "train") on `world_size` spawned ranks.
+    """Run `job` ("gradients", "all_reduce" or "train") on `world_size` fresh rank processes.
 
-    The ranks are fresh interpreters (never forked: see maaslab.distributed.ranks) that join
-    through a file store, so they need no port; each returns its table through a file.
+    The job, its settings (`info`, JSON) and its inputs (`tensors`, safetensors) go to a
+    temporary folder; each rank is `python -m maaslab.distributed.worker FOLDER RANK` (never a
+    fork: see maaslab.distributed.ranks), the ranks join through a file store there, so they
+    need no port, and each returns its table through a file.
     """
-    with tempfile.TemporaryDirectory(prefix="maaslab-ddp-") as folder:
-        start_ranks(
-            _rank_main, world_size, (job, folder, world_size, tensors, info), timeout=timeout
-        )
+    with tempfile.TemporaryDirectory(prefix="maaslab-ddp-") as tmp:
+        folder = Path(tmp)
+        write_json(folder / JOB_FILE, {"job": job, "world_size": world_size, "info": info})
+        if tensors:
+            state_to_safetensors(dict(tensors), folder / INPUTS_FILE)
+        worker = [sys.executable, "-m", "maaslab.distributed.worker", str(folder)]
+        start_ranks(worker, world_size, folder, timeout=timeout)
         if job == "train":
             return []
-        return [read_safetensors(Path(folder) / f"rank{r}.safetensors") for r in range(world_size)]
+        return [read_safetensors(folder / f"rank{r}.safetensors") for r in range(world_size)]
 
 
 def ddp_gradients(
@@ -162,7 +178,7 @@ def ddp_gradients(
 ) -> list[Grads]:
     """Every rank's gradient after one DDP backward pass, each rank holding its shard of (X, y).
 
-    Spawns `world_size` processes (gloo on CPU), each with a copy of `model`; DDP all-reduces
+    Starts `world_size` rank processes (gloo on CPU), each with a copy of `model`; DDP all-reduces
     the gradients during backward, so all returned tables should be equal to each other and to
     `global_gradient(model, X, y)`.
 
@@ -173,8 +189,8 @@ def ddp_gradients(
     world_size : ranks to start (2 on this machine's 2 cores).
     """
     shard(len(X), world_size, 0)  # refuse uneven shards before starting any process
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    tensors = {"state": state, "X": X.detach().cpu(), "y": y.detach().cpu()}
+    state = {f"state.{k}": v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    tensors = {**state, "X": X.detach().cpu(), "y": y.detach().cpu()}
     return run_ranks("gradients", world_size, tensors, {**model_config(model), "task": task})
 
 

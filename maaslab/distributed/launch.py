@@ -7,10 +7,9 @@ so what they measure is what a learner gets by typing it.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from maaslab.distributed.ddp import (
@@ -22,7 +21,7 @@ from maaslab.distributed.ddp import (
     train_ddp,
 )
 from maaslab.distributed.gradients import run_ranks
-from maaslab.distributed.ranks import RANKS_TIMEOUT_S, run_command
+from maaslab.distributed.ranks import RANKS_TIMEOUT_S, rank_env, run_command
 from maaslab.errors import MaaslabError
 from maaslab.paths import ROOT
 from maaslab.runtime import torch_threads
@@ -95,16 +94,16 @@ def run_in_process(cfg: DDPConfig) -> DDPRun:
 
 
 def run_spawned(cfg: DDPConfig, nproc: int = 2, *, timeout: float = RANKS_TIMEOUT_S) -> DDPRun:
-    """Run `cfg` on `nproc` ranks spawned from this process (gloo, joined through a file).
+    """Run `cfg` on `nproc` ranks started from this process (gloo, joined through a file).
 
-    What torchrun would run, minus torchrun itself: each rank is a fresh interpreter started by
-    multiprocessing's spawn method (never a fork of this process, which may hold threads), and
-    sets its own threads (cfg.threads, default 1). Ranks still running after `timeout` seconds
-    are killed and MaaslabError says so.
+    What torchrun would run, minus torchrun itself: each rank is a fresh interpreter started
+    from a command line (never a fork of this process, which may hold threads), and sets its
+    own threads (cfg.threads, default 1). Ranks still running after `timeout` seconds are
+    killed and MaaslabError says so.
     """
     if not cfg.output:
         raise MaaslabError("run_spawned needs cfg.output: the folder where rank 0 saves")
-    run_ranks("train", nproc, {}, {"cfg": cfg}, timeout=timeout)
+    run_ranks("train", nproc, {}, {"cfg": asdict(cfg)}, timeout=timeout)
     return load_run(cfg.output)
 
 
@@ -135,8 +134,7 @@ def run_torchrun(
         raise MaaslabError("run_torchrun needs cfg.output: the folder where rank 0 saves")
     # torchrun gives each process one OpenMP thread when it starts several; say it explicitly
     # so one process gets the same default, and let cfg.threads override it in the rank.
-    env = {**os.environ, "OMP_NUM_THREADS": str(cfg.threads or 1)}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env = rank_env(cfg.threads or 1)
     done = run_command(torchrun_command(cfg, nproc_per_node), cwd=ROOT, env=env, timeout=timeout)
     if done.returncode:
         errors = [ln for ln in done.stderr.splitlines() if ln.startswith("error: ")]
@@ -176,8 +174,8 @@ def measure_scaling(
     setups : (processes, CPU threads per process) pairs, each launched with torchrun.
     global_batch : examples per step, split evenly over the processes.
     keep : a folder to keep every run in (keep/<processes>x<threads>); "" discards them.
-    launcher : "torchrun" (as in a terminal) or "spawn" (run_spawned: the same ranks started by
-        multiprocessing, without torchrun's own start-up; the steps are timed the same way).
+    launcher : "torchrun" (as in a terminal) or "spawn" (run_spawned: the same ranks started as
+        fresh processes without torchrun's own start-up; the steps are timed the same way).
     """
     if launcher not in LAUNCHERS:
         raise MaaslabError(f"unknown launcher {launcher!r}: choose {' or '.join(LAUNCHERS)}")

@@ -141,22 +141,29 @@ def _no_fork():
     raise AssertionError("a rank was forked from a process that may hold threads")
 
 
-def _hang(rank: int, seconds: float) -> None:
-    time.sleep(seconds)  # a rank that never reaches the collective
-
-
-def test_a_stuck_rank_is_killed_at_the_deadline_with_a_clear_error():
+def test_a_stuck_rank_is_killed_at_the_deadline_with_a_clear_error(tmp_path):
     started = time.monotonic()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(600)"]  # never reaches a collective
     with pytest.raises(MaaslabError, match=r"did not finish within 3 s: stopped them all"):
-        start_ranks(_hang, 2, (600.0,), timeout=3)
-    assert time.monotonic() - started < 60
+        start_ranks(sleeper, 2, tmp_path, timeout=3)
+    assert time.monotonic() - started < 30
     with pytest.raises(MaaslabError, match="did not finish within 1 s: stopped it and its ranks"):
-        run_command(
-            [sys.executable, "-c", "import time; time.sleep(600)"],
-            cwd=ROOT,
-            env=dict(os.environ),
-            timeout=1,
-        )
+        run_command(sleeper, cwd=ROOT, env=dict(os.environ), timeout=1)
+
+
+def test_a_failing_rank_stops_the_others_and_says_why(tmp_path):
+    # rank 1 fails at once; rank 0 would wait for it forever
+    script = (
+        "import sys, time\n"
+        "if sys.argv[1] == '1': sys.exit('error: no data for rank 1')\n"
+        "time.sleep(600)"
+    )
+    started = time.monotonic()
+    with pytest.raises(MaaslabError, match=r"rank 1 failed \(exit code 1\): no data for rank 1"):
+        start_ranks([sys.executable, "-c", script], 2, tmp_path, timeout=120)
+    assert time.monotonic() - started < 30
+    with pytest.raises(MaaslabError, match="between 1 and 8"):
+        start_ranks([sys.executable, "-c", ""], 9, tmp_path)
 
 
 def test_real_ddp_gradients_equal_the_global_batch_gradient(monkeypatch):
