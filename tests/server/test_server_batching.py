@@ -314,7 +314,7 @@ def test_models_load_and_run_on_the_same_compute_thread(monkeypatch, shared_wrap
 
     from fastapi.testclient import TestClient
 
-    import maaslab.registry
+    import maaslab.auto
     from maaslab.serve.app import create_app
     from maaslab.serve.config import ServeConfig
 
@@ -329,7 +329,7 @@ def test_models_load_and_run_on_the_same_compute_thread(monkeypatch, shared_wrap
         threads["run"] = threading.current_thread().name
         return type(real).predict(real, x)
 
-    monkeypatch.setattr(maaslab.registry, "load", load)
+    monkeypatch.setattr(maaslab.auto, "load", load)
     monkeypatch.setattr(real, "predict", predict)
     app = create_app(ServeConfig(models=("digits-cnn",), port=0, device="cpu"))
     pixels = {"name": "pixels", "shape": [1, 64], "datatype": "FP32", "data": [1.0] * 64}
