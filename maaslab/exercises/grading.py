@@ -66,9 +66,8 @@ def check_array(
     hint: appended to the message when the values are wrong.
     """
     expected = np.asarray(expected, dtype=float)
-    try:
-        got = np.asarray(answer.detach().cpu() if hasattr(answer, "detach") else answer, float)
-    except (TypeError, ValueError):
+    got = _as_floats(answer)
+    if got is None:
         return failed(name, f"expected an array of numbers, got {type(answer).__name__}")
     if got.shape != expected.shape:
         return failed(name, f"shape {got.shape}, expected {expected.shape}")
@@ -105,10 +104,10 @@ def call_answer(name: str, fn: Callable, *args: object) -> tuple[object, CheckRe
 
 def answer_array(name: str, got: object) -> tuple[np.ndarray | None, CheckResult | None]:
     """An answer as a float array (tensors detached), or (None, a failed verdict)."""
-    try:
-        return np.asarray(got.detach().cpu() if hasattr(got, "detach") else got, float), None
-    except (TypeError, ValueError):
+    array = _as_floats(got)
+    if array is None:
         return None, failed(name, f"expected a tensor or array, got {type(got).__name__}")
+    return array, None
 
 
 def _as_floats(value: object) -> np.ndarray | None:
