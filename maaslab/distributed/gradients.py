@@ -19,7 +19,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from maaslab.distributed.ddp import LOG_FILE, DDPConfig, train_ddp
+from maaslab.distributed.ddp import LOG_FILE, DDPConfig, process_group, train_ddp
 from maaslab.distributed.ranks import RANKS_TIMEOUT_S, start_ranks
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model, model_config
@@ -108,39 +108,38 @@ def rank_main(folder: str | Path, rank: int) -> None:
     """
     folder = Path(folder)
     spec = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
-    job, world_size, info = spec["job"], spec["world_size"], spec["info"]
-    inputs = folder / INPUTS_FILE
-    tensors = read_safetensors(inputs) if inputs.is_file() else {}
     torch.set_num_threads(1)  # the ranks share the machine's cores
     # A file store needs no port, so nothing can collide with another run on this machine.
-    dist.init_process_group(
-        "gloo", init_method=f"file://{folder}/store", rank=rank, world_size=world_size
-    )
-    try:
-        if job == "train":  # a whole DDP run (launch.run_spawned); rank 0 saves its record
-            cfg = DDPConfig(**info["cfg"])
-            lines: list[str] = []
-            train_ddp(cfg, log=lines.append if rank == 0 else lambda _: None)
-            if rank == 0:
-                text = "".join(f"{line}\n" for line in lines)
-                (Path(cfg.output) / LOG_FILE).write_text(text, encoding="utf-8")
-            return
-        if job == "all_reduce":
-            value = tensors[f"value{rank}"].clone()
-            dist.all_reduce(value, op=dist.ReduceOp.SUM)
-            out = {"value": value}
-        else:
-            model = build_model(info["model_type"], **info["config"])
-            state = {k.removeprefix("state."): v for k, v in tensors.items() if k[:6] == "state."}
-            model.load_state_dict(state)
-            ddp = DistributedDataParallel(model)
-            rows = shard(len(tensors["X"]), world_size, rank)
-            logits = ddp(tensors["X"][rows])
-            task_loss(logits, tensors["y"][rows], info["task"]).backward()
-            out = _grads(model)  # DDP has all-reduced (averaged) them during backward
-        state_to_safetensors(out, folder / f"rank{rank}.safetensors")
-    finally:
-        dist.destroy_process_group()
+    store = f"file://{folder}/store"
+    with process_group("gloo", init_method=store, rank=rank, world_size=spec["world_size"]):
+        _rank_job(folder, rank, spec["job"], spec["world_size"], spec["info"])
+
+
+def _rank_job(folder: Path, rank: int, job: str, world_size: int, info: dict[str, Any]) -> None:
+    inputs = folder / INPUTS_FILE
+    tensors = read_safetensors(inputs) if inputs.is_file() else {}
+    if job == "train":  # a whole DDP run (launch.run_spawned); rank 0 saves its record
+        cfg = DDPConfig(**info["cfg"])
+        lines: list[str] = []
+        train_ddp(cfg, log=lines.append if rank == 0 else lambda _: None)
+        if rank == 0:
+            text = "".join(f"{line}\n" for line in lines)
+            (Path(cfg.output) / LOG_FILE).write_text(text, encoding="utf-8")
+        return
+    if job == "all_reduce":
+        value = tensors[f"value{rank}"].clone()
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        out = {"value": value}
+    else:
+        model = build_model(info["model_type"], **info["config"])
+        state = {k.removeprefix("state."): v for k, v in tensors.items() if k[:6] == "state."}
+        model.load_state_dict(state)
+        ddp = DistributedDataParallel(model)
+        rows = shard(len(tensors["X"]), world_size, rank)
+        logits = ddp(tensors["X"][rows])
+        task_loss(logits, tensors["y"][rows], info["task"]).backward()
+        out = _grads(model)  # DDP has all-reduced (averaged) them during backward
+    state_to_safetensors(out, folder / f"rank{rank}.safetensors")
 
 
 def run_ranks(

@@ -252,3 +252,20 @@ def test_figures_draw_the_numbers_they_are_given():
     assert list(server.y) == [16.0, 32.0]
     match = plots.loss_match([1.0, 0.5], [1.0, 0.5 + 2e-7])
     assert "2.0e-07" in match.layout.title.text
+
+
+def test_a_ddp_wrapper_is_freed_before_its_process_group_is_destroyed():
+    # A DDP wrapper still alive when the group goes made ranks abort at exit (SIGABRT,
+    # "terminate called without an active exception") after finishing their work.
+    import weakref
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    with process_group("gloo"):
+        wrapper = DistributedDataParallel(torch.nn.Linear(2, 2))
+        alive = weakref.ref(wrapper)
+        cycle = {"wrapper": wrapper}
+        cycle["self"] = cycle  # as a closure or a training record can hold it
+        del wrapper, cycle  # unreachable now, but only the garbage collector frees it
+        assert alive() is not None
+    assert alive() is None
