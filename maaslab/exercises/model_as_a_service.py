@@ -16,6 +16,7 @@ import numpy as np
 
 from maaslab.errors import MaaslabError
 from maaslab.exercises.grading import CheckResult, call_answer, failed, first_mistake, passed
+from maaslab.serve.tensors import join_bytes
 
 # --- exercise 1: Little's law ---------------------------------------------------------------------
 
@@ -158,7 +159,7 @@ BYTES_PROBES = (["good", "bad"], ["très bien", "", "✨ five stars ✨"])
 
 def encode_bytes_tensor(texts: list[str]) -> bytes:
     """Triton's binary BYTES layout: each element as a 4-byte little-endian length, then UTF-8."""
-    return b"".join(struct.pack("<I", len(b)) + b for b in (t.encode("utf-8") for t in texts))
+    return join_bytes([t.encode("utf-8") for t in texts])
 
 
 def check_bytes_tensor(fn: Callable) -> CheckResult:

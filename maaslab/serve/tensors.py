@@ -12,6 +12,7 @@ import json
 import math
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,6 +99,11 @@ def _shape(raw: object, name: str) -> tuple[int, ...]:
     if not ok or any(d < 0 for d in raw):  # type: ignore[union-attr]
         raise MaaslabError(f"input {name!r}: shape must be a list of non-negative whole numbers")
     return tuple(raw)  # type: ignore[arg-type]
+
+
+def join_bytes(items: Sequence[bytes]) -> bytes:
+    """BYTES elements in Triton's binary form: each a 4-byte little-endian length, then itself."""
+    return b"".join(struct.pack("<I", len(b)) + b for b in items)
 
 
 def _split_bytes(raw: bytes, name: str) -> list[bytes]:
@@ -235,11 +241,7 @@ def encode_response(
             shape = list(arr.shape)
         tensor: dict[str, Any] = {"name": name, "datatype": dtype, "shape": shape}
         if binary[name]:
-            blob = (
-                b"".join(struct.pack("<I", len(b)) + b for b in items)
-                if dtype == "BYTES"
-                else arr.tobytes()
-            )
+            blob = join_bytes(items) if dtype == "BYTES" else arr.tobytes()
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
