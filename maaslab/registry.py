@@ -4,6 +4,9 @@ A folder is the only way a model leaves memory. Weights are safetensors (a flat 
 that cannot run code when read); pickle-based files (.bin, .pt, .pth, .pkl, .ckpt) are refused
 with a message, never opened. Writes go to a hidden sibling folder that is renamed into place
 once complete, so an interrupted save leaves the old folder (or nothing), never half a model.
+A save killed mid-way (kill -9, a power cut) cannot tidy up after itself: its hidden folder is
+named after the process that owns it, and the next save into the same folder removes the hidden
+folders whose owner has gone (and puts back a model an interrupted overwrite had moved aside).
 
 This module knows folders, not names: `maaslab.auto.load(name or folder)`, above it, picks the
 wrapper (maaslab.zoo) that serves a folder.
@@ -14,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -34,11 +39,78 @@ WEIGHTS_FILE = "model.safetensors"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
+# A hidden sibling of a model folder, made by atomic_folder: ".NAME.saving-PID-START-xxxxxxxx"
+# while a save writes it, ".NAME.replaced-PID-START-xxxxxxxx" for the folder an overwrite moves
+# aside. PID and START (the process's start time, so a reused PID is not mistaken for the owner)
+# name the process that made it.
+_HIDDEN = re.compile(r"\.(?P<name>.+)\.(?P<kind>saving|replaced)-(?P<pid>\d+)-(?P<start>\d+)-\w+")
+
+
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()  # the name in parentheses may hold spaces
+    return None if fields[0] in ("Z", "X") else fields[19]  # a zombie has finished
+
+
+def _owner_tag() -> str:
+    """PID-START of this process, for the names of the hidden folders it makes."""
+    pid = os.getpid()
+    return f"{pid}-{_start_time(pid) or 0}"
+
+
+def _owner_alive(pid: int, start: str) -> bool:
+    if os.name == "nt":
+        return True  # no safe liveness check (os.kill would end the process): keep the folder
+    if Path("/proc/self/stat").exists():
+        now = _start_time(pid)
+        return now is not None and start in ("0", now)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process, alive
+    return True
+
+
+def remove_stale_staging(folder: str | Path) -> list[Path]:
+    """Tidy up after saves into `folder` that were killed mid-way; return what was removed.
+
+    A hidden staging folder whose owner process has gone is removed. A folder an interrupted
+    overwrite had moved aside is put back if its model folder is missing (the new one never
+    arrived), and removed otherwise. Hidden folders of live saves, in this process or another,
+    are left alone.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for path in entries:
+        match = _HIDDEN.fullmatch(path.name)
+        if not match or not path.is_dir() or _owner_alive(int(match["pid"]), match["start"]):
+            continue
+        target = path.with_name(match["name"])
+        if match["kind"] == "replaced" and not target.exists():
+            with contextlib.suppress(OSError):  # another process may be restoring it too
+                path.rename(target)
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_folder(target: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty staging folder; on success it replaces `target` in one rename.
 
-    On any exception the staging folder is removed and `target` is untouched.
+    On any exception the staging folder is removed and `target` is untouched. Staging folders
+    that saves killed mid-way left next to `target` are removed first (remove_stale_staging).
     """
     target = Path(target)
     if target.exists() and not overwrite:
@@ -46,14 +118,21 @@ def atomic_folder(target: str | Path, *, overwrite: bool = False) -> Iterator[Pa
     if target.exists() and not target.is_dir():
         raise MaaslabError(f"{target} exists and is not a folder")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    remove_stale_staging(target.parent)
+    tag = _owner_tag()
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-{tag}-", dir=target.parent))
     try:
         yield staging
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            old = target.with_name(f".{target.name}.replaced-{tag}-{uuid.uuid4().hex[:8]}")
             target.rename(old)
-        staging.rename(target)
+        try:
+            staging.rename(target)
+        except BaseException:
+            if old is not None:
+                old.rename(target)  # put the previous folder back
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
