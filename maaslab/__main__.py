@@ -298,7 +298,8 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Start the model server in the foreground until SIGTERM or Ctrl+C (exit 0 after a drain)."""
+    """Start the model server in the foreground until SIGTERM or Ctrl+C; exit 0 after a drain
+    that answered everything, 75 when its deadline cut a stream (maaslab.serve.drain)."""
     from maaslab.serve.config import config_from_args
     from maaslab.serve.runner import serve
 
@@ -316,9 +317,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    code = serve(config, on_ready=ready)
-    print("maaslab serve: stopped", file=sys.stderr, flush=True)
-    return code
+    def stopped(summary: str) -> None:
+        print(f"maaslab serve: stopped; {summary}", file=sys.stderr, flush=True)
+
+    return serve(config, on_ready=ready, on_stopped=stopped)
 
 
 COMMANDS = {

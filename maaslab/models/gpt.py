@@ -101,6 +101,10 @@ def next_token_probs(
 ) -> torch.Tensor:
     """Logits (V,) -> the sampling distribution (V,) after temperature, top-k and top-p.
 
+    Every legal setting gives a distribution, however extreme: as temperature goes to 0 the
+    distribution goes to the likeliest token (ties share), and a top_p smaller than the top
+    token's probability keeps that token alone. Both limits are greedy decoding.
+
     Parameters
     ----------
     logits : the model's scores for the next token.
@@ -109,7 +113,10 @@ def next_token_probs(
     top_p : keep the smallest set of most likely tokens whose probabilities sum to >= top_p
         (nucleus sampling; None or 1 = all).
     """
-    scores = logits.float() / temperature
+    # float64 and the top score at 0: dividing by a temperature of 1e-300 sends every other
+    # score to -inf and keeps the top one at 0, so softmax never sees inf - inf.
+    scores = logits.double()
+    scores = (scores - scores.max()) / temperature
     if top_k is not None and top_k < scores.numel():
         kept = torch.topk(scores, top_k)
         scores = torch.full_like(scores, float("-inf")).scatter(0, kept.indices, kept.values)
@@ -118,9 +125,10 @@ def next_token_probs(
         sorted_probs, order = torch.sort(probs, descending=True)
         # A token is needed while the mass before it is still below top_p; the first always is.
         needed = (sorted_probs.cumsum(0) - sorted_probs) < top_p
+        needed[0] = True
         probs = torch.zeros_like(probs).scatter(0, order[needed], sorted_probs[needed])
         probs = probs / probs.sum()
-    return probs
+    return probs.float()
 
 
 def _check_sampling(

@@ -1,6 +1,11 @@
 """create_app: the FastAPI application of the MaaS Lab model server.
 
-Layers, outermost first: API key (when one is set) -> body size limit -> metrics -> routes.
+Layers, outermost first: the drain's request count -> API key (when one is set) -> the
+request-parsing layer (body size, decompression, bounded JSON: maaslab.serve.parsing) ->
+metrics -> the last net for bugs -> routes. Below them all, the connection layer
+(maaslab.serve.connections) bounds how long a request may take to arrive and how many
+connections are open.
+
 Models are loaded before the app is built (a failure is a clear message at start, not a 500
 later); batch workers start with the event loop and drain when it shuts down.
 """
@@ -16,9 +21,11 @@ from fastapi import FastAPI
 
 from maaslab import __version__
 from maaslab.serve.config import ServeConfig
-from maaslab.serve.errors import ERROR_RESPONSES, BodyLimitMiddleware, install_error_handlers
+from maaslab.serve.drain import Drain, DrainMiddleware
+from maaslab.serve.errors import ERROR_RESPONSES, UnhandledErrorMiddleware, install_error_handlers
 from maaslab.serve.metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
 from maaslab.serve.models import ServedModel, load_models
+from maaslab.serve.parsing import RequestBodyMiddleware
 from maaslab.serve.security import ApiKeyMiddleware
 
 DESCRIPTION = (
@@ -65,7 +72,6 @@ def create_app(
                 model.batcher.start()
         yield
         # uvicorn has already stopped accepting and waited for open requests; finish the rest.
-        app.state.draining = True
         for model in served.values():
             if model.batcher is not None:
                 await model.batcher.close()
@@ -81,7 +87,7 @@ def create_app(
     app.state.config = config
     app.state.models = served
     app.state.metrics = metrics
-    app.state.draining = False
+    app.state.drain = Drain(config.drain_deadline_s)
     install_error_handlers(app)
 
     from maaslab.serve import explain_api, oip, openai_api
@@ -91,9 +97,11 @@ def create_app(
     app.include_router(explain_api.router)
     app.add_api_route("/metrics", metrics_endpoint, methods=["GET"], include_in_schema=False)
 
-    # add_middleware wraps what is there, so the last added runs first: auth, size, metrics.
+    # add_middleware wraps what is there, so the last added runs first: auth, body, metrics.
+    app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    app.add_middleware(BodyLimitMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(RequestBodyMiddleware, limit=config.max_body_bytes)
     if api_key:
         app.add_middleware(ApiKeyMiddleware, key=api_key)
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
     return app

@@ -10,6 +10,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from maaslab.errors import MaaslabError
+from maaslab.serve.drain import DRAIN_GRACE_S
 
 DEFAULT_MODELS = ("digits-cnn", "sentiment-minilm", "mini-gpt", "minilm-embed")
 
@@ -36,6 +37,14 @@ class ServeConfig:
     api_key_env: str | None = None  # name of the environment variable holding the Bearer key
     request_timeout_s: float = 30.0  # a request still waiting after this gets 504
     max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413 before parsing
+    # A request's headers and body must arrive within this many seconds of its first byte
+    # (else 408 and the connection closes); a new connection must start a request within it.
+    read_timeout_s: float = 10.0
+    # Open connections at most; a request on one more gets 503 + Retry-After and is closed.
+    max_connections: int = 1000
+    # On SIGTERM, how long accepted work may still run; None: request_timeout_s + 5 s. Streams
+    # still running then are ended with an error event (see maaslab.serve.drain).
+    drain_timeout_s: float | None = None
     # Half precision on CUDA for models that keep their answers in it (checked at load time).
     half_precision: bool = True
 
@@ -51,6 +60,9 @@ class ServeConfig:
             "threads": (1, 1024),
             "request_timeout_s": (0, 3600),
             "max_body_bytes": (1024, 1024**3),
+            "read_timeout_s": (0, 3600),
+            "max_connections": (1, 100_000),
+            "drain_timeout_s": (0, 24 * 3600),
         }
     )
 
@@ -70,6 +82,19 @@ class ServeConfig:
                 f"--request-timeout-s must be in ({low:g}, {high:g}], got {self.request_timeout_s}"
             )
         self._check("max_body_bytes", "1 KiB..1 GiB")
+        low, high = self.bounds("read_timeout_s")
+        if not low < self.read_timeout_s <= high:
+            raise MaaslabError(
+                f"--read-timeout-s must be in ({low:g}, {high:g}], got {self.read_timeout_s}"
+            )
+        self._check("max_connections")
+        self._check("drain_timeout_s")
+        if self.drain_timeout_s is not None and self.drain_timeout_s < self.request_timeout_s:
+            raise MaaslabError(
+                f"--drain-timeout-s ({self.drain_timeout_s:g}) must be at least the request "
+                f"timeout ({self.request_timeout_s:g}): a request accepted before a shutdown "
+                "must be answered by its end"
+            )
 
     @classmethod
     def bounds(cls, name: str) -> tuple[float, float]:
@@ -92,6 +117,13 @@ class ServeConfig:
         if self.instances > 1 and not environ.get("OMP_NUM_THREADS"):
             return max(1, (cores or 1) // self.instances)
         return None
+
+    @property
+    def drain_deadline_s(self) -> float:
+        """Seconds accepted work may run after SIGTERM (see maaslab.serve.drain)."""
+        if self.drain_timeout_s is not None:
+            return self.drain_timeout_s
+        return self.request_timeout_s + DRAIN_GRACE_S
 
     @property
     def effective_batch_size(self) -> int:
@@ -192,6 +224,26 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         default=d.max_body_bytes,
         help=f"largest request body (default: {d.max_body_bytes})",
     )
+    p.add_argument(
+        "--read-timeout-s",
+        type=float,
+        default=d.read_timeout_s,
+        help="a request's headers and body must arrive within this, else 408 "
+        f"(default: {d.read_timeout_s:g})",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=d.max_connections,
+        help=f"open connections at most; past it 503 (default: {d.max_connections})",
+    )
+    p.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=None,
+        help="on SIGTERM, how long accepted work may still run; streams still running then "
+        "end with an error event and the exit status is 75 (default: request timeout + 5)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -210,5 +262,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         api_key_env=args.api_key_env,
         request_timeout_s=args.request_timeout_s,
         max_body_bytes=args.max_body_bytes,
+        read_timeout_s=args.read_timeout_s,
+        max_connections=args.max_connections,
+        drain_timeout_s=args.drain_timeout_s,
         half_precision=not args.no_half_precision,
     )

@@ -1,7 +1,11 @@
-"""Every refusal the server makes is JSON `{"error": "..."}` with a 4xx (or 503/504) status.
+"""Every refusal the server makes is JSON in the shape of its route family, with a 4xx (or
+503/504) status: `{"error": "..."}` for the Open Inference Protocol and the rest of the server,
+OpenAI's `{"error": {"message", "type", "param", "code"}}` under /v1.
 
 FastAPI's own errors (404 route, 405 method, 422 validation) and our exceptions all pass
-through the handlers here, so a client never sees HTML, a traceback or a bare 500.
+through the handlers here, so a client never sees HTML, a traceback or a bare 500. A 500 is
+kept for bugs: it is logged with its traceback, answered in the family's shape, and the
+connection stays open for the requests behind it.
 """
 
 from __future__ import annotations
@@ -44,18 +48,53 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
-def error_response(status: int, message: str, headers: dict[str, str] | None = None):
-    """A JSONResponse {"error": message}."""
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+OPENAI_PREFIX = "/v1/"  # the OpenAI-compatible routes answer refusals in OpenAI's shape
+OPENAI_TYPES = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+
+
+def is_openai_path(path: str) -> bool:
+    """True for the OpenAI-compatible routes (their refusals use OpenAI's error shape)."""
+    return path.startswith(OPENAI_PREFIX) or path == OPENAI_PREFIX.rstrip("/")
+
+
+def openai_error(
+    status: int, message: str, param: str | None = None, kind: str | None = None
+) -> dict:
+    """OpenAI's error body: the openai client shows `error.message` in its exception."""
+    if kind is None:
+        kind = OPENAI_TYPES.get(
+            status, "server_error" if status >= 500 else "invalid_request_error"
+        )
+    return {"error": {"message": message, "type": kind, "param": param, "code": status}}
+
+
+def error_body(path: str, status: int, message: str) -> dict:
+    """A refusal's JSON body in the shape of the route family that `path` belongs to."""
+    return openai_error(status, message) if is_openai_path(path) else {"error": message}
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None, path: str = ""
+) -> JSONResponse:
+    """A JSONResponse with the refusal in the shape of `path`'s route family."""
+    return JSONResponse(error_body(path, status, message), status_code=status, headers=headers)
+
+
+def error_bytes(
+    path: str, status: int, message: str, headers: dict[str, str] | None = None
+) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """(body, raw headers) of a refusal, for code that answers below the routes."""
+    body = json.dumps(error_body(path, status, message)).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    return body, raw
 
 
 async def send_error(
-    send: Send, status: int, message: str, headers: dict[str, str] | None = None
+    send: Send, status: int, message: str, headers: dict[str, str] | None = None, path: str = ""
 ) -> None:
-    """Send {"error": message} straight from ASGI middleware (before routing)."""
-    body = json.dumps({"error": message}).encode()
-    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    """Send a refusal straight from ASGI middleware (before routing)."""
+    body, raw = error_bytes(path, status, message, headers)
     await send({"type": "http.response.start", "status": status, "headers": raw})
     await send({"type": "http.response.body", "body": body})
 
@@ -70,7 +109,7 @@ def _validation_message(err: RequestValidationError) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register the handlers that turn every exception into {"error": ...}."""
+    """Register the handlers that turn every exception into a refusal in the family's shape."""
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -79,89 +118,63 @@ def install_error_handlers(app: FastAPI) -> None:
             detail = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}"
-        return error_response(exc.status_code, detail, getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        return error_response(exc.status_code, detail, headers, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        return error_response(422, _validation_message(exc))
+        return error_response(422, _validation_message(exc), path=request.url.path)
 
     @app.exception_handler(MaaslabError)
     async def user_error(request: Request, exc: MaaslabError):
-        from maaslab.serve.tensors import BodyTooLarge
-
-        return error_response(413 if isinstance(exc, BodyTooLarge) else 400, str(exc))
+        status = getattr(exc, "status", 400)  # a MaaslabError subclass may name its own 4xx
+        return error_response(status, str(exc), path=request.url.path)
 
     @app.exception_handler(Overloaded)
     async def overloaded(request: Request, exc: Overloaded):
         metrics = getattr(request.app.state, "metrics", None)
         if metrics is not None:
             metrics.rejected.labels(str(request.path_params.get("name", ""))[:64]).inc()
-        return error_response(503, str(exc), {"Retry-After": str(exc.retry_after)})
+        headers = {"Retry-After": str(exc.retry_after)}
+        return error_response(503, str(exc), headers, request.url.path)
 
     @app.exception_handler(ShuttingDown)
     async def shutting_down(request: Request, exc: ShuttingDown):
-        return error_response(503, str(exc), {"Retry-After": "5"})
+        return error_response(503, str(exc), {"Retry-After": "5"}, request.url.path)
 
     @app.exception_handler(RequestTimeout)
     async def timed_out(request: Request, exc: RequestTimeout):
-        return error_response(504, str(exc))
-
-    @app.exception_handler(Exception)
-    async def bug(request: Request, exc: Exception):
-        # A 500 is a bug in the server, never the client's fault: log it with its traceback.
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, f"internal error ({type(exc).__name__}); this is a bug")
+        return error_response(504, str(exc), path=request.url.path)
 
 
-class BodyLimitMiddleware:
-    """413 for bodies over `limit` bytes, by Content-Length or while a chunked body streams in."""
+class UnhandledErrorMiddleware:
+    """The last net: an exception no handler took is a bug; log it, answer 500, keep going.
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    Starlette's own last handler re-raises after answering, and uvicorn then closes the
+    connection, so a request pipelined behind the failing one was never answered. This one
+    answers in the route family's shape and returns normally: the connection stays usable.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """ASGI entry: refuse early by header; otherwise read the body with a running count."""
+        """ASGI entry: run the app; turn an escaped exception into a logged 500."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None:
-            try:
-                size = int(declared)
-            except ValueError:
-                await send_error(send, 400, "Content-Length is not a number")
-                return
-            if size > self.limit:
-                await send_error(send, 413, self._message(size))
-                return
-            await self.app(scope, receive, send)
-            return
-        # No length given (chunked): buffer up to the limit, then replay to the app.
-        chunks, total = [], 0
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.limit:
-                await send_error(send, 413, self._message(total, at_least=True))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        body, sent = b"".join(chunks), False
+        started = False
 
-        async def replay() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
 
-        await self.app(scope, replay, send)
-
-    def _message(self, size: int, at_least: bool = False) -> str:
-        more = "more than " if at_least else ""
-        return f"request body of {more}{size:,} bytes is over the server's limit of {self.limit:,}"
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:  # the status line is gone already: all that is left is to stop
+                raise
+            message = f"internal error ({type(exc).__name__}); this is a bug in the server"
+            await send_error(send, 500, message, path=scope.get("path", ""))

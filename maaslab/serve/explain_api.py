@@ -61,13 +61,8 @@ from maaslab.serve.oip import (
     _payload,
     get_model,
 )
-from maaslab.serve.tensors import (
-    HEADER,
-    decode_inputs,
-    encode_response,
-    parse_body,
-    requested_outputs,
-)
+from maaslab.serve.parsing import request_json
+from maaslab.serve.tensors import HEADER, decode_inputs, encode_response, requested_outputs
 
 MAX_EXPLAIN_ROWS = 8  # rows per request: each one is a whole explanation (tens of model calls)
 SHAP = {"digits": "deep_shap", "sentiment": "partition_shap"}  # "shap" for each model kind
@@ -236,7 +231,7 @@ async def explain_route(request: Request, name: str) -> Response:
             f"model {name!r} ({model.kind}) cannot be explained: explanations "
             "cover the digits models and sentiment-minilm"
         )
-    body, binary = parse_body(await request.body(), request.headers.get(HEADER))
+    body, binary = await request_json(request)
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MaaslabError("'id' must be a string")

@@ -20,13 +20,12 @@ from maaslab.errors import MaaslabError
 from maaslab.serve.batching import Overloaded
 from maaslab.serve.errors import ERROR_RESPONSES
 from maaslab.serve.models import ServedModel, check_served_texts
+from maaslab.serve.parsing import request_json
 from maaslab.serve.tensors import (
     HEADER,
     Tensor,
     decode_inputs,
-    decompress,
     encode_response,
-    parse_body,
     requested_outputs,
 )
 
@@ -178,7 +177,7 @@ async def live() -> dict[str, bool]:
 )
 async def ready(request: Request) -> JSONResponse:
     """200 when every model is loaded and the server is not shutting down, else 503."""
-    ok = bool(request.app.state.models) and not request.app.state.draining
+    ok = bool(request.app.state.models) and not request.app.state.drain.draining
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
@@ -190,7 +189,7 @@ async def server_metadata() -> ServerMetadata:
 
 async def _model_ready(request: Request, name: str, version: str | None) -> JSONResponse:
     get_model(request, name, version)
-    ok = not request.app.state.draining
+    ok = not request.app.state.drain.draining
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
 
@@ -234,14 +233,9 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
             "/v1/chat/completions (the OpenAI-compatible API)"
         )
     if model.batcher is not None and model.batcher.full:
-        # Refuse before reading and parsing the body: an overloaded server must say so fast.
+        # Refuse before decoding tensors: an overloaded server must say so fast.
         raise Overloaded(name)
-    raw = decompress(
-        await request.body(),
-        request.headers.get("content-encoding"),
-        request.app.state.config.max_body_bytes,
-    )
-    body, head = parse_body(raw, request.headers.get(HEADER))
+    body, head = await request_json(request)
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MaaslabError("'id' must be a string")

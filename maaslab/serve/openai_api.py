@@ -7,8 +7,9 @@
 - `POST /v1/embeddings`: unit-length MiniLM-L6 sentence embeddings from `minilm-embed` (384
   numbers per text; `encoding_format` "float" or "base64" = little-endian float32 bytes).
 
-Sampling follows OpenAI's parameters: `temperature` (0 = always the most likely character),
-`top_p`, `max_tokens`, `stop` (a string or up to 4; the text is cut before the first one and
+Sampling follows OpenAI's parameters: `temperature` (0 = always the most likely character; a
+tiny temperature tends to the same), `top_p` (a tiny one keeps only the most likely character),
+`max_tokens`, `stop` (a string or up to 4; the text is cut before the first one and
 `finish_reason` is "stop", else "length"), `n` choices, `seed` (choice i uses seed + i, so the
 same request gives the same text, and choice 0 equals `TextGenerator.complete(seed=seed)`), and
 `stream` (server-sent events `data: {chunk}` sent as each character is sampled, ending with
@@ -25,12 +26,14 @@ so the openai client's exception says what was wrong.
 
 Generation runs on the server's thread pool, never on the event loop, one torch thread per
 sampling step (see maaslab.models.gpt._sample_step). A whole answer that takes longer than the
-server's per-request timeout is given up with 504; a stream runs until it is done or the client
-leaves.
+server's per-request timeout is given up with 504; a stream runs until it is done, the client
+leaves, or a shutdown's drain deadline passes (then an error event ends it, without [DONE]).
 """
 
 import base64
+import itertools
 import json
+import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -47,6 +50,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from maaslab.errors import MaaslabError
 from maaslab.models.encoder import tokenize
 from maaslab.serve.batching import RequestTimeout
+from maaslab.serve.drain import Drain
+from maaslab.serve.errors import openai_error
 from maaslab.serve.models import check_served_texts
 from maaslab.serve.openai_schema import (
     CHAT_TOKENS,
@@ -66,14 +71,13 @@ from maaslab.serve.openai_schema import (
     EmbeddingRequest,
     EmbeddingResponse,
     EmbeddingUsage,
-    ErrorBody,
-    ErrorDetail,
     ModelCard,
     ModelList,
     Sampling,
     Usage,
 )
 
+log = logging.getLogger("maaslab.serve")
 MAX_PROMPT_CHARS = 100_000  # the model reads only its last 64 characters; more is a mistake
 OWNER = "maaslab"  # the `owned_by` of every model card
 STARTED = int(time.time())  # the `created` time of every model card
@@ -84,9 +88,7 @@ STARTED = int(time.time())  # the `created` time of every model card
 
 def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
     """An OpenAI-style error: {"error": {"message", "type", "param", "code"}}."""
-    kind = "not_found_error" if status == 404 else "invalid_request_error"
-    detail = ErrorDetail(message=message, type=kind, param=param, code=status)
-    return JSONResponse(ErrorBody(error=detail).model_dump(), status_code=status)
+    return JSONResponse(openai_error(status, message, param), status_code=status)
 
 
 def union_branch(part: str) -> bool:
@@ -250,8 +252,16 @@ def start_choices(wrapper: Any, prompts: list[str], body: Sampling, max_tokens: 
     seeds = [None if body.seed is None else body.seed + j for j in range(body.n)]
     stops = stops_of(body.stop)
     return [
-        Choice(wrapper.generate(p, seed=seed, **settings), stops) for p in prompts for seed in seeds
+        Choice(primed(wrapper.generate(p, seed=seed, **settings)), stops)
+        for p in prompts
+        for seed in seeds
     ]
+
+
+def primed(pieces: Iterator[str]) -> Iterator[str]:
+    """`pieces` with its first item computed now: a failure raises here, before any byte."""
+    first = next(pieces, None)
+    return pieces if first is None else itertools.chain([first], pieces)
 
 
 def prompt_tokens(wrapper: Any, prompts: list[str]) -> int:
@@ -272,19 +282,30 @@ def sse(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-def event_stream(chunks: Iterator[dict], include_usage: bool, usage_chunk) -> Iterator[str]:
+def event_stream(
+    chunks: Iterator[dict], include_usage: bool, usage_chunk, drain: Drain | None = None
+) -> Iterator[str]:
     """Server-sent events for `chunks`, the usage chunk if asked for, then [DONE].
 
-    An error after the first byte cannot change the status code any more; it is sent as an
-    `{"error": {"message": ...}}` event, which the openai client raises as an APIError.
+    The first token of every choice is sampled before the response starts (start_choices), so
+    a request that cannot be served gets its 4xx. An error after the first byte cannot change
+    the status any more: it is sent as an `{"error": {...}}` event, which the openai client
+    raises as an APIError, and the stream ends without [DONE], which only a whole answer gets.
+    So does a stream still running when the server's drain deadline passes (see serve.drain).
     """
     try:
         for chunk in chunks:
+            if drain is not None and drain.expired():
+                drain.record_cut()
+                yield sse(openai_error(503, drain.cut_message(), kind="server_shutdown"))
+                return
             yield sse(chunk)
         if include_usage:
             yield sse(usage_chunk())
     except Exception as exc:  # the status is sent already: say it in the stream
-        yield sse({"error": {"message": str(exc) or type(exc).__name__, "type": "server_error"}})
+        log.exception("a stream failed after its first byte")
+        yield sse(openai_error(500, f"{type(exc).__name__}: {exc}; this is a bug in the server"))
+        return
     yield sse("[DONE]")
 
 
@@ -307,6 +328,7 @@ def get_model(model: str, request: Request) -> ModelCard:
 
 
 def stream(
+    request: Request,
     head: dict,
     choices: list[Choice],
     body: Sampling,
@@ -333,8 +355,9 @@ def stream(
 
     include = bool(body.stream_options and body.stream_options.include_usage)
     usage_chunk = lambda: {**head, "choices": [], "usage": tail().model_dump()}  # noqa: E731
+    drain = getattr(request.app.state, "drain", None)
     return StreamingResponse(
-        event_stream(chunks(), include, usage_chunk), media_type="text/event-stream"
+        event_stream(chunks(), include, usage_chunk, drain), media_type="text/event-stream"
     )
 
 
@@ -353,7 +376,7 @@ def completions(body: CompletionRequest, request: Request) -> Any:
     tail = lambda: usage(prompt_tokens(wrapper, prompts), choices)  # noqa: E731
     if body.stream:
         head = {"id": ident, "object": "text_completion", "created": created, "model": body.model}
-        return stream(head, choices, body, lambda text: {"text": text}, None, tail)
+        return stream(request, head, choices, body, lambda text: {"text": text}, None, tail)
     run_all(request, choices)
     return CompletionResponse(
         id=ident,
@@ -396,7 +419,9 @@ def chat_completions(body: ChatRequest, request: Request) -> Any:
             "model": body.model,
         }
         role = {"delta": {"role": "assistant", "content": ""}}
-        return stream(head, choices, body, lambda text: {"delta": {"content": text}}, role, tail)
+        return stream(
+            request, head, choices, body, lambda text: {"delta": {"content": text}}, role, tail
+        )
     run_all(request, choices)
     return ChatResponse(
         id=ident,

@@ -110,6 +110,12 @@ class ServerProcess:
             cmd += ["--request-timeout-s", f"{c.request_timeout_s:g}"]
         if c.max_body_bytes != default.max_body_bytes:
             cmd += ["--max-body-bytes", str(c.max_body_bytes)]
+        if c.read_timeout_s != default.read_timeout_s:
+            cmd += ["--read-timeout-s", f"{c.read_timeout_s:g}"]
+        if c.max_connections != default.max_connections:
+            cmd += ["--max-connections", str(c.max_connections)]
+        if c.drain_timeout_s is not None:
+            cmd += ["--drain-timeout-s", f"{c.drain_timeout_s:g}"]
         if not c.batching:
             cmd.append("--no-batching")
         if not c.half_precision:

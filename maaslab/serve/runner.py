@@ -1,4 +1,6 @@
-"""Run the server under uvicorn with a graceful SIGTERM: stop accepting, answer, exit 0."""
+"""Run the server under uvicorn with a graceful SIGTERM: stop accepting, answer what was
+accepted until the drain deadline, exit 0 (or 75 when the deadline cut a stream: see
+maaslab.serve.drain)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,11 @@ import uvicorn
 
 from maaslab.errors import MaaslabError
 from maaslab.serve.config import ServeConfig
+from maaslab.serve.connections import protocol_for
+from maaslab.serve.drain import Drain
 from maaslab.serve.security import resolve_api_key
 
-DRAIN_GRACE_S = 5.0  # on top of the request timeout: the longest a shutdown waits for answers
+CUT_GRACE_S = 2.0  # after the drain deadline: time for cut streams to send their error event
 
 
 class GracefulServer(uvicorn.Server):
@@ -26,12 +30,19 @@ class GracefulServer(uvicorn.Server):
     """
 
     on_started: Callable[[], None] | None = None  # called once it listens, lifespan done
+    drain: Drain | None = None  # the app's drain clock, started when the shutdown begins
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         """uvicorn's startup, then the on_started hook."""
         await super().startup(sockets=sockets)
         if self.started and self.on_started is not None:
             self.on_started()
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start the drain clock, then uvicorn's shutdown (stop accepting, wait, cancel)."""
+        if self.drain is not None:
+            self.drain.begin()
+        await super().shutdown(sockets=sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -64,7 +75,8 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 
 def uvicorn_server(app, config: ServeConfig, log_level: str = "warning") -> GracefulServer:
-    """A GracefulServer for `app` with the drain timeout and quiet logs."""
+    """A GracefulServer for `app` (from create_app): the connection layer, the drain deadline
+    and quiet logs."""
     uv = uvicorn.Config(
         app,
         host=config.host,
@@ -72,19 +84,29 @@ def uvicorn_server(app, config: ServeConfig, log_level: str = "warning") -> Grac
         log_level=log_level,
         access_log=False,
         lifespan="on",
-        timeout_graceful_shutdown=int(config.request_timeout_s + DRAIN_GRACE_S),
+        http=protocol_for(config.read_timeout_s, config.max_connections),
+        # Streams end themselves at the drain deadline; uvicorn cancels what is left after.
+        timeout_graceful_shutdown=config.drain_deadline_s + CUT_GRACE_S,  # type: ignore[arg-type]
         timeout_keep_alive=5,
     )
-    return GracefulServer(uv)
+    server = GracefulServer(uv)
+    server.drain = getattr(app.state, "drain", None)
+    return server
 
 
-def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) -> int:
-    """Check security, load the models, bind, serve until SIGTERM/SIGINT; 0 after a drain.
+def serve(
+    config: ServeConfig,
+    on_ready: Callable[[str], None] | None = None,
+    on_stopped: Callable[[str], None] | None = None,
+) -> int:
+    """Check security, load the models, bind, serve until SIGTERM/SIGINT; the drain's exit
+    status (0: every accepted request answered in full; 75: the drain deadline cut some).
 
     Parameters
     ----------
     config : what to serve and how.
     on_ready : called with the server's URL once it is bound and the models are loaded.
+    on_stopped : called with the drain's summary in words once the server has stopped.
     """
     # Refuse an open bind before spending seconds on imports and loading models.
     api_key = resolve_api_key(config.host, config.api_key_env)
@@ -108,4 +130,7 @@ def serve(config: ServeConfig, on_ready: Callable[[str], None] | None = None) ->
         server.run(sockets=[sock])
     finally:
         sock.close()
-    return 0
+    drain: Drain = app.state.drain
+    if on_stopped is not None:
+        on_stopped(drain.summary())
+    return drain.exit_code

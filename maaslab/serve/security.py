@@ -92,4 +92,5 @@ class ApiKeyMiddleware:
             401,
             "missing or wrong API key: send 'Authorization: Bearer KEY'",
             {"www-authenticate": "Bearer"},
+            path=scope["path"],
         )

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import math
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -45,53 +44,6 @@ class Tensor:
     datatype: str
     shape: tuple[int, ...]
     data: Any
-
-
-def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
-    """Undo a request's Content-Encoding (gzip or deflate, as tritonclient can send), refusing
-    to inflate past `limit` bytes (a small compressed body can expand without bound)."""
-    if encoding is None or encoding.strip().lower() in ("", "identity"):
-        return body
-    kind = encoding.strip().lower()
-    if kind not in ("gzip", "deflate"):
-        raise MaaslabError(f"Content-Encoding {encoding!r} is not supported: use gzip or deflate")
-    inflater = zlib.decompressobj(wbits=31 if kind == "gzip" else 15)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as err:
-        raise MaaslabError(f"the {kind} request body cannot be decompressed: {err}") from None
-    if len(out) > limit:
-        raise BodyTooLarge(
-            f"the decompressed request body is over the server's limit of {limit:,} bytes"
-        )
-    return out
-
-
-class BodyTooLarge(MaaslabError):
-    """A request body (after decompression) over the server's size limit: answered with 413."""
-
-
-def parse_body(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """Split a request body into its JSON header (a dict) and the binary part after it."""
-    if header_length is None:
-        head, rest = body, b""
-    else:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise MaaslabError(f"{HEADER} must be a whole number, got {header_length!r}") from None
-        if not 0 < n <= len(body):
-            raise MaaslabError(f"{HEADER} is {n}, but the body holds {len(body)} bytes")
-        head, rest = body[:n], body[n:]
-    if not head.strip():
-        raise MaaslabError("the request body is empty: send a JSON object with 'inputs'")
-    try:
-        request = json.loads(head)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise MaaslabError(f"the request is not valid JSON: {err}") from None
-    if not isinstance(request, dict):
-        raise MaaslabError("the request must be a JSON object with an 'inputs' list")
-    return request, rest
 
 
 def _shape(raw: object, name: str) -> tuple[int, ...]:
