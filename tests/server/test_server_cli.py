@@ -38,8 +38,24 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         (["--max-batch-size", "0"], None, "--max-batch-size must be"),
         (["--instances", "0"], None, "--instances must be 1..64"),
         (["--models", "no-such-model", "--port", "0"], None, "unknown model 'no-such-model'"),
+        (["--read-timeout-s", "0"], None, "--read-timeout-s must be in (0, 3600]"),
+        (["--max-connections", "0"], None, "--max-connections must be 1..100000"),
+        (
+            ["--request-timeout-s", "30", "--drain-timeout-s", "10"],
+            None,
+            "--drain-timeout-s (10) must be at least the request timeout (30)",
+        ),
     ],
-    ids=["no-key", "short-key", "bad-batch", "no-instances", "unknown-model"],
+    ids=[
+        "no-key",
+        "short-key",
+        "bad-batch",
+        "no-instances",
+        "unknown-model",
+        "no-read-time",
+        "no-connections",
+        "drain-too-short",
+    ],
 )
 def test_refusals_are_one_line_and_exit_2(args, env, words):
     done = _serve(*args, env=env)
@@ -82,3 +98,9 @@ def test_torch_threads_follow_flags_environment_and_instances():
     assert ServeConfig(instances=2, threads=5).torch_threads(8, {"OMP_NUM_THREADS": "3"}) == 5
     with pytest.raises(MaaslabError, match="--threads must be"):
         ServeConfig(threads=0)
+
+
+def test_the_drain_deadline_defaults_to_the_request_timeout_plus_5_s():
+    assert ServeConfig().drain_deadline_s == 35.0
+    assert ServeConfig(request_timeout_s=2).drain_deadline_s == 7.0
+    assert ServeConfig(request_timeout_s=2, drain_timeout_s=60).drain_deadline_s == 60.0

@@ -217,3 +217,55 @@ def test_a_generation_past_the_request_timeout_gets_504(start_server):
     r = httpx.post(quick.url + "/v1/completions", json=body, timeout=60)
     assert r.status_code == 504
     assert "did not finish within 0.05 s" in r.json()["error"]["message"]  # OpenAI's shape
+
+
+@pytest.mark.parametrize(
+    "extreme",
+    [{"temperature": 1e-38}, {"top_p": 1e-300}, {"temperature": 5e-324, "top_p": 5e-324}],
+)
+@pytest.mark.parametrize("streamed", [False, True])
+def test_degenerate_sampling_is_greedy_decoding(client, extreme, streamed):
+    # temperature -> 0 and top_p -> 0 both tend to "the likeliest token every time".
+    ask = {"model": "mini-gpt", "prompt": PROMPT, "max_tokens": 12, "seed": 3}
+    greedy = client.completions.create(**ask, temperature=0).choices[0].text
+    if streamed:
+        text = "".join(
+            c.choices[0].text for c in client.completions.create(**ask, **extreme, stream=True)
+        )
+    else:
+        text = client.completions.create(**ask, **extreme).choices[0].text
+    assert text == greedy and len(text) > 0
+
+
+def test_a_stream_that_fails_before_its_first_token_gets_a_status_not_a_200(server, monkeypatch):
+    import maaslab.models.gpt as gpt_module
+
+    def broken(model, ids):
+        raise RuntimeError("the model broke")
+
+    monkeypatch.setattr(gpt_module, "_sample_step", broken)
+    body = {"model": "mini-gpt", "prompt": PROMPT, "max_tokens": 5, "stream": True}
+    reply = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+    assert reply.status_code == 500 and reply.headers["content-type"] == "application/json"
+    assert reply.json()["error"]["type"] == "server_error"
+
+
+def test_a_stream_that_fails_midway_ends_with_an_error_event_and_no_done(server, monkeypatch):
+    import maaslab.models.gpt as gpt_module
+
+    real, calls = gpt_module._sample_step, []
+
+    def fails_third(model, ids):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the model broke")
+        return real(model, ids)
+
+    monkeypatch.setattr(gpt_module, "_sample_step", fails_third)
+    body = {"model": "mini-gpt", "prompt": PROMPT, "max_tokens": 5, "stream": True}
+    reply = httpx.post(server.url + "/v1/completions", json=body, timeout=30)
+    events = [e for e in reply.text.split("\n\n") if e]
+    assert reply.status_code == 200 and events[-1] != "data: [DONE]"
+    error = json.loads(events[-1].removeprefix("data: "))["error"]
+    assert error["type"] == "server_error" and "the model broke" in error["message"]
+    assert len(events) == 3  # two tokens, then the error

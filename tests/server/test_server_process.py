@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import fields
 
 import httpx
 import pytest
@@ -88,7 +89,20 @@ def test_command_line_round_trips_through_the_cli_flags():
         max_body_bytes=2048,
         half_precision=False,
         api_key_env="KEY",
+        max_batch_size=7,
+        max_delay_ms=3,
+        max_queue=9,
+        read_timeout_s=3,
+        max_connections=50,
+        drain_timeout_s=12,
     )
+    # A field added to ServeConfig must be added here (and to the command line) too.
+    same = [
+        f.name
+        for f in fields(ServeConfig)
+        if getattr(given, f.name) == getattr(ServeConfig(), f.name)
+    ]
+    assert same == ["host"], f"give these a non-default value in this test: {same}"
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
     assert config_from_args(parser.parse_args(ServerProcess(given).command()[4:])) == given

@@ -179,3 +179,17 @@ def test_bad_sampling_input_is_named_before_any_token(tok, kwargs, message):
     args = {"prompt": "The", "max_new_tokens": 5, **kwargs}
     with pytest.raises(MaaslabError, match=message):
         generate(model, tok, **args)
+
+
+@pytest.mark.parametrize(
+    "temperature, top_p", [(1e-38, None), (5e-324, None), (1.0, 1e-300), (1e-45, 5e-324)]
+)
+def test_extreme_sampling_settings_tend_to_the_likeliest_token(temperature, top_p):
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.9999])
+    probs = next_token_probs(logits, temperature=temperature, top_p=top_p)
+    assert torch.equal(probs, torch.tensor([0.0, 1.0, 0.0, 0.0]))
+
+
+def test_a_tiny_temperature_shares_between_tied_tokens():
+    probs = next_token_probs(torch.tensor([2.0, 1.0, 2.0]), temperature=1e-300)
+    assert torch.allclose(probs, torch.tensor([0.5, 0.0, 0.5]))
