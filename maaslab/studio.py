@@ -1,7 +1,8 @@
 """The Training Studio's backend: one config for every knob, the run it builds, and live views.
 
-The page only draws widgets for `StudioConfig` fields (ranges from `LIMITS`), calls `build_run`,
-and redraws figures from what `boundary_grid` and the job's weight snapshots return.
+The page only draws widgets for `StudioConfig` fields (ranges from `LIMITS`, `STOPS` and
+`depth_range`), calls `build_run`, and redraws figures from what `boundary_grid` and the job's
+weight snapshots return.
 """
 
 from __future__ import annotations
@@ -27,25 +28,36 @@ from maaslab.train import OPTIMIZERS, TrainConfig, run_metadata
 
 DATASETS = (*TOY_SETS, "digits")
 MODELS = ("mlp", "cnn")
-# field -> (lowest, highest) allowed; the page's widgets use the same numbers.
-LIMITS: dict[str, tuple[float, float]] = {
-    "noise": (0.0, 1.0),
-    "n_samples": (100, 5000),
-    "depth": (0, 4),
-    "width": (1, 128),
-    "dropout": (0.0, 0.9),
-    "lr": (1e-6, 10.0),
-    "batch_size": (1, 1024),
-    "epochs": (1, 5000),
-    "weight_decay": (0.0, 1.0),
-    "seed": (0, 2**31 - 1),
-    "pace": (0.0, 2.0),
-}
 LR_CHOICES = (0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
 BATCH_CHOICES = (1, 4, 8, 16, 32, 64, 128, 256)
 WEIGHT_DECAY_CHOICES = (0.0, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
 PACE_CHOICES = (0.0, 0.02, 0.05, 0.2, 0.5)
+# field -> the stops of its select slider on the page (a value between two stops, from a link,
+# is shown as one more stop).
+STOPS: dict[str, tuple[float, ...]] = {
+    "lr": LR_CHOICES,
+    "batch_size": BATCH_CHOICES,
+    "weight_decay": WEIGHT_DECAY_CHOICES,
+    "pace": PACE_CHOICES,
+}
+# field -> (lowest, highest) allowed. The page's widgets take their ranges from here, so a value
+# a config (or a shared link) accepts is one its widget can show, and the other way round.
+LIMITS: dict[str, tuple[float, float]] = {
+    "noise": (0.0, 1.0),
+    "n_samples": (100, 5000),
+    "depth": (0, 4),
+    "width": (1, 64),
+    "dropout": (0.0, 0.9),
+    "epochs": (1, 5000),
+    "seed": (0, 2**31 - 1),
+    **{name: (min(stops), max(stops)) for name, stops in STOPS.items()},
+}
 CNN_MAX_BLOCKS = 3  # 8x8 digits upsampled to 16x16 survive three 2x poolings
+
+
+def depth_range(model: str) -> tuple[int, int]:
+    """The depths a model may have: hidden layers of an MLP, conv blocks of a CNN."""
+    return (1, CNN_MAX_BLOCKS) if model == "cnn" else LIMITS["depth"]
 
 
 @dataclass(frozen=True)
@@ -85,8 +97,9 @@ class StudioConfig:
                 raise MaaslabError(f"{name} must be between {low:g} and {high:g}, got {value}")
         if self.model == "cnn" and self.dataset != "digits":
             raise MaaslabError("a CNN needs images: choose the digits dataset, or an MLP")
-        if self.model == "cnn" and not 1 <= self.depth <= CNN_MAX_BLOCKS:
-            raise MaaslabError(f"a CNN on 8x8 digits takes 1 to {CNN_MAX_BLOCKS} conv blocks")
+        low, high = depth_range(self.model)
+        if self.model == "cnn" and not low <= self.depth <= high:
+            raise MaaslabError(f"a CNN on 8x8 digits takes {low} to {high} conv blocks")
 
     @property
     def is_2d(self) -> bool:

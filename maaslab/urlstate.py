@@ -2,19 +2,34 @@
 
 A teacher shares a link and the page reopens with the same settings. A link can carry anything,
 so every value is parsed with the type of the field's default, checked by the dataclass itself,
-and a nonsense value is replaced by its default with a warning that says what was ignored.
+and a nonsense value is replaced by its default with a warning that says what was ignored. The
+dataclass's checks are the ranges its page's widgets offer, so an accepted value is one the page
+can show. A warning quotes the link's text cut short (`quoted`); it is still the link's text, so
+a page shows it as plain text, never as Markdown.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from maaslab.errors import MaaslabError
 
 C = TypeVar("C")
+MAX_VALUE_CHARS = 100  # longer than any setting's text; a longer value is refused unread
+QUOTE_CHARS = 40  # how much of a refused value a warning repeats
+
+
+def clipped(text: str, limit: int = QUOTE_CHARS) -> str:
+    """`text` cut to `limit` characters (an ellipsis marks the cut): a link can carry pages."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def quoted(raw: str) -> str:
+    """How a warning quotes a value from a link: clipped, in quotes."""
+    return repr(clipped(raw))
 
 
 def _parse(raw: str, default: Any) -> Any:
@@ -53,9 +68,16 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def slider_options(options: Sequence[Any], current: Any) -> list[Any]:
-    """A slider's stops plus `current`, so a value a link set between two stops is kept."""
-    return sorted({*options, current})
+def slider_options(
+    options: Sequence[Any], current: Any, label: Callable[[Any], str] = str
+) -> list[Any]:
+    """A select slider's stops plus `current`, so a value a link set between two stops is kept.
+
+    A stop that the slider would label like `current` (0.01 next to 0.0100000001 under "{:g}")
+    gives way to it: two stops with one label cannot be told apart, by a person or by Streamlit.
+    """
+    shown = label(current)
+    return sorted({current, *(o for o in options if label(o) != shown)})
 
 
 def config_from_params(cls: type[C], params: Mapping[str, Any]) -> tuple[C, list[str]]:
@@ -81,11 +103,13 @@ def config_from_params(cls: type[C], params: Mapping[str, Any]) -> tuple[C, list
         raw = str(raw[-1] if isinstance(raw, list | tuple) and raw else raw)
         default = getattr(defaults, field.name)
         try:
+            if len(raw) > MAX_VALUE_CHARS:
+                raise ValueError(f"longer than {MAX_VALUE_CHARS} characters")
             value = _parse(raw, default)
             cls(**values, **{field.name: value})
         except (ValueError, MaaslabError) as err:
             warnings.append(
-                f"ignored {field.name}={raw!r} from the URL ({err}); using {_format(default)}"
+                f"ignored {field.name}={quoted(raw)} from the URL ({err}); using {_format(default)}"
             )
             continue
         values[field.name] = value

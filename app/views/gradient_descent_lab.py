@@ -34,9 +34,10 @@ def on_click() -> None:
         ss[P + "x"], ss[P + "y"] = start
 
 
-def pick(label: str, grid, key: str, **kwargs) -> None:
-    """A select slider over `grid` that also offers the current value (it may come from a link)."""
-    options = slider_options(grid, ss[P + key])
+def pick(label: str, key: str, **kwargs) -> None:
+    """A select slider over the setting's stops that also offers the current value (it may come
+    from a link); `key` is the setting (lr.<optimizer> for a learning rate)."""
+    options = slider_options(lab.GRIDS[key.partition(".")[0]], ss[P + key], "{:g}".format)
     st.select_slider(label, options, key=P + key, format_func="{:g}".format, **kwargs)
 
 
@@ -61,15 +62,13 @@ with left:
     )
     for opt in chosen:
         ss.setdefault(P + f"lr.{opt}", surface.lr_for(opt))  # forgotten while it was unselected
-        pick(f"Learning rate · {NAMES[opt]}", lab.LR_GRID, f"lr.{opt}")
-    pick(
-        "Momentum", lab.MOMENTUM_GRID, "momentum", disabled=not {"momentum", "nesterov"} & {*chosen}
-    )
-    pick("β1 (Adam)", lab.MOMENTUM_GRID, "beta1", disabled="adam" not in chosen)
-    pick("β2 (Adam)", lab.BETA2_GRID, "beta2", disabled="adam" not in chosen)
+        pick(f"Learning rate · {NAMES[opt]}", f"lr.{opt}")
+    pick("Momentum", "momentum", disabled=not {"momentum", "nesterov"} & {*chosen})
+    pick("β1 (Adam)", "beta1", disabled="adam" not in chosen)
+    pick("β2 (Adam)", "beta2", disabled="adam" not in chosen)
     st.slider("Start x", *surface.x_range, step=0.01, key=P + "x")
     st.slider("Start y", *surface.y_range, step=0.01, key=P + "y")
-    pick("Steps", lab.STEPS_GRID, "steps")
+    pick("Steps", "steps")
     st.button("Suggested lrs and start", on_click=on_surface, icon=":material/restart_alt:")
 
 with right:

@@ -53,33 +53,29 @@ with left:
         help="A CNN needs images: pick digits.",
     )
     cnn = model == "cnn"
-    low, high = (1, studio.CNN_MAX_BLOCKS) if cnn else LIMITS["depth"]
+    low, high = studio.depth_range(model)
     state["studio.depth"] = min(max(state["studio.depth"], low), high)
     st.slider(
         "Conv blocks" if cnn else "Hidden layers", low, high, key="studio.depth", disabled=busy
     )
-    st.slider(
-        "Filters in block 1" if cnn else "Neurons per layer",
-        1,
-        64,
-        key="studio.width",
-        disabled=busy,
-    )
+    width_label = "Filters in block 1" if cnn else "Neurons per layer"
+    st.slider(width_label, *LIMITS["width"], key="studio.width", disabled=busy)
     st.selectbox("Activation", list(ACTIVATIONS), key="studio.activation", disabled=busy)
     st.slider("Dropout", *LIMITS["dropout"], step=0.05, key="studio.dropout", disabled=busy)
     st.selectbox("Optimizer", OPTIMIZERS, key="studio.optimizer", disabled=busy)
-    for label, name, options in (
-        ("Learning rate", "lr", studio.LR_CHOICES),
-        ("Batch size", "batch_size", studio.BATCH_CHOICES),
-        ("Weight decay", "weight_decay", studio.WEIGHT_DECAY_CHOICES),
-        ("Pace", "pace", studio.PACE_CHOICES),
+    for label, name in (
+        ("Learning rate", "lr"),
+        ("Batch size", "batch_size"),
+        ("Weight decay", "weight_decay"),
+        ("Pace", "pace"),
     ):
+        shown = pace_label if name == "pace" else str
         st.select_slider(
             label,
-            slider_options(options, state[f"studio.{name}"]),
+            slider_options(studio.STOPS[name], state[f"studio.{name}"], shown),
             key=f"studio.{name}",
             disabled=busy,
-            format_func=pace_label if name == "pace" else str,
+            format_func=shown,
         )
     st.number_input("Epochs", *LIMITS["epochs"], key="studio.epochs", disabled=busy)
     st.number_input("Seed", *LIMITS["seed"], key="studio.seed", disabled=busy)

@@ -4,6 +4,7 @@ A teacher shares a link such as
 `?surface=rosenbrock&opt=gd,adam&lr=gd:0.001,adam:0.05&start=-1.5,2.0&steps=200` and the page
 reopens the same race. A link can carry anything, so every value is checked here and a nonsense
 one is replaced by its default with a warning that says what was ignored; reading never raises.
+A value is accepted only within what its widget can show (`GRIDS`, the surface's window).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from maaslab.optimization.optim import (
     RaceResult,
 )
 from maaslab.optimization.surfaces import SURFACES, Surface
+from maaslab.urlstate import clipped, quoted
 
 DEFAULT_SURFACE = "rosenbrock"  # the classic race: a banana valley every optimizer finds hard
 DEFAULT_OPTIMIZERS = ("gd", "momentum", "adam")  # three paths stay readable on one contour
@@ -33,6 +35,15 @@ LR_GRID = (*(float(f"{m}e{e}") for e in range(-5, 1) for m in (1, 2, 3, 5, 7)), 
 MOMENTUM_GRID = (0.0, 0.5, 0.8, 0.9, 0.95, 0.99)  # also beta1: 0.9 is torch's default for both
 BETA2_GRID = (0.9, 0.99, 0.995, 0.999, 0.9999)  # 0.999 is torch's default
 STEPS_GRID = (10, 20, 50, 100, 200, 500, 1000, 2000, MAX_STEPS)
+# setting -> its select slider's stops. A link may carry any value from the first stop to the
+# last (one between two stops becomes one more stop on the slider); beyond them it is refused.
+GRIDS: dict[str, tuple[float, ...]] = {
+    "lr": LR_GRID,
+    "momentum": MOMENTUM_GRID,
+    "beta1": MOMENTUM_GRID,
+    "beta2": BETA2_GRID,
+    "steps": STEPS_GRID,
+}
 PARAMS = ("surface", "opt", "lr", "momentum", "beta1", "beta2", "start", "steps")
 _SHARED = ("momentum", "beta1", "beta2")  # one value for every optimizer that uses it
 
@@ -44,6 +55,12 @@ def default_race(
     s = SURFACES[surface]
     opts = tuple(OptimizerConfig(name, lr=s.lr_for(name)) for name in optimizers)
     return RaceConfig(surface, opts, start=s.start, steps=DEFAULT_STEPS)
+
+
+def bounds(name: str) -> tuple[float, float]:
+    """The lowest and highest `name` (lr, momentum, beta1, beta2, steps) a link may set: the
+    ends of its slider."""
+    return min(GRIDS[name]), max(GRIDS[name])
 
 
 def _fmt(value: float) -> str:
@@ -73,7 +90,7 @@ def _parse_optimizers(raw: str | list[str], warn: list[str]) -> tuple[str, ...]:
     unknown = [n for n in names if n not in HAND_OPTIMIZERS]
     if unknown:
         warn.append(
-            f"ignored opt={','.join(unknown)!r} from the URL "
+            f"ignored opt={quoted(','.join(unknown))} from the URL "
             f"(choose from {', '.join(HAND_OPTIMIZERS)})"
         )
     chosen = tuple(dict.fromkeys(n for n in names if n in HAND_OPTIMIZERS))
@@ -83,9 +100,10 @@ def _parse_optimizers(raw: str | list[str], warn: list[str]) -> tuple[str, ...]:
     return chosen
 
 
-def _check_lr(value: float) -> float:
-    if not 0 < value <= MAX_LR:
-        raise ValueError(f"a learning rate must be > 0 and <= {MAX_LR:g}")
+def _check(name: str, value: float) -> float:
+    low, high = bounds(name)
+    if not low <= value <= high:
+        raise ValueError(f"must be from {low:g} to {high:g}")
     return value
 
 
@@ -93,9 +111,11 @@ def _parse_lrs(raw: str, chosen: Sequence[str], warn: list[str]) -> dict[str, fl
     # Either one number for every optimizer (lr=0.01) or one per optimizer (lr=gd:0.001,adam:0.1).
     if ":" not in raw:
         try:
-            value = _check_lr(_number(raw))
+            value = _check("lr", _number(raw))
         except ValueError as err:
-            warn.append(f"ignored lr={raw!r} from the URL ({err}); using each optimizer's default")
+            warn.append(
+                f"ignored lr={quoted(raw)} from the URL ({err}); using each optimizer's default"
+            )
             return {}
         return dict.fromkeys(chosen, value)
     lrs: dict[str, float] = {}
@@ -104,10 +124,12 @@ def _parse_lrs(raw: str, chosen: Sequence[str], warn: list[str]) -> dict[str, fl
         name = name.strip()
         try:
             if name not in HAND_OPTIMIZERS:
-                raise ValueError(f"unknown optimizer {name!r}")
-            lrs[name] = _check_lr(_number(text))
+                raise ValueError(f"unknown optimizer {quoted(name)}")
+            lrs[name] = _check("lr", _number(text))
         except ValueError as err:
-            warn.append(f"ignored lr {item.strip()!r} from the URL ({err}); using the default")
+            warn.append(
+                f"ignored lr {quoted(item.strip())} from the URL ({err}); using the default"
+            )
     return lrs
 
 
@@ -122,18 +144,19 @@ def _parse_start(raw: str, surface: Surface, warn: list[str]) -> tuple[float, fl
             raise ValueError(f"outside the window x in [{x0:g}, {x1:g}], y in [{y0:g}, {y1:g}]")
     except ValueError as err:
         default = f"{surface.start[0]:g},{surface.start[1]:g}"
-        warn.append(f"ignored start={raw!r} from the URL ({err}); using {default}")
+        warn.append(f"ignored start={quoted(raw)} from the URL ({err}); using {default}")
         return surface.start
     return (x, y)
 
 
 def _parse_steps(raw: str, warn: list[str]) -> int:
+    low, high = bounds("steps")
     try:
         value = _number(raw)
-        if value != int(value) or not 1 <= value <= MAX_STEPS:
-            raise ValueError(f"a whole number from 1 to {MAX_STEPS}")
+        if value != int(value) or not low <= value <= high:
+            raise ValueError(f"a whole number from {low} to {high}")
     except ValueError as err:
-        warn.append(f"ignored steps={raw!r} from the URL ({err}); using {DEFAULT_STEPS}")
+        warn.append(f"ignored steps={quoted(raw)} from the URL ({err}); using {DEFAULT_STEPS}")
         return DEFAULT_STEPS
     return int(value)
 
@@ -150,11 +173,13 @@ def race_config_from_params(params: Mapping[str, str | list[str]]) -> tuple[Race
     warn: list[str] = []
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
-        warn.append(f"ignored unknown URL parameters: {', '.join(unknown)}")
+        names = ", ".join(clipped(name) for name in unknown[:5])
+        more = f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""
+        warn.append(f"ignored unknown URL parameters: {names}{more}")
     surface = _last(params.get("surface", DEFAULT_SURFACE)).strip()
     if surface not in SURFACES:
         warn.append(
-            f"ignored surface={surface!r} from the URL (choose from {', '.join(SURFACES)}); "
+            f"ignored surface={quoted(surface)} from the URL (choose from {', '.join(SURFACES)}); "
             f"using {DEFAULT_SURFACE}"
         )
         surface = DEFAULT_SURFACE
@@ -166,12 +191,9 @@ def race_config_from_params(params: Mapping[str, str | list[str]]) -> tuple[Race
         if name in params:
             raw = _last(params[name])
             try:
-                value = _number(raw)
-                if not 0 <= value < 1:
-                    raise ValueError("must be in [0, 1)")
-                shared[name] = value
+                shared[name] = _check(name, _number(raw))
             except ValueError as err:
-                warn.append(f"ignored {name}={raw!r} from the URL ({err}); using the default")
+                warn.append(f"ignored {name}={quoted(raw)} from the URL ({err}); using the default")
     opts = []
     for name in chosen:
         lr = lrs.get(name, s.lr_for(name))

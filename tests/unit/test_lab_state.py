@@ -88,7 +88,7 @@ def test_nonsense_is_replaced_by_the_default_with_a_warning(params, named):
 def test_warnings_say_why_a_value_was_ignored():
     _, warnings = lab.race_config_from_params({"lr": "abc", "steps": "0", "start": "1"})
     text = "\n".join(warnings)
-    assert "not a number" in text and "from 1 to 5000" in text and "two numbers x,y" in text
+    assert "not a number" in text and "from 10 to 5000" in text and "two numbers x,y" in text
 
 
 def test_a_bad_value_spoils_only_itself():

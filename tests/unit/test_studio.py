@@ -45,6 +45,10 @@ def test_same_config_same_initial_weights_and_data():
         ({"lr": 0.0}, "lr must be between"),
         ({"lr": float("nan")}, "lr must be between"),
         ({"epochs": 0}, "epochs must be between"),
+        ({"width": 65}, "width must be between 1 and 64"),  # the page's slider stops at 64
+        ({"lr": 5.0}, "lr must be between 0.0001 and 3"),  # the ends of the slider's stops
+        ({"batch_size": 512}, "batch_size must be between 1 and 256"),
+        ({"pace": 1.0}, "pace must be between 0 and 0.5"),
         ({"optimizer": "lion"}, "unknown optimizer"),
     ],
 )
