@@ -1,9 +1,11 @@
-"""Page parts that several pages share: the model picker, the task watcher, the per-session
-slot, and the cached test digits. A page imports these (`from components import ...`; the
-router's folder is on the path while a page runs) instead of pasting its own copy."""
+"""Page parts that several pages share: warnings about a shared link, the model picker, the task
+watcher, the per-session slot, and the cached test digits. A page imports these (`from components
+import ...`; the router's folder is on the path while a page runs) instead of pasting its own
+copy."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -13,15 +15,58 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 from maaslab.data import DIGIT_PIXEL_MAX, load_dataset
 from maaslab.jobs import Task
+from maaslab.urlstate import clipped, quoted
 
 ss = st.session_state
+
+
+# --- text from a link ------------------------------------------------------------------------
+
+MESSAGE_CHARS = 300  # a warning line longer than this is cut
+MESSAGES_SHOWN = 20  # warning lines shown (a Studio link has 15 settings); the rest are counted
+
+
+def literal(text: str, limit: int = MESSAGE_CHARS) -> str:
+    """Markdown that shows `text` as it is, for text that anyone can write (a link's values).
+
+    Streamlit's Markdown turns `[a](url)` and bare URLs into links, `![a](url)` into an image the
+    browser fetches, and also reads `:red[...]`, `:material/...:` icons and `$...$` LaTeX;
+    backslash escapes stop some of these but not the ones Streamlit finds in the rendered text
+    (bare URLs, icons). A code span stops them all: its content is shown character for character.
+    """
+    text = clipped(" ".join(text.split()), limit)  # one line: a blank line would end the span
+    if not text:
+        return ""
+    # Streamlit rewrites ":material/" in the whole source, code spans included; a word joiner
+    # (invisible) keeps the text as written.
+    text = text.replace(":material/", ":\u2060material/")
+    fence = "`" * (1 + max(map(len, re.findall("`+", text)), default=0))
+    return f"{fence} {text} {fence}"  # the spaces let the text begin or end with a backtick
+
+
+def link_warning(messages: Sequence[str]) -> None:
+    """One warning listing what a shared link carried that the page did not use (none: nothing).
+
+    Parameters
+    ----------
+    messages : one line per ignored value, as maaslab.urlstate and lab_state write them; each is
+        shown as plain text (`literal`), cut to MESSAGE_CHARS, and at most MESSAGES_SHOWN lines.
+    """
+    if not messages:
+        return
+    lines = [f"- {literal(m)}" for m in messages[:MESSAGES_SHOWN]]
+    if len(messages) > MESSAGES_SHOWN:
+        lines.append(f"- and {len(messages) - MESSAGES_SHOWN} more")
+    body = "Some settings in this link were ignored:\n" + "\n".join(lines)
+    st.warning(body, icon=":material/link_off:")
 
 
 # --- the model picker ------------------------------------------------------------------------
 
 
 def pick_model(names: Sequence[str], key: str, *, default: str | None = None) -> str:
-    """A "Model" selectbox kept in the URL (?model=...), so a link opens the page on one model.
+    """A "Model" selectbox kept in the URL (?model=...), so a link opens the page on one model;
+    a name it does not offer is refused with a warning, until another model is picked.
 
     Parameters
     ----------
@@ -29,13 +74,21 @@ def pick_model(names: Sequence[str], key: str, *, default: str | None = None) ->
     key : the page's session_state key for the choice, e.g. "infer.model".
     default : the first choice when the URL names none (None: the first of `names`).
     """
+    ignored = f"{key}.ignored"  # the warning about the link's model, while it applies
     if key not in ss:
         asked = st.query_params.get("model")
         if asked in names:
             ss[key] = asked
-        elif default is not None:
-            ss[key] = default
-    name = st.selectbox("Model", list(names), key=key)
+        else:
+            if default is not None:
+                ss[key] = default
+            if asked is not None:
+                ss[ignored] = [
+                    f"ignored model={quoted(asked)} from the URL (choose from "
+                    f"{', '.join(names)}); using {default or names[0]}"
+                ]
+    name = st.selectbox("Model", list(names), key=key, on_change=ss.pop, args=(ignored, None))
+    link_warning(ss.get(ignored, []))
     st.query_params["model"] = name
     return name
 

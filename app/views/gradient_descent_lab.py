@@ -2,6 +2,7 @@
 
 import pandas as pd
 import streamlit as st
+from components import link_warning
 
 from maaslab.errors import MaaslabError
 from maaslab.optimization import lab_state as lab
@@ -85,9 +86,7 @@ with right:
         st.stop()
     if cfg != ss[P + "cfg"]:  # the warnings describe the link, so they go once the race changes
         ss[P + "cfg"], ss[P + "warnings"] = cfg, []
-    if ss[P + "warnings"]:
-        lines = "\n".join(f"- {w}" for w in ss[P + "warnings"])
-        st.warning(f"Some settings in this link were ignored:\n{lines}", icon=":material/link_off:")
+    link_warning(ss[P + "warnings"])
     params = lab.race_config_to_params(cfg)
     ss[P + "url"] = {k: [v] for k, v in params.items()}
     if ss[P + "url"] != url:

@@ -1,10 +1,12 @@
 """Lesson guides: read a lesson's guide in the app; the URL (?lesson=00_tour) picks which."""
 
 import streamlit as st
+from components import link_warning
 
 from maaslab.errors import MaaslabError
 from maaslab.lessons import load_lessons
 from maaslab.paths import ROOT
+from maaslab.urlstate import quoted
 
 try:
     lessons = {lesson.slug: lesson for lesson in load_lessons()}
@@ -16,9 +18,11 @@ if not lessons:
     st.stop()
 
 asked = st.query_params.get("lesson")
-if asked and asked not in lessons:
-    st.warning(f"There is no lesson {asked!r}; showing the first one.")
 slugs = list(lessons)
+if asked is not None and asked not in lessons:
+    link_warning(
+        [f"ignored lesson={quoted(asked)} from the URL (no such lesson); using {slugs[0]}"]
+    )
 slug = st.selectbox(
     "Lesson",
     slugs,

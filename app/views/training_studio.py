@@ -3,6 +3,7 @@
 from dataclasses import asdict
 
 import streamlit as st
+from components import link_warning
 
 from maaslab import plots, studio
 from maaslab.callbacks import Throttle
@@ -23,8 +24,7 @@ if CONFIG not in state:  # first visit in this session: the settings come from t
     state[CONFIG], state[WARNINGS] = config_from_params(StudioConfig, st.query_params)
 for name, value in asdict(state[CONFIG]).items():
     state.setdefault(f"studio.{name}", value)  # widgets not drawn last run lose their state
-for warning in state.get(WARNINGS, []):
-    st.warning(warning, icon=":material/link_off:")
+link_warning(state.get(WARNINGS, []))
 
 
 def pace_label(seconds: float) -> str:
