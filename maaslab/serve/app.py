@@ -83,6 +83,8 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        # operationId = the route function's name: short, stable, and what OpenAPI links name
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.config = config
     app.state.models = served

@@ -213,7 +213,34 @@ def _metadata(request: Request, name: str, version: str | None) -> ModelMetadata
     )
 
 
-@router.get("/models/{name}", summary="Model metadata")
+def links_by_name(expression: str) -> dict[str, Any]:
+    """OpenAPI links from a response naming a model (at `expression`) to the routes taking
+    that name, so a client or a schema-driven test can go from a listing to a real model."""
+    by_name = {
+        "ModelMetadata": "model_metadata",
+        "ModelReady": "model_ready",
+        "Infer": "infer",
+        "Explain": "explain_route",
+    }
+    links = {
+        link: {"operationId": op, "parameters": {"name": expression}}
+        for link, op in by_name.items()
+    }
+    for link, op in {
+        "VersionMetadata": "model_version_metadata",
+        "VersionInfer": "infer_version",
+    }.items():
+        links[link] = {"operationId": op, "parameters": {"name": expression, "version": VERSION}}
+    return links
+
+
+@router.get(
+    "/models/{name}",
+    summary="Model metadata",
+    responses={
+        200: {"description": "The model's metadata", "links": links_by_name("$response.body#/name")}
+    },
+)
 async def model_metadata(request: Request, name: str) -> ModelMetadata:
     """Inputs and outputs with their datatypes and shapes (-1 = any batch size)."""
     return _metadata(request, name, None)

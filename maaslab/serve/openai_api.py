@@ -312,7 +312,20 @@ def event_stream(
 # --- routes ------------------------------------------------------------------------------------
 
 
-@router.get("/v1/models", response_model=ModelList)
+LIST_LINKS = {  # from the listing to the routes that take a model's name (OpenAPI links)
+    "Model": {"operationId": "get_model", "parameters": {"model": "$response.body#/data/0/id"}},
+    "Metadata": {
+        "operationId": "model_metadata",
+        "parameters": {"name": "$response.body#/data/0/id"},
+    },
+}
+
+
+@router.get(
+    "/v1/models",
+    response_model=ModelList,
+    responses={200: {"description": "The served models", "links": LIST_LINKS}},
+)
 def list_models(request: Request) -> ModelList:
     """The served models, in OpenAI's list format."""
     names = sorted(request.app.state.models)

@@ -1,5 +1,6 @@
 """schemathesis over the server's own OpenAPI document: generated requests, valid and invalid,
-to every route; no answer is a 5xx and every answer matches what /openapi.json declares."""
+to every route; no answer is a 5xx and every answer matches what /openapi.json declares.
+(test_server_schema_links.py follows the document's links from call to call.)"""
 
 import pytest
 import schemathesis
@@ -13,8 +14,13 @@ CONFIG = {
     "seed": 0,
     "phases": {"coverage": {"enabled": False}, "stateful": {"enabled": False}},
     "generation": {"max-examples": 6, "deterministic": True},
-    "checks": {"positive_data_acceptance": {"enabled": False}},
+    "checks": {
+        "not_a_server_error": {"enabled": True},
+        "response_schema_conformance": {"enabled": True},
+        "positive_data_acceptance": {"enabled": False},
+    },
 }
+
 MAX_TOKENS = 4  # characters a generated completion may ask for
 MAX_N = 2  # choices a generated completion may ask for
 ROUTE_MODELS = {
