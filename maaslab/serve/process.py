@@ -3,7 +3,8 @@
 The server runs in its own process (its own interpreter, its own torch threads, its own GIL),
 so a load generator or a Streamlit page in the parent never slows the model down by sharing a
 lock with it. Start waits for the server's ready line and its readiness probe; stop sends
-SIGTERM, which makes the server drain (answer what it accepted) and exit 0.
+SIGTERM, which makes the server drain (answer what it accepted) and exit 0, or 75 when its drain
+deadline had to cut a stream (maaslab.serve.drain).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import httpx
 
 from maaslab.errors import MaaslabError
 from maaslab.serve.config import ServeConfig
+from maaslab.serve.drain import EXIT_CUT
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root: `python -m maaslab` works here
 READY_MARK = " on http://"  # the CLI prints "maaslab serve: <models> on http://HOST:PORT (...)"
@@ -229,12 +231,13 @@ class ServerProcess:
                 raise self._fail(f"printed its URL {self.url} but never became ready")
             time.sleep(0.05)
 
-    def stop(self, timeout: float = 30.0, *, wait: bool = True) -> int | None:
+    def stop(self, timeout: float | None = None, *, wait: bool = True) -> int | None:
         """SIGTERM (the server drains, then exits), SIGKILL after `timeout`; the exit code.
 
         Parameters
         ----------
-        timeout : seconds to wait for the drain before killing the process.
+        timeout : seconds to wait for the drain before killing the process (default: the
+            server's drain deadline and 10 s more).
         wait : False only sends SIGTERM and returns None (stop several servers at once, then
             call stop() again on each for its exit code).
         """
@@ -244,6 +247,8 @@ class ServerProcess:
             self.process.terminate()
             if not wait:
                 return None
+            if timeout is None:
+                timeout = self.config.drain_deadline_s + 10
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
@@ -257,8 +262,14 @@ class ServerProcess:
 
     @staticmethod
     def stop_note(code: int | None) -> str:
-        """What stop() returning `code` means: 0 is a drained, clean exit."""
-        how = "it drained and exited" if code == 0 else "it exited"
+        """What stop() returning `code` means: 0 is a drained, clean exit; EXIT_CUT a drain
+        whose deadline cut streams still running (see maaslab.serve.drain)."""
+        if code == 0:
+            how = "it drained and exited"
+        elif code == EXIT_CUT:
+            how = "its drain deadline cut streams still running; it exited"
+        else:
+            how = "it exited"
         return f"Server stopped (SIGTERM; {how} with code {code})."
 
     def __enter__(self) -> Self:
