@@ -45,28 +45,28 @@ class Chunk:
     table: list[int]  # the sequence's block table, covering start + len(token_ids) tokens
 
 
-def _tiles(x: torch.Tensor, length: int) -> torch.Tensor:
-    # x's rows followed by zero rows up to `length` (a whole number of key tiles).
-    return torch.cat([x, x.new_zeros((length - x.shape[0], *x.shape[1:]))])
-
-
 def _tiled_softmax_values(scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """softmax(scores) @ v, summed tile by tile in a fixed order.
 
-    scores (nh, rows, L) with -inf where a key is hidden, v (L, nh, hd), L a multiple of
+    scores (..., rows, L) with -inf where a key is hidden, v (..., L, hd), L a multiple of
     KEY_TILE. A query's answer then depends only on the tiles up to its own position: each
     tile's products have the same shape whatever L is, later tiles add exact zeros, and the
     tiles are summed in order (cumsum). Whether the keys were gathered for a decode step or a
     long chunk, the query gets the same bits.
     """
-    heads, rows, length = scores.shape
+    *lead, rows, length = scores.shape
     tiles = length // KEY_TILE
     weights = torch.exp(scores - scores.amax(-1, keepdim=True))  # the max is exact in any order
-    weights = weights.view(heads, rows, tiles, KEY_TILE)
-    total = weights.sum(-1).cumsum(-1)[..., -1:]  # (nh, rows, 1)
-    values = v.view(tiles, KEY_TILE, heads, -1).permute(2, 0, 1, 3)  # (nh, tiles, tile, hd)
-    parts = weights.transpose(1, 2) @ values  # (nh, tiles, rows, hd): one product per tile
-    return parts.cumsum(1)[:, -1] / total  # (nh, rows, hd)
+    weights = weights.view(*lead, rows, tiles, KEY_TILE)
+    total = weights.sum(-1).cumsum(-1)[..., -1:]  # (..., rows, 1)
+    values = v.view(*lead, tiles, KEY_TILE, v.shape[-1])
+    parts = weights.transpose(-3, -2) @ values  # (..., tiles, rows, hd): one product per tile
+    return parts.cumsum(-3)[..., -1, :, :] / total  # (..., rows, hd)
+
+
+def _rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    # x followed by zero rows, `rows` in all.
+    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))])
 
 
 def _padded(fn, x: torch.Tensor) -> torch.Tensor:
@@ -200,25 +200,49 @@ class PagedModel:
         lengths: list[int],
         pool: KVPool,
     ) -> torch.Tensor:
-        out, first = [], 0
+        # Decoding sequences (one query each) are attended together in one batched product;
+        # each prompt chunk on its own. Both give a query the same bits (see module notes).
+        starts = torch.tensor([0, *lengths], device=self.device).cumsum(0).tolist()
+        out = q.new_empty(q.shape, dtype=torch.float32)
+        decoding = [i for i, n in enumerate(lengths) if n == 1]
+        groups = [decoding] if decoding else []
+        groups += [[i] for i, n in enumerate(lengths) if n > 1]
+        for group in groups:
+            rows = max(MIN_ROWS, max(lengths[i] for i in group))  # padded queries
+            qs = torch.stack(
+                [_rows(q[starts[i] : starts[i + 1]], rows) for i in group]
+            )  # (B, rows, nh, hd)
+            answer = self._attend_batch(qs, [chunks[i] for i in group], layer, pool)
+            for b, i in enumerate(group):
+                out[starts[i] : starts[i + 1]] = answer[b, : lengths[i]]
+        return out.flatten(1).to(q.dtype)  # (T, nh * hd)
+
+    def _attend_batch(
+        self, qs: torch.Tensor, chunks: list[Chunk], layer: int, pool: KVPool
+    ) -> torch.Tensor:
+        """Queries (B, rows, nh, hd) of B chunks -> their attention outputs, same shape."""
+        rows = qs.shape[1]
+        ends = [c.start + len(c.token_ids) for c in chunks]  # keys 0..end-1 are cached now
+        length = -(-max(ends) // KEY_TILE) * KEY_TILE  # keys, padded to whole tiles
+        positions = torch.arange(length, device=self.device)
+        # Slots of each chunk's keys; past its end, slot 0 stands in (those keys are hidden).
+        where = torch.stack(
+            [
+                torch.where(positions < end, pool.slots(c.table, positions.clamp(max=end - 1)), 0)
+                for c, end in zip(chunks, ends, strict=True)
+            ]
+        )  # (B, length)
         group = self.heads // self.kv_heads
-        for chunk, n in zip(chunks, lengths, strict=True):
-            end = chunk.start + n  # keys 0..end-1 are in the cache now
-            padded_end = -(-end // KEY_TILE) * KEY_TILE
-            where = pool.slots(chunk.table, torch.arange(end, device=self.device))
-            k = _tiles(pool.k[layer, where], padded_end).repeat_interleave(group, dim=1)
-            v = _tiles(pool.v[layer, where], padded_end).repeat_interleave(group, dim=1)
-            qc = q[first : first + n]  # (n, nh, hd)
-            first += n
-            rows = max(n, MIN_ROWS)  # padded queries: see the module notes
-            qp = torch.cat([qc, qc.new_zeros((rows - n, *qc.shape[1:]))]).transpose(0, 1)
-            scores = qp @ k.permute(1, 2, 0) * self.head_dim**-0.5  # (nh, rows, padded_end)
-            # Causal: query i sits at position start + i and sees keys up to it.
-            query_pos = torch.arange(chunk.start, chunk.start + rows, device=self.device)
-            hidden = torch.arange(padded_end, device=self.device)[None, :] > query_pos[:, None]
-            scores = scores.masked_fill(hidden, float("-inf")).float()
-            out.append(_tiled_softmax_values(scores, v.float())[:, :n].transpose(0, 1))
-        return torch.cat(out).flatten(1).to(q.dtype)  # (T, nh * hd)
+        k = pool.k[layer][where].repeat_interleave(group, dim=2)  # (B, length, nh, hd)
+        v = pool.v[layer][where].repeat_interleave(group, dim=2)
+        scores = qs.transpose(1, 2) @ k.permute(0, 2, 3, 1) * self.head_dim**-0.5  # (B,nh,rows,L)
+        # Causal: query i of a chunk sits at position start + i and sees keys up to it.
+        starts = torch.tensor([c.start for c in chunks], device=self.device)
+        query_pos = starts[:, None] + torch.arange(rows, device=self.device)[None, :]  # (B, rows)
+        hidden = positions[None, None, :] > query_pos[:, :, None]  # (B, rows, L)
+        scores = scores.masked_fill(hidden[:, None], float("-inf")).float()
+        answer = _tiled_softmax_values(scores, v.float().transpose(1, 2))  # (B, nh, rows, hd)
+        return answer.transpose(1, 2)
 
     # --- the two families ------------------------------------------------------------------------
 
