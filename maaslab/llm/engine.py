@@ -22,11 +22,15 @@ from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from maaslab.errors import MaaslabError
 from maaslab.llm.blocks import BlockManager, BlockStats
 from maaslab.llm.model import Chunk, PagedModel
 from maaslab.llm.scheduler import Scheduler, SchedulerConfig, Step
 from maaslab.llm.sequence import SamplingParams, Sequence
+from maaslab.llm.speculative import verify_greedy, verify_sampled
+from maaslab.models.gpt import next_token_probs
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,13 @@ class EngineConfig:
     prefill_chunk: int = 256  # prompt tokens one sequence computes per step at most
     prefix_caching: bool = True  # share the KV of full blocks of a common prefix
     continuous_batching: bool = True  # False: static batches (admit only into an empty batch)
+    speculative_tokens: int = 4  # tokens a draft model guesses per step (when there is one)
 
     def __post_init__(self) -> None:
         if min(self.block_size, self.num_blocks) < 1:
             raise MaaslabError("block_size and num_blocks must be >= 1")
+        if not 0 <= self.speculative_tokens <= 16:
+            raise MaaslabError(f"speculative_tokens must be 0..16, got {self.speculative_tokens}")
         self.scheduler()  # its own checks
 
     def scheduler(self) -> SchedulerConfig:
@@ -76,6 +83,13 @@ class EngineStats:
     preemptions: int
     steps: int
     generated_tokens: int
+    draft_proposed: int = 0  # speculative guesses made
+    draft_accepted: int = 0  # and kept by the target
+
+    @property
+    def acceptance_rate(self) -> float:
+        """Share of the draft's guesses the target kept (0 without a draft)."""
+        return self.draft_accepted / self.draft_proposed if self.draft_proposed else 0.0
 
 
 class LLMEngine:
@@ -87,7 +101,17 @@ class LLMEngine:
         config: EngineConfig | None = None,
         eos_token_ids: Seq[int] = (),
         on_step: Callable[[Step], None] | None = None,
+        draft: PagedModel | None = None,
     ) -> None:
+        """Parameters
+        ----------
+        model : the model that answers.
+        config : memory and batching (EngineConfig()).
+        eos_token_ids : tokens that end a sequence (unless its request ignores them).
+        on_step : called with every scheduled Step (the Engine view's timeline).
+        draft : a smaller model on the same tokenizer for speculative decoding, which then
+            guesses config.speculative_tokens tokens per step.
+        """
         self.model = model
         self.config = config or EngineConfig()
         c = self.config
@@ -99,6 +123,17 @@ class LLMEngine:
         self.sequences: dict[int, Sequence] = {}
         self._ids = itertools.count()
         self.steps = self.generated = 0
+        self.draft = draft if self.config.speculative_tokens > 0 else None
+        self.draft_pool = None
+        self.proposed = self.accepted = 0  # draft guesses made and kept
+        if self.draft is not None:
+            if self.draft.vocab_size != model.vocab_size or self.draft.context < model.context:
+                raise MaaslabError(
+                    "a draft model must share the target's vocabulary and context "
+                    f"(vocab {self.draft.vocab_size} vs {model.vocab_size}, context "
+                    f"{self.draft.context} vs {model.context})"
+                )
+            self.draft_pool = self.draft.new_pool(c.num_blocks, c.block_size)
 
     @classmethod
     def from_folder(
@@ -156,24 +191,36 @@ class LLMEngine:
             if self.scheduler.has_work:
                 raise MaaslabError("the engine cannot schedule anything: too few KV blocks")
             return []
-        chunks = [
-            Chunk(
-                seq.tokens[seq.computed : seq.computed + n], seq.computed, self.blocks.table(seq.id)
-            )
-            for seq, n in step.work
-        ]
+        guesses = self._draft(step) if self.draft is not None else {}
+        chunks = []
+        for seq, n in step.work:
+            table = self.blocks.table(seq.id)
+            ahead = guesses.get(seq.id, ([], []))[0]
+            new = seq.tokens[seq.computed : seq.computed + n] + ahead
+            chunks.append(Chunk(new, seq.computed, table, logits=len(ahead) + 1))
         logits = self.model.forward(chunks, self.pool)
         now = time.perf_counter()
-        outputs = []
-        for (seq, n), row in zip(step.work, logits, strict=True):
-            seq.computed += n
-            self.blocks.mark_computed(seq.id, seq.tokens, seq.computed)
-            if seq.pending:
-                continue  # a prompt chunk that does not end the prompt: no token yet
-            token = seq.sample(row)
-            seq.append(token, now)
-            self.generated += 1
-            outputs.append(TokenOutput(seq.id, token, seq.finished, seq.finish_reason))
+        outputs, row = [], 0
+        for seq, n in step.work:
+            ahead, draft_probs = guesses.get(seq.id, ([], []))
+            rows = logits[row : row + len(ahead) + 1]
+            row += len(ahead) + 1
+            if ahead:
+                tokens, accepted = self._verify(seq, rows, ahead, draft_probs)
+                self.proposed += len(ahead)
+                self.accepted += accepted
+                seq.computed += 1 + accepted
+                seq.draft_computed = min(seq.draft_computed, seq.computed)
+            else:
+                seq.computed += n
+                tokens = [] if seq.pending else [seq.sample(rows[-1])]
+            for token in tokens:
+                seq.append(token, now)
+                self.generated += 1
+                outputs.append(TokenOutput(seq.id, token, seq.finished, seq.finish_reason))
+                if seq.finished:
+                    break
+            self.blocks.mark_computed(seq.id, seq.tokens, min(seq.computed, len(seq.tokens)))
             if seq.finished:
                 self.scheduler.remove(seq)
                 del self.sequences[seq.id]
@@ -181,6 +228,75 @@ class LLMEngine:
         if self.on_step is not None:
             self.on_step(step)
         return outputs
+
+    # --- speculative decoding ----------------------------------------------------------------
+
+    def _guesses_for(self, seq: Sequence) -> int:
+        # How many tokens the draft may guess for a decoding sequence: k, less near its end.
+        room = min(
+            self.config.speculative_tokens,
+            seq.params.max_tokens - len(seq.output) - 1,
+            self.model.context - len(seq.tokens),
+        )
+        if room < 1 or not self.blocks.can_append(seq.id, seq.computed + room + 1):
+            return 0
+        self.blocks.append(seq.id, seq.computed + room + 1)
+        return room
+
+    def _draft(self, step: Step) -> dict[int, tuple[list[int], list[torch.Tensor]]]:
+        """Run the draft: it catches up on every sequence's new tokens (so its own cache
+        follows the target's), then guesses ahead for the decoding ones; seq id -> (guesses,
+        the distributions they were drawn from)."""
+        assert self.draft is not None and self.draft_pool is not None
+        room = {seq.id: self._guesses_for(seq) for seq, n in step.work if not seq.prefilling}
+        chunks, guessing = [], []
+        for seq, n in step.work:
+            end = seq.computed + n  # the target computes up to here in this step
+            table = self.blocks.table(seq.id)
+            chunks.append(Chunk(seq.tokens[seq.draft_computed : end], seq.draft_computed, table))
+            seq.draft_computed = end
+            if room.get(seq.id):
+                guessing.append(seq)
+        out: dict[int, tuple[list[int], list[torch.Tensor]]] = {s.id: ([], []) for s in guessing}
+        logits = self.draft.forward(chunks, self.draft_pool)
+        rows = {seq.id: i for i, (seq, _) in enumerate(step.work)}
+        current = {seq.id: logits[rows[seq.id]] for seq in guessing}
+        for j in range(max((room[s.id] for s in guessing), default=0)):
+            active = [s for s in guessing if room[s.id] > j]
+            for seq in active:
+                token, probs = self._draft_sample(seq, current[seq.id])
+                out[seq.id][0].append(token)
+                out[seq.id][1].append(probs)
+            more = [s for s in active if room[s.id] > j + 1]
+            if not more:
+                break
+            chunks = [
+                Chunk([out[s.id][0][-1]], s.draft_computed, self.blocks.table(s.id)) for s in more
+            ]
+            for s in more:
+                s.draft_computed += 1
+            for s, row in zip(more, self.draft.forward(chunks, self.draft_pool), strict=True):
+                current[s.id] = row
+        return out
+
+    @staticmethod
+    def _draft_sample(seq: Sequence, logits: torch.Tensor) -> tuple[int, torch.Tensor]:
+        p = seq.params
+        if p.temperature == 0:
+            return int(logits.argmax()), logits
+        probs = next_token_probs(logits, p.temperature, p.top_k, p.top_p)
+        return int(torch.multinomial(probs, 1, generator=seq.generator)), probs
+
+    @staticmethod
+    def _verify(
+        seq: Sequence, rows: torch.Tensor, ahead: list[int], draft_probs: list[torch.Tensor]
+    ) -> tuple[list[int], int]:
+        p = seq.params
+        if p.temperature == 0:
+            return verify_greedy(rows, ahead)
+        return verify_sampled(
+            rows, draft_probs, ahead, p.temperature, p.top_k, p.top_p, seq.generator
+        )
 
     def generate(
         self, prompts: Seq[Seq[int]], params: SamplingParams | Seq[SamplingParams] | None = None
@@ -203,4 +319,6 @@ class LLMEngine:
             preemptions=self.scheduler.preemptions,
             steps=self.steps,
             generated_tokens=self.generated,
+            draft_proposed=self.proposed,
+            draft_accepted=self.accepted,
         )

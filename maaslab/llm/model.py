@@ -43,6 +43,7 @@ class Chunk:
     token_ids: list[int]  # the tokens whose KV this step computes
     start: int  # position of the first of them (tokens before it are in the cache)
     table: list[int]  # the sequence's block table, covering start + len(token_ids) tokens
+    logits: int = 1  # logits wanted for this many final tokens (speculative checks want k + 1)
 
 
 def _tiled_softmax_values(scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -159,8 +160,8 @@ class PagedModel:
     def forward(self, chunks: list[Chunk], pool: KVPool, all_logits: bool = False) -> torch.Tensor:
         """Run one step; write the chunks' keys and values into `pool`.
 
-        Returns the logits (len(chunks), vocab) of each chunk's last token, or with
-        `all_logits` the logits (T, vocab) of every new token, in chunk order.
+        Returns the logits of each chunk's last `chunk.logits` tokens, stacked in chunk order
+        (one row per chunk by default), or with `all_logits` those of every new token.
         """
         lengths = [len(c.token_ids) for c in chunks]
         if min(lengths, default=0) < 1:
@@ -185,8 +186,12 @@ class PagedModel:
         else:
             x = self._gpt2(ids, positions, slots, chunks, lengths, pool)
         if not all_logits:
-            ends = torch.tensor(lengths, device=self.device).cumsum(0) - 1
-            x = x[ends]
+            ends = torch.tensor(lengths, device=self.device).cumsum(0)
+            rows = [
+                torch.arange(end - min(c.logits, n), end, device=self.device)
+                for c, n, end in zip(chunks, lengths, ends.tolist(), strict=True)
+            ]
+            x = x[torch.cat(rows)]
         head = self.hf.lm_head
         return _padded(head, x).float()
 

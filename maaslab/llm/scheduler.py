@@ -86,7 +86,8 @@ class Scheduler:
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.blocks.free(seq.id)
-        seq.computed, seq.status = 0, Status.WAITING
+        seq.computed = seq.draft_computed = 0
+        seq.status = Status.WAITING
         seq.preemptions += 1
         self.preemptions += 1
         self.waiting.appendleft(seq)  # first in line again: it arrived before the others
@@ -120,7 +121,7 @@ class Scheduler:
             seq = self.waiting[0]
             if seq in step.preempted or not self.blocks.can_allocate(seq.tokens):
                 break  # first come, first served: nobody overtakes the head of the queue
-            seq.computed = self.blocks.allocate(seq.id, seq.tokens)
+            seq.computed = seq.draft_computed = self.blocks.allocate(seq.id, seq.tokens)
             self.waiting.popleft()
             seq.status = Status.RUNNING
             self.running.append(seq)

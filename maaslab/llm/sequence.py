@@ -61,6 +61,7 @@ class Sequence:
     eos_token_ids: tuple[int, ...] = ()
     output: list[int] = field(default_factory=list)
     computed: int = 0  # leading tokens with their KV in the cache
+    draft_computed: int = 0  # the same, in a speculative draft model's cache
     status: Status = Status.WAITING
     finish_reason: str | None = None  # "stop" (EOS or a stop token), "length", "abort"
     preemptions: int = 0
