@@ -85,6 +85,12 @@ class EngineStats:
     generated_tokens: int
     draft_proposed: int = 0  # speculative guesses made
     draft_accepted: int = 0  # and kept by the target
+    draft_checks: int = 0  # target passes over a sequence's guesses
+
+    @property
+    def tokens_per_check(self) -> float:
+        """Tokens a target pass over guesses yielded on average (1 + accepted per pass)."""
+        return 1 + self.draft_accepted / self.draft_checks if self.draft_checks else 1.0
 
     @property
     def acceptance_rate(self) -> float:
@@ -126,6 +132,7 @@ class LLMEngine:
         self.draft = draft if self.config.speculative_tokens > 0 else None
         self.draft_pool = None
         self.proposed = self.accepted = 0  # draft guesses made and kept
+        self.checks = 0  # target passes that checked guesses
         if self.draft is not None:
             if self.draft.vocab_size != model.vocab_size or self.draft.context < model.context:
                 raise MaaslabError(
@@ -209,6 +216,7 @@ class LLMEngine:
                 tokens, accepted = self._verify(seq, rows, ahead, draft_probs)
                 self.proposed += len(ahead)
                 self.accepted += accepted
+                self.checks += 1
                 seq.computed += 1 + accepted
                 seq.draft_computed = min(seq.draft_computed, seq.computed)
             else:
@@ -321,4 +329,5 @@ class LLMEngine:
             generated_tokens=self.generated,
             draft_proposed=self.proposed,
             draft_accepted=self.accepted,
+            draft_checks=self.checks,
         )

@@ -79,6 +79,17 @@ def _padded(fn, x: torch.Tensor) -> torch.Tensor:
     return fn(torch.cat([x, pad]))[:rows]
 
 
+@dataclass(frozen=True)
+class _Group:
+    """Chunks whose attention runs as one batched product in a step."""
+
+    spans: list[tuple[int, int]]  # each chunk's rows in the step's (T, ...) matrices
+    rows: int  # query rows per chunk, padded
+    single: torch.Tensor | None  # (B,) the row of each one-token chunk (decoding), else None
+    where: torch.Tensor  # (B, L) the cache slot of every key of every chunk
+    hidden: torch.Tensor  # (B, 1, group * rows, L) True where a query may not see a key
+
+
 class KVPool:
     """Keys and values of every layer, in num_blocks blocks of block_size token slots."""
 
@@ -181,10 +192,11 @@ class PagedModel:
                 for c, n in zip(chunks, lengths, strict=True)
             ]
         )
+        plans = self._plan(chunks, lengths, pool)
         if self.family in LLAMA_FAMILY:
-            x = self._llama(ids, positions, slots, chunks, lengths, pool)
+            x = self._llama(ids, positions, slots, plans, pool)
         else:
-            x = self._gpt2(ids, positions, slots, chunks, lengths, pool)
+            x = self._gpt2(ids, positions, slots, plans, pool)
         if not all_logits:
             ends = torch.tensor(lengths, device=self.device).cumsum(0)
             rows = [
@@ -197,61 +209,75 @@ class PagedModel:
 
     # --- attention over the paged cache ----------------------------------------------------------
 
-    def _attend(
-        self,
-        q: torch.Tensor,  # (T, nh, hd) the step's queries
-        layer: int,
-        chunks: list[Chunk],
-        lengths: list[int],
-        pool: KVPool,
-    ) -> torch.Tensor:
-        # Decoding sequences (one query each) are attended together in one batched product;
-        # each prompt chunk on its own. Both give a query the same bits (see module notes).
-        starts = torch.tensor([0, *lengths], device=self.device).cumsum(0).tolist()
-        out = q.new_empty(q.shape, dtype=torch.float32)
+    def _plan(self, chunks: list[Chunk], lengths: list[int], pool: KVPool) -> list[_Group]:
+        """How this step's attention runs, worked out once for every layer: decoding sequences
+        (one query each) together in one batched product, each prompt chunk on its own."""
+        starts = torch.tensor([0, *lengths]).cumsum(0).tolist()
         decoding = [i for i, n in enumerate(lengths) if n == 1]
-        groups = [decoding] if decoding else []
-        groups += [[i] for i, n in enumerate(lengths) if n > 1]
-        for group in groups:
-            rows = max(MIN_ROWS, max(lengths[i] for i in group))  # padded queries
-            qs = torch.stack(
-                [_rows(q[starts[i] : starts[i + 1]], rows) for i in group]
-            )  # (B, rows, nh, hd)
-            answer = self._attend_batch(qs, [chunks[i] for i in group], layer, pool)
-            for b, i in enumerate(group):
-                out[starts[i] : starts[i + 1]] = answer[b, : lengths[i]]
-        return out.flatten(1).to(q.dtype)  # (T, nh * hd)
-
-    def _attend_batch(
-        self, qs: torch.Tensor, chunks: list[Chunk], layer: int, pool: KVPool
-    ) -> torch.Tensor:
-        """Queries (B, rows, nh, hd) of B chunks -> their attention outputs, same shape."""
-        rows = qs.shape[1]
-        ends = [c.start + len(c.token_ids) for c in chunks]  # keys 0..end-1 are cached now
-        length = -(-max(ends) // KEY_TILE) * KEY_TILE  # keys, padded to whole tiles
-        positions = torch.arange(length, device=self.device)
-        # Slots of each chunk's keys; past its end, slot 0 stands in (those keys are hidden).
-        where = torch.stack(
-            [
-                torch.where(positions < end, pool.slots(c.table, positions.clamp(max=end - 1)), 0)
-                for c, end in zip(chunks, ends, strict=True)
-            ]
-        )  # (B, length)
+        members = ([decoding] if decoding else []) + [[i] for i, n in enumerate(lengths) if n > 1]
         group = self.heads // self.kv_heads
-        k = pool.k[layer][where].repeat_interleave(group, dim=2)  # (B, length, nh, hd)
-        v = pool.v[layer][where].repeat_interleave(group, dim=2)
-        scores = qs.transpose(1, 2) @ k.permute(0, 2, 3, 1) * self.head_dim**-0.5  # (B,nh,rows,L)
-        # Causal: query i of a chunk sits at position start + i and sees keys up to it.
-        starts = torch.tensor([c.start for c in chunks], device=self.device)
-        query_pos = starts[:, None] + torch.arange(rows, device=self.device)[None, :]  # (B, rows)
-        hidden = positions[None, None, :] > query_pos[:, :, None]  # (B, rows, L)
-        scores = scores.masked_fill(hidden[:, None], float("-inf")).float()
-        answer = _tiled_softmax_values(scores, v.float().transpose(1, 2))  # (B, nh, rows, hd)
-        return answer.transpose(1, 2)
+        plans = []
+        for idx in members:
+            # Query rows: the heads sharing a key head are stacked as rows, and the rows padded
+            # so every product has at least MIN_ROWS of them (see the module notes).
+            rows = max(max(lengths[i] for i in idx), -(-MIN_ROWS // group))
+            ends = [chunks[i].start + lengths[i] for i in idx]  # keys 0..end-1 are cached now
+            length = -(-max(ends) // KEY_TILE) * KEY_TILE  # keys, padded to whole tiles
+            positions = torch.arange(length, device=self.device)
+            # Slots of each chunk's keys; past its end, slot 0 stands in (those keys are hidden).
+            where = torch.stack(
+                [
+                    torch.where(
+                        positions < end,
+                        pool.slots(chunks[i].table, positions.clamp(max=end - 1)),
+                        0,
+                    )
+                    for i, end in zip(idx, ends, strict=True)
+                ]
+            )  # (B, L)
+            first = torch.tensor([chunks[i].start for i in idx], device=self.device)
+            query_pos = first[:, None] + torch.arange(rows, device=self.device)[None, :]
+            hidden = positions[None, None, :] > query_pos[:, :, None]  # (B, rows, L) causal
+            hidden = hidden[:, None, None].expand(-1, 1, group, -1, -1).flatten(2, 3)
+            spans = [(starts[i], starts[i + 1]) for i in idx]
+            single = torch.tensor([a for a, _ in spans], device=self.device)
+            single = single if all(b - a == 1 for a, b in spans) else None
+            plans.append(_Group(spans, rows, single, where, hidden))
+        return plans
+
+    def _attend(
+        self, q: torch.Tensor, layer: int, plans: list[_Group], pool: KVPool
+    ) -> torch.Tensor:
+        """The attention outputs (T, nh * hd) of the step's queries q (T, nh, hd)."""
+        out = q.new_empty(q.shape, dtype=torch.float32)
+        group = self.heads // self.kv_heads
+        for plan in plans:
+            if plan.single is not None:  # decoding: one query per chunk, gathered at once
+                qs = q.new_zeros((len(plan.spans), plan.rows, *q.shape[1:]))
+                qs[:, 0] = q[plan.single]
+            else:
+                qs = torch.stack([_rows(q[a:b], plan.rows) for a, b in plan.spans])
+            batch = qs.shape[0]  # qs: (B, rows, nh, hd)
+            # (B, nkv, group * rows, hd): query head h = kv head h // group, row-stacked
+            qs = qs.view(batch, plan.rows, self.kv_heads, group, self.head_dim)
+            qs = qs.permute(0, 2, 3, 1, 4).reshape(batch, self.kv_heads, -1, self.head_dim)
+            k = pool.k[layer][plan.where].permute(0, 2, 3, 1)  # (B, nkv, hd, L)
+            v = pool.v[layer][plan.where].transpose(1, 2)  # (B, nkv, L, hd)
+            scores = (qs @ k) * self.head_dim**-0.5  # (B, nkv, group * rows, L)
+            scores = scores.masked_fill(plan.hidden, float("-inf")).float()
+            answer = _tiled_softmax_values(scores, v.float())  # (B, nkv, group * rows, hd)
+            answer = answer.view(batch, self.kv_heads, group, plan.rows, self.head_dim)
+            answer = answer.permute(0, 3, 1, 2, 4).reshape(batch, plan.rows, -1, self.head_dim)
+            if plan.single is not None:
+                out[plan.single] = answer[:, 0].float()
+                continue
+            for b, (start, end) in enumerate(plan.spans):
+                out[start:end] = answer[b, : end - start]
+        return out.flatten(1).to(q.dtype)  # (T, nh * hd)
 
     # --- the two families ------------------------------------------------------------------------
 
-    def _llama(self, ids, positions, slots, chunks, lengths, pool) -> torch.Tensor:
+    def _llama(self, ids, positions, slots, plans, pool) -> torch.Tensor:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         body = self.hf.model
@@ -266,11 +292,11 @@ class PagedModel:
             v = _padded(attn.v_proj, h).view(-1, self.kv_heads, self.head_dim)
             q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
             pool.k[i, slots], pool.v[i, slots] = k, v
-            x = x + _padded(attn.o_proj, self._attend(q, i, chunks, lengths, pool))
+            x = x + _padded(attn.o_proj, self._attend(q, i, plans, pool))
             x = x + _padded(block.mlp, block.post_attention_layernorm(x))
         return body.norm(x)
 
-    def _gpt2(self, ids, positions, slots, chunks, lengths, pool) -> torch.Tensor:
+    def _gpt2(self, ids, positions, slots, plans, pool) -> torch.Tensor:
         body = self.hf.transformer
         x = body.wte(ids) + body.wpe(positions)
         width = self.heads * self.head_dim
@@ -279,7 +305,7 @@ class PagedModel:
             q, k, v = _padded(block.attn.c_attn, h).split(width, dim=-1)
             q, k, v = (t.reshape(-1, self.heads, self.head_dim) for t in (q, k, v))
             pool.k[i, slots], pool.v[i, slots] = k, v
-            x = x + _padded(block.attn.c_proj, self._attend(q, i, chunks, lengths, pool))
+            x = x + _padded(block.attn.c_proj, self._attend(q, i, plans, pool))
             x = x + _padded(block.mlp, block.ln_2(x))
         return body.ln_f(x)
 
