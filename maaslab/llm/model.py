@@ -52,17 +52,18 @@ def _tiled_softmax_values(scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     scores (..., rows, L) with -inf where a key is hidden, v (..., L, hd), L a multiple of
     KEY_TILE. A query's answer then depends only on the tiles up to its own position: each
     tile's products have the same shape whatever L is, later tiles add exact zeros, and the
-    tiles are summed in order (cumsum). Whether the keys were gathered for a decode step or a
-    long chunk, the query gets the same bits.
+    tiles are added one after the other (a sum over an outer dimension, which torch runs in
+    order). Whether the keys were gathered for a decode step or a long chunk, the query gets
+    the same bits.
     """
     *lead, rows, length = scores.shape
     tiles = length // KEY_TILE
     weights = torch.exp(scores - scores.amax(-1, keepdim=True))  # the max is exact in any order
-    weights = weights.view(*lead, rows, tiles, KEY_TILE)
-    total = weights.sum(-1).cumsum(-1)[..., -1:]  # (..., rows, 1)
+    weights = weights.view(*lead, rows, tiles, KEY_TILE).transpose(-3, -2)  # (..., tiles, rows, T)
+    total = weights.sum(-1).sum(-2).unsqueeze(-1)  # (..., rows, 1)
     values = v.view(*lead, tiles, KEY_TILE, v.shape[-1])
-    parts = weights.transpose(-3, -2) @ values  # (..., tiles, rows, hd): one product per tile
-    return parts.cumsum(-3)[..., -1, :, :] / total  # (..., rows, hd)
+    parts = weights @ values  # (..., tiles, rows, hd): one product per tile
+    return parts.sum(-3) / total  # (..., rows, hd)
 
 
 def _rows(x: torch.Tensor, rows: int) -> torch.Tensor:
