@@ -16,21 +16,28 @@ from maaslab.llm.sequence import SamplingParams
 VOCAB = 300
 
 
+def tiny_llama(hidden: int = 64, layers: int = 2, heads: int = 4, kv_heads: int = 2, seed: int = 0):
+    """A small random Llama with the test vocabulary (GQA: heads share kv_heads)."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
 def tiny(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
+    """The test model of a family: a small Llama, or a small GPT-2."""
     if family == "llama":
-        config = LlamaConfig(
-            vocab_size=VOCAB,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            bos_token_id=1,
-            eos_token_id=2,
-        )
-        return LlamaForCausalLM(config).eval()
+        return tiny_llama()
+    torch.manual_seed(0)
     config = GPT2Config(
         vocab_size=VOCAB,
         n_embd=64,

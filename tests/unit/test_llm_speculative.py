@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_llm_engine import prompts, tiny
-from transformers import LlamaConfig, LlamaForCausalLM
+from test_llm_engine import prompts, tiny, tiny_llama
 
 from maaslab.errors import MaaslabError
 from maaslab.llm.engine import EngineConfig, LLMEngine
@@ -24,17 +23,7 @@ def target():
 
 @pytest.fixture(scope="module")
 def draft():
-    torch.manual_seed(5)
-    config = LlamaConfig(
-        vocab_size=300,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=256,
-    )
-    return PagedModel(LlamaForCausalLM(config).eval())
+    return PagedModel(tiny_llama(hidden=32, layers=1, heads=2, kv_heads=1, seed=5))
 
 
 def test_greedy_output_is_identical_with_any_draft(target, draft):
