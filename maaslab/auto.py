@@ -5,8 +5,10 @@ transformers' `auto` module sits above its model files: it reads a name or a fol
 config.json and picks the wrapper. Nothing below imports it.
 
 - A shipped name (digits-mlp, digits-cnn, sentiment-minilm, sentiment-minilm-student, mini-gpt,
-  minilm-embed) loads from assets/models (maaslab.paths.MODELS_DIR).
-- A folder loads by its `model_type`: a saved digits or sentiment model.
+  minilm-embed, mini-llama) loads from assets/models (maaslab.paths.MODELS_DIR).
+- A folder loads by its `model_type`: a saved digits or sentiment model, or a Hugging Face
+  causal language model (llama, mistral, qwen2, gpt2) saved with its tokenizer.json, as a
+  ChatModel that the server runs through maaslab.llm's engine.
 - A compressed variant's folder (written by maaslab.compress.export_variant) has a `compression`
   block in config.json naming the runtime the loader re-applies:
   torch int8: `torch_dynamic_int8` again on load. Dynamic quantization is a pure function of
@@ -32,6 +34,8 @@ from maaslab.errors import MaaslabError
 from maaslab.models import build_model
 from maaslab.registry import CONFIG_FILE, WEIGHTS_FILE, load_weights, read_config, read_safetensors
 from maaslab.zoo import (
+    CAUSAL_LM_TYPES,
+    ChatModel,
     DigitsClassifier,
     SentimentModel,
     TextEmbedder,
@@ -55,30 +59,43 @@ LOADERS = {
     "mini-gpt": TextGenerator,
     "minilm-embed": TextEmbedder,
 }
+# Language models, run by maaslab.llm's engine. Apart from LOADERS, which the Inference and
+# Serve pages offer: they have no panel for a language model yet.
+LANGUAGE_MODELS = {
+    "mini-llama": lambda name, device: ChatModel(name, device=device),
+}
+
+
+def shipped(name: object) -> bool:
+    """True for the name of a shipped model (LOADERS or LANGUAGE_MODELS)."""
+    return isinstance(name, str) and (name in LOADERS or name in LANGUAGE_MODELS)
 
 
 def load(name: str | Path, *, device: str = "cpu"):
     """A shipped model by name (digits-mlp, digits-cnn, sentiment-minilm, mini-gpt,
-    minilm-embed), or a model folder (a saved digits or sentiment model, or a compressed variant
-    from maaslab.compress.export_variant), ready to call.
+    minilm-embed, mini-llama), or a model folder (a saved digits or sentiment model, a compressed
+    variant from maaslab.compress.export_variant, a Hugging Face causal LM), ready to call.
 
     Returns a wrapper from maaslab.zoo with a predict-style method (`predict` for classifiers,
-    `generate` / `complete` for mini-gpt, `embed` for the encoder); an unknown name that is not
-    a folder either is refused with the list of known names.
+    `generate` / `complete` for mini-gpt, `embed` for the encoder, tokenizer and chat template
+    for a ChatModel); an unknown name that is not a folder either is refused with the list of
+    known names.
     """
     if isinstance(name, str) and name in LOADERS:
         return LOADERS[name](name, device)
+    if isinstance(name, str) and name in LANGUAGE_MODELS:
+        return LANGUAGE_MODELS[name](name, device)
     if Path(name).is_dir():
         return load_folder(name, device)
     raise MaaslabError(
-        f"unknown model {str(name)!r}: choose one of {', '.join(LOADERS)}, or give the path of "
-        "a model folder (config.json + model.safetensors)"
+        f"unknown model {str(name)!r}: choose one of {', '.join([*LOADERS, *LANGUAGE_MODELS])}, "
+        "or give the path of a model folder (config.json + model.safetensors)"
     )
 
 
 def load_folder(folder: str | Path, device: str = "cpu"):
-    """The wrapper for a model folder: a saved digits or sentiment model, or a compressed
-    variant written by maaslab.compress.export_variant."""
+    """The wrapper for a model folder: a saved digits or sentiment model, a compressed variant
+    written by maaslab.compress.export_variant, or a Hugging Face causal LM (a ChatModel)."""
     folder = Path(folder)
     config = read_config(folder)
     if "compression" in config:
@@ -87,9 +104,12 @@ def load_folder(folder: str | Path, device: str = "cpu"):
         return DigitsClassifier(folder.name, folder, device)
     if config["model_type"] == "sentiment":
         return SentimentModel(folder.name, device, folder=folder)
+    if config["model_type"] in CAUSAL_LM_TYPES:
+        return ChatModel(folder.name, folder, device)
     raise MaaslabError(
         f"{folder} holds a {config['model_type']!r} model; folders load for digits and "
-        "sentiment classifiers (load a shipped name for the others)"
+        f"sentiment classifiers and for {', '.join(CAUSAL_LM_TYPES)} language models (load a "
+        "shipped name for the others)"
     )
 
 

@@ -21,7 +21,7 @@ from maaslab.errors import MaaslabError
 from maaslab.evaluation import predict_proba
 from maaslab.models.encoder import check_texts, nearest, tokenize
 from maaslab.paths import MODELS_DIR
-from maaslab.registry import load_model, read_metadata
+from maaslab.registry import load_model, read_config, read_metadata
 
 
 @dataclass(frozen=True)
@@ -212,6 +212,111 @@ class TextGenerator:
         weights = _attention(self.model.gpt, torch.tensor([window], device=self.device))
         tokens = tuple(self.tokenizer.decode([i]) for i in window)
         return AttentionMap(tokens, weights, len(ids) > self.context)
+
+
+CAUSAL_LM_TYPES = ("llama", "mistral", "qwen2", "gpt2")  # the families maaslab.llm runs
+TOKENIZER_FILE = "tokenizer.json"  # a fast tokenizer, as transformers saves it
+
+
+class ChatModel:
+    """A Hugging Face causal-LM folder (mini-llama, a local Llama or GPT-2): its weights, its
+    tokenizer and chat template, its context and the tokens that end a text.
+
+    The server runs it through maaslab.llm's engine (paged KV cache, continuous batching);
+    this wrapper turns text into token ids and back.
+    """
+
+    def __init__(self, name: str, folder: Path | None = None, device: str = "cpu") -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.name = name
+        self.folder = Path(folder) if folder is not None else shipped_folder(name)
+        if not (self.folder / TOKENIZER_FILE).is_file():
+            raise MaaslabError(f"{self.folder} has no {TOKENIZER_FILE}: save the tokenizer with it")
+        model_type = read_config(self.folder)["model_type"]  # also refuses pickled weights
+        if model_type not in CAUSAL_LM_TYPES:
+            raise MaaslabError(
+                f"{self.folder} holds a {model_type!r} model; language models load for "
+                f"{', '.join(CAUSAL_LM_TYPES)}"
+            )
+        self.device = torch.device(device)
+        # float32, as the engine's own loader (LLMEngine.from_folder) reads it: same numbers.
+        self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=torch.float32)
+        self.model = self.model.to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.folder)
+        self.context = self.model.config.max_position_embeddings  # GPT-2: n_positions
+        eos = self.model.generation_config.eos_token_id
+        self.eos_token_ids = () if eos is None else (eos,) if isinstance(eos, int) else tuple(eos)
+
+    @property
+    def chat_template(self) -> str | None:
+        """The tokenizer's Jinja chat template (None: the model takes plain text only)."""
+        return self.tokenizer.chat_template
+
+    def encode(self, text: str) -> list[int]:
+        """A prompt's token ids, special tokens included (a start-of-text token if it has one)."""
+        # verbose=False: a prompt past the context is the server's 400 to give, not a warning
+        return list(self.tokenizer(text, verbose=False)["input_ids"])
+
+    def chat_ids(self, messages: list[dict[str, str]]) -> list[int]:
+        """The chat rendered by the model's template, with the assistant's turn opened.
+
+        Parameters
+        ----------
+        messages : {"role": "system" | "user" | "assistant", "content": text} in order.
+        """
+        if not self.chat_template:
+            raise MaaslabError(
+                f"{self.name} has no chat template (tokenizer_config.json); send plain text to "
+                "/v1/completions instead"
+            )
+        try:
+            ids = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, return_dict=False
+            )
+        except Exception as err:  # the template's own checks (jinja2 raise_exception)
+            raise MaaslabError(f"{self.name}'s chat template refused the messages: {err}") from None
+        return list(ids)
+
+    def decoder(self) -> TextDecoder:
+        """A decoder that turns this model's tokens into text one token at a time."""
+        return TextDecoder(self.tokenizer)
+
+
+class TextDecoder:
+    """Token ids -> text, one token at a time, never splitting a character.
+
+    A byte-level token can hold part of a UTF-8 character (one byte of "é"); decoded alone it
+    is U+FFFD. So the text is sent only when the decoded tail grows and ends cleanly, and each
+    step decodes only the tokens since the last clean point (plus the previous piece, which
+    gives a tokenizer the context to space words as it would in one decode), as vLLM and TGI
+    do. The pieces joined equal `tokenizer.decode(all_tokens, skip_special_tokens=True)`.
+    """
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = self.read = 0  # ids[prefix:read] is the piece sent last
+
+    def _text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def push(self, token: int) -> str:
+        """The new text after `token` ("" while a character is still incomplete)."""
+        self.ids.append(int(token))
+        before = self._text(self.ids[self.prefix : self.read])
+        after = self._text(self.ids[self.prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return after[len(before) :]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is left at the end (an incomplete character shows as U+FFFD)."""
+        before = self._text(self.ids[self.prefix : self.read])
+        after = self._text(self.ids[self.prefix :])
+        self.prefix = self.read = len(self.ids)
+        return after[len(before) :]
 
 
 class TextEmbedder:

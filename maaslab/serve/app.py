@@ -7,7 +7,8 @@ metrics -> the last net for bugs -> routes. Below them all, the connection layer
 connections are open.
 
 Models are loaded before the app is built (a failure is a clear message at start, not a 500
-later); batch workers start with the event loop and drain when it shuts down.
+later); batch workers and language-model engine threads start with the event loop and stop
+when it shuts down.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from maaslab.serve.models import ServedModel, load_models
 from maaslab.serve.parsing import RequestBodyMiddleware
 from maaslab.serve.security import ApiKeyMiddleware
 
+ENGINE_STOP_S = 10.0  # at shutdown, how long a language model's engine thread may take to stop
 DESCRIPTION = (
     "MaaS Lab model server. Open Inference Protocol v2 under /v2 (with Triton's binary tensor "
     "data extension and our explain extension: POST /v2/models/{name}/explain), an "
@@ -64,17 +66,25 @@ def create_app(
         if model.batcher is not None:
             model.batcher.on_batch = metrics.batch_hook(model.name)
             metrics.watch_queue(model.name, lambda b=model.batcher: b.depth)
+        if model.service is not None:
+            model.service.on_latency = metrics.latency_hook(model.name)
+            metrics.watch_queue(model.name, lambda s=model.service: s.depth)
+            metrics.watch_engine(model.name, lambda s=model.service: (s.stats, s.aborted))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         for model in served.values():
             if model.batcher is not None:
                 model.batcher.start()
+            if model.service is not None:
+                model.service.start()
         yield
         # uvicorn has already stopped accepting and waited for open requests; finish the rest.
         for model in served.values():
             if model.batcher is not None:
                 await model.batcher.close()
+            if model.service is not None:  # after its current step; what still runs is failed
+                await model.service.close(ENGINE_STOP_S)
         compute.shutdown(wait=True)
 
     app = FastAPI(

@@ -1,12 +1,25 @@
-"""Prometheus metrics of one server: requests, latency, queue depth, batch sizes, errors.
+"""Prometheus metrics of one server: requests, latency, queue depth, batch sizes, errors, and
+for each language model its engine (maaslab.serve.llm_service).
 
 Each app gets its own CollectorRegistry, so several servers in one process (the tests, a page
 that starts one) never clash over metric names in prometheus_client's global registry.
+
+Language models, labelled by model (names as vLLM's, with our prefix):
+
+- histograms `maaslab_llm_time_to_first_token_seconds`, `maaslab_llm_inter_token_latency_seconds`
+  and `maaslab_llm_e2e_request_latency_seconds`, one observation per sequence (a choice);
+- gauges `maaslab_llm_running_sequences`, `maaslab_llm_waiting_sequences`,
+  `maaslab_llm_kv_blocks_used`, `maaslab_llm_kv_blocks_free`, `maaslab_llm_prefix_cache_hit_rate`
+  (share of looked-up prompt blocks found in the cache), read from the engine's latest stats;
+- counters `maaslab_llm_preemptions_total`, `maaslab_llm_generated_tokens_total`,
+  `maaslab_llm_aborted_total` (sequences stopped early: a client left, a stop string).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -16,6 +29,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -23,6 +37,57 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # Latency buckets from 1 ms to 30 s: a digit takes about a millisecond, a long queue seconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+# A whole answer of a language model can take minutes: a thousand tokens at 50 ms each.
+ANSWER_BUCKETS = (*LATENCY_BUCKETS, 60, 120, 300)
+# The engine's numbers: (metric, help, kind, how to read it from (EngineStats, aborted)).
+ENGINE_NUMBERS: tuple[tuple[str, str, str, Callable[[Any, int], float]], ...] = (
+    ("running_sequences", "Sequences in the running batch", "gauge", lambda s, a: s.running),
+    ("waiting_sequences", "Sequences waiting for KV blocks", "gauge", lambda s, a: s.waiting),
+    ("kv_blocks_used", "KV cache blocks held by sequences", "gauge", lambda s, a: s.blocks.used),
+    ("kv_blocks_free", "KV cache blocks free", "gauge", lambda s, a: s.blocks.free),
+    (
+        "prefix_cache_hit_rate",
+        "Share of looked-up prompt blocks found in the prefix cache",
+        "gauge",
+        lambda s, a: s.blocks.hit_rate,
+    ),
+    ("preemptions", "Sequences preempted for KV blocks", "counter", lambda s, a: s.preemptions),
+    (
+        "generated_tokens",
+        "Tokens the engine sampled",
+        "counter",
+        lambda s, a: s.generated_tokens,
+    ),
+    ("aborted", "Sequences stopped before their end", "counter", lambda s, a: a),
+)
+
+
+class EngineCollector:
+    """The engines' gauges and counters, read from each one's latest stats at scrape time."""
+
+    def __init__(self) -> None:
+        self.engines: dict[str, Callable[[], tuple[Any, int]]] = {}
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families (empty), so the registry knows their names."""
+        yield from self._families()
+
+    def _families(self) -> list[Metric]:
+        return [
+            (GaugeMetricFamily if kind == "gauge" else CounterMetricFamily)(
+                f"maaslab_llm_{name}", text, labels=["model"]
+            )
+            for name, text, kind, _ in ENGINE_NUMBERS
+        ]
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per engine in every family."""
+        families = self._families()
+        for model, read in self.engines.items():
+            stats, aborted = read()
+            for family, (_, _, _, value) in zip(families, ENGINE_NUMBERS, strict=True):
+                family.add_metric([model], float(value(stats, aborted)))
+        yield from families
 
 
 class ServerMetrics:
@@ -76,6 +141,44 @@ class ServerMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+
+        self.time_to_first_token = Histogram(
+            "maaslab_llm_time_to_first_token_seconds",
+            "Time from a request's arrival to its first token, per sequence",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "maaslab_llm_inter_token_latency_seconds",
+            "Time between two tokens of one sequence",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "maaslab_llm_e2e_request_latency_seconds",
+            "Time from a request's arrival to a sequence's last token",
+            ["model"],
+            buckets=ANSWER_BUCKETS,
+            registry=r,
+        )
+        self.engines = EngineCollector()
+        r.register(self.engines)
+
+    def watch_engine(self, model: str, read: Callable[[], tuple[Any, int]]) -> None:
+        """Report an engine's numbers: `read()` gives (its latest EngineStats, sequences
+        aborted so far), called whenever metrics are scraped."""
+        self.engines.engines[model] = read
+
+    def latency_hook(self, model: str) -> Callable[[str, float], None]:
+        """An EngineService on_latency hook that records `model`'s token latencies."""
+        histograms = {
+            "first_token": self.time_to_first_token.labels(model),
+            "inter_token": self.inter_token.labels(model),
+            "end_to_end": self.end_to_end.labels(model),
+        }
+        return lambda kind, seconds: histograms[kind].observe(seconds)
 
     def watch_queue(self, model: str, depth) -> None:
         """Report `depth()` as the model's queue depth whenever metrics are scraped."""

@@ -1,7 +1,9 @@
 """The models a server holds: load them from model folders, run batches of requests through them.
 
 Every model is a maaslab.zoo wrapper (the same object a notebook or a page calls), so a request
-answered by the server gives the numbers `maaslab.auto.load(name).predict(...)` gives.
+answered by the server gives the numbers `maaslab.auto.load(name).predict(...)` gives. A
+language model (a zoo ChatModel: mini-llama, a Hugging Face folder) is a generator too, served
+through an EngineService: maaslab.llm's engine on a thread of its own.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ import numpy as np
 import torch
 
 from maaslab.errors import MaaslabError
+from maaslab.llm.engine import EngineConfig
 from maaslab.serve.batching import Batcher
 from maaslab.serve.config import ServeConfig
+from maaslab.serve.llm_service import EngineService
 
 # A served text may hold this many characters; MiniLM reads only its first 128 tokens anyway,
 # so more is wasted bandwidth and tokenizer time (the library's own cap is far higher).
@@ -37,6 +41,7 @@ class ServedModel:
     wrapper: Any  # the maaslab.zoo wrapper: predict / generate / complete / embed
     device: torch.device
     batcher: Batcher | None = None  # None for models answered one request at a time
+    service: EngineService | None = None  # a language model's engine (generators: mini-llama)
     precision: str = "fp32"  # "fp16" when half precision on CUDA kept the answers
     load_seconds: float = 0.0
 
@@ -53,6 +58,7 @@ NAME_KINDS = {
     "digits": "digits",
     "sentiment": "sentiment",
     "mini-gpt": "generator",
+    "mini-llama": "generator",
     "minilm": "embedder",
 }
 
@@ -62,18 +68,27 @@ def kind_of(model: object) -> str:
 
     The server decides from the loaded wrapper; a client that only knows the name (the Serve
     page, the load generator) gets the same answer for the shipped names and their exports.
+    A language model (ChatModel) is a generator: it takes the same requests as mini-gpt
+    (/v1/completions and /v1/chat/completions); the server runs it through its engine.
     """
     if isinstance(model, str):
         for prefix, kind in NAME_KINDS.items():
             if model.startswith(prefix):
                 return kind
         raise MaaslabError(f"unknown model {model!r}: expected one of the shipped names")
-    from maaslab.zoo import DigitsClassifier, SentimentModel, TextEmbedder, TextGenerator
+    from maaslab.zoo import (
+        ChatModel,
+        DigitsClassifier,
+        SentimentModel,
+        TextEmbedder,
+        TextGenerator,
+    )
 
     kinds = {
         DigitsClassifier: "digits",
         SentimentModel: "sentiment",
         TextGenerator: "generator",
+        ChatModel: "generator",
         TextEmbedder: "embedder",
     }
     for cls, kind in kinds.items():
@@ -84,9 +99,9 @@ def kind_of(model: object) -> str:
 
 def served_name(spec: str) -> str:
     """The URL name of a --models item: a shipped name as is, a folder by its folder name."""
-    from maaslab.auto import LOADERS
+    from maaslab.auto import shipped
 
-    return spec if spec in LOADERS else Path(spec).expanduser().name
+    return spec if shipped(spec) else Path(spec).expanduser().name
 
 
 def check_served_texts(texts: object) -> list[str]:
@@ -199,9 +214,14 @@ def load_models(
     executor : compute threads shared by every batcher; models are loaded on the first of them
         so torch's CPU thread team lives there alone (see maaslab.serve.batching). None: each
         batcher gets threads of its own and models load on the calling thread.
+
+    A language model gets an EngineService instead of a batcher: `max_batch_size` bounds its
+    running batch (sequences per step; 1 with --no-batching) and `max_queue` the sequences
+    waiting for their first token.
     """
     from maaslab.auto import load
     from maaslab.device import get_device
+    from maaslab.zoo import ChatModel
 
     device = get_device(config.device)
     served: dict[str, ServedModel] = {}
@@ -213,8 +233,16 @@ def load_models(
         wrapper = (preloaded or {}).get(name) or on(executor, load, spec, device=str(device))
         kind = kind_of(wrapper)
         precision = on(executor, try_half, wrapper, kind) if config.half_precision else "fp32"
-        batcher = None
-        if kind != "generator":
+        batcher = service = None
+        if isinstance(wrapper, ChatModel):  # a language model: its engine, started with the app
+            service = EngineService.for_model(
+                name,
+                wrapper.model,
+                wrapper.eos_token_ids,
+                EngineConfig(max_running=config.effective_batch_size),
+                config.max_queue,
+            )
+        elif kind != "generator":
             batcher = Batcher(
                 name,
                 batch_function(wrapper, kind),
@@ -230,6 +258,7 @@ def load_models(
             wrapper,
             torch.device(wrapper.device),
             batcher,
+            service,
             precision,
             time.perf_counter() - started,
         )

@@ -33,7 +33,7 @@ class StreamOptions(BaseModel):
 class Sampling(BaseModel):
     """Parameters shared by completions and chat completions."""
 
-    model: str = Field(description="a served generator model, e.g. mini-gpt")
+    model: str = Field(description="a served generator model, e.g. mini-gpt or mini-llama")
     temperature: float = Field(1.0, ge=0, le=2, description="0 = always the likeliest token")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass, (0, 1]")
     n: int = Field(1, ge=1, le=MAX_CHOICES, description="choices to sample")
@@ -48,7 +48,10 @@ class CompletionRequest(Sampling):
 
     prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
     max_tokens: int | None = Field(
-        COMPLETION_TOKENS, ge=1, le=MAX_NEW_TOKENS, description="characters to sample at most"
+        COMPLETION_TOKENS,
+        ge=1,
+        le=MAX_NEW_TOKENS,
+        description="tokens to sample at most (characters for mini-gpt)",
     )
 
 
@@ -72,7 +75,10 @@ class ChatRequest(Sampling):
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: int | None = Field(
-        None, ge=1, le=MAX_NEW_TOKENS, description=f"characters to sample (default {CHAT_TOKENS})"
+        None,
+        ge=1,
+        le=MAX_NEW_TOKENS,
+        description=f"tokens to sample (default {CHAT_TOKENS}, within the context)",
     )
 
 
@@ -86,7 +92,7 @@ class EmbeddingRequest(BaseModel):
 
 
 class Usage(BaseModel):
-    """Token counts of a request (characters for mini-gpt)."""
+    """Token counts of a request (characters for mini-gpt, the model's tokens otherwise)."""
 
     prompt_tokens: int
     completion_tokens: int

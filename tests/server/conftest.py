@@ -65,12 +65,14 @@ class _Wrappers(dict):
     """Zoo wrappers loaded once per session and shared by every in-process server."""
 
     def get_or_load(self, names: tuple[str, ...]) -> dict[str, Any]:
+        """Served name -> wrapper for each --models item (a name or a folder)."""
         from maaslab.auto import load
+        from maaslab.serve.models import served_name
 
         for name in names:
             if name not in self:
                 self[name] = load(name)
-        return {n: self[n] for n in names}
+        return {served_name(n): self[n] for n in names}
 
 
 @pytest.fixture(scope="session")
