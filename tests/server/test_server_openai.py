@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from maaslab.models.gpt import MAX_NEW_TOKENS
-from maaslab.serve.openai_api import Choice, held_back
+from maaslab.serve.streaming import Choice, held_back
 
 PROMPT = "The function "
 
