@@ -1,7 +1,8 @@
-"""Serve: start a model server, call it from a form, and watch it under load."""
+"""Serve: start a model server, call it, load it; and (Engine) the LLM engine step by step."""
 
 import streamlit as st
 from components import watch_task
+from panels.engine import engine_view
 from panels.serve import CALL, FINAL, LIVE, NOTE, Slot, load_test, my_slot, request_input, show_call
 
 from maaslab.auto import LOADERS
@@ -109,37 +110,48 @@ def request_form(server: ServerProcess) -> None:
         ss[CALL] = {"model": model, "kind": kind, "calls": calls, **extra}
 
 
+def server_view() -> None:
+    """The server: start it, call it, load it."""
+    slot = my_slot()
+    if slot.server is not None and slot.starting is None and not slot.server.running:
+        server, slot.server = slot.server, None
+        ss[NOTE] = ("error", server.exit_note(20))
+        slot.stop()
+    if NOTE in ss:
+        level, text = ss[NOTE]
+        first, _, rest = text.partition("\n")  # a server's own output follows the first line
+        (st.error if level == "error" else st.info)(first)
+        if rest.strip():
+            st.code(rest.strip(), language=None)
+    st.header("Server")
+    if slot.server is None:
+        start_form(slot)
+    watch_task(
+        lambda: my_slot().starting,
+        started,
+        cancel_key="serve.cancel",
+        status=starting,
+        cancel=cancel_start,
+    )
+    if slot.server is not None and slot.starting is None:
+        server_panel(slot)
+        st.header("Send a request")
+        request_form(slot.server)
+        if CALL in ss:
+            show_call(ss[CALL])
+        st.header("Load test")
+        load_test(slot)
+
+
 st.title("Serve")
 st.caption(
     "A real model server in its own process on 127.0.0.1: Open Inference Protocol v2 "
     "for tensors, the OpenAI API for text, Prometheus metrics."
 )
-slot = my_slot()
-if slot.server is not None and slot.starting is None and not slot.server.running:
-    server, slot.server = slot.server, None
-    ss[NOTE] = ("error", server.exit_note(20))
-    slot.stop()
-if NOTE in ss:
-    level, text = ss[NOTE]
-    first, _, rest = text.partition("\n")  # a server's own output follows the first line
-    (st.error if level == "error" else st.info)(first)
-    if rest.strip():
-        st.code(rest.strip(), language=None)
-st.header("Server")
-if slot.server is None:
-    start_form(slot)
-watch_task(
-    lambda: my_slot().starting,
-    started,
-    cancel_key="serve.cancel",
-    status=starting,
-    cancel=cancel_start,
-)
-if slot.server is not None and slot.starting is None:
-    server_panel(slot)
-    st.header("Send a request")
-    request_form(slot.server)
-    if CALL in ss:
-        show_call(ss[CALL])
-    st.header("Load test")
-    load_test(slot)
+server, engine = st.tabs(["Server", "Engine"], key="serve.view", on_change="rerun")
+if engine.open:  # only the open tab runs
+    with engine:
+        engine_view()
+else:
+    with server:
+        server_view()

@@ -28,6 +28,7 @@ from maaslab.plots.linreg import (
     loss_vs_step,
     schedule_plot,
 )
+from maaslab.plots.llm import engine_tiles, kv_block_map, scheduler_timeline, ttft_itl
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
 from maaslab.plots.serve import (
     batch_size_histogram,
@@ -76,12 +77,14 @@ __all__ = [
     "digit_canvas",
     "digit_grid",
     "embedding_scatter",
+    "engine_tiles",
     "feature_map_grid",
     "fitted_lines",
     "grad_norm_curve",
     "gradcheck_bars",
     "heads_grid",
     "image_attribution",
+    "kv_block_map",
     "latency_histogram",
     "latency_timeline",
     "live_timeline",
@@ -100,6 +103,7 @@ __all__ = [
     "sampling_bars",
     "scaling_bars",
     "schedule_plot",
+    "scheduler_timeline",
     "similarity_matrix",
     "speedup_bars",
     "summary_dots",
@@ -107,6 +111,7 @@ __all__ = [
     "throughput_timeline",
     "token_attribution",
     "training_curves",
+    "ttft_itl",
     "variant_scatter",
     "waterfall",
     "weight_histograms",
