@@ -12,8 +12,8 @@ from components import session_slot
 from maaslab import plots
 from maaslab.errors import MaaslabError
 from maaslab.jobs import Task
-from maaslab.llm import trace as demo
-from maaslab.llm.trace import MAX_REQUESTS, PRESETS, DemoModel, DemoResult, DemoRun, Switches
+from maaslab.llm import demo
+from maaslab.llm.demo import MAX_REQUESTS, PRESETS, DemoModel, DemoResult, DemoRun, Switches
 from maaslab.runtime import scaled
 
 ss = st.session_state

@@ -272,6 +272,10 @@ class BlockManager:
         """Blocks held by more than one sequence."""
         return {b for b, refs in enumerate(self._refs) if refs > 1}
 
+    def cached_free_blocks(self) -> set[int]:
+        """Free blocks that still hold a reusable prefix (the Engine view draws them)."""
+        return {b for b in self._free if self._hash[b] is not None}
+
     def stats(self) -> BlockStats:
         """A snapshot of block usage and prefix-cache hits."""
         return BlockStats(

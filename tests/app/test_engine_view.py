@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from maaslab.llm import trace as demo
+from maaslab.llm import demo
 
 KEY = "serve.engine"
 DONE = f"{KEY}.done"

@@ -11,19 +11,10 @@ import pytest
 import torch
 
 from maaslab.errors import MaaslabError
+from maaslab.llm.demo import PRESETS, DemoModel, DemoRun, Switches, demo_model, run_demo, tiny_llama
 from maaslab.llm.engine import EngineConfig, LLMEngine
 from maaslab.llm.sequence import SamplingParams
-from maaslab.llm.trace import (
-    PRESETS,
-    DemoModel,
-    DemoRun,
-    Switches,
-    Trace,
-    TraceData,
-    demo_model,
-    run_demo,
-    tiny_llama,
-)
+from maaslab.llm.trace import Trace, TraceData
 
 GREEDY = dict(temperature=0, ignore_eos=True)
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from maaslab import plots
-from maaslab.llm.trace import PHASES, BlockMap, DemoModel, Switches, run_demo, tiny_llama
+from maaslab.llm.demo import DemoModel, Switches, run_demo, tiny_llama
+from maaslab.llm.trace import PHASES, BlockMap
 from maaslab.plots.llm import CODES, PHASE_COLORS
 
 
