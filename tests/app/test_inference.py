@@ -1,20 +1,26 @@
-"""The Inference page through AppTest: every shipped model answers; bad input gets a message."""
+"""The Inference page through AppTest: every shipped model answers; bad input gets a message.
+(The chat with a language model: test_inference_chat.py.)"""
 
 import re
 
 import numpy as np
 
-from maaslab.auto import LOADERS, load
+from maaslab.auto import LANGUAGE_MODELS, LOADERS, load
 from maaslab.data import load_dataset
+from maaslab.paths import MODELS_DIR
 from maaslab.zoo import paint
 
 
 def test_every_model_renders(open_page, page_text):
     at = open_page("inference")
-    for name in LOADERS:
+    assert at.selectbox(key="infer.model").options == [*LOADERS, *LANGUAGE_MODELS]
+    for name in [*LOADERS, *LANGUAGE_MODELS]:
         at.selectbox(key="infer.model").set_value(name).run()
         assert not at.exception, at.exception
-        assert f"Model `{name}` · device cpu" in page_text(at)
+        if name in LANGUAGE_MODELS and not (MODELS_DIR / name).is_dir():  # still training
+            assert f"{name} is not built yet" in page_text(at)
+        else:
+            assert f"Model `{name}` · device cpu" in page_text(at)
 
 
 def test_digits_prediction_is_the_models_and_changes_with_the_image(open_page, page_text):

@@ -1,12 +1,20 @@
-"""Inference page in Chromium: draw a digit by clicking cells and get a prediction."""
+"""Inference page in Chromium: draw a digit by clicking cells and get a prediction; type a
+review, a prompt, a picture; chat with a language model and watch the answer stream in."""
 
+import os
 import re
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_draw_a_digit_by_clicking_cells(page: Page, app_url, shot):
@@ -85,3 +93,114 @@ def test_upload_a_picture_or_a_file_that_is_not_one(page: Page, app_url, tmp_pat
     chooser.set_input_files(str(tmp_path / "d.png"))
     expect(page.get_by_text("Prediction: 2")).to_be_visible(timeout=30_000)
     shot("inference-upload")
+
+
+# --- the chat with a language model, on a tiny mini-llama ------------------------------------
+
+# Streamlit runs pages in its own process; this one reads models from the folder given first.
+SERVE_FROM = (
+    "import pathlib, sys; import maaslab.zoo as zoo; zoo.MODELS_DIR = pathlib.Path(sys.argv.pop(1))"
+    "; from streamlit.web.cli import main; main(prog_name='streamlit')"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_app_url(tmp_path_factory):
+    """The app, as `make app` starts it, with a tiny random mini-llama (the server tests' folder:
+    mini-llama's tokenizer and chat template, a 256-token context) as its only model."""
+    sys.path.insert(0, str(ROOT / "tests" / "server"))
+    from test_server_llm import save_tiny
+
+    models = tmp_path_factory.mktemp("models")
+    save_tiny(models / "mini-llama", "llama")
+    port = free_port()
+    log = (tmp_path_factory.mktemp("tiny-app") / "streamlit.log").open("w")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-c", SERVE_FROM, str(models), "run", "app/streamlit_app.py"),
+            *("--server.port", str(port), "--server.address", "127.0.0.1"),
+            *("--server.headless", "true", "--browser.gatherUsageStats", "false"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "MAASLAB_RUNS": str(tmp_path_factory.mktemp("runs"))},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, 60)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, seconds: float) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as r:
+                if r.read() == b"ok":
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"the app at {url} did not start")
+
+
+# Every length the answer's text takes on screen, as the browser draws it.
+WATCH_ANSWER = """() => {
+    window.answerLengths = [];
+    new MutationObserver(() => {
+        const turns = document.querySelectorAll('[data-testid=stChatMessage]');
+        if (turns.length > 1) window.answerLengths.push(turns[1].innerText.length);
+    }).observe(document.body, {subtree: true, childList: true, characterData: true});
+}"""
+
+
+def test_chat_with_a_language_model_streams_the_answer(page: Page, tiny_app_url, shot):
+    page.goto(f"{tiny_app_url}/inference?model=mini-llama")
+    main = page.get_by_test_id("stMainBlockContainer")  # a page with a chat input has no stMain
+    expect(main.get_by_text("Type a message below")).to_be_visible(timeout=60_000)
+    tokens = page.get_by_label("Max new tokens (1–255)")
+    tokens.fill("200")
+    tokens.press("Enter")
+    page.wait_for_timeout(1000)
+    page.evaluate(WATCH_ANSWER)
+    box = page.get_by_test_id("stChatInputTextArea")
+    box.fill("What does json.dumps do? Explain *args and __init__ too.")
+    box.press("Enter")
+    numbers = main.get_by_text(
+        re.compile(r"200 new tokens after a \d+-token prompt · \d+ tokens/s")
+    )
+    expect(numbers).to_be_visible(timeout=60_000)
+    # The answer grew in several drawn steps before its numbers came: it streamed.
+    lengths = page.evaluate("window.answerLengths")
+    assert len({n for n in lengths if n > 0}) >= 3, lengths
+    turns = page.get_by_test_id("stChatMessage")
+    expect(turns).to_have_count(2)
+    expect(turns.first).to_contain_text("What does json.dumps do? Explain *args and __init__ too.")
+    shot("inference-chat")
+    main.get_by_role("button", name="Clear chat").click()
+    expect(turns).to_have_count(0, timeout=20_000)
+    expect(main.get_by_text("Type a message below")).to_be_visible()
+
+
+def test_a_missing_mini_llama_says_how_to_build_it(page: Page, app_url):
+    from maaslab.paths import MODELS_DIR
+
+    if (MODELS_DIR / "mini-llama").is_dir():
+        pytest.skip("mini-llama is built here: test_every_model_renders covers it")
+    page.goto(f"{app_url}/inference?model=mini-llama")
+    expect(page.get_by_text("mini-llama is not built yet")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("python -m maaslab assets mini-llama")).to_be_visible()
