@@ -10,13 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model
 from maaslab.paths import MODELS_DIR
-from maaslab.registry import save_model
-from maaslab.runtime import seed_everything
+from maaslab.registry import atomic_folder, save_model, write_json
+from maaslab.runtime import fast_mode, seed_everything
 from maaslab.train import TrainConfig, run_metadata, train
 
 
@@ -151,6 +152,144 @@ def _student(parent: Path) -> Path:
     return save_model(student, parent / STUDENT_NAME, metadata=meta, overwrite=True)
 
 
+LLAMA_NOTES = "maaslab.json"  # our notes in a mini-llama folder (config.json is transformers')
+LLAMA_EPOCHS = 8
+LLAMA_FAST_DOCUMENTS = 25  # fast mode keeps every 25th document of each part
+LLAMA_FAST_WINDOWS = 64  # and at most this many training windows
+
+
+def save_llama(
+    model: Any, tokenizer: Any, folder: str | Path, metadata: dict[str, Any], *, overwrite: bool
+) -> Path:
+    """Write a MiniLlama and its tokenizer as a plain Hugging Face folder, atomically.
+
+    Parameters
+    ----------
+    model : a maaslab.models.llama.MiniLlama.
+    tokenizer : its tokenizer (maaslab.subwords.train_tokenizer).
+    folder : destination; refused if it exists unless `overwrite`.
+    metadata : JSON-able notes on the run (data, time, perplexity), written to LLAMA_NOTES.
+    overwrite : replace an existing folder.
+    """
+    from transformers import GenerationConfig
+
+    from maaslab.subwords import TURN_END
+
+    spec = model.spec
+    ids = (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    if ids != (spec.bos_token_id, spec.eos_token_id, spec.pad_token_id) or (
+        len(tokenizer) != spec.vocab_size
+    ):
+        raise MaaslabError(
+            f"the tokenizer ({len(tokenizer)} tokens, begin/end/pad ids {ids}) does not match "
+            f"the model's spec ({spec}); build the spec from the tokenizer"
+        )
+    # generate() stops at the end of a text or of a chat turn; it samples by default, as Llama's
+    # own folders do (greedy decoding of a small model soon repeats itself).
+    model.llama.generation_config = GenerationConfig(
+        bos_token_id=spec.bos_token_id,
+        eos_token_id=[spec.eos_token_id, tokenizer.convert_tokens_to_ids(TURN_END)],
+        pad_token_id=spec.pad_token_id,
+        do_sample=True,
+        temperature=0.7,
+        top_p=0.9,
+    )
+    tokenizer.model_max_length = spec.context
+    with atomic_folder(folder, overwrite=overwrite) as staging:
+        model.llama.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        write_json(staging / LLAMA_NOTES, metadata)
+    return Path(folder)
+
+
+def _mini_llama(parent: Path) -> Path:
+    import math
+    import platform
+    import time
+    from dataclasses import asdict
+
+    from maaslab import subwords
+    from maaslab.callbacks import TqdmProgress
+    from maaslab.models.llama import LlamaSpec, MiniLlama
+
+    fast = fast_mode()
+    spec = (
+        LlamaSpec(
+            vocab_size=320, context=64, hidden=32, layers=2, heads=4, kv_heads=2, intermediate=64
+        )
+        if fast
+        else LlamaSpec()
+    )
+    docs = subwords.load_documents()
+    train_docs, heldout_docs = subwords.split_documents(docs)
+    if fast:
+        train_docs = train_docs[::LLAMA_FAST_DOCUMENTS]
+        heldout_docs = heldout_docs[::LLAMA_FAST_DOCUMENTS]
+    seed_everything(0)
+    started = time.perf_counter()
+    tokenizer = subwords.train_tokenizer([d.text for d in train_docs], spec.vocab_size)
+    train_ids = subwords.encode_documents(tokenizer, train_docs)
+    heldout_ids = subwords.encode_documents(tokenizer, heldout_docs)
+    data = subwords.window_dataset(
+        train_ids, heldout_ids, spec.context, max_windows=LLAMA_FAST_WINDOWS if fast else None
+    )
+    tokenizer_seconds = time.perf_counter() - started
+    model = MiniLlama(spec)
+    cfg = TrainConfig(
+        epochs=1 if fast else LLAMA_EPOCHS,
+        batch_size=8,
+        optimizer="adamw",
+        lr=0.002,
+        weight_decay=0.1,
+        schedule="warmup_linear",
+        seed=0,
+        device="cpu",
+        cpu_threads=1 if fast else 2,
+        grad_norm_samples=0,
+    )
+    history = train(model, data, cfg, callbacks=[TqdmProgress(desc="mini-llama")])
+    characters = [sum(len(d.text) for d in part) for part in (train_docs, heldout_docs)]
+    meta = {
+        "name": "mini-llama",
+        "architecture": "LlamaForCausalLM (RoPE, RMSNorm, SwiGLU, grouped-query attention)",
+        "spec": asdict(spec),
+        "parameters": spec.parameters(),
+        "corpus": {
+            "sources": "CPython help topics, standard-library docstrings (as chats), reviews",
+            "python": platform.python_version(),
+            "digest": subwords.corpus_digest(docs),
+            "documents": {"training": len(train_docs), "heldout": len(heldout_docs)},
+            "characters": {"training": characters[0], "heldout": characters[1]},
+            "tokens": {"training": len(train_ids), "heldout": len(heldout_ids)},
+            "windows": {"training": len(data.X_train), "heldout": len(data.X_test)},
+            "fast_mode": fast,
+        },
+        "tokenizer": {
+            "type": "byte-level BPE (tokenizers)",
+            "vocab_size": len(tokenizer),
+            "characters_per_token": round(characters[0] / len(train_ids), 2),
+        },
+        "train_config": asdict(cfg),
+        "epochs": [
+            {
+                "epoch": e.epoch,
+                "train_loss": round(e.train_loss, 4),
+                "heldout_loss": round(e.test_loss, 4),
+                "heldout_perplexity": round(math.exp(e.test_loss), 2),
+                "seconds": round(e.seconds, 1),
+            }
+            for e in history.epochs
+        ],
+        "tokenizer_seconds": round(tokenizer_seconds, 1),
+        "training_seconds": round(history.wall_time, 1),
+        "heldout_perplexity": round(math.exp(history.last.test_loss), 2),
+        "unigram_perplexity": round(
+            subwords.unigram_perplexity(train_ids, data.y_test, spec.vocab_size), 2
+        ),
+    }
+    return save_llama(model, tokenizer, parent / "mini-llama", meta, overwrite=True)
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
@@ -183,6 +322,13 @@ RECIPES: dict[str, Recipe] = {
             "3 MiniLM blocks + linear head distilled from sentiment-minilm (Hinton loss, "
             "T 3, alpha 0.3; 10 epochs, AdamW 1e-4; a few CPU minutes on one thread)",
             _student,
+        ),
+        Recipe(
+            "mini-llama",
+            f"Llama architecture (RoPE, RMSNorm, SwiGLU, GQA), 6 layers x 256 wide, 512-token "
+            f"context, byte-level BPE 4096, on help topics, docstrings and reviews "
+            f"({LLAMA_EPOCHS} epochs, AdamW 0.002; about 25 minutes on 2 idle cores)",
+            _mini_llama,
         ),
     )
 }
