@@ -39,7 +39,7 @@ import numpy as np
 from maaslab.data import Dataset
 from maaslab.errors import MaaslabError
 from maaslab.reviews import load_reviews
-from maaslab.textdata import _windows, load_corpus
+from maaslab.textdata import load_corpus, split_windows
 
 BOS, EOS, PAD = "<|begin|>", "<|end_of_text|>", "<|pad|>"
 ROLES = ("system", "user", "assistant")
@@ -265,15 +265,9 @@ def window_dataset(
             f"held-out ({len(heldout_ids)} tokens) stream; use fewer tokens per window"
         )
     train, heldout = np.asarray(train_ids, np.int64), np.asarray(heldout_ids, np.int64)
-    # Windows that do not overlap come back as read-only views of the stream: own copies.
-    X_train, y_train = (a.copy() for a in _windows(train, context, context))
-    X_test, y_test = (a.copy() for a in _windows(heldout, context, context))
-    if max_windows is not None:
-        rng = np.random.default_rng(seed)
-        keep_train = np.sort(rng.permutation(len(X_train))[:max_windows])
-        keep_test = np.sort(rng.permutation(len(X_test))[: max(1, max_windows // 10)])
-        X_train, y_train = X_train[keep_train], y_train[keep_train]
-        X_test, y_test = X_test[keep_test], y_test[keep_test]
+    X_train, y_train, X_test, y_test = split_windows(
+        train, heldout, context, context, max_windows, seed
+    )
     return Dataset(
         name="python_docs_subwords",
         task="language_model",

@@ -108,6 +108,29 @@ def _windows(ids: np.ndarray, context: int, stride: int) -> tuple[np.ndarray, np
     return np.ascontiguousarray(spans[:, :-1]), np.ascontiguousarray(spans[:, 1:])
 
 
+def split_windows(
+    train_ids: np.ndarray,
+    test_ids: np.ndarray,
+    context: int,
+    stride: int,
+    max_windows: int | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X_train, y_train, X_test, y_test): next-token windows of a training and a test stream;
+    with max_windows, a seeded subset of at most that many training windows and a tenth as many
+    test ones. Every array is its own writable copy."""
+    X_train, y_train = _windows(train_ids, context, stride)
+    X_test, y_test = _windows(test_ids, context, stride)
+    if max_windows is not None:
+        rng = np.random.default_rng(seed)
+        keep_train = np.sort(rng.permutation(len(X_train))[:max_windows])
+        keep_test = np.sort(rng.permutation(len(X_test))[: max(1, max_windows // 10)])
+        X_train, y_train = X_train[keep_train], y_train[keep_train]
+        X_test, y_test = X_test[keep_test], y_test[keep_test]
+    arrays = (X_train, y_train, X_test, y_test)
+    return tuple(a if a.flags.writeable else a.copy() for a in arrays)  # type: ignore[return-value]
+
+
 def load_text_dataset(
     context: int = 64,
     stride: int | None = None,
@@ -145,14 +168,9 @@ def load_text_dataset(
     cut = int(len(ids) * (1.0 - test_fraction))
     if min(cut, len(ids) - cut) <= context:
         raise MaaslabError(f"context {context} is longer than the train or test part of the text")
-    X_train, y_train = _windows(ids[:cut], context, stride)
-    X_test, y_test = _windows(ids[cut:], context, stride)
-    if max_windows is not None:
-        rng = np.random.default_rng(seed)
-        keep_train = np.sort(rng.permutation(len(X_train))[:max_windows])
-        keep_test = np.sort(rng.permutation(len(X_test))[: max(1, max_windows // 10)])
-        X_train, y_train = X_train[keep_train], y_train[keep_train]
-        X_test, y_test = X_test[keep_test], y_test[keep_test]
+    X_train, y_train, X_test, y_test = split_windows(
+        ids[:cut], ids[cut:], context, stride, max_windows, seed
+    )
     return Dataset(
         name="python_help",
         task="language_model",
