@@ -141,6 +141,31 @@ def test_rebuilding_over_a_folder_replaces_it(fast_folder):
     assert [p.name for p in fast_folder.parent.iterdir()] == ["mini-llama"]
 
 
+def test_a_draft_shares_its_targets_tokenizer_and_the_engine_takes_it(tmp_path):
+    from transformers import AutoTokenizer
+
+    from maaslab.llm.engine import EngineConfig, LLMEngine
+    from maaslab.llm.model import PagedModel
+    from maaslab.llm.sequence import SamplingParams
+
+    with pytest.raises(MaaslabError, match="build that first"):
+        RECIPES["mini-llama-draft"].build(tmp_path)
+    target = RECIPES["mini-llama"].build(tmp_path)
+    draft = RECIPES["mini-llama-draft"].build(tmp_path)
+    a, b = AutoTokenizer.from_pretrained(target), AutoTokenizer.from_pretrained(draft)
+    assert a.get_vocab() == b.get_vocab()
+    notes = json.loads((draft / LLAMA_NOTES).read_text())
+    assert notes["tokenizer"]["shared_with"] == "mini-llama"
+    engine = LLMEngine(
+        PagedModel.from_folder(target),
+        EngineConfig(speculative_tokens=2),
+        draft=PagedModel.from_folder(draft),
+    )
+    greedy = SamplingParams(max_tokens=8, temperature=0, ignore_eos=True)
+    plain = LLMEngine(PagedModel.from_folder(target)).generate([[1, 40, 41]], greedy)
+    assert engine.generate([[1, 40, 41]], greedy) == plain
+
+
 # --- the shipped model ---------------------------------------------------------------------------
 
 
