@@ -12,7 +12,7 @@ P14: 16 requests sharing a 256-token system prompt that an earlier request left 
 TTFT with prefix caching on vs off (goal >= 3x).
 Speculative decoding (with --draft FOLDER): greedy tokens/s with and without the draft, the
 acceptance rate and the tokens per target pass, reported as measured.
-(P11, served / in-process, is in bench_serve_llm.py: it needs the server.)
+(P11, served / in-process tokens/s, needs the server and is not measured by this script.)
 
 Every engine uses one thread pool (torch's threads, --threads), greedy decoding and
 ignore_eos, so every method produces exactly the requested number of tokens.
@@ -128,7 +128,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     model = PagedModel.from_folder(args.folder)
     vocab = (10, model.vocab_size - 1)
-    print(describe().summary(), f"· {torch.get_num_threads()} threads · {Path(args.folder).name}")
+    print(describe().summary(), f"· {Path(args.folder).name}")
     figures: dict[str, float] = {}
 
     mixed = Workload(requests=16, prompt_tokens=(16, 64), output_tokens=(32, 256), vocab=vocab)
