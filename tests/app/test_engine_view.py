@@ -13,6 +13,13 @@ KEY = "serve.engine"
 DONE = f"{KEY}.done"
 
 
+@pytest.fixture(autouse=True)
+def no_shipped_models(tmp_path, monkeypatch):
+    """The view's model comes from each test, not from whatever assets/models holds."""
+    monkeypatch.setattr(demo, "MODEL_FOLDER", tmp_path / "absent" / "mini-llama")
+    monkeypatch.setattr(demo, "DRAFT_FOLDER", tmp_path / "absent" / "mini-llama-draft")
+
+
 def until(at, done, timeout: float = 120.0, what: str = "the run"):
     """Rerun (as the view's half-second poll would) until done(at) holds."""
     deadline = time.time() + timeout
