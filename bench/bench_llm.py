@@ -12,7 +12,9 @@ P14: 16 requests sharing a 256-token system prompt that an earlier request left 
 TTFT with prefix caching on vs off (goal >= 3x).
 Speculative decoding (with --draft FOLDER): greedy tokens/s with and without the draft, the
 acceptance rate and the tokens per target pass, reported as measured.
-(P11, served / in-process tokens/s, needs the server and is not measured by this script.)
+P11: the same 16 requests streamed over HTTP to `python -m maaslab serve` (started here, with
+the same engine settings; the load generator maaslab.serve.llm_load in this process) vs the
+engine in this process: output tokens/s (goal >= 0.8).
 
 Every engine uses one thread pool (torch's threads, --threads), greedy decoding and
 ignore_eos, so every method produces exactly the requested number of tokens.
@@ -33,6 +35,10 @@ from maaslab.llm.engine import EngineConfig, LLMEngine
 from maaslab.llm.measure import Workload, drive, report
 from maaslab.llm.model import PagedModel
 from maaslab.paths import MODELS_DIR
+from maaslab.serve.config import ServeConfig
+from maaslab.serve.llm_load import run_llm_load
+from maaslab.serve.models import served_name
+from maaslab.serve.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,6 +106,24 @@ def per_token_latency(model: PagedModel, context: int, steps: int = 20) -> tuple
     return cached, plain
 
 
+def served_and_in_process(model: PagedModel, folder: str, workload: Workload, threads: int | None):
+    """(served report, in-process report) of one workload, on the server's engine settings.
+
+    The server runs alone while it is measured and is stopped before the engine runs here, so
+    neither takes the other's cores; a few requests warm each up first."""
+    config = ServeConfig(models=(folder,), port=0, threads=threads)
+    name = served_name(folder)
+    warm_up = Workload(requests=2, prompt_tokens=(8, 8), output_tokens=(8, 8), vocab=workload.vocab)
+    with ServerProcess(config) as server:
+        run_llm_load(server.url, name, warm_up)
+        served = run_llm_load(server.url, name, workload)
+    if served.report is None or served.refused or served.errors:
+        raise SystemExit(f"P11: the served run failed: {served.line()}")
+    same = engine(model, max_running=config.effective_batch_size, num_blocks=512)
+    drive(same, warm_up)
+    return served.report, report(drive(same, workload))
+
+
 def _greedy(max_tokens: int):
     from maaslab.llm.sequence import SamplingParams
 
@@ -152,6 +176,16 @@ def main() -> None:
         f"(goal >= 6), TTFT p99 ratio {figures['P10_ttft_p99_ratio']:.2f} (goal <= 1); "
         f"/ no cache: {figures['P10_ratio_vs_no_cache']:.1f}x (goal >= 15)"
     )
+
+    served, in_process = served_and_in_process(model, args.folder, mixed, args.threads)
+    figures |= {
+        "P11_served_tok_s": served.tokens_per_s,
+        "P11_in_process_tok_s": in_process.tokens_per_s,
+        "P11_ratio": served.tokens_per_s / in_process.tokens_per_s,
+    }
+    print(f"served over HTTP:    {served.line()}")
+    print(f"same engine here:    {in_process.line()}")
+    print(f"P11 served / in process: {figures['P11_ratio']:.2f} (goal >= 0.8)")
 
     static = generate_static_tokens_per_s(model, plan)
     figures["P12_generate_static_tok_s"] = static

@@ -69,6 +69,14 @@ class Timing:
     sent: float
     prompt_tokens: int
     token_times: list[float] = field(default_factory=list)
+    # Tokens produced, when more than the times recorded: a server's stream may carry two
+    # tokens in one chunk (a character split across tokens), and its usage says how many.
+    tokens: int | None = None
+
+    @property
+    def output_tokens(self) -> int:
+        """Tokens this request produced."""
+        return max(self.tokens or 0, len(self.token_times))
 
     @property
     def ttft(self) -> float:
@@ -83,7 +91,7 @@ class Timing:
     @property
     def tpot(self) -> float:
         """Mean time per output token after the first (0 for a single token)."""
-        n = len(self.token_times)
+        n = self.output_tokens
         return (self.token_times[-1] - self.token_times[0]) / (n - 1) if n > 1 else 0.0
 
     @property
@@ -130,7 +138,7 @@ def report(timings: list[Timing], slo: tuple[float, float] = (1.0, 0.1)) -> Repo
         raise MaaslabError("no request produced a token: nothing to report")
     start = min(t.sent for t in done)
     seconds = max(t.token_times[-1] for t in done) - start
-    tokens = sum(len(t.token_times) for t in done)
+    tokens = sum(t.output_tokens for t in done)
     good = sum(t.ttft <= slo[0] and t.tpot <= slo[1] for t in done)
     return Report(
         requests=len(done),

@@ -245,7 +245,7 @@ async def _drive(
                     status = response.status
                 error = None if status in (200, 503) else str(status)
             except (aiohttp.ClientError, TimeoutError) as err:
-                status, error = 0, _transport_error(err)
+                status, error = 0, transport_error(err)
             recorder.add(started, time.perf_counter(), status, error)
             if progress is not None:
                 progress(f"{len(recorder.status)} requests", fraction())
@@ -259,9 +259,9 @@ async def _drive(
     return time.perf_counter() - t0
 
 
-def _transport_error(err: BaseException) -> str:
-    # A short name for a request that got no HTTP answer: "ConnectError" when nothing listens
-    # (the name the LoadResult.errors readers know), else the exception's class name.
+def transport_error(err: BaseException) -> str:
+    """A short name for a request that got no HTTP answer: "ConnectError" when nothing listens
+    (the name the LoadResult.errors readers know), else the exception's class name."""
     if isinstance(err, aiohttp.ClientConnectorError):
         return "ConnectError"
     if isinstance(err, TimeoutError):
@@ -269,8 +269,10 @@ def _transport_error(err: BaseException) -> str:
     return type(err).__name__
 
 
-def _run_coroutine(make: Callable[[], object]) -> object:
-    # asyncio.run fails inside a running loop (Jupyter); run on a fresh thread there instead.
+def run_coroutine(make: Callable[[], object]) -> object:
+    """Run the coroutine `make()` returns to its end; its value.
+
+    asyncio.run fails inside a running loop (Jupyter); there it runs on a fresh thread."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -335,7 +337,7 @@ def run_load(
     # latency (503 p99 271 ms at 3x capacity with a model loaded here, 6.9 ms with this).
     gc.freeze()
     try:
-        seconds = _run_coroutine(
+        seconds = run_coroutine(
             lambda: _drive(
                 url,
                 model,

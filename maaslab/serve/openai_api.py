@@ -9,7 +9,10 @@
     engine of lesson 15 (maaslab.llm: paged KV cache, continuous batching, prefix caching) on a
     thread of its own (maaslab.serve.llm_service). Tokens are the model's own subword tokens;
     a prompt plus `max_tokens` must fit its context (else 400), and `max_tokens` left out is
-    the default below, cut to what the context leaves.
+    the default below, cut to what the context leaves. A completion's prompt may also be the
+    model's token ids (a list of ints, or a list of such lists), as OpenAI's API allows, and
+    `ignore_eos: true` (vLLM's extension) samples past the end-of-text token up to
+    `max_tokens`: what a benchmark needs for exact output lengths (maaslab.serve.llm_load).
 - `POST /v1/embeddings`: unit-length MiniLM-L6 sentence embeddings from `minilm-embed` (384
   numbers per text; `encoding_format` "float" or "base64" = little-endian float32 bytes).
 
@@ -223,7 +226,7 @@ async def generated(
     request: Request,
     model: Any,
     body: Sampling,
-    prompts: list[str] | None,
+    prompts: list[str] | list[list[int]] | None,
     chat: list | None,
     asked: int | None,
     default: int,
@@ -231,13 +234,22 @@ async def generated(
     """The request's choices started on `model` (mini-gpt or a language model), their events
     and their usage. `prompts` for a completion, `chat` (messages) for a chat."""
     wrapper = model.wrapper
+    token_ids = prompts is not None and not all(isinstance(p, str) for p in prompts)
+    if model.service is None and token_ids:
+        raise HTTPException(
+            400,
+            f"{body.model} reads text, not token ids: send the prompt as a string "
+            "(token-id prompts are for the language models the engine serves)",
+        )
     if model.service is None:  # mini-gpt: characters, on the thread pool
         texts = prompts if chat is None else [chat_prompt(chat)]
         max_tokens = asked or default
         choices = await run_in_threadpool(start_choices, wrapper, texts, body, max_tokens)
         tail = lambda: usage(prompt_tokens(wrapper, texts), choices)  # noqa: E731
         return choices, iterate_in_threadpool(choice_events(choices)), tail
-    if chat is None:
+    if token_ids:  # the model's own tokens: the engine checks them against its vocabulary
+        ids = [list(p) for p in prompts]
+    elif chat is None:
         check_prompt_sizes(prompts, f"at most {wrapper.context} tokens")
         ids = await run_in_threadpool(lambda: [wrapper.encode(p) for p in prompts])
     else:
@@ -263,7 +275,10 @@ async def completions(body: CompletionRequest, request: Request) -> Any:
     """Continue the prompt with a generator model (mini-gpt: one token = one character, or a
     language model through its engine); see the module notes."""
     model = served(request, body.model, "generator", "/v1/completions")
-    prompts = [body.prompt] if isinstance(body.prompt, str) else list(body.prompt)
+    prompt = body.prompt
+    # one prompt (a text or a list of token ids) or a list of them
+    one = isinstance(prompt, str) or isinstance(prompt[0], int)
+    prompts = [prompt] if one else list(prompt)
     asked = body.max_tokens if "max_tokens" in body.model_fields_set else None
     choices, events, tail = await generated(
         request, model, body, prompts, None, asked, body.max_tokens or COMPLETION_TOKENS

@@ -16,8 +16,11 @@ MAX_STOPS = 4  # stop strings per request, as OpenAI allows
 MAX_EMBED_INPUTS = 256  # texts per embeddings request; more belongs in several requests
 COMPLETION_TOKENS = 16  # /v1/completions default max_tokens, as OpenAI's
 CHAT_TOKENS = 128  # /v1/chat/completions default max_tokens (OpenAI's is "until done")
+MAX_PROMPT_IDS = 65_536  # token ids in one prompt; a model's context refuses far fewer
 
 Seed = Annotated[int, Field(ge=0, le=2**63 - 1, description="same seed -> same text")]
+TokenId = Annotated[int, Field(ge=0, lt=2**31, description="a token id of the model's vocabulary")]
+TokenIds = Annotated[list[TokenId], Field(min_length=1, max_length=MAX_PROMPT_IDS)]
 Stop = Annotated[str, Field(min_length=1)]
 
 
@@ -41,12 +44,25 @@ class Sampling(BaseModel):
     seed: Seed | None = None
     stream: bool = Field(False, description="send server-sent events as tokens are sampled")
     stream_options: StreamOptions | None = None
+    ignore_eos: bool = Field(
+        False,
+        description="keep sampling past the end-of-text token until max_tokens (a language "
+        "model; vLLM's extension, for benchmarks that need exact output lengths)",
+    )
 
 
 class CompletionRequest(Sampling):
     """POST /v1/completions: continue a prompt (or each of a list of prompts)."""
 
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
+    prompt: (
+        str
+        | Annotated[list[str], Field(min_length=1, max_length=MAX_CHOICES)]
+        | TokenIds
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=MAX_CHOICES)]
+    ) = Field(
+        description="a text, a list of texts, or (a language model) a prompt of token ids "
+        "or a list of them, as OpenAI's API allows"
+    )
     max_tokens: int | None = Field(
         COMPLETION_TOKENS,
         ge=1,

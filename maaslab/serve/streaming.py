@@ -225,6 +225,7 @@ def sampling_params(body: Sampling, max_tokens: int) -> list[SamplingParams]:
             top_p=body.top_p,
             # seed + j wraps around below 2**63, where the engine's seeds end
             seed=None if body.seed is None else (body.seed + j) % 2**63,
+            ignore_eos=body.ignore_eos,
         )
         for j in range(body.n)
     ]

@@ -588,3 +588,89 @@ def test_the_shipped_mini_llama_chats_as_its_engine_does(start_server):
         want, skip_special_tokens=True
     )
     assert out.choices[0].finish_reason == ("stop" if len(want) < 40 else "length")
+
+
+# --- token-id prompts, ignore_eos, and the streaming load generator ---------------------------
+
+
+def test_a_prompt_of_token_ids_gives_what_its_text_gives(client, tokenizer, server):
+    ids = tokenizer.encode(PROMPT)
+    by_text = client.completions.create(model="tiny-llama", prompt=PROMPT, max_tokens=9, seed=4)
+    by_ids = client.completions.create(model="tiny-llama", prompt=ids, max_tokens=9, seed=4)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    assert by_ids.usage.prompt_tokens == by_text.usage.prompt_tokens == len(ids)
+    two = client.completions.create(model="tiny-llama", prompt=[ids, ids[:3]], max_tokens=9, seed=4)
+    assert two.choices[0].text == by_text.choices[0].text and len(two.choices) == 2
+    with pytest.raises(openai.BadRequestError, match=r"token ids must be in 0\.\.\d+"):
+        client.completions.create(model="tiny-llama", prompt=[5, 10**6], max_tokens=2)
+    text_only = OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    with pytest.raises(openai.BadRequestError, match="reads text, not token ids"):
+        text_only.completions.create(model="mini-gpt", prompt=[5, 6], max_tokens=2)
+
+
+def test_ignore_eos_samples_past_the_end_of_text_token(client, engines, tokenizer):
+    ids = tokenizer.encode(PROMPT)
+    engine = engines["tiny-llama"]
+
+    def params(seed: int, ignore: bool) -> SamplingParams:
+        return SamplingParams(max_tokens=60, temperature=2.0, seed=seed, ignore_eos=ignore)
+
+    # a seed whose sampled text reaches the end-of-text token before max_tokens
+    seed = next(s for s in range(200) if len(reference(engine, [ids], params(s, False))[0]) < 60)
+    (ended,) = reference(engine, [ids], params(seed, False))
+    (whole,) = reference(engine, [ids], params(seed, True))
+    assert len(whole) == 60 and whole[: len(ended) - 1] == ended[:-1]
+    ask = {"model": "tiny-llama", "prompt": ids, "max_tokens": 60, "temperature": 2.0}
+    short = client.completions.create(**ask, seed=seed)
+    assert short.usage.completion_tokens == len(ended) and short.choices[0].finish_reason == "stop"
+    out = client.completions.create(**ask, seed=seed, extra_body={"ignore_eos": True})
+    assert out.usage.completion_tokens == 60 and out.choices[0].finish_reason == "length"
+    assert out.choices[0].text == text_of(tokenizer, whole)
+
+
+def test_the_load_generator_streams_a_workload_and_counts_every_token(lm, folders):
+    from maaslab.llm.measure import Workload
+    from maaslab.serve.llm_load import run_llm_load
+
+    work = Workload(requests=6, prompt_tokens=(4, 20), output_tokens=(5, 30), vocab=(10, 300))
+    asked = sum(n for _, _, n in work.draw())
+    burst = run_llm_load(lm.url, "tiny-llama", work, slo=(60.0, 10.0))
+    closed = run_llm_load(lm.url, "tiny-llama", work, concurrency=2, slo=(1e-9, 1e-9))
+    for result in (burst, closed):
+        assert len(result.timings) == 6 and not result.refused and not result.errors
+        assert result.report.output_tokens == asked and result.report.requests == 6
+        for t in result.timings:
+            assert t.ttft <= t.e2e and t.token_times == sorted(t.token_times)
+            assert t.tpot <= t.e2e
+    assert burst.mode == "open loop, all at once" and "6/6 streams done" in burst.line()
+    assert closed.report.goodput == 0  # nobody meets a 1 ns SLO
+    loose = burst.report
+    assert loose.goodput == pytest.approx(6 / loose.seconds)  # everyone meets a 60 s SLO
+    poisson = Workload(
+        requests=4, prompt_tokens=(4, 8), output_tokens=(3, 3), rate=20.0, vocab=(10, 300)
+    )
+    paced = run_llm_load(lm.url, "tiny-llama", poisson)
+    assert paced.mode == "open loop, Poisson 20 req/s" and paced.report.output_tokens == 12
+    sent = sorted(t.sent for t in paced.timings)
+    arrivals = [a for a, _, _ in poisson.draw()]
+    assert sent[-1] - sent[0] == pytest.approx(arrivals[-1] - arrivals[0], abs=0.05)
+
+
+def test_the_load_generator_counts_refusals_and_says_what_failed(start_server, folders):
+    from maaslab.llm.measure import Workload
+    from maaslab.serve.llm_load import run_llm_load
+
+    srv = start_server(models=(str(folders["tiny-llama"]),), max_queue=1)
+    work = Workload(requests=12, prompt_tokens=(4, 8), output_tokens=(40, 40), vocab=(10, 300))
+    crowded = run_llm_load(srv.url, "tiny-llama", work)
+    assert crowded.refused >= 1 and len(crowded.timings) + crowded.refused == 12
+    assert "refused (503)" in crowded.line()
+    too_long = Workload(
+        requests=1, prompt_tokens=(250, 250), output_tokens=(40, 40), vocab=(10, 300)
+    )
+    failed = run_llm_load(srv.url, "tiny-llama", too_long)
+    assert failed.report is None and sum(failed.errors.values()) == 1
+    (message,) = failed.errors
+    assert message.startswith("HTTP 400") and "context of 256 tokens" in message
+    nobody = run_llm_load("http://127.0.0.1:9", "tiny-llama", too_long)
+    assert nobody.errors == {"ConnectError": 1} and "1 failed" in nobody.line()
