@@ -4,8 +4,10 @@ P10: 16 requests arriving at once, output lengths 32-256: the engine with contin
 vs the same engine admitting one request at a time (output tokens/s, goal >= 6x; TTFT p99 not
 worse), and vs serving without a KV cache, each request on its own (every token recomputes the
 whole sequence with transformers' forward; goal >= 15x).
-P12: the engine vs transformers' `generate()` with its KV cache on static batches of 16 (left
-padded, each batch running to its longest request) on the same requests (goal >= 2x).
+P12: 64 requests arriving at once, output lengths 32-256: the engine (16 sequences running at
+most, a finished one replaced at the next step) vs transformers' `generate()` with its KV cache
+on static batches of 16 (left padded, each batch running to its longest request) on the same
+requests (goal >= 2x).
 P13: per-token latency of one sequence at a 512-token context: the engine's decode step (KV
 cache) vs a forward pass over the whole context (no cache) (goal >= 5x).
 P14: 16 requests sharing a 256-token system prompt that an earlier request left in the cache:
@@ -187,10 +189,18 @@ def main() -> None:
     print(f"same engine here:    {in_process.line()}")
     print(f"P11 served / in process: {figures['P11_ratio']:.2f} (goal >= 0.8)")
 
-    static = generate_static_tokens_per_s(model, plan)
-    figures["P12_generate_static_tok_s"] = static
-    figures["P12_ratio"] = continuous.tokens_per_s / static
-    print(f"P12 engine / generate() static batches of 16: {figures['P12_ratio']:.1f}x (goal >= 2)")
+    many = Workload(requests=64, prompt_tokens=(16, 64), output_tokens=(32, 256), vocab=vocab)
+    static = generate_static_tokens_per_s(model, many.draw(), batch=16)
+    ours = report(drive(engine(model, max_running=16), many))
+    figures |= {
+        "P12_engine_tok_s": ours.tokens_per_s,
+        "P12_generate_static_tok_s": static,
+        "P12_ratio": ours.tokens_per_s / static,
+    }
+    print(
+        f"P12 64 requests, engine (16 running) {ours.tokens_per_s:,.0f} tok/s / generate() "
+        f"static batches of 16 {static:,.0f} tok/s: {figures['P12_ratio']:.1f}x (goal >= 2)"
+    )
 
     context = min(512, model.context)
     cached, plain = per_token_latency(model, context)
