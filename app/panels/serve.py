@@ -5,6 +5,7 @@ import streamlit as st
 from components import digits_test, session_slot
 
 from maaslab import plots
+from maaslab.auto import LANGUAGE_MODELS
 from maaslab.data import DIGIT_PIXEL_MAX
 from maaslab.jobs import Task
 from maaslab.serve import client
@@ -16,6 +17,7 @@ CALL, LIVE, FINAL, NOTE = "serve.call", "serve.live", "serve.final", "serve.note
 EXAMPLES = {
     "sentiment": "I expected to hate it, but honestly it was not bad at all.",
     "generator": "The for statement ",
+    "chat": "What does the zip function do?",
     "embedder": "A server answers requests in batches.",
 }
 
@@ -40,8 +42,12 @@ def my_slot() -> Slot:
     return session_slot("serve", Slot)
 
 
-def request_input(kind: str) -> tuple[object, dict, dict]:
-    """The input widgets for a model of `kind`: (data, sampling options, what to remember)."""
+def request_input(kind: str, chat_model: bool = False) -> tuple[object, dict, dict]:
+    """The input widgets for a model of `kind`: (data, request options, what to remember).
+
+    A `chat_model` (a language model with a chat template, e.g. mini-llama) is asked a
+    question through /v1/chat/completions, or given a prompt to continue on /v1/completions.
+    """
     options, extra = {}, {}
     if kind == "digits":
         X, y = digits_test()
@@ -52,9 +58,25 @@ def request_input(kind: str) -> tuple[object, dict, dict]:
     elif kind == "sentiment":
         data = st.text_area("A review", EXAMPLES[kind], max_chars=20_000, key="serve.review")
     elif kind == "generator":
-        data = st.text_area("Prompt", EXAMPLES[kind], max_chars=10_000, key="serve.prompt")
+        chat = chat_model and (
+            st.radio(
+                "Endpoint",
+                ["/v1/chat/completions", "/v1/completions"],
+                format_func=lambda path: "Chat" if "chat" in path else "Completion",
+                horizontal=True,
+                key="serve.route",
+                help="Chat: your message goes through the model's chat template and it answers "
+                "as the assistant. Completion: the model continues your text.",
+            )
+            == "/v1/chat/completions"
+        )
+        if chat:
+            data = st.text_area("Message", EXAMPLES["chat"], max_chars=10_000, key="serve.message")
+        else:
+            data = st.text_area("Prompt", EXAMPLES[kind], max_chars=10_000, key="serve.prompt")
         c1, c2, c3 = st.columns(3)
         options = {
+            "chat": chat,
             "max_tokens": int(c1.number_input("Max tokens", 1, 512, 80, key="serve.max_tokens")),
             "temperature": c2.slider("Temperature", 0.0, 2.0, 0.8, 0.1, key="serve.temperature"),
             "seed": int(c3.number_input("Seed", 0, 2**31 - 1, 0, key="serve.seed")),
@@ -75,6 +97,9 @@ def show_answer(answer: client.Answer, call: client.Call, sent: dict) -> None:
     elif answer.kind == "sentiment":
         bars = plots.probability_bars(answer.probabilities, ["negative", "positive"])
         st.plotly_chart(bars, key="serve.p")
+    elif answer.kind == "generator" and "messages" in call.request:  # a chat
+        st.chat_message("user").text(call.request["messages"][-1]["content"])
+        st.chat_message("assistant").text(answer.text)
     elif answer.kind == "generator":
         st.code(call.request["prompt"] + answer.text, language=None, wrap_lines=True)
     if caption:
@@ -155,9 +180,22 @@ def load_test(slot: Slot) -> None:
     """Model, concurrency and duration; Start load runs closed-loop clients in this process;
     the live dashboard while it runs, the whole run's once it is done."""
     models = loadable(slot.server.models)
-    if not models:
-        st.info("Serve digits-cnn or sentiment-minilm to load-test it.")
-    else:
+    others = [m for m in slot.server.models if m not in models]
+    if others:
+        note = (
+            "The load test drives the Open Inference Protocol tensor models (`digits-*`, "
+            f"`sentiment-*`), not {', '.join(others)}."
+        )
+        if any(m in LANGUAGE_MODELS for m in others):
+            note += (
+                " The Engine tab runs a language model's workloads through the engine and "
+                "measures their TTFT and tokens/s."
+            )
+        if models:
+            st.caption(note)
+        else:
+            st.info(note + " Serve digits-cnn or sentiment-minilm to load-test one.")
+    if models:
         c1, c2, c3 = st.columns(3)
         model = c1.selectbox("Model under load", models, key="serve.load_model")
         concurrency = c2.slider("Concurrency (clients)", 1, 64, 16, key="serve.concurrency")

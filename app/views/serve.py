@@ -5,7 +5,7 @@ from components import watch_task
 from panels.engine import engine_view
 from panels.serve import CALL, FINAL, LIVE, NOTE, Slot, load_test, my_slot, request_input, show_call
 
-from maaslab.auto import LOADERS
+from maaslab.auto import LANGUAGE_MODELS, LOADERS
 from maaslab.jobs import Task
 from maaslab.serve import client
 from maaslab.serve.config import ServeConfig
@@ -18,7 +18,13 @@ START_TIMEOUT_S = 180.0  # MiniLM loads in seconds, slower when the machine is b
 def start_form(slot: Slot) -> None:
     """Models and batching settings; Start spawns `python -m maaslab serve` on 127.0.0.1."""
     models = st.multiselect(
-        "Models to serve", list(LOADERS), ["digits-cnn", "sentiment-minilm"], key="serve.models"
+        "Models to serve",
+        [*LOADERS, *LANGUAGE_MODELS],
+        ["digits-cnn", "sentiment-minilm"],
+        key="serve.models",
+        help="A language model (mini-llama) answers on /v1/completions and "
+        "/v1/chat/completions through the engine of lesson 15 (the Engine tab); the batching "
+        "settings below are for the other models.",
     )
     d, bound = ServeConfig(), ServeConfig.bounds
     c1, c2, c3, c4 = st.columns(4)
@@ -86,6 +92,12 @@ def cancel_start(task: Task) -> None:
 def server_panel(slot: Slot) -> None:
     """What is running where, Stop, and the server's own log."""
     st.success(slot.server.headline(), icon=":material/dns:")
+    engine = [m for m in slot.server.models if m in LANGUAGE_MODELS]
+    if engine:
+        st.caption(
+            f"{', '.join(engine)}: answered by the LLM engine (paged KV cache, continuous "
+            "batching, see the Engine tab); the batching settings are for the other models."
+        )
     if st.button("Stop server", icon=":material/stop:", key="serve.stop"):
         ss[NOTE] = ("info", ServerProcess.stop_note(slot.stop()))
         st.rerun()
@@ -97,7 +109,7 @@ def request_form(server: ServerProcess) -> None:
     """One input for the chosen model; Send asks the server (and for an explanation)."""
     model = st.selectbox("Model", server.models, key="serve.model")
     kind = client.kind_of(model)
-    data, options, extra = request_input(kind)
+    data, options, extra = request_input(kind, chat_model=model in LANGUAGE_MODELS)
     request = client.request_for(model, data, **options)
     method = None
     if kind in client.EXPLAINABLE:

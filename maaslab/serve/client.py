@@ -10,6 +10,7 @@ a message, not an exception.
     digits          POST /v2/models/{name}/infer  pixels FP32  probabilities
     sentiment       POST /v2/models/{name}/infer  text BYTES   probabilities, label
     generator       POST /v1/completions          prompt       text, usage
+                    POST /v1/chat/completions     messages     text, usage   (chat=True)
     embedder        POST /v1/embeddings           input        embedding
 
 digits and sentiment also answer POST /v2/models/{name}/explain (explain_request).
@@ -104,6 +105,19 @@ def completion_body(
     }
 
 
+def chat_body(
+    model: str, message: str, max_tokens: int, temperature: float, seed: int = 0
+) -> dict[str, Any]:
+    """An OpenAI /v1/chat/completions body: one user message, the model's answer to come."""
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": message}],
+        "max_tokens": int(max_tokens),
+        "temperature": float(temperature),
+        "seed": int(seed),
+    }
+
+
 def embedding_body(model: str, text: str) -> dict[str, Any]:
     """An OpenAI /v1/embeddings body for one sentence."""
     return {"model": model, "input": text}
@@ -131,6 +145,7 @@ def request_for(
     max_tokens: int = 80,
     temperature: float = 0.8,
     seed: int = 0,
+    chat: bool = False,
 ) -> Request:
     """The request a served model takes for one input, by its kind.
 
@@ -140,12 +155,17 @@ def request_for(
     data : 64 pixels on 0..16 (digits), a review (sentiment), a prompt (generator) or a
         sentence (embedder).
     max_tokens, temperature, seed : sampling settings of a generator.
+    chat : a generator's input is a user's message to answer (/v1/chat/completions, through
+        the model's chat template) instead of a prompt to continue (/v1/completions).
     """
     kind = kind_of(model)
     if kind == "digits":
         return Request(model, kind, infer_path(model), digits_body(data))
     if kind == "sentiment":
         return Request(model, kind, infer_path(model), text_body(data))
+    if kind == "generator" and chat:
+        body = chat_body(model, data, max_tokens, temperature, seed)
+        return Request(model, kind, "/v1/chat/completions", body)
     if kind == "generator":
         body = completion_body(model, data, max_tokens, temperature, seed)
         return Request(model, kind, "/v1/completions", body)
@@ -243,7 +263,7 @@ class Answer:
     kind: str
     probabilities: np.ndarray | None = None  # digits, sentiment: first row's class probabilities
     label: str | None = None  # sentiment: the predicted label
-    text: str | None = None  # generator: the completion
+    text: str | None = None  # generator: the completion (or the chat's answer)
     usage: dict[str, Any] | None = None  # generator: prompt_tokens, completion_tokens
     embedding: np.ndarray | None = None  # embedder: the first sentence's vector
 
@@ -278,8 +298,10 @@ def answer_of(kind: str, answer: dict[str, Any]) -> Answer:
 
 
 def completion_text(answer: dict[str, Any]) -> str:
-    """The first choice's text of an OpenAI completion answer."""
-    return str(answer["choices"][0]["text"])
+    """The first choice's text of an OpenAI completion answer, or its message's content for a
+    chat answer."""
+    choice = answer["choices"][0]
+    return str(choice["text"] if "text" in choice else choice["message"]["content"])
 
 
 def embedding_of(answer: dict[str, Any]) -> np.ndarray:

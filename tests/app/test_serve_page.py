@@ -10,12 +10,15 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from maaslab.auto import load
+from maaslab.auto import LANGUAGE_MODELS, LOADERS, load
 from maaslab.data import load_dataset
+from maaslab.llm.engine import LLMEngine
+from maaslab.llm.sequence import SamplingParams
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 MODELS = ["digits-cnn", "sentiment-minilm", "mini-gpt", "minilm-embed"]
 REVIEW = "A warm, funny film; I loved every minute of it."
+QUESTION = "What does os.path.join do?"
 
 
 def until(at, done, timeout=150.0, what="the page"):
@@ -44,13 +47,13 @@ def has_button(at, key: str) -> bool:
     return any(b.key == key for b in at.button)
 
 
-@pytest.fixture(scope="module")
-def served(request):
-    """The page with a server it started (digits-cnn + sentiment-minilm), and its pid."""
+def start_from_page(request, models: list[str]) -> tuple[AppTest, int]:
+    """A fresh page that started a server for `models` with its Start button; (page, pid).
+    The server is killed at the end of the module if a test left it running."""
     at = AppTest.from_file(APP, default_timeout=90)
     at.run()
     at.switch_page("views/serve.py").run()
-    at.multiselect(key="serve.models").set_value(MODELS).run()
+    at.multiselect(key="serve.models").set_value(models).run()
     at.button(key="serve.start").click().run()
     until(at, lambda a: has_button(a, "serve.stop") or a.error, what="the server start")
     assert not at.error, at.error[0].value
@@ -63,6 +66,12 @@ def served(request):
 
     request.addfinalizer(kill)
     return at, pid
+
+
+@pytest.fixture(scope="module")
+def served(request):
+    """The page with a server it started (digits-cnn + sentiment-minilm), and its pid."""
+    return start_from_page(request, MODELS)
 
 
 def test_the_page_without_a_server(open_page, page_text):
@@ -177,3 +186,79 @@ def test_stop_ends_the_process(served, page_text):
     assert not alive(pid)
     assert "exited with code 0" in page_text(at)
     assert has_button(at, "serve.start") and "Send a request" not in page_text(at)
+
+
+# --- a language model: mini-llama through the engine --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama(request):
+    """A page serving mini-llama alone; the engine's own greedy answer, for comparison."""
+    at, pid = start_from_page(request, ["mini-llama"])
+    wrapper = load("mini-llama")
+    engine = LLMEngine.from_folder(wrapper.folder)
+
+    def greedy(ids: list[int], max_tokens: int) -> str:
+        tokens = engine.generate([ids], SamplingParams(max_tokens=max_tokens, temperature=0))[0]
+        return wrapper.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    return at, pid, wrapper, greedy
+
+
+def test_the_language_models_are_offered(open_page):
+    at = open_page("serve")
+    assert at.multiselect(key="serve.models").options == [*LOADERS, *LANGUAGE_MODELS]
+    assert "mini-llama" in at.multiselect(key="serve.models").options
+
+
+def test_a_chat_with_mini_llama_gets_the_engines_answer(llama, page_text):
+    at, pid, wrapper, greedy = llama
+    assert alive(pid) and at.selectbox(key="serve.model").options == ["mini-llama"]
+    assert at.radio(key="serve.route").value == "/v1/chat/completions"  # a chat model: chat
+    at.text_area(key="serve.message").input(QUESTION).run()
+    at.slider(key="serve.temperature").set_value(0.0).run()
+    at.number_input(key="serve.max_tokens").set_value(24).run()
+    at.button(key="serve.send").click().run()
+    assert not at.error, [e.value for e in at.error]
+    call = at.session_state["serve.call"]["calls"][0]
+    assert call.status == 200 and call.url.endswith("/v1/chat/completions")
+    assert call.request["messages"] == [{"role": "user", "content": QUESTION}]
+    answer = call.response["choices"][0]["message"]["content"]
+    expected = greedy(wrapper.chat_ids([{"role": "user", "content": QUESTION}]), 24)
+    assert answer == expected and answer.strip()
+    said = [(m.name, m.text[0].value) for m in at.chat_message]
+    assert said == [("user", QUESTION), ("assistant", answer)]
+    used = call.response["usage"]["completion_tokens"]
+    assert 0 < used <= 24 and f"{used} completion tokens" in page_text(at)
+
+
+def test_a_completion_with_mini_llama_and_a_request_too_long(llama):
+    at, _, wrapper, greedy = llama
+    at.radio(key="serve.route").set_value("/v1/completions").run()
+    at.slider(key="serve.temperature").set_value(0.0).run()
+    at.number_input(key="serve.max_tokens").set_value(16).run()
+    at.button(key="serve.send").click().run()
+    assert not at.error, [e.value for e in at.error]
+    call = at.session_state["serve.call"]["calls"][0]
+    assert call.url.endswith("/v1/completions") and "messages" not in call.request
+    text = call.response["choices"][0]["text"]
+    assert text == greedy(wrapper.encode(call.request["prompt"]), 16)
+    assert call.request["prompt"] + text in [c.value for c in at.code]
+
+    at.number_input(key="serve.max_tokens").set_value(512).run()  # with the prompt: > 512
+    at.button(key="serve.send").click().run()
+    assert not at.exception and at.metric[0].value == "400"
+    errors = [e.value for e in at.error]
+    assert len(errors) == 1 and errors[0].startswith("HTTP 400: ")
+    assert "more than the model's context of 512 tokens" in errors[0]
+
+
+def test_the_load_test_says_it_leaves_mini_llama_out(llama, page_text):
+    at, pid, _, _ = llama
+    assert not any(s.key == "serve.load_model" for s in at.selectbox)
+    assert not has_button(at, "serve.start_load")
+    text = page_text(at)
+    assert "tensor models (`digits-*`, `sentiment-*`), not mini-llama." in text
+    assert "Engine tab" in text
+    at.button(key="serve.stop").click().run()
+    assert not alive(pid) and "exited with code 0" in page_text(at)

@@ -79,3 +79,42 @@ def test_start_call_load_and_stop_a_server(page: Page, app_url, shot, request):
     main.get_by_role("button", name="Stop server").click()
     expect(page.get_by_text(re.compile(r"exited with code 0"))).to_be_visible(timeout=60_000)
     expect(main.get_by_role("button", name="Start server")).to_be_visible()
+
+
+def test_serve_mini_llama_and_chat_with_it(page: Page, app_url, shot, request):
+    page.goto(f"{app_url}/serve")
+    main = page.get_by_test_id("stMain")
+    expect(page.get_by_role("heading", name="Serve", exact=True)).to_be_visible(timeout=60_000)
+    page.get_by_test_id("stMultiSelect").get_by_role("combobox").click()
+    for _ in range(2):  # the two default models off, mini-llama on
+        page.keyboard.press("Backspace")
+    page.keyboard.type("mini-llama")
+    page.keyboard.press("Enter")
+    page.keyboard.press("Escape")
+    page.wait_for_timeout(800)
+    main.get_by_role("button", name="Start server").click()
+    serving = page.get_by_text(re.compile(r"Serving mini-llama at"))
+    expect(serving).to_be_visible(timeout=150_000)
+    pid = int(re.search(r"pid (\d+)", serving.inner_text()).group(1))
+
+    def kill() -> None:  # a failed step must not leave the server running
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+
+    request.addfinalizer(kill)
+
+    expect(main.get_by_text("Chat", exact=True)).to_be_visible()
+    main.get_by_role("button", name="Send request").click()
+    said = page.get_by_test_id("stChatMessage")
+    expect(said).to_have_count(2, timeout=60_000)
+    expect(said.first).to_contain_text("What does the zip function do?")
+    assert said.nth(1).inner_text().strip()  # the assistant answered something
+    expect(
+        page.get_by_text(re.compile(r"\d+ prompt tokens · \d+ completion tokens"))
+    ).to_be_visible()
+    expect(page.get_by_text(re.compile(r"tensor models .*not mini-llama"))).to_be_visible()
+    page.wait_for_timeout(1000)
+    shot("serve-llm-chat")
+
+    main.get_by_role("button", name="Stop server").click()
+    expect(page.get_by_text(re.compile(r"exited with code 0"))).to_be_visible(timeout=60_000)
