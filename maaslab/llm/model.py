@@ -22,7 +22,10 @@ the same tokens alone or batched, and after a preemption (tests check both).
 
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,29 +69,25 @@ def _tiled_softmax_values(scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return parts.sum(-3) / total  # (..., rows, hd)
 
 
-def _rows(x: torch.Tensor, rows: int) -> torch.Tensor:
-    # x followed by zero rows, `rows` in all.
-    return torch.cat([x, x.new_zeros((rows - x.shape[0], *x.shape[1:]))])
-
-
-def _padded(fn, x: torch.Tensor) -> torch.Tensor:
-    # fn on x's rows, computed as if there were at least MIN_ROWS of them (batch invariance).
-    rows = x.shape[0]
-    if rows >= MIN_ROWS:
-        return fn(x)
-    pad = x.new_zeros((MIN_ROWS - rows, *x.shape[1:]))
-    return fn(torch.cat([x, pad]))[:rows]
-
-
 @dataclass(frozen=True)
 class _Group:
     """Chunks whose attention runs as one batched product in a step."""
 
-    spans: list[tuple[int, int]]  # each chunk's rows in the step's (T, ...) matrices
-    rows: int  # query rows per chunk, padded
-    single: torch.Tensor | None  # (B,) the row of each one-token chunk (decoding), else None
-    where: torch.Tensor  # (B, L) the cache slot of every key of every chunk
+    batch: int  # chunks in the group (B)
+    rows: int  # query rows per chunk, padded (a padding row repeats the chunk's last query)
+    queries: torch.Tensor  # (B * rows,) the step row each query row reads
+    blocks: torch.Tensor  # (B * L / block_size,) each chunk's cache blocks (0 past its end)
     hidden: torch.Tensor  # (B, 1, group * rows, L) True where a query may not see a key
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How one step runs, worked out once for every layer."""
+
+    tokens: int  # the step's new tokens (T); the step's matrices have max(T, MIN_ROWS) rows
+    slots: torch.Tensor  # (T,) the cache slot of each new token's key and value
+    groups: list[_Group]
+    order: torch.Tensor  # (rows,) where each step row's answer lies in the groups' stacked rows
 
 
 class KVPool:
@@ -120,6 +119,10 @@ class KVPool:
         blocks = torch.as_tensor(table, dtype=torch.long, device=positions.device)
         return blocks[positions // self.block_size] * self.block_size + positions % self.block_size
 
+    def blocks(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys and values as (num_blocks, block_size * nkv * hd): a row a block."""
+        return self.k[layer].view(self.num_blocks, -1), self.v[layer].view(self.num_blocks, -1)
+
 
 class PagedModel:
     """A Llama- or GPT-2-family causal LM (transformers weights) run over a KVPool."""
@@ -134,19 +137,25 @@ class PagedModel:
             )
         self.hf = hf_model.eval()
         self.vocab_size = config.vocab_size
+        param = next(hf_model.parameters())
+        self.dtype, self.device = param.dtype, param.device
         if self.family in LLAMA_FAMILY:
             self.heads = config.num_attention_heads
             self.kv_heads = config.num_key_value_heads
             self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
             self.layers = config.num_hidden_layers
             self.context = config.max_position_embeddings
+            self.final_norm = hf_model.model.norm
+            with torch.inference_mode():  # RoPE's angles of every position, computed once
+                at = torch.arange(self.context, device=self.device)[None, :]
+                cos, sin = hf_model.model.rotary_emb(param, at)  # (1, context, hd) each
+            self.rope = cos[0, :, None], sin[0, :, None]  # (context, 1, hd): every head alike
         else:
             self.heads = self.kv_heads = config.n_head
             self.head_dim = config.n_embd // config.n_head
             self.layers = config.n_layer
             self.context = config.n_positions
-        param = next(hf_model.parameters())
-        self.dtype, self.device = param.dtype, param.device
+            self.final_norm = hf_model.transformer.ln_f
 
     @classmethod
     def from_folder(cls, folder: str | Path, device: str = "cpu") -> PagedModel:
@@ -178,137 +187,135 @@ class PagedModel:
         lengths = [len(c.token_ids) for c in chunks]
         if min(lengths, default=0) < 1:
             raise MaaslabError("every chunk of a step needs at least one token")
-        ids = torch.tensor([t for c in chunks for t in c.token_ids], device=self.device)
-        positions = torch.cat(
-            [
-                torch.arange(c.start, c.start + n, device=self.device)
-                for c, n in zip(chunks, lengths, strict=True)
-            ]
-        )
-        if int(positions.max()) >= self.context:
+        if max(c.start + n for c, n in zip(chunks, lengths, strict=True)) > self.context:
             raise MaaslabError(f"a sequence is longer than the model's context of {self.context}")
-        slots = torch.cat(
-            [
-                pool.slots(c.table, torch.arange(c.start, c.start + n, device=self.device))
-                for c, n in zip(chunks, lengths, strict=True)
-            ]
-        )
-        plans = self._plan(chunks, lengths, pool)
+        plan = self._plan(chunks, lengths, pool)
+        # Padding the step once to MIN_ROWS rows gives every product below enough rows; the
+        # padding rows (token 0 at position 0) are computed alongside and never read.
+        pad = [0] * (MIN_ROWS - plan.tokens)
+        ids = torch.tensor([t for c in chunks for t in c.token_ids] + pad, device=self.device)
+        positions = [p for c, n in zip(chunks, lengths, strict=True) for p in _span(c.start, n)]
+        positions = torch.tensor(positions + pad, device=self.device)
         if self.family in LLAMA_FAMILY:
-            x = self._llama(ids, positions, slots, plans, pool)
+            x = self._llama(ids, positions, plan, pool)
         else:
-            x = self._gpt2(ids, positions, slots, plans, pool)
-        if not all_logits:
-            ends = torch.tensor(lengths, device=self.device).cumsum(0)
-            rows = [
-                torch.arange(end - min(c.logits, n), end, device=self.device)
-                for c, n, end in zip(chunks, lengths, ends.tolist(), strict=True)
+            x = self._gpt2(ids, positions, plan, pool)
+        if all_logits:
+            pick = list(range(plan.tokens))
+        else:
+            ends = itertools.accumulate(lengths)
+            pick = [
+                row
+                for c, n, end in zip(chunks, lengths, ends, strict=True)
+                for row in range(end - min(c.logits, n), end)
             ]
-            x = x[torch.cat(rows)]
-        head = self.hf.lm_head
-        return _padded(head, x).float()
+        x = x[torch.tensor(pick + [0] * (MIN_ROWS - len(pick)), device=self.device)]
+        return self.hf.lm_head(self.final_norm(x))[: len(pick)].float()
 
     # --- attention over the paged cache ----------------------------------------------------------
 
-    def _plan(self, chunks: list[Chunk], lengths: list[int], pool: KVPool) -> list[_Group]:
-        """How this step's attention runs, worked out once for every layer: decoding sequences
-        (one query each) together in one batched product, each prompt chunk on its own."""
-        starts = torch.tensor([0, *lengths]).cumsum(0).tolist()
-        decoding = [i for i, n in enumerate(lengths) if n == 1]
-        members = ([decoding] if decoding else []) + [[i] for i, n in enumerate(lengths) if n > 1]
+    def _plan(self, chunks: list[Chunk], lengths: list[int], pool: KVPool) -> _Plan:
+        """How this step's attention runs, worked out once for every layer: chunks of like
+        lengths (1, 2, 3-4, 5-8, ... tokens) batched together, each group in one product."""
+        size = pool.block_size
+        tile = math.lcm(KEY_TILE, size)  # keys gathered per chunk: whole blocks, whole tiles
         group = self.heads // self.kv_heads
-        plans = []
-        for idx in members:
+        starts = list(itertools.accumulate(lengths, initial=0))
+        members: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            members.setdefault((n - 1).bit_length(), []).append(i)
+        groups, order, stacked = [], [0] * max(starts[-1], MIN_ROWS), 0
+        for idx in members.values():
             # Query rows: the heads sharing a key head are stacked as rows, and the rows padded
             # so every product has at least MIN_ROWS of them (see the module notes).
-            rows = max(max(lengths[i] for i in idx), -(-MIN_ROWS // group))
-            ends = [chunks[i].start + lengths[i] for i in idx]  # keys 0..end-1 are cached now
-            length = -(-max(ends) // KEY_TILE) * KEY_TILE  # keys, padded to whole tiles
-            positions = torch.arange(length, device=self.device)
-            # Slots of each chunk's keys; past its end, slot 0 stands in (those keys are hidden).
-            where = torch.stack(
-                [
-                    torch.where(
-                        positions < end,
-                        pool.slots(chunks[i].table, positions.clamp(max=end - 1)),
-                        0,
-                    )
-                    for i, end in zip(idx, ends, strict=True)
-                ]
-            )  # (B, L)
-            first = torch.tensor([chunks[i].start for i in idx], device=self.device)
-            query_pos = first[:, None] + torch.arange(rows, device=self.device)[None, :]
-            hidden = positions[None, None, :] > query_pos[:, :, None]  # (B, rows, L) causal
+            rows = max(-(-MIN_ROWS // group), *(lengths[i] for i in idx))
+            width = max(chunks[i].start + lengths[i] for i in idx)  # keys 0..width-1 cached now
+            width = -(-width // tile) * tile  # keys (L), padded to whole tiles and blocks
+            queries, query_pos, blocks = [], [], []
+            for i in idx:
+                c, n = chunks[i], lengths[i]
+                last = [min(r, n - 1) for r in range(rows)]
+                queries += [starts[i] + r for r in last]
+                query_pos.append([c.start + r for r in last])
+                table = c.table[: width // size]
+                blocks += table + [0] * (width // size - len(table))  # hidden past the end
+                order[starts[i] : starts[i] + n] = range(stacked, stacked + n)
+                stacked += rows
+            keys = torch.arange(width, device=self.device)
+            query_pos = torch.tensor(query_pos, device=self.device)
+            hidden = keys[None, None, :] > query_pos[:, :, None]  # (B, rows, L) causal
             hidden = hidden[:, None, None].expand(-1, 1, group, -1, -1).flatten(2, 3)
-            spans = [(starts[i], starts[i + 1]) for i in idx]
-            single = torch.tensor([a for a, _ in spans], device=self.device)
-            single = single if all(b - a == 1 for a, b in spans) else None
-            plans.append(_Group(spans, rows, single, where, hidden))
-        return plans
+            as_tensor = partial(torch.tensor, device=self.device)
+            groups.append(_Group(len(idx), rows, as_tensor(queries), as_tensor(blocks), hidden))
+        slots = [
+            c.table[p // size] * size + p % size
+            for c, n in zip(chunks, lengths, strict=True)
+            for p in _span(c.start, n)
+        ]
+        as_tensor = partial(torch.tensor, device=self.device)
+        return _Plan(starts[-1], as_tensor(slots), groups, as_tensor(order))
 
-    def _attend(
-        self, q: torch.Tensor, layer: int, plans: list[_Group], pool: KVPool
-    ) -> torch.Tensor:
-        """The attention outputs (T, nh * hd) of the step's queries q (T, nh, hd)."""
-        out = q.new_empty(q.shape, dtype=torch.float32)
-        group = self.heads // self.kv_heads
-        for plan in plans:
-            if plan.single is not None:  # decoding: one query per chunk, gathered at once
-                qs = q.new_zeros((len(plan.spans), plan.rows, *q.shape[1:]))
-                qs[:, 0] = q[plan.single]
-            else:
-                qs = torch.stack([_rows(q[a:b], plan.rows) for a, b in plan.spans])
-            batch = qs.shape[0]  # qs: (B, rows, nh, hd)
+    def _attend(self, q: torch.Tensor, layer: int, plan: _Plan, pool: KVPool) -> torch.Tensor:
+        """The attention outputs (rows, nh * hd) of the step's queries q (rows, nh, hd)."""
+        group, hd = self.heads // self.kv_heads, self.head_dim
+        keys, values = pool.blocks(layer)
+        answers = []
+        for g in plan.groups:
             # (B, nkv, group * rows, hd): query head h = kv head h // group, row-stacked
-            qs = qs.view(batch, plan.rows, self.kv_heads, group, self.head_dim)
-            qs = qs.permute(0, 2, 3, 1, 4).reshape(batch, self.kv_heads, -1, self.head_dim)
-            k = pool.k[layer][plan.where].permute(0, 2, 3, 1)  # (B, nkv, hd, L)
-            v = pool.v[layer][plan.where].transpose(1, 2)  # (B, nkv, L, hd)
-            scores = (qs @ k) * self.head_dim**-0.5  # (B, nkv, group * rows, L)
-            scores = scores.masked_fill(plan.hidden, float("-inf")).float()
-            answer = _tiled_softmax_values(scores, v.float())  # (B, nkv, group * rows, hd)
-            answer = answer.view(batch, self.kv_heads, group, plan.rows, self.head_dim)
-            answer = answer.permute(0, 3, 1, 2, 4).reshape(batch, plan.rows, -1, self.head_dim)
-            if plan.single is not None:
-                out[plan.single] = answer[:, 0].float()
-                continue
-            for b, (start, end) in enumerate(plan.spans):
-                out[start:end] = answer[b, : end - start]
-        return out.flatten(1).to(q.dtype)  # (T, nh * hd)
+            qs = q[g.queries].view(g.batch, g.rows, self.kv_heads, group, hd)
+            qs = qs.permute(0, 2, 3, 1, 4).reshape(g.batch, self.kv_heads, -1, hd)
+            k = keys.index_select(0, g.blocks).view(g.batch, -1, self.kv_heads, hd)
+            v = values.index_select(0, g.blocks).view(g.batch, -1, self.kv_heads, hd)
+            scores = (qs @ k.permute(0, 2, 3, 1)) * hd**-0.5  # (B, nkv, group * rows, L)
+            scores = scores.masked_fill(g.hidden, float("-inf")).float()
+            answer = _tiled_softmax_values(scores, v.transpose(1, 2).float())
+            answer = answer.view(g.batch, self.kv_heads, group, g.rows, hd).permute(0, 3, 1, 2, 4)
+            answers.append(answer.reshape(g.batch * g.rows, -1))  # (B * rows, nh * hd)
+        answers = answers[0] if len(answers) == 1 else torch.cat(answers)
+        return answers[plan.order].to(q.dtype)
 
     # --- the two families ------------------------------------------------------------------------
 
-    def _llama(self, ids, positions, slots, plans, pool) -> torch.Tensor:
-        from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+    def _llama(self, ids, positions, plan, pool) -> torch.Tensor:
+        from transformers.models.llama.modeling_llama import rotate_half
 
         body = self.hf.model
-        x = body.embed_tokens(ids)  # (T, H)
-        cos, sin = body.rotary_emb(x, positions[None, :])  # (1, T, hd) each
-        cos, sin = cos[0], sin[0]
+        x = body.embed_tokens(ids)  # (rows, H)
+        cos, sin = self.rope[0][positions], self.rope[1][positions]  # (rows, 1, hd) each
         for i, block in enumerate(body.layers):
             attn = block.self_attn
             h = block.input_layernorm(x)
-            q = _padded(attn.q_proj, h).view(-1, self.heads, self.head_dim)
-            k = _padded(attn.k_proj, h).view(-1, self.kv_heads, self.head_dim)
-            v = _padded(attn.v_proj, h).view(-1, self.kv_heads, self.head_dim)
-            q, k = apply_rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=1)
-            pool.k[i, slots], pool.v[i, slots] = k, v
-            x = x + _padded(attn.o_proj, self._attend(q, i, plans, pool))
-            x = x + _padded(block.mlp, block.post_attention_layernorm(x))
-        return body.norm(x)
+            q = attn.q_proj(h).view(-1, self.heads, self.head_dim)
+            k = attn.k_proj(h).view(-1, self.kv_heads, self.head_dim)
+            v = attn.v_proj(h).view(-1, self.kv_heads, self.head_dim)
+            q, k = (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+            self._store(pool, i, plan, k, v)
+            x = x + attn.o_proj(self._attend(q, i, plan, pool))
+            x = x + block.mlp(block.post_attention_layernorm(x))
+        return x
 
-    def _gpt2(self, ids, positions, slots, plans, pool) -> torch.Tensor:
+    def _gpt2(self, ids, positions, plan, pool) -> torch.Tensor:
         body = self.hf.transformer
         x = body.wte(ids) + body.wpe(positions)
         width = self.heads * self.head_dim
         for i, block in enumerate(body.h):
             h = block.ln_1(x)
-            q, k, v = _padded(block.attn.c_attn, h).split(width, dim=-1)
+            q, k, v = block.attn.c_attn(h).split(width, dim=-1)
             q, k, v = (t.reshape(-1, self.heads, self.head_dim) for t in (q, k, v))
-            pool.k[i, slots], pool.v[i, slots] = k, v
-            x = x + _padded(block.attn.c_proj, self._attend(q, i, plans, pool))
-            x = x + _padded(block.mlp, block.ln_2(x))
-        return body.ln_f(x)
+            self._store(pool, i, plan, k, v)
+            x = x + block.attn.c_proj(self._attend(q, i, plan, pool))
+            x = x + block.mlp(block.ln_2(x))
+        return x
+
+    @staticmethod
+    def _store(pool: KVPool, layer: int, plan: _Plan, k: torch.Tensor, v: torch.Tensor) -> None:
+        # The new tokens' keys and values into their slots (the padding rows are not stored).
+        pool.k[layer].index_copy_(0, plan.slots, k[: plan.tokens])
+        pool.v[layer].index_copy_(0, plan.slots, v[: plan.tokens])
+
+
+def _span(start: int, count: int) -> range:
+    return range(start, start + count)
 
 
 def greedy_reference(hf_model: Any, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
