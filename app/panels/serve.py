@@ -1,19 +1,30 @@
 """The Serve page's parts: this session's server slot, the answer and raw-JSON panel, the
-per-kind request inputs, and the load test with its live dashboard."""
+per-kind request inputs, the load test with its live dashboard, and the load test of a served
+language model (streams: TTFT, TPOT, goodput)."""
 
+import threading
+
+import pandas as pd
 import streamlit as st
-from components import digits_test, session_slot
+from components import digits_test, session_slot, watch_task
 
 from maaslab import plots
 from maaslab.auto import LANGUAGE_MODELS
 from maaslab.data import DIGIT_PIXEL_MAX
+from maaslab.errors import MaaslabError
 from maaslab.jobs import Task
+from maaslab.llm.measure import Workload
+from maaslab.paths import MODELS_DIR
+from maaslab.registry import read_config
 from maaslab.serve import client
+from maaslab.serve.llm_load import MAX_USERS, LLMLoadResult, run_llm_load
 from maaslab.serve.loadtest import LoadGenerator, loadable, scrape_or_none
 from maaslab.serve.process import ServerProcess
 
 ss = st.session_state
 CALL, LIVE, FINAL, NOTE = "serve.call", "serve.live", "serve.final", "serve.note"
+LLM_FINAL, LLM_NOTE = "serve.llm_final", "serve.llm_note"  # a language model's load test
+RESULTS = (CALL, LIVE, FINAL, LLM_FINAL, LLM_NOTE)  # what a server's calls leave on the page
 EXAMPLES = {
     "sentiment": "I expected to hate it, but honestly it was not bad at all.",
     "generator": "The for statement ",
@@ -23,17 +34,21 @@ EXAMPLES = {
 
 
 class Slot:
-    """This browser session's server, the task starting it, and its load generator."""
+    """This browser session's server, the task starting it, and its load generators."""
 
     server: ServerProcess | None = None
     starting: Task | None = None
     load: LoadGenerator | None = None
+    llm_load: Task | None = None  # a language model's load test (run_llm_load)
 
     def stop(self) -> int | None:
         """Stop the load, then the server (SIGTERM: it drains); the server's exit code."""
         if self.load is not None:
             self.load.stop()
-        server, self.server, self.starting, self.load = self.server, None, None, None
+        if self.llm_load is not None:
+            self.llm_load.cancel()
+        server, self.server, self.starting = self.server, None, None
+        self.load = self.llm_load = None
         return server.stop() if server is not None else None
 
 
@@ -176,31 +191,203 @@ def watch_load() -> None:
     st.rerun()
 
 
+ARRIVALS = {
+    "burst": "All at once",
+    "poisson": "Poisson rate",
+    "closed": "Closed loop",
+}
+MAX_LLM_REQUESTS = 256  # requests one run sends at most (a row each in the streams figure)
+
+
+@st.cache_data(show_spinner=False)
+def llm_limits(model: str) -> tuple[int, int]:
+    """A shipped language model's vocabulary size and context, from its folder's config.json."""
+    config = read_config(MODELS_DIR / model)
+    return int(config["vocab_size"]), int(config["max_position_embeddings"])
+
+
+def llm_workload(
+    model: str, requests: int, prompt: tuple[int, int], output: tuple[int, int], rate
+) -> Workload:
+    """The workload the form asks for, or a MaaslabError that says what to change."""
+    vocab, context = llm_limits(model)
+    for name, (low, high) in (("Prompt tokens", prompt), ("Output tokens", output)):
+        if low > high:
+            raise MaaslabError(
+                f"{name}: min ({low}) is more than max ({high}). Set min to at most max."
+            )
+    if prompt[1] + output[1] > context:
+        raise MaaslabError(
+            f"A prompt of up to {prompt[1]} tokens with an answer of up to {output[1]} needs "
+            f"{prompt[1] + output[1]} positions, more than {model}'s context of {context} "
+            "tokens. Lower Prompt tokens (max) or Output tokens (max)."
+        )
+    # Token ids from 10 up: the first ids are the special tokens (padding, begin, end...).
+    return Workload(requests, prompt, output, rate=rate, vocab=(10, vocab), seed=0)
+
+
+def llm_load_form(slot: Slot, model: str) -> None:
+    """A workload, its arrivals and an SLO; Run streams it to the served language model in a
+    background Task (maaslab.serve.llm_load)."""
+    _, context = llm_limits(model)
+    c = st.columns(5)
+    requests = c[0].number_input("Requests", 1, MAX_LLM_REQUESTS, 16, key="serve.llm_requests")
+    p_low = c[1].number_input("Prompt tokens (min)", 1, context, 16, key="serve.llm_prompt_min")
+    p_high = c[2].number_input("Prompt tokens (max)", 1, context, 64, key="serve.llm_prompt_max")
+    o_low = c[3].number_input("Output tokens (min)", 1, context, 16, key="serve.llm_output_min")
+    o_high = c[4].number_input("Output tokens (max)", 1, context, 64, key="serve.llm_output_max")
+    c = st.columns([2, 1, 1, 1])
+    arrivals = c[0].radio(
+        "Arrivals",
+        list(ARRIVALS),
+        format_func=ARRIVALS.get,
+        horizontal=True,
+        key="serve.llm_arrivals",
+        help="All at once and Poisson are open loop: a request leaves at its time, answered or "
+        "not. Closed loop: N users, each sending its next request when its stream has ended.",
+    )
+    rate = users = None
+    if arrivals == "poisson":
+        rate = c[1].number_input("Rate (requests/s)", 0.1, 1000.0, 4.0, 0.5, key="serve.llm_rate")
+    elif arrivals == "closed":
+        users = c[1].number_input("Users", 1, MAX_USERS, 4, key="serve.llm_users")
+    ttft = c[2].number_input("SLO: TTFT (ms)", 1, 600_000, 1000, 100, key="serve.llm_ttft")
+    tpot = c[3].number_input("SLO: TPOT (ms)", 1, 60_000, 100, 10, key="serve.llm_tpot")
+    busy = slot.load is not None or slot.llm_load is not None
+    run = st.button(
+        "Run load test",
+        type="primary",
+        icon=":material/speed:",
+        disabled=busy,
+        key="serve.run_llm_load",
+    )
+    if not run:
+        return
+    try:
+        workload = llm_workload(model, int(requests), (p_low, p_high), (o_low, o_high), rate)
+    except MaaslabError as err:
+        st.error(str(err), icon=":material/error:")
+        return
+    for key in (LLM_FINAL, LLM_NOTE, LIVE, FINAL):  # the last load test's results go
+        ss.pop(key, None)
+    url, concurrency = slot.server.url, int(users) if users else None
+    slo = (ttft / 1e3, tpot / 1e3)
+
+    def run_it(progress, cancel: threading.Event) -> LLMLoadResult:
+        def step(stage: str, fraction: float) -> None:
+            # run_llm_load takes no stop event; raising here ends its streams (their
+            # connections close, and the server frees what they held).
+            if cancel.is_set():
+                raise MaaslabError("Load test cancelled; the requests in flight were dropped.")
+            progress(stage, fraction)
+
+        return run_llm_load(url, model, workload, concurrency=concurrency, slo=slo, progress=step)
+
+    slot.llm_load = Task(run_it).start()
+    st.rerun()
+
+
+def llm_running(task: Task) -> None:
+    """The requests done so far (answered, refused or failed)."""
+    done = "starting" if task.stage == "starting" else f"{task.stage} done"
+    text = "cancelling when the next request ends…" if task.cancelled else done
+    st.progress(task.fraction, text=f"Streaming the workload: {text}")
+
+
+def llm_ended(task: Task) -> None:
+    """Keep the run's result, or why it has none."""
+    my_slot().llm_load = None
+    if task.error:
+        ss[LLM_NOTE] = ("info" if task.cancelled else "error", task.error)
+    else:
+        ss[LLM_FINAL] = task.result
+
+
+def llm_results(result: LLMLoadResult) -> None:
+    """The run in one line, what failed, the latency table and every request's stream."""
+    st.caption(result.line())
+    failed = []
+    if result.refused:
+        failed.append(
+            f"{result.refused} of {result.sent} refused with HTTP 503: the model's queue was "
+            "full (Max queue, set when the server starts). Send fewer at once, or lower the "
+            "rate."
+        )
+    for message, count in result.errors.most_common():
+        failed.append(f"{count} of {result.sent} failed: {message}")
+    if failed:
+        st.warning("\n".join(f"- {line}" for line in failed), icon=":material/warning:")
+    r = result.report
+    if r is None:
+        st.error("No request streamed to its end: there is nothing to measure.")
+        return
+    slo = f"TTFT ≤ {r.slo[0] * 1e3:g} ms and TPOT ≤ {r.slo[1] * 1e3:g} ms"
+    tiles = [
+        ("Streams done", f"{r.requests}/{result.sent}", "requests that streamed to their end"),
+        ("Output tokens", f"{r.output_tokens:,}", "counted by the server's usage"),
+        ("Tokens/s", f"{r.tokens_per_s:,.1f}", f"output tokens over the run's {r.seconds:.2f} s"),
+        ("Goodput", f"{r.goodput:.2f} req/s", f"requests per second that met {slo}"),
+    ]
+    for col, (label, value, tip) in zip(st.columns(4), tiles, strict=True):
+        col.metric(label, value, help=tip)
+    names = {"TTFT": r.ttft, "ITL": r.itl, "TPOT": r.tpot, "e2e": r.e2e}
+    table = pd.DataFrame({k: {q: v * 1e3 for q, v in p.items()} for k, p in names.items()}).T
+    left, right = st.columns([1, 2])
+    left.markdown("**Latency (ms)**")
+    left.table(table.style.format("{:.1f}"))
+    right.caption(
+        "**TTFT**: sent to first token (queueing and prefill) · **ITL**: between two tokens · "
+        "**TPOT**: per token after the first, one value a request · **e2e**: sent to last token"
+    )
+    figure = plots.request_streams(result.timings, slo=r.slo)
+    st.plotly_chart(figure, key="serve.llm_streams")
+
+
+def llm_load_results() -> None:
+    """While a language model's load test runs: its progress; once done: what it measured."""
+    watch_task(
+        lambda: my_slot().llm_load,
+        llm_ended,
+        cancel_key="serve.cancel_llm_load",
+        status=llm_running,
+    )
+    if LLM_NOTE in ss:
+        level, text = ss[LLM_NOTE]
+        (st.info if level == "info" else st.error)(text)
+    if LLM_FINAL in ss:
+        llm_results(ss[LLM_FINAL])
+
+
 def load_test(slot: Slot) -> None:
     """Model, concurrency and duration; Start load runs closed-loop clients in this process;
-    the live dashboard while it runs, the whole run's once it is done."""
-    models = loadable(slot.server.models)
+    the live dashboard while it runs, the whole run's once it is done. A served language model
+    gets its own form: a workload of streams (llm_load_form)."""
+    tensors = loadable(slot.server.models)
+    models = [*tensors, *(m for m in slot.server.models if m in LANGUAGE_MODELS)]
     others = [m for m in slot.server.models if m not in models]
     if others:
         note = (
             "The load test drives the Open Inference Protocol tensor models (`digits-*`, "
-            f"`sentiment-*`), not {', '.join(others)}."
+            f"`sentiment-*`) and the served language models, not {', '.join(others)}."
         )
-        if any(m in LANGUAGE_MODELS for m in others):
-            note += (
-                " The Engine tab runs a language model's workloads through the engine and "
-                "measures their TTFT and tokens/s."
-            )
         if models:
             st.caption(note)
         else:
-            st.info(note + " Serve digits-cnn or sentiment-minilm to load-test one.")
+            st.info(note + " Serve digits-cnn, sentiment-minilm or mini-llama to load-test one.")
     if models:
         c1, c2, c3 = st.columns(3)
         model = c1.selectbox("Model under load", models, key="serve.load_model")
+    if models and model in LANGUAGE_MODELS:
+        c2.caption(
+            "A language model answers in streams: each request's prompt and output lengths are "
+            "drawn from the ranges below (token ids, `ignore_eos`, so each produces exactly its "
+            "max_tokens), sent to /v1/completions with `stream: true`."
+        )
+        llm_load_form(slot, model)
+    elif models:
         concurrency = c2.slider("Concurrency (clients)", 1, 64, 16, key="serve.concurrency")
         duration = c3.slider("Duration (s)", 2, 60, 10, key="serve.duration")
-        busy = slot.load is not None
+        busy = slot.load is not None or slot.llm_load is not None
         if st.button(
             "Start load",
             type="primary",
@@ -210,6 +397,8 @@ def load_test(slot: Slot) -> None:
         ):
             ss.pop(LIVE, None)
             ss.pop(FINAL, None)
+            ss.pop(LLM_FINAL, None)
+            ss.pop(LLM_NOTE, None)
             url = slot.server.url
             slot.load = LoadGenerator(url, model, int(concurrency), float(duration)).start()
             st.rerun()
@@ -218,3 +407,4 @@ def load_test(slot: Slot) -> None:
         model, metrics, result = ss[FINAL]
         st.caption(result.summary())
         dashboard(ss[LIVE], model, metrics, result)
+    llm_load_results()

@@ -3,7 +3,7 @@
 import streamlit as st
 from components import watch_task
 from panels.engine import engine_view
-from panels.serve import CALL, FINAL, LIVE, NOTE, Slot, load_test, my_slot, request_input, show_call
+from panels.serve import CALL, NOTE, RESULTS, Slot, load_test, my_slot, request_input, show_call
 
 from maaslab.auto import LANGUAGE_MODELS, LOADERS
 from maaslab.jobs import Task
@@ -49,7 +49,7 @@ def start_form(slot: Slot) -> None:
         if not models:
             st.error("Choose at least one model to serve.")
             return
-        for key in (NOTE, CALL, LIVE, FINAL):  # nothing of the last server carries over
+        for key in (NOTE, *RESULTS):  # nothing of the last server carries over
             ss.pop(key, None)
         config = ServeConfig(
             models=tuple(models),

@@ -29,6 +29,7 @@ from maaslab.plots.linreg import (
     schedule_plot,
 )
 from maaslab.plots.llm import engine_tiles, kv_block_map, scheduler_timeline, ttft_itl
+from maaslab.plots.llm_load import request_streams
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
 from maaslab.plots.serve import (
     batch_size_histogram,
@@ -99,6 +100,7 @@ __all__ = [
     "probability_bars",
     "race_contour",
     "race_loss",
+    "request_streams",
     "run_comparison",
     "sampling_bars",
     "scaling_bars",

@@ -13,6 +13,7 @@ from streamlit.testing.v1 import AppTest
 from maaslab.auto import LANGUAGE_MODELS, LOADERS, load
 from maaslab.data import load_dataset
 from maaslab.llm.engine import LLMEngine
+from maaslab.llm.measure import Workload
 from maaslab.llm.sequence import SamplingParams
 
 APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
@@ -47,13 +48,16 @@ def has_button(at, key: str) -> bool:
     return any(b.key == key for b in at.button)
 
 
-def start_from_page(request, models: list[str]) -> tuple[AppTest, int]:
-    """A fresh page that started a server for `models` with its Start button; (page, pid).
-    The server is killed at the end of the module if a test left it running."""
+def start_from_page(request, models: list[str], queue: int | None = None) -> tuple[AppTest, int]:
+    """A fresh page that started a server for `models` (and `queue`: its Max queue) with its
+    Start button; (page, pid). The server is killed at the end of the module if a test left it
+    running."""
     at = AppTest.from_file(APP, default_timeout=90)
     at.run()
     at.switch_page("views/serve.py").run()
     at.multiselect(key="serve.models").set_value(models).run()
+    if queue is not None:
+        at.number_input(key="serve.queue").set_value(queue).run()
     at.button(key="serve.start").click().run()
     until(at, lambda a: has_button(a, "serve.stop") or a.error, what="the server start")
     assert not at.error, at.error[0].value
@@ -193,8 +197,9 @@ def test_stop_ends_the_process(served, page_text):
 
 @pytest.fixture(scope="module")
 def llama(request):
-    """A page serving mini-llama alone; the engine's own greedy answer, for comparison."""
-    at, pid = start_from_page(request, ["mini-llama"])
+    """A page serving mini-llama alone, two requests at most waiting for their first token (a
+    crowd gets 503s); the engine's own greedy answer, for comparison."""
+    at, pid = start_from_page(request, ["mini-llama"], queue=2)
     wrapper = load("mini-llama")
     engine = LLMEngine.from_folder(wrapper.folder)
 
@@ -253,12 +258,104 @@ def test_a_completion_with_mini_llama_and_a_request_too_long(llama):
     assert "more than the model's context of 512 tokens" in errors[0]
 
 
-def test_the_load_test_says_it_leaves_mini_llama_out(llama, page_text):
+def llm_workload(at, requests: int, prompt: tuple[int, int], output: tuple[int, int]) -> None:
+    """Fill in the language-model load test's workload."""
+    at.number_input(key="serve.llm_requests").set_value(requests)
+    at.number_input(key="serve.llm_prompt_min").set_value(prompt[0])
+    at.number_input(key="serve.llm_prompt_max").set_value(prompt[1])
+    at.number_input(key="serve.llm_output_min").set_value(output[0])
+    at.number_input(key="serve.llm_output_max").set_value(output[1]).run()
+
+
+def run_llm_load_from_page(at) -> object:
+    """Press Run and wait for the LLMLoadResult the page keeps (or the reason it has none)."""
+    at.button(key="serve.run_llm_load").click().run()
+    keys = ("serve.llm_final", "serve.llm_note")
+    until(at, lambda a: any(k in a.session_state for k in keys), timeout=180, what="the load test")
+    assert "serve.llm_note" not in at.session_state, at.session_state["serve.llm_note"]
+    return at.session_state["serve.llm_final"]
+
+
+def test_a_load_test_of_mini_llama_shows_what_its_streams_measured(llama, page_text):
+    at, _, _, _ = llama
+    assert at.selectbox(key="serve.load_model").options == ["mini-llama"]
+    assert not has_button(at, "serve.start_load")  # the OIP form is for the tensor models
+    llm_workload(at, 4, (8, 16), (4, 8))
+    at.radio(key="serve.llm_arrivals").set_value("closed").run()
+    at.number_input(key="serve.llm_users").set_value(2)
+    at.number_input(key="serve.llm_ttft").set_value(60_000)
+    at.number_input(key="serve.llm_tpot").set_value(10_000).run()
+    result = run_llm_load_from_page(at)
+
+    vocab = 4096  # mini-llama's: every token id drawn is one it knows
+    asked = sum(n for _, _, n in Workload(4, (8, 16), (4, 8), vocab=(10, vocab)).draw())
+    r = result.report
+    assert result.model == "mini-llama" and result.mode == "closed loop, 2 users"
+    assert len(result.timings) == 4 and not result.refused and not result.errors
+    assert r.requests == 4 and r.output_tokens == asked  # ignore_eos: each its max_tokens
+    assert r.slo == (60.0, 10.0) and r.goodput == pytest.approx(4 / r.seconds)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Streams done"] == "4/4" and metrics["Output tokens"] == f"{asked:,}"
+    assert metrics["Tokens/s"] == f"{r.tokens_per_s:,.1f}"
+    assert metrics["Goodput"] == f"{r.goodput:.2f} req/s"
+    table = at.table[0].value
+    assert list(table.index) == ["TTFT", "ITL", "TPOT", "e2e"]
+    assert list(table.columns) == ["p50", "p90", "p99"]
+    for name, shown in table.iterrows():
+        measured = getattr(r, name.lower())
+        assert shown.to_dict() == pytest.approx({q: v * 1e3 for q, v in measured.items()})
+    assert result.line() in page_text(at) and not any("refused" in w.value for w in at.warning)
+    assert "serve.llm_streams" in [c.key for c in at.get("plotly_chart")]
+
+
+def test_bad_ranges_get_a_message_and_a_crowd_gets_503s_counted(llama, page_text):
+    at, _, _, _ = llama
+    llm_workload(at, 4, (8, 16), (8, 4))
+    at.button(key="serve.run_llm_load").click().run()
+    assert not at.exception  # the 400 of the request above is still shown, and then:
+    assert [e.value for e in at.error][-1] == (
+        "Output tokens: min (8) is more than max (4). Set min to at most max."
+    )
+    assert "serve.llm_final" in at.session_state  # the last run's result stays
+    llm_workload(at, 4, (8, 500), (4, 40))
+    at.button(key="serve.run_llm_load").click().run()
+    error = at.error[-1].value
+    assert "needs 540 positions, more than mini-llama's context of 512 tokens" in error
+
+    llm_workload(at, 12, (4, 8), (40, 40))  # all at once, to a queue of 2
+    at.radio(key="serve.llm_arrivals").set_value("burst").run()
+    result = run_llm_load_from_page(at)
+    assert result.mode == "open loop, all at once" and result.sent == 12
+    assert result.refused >= 1 and len(result.timings) + result.refused == 12
+    (warning,) = [w.value for w in at.warning if "refused" in w.value]
+    assert f"{result.refused} of 12 refused with HTTP 503" in warning
+    assert f"{result.refused} refused (503)" in page_text(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Streams done"] == f"{len(result.timings)}/12"
+    assert metrics["Output tokens"] == f"{40 * len(result.timings):,}"
+
+
+def test_cancel_drops_the_streams_in_flight(llama, page_text):
+    at, _, _, _ = llama
+    llm_workload(at, 8, (8, 16), (150, 150))  # one user: a dozen seconds in all
+    at.radio(key="serve.llm_arrivals").set_value("closed").run()
+    at.number_input(key="serve.llm_users").set_value(1).run()
+    at.button(key="serve.run_llm_load").click().run()
+    assert "serve.llm_final" not in at.session_state  # the last run's result went
+    until(at, lambda a: has_button(a, "serve.cancel_llm_load"), what="the run")
+    assert at.button(key="serve.run_llm_load").disabled  # one load test at a time
+    at.button(key="serve.cancel_llm_load").click().run()
+    until(at, lambda a: "serve.llm_note" in a.session_state, what="the cancel")
+    assert at.session_state["serve.llm_note"][0] == "info"
+    assert "Load test cancelled; the requests in flight were dropped." in page_text(at)
+    assert not at.button(key="serve.run_llm_load").disabled
+
+    llm_workload(at, 2, (8, 8), (4, 4))  # the server freed what the dropped streams held
+    result = run_llm_load_from_page(at)
+    assert result.report.output_tokens == 8 and "serve.llm_note" not in at.session_state
+
+
+def test_stop_ends_mini_llamas_server(llama, page_text):
     at, pid, _, _ = llama
-    assert not any(s.key == "serve.load_model" for s in at.selectbox)
-    assert not has_button(at, "serve.start_load")
-    text = page_text(at)
-    assert "tensor models (`digits-*`, `sentiment-*`), not mini-llama." in text
-    assert "Engine tab" in text
     at.button(key="serve.stop").click().run()
     assert not alive(pid) and "exited with code 0" in page_text(at)

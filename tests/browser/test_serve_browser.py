@@ -1,4 +1,5 @@
-"""Serve page in Chromium: start a server, send a review, watch a short load test, stop."""
+"""Serve page in Chromium: start a server, send a review, watch a short load test, stop; chat
+with mini-llama, and load-test it with a stream of requests."""
 
 import contextlib
 import os
@@ -81,7 +82,8 @@ def test_start_call_load_and_stop_a_server(page: Page, app_url, shot, request):
     expect(main.get_by_role("button", name="Start server")).to_be_visible()
 
 
-def test_serve_mini_llama_and_chat_with_it(page: Page, app_url, shot, request):
+def serve_mini_llama(page: Page, app_url: str, request) -> None:
+    """Open the Serve page and start a server for mini-llama alone from it."""
     page.goto(f"{app_url}/serve")
     main = page.get_by_test_id("stMain")
     expect(page.get_by_role("heading", name="Serve", exact=True)).to_be_visible(timeout=60_000)
@@ -103,6 +105,10 @@ def test_serve_mini_llama_and_chat_with_it(page: Page, app_url, shot, request):
 
     request.addfinalizer(kill)
 
+
+def test_serve_mini_llama_and_chat_with_it(page: Page, app_url, shot, request):
+    serve_mini_llama(page, app_url, request)
+    main = page.get_by_test_id("stMain")
     expect(main.get_by_text("Chat", exact=True)).to_be_visible()
     main.get_by_role("button", name="Send request").click()
     said = page.get_by_test_id("stChatMessage")
@@ -112,9 +118,40 @@ def test_serve_mini_llama_and_chat_with_it(page: Page, app_url, shot, request):
     expect(
         page.get_by_text(re.compile(r"\d+ prompt tokens · \d+ completion tokens"))
     ).to_be_visible()
-    expect(page.get_by_text(re.compile(r"tensor models .*not mini-llama"))).to_be_visible()
     page.wait_for_timeout(1000)
     shot("serve-llm-chat")
+
+    main.get_by_role("button", name="Stop server").click()
+    expect(page.get_by_text(re.compile(r"exited with code 0"))).to_be_visible(timeout=60_000)
+
+
+def test_a_load_test_streams_a_poisson_workload_to_mini_llama(page: Page, app_url, shot, request):
+    serve_mini_llama(page, app_url, request)
+    main = page.get_by_test_id("stMain")
+    for label, value in (("Requests", "8"), ("Output tokens (min)", "8")):
+        box = main.get_by_label(label, exact=True)
+        box.fill(value)
+        box.press("Enter")
+        page.wait_for_timeout(600)
+    main.get_by_text("Poisson rate", exact=True).click()
+    rate = main.get_by_label("Rate (requests/s)")
+    expect(rate).to_be_visible()
+    rate.fill("8")
+    rate.press("Enter")
+    page.wait_for_timeout(800)
+    main.get_by_role("button", name="Run load test").click()
+    line = re.compile(r"mini-llama, open loop, Poisson 8 req/s: 8/8 streams done")
+    expect(page.get_by_text(line)).to_be_visible(timeout=120_000)
+    expect(main.locator(".js-plotly-plot")).to_have_count(1, timeout=30_000)
+    done = page.get_by_test_id("stMetric").filter(has_text="Streams done")
+    assert done.get_by_test_id("stMetricValue").inner_text() == "8/8"
+    expect(main.get_by_test_id("stTable")).to_contain_text("TTFT")
+    page.wait_for_timeout(1500)  # let plotly finish drawing
+    heading = page.get_by_role("heading", name="Load test")
+    heading.evaluate("h => h.scrollIntoView({block: 'start'})")
+    page.mouse.move(5, 5)
+    page.wait_for_timeout(500)
+    shot("serve-llm-load")
 
     main.get_by_role("button", name="Stop server").click()
     expect(page.get_by_text(re.compile(r"exited with code 0"))).to_be_visible(timeout=60_000)
