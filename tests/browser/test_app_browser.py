@@ -55,6 +55,12 @@ def test_training_studio_loss_curve_and_boundary_move_then_stop(page: Page, app_
     page.goto(app_url)
     page.get_by_role("link", name="Training Studio").first.click()
     expect(page.get_by_role("heading", name="Training Studio")).to_be_visible(timeout=30_000)
+    # The slowest pace (0.5 s an epoch: 100 s for the 200 epochs) so that the run is still going
+    # when Stop is clicked, however slowly a loaded machine draws the charts before that.
+    page.get_by_role("slider", name="Pace").focus()
+    for _ in range(2):  # 0.05 -> 0.2 -> 0.5
+        page.keyboard.press("ArrowRight")
+    expect(page).to_have_url(re.compile(r"pace=0\.5"), timeout=20_000)
     page.get_by_role("button", name="Train").click()
     expect(page.get_by_text("Status: training")).to_be_visible(timeout=30_000)
     expect(page.get_by_text("Decision boundary").first).to_be_visible(timeout=30_000)
