@@ -12,12 +12,17 @@ Per layer: normalise, project the new tokens to q, k, v (RoPE for Llama, learned
 GPT-2), write k and v into their slots, then let each chunk's queries attend to its sequence's
 keys gathered through the block table (causal within the chunk), project back, add, MLP.
 
-Batch invariance: a CPU matrix product takes a different code path for fewer than 16 rows, and
-a sum over more keys can group its terms differently, either of which changes the last bits of
-a result. Every product here gets at least MIN_ROWS rows (padding with zeros), and attention
-sums its keys in fixed tiles of KEY_TILE, so a token's numbers depend neither on the other
-sequences in the step nor on how its own sequence was cut into chunks: a seeded request gives
-the same tokens alone or batched, and after a preemption (tests check both).
+Batch invariance: a CPU matrix product with a long inner dimension (the hidden width) takes a
+different code path for fewer than 16 rows, one with a short inner dimension (a head, a tile of
+keys) for a single query, and a sum over more keys can group its terms differently; each
+changes the last bits of a result. So a step's rows are padded once to at least MIN_ROWS (the
+padding rows are computed and never read), attention's products get at least MIN_QUERIES
+queries, and attention sums its keys in fixed tiles of KEY_TILE: a token's numbers depend
+neither on the other sequences in the step nor on how its own sequence was cut into chunks. A
+seeded request gives the same tokens alone or batched, and after a preemption (tests check
+both, and tests/unit/test_llm_engine.py checks the products' behaviour itself). These
+thresholds are those of x86 CPUs with AVX-512 and MKL, which the tests run on; another BLAS
+may need others.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from maaslab.errors import MaaslabError
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")  # the same module layout as LlamaForCausalLM
 GPT2_FAMILY = ("gpt2",)
 MIN_ROWS = 16  # CPU products with fewer rows take another path: pad to this (see above)
+MIN_QUERIES = 2  # attention's products with a lone query take another path (see above)
 KEY_TILE = 16  # keys per tile of the attention sum (see _tiled_softmax_values)
 
 
@@ -50,22 +56,23 @@ class Chunk:
 
 
 def _tiled_softmax_values(scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """softmax(scores) @ v, summed tile by tile in a fixed order.
+    """softmax(scores) @ v for every query, summed tile by tile in a fixed order.
 
-    scores (..., rows, L) with -inf where a key is hidden, v (..., L, hd), L a multiple of
-    KEY_TILE. A query's answer then depends only on the tiles up to its own position: each
-    tile's products have the same shape whatever L is, later tiles add exact zeros, and the
-    tiles are added one after the other (a sum over an outer dimension, which torch runs in
-    order). Whether the keys were gathered for a decode step or a long chunk, the query gets
-    the same bits.
+    scores (..., L, rows): a column per query, -inf where a key is hidden; v (..., L, hd); L a
+    multiple of KEY_TILE. A query's answer then depends only on the tiles up to its own
+    position: each tile's products have the same shape whatever L is, later tiles add exact
+    zeros, and the tiles are added one after the other (a sum over an outer dimension, which
+    torch runs in order). Whether the keys were gathered for a decode step or a long chunk, the
+    query gets the same bits. Keys along the rows let every tile be a plain view: no copies.
+    Returns (..., rows, hd).
     """
-    *lead, rows, length = scores.shape
+    *lead, length, rows = scores.shape
     tiles = length // KEY_TILE
-    weights = torch.exp(scores - scores.amax(-1, keepdim=True))  # the max is exact in any order
-    weights = weights.view(*lead, rows, tiles, KEY_TILE).transpose(-3, -2)  # (..., tiles, rows, T)
-    total = weights.sum(-1).sum(-2).unsqueeze(-1)  # (..., rows, 1)
+    weights = torch.exp(scores - scores.amax(-2, keepdim=True))  # the max is exact in any order
+    weights = weights.view(*lead, tiles, KEY_TILE, rows)
+    total = weights.sum(-2).sum(-2).unsqueeze(-1)  # (..., rows, 1)
     values = v.view(*lead, tiles, KEY_TILE, v.shape[-1])
-    parts = weights @ values  # (..., tiles, rows, hd): one product per tile
+    parts = weights.transpose(-1, -2) @ values  # (..., tiles, rows, hd): one product per tile
     return parts.sum(-3) / total  # (..., rows, hd)
 
 
@@ -77,7 +84,7 @@ class _Group:
     rows: int  # query rows per chunk, padded (a padding row repeats the chunk's last query)
     queries: torch.Tensor  # (B * rows,) the step row each query row reads
     blocks: torch.Tensor  # (B * L / block_size,) each chunk's cache blocks (0 past its end)
-    hidden: torch.Tensor  # (B, 1, group * rows, L) True where a query may not see a key
+    hidden: torch.Tensor  # (B, L, group * rows) True where a query may not see a key
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,9 @@ class KVPool:
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
     ) -> None:
-        shape = (layers, num_blocks * block_size, kv_heads, head_dim)  # (L, slots, nkv, hd)
+        # A layer's keys of one KV head lie together, so the keys a step gathers are laid out
+        # (nkv, B, L, hd) as they come, the shape the attention products read.
+        shape = (layers, kv_heads, num_blocks * block_size, head_dim)  # (layers, nkv, slots, hd)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self.block_size = block_size
@@ -120,8 +129,9 @@ class KVPool:
         return blocks[positions // self.block_size] * self.block_size + positions % self.block_size
 
     def blocks(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This layer's keys and values as (num_blocks, block_size * nkv * hd): a row a block."""
-        return self.k[layer].view(self.num_blocks, -1), self.v[layer].view(self.num_blocks, -1)
+        """This layer's keys and values as (nkv, num_blocks, block_size * hd): a row a block."""
+        shape = (self.k.shape[1], self.num_blocks, -1)
+        return self.k[layer].view(shape), self.v[layer].view(shape)
 
 
 class PagedModel:
@@ -226,9 +236,9 @@ class PagedModel:
             members.setdefault((n - 1).bit_length(), []).append(i)
         groups, order, stacked = [], [0] * max(starts[-1], MIN_ROWS), 0
         for idx in members.values():
-            # Query rows: the heads sharing a key head are stacked as rows, and the rows padded
-            # so every product has at least MIN_ROWS of them (see the module notes).
-            rows = max(-(-MIN_ROWS // group), *(lengths[i] for i in idx))
+            # Queries: the heads sharing a key head are put side by side, and the rows padded so
+            # every product has at least MIN_QUERIES of them (see the module notes).
+            rows = max(-(-MIN_QUERIES // group), *(lengths[i] for i in idx))
             width = max(chunks[i].start + lengths[i] for i in idx)  # keys 0..width-1 cached now
             width = -(-width // tile) * tile  # keys (L), padded to whole tiles and blocks
             queries, query_pos, blocks = [], [], []
@@ -243,8 +253,8 @@ class PagedModel:
                 stacked += rows
             keys = torch.arange(width, device=self.device)
             query_pos = torch.tensor(query_pos, device=self.device)
-            hidden = keys[None, None, :] > query_pos[:, :, None]  # (B, rows, L) causal
-            hidden = hidden[:, None, None].expand(-1, 1, group, -1, -1).flatten(2, 3)
+            hidden = keys[None, :, None] > query_pos[:, None, :]  # (B, L, rows) causal
+            hidden = hidden[:, :, None].expand(-1, -1, group, -1).flatten(2, 3)
             as_tensor = partial(torch.tensor, device=self.device)
             groups.append(_Group(len(idx), rows, as_tensor(queries), as_tensor(blocks), hidden))
         slots = [
@@ -257,19 +267,20 @@ class PagedModel:
 
     def _attend(self, q: torch.Tensor, layer: int, plan: _Plan, pool: KVPool) -> torch.Tensor:
         """The attention outputs (rows, nh * hd) of the step's queries q (rows, nh, hd)."""
-        group, hd = self.heads // self.kv_heads, self.head_dim
+        nkv, group, hd = self.kv_heads, self.heads // self.kv_heads, self.head_dim
         keys, values = pool.blocks(layer)
+        q = q * hd**-0.5  # the scores' scale, on the smaller factor
         answers = []
         for g in plan.groups:
-            # (B, nkv, group * rows, hd): query head h = kv head h // group, row-stacked
-            qs = q[g.queries].view(g.batch, g.rows, self.kv_heads, group, hd)
-            qs = qs.permute(0, 2, 3, 1, 4).reshape(g.batch, self.kv_heads, -1, hd)
-            k = keys.index_select(0, g.blocks).view(g.batch, -1, self.kv_heads, hd)
-            v = values.index_select(0, g.blocks).view(g.batch, -1, self.kv_heads, hd)
-            scores = (qs @ k.permute(0, 2, 3, 1)) * hd**-0.5  # (B, nkv, group * rows, L)
-            scores = scores.masked_fill(g.hidden, float("-inf")).float()
-            answer = _tiled_softmax_values(scores, v.transpose(1, 2).float())
-            answer = answer.view(g.batch, self.kv_heads, group, g.rows, hd).permute(0, 3, 1, 2, 4)
+            # (nkv, B, hd, group * rows): query head h = kv head h // group, its rows side by side
+            qs = q[g.queries].view(g.batch, g.rows, nkv, group, hd)
+            qs = qs.permute(2, 0, 4, 3, 1).reshape(nkv, g.batch, hd, -1)
+            k = keys.index_select(1, g.blocks).view(nkv, g.batch, -1, hd)  # (nkv, B, L, hd)
+            v = values.index_select(1, g.blocks).view(nkv, g.batch, -1, hd)
+            scores = (k @ qs).masked_fill_(g.hidden, float("-inf"))  # (nkv, B, L, group * rows)
+            scores = scores.float()
+            answer = _tiled_softmax_values(scores, v.float())  # (nkv, B, group * rows, hd)
+            answer = answer.view(nkv, g.batch, group, g.rows, hd).permute(1, 3, 0, 2, 4)
             answers.append(answer.reshape(g.batch * g.rows, -1))  # (B * rows, nh * hd)
         answers = answers[0] if len(answers) == 1 else torch.cat(answers)
         return answers[plan.order].to(q.dtype)
@@ -310,8 +321,8 @@ class PagedModel:
     @staticmethod
     def _store(pool: KVPool, layer: int, plan: _Plan, k: torch.Tensor, v: torch.Tensor) -> None:
         # The new tokens' keys and values into their slots (the padding rows are not stored).
-        pool.k[layer].index_copy_(0, plan.slots, k[: plan.tokens])
-        pool.v[layer].index_copy_(0, plan.slots, v[: plan.tokens])
+        pool.k[layer].index_copy_(1, plan.slots, k[: plan.tokens].transpose(0, 1))
+        pool.v[layer].index_copy_(1, plan.slots, v[: plan.tokens].transpose(0, 1))
 
 
 def _span(start: int, count: int) -> range:

@@ -10,7 +10,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 
 from maaslab.errors import MaaslabError
 from maaslab.llm.engine import EngineConfig, LLMEngine
-from maaslab.llm.model import Chunk, PagedModel, greedy_reference
+from maaslab.llm.model import KEY_TILE, MIN_QUERIES, MIN_ROWS, Chunk, PagedModel, greedy_reference
 from maaslab.llm.sequence import SamplingParams
 
 VOCAB = 300
@@ -91,6 +91,42 @@ def test_a_token_gets_the_same_bits_in_a_long_chunk_or_decoded_among_others(page
         other = Chunk(prompts(1, seed=i)[0][: i % 7 + 1], 0, [0, 1])
         rows.append(paged.forward([other, Chunk([seq[i]], i, table)], pool)[1:])
     assert torch.equal(whole, torch.cat(rows))
+
+
+def test_chunks_of_every_length_in_one_step_get_the_bits_they_get_alone(paged):
+    asks = [prompts(1, seed=20 + n)[0][:n] for n in (1, 2, 3, 5, 9, 17, 1)]
+    tables = [list(range(8 * i, 8 * i + 8)) for i in range(len(asks))]
+    together = paged.forward(
+        [Chunk(a, 0, t) for a, t in zip(asks, tables, strict=True)],
+        paged.new_pool(64, 8),
+        all_logits=True,
+    )
+    alone = [paged.forward([Chunk(a, 0, [0, 1, 2])], paged.new_pool(8, 8), True) for a in asks]
+    assert torch.equal(together, torch.cat(alone))
+
+
+def test_the_products_batch_invariance_rests_on_give_a_row_the_same_bits_at_any_count():
+    # model.py's premise on this CPU: a linear layer's row is the same with MIN_ROWS rows or
+    # more; attention's products (keys by queries, a tile's weights by values) give a query
+    # the same bits among MIN_QUERIES or more.
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(48, 256, generator=g), torch.randn(704, 256, generator=g)
+    full = torch.nn.functional.linear(x, w)
+    assert all(
+        torch.equal(torch.nn.functional.linear(x[:n], w), full[:n]) for n in range(MIN_ROWS, 48)
+    )
+    keys, queries = torch.randn(6, 160, 32, generator=g), torch.randn(6, 32, 48, generator=g)
+    full = keys @ queries
+    assert all(
+        torch.equal(keys @ queries[..., :n].contiguous(), full[..., :n])
+        for n in range(MIN_QUERIES, 48)
+    )
+    weights, values = torch.randn(60, KEY_TILE, 48, generator=g), torch.randn(60, KEY_TILE, 32)
+    full = weights.transpose(1, 2) @ values
+    assert all(
+        torch.equal(weights[..., :n].contiguous().transpose(1, 2) @ values, full[:, :n])
+        for n in range(MIN_QUERIES, 48)
+    )
 
 
 def test_greedy_decoding_equals_transformers_generate(hf, paged):
