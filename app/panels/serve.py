@@ -211,19 +211,10 @@ def llm_workload(
 ) -> Workload:
     """The workload the form asks for, or a MaaslabError that says what to change."""
     vocab, context = llm_limits(model)
-    for name, (low, high) in (("Prompt tokens", prompt), ("Output tokens", output)):
-        if low > high:
-            raise MaaslabError(
-                f"{name}: min ({low}) is more than max ({high}). Set min to at most max."
-            )
-    if prompt[1] + output[1] > context:
-        raise MaaslabError(
-            f"A prompt of up to {prompt[1]} tokens with an answer of up to {output[1]} needs "
-            f"{prompt[1] + output[1]} positions, more than {model}'s context of {context} "
-            "tokens. Lower Prompt tokens (max) or Output tokens (max)."
-        )
     # Token ids from 10 up: the first ids are the special tokens (padding, begin, end...).
-    return Workload(requests, prompt, output, rate=rate, vocab=(10, vocab), seed=0)
+    workload = Workload(requests, prompt, output, rate=rate, vocab=(10, vocab - 1), seed=0)
+    workload.check_fits(context, vocab)
+    return workload
 
 
 def llm_load_form(slot: Slot, model: str) -> None:
@@ -274,14 +265,15 @@ def llm_load_form(slot: Slot, model: str) -> None:
     slo = (ttft / 1e3, tpot / 1e3)
 
     def run_it(progress, cancel: threading.Event) -> LLMLoadResult:
-        def step(stage: str, fraction: float) -> None:
-            # run_llm_load takes no stop event; raising here ends its streams (their
-            # connections close, and the server frees what they held).
-            if cancel.is_set():
-                raise MaaslabError("Load test cancelled; the requests in flight were dropped.")
-            progress(stage, fraction)
-
-        return run_llm_load(url, model, workload, concurrency=concurrency, slo=slo, progress=step)
+        result = run_llm_load(
+            url, model, workload, concurrency=concurrency, slo=slo, progress=progress, cancel=cancel
+        )
+        if cancel.is_set():  # the streams in flight ended at once; the server aborted them
+            raise MaaslabError(
+                f"Load test cancelled after {len(result.timings)} whole streams; the requests "
+                "in flight were dropped."
+            )
+        return result
 
     slot.llm_load = Task(run_it).start()
     st.rerun()
@@ -309,9 +301,9 @@ def llm_results(result: LLMLoadResult) -> None:
     failed = []
     if result.refused:
         failed.append(
-            f"{result.refused} of {result.sent} refused with HTTP 503: the model's queue was "
-            "full (Max queue, set when the server starts). Send fewer at once, or lower the "
-            "rate."
+            f"{result.refused} of {result.sent} refused ({result.refusal}): the model's queue "
+            "was full (Max queue, set when the server starts). Send fewer at once, or lower "
+            "the rate."
         )
     for message, count in result.errors.most_common():
         failed.append(f"{count} of {result.sent} failed: {message}")

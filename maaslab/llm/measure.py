@@ -40,12 +40,36 @@ class Workload:
     def __post_init__(self) -> None:
         if self.requests < 1:
             raise MaaslabError("a workload needs at least one request")
-        for name in ("prompt_tokens", "output_tokens", "vocab"):
+        for name, words in (
+            ("prompt_tokens", "Prompt tokens"),
+            ("output_tokens", "Output tokens"),
+            ("vocab", "Token ids"),
+        ):
             low, high = getattr(self, name)
-            if not 0 < low <= high:
-                raise MaaslabError(f"{name} must be a range (low, high) with 0 < low <= high")
+            if low < 1:
+                raise MaaslabError(f"{words}: min is {low}; it must be at least 1")
+            if low > high:
+                raise MaaslabError(
+                    f"{words}: min ({low}) is more than max ({high}). Set min to at most max."
+                )
         if self.rate is not None and self.rate <= 0:
             raise MaaslabError(f"rate must be positive (requests per second), got {self.rate}")
+
+    def check_fits(self, context: int, vocab_size: int) -> None:
+        """MaaslabError, in words, unless every request fits a model with this context and
+        vocabulary (its longest prompt plus its longest answer, its largest token id)."""
+        longest = self.shared_prefix + self.prompt_tokens[1] + self.output_tokens[1]
+        if longest > context:
+            raise MaaslabError(
+                f"a prompt of up to {self.shared_prefix + self.prompt_tokens[1]} tokens with an "
+                f"answer of up to {self.output_tokens[1]} needs {longest} positions, more than "
+                f"the model's context of {context}: shorten the prompts or the answers"
+            )
+        if self.vocab[1] >= vocab_size:
+            raise MaaslabError(
+                f"token ids up to {self.vocab[1]} are past the model's vocabulary of "
+                f"{vocab_size}: draw them from a range below {vocab_size}"
+            )
 
     def draw(self) -> list[tuple[float, list[int], int]]:
         """(arrival offset in seconds, prompt token ids, max_tokens) per request."""

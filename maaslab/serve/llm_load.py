@@ -22,7 +22,8 @@ Prompts are the workload's token ids (OpenAI's API takes a prompt as a list of t
 `ignore_eos: true` (vLLM's extension), so every request produces exactly its `max_tokens` and
 two runs (or the server and `maaslab.llm.measure.drive` in this process) do the same work.
 Request i samples with seed i. A request the server refuses (503 when its queue is full, 4xx)
-or a stream that breaks is counted, with its message, and left out of the latencies.
+or a stream that breaks is counted, with its message, and left out of the latencies. A
+`cancel` event stops sending and ends the streams in flight at their next chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -56,21 +58,29 @@ class LLMLoadResult:
     timings: list[Timing]  # the requests that streamed to their end
     report: Report | None  # None when no request streamed to its end
     refused: int = 0  # 503: the server's queue was full
+    refusal: str | None = None  # the server's words with its first 503
     errors: Counter = field(default_factory=Counter)  # what went wrong otherwise, by message
+    cancelled: int = 0  # requests not sent, or streams ended early, because of `cancel`
 
     @property
     def sent(self) -> int:
-        """Requests sent."""
+        """Requests that were answered, refused or failed (cancelled ones aside)."""
         return len(self.timings) + self.refused + sum(self.errors.values())
 
     def line(self) -> str:
         """The run in one line."""
         head = f"{self.model}, {self.mode}: {len(self.timings)}/{self.sent} streams done"
+        if self.cancelled:
+            head += f", {self.cancelled} cancelled"
         if self.refused:
             head += f", {self.refused} refused (503)"
         if self.errors:
             head += f", {sum(self.errors.values())} failed"
         return head + (f" · {self.report.line()}" if self.report else "")
+
+
+class _Cancelled(Exception):
+    """The load test was cancelled while this stream ran."""
 
 
 class _Failed(Exception):
@@ -87,6 +97,7 @@ async def _stream(
     body: dict,
     headers: dict[str, str],
     timing: Timing,
+    cancel: threading.Event | None,
 ) -> None:
     # One streamed completion: the time of every chunk with text, the usage's token count.
     async with session.post(target, json=body, headers=headers) as response:
@@ -99,6 +110,8 @@ async def _stream(
             raise _Failed(f"HTTP {response.status}: {message}", refused=response.status == 503)
         done = False
         async for raw in response.content:
+            if cancel is not None and cancel.is_set():
+                raise _Cancelled
             line = raw.strip()
             if not line.startswith(b"data:"):
                 continue
@@ -125,20 +138,22 @@ async def _drive(
     temperature: float,
     api_key: str | None,
     progress: Progress | None,
-) -> tuple[list[Timing], int, Counter]:
+    cancel: threading.Event | None,
+) -> LLMLoadResult:
     headers = {"Content-Type": "application/json"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
     target = url.rstrip("/") + "/v1/completions"
-    timings: list[Timing] = []
-    refused, errors = 0, Counter()
+    out = LLMLoadResult(model, "", [], None)
     t0 = time.perf_counter()
 
     async def send(session: aiohttp.ClientSession, i: int) -> None:
-        nonlocal refused
         arrival, prompt, max_tokens = plan[i]
         if concurrency is None:  # open loop: leave at the arrival time, answered or not
             await asyncio.sleep(max(0.0, t0 + arrival - time.perf_counter()))
+        if cancel is not None and cancel.is_set():
+            out.cancelled += 1
+            return
         body = {
             "model": model,
             "prompt": prompt,
@@ -151,17 +166,20 @@ async def _drive(
         }
         timing = Timing(time.perf_counter(), len(prompt))
         try:
-            await _stream(session, target, body, headers, timing)
-            timings.append(timing)
+            await _stream(session, target, body, headers, timing, cancel)
+            out.timings.append(timing)
+        except _Cancelled:
+            out.cancelled += 1
         except _Failed as failed:
             if failed.refused:
-                refused += 1
+                out.refused += 1
+                out.refusal = out.refusal or str(failed)
             else:
-                errors[str(failed)] += 1
+                out.errors[str(failed)] += 1
         except (aiohttp.ClientError, TimeoutError, ValueError) as err:
-            errors[transport_error(err)] += 1
+            out.errors[transport_error(err)] += 1
         if progress is not None:
-            finished = len(timings) + refused + sum(errors.values())
+            finished = out.sent + out.cancelled
             progress(f"{finished}/{len(plan)} requests", finished / len(plan))
 
     async def user(session: aiohttp.ClientSession, queue: list[int]) -> None:
@@ -177,7 +195,7 @@ async def _drive(
         else:
             queue = list(range(len(plan)))
             await asyncio.gather(*(user(session, queue) for _ in range(concurrency)))
-    return timings, refused, errors
+    return out
 
 
 def run_llm_load(
@@ -190,6 +208,7 @@ def run_llm_load(
     slo: tuple[float, float] = (1.0, 0.1),
     api_key: str | None = None,
     progress: Progress | None = None,
+    cancel: threading.Event | None = None,
 ) -> LLMLoadResult:
     """Stream a workload's requests to a served language model; what the users felt.
 
@@ -205,6 +224,8 @@ def run_llm_load(
     slo : (TTFT limit, TPOT limit) in seconds, for goodput.
     api_key : Bearer key when the server requires one.
     progress : called with (stage, fraction) after every request.
+    cancel : a threading.Event that, once set, stops sending and ends the streams in flight
+        (the server then aborts their sequences); what finished before is reported.
     """
     if concurrency is not None and not 1 <= concurrency <= MAX_USERS:
         raise MaaslabError(f"concurrency must be 1..{MAX_USERS} users, got {concurrency}")
@@ -220,19 +241,14 @@ def run_llm_load(
     else:
         mode = f"open loop, Poisson {workload.rate:g} req/s"
     make: Callable = lambda: _drive(  # noqa: E731
-        url, model, plan, concurrency, temperature, api_key, progress
+        url, model, plan, concurrency, temperature, api_key, progress, cancel
     )
     gc.freeze()  # a collection pass over a loaded notebook would be measured as latency
     try:
-        timings, refused, errors = run_coroutine(make)  # type: ignore[misc]
+        result: LLMLoadResult = run_coroutine(make)  # type: ignore[assignment]
     finally:
         gc.unfreeze()
-    done = [t for t in timings if t.token_times]
-    return LLMLoadResult(
-        model=model,
-        mode=mode,
-        timings=timings,
-        report=report(done, slo) if done else None,
-        refused=refused,
-        errors=errors,
-    )
+    done = [t for t in result.timings if t.token_times]
+    result.mode = mode
+    result.report = report(done, slo) if done else None
+    return result

@@ -674,3 +674,34 @@ def test_the_load_generator_counts_refusals_and_says_what_failed(start_server, f
     assert message.startswith("HTTP 400") and "context of 256 tokens" in message
     nobody = run_llm_load("http://127.0.0.1:9", "tiny-llama", too_long)
     assert nobody.errors == {"ConnectError": 1} and "1 failed" in nobody.line()
+
+
+def test_cancelling_a_load_test_ends_its_streams_and_frees_the_engine(lm):
+    from maaslab.llm.measure import Workload
+    from maaslab.serve.llm_load import run_llm_load
+
+    def three(seed: int) -> Workload:
+        return Workload(3, (4, 8), (5, 200), vocab=(10, 300), seed=seed)
+
+    # a workload of one short answer and two long ones, sent at once
+    seed = next(
+        s
+        for s in range(500)
+        if sorted(n for _, _, n in three(s).draw())[:2]
+        in ([a, b] for a in range(5, 20) for b in range(150, 201))
+    )
+    cancel = threading.Event()
+    result = run_llm_load(
+        lm.url, "tiny-llama", three(seed), progress=lambda *_: cancel.set(), cancel=cancel
+    )
+    # the short one ended and set it: the two long ones in flight ended at their next chunk
+    assert len(result.timings) == 1 and result.cancelled == 2 and result.sent == 1
+    assert "2 cancelled" in result.line()
+    wait_for(lambda: not service(lm).engine.has_work)  # the server aborted the dropped streams
+
+    cancel.clear()  # closed loop: the requests not sent yet are cancelled too
+    work = Workload(requests=6, prompt_tokens=(4, 8), output_tokens=(8, 8), vocab=(10, 300))
+    result = run_llm_load(
+        lm.url, "tiny-llama", work, concurrency=1, progress=lambda *_: cancel.set(), cancel=cancel
+    )
+    assert len(result.timings) == 1 and result.cancelled == 5
