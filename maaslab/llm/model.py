@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from maaslab.errors import MaaslabError
 
@@ -68,7 +69,7 @@ def _tiled_softmax_values(scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     """
     *lead, length, rows = scores.shape
     tiles = length // KEY_TILE
-    weights = torch.exp(scores - scores.amax(-2, keepdim=True))  # the max is exact in any order
+    weights = (scores - scores.amax(-2, keepdim=True)).exp_()  # the max is exact in any order
     weights = weights.view(*lead, tiles, KEY_TILE, rows)
     total = weights.sum(-2).sum(-2).unsqueeze(-1)  # (..., rows, 1)
     values = v.view(*lead, tiles, KEY_TILE, v.shape[-1])
@@ -84,7 +85,7 @@ class _Group:
     rows: int  # query rows per chunk, padded (a padding row repeats the chunk's last query)
     queries: torch.Tensor  # (B * rows,) the step row each query row reads
     blocks: torch.Tensor  # (B * L / block_size,) each chunk's cache blocks (0 past its end)
-    hidden: torch.Tensor  # (B, L, group * rows) True where a query may not see a key
+    hidden: torch.Tensor  # (B, L, group * rows) -inf where a query may not see a key, else 0
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,34 @@ class _Plan:
     slots: torch.Tensor  # (T,) the cache slot of each new token's key and value
     groups: list[_Group]
     order: torch.Tensor  # (rows,) where each step row's answer lies in the groups' stacked rows
+
+
+@dataclass(frozen=True)
+class _Fused:
+    """A Llama block's projections of one input, as one matrix each (made once, at load).
+
+    One product instead of three (q, k, v) and two (gate, up) per layer; each output column
+    is the same dot product as before, so the results are the separate products' own bits
+    (tests check). These are copies: the transformers model keeps its weights as they were.
+    """
+
+    qkv: torch.Tensor  # (nh * hd + 2 * nkv * hd, H): q_proj, k_proj, v_proj stacked
+    qkv_bias: torch.Tensor | None  # their biases stacked (Qwen2 has them), else None
+    gate_up: torch.Tensor  # (2 * intermediate, H): gate_proj, up_proj stacked
+
+    @classmethod
+    def of(cls, block: Any) -> _Fused:
+        """The fused projections of one transformers decoder layer."""
+        attn, mlp = block.self_attn, block.mlp
+        projections = (attn.q_proj, attn.k_proj, attn.v_proj)
+        bias = None
+        if attn.q_proj.bias is not None:
+            bias = torch.cat([p.bias.detach() for p in projections])
+        return cls(
+            torch.cat([p.weight.detach() for p in projections]),
+            bias,
+            torch.cat([mlp.gate_proj.weight.detach(), mlp.up_proj.weight.detach()]),
+        )
 
 
 class KVPool:
@@ -160,6 +189,7 @@ class PagedModel:
                 at = torch.arange(self.context, device=self.device)[None, :]
                 cos, sin = hf_model.model.rotary_emb(param, at)  # (1, context, hd) each
             self.rope = cos[0, :, None], sin[0, :, None]  # (context, 1, hd): every head alike
+            self.fused = [_Fused.of(block) for block in hf_model.model.layers]
         else:
             self.heads = self.kv_heads = config.n_head
             self.head_dim = config.n_embd // config.n_head
@@ -253,8 +283,9 @@ class PagedModel:
                 stacked += rows
             keys = torch.arange(width, device=self.device)
             query_pos = torch.tensor(query_pos, device=self.device)
-            hidden = keys[None, :, None] > query_pos[:, None, :]  # (B, L, rows) causal
-            hidden = hidden[:, :, None].expand(-1, -1, group, -1).flatten(2, 3)
+            # Causal, added to the scores (much faster than masked_fill): (B, L, group * rows)
+            hidden = torch.where(keys[None, :, None] > query_pos[:, None, :], float("-inf"), 0.0)
+            hidden = hidden[:, :, None].expand(-1, -1, group, -1).flatten(2, 3).to(self.dtype)
             as_tensor = partial(torch.tensor, device=self.device)
             groups.append(_Group(len(idx), rows, as_tensor(queries), as_tensor(blocks), hidden))
         slots = [
@@ -277,7 +308,7 @@ class PagedModel:
             qs = qs.permute(2, 0, 4, 3, 1).reshape(nkv, g.batch, hd, -1)
             k = keys.index_select(1, g.blocks).view(nkv, g.batch, -1, hd)  # (nkv, B, L, hd)
             v = values.index_select(1, g.blocks).view(nkv, g.batch, -1, hd)
-            scores = (k @ qs).masked_fill_(g.hidden, float("-inf"))  # (nkv, B, L, group * rows)
+            scores = (k @ qs).add_(g.hidden)  # (nkv, B, L, group * rows)
             scores = scores.float()
             answer = _tiled_softmax_values(scores, v.float())  # (nkv, B, group * rows, hd)
             answer = answer.view(nkv, g.batch, group, g.rows, hd).permute(1, 3, 0, 2, 4)
@@ -293,16 +324,16 @@ class PagedModel:
         body = self.hf.model
         x = body.embed_tokens(ids)  # (rows, H)
         cos, sin = self.rope[0][positions], self.rope[1][positions]  # (rows, 1, hd) each
-        for i, block in enumerate(body.layers):
-            attn = block.self_attn
+        nh, nkv = self.heads, self.kv_heads
+        for i, (block, fused) in enumerate(zip(body.layers, self.fused, strict=True)):
             h = block.input_layernorm(x)
-            q = attn.q_proj(h).view(-1, self.heads, self.head_dim)
-            k = attn.k_proj(h).view(-1, self.kv_heads, self.head_dim)
-            v = attn.v_proj(h).view(-1, self.kv_heads, self.head_dim)
-            q, k = (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
-            self._store(pool, i, plan, k, v)
-            x = x + attn.o_proj(self._attend(q, i, plan, pool))
-            x = x + block.mlp(block.post_attention_layernorm(x))
+            qkv = F.linear(h, fused.qkv, fused.qkv_bias).view(-1, nh + 2 * nkv, self.head_dim)
+            qk, v = qkv[:, : nh + nkv], qkv[:, nh + nkv :]
+            qk = (qk * cos) + (rotate_half(qk) * sin)  # RoPE on the q and k heads at once
+            self._store(pool, i, plan, qk[:, nh:], v)
+            x = x + block.self_attn.o_proj(self._attend(qk[:, :nh], i, plan, pool))
+            gate, up = F.linear(block.post_attention_layernorm(x), fused.gate_up).chunk(2, -1)
+            x = x + block.mlp.down_proj(block.mlp.act_fn(gate).mul_(up))
         return x
 
     def _gpt2(self, ids, positions, plan, pool) -> torch.Tensor:

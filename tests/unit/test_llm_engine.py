@@ -105,6 +105,18 @@ def test_chunks_of_every_length_in_one_step_get_the_bits_they_get_alone(paged):
     assert torch.equal(together, torch.cat(alone))
 
 
+def test_the_fused_projections_give_the_separate_modules_bits():
+    model = PagedModel(tiny_llama())
+    h = torch.randn(20, 64, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for block, fused in zip(model.hf.model.layers, model.fused, strict=True):
+            a, m = block.self_attn, block.mlp
+            parts = [a.q_proj(h), a.k_proj(h), a.v_proj(h)]
+            assert torch.equal(torch.nn.functional.linear(h, fused.qkv), torch.cat(parts, 1))
+            parts = [m.gate_proj(h), m.up_proj(h)]
+            assert torch.equal(torch.nn.functional.linear(h, fused.gate_up), torch.cat(parts, 1))
+
+
 def test_the_products_batch_invariance_rests_on_give_a_row_the_same_bits_at_any_count():
     # model.py's premise on this CPU: a linear layer's row is the same with MIN_ROWS rows or
     # more; attention's products (keys by queries, a tile's weights by values) give a query
@@ -257,3 +269,18 @@ def test_requests_that_cannot_fit_are_refused_with_a_reason(paged, prompt, param
 def test_sampling_params_are_checked(bad):
     with pytest.raises(MaaslabError):
         SamplingParams(**bad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_a_gpu_the_engine_gives_the_cpus_greedy_tokens_and_samples_with_cpu_generators(hf):
+    asks = prompts(4, seed=3)
+    greedy = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
+    cpu = LLMEngine(PagedModel(hf), EngineConfig(num_blocks=64, block_size=8))
+    gpu = LLMEngine(
+        PagedModel(tiny("llama" if hf.config.model_type == "llama" else "gpt2").cuda()),
+        EngineConfig(num_blocks=64, block_size=8),
+    )
+    assert gpu.generate(asks, greedy) == cpu.generate(asks, greedy)
+    seeded = SamplingParams(max_tokens=12, temperature=0.9, seed=7, ignore_eos=True)
+    out = gpu.generate(asks, seeded)  # sampling on the GPU's logits, moved to the CPU first
+    assert [len(o) for o in out] == [12] * 4 and gpu.generate(asks, seeded) == out
