@@ -33,6 +33,13 @@ from maaslab.llm.speculative import verify_greedy, verify_sampled
 from maaslab.models.gpt import next_token_probs
 
 
+def on_cpu(logits: torch.Tensor) -> torch.Tensor:
+    """A step's logits as float32 on the CPU, where every sequence samples with its own CPU
+    random generator: one copy per step on a GPU, none on a CPU, and a seeded request draws
+    the same numbers on any device."""
+    return logits.float().cpu()
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """The engine's memory and batching; checked on creation."""
@@ -205,7 +212,7 @@ class LLMEngine:
             ahead = guesses.get(seq.id, ([], []))[0]
             new = seq.tokens[seq.computed : seq.computed + n] + ahead
             chunks.append(Chunk(new, seq.computed, table, logits=len(ahead) + 1))
-        logits = self.model.forward(chunks, self.pool)
+        logits = on_cpu(self.model.forward(chunks, self.pool))
         now = time.perf_counter()
         outputs, row = [], 0
         for seq, n in step.work:
@@ -266,7 +273,7 @@ class LLMEngine:
             if room.get(seq.id):
                 guessing.append(seq)
         out: dict[int, tuple[list[int], list[torch.Tensor]]] = {s.id: ([], []) for s in guessing}
-        logits = self.draft.forward(chunks, self.draft_pool)
+        logits = on_cpu(self.draft.forward(chunks, self.draft_pool))
         rows = {seq.id: i for i, (seq, _) in enumerate(step.work)}
         current = {seq.id: logits[rows[seq.id]] for seq in guessing}
         for j in range(max((room[s.id] for s in guessing), default=0)):
@@ -283,7 +290,9 @@ class LLMEngine:
             ]
             for s in more:
                 s.draft_computed += 1
-            for s, row in zip(more, self.draft.forward(chunks, self.draft_pool), strict=True):
+            for s, row in zip(
+                more, on_cpu(self.draft.forward(chunks, self.draft_pool)), strict=True
+            ):
                 current[s.id] = row
         return out
 

@@ -272,15 +272,16 @@ def test_sampling_params_are_checked(bad):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_on_a_gpu_the_engine_gives_the_cpus_greedy_tokens_and_samples_with_cpu_generators(hf):
+def test_on_a_gpu_the_engine_computes_the_cpus_logits_and_samples_with_cpu_generators(hf, paged):
+    family = "llama" if hf.config.model_type == "llama" else "gpt2"
+    gpu = PagedModel(tiny(family).cuda())
     asks = prompts(4, seed=3)
-    greedy = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-    cpu = LLMEngine(PagedModel(hf), EngineConfig(num_blocks=64, block_size=8))
-    gpu = LLMEngine(
-        PagedModel(tiny("llama" if hf.config.model_type == "llama" else "gpt2").cuda()),
-        EngineConfig(num_blocks=64, block_size=8),
-    )
-    assert gpu.generate(asks, greedy) == cpu.generate(asks, greedy)
+    tables = [list(range(8 * i, 8 * i + 8)) for i in range(4)]
+    chunks = [Chunk(p, 0, t) for p, t in zip(asks, tables, strict=True)]
+    want = paged.forward(chunks, paged.new_pool(num_blocks=32, block_size=8))
+    got = gpu.forward(chunks, gpu.new_pool(num_blocks=32, block_size=8))
+    assert got.device.type == "cuda" and torch.allclose(got.cpu(), want, atol=1e-4)
+    engine = LLMEngine(gpu, EngineConfig(num_blocks=64, block_size=8))
     seeded = SamplingParams(max_tokens=12, temperature=0.9, seed=7, ignore_eos=True)
-    out = gpu.generate(asks, seeded)  # sampling on the GPU's logits, moved to the CPU first
-    assert [len(o) for o in out] == [12] * 4 and gpu.generate(asks, seeded) == out
+    out = engine.generate(asks, seeded)  # sampled from the GPU's logits, moved to the CPU
+    assert [len(o) for o in out] == [12] * 4 and engine.generate(asks, seeded) == out
