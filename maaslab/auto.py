@@ -71,6 +71,19 @@ def shipped(name: object) -> bool:
     return isinstance(name, str) and (name in LOADERS or name in LANGUAGE_MODELS)
 
 
+def is_language_model(name: str | Path) -> bool:
+    """True for a model the engine serves: a shipped language model, or a folder holding a
+    causal LM of a family the engine runs (without loading it)."""
+    if isinstance(name, str) and name in LANGUAGE_MODELS:
+        return True
+    if (isinstance(name, str) and name in LOADERS) or not Path(name).is_dir():
+        return False
+    try:
+        return read_config(Path(name)).get("model_type") in CAUSAL_LM_TYPES
+    except (MaaslabError, OSError, ValueError):  # not a model folder: the loader will say why
+        return False
+
+
 def load(name: str | Path, *, device: str = "cpu"):
     """A shipped model by name (digits-mlp, digits-cnn, sentiment-minilm, mini-gpt,
     minilm-embed, mini-llama), or a model folder (a saved digits or sentiment model, a compressed

@@ -112,9 +112,11 @@ def serve(
     api_key = resolve_api_key(config.host, config.api_key_env)
     import torch
 
+    from maaslab.auto import is_language_model
     from maaslab.serve.app import create_app
 
-    threads = config.torch_threads(os.cpu_count(), os.environ)
+    engine = any(is_language_model(spec) for spec in config.models)
+    threads = config.torch_threads(os.cpu_count(), os.environ, engine=engine)
     if threads is not None:
         torch.set_num_threads(threads)
 

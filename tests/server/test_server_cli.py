@@ -96,6 +96,12 @@ def test_torch_threads_follow_flags_environment_and_instances():
     assert ServeConfig(instances=3).torch_threads(2, {}) == 1
     assert ServeConfig(instances=2).torch_threads(8, {"OMP_NUM_THREADS": "3"}) is None
     assert ServeConfig(instances=2, threads=5).torch_threads(8, {"OMP_NUM_THREADS": "3"}) == 5
+    # a language model's engine: one core is left to the event loop that streams its tokens
+    assert ServeConfig().torch_threads(2, {}, engine=True) == 1
+    assert ServeConfig().torch_threads(8, {}, engine=True) == 7
+    assert ServeConfig().torch_threads(1, {}, engine=True) is None  # nothing to spare
+    assert ServeConfig().torch_threads(8, {"OMP_NUM_THREADS": "3"}, engine=True) is None
+    assert ServeConfig(threads=2).torch_threads(2, {}, engine=True) == 2
     with pytest.raises(MaaslabError, match="--threads must be"):
         ServeConfig(threads=0)
 

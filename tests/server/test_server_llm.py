@@ -24,7 +24,7 @@ import pytest
 import torch
 from openai import AsyncOpenAI, OpenAI
 
-from maaslab.auto import load
+from maaslab.auto import is_language_model, load
 from maaslab.llm.engine import EngineConfig, LLMEngine
 from maaslab.llm.sequence import SamplingParams
 from maaslab.paths import MODELS_DIR
@@ -199,6 +199,11 @@ def test_language_models_load_by_folder_and_are_listed(client, folders, lm):
     assert (llama.context, gpt2.context) == (256, 128) and llama.eos_token_ids == (2, 3)
     assert llama.chat_template and not gpt2.chat_template
     assert lm.app.state.models["tiny-gpt2"].service is not None
+    # what the server checks, before loading anything, to leave a core to its event loop
+    assert is_language_model("mini-llama") and is_language_model(folders["tiny-gpt2"])
+    assert not is_language_model("mini-gpt") and not is_language_model("digits-cnn")
+    assert not is_language_model(folders["tiny-llama"] / "config.json")  # a file, not a folder
+    assert not is_language_model(MODELS_DIR / "digits-cnn")
 
 
 def test_completions_equal_the_engine_in_process(client, engines, tokenizer):
