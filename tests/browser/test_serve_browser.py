@@ -22,20 +22,26 @@ def pick(page: Page, label: str, option: str) -> None:
     page.wait_for_timeout(800)
 
 
-def test_start_call_load_and_stop_a_server(page: Page, app_url, shot, request):
-    page.goto(f"{app_url}/serve")
-    main = page.get_by_test_id("stMain")
-    expect(page.get_by_role("heading", name="Serve", exact=True)).to_be_visible(timeout=60_000)
-    main.get_by_role("button", name="Start server").click()
-    serving = page.get_by_text(re.compile(r"Serving digits-cnn, sentiment-minilm at"))
+def start_server(page: Page, models: str, request) -> None:
+    """Click Start server, wait for the line that names `models`; the server is stopped at the
+    test's end whatever happens (a failed step must not leave it running)."""
+    page.get_by_test_id("stMain").get_by_role("button", name="Start server").click()
+    serving = page.get_by_text(re.compile(rf"Serving {re.escape(models)} at"))
     expect(serving).to_be_visible(timeout=150_000)
     pid = int(re.search(r"pid (\d+)", serving.inner_text()).group(1))
 
-    def kill() -> None:  # a failed step must not leave the server running
+    def kill() -> None:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
 
     request.addfinalizer(kill)
+
+
+def test_start_call_load_and_stop_a_server(page: Page, app_url, shot, request):
+    page.goto(f"{app_url}/serve")
+    main = page.get_by_test_id("stMain")
+    expect(page.get_by_role("heading", name="Serve", exact=True)).to_be_visible(timeout=60_000)
+    start_server(page, "digits-cnn, sentiment-minilm", request)
 
     pick(page, "Model", "sentiment-minilm")
     box = page.get_by_label("A review")
@@ -85,7 +91,6 @@ def test_start_call_load_and_stop_a_server(page: Page, app_url, shot, request):
 def serve_mini_llama(page: Page, app_url: str, request) -> None:
     """Open the Serve page and start a server for mini-llama alone from it."""
     page.goto(f"{app_url}/serve")
-    main = page.get_by_test_id("stMain")
     expect(page.get_by_role("heading", name="Serve", exact=True)).to_be_visible(timeout=60_000)
     page.get_by_test_id("stMultiSelect").get_by_role("combobox").click()
     for _ in range(2):  # the two default models off, mini-llama on
@@ -94,16 +99,7 @@ def serve_mini_llama(page: Page, app_url: str, request) -> None:
     page.keyboard.press("Enter")
     page.keyboard.press("Escape")
     page.wait_for_timeout(800)
-    main.get_by_role("button", name="Start server").click()
-    serving = page.get_by_text(re.compile(r"Serving mini-llama at"))
-    expect(serving).to_be_visible(timeout=150_000)
-    pid = int(re.search(r"pid (\d+)", serving.inner_text()).group(1))
-
-    def kill() -> None:  # a failed step must not leave the server running
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-
-    request.addfinalizer(kill)
+    start_server(page, "mini-llama", request)
 
 
 def test_serve_mini_llama_and_chat_with_it(page: Page, app_url, shot, request):
