@@ -310,10 +310,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         import torch
 
         instances = f"{config.instances} instance{'s' if config.instances > 1 else ''}"
+        threads = torch.get_num_threads()
         print(
             f"maaslab serve: {', '.join(config.models)} on {url} "
             f"(batching {'on' if config.batching else 'off'}, {instances}, "
-            f"{torch.get_num_threads()} torch threads each)",
+            f"{threads} torch thread{'s' if threads > 1 else ''} each)",
             flush=True,
         )
 

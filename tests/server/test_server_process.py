@@ -113,7 +113,7 @@ def test_two_instances_split_the_cores():
     with ServerProcess(config("digits-cnn", instances=2)) as server:
         line = next(x for x in server.log_tail().splitlines() if " on http://" in x)
     threads = os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // 2)
-    assert f"2 instances, {threads} torch threads each" in line
+    assert f"2 instances, {threads} torch thread{'s' if int(threads) > 1 else ''} each" in line
 
 
 def test_a_server_that_cannot_start_raises_with_its_message():
