@@ -23,8 +23,9 @@ def start_form(slot: Slot) -> None:
         ["digits-cnn", "sentiment-minilm"],
         key="serve.models",
         help="A language model (mini-llama) answers on /v1/completions and "
-        "/v1/chat/completions through the engine of lesson 15 (the Engine tab); the batching "
-        "settings below are for the other models.",
+        "/v1/chat/completions through the engine of lesson 15 (the Engine tab): for it, Max "
+        "batch size caps the sequences running at once (1 with batching off) and Max queue "
+        "the ones waiting for their first token; Max delay is for the other models.",
     )
     d, bound = ServeConfig(), ServeConfig.bounds
     c1, c2, c3, c4 = st.columns(4)
@@ -96,7 +97,8 @@ def server_panel(slot: Slot) -> None:
     if engine:
         st.caption(
             f"{', '.join(engine)}: answered by the LLM engine (paged KV cache, continuous "
-            "batching, see the Engine tab); the batching settings are for the other models."
+            "batching, see the Engine tab); its batch size is the most sequences it runs at "
+            "once."
         )
     if st.button("Stop server", icon=":material/stop:", key="serve.stop"):
         ss[NOTE] = ("info", ServerProcess.stop_note(slot.stop()))
