@@ -305,14 +305,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
 
-    def ready(url: str) -> None:
-        # One line on stdout once it listens: scripts and tests wait for " on http://".
+    def ready(url: str, grpc: str | None) -> None:
+        # One line on stdout once it listens: scripts and tests wait for " on http://" (and
+        # read the gRPC address after " gRPC at ").
         import torch
 
         instances = f"{config.instances} instance{'s' if config.instances > 1 else ''}"
         threads = torch.get_num_threads()
+        where = f"{url} and gRPC at {grpc}" if grpc else url
         print(
-            f"maaslab serve: {', '.join(config.models)} on {url} "
+            f"maaslab serve: {', '.join(config.models)} on {where} "
             f"(batching {'on' if config.batching else 'off'}, {instances}, "
             f"{threads} torch thread{'s' if threads > 1 else ''} each)",
             flush=True,

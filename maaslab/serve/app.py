@@ -8,7 +8,8 @@ connections are open.
 
 Models are loaded before the app is built (a failure is a clear message at start, not a 500
 later); batch workers and language-model engine threads start with the event loop and stop
-when it shuts down.
+when it shuts down. With `config.grpc_port` the same models, batches, limits, metrics, key and
+drain also serve OIP v2 over gRPC (maaslab.serve.grpc_api), on the same event loop.
 """
 
 from __future__ import annotations
@@ -78,8 +79,15 @@ def create_app(
                 model.batcher.start()
             if model.service is not None:
                 model.service.start()
-        yield
-        # uvicorn has already stopped accepting and waited for open requests; finish the rest.
+        async with contextlib.AsyncExitStack() as grpc:
+            if config.grpc_port is not None:  # grpc is imported only by a server that uses it
+                from maaslab.serve.grpc_api import grpc_service
+
+                service = grpc_service(config, served, metrics, app.state.drain, api_key)
+                app.state.grpc_port = await grpc.enter_async_context(service)
+            yield
+        # uvicorn has already stopped accepting and waited for open requests, and leaving the
+        # stack waited for the gRPC calls still running; finish the rest.
         for model in served.values():
             if model.batcher is not None:
                 await model.batcher.close()
@@ -100,6 +108,7 @@ def create_app(
     app.state.models = served
     app.state.metrics = metrics
     app.state.drain = Drain(config.drain_deadline_s)
+    app.state.grpc_port = None  # the port gRPC listens on, once started (config.grpc_port)
     install_error_handlers(app)
 
     from maaslab.serve import explain_api, oip, openai_api

@@ -23,6 +23,9 @@ class ServeConfig:
     models: tuple[str, ...] = DEFAULT_MODELS
     host: str = "127.0.0.1"  # loopback only: another interface needs an API key
     port: int = 8000  # 0 lets the OS pick a free port (the tests do this)
+    # Also serve OIP v2 over gRPC on this port (maaslab.serve.grpc_api); None: no gRPC; 0: any
+    # free port, named in the ready line.
+    grpc_port: int | None = None
     device: str = "auto"  # auto picks cuda when present, else cpu
     max_batch_size: int = 32  # rows run together in one forward pass at most
     max_delay_ms: float = 5.0  # how long the first request of a batch waits for company
@@ -53,6 +56,7 @@ class ServeConfig:
     BOUNDS: ClassVar[Mapping[str, tuple[float, float]]] = MappingProxyType(
         {
             "port": (0, 65535),
+            "grpc_port": (0, 65535),
             "max_batch_size": (1, 4096),
             "max_delay_ms": (0, 10_000),
             "max_queue": (1, 1_000_000),
@@ -73,8 +77,12 @@ class ServeConfig:
             raise MaaslabError("no models to serve: name at least one with --models")
         if len(set(self.models)) != len(self.models):
             raise MaaslabError(f"a model is named twice in --models: {', '.join(self.models)}")
-        for name in ("port", "max_batch_size", "max_delay_ms", "instances", "threads"):
+        for name in ("port", "grpc_port", "max_batch_size", "max_delay_ms", "instances", "threads"):
             self._check(name)
+        if self.grpc_port and self.grpc_port == self.port:
+            raise MaaslabError(
+                f"--grpc-port {self.grpc_port} is the HTTP --port too: give gRPC a port of its own"
+            )
         self._check("max_queue", "1..1000000")
         low, high = self.bounds("request_timeout_s")
         if not low < self.request_timeout_s <= high:
@@ -181,6 +189,13 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help=f"interface to bind (default: {d.host}; any other needs --api-key-env)",
     )
     p.add_argument("--port", type=int, default=d.port, help=f"port (default: {d.port}; 0 = any)")
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=None,
+        help="also serve the Open Inference Protocol over gRPC on this port (0 = any; "
+        "default: no gRPC)",
+    )
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda (default: auto)")
     p.add_argument(
         "--max-batch-size",
@@ -266,6 +281,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         models=args.models,
         host=args.host,
         port=args.port,
+        grpc_port=args.grpc_port,
         device=args.device,
         max_batch_size=args.max_batch_size,
         max_delay_ms=args.max_delay_ms,

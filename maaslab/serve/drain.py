@@ -1,7 +1,8 @@
 """Drain: what the server owes the requests it accepted when it is told to stop.
 
 On SIGTERM (or Ctrl+C, or a test's `should_exit`) the server stops accepting at once: the
-listening socket closes, idle connections close, `/v2/health/ready` answers 503. Accepted work
+listening socket closes, idle connections close, `/v2/health/ready` answers 503, the gRPC
+server (maaslab.serve.grpc_api) takes no new calls. Accepted work
 then has until the **drain deadline** (`--drain-timeout-s`; by default the request timeout + 5 s)
 to finish:
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -37,6 +39,7 @@ class Drain:
         self.cancelled = 0  # requests the web server had to cancel (should stay 0)
         self.open = 0  # requests in flight now
         self._lock = threading.Lock()  # streams run on worker threads
+        self._on_begin: list[Callable[[], None]] = []  # e.g. the gRPC server's stop
 
     @property
     def draining(self) -> bool:
@@ -44,9 +47,23 @@ class Drain:
         return self.began is not None
 
     def begin(self) -> None:
-        """Start the clock (again: no effect)."""
+        """Start the clock and call the on_begin hooks (again: no effect)."""
         if self.began is None:
             self.began = time.monotonic()
+            for hook in self._on_begin:
+                hook()
+
+    def on_begin(self, hook: Callable[[], None]) -> None:
+        """Call `hook` when the shutdown begins (at once if it has)."""
+        self._on_begin.append(hook)
+        if self.began is not None:
+            hook()
+
+    def remaining(self) -> float:
+        """Seconds left until the deadline (all of it before the shutdown begins)."""
+        if self.began is None:
+            return self.deadline_s
+        return max(0.0, self.deadline_s - (time.monotonic() - self.began))
 
     def expired(self) -> bool:
         """True once the shutdown began more than the deadline ago."""

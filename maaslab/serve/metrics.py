@@ -98,7 +98,7 @@ class ServerMetrics:
         r = self.registry
         self.requests = Counter(
             "maaslab_requests_total",
-            "HTTP requests answered",
+            "Requests answered (gRPC calls under 'grpc <Method>', with HTTP's status for them)",
             ["model", "endpoint", "code"],
             registry=r,
         )

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -114,16 +114,66 @@ def signature(model: ServedModel) -> tuple[list[TensorMeta], list[TensorMeta]]:
     return [], []  # the generator speaks the OpenAI API (/v1/completions) instead
 
 
-def get_model(request: Request, name: str, version: str | None = None) -> ServedModel:
-    """The served model `name`, or 404 naming the models there are."""
-    models: dict[str, ServedModel] = request.app.state.models
+class UnknownModel(MaaslabError):
+    """A request names a model or version this server does not serve: answered with 404."""
+
+    status = 404
+
+
+def find_model(
+    models: dict[str, ServedModel], name: str, version: str | None = None
+) -> ServedModel:
+    """The served model `name`, or UnknownModel naming the models there are."""
     if name not in models:
-        raise HTTPException(
-            404, f"unknown model {name!r}: this server has {', '.join(models) or 'no models'}"
+        raise UnknownModel(
+            f"unknown model {name!r}: this server has {', '.join(models) or 'no models'}"
         )
     if version is not None and version != VERSION:
-        raise HTTPException(404, f"model {name!r} has only version {VERSION}, not {version!r}")
+        raise UnknownModel(f"model {name!r} has only version {VERSION}, not {version!r}")
     return models[name]
+
+
+def get_model(request: Request, name: str, version: str | None = None) -> ServedModel:
+    """The served model `name` of the request's app, or 404 naming the models there are."""
+    return find_model(request.app.state.models, name, version)
+
+
+def tensor_model(
+    models: dict[str, ServedModel], name: str, version: str | None = None
+) -> ServedModel:
+    """The tensor model `name`, able to take one more request: UnknownModel, a MaaslabError
+    for a language model, or Overloaded when its queue is full (checked before any tensor is
+    decoded: an overloaded server must say so fast)."""
+    model = find_model(models, name, version)
+    if model.kind == "generator":
+        raise MaaslabError(
+            f"model {name!r} generates text: use POST /v1/completions or "
+            "/v1/chat/completions (the OpenAI-compatible API)"
+        )
+    if model.batcher is not None and model.batcher.full:
+        raise Overloaded(name)
+    return model
+
+
+async def infer_tensors(
+    model: ServedModel, body: dict[str, Any], binary: bytes, timeout: float
+) -> tuple[list[tuple[str, str, Any]], dict[str, bool]]:
+    """Decode a request's inputs, check them, run the model: the outputs asked for as
+    (name, datatype, value), and output name -> sent as binary. The HTTP route and gRPC's
+    ModelInfer (maaslab.serve.grpc_api) both answer through this.
+
+    Parameters
+    ----------
+    model : a tensor model (from tensor_model).
+    body : the request in OIP JSON form: inputs (each with data or binary_data_size), outputs.
+    binary : the raw tensors of the inputs that give binary_data_size, in input order.
+    timeout : seconds the request may wait for the model (then RequestTimeout).
+    """
+    outputs = signature(model)[1]
+    wanted = requested_outputs(body, [o.name for o in outputs])
+    payload, rows = _payload(model, decode_inputs(body, binary))
+    result = await model.infer(payload, rows, timeout)
+    return [(o.name, o.datatype, result[o.name]) for o in outputs if o.name in wanted], wanted
 
 
 def _payload(model: ServedModel, inputs: dict[str, Tensor]) -> tuple[Any, int]:
@@ -253,29 +303,17 @@ async def model_version_metadata(request: Request, name: str, version: str) -> M
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    model = get_model(request, name, version)
-    if model.kind == "generator":
-        raise MaaslabError(
-            f"model {name!r} generates text: use POST /v1/completions or "
-            "/v1/chat/completions (the OpenAI-compatible API)"
-        )
-    if model.batcher is not None and model.batcher.full:
-        # Refuse before decoding tensors: an overloaded server must say so fast.
-        raise Overloaded(name)
-    body, head = await request_json(request)
+    model = tensor_model(request.app.state.models, name, version)
+    body, binary = await request_json(request)
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MaaslabError("'id' must be a string")
-    outputs = [(o.name, o.datatype) for o in signature(model)[1]]
-    binary = requested_outputs(body, [n for n, _ in outputs])
-    payload, rows = _payload(model, decode_inputs(body, head))
-    result = await model.infer(payload, rows, request.app.state.config.request_timeout_s)
+    timeout = request.app.state.config.request_timeout_s
+    outputs, as_binary = await infer_tensors(model, body, binary, timeout)
     answer: dict[str, Any] = {"model_name": name, "model_version": VERSION}
     if request_id is not None:
         answer["id"] = request_id
-    content, header_length = encode_response(
-        answer, [(n, dt, result[n]) for n, dt in outputs], binary
-    )
+    content, header_length = encode_response(answer, outputs, as_binary)
     if header_length is None:
         return Response(content, media_type="application/json")
     return Response(

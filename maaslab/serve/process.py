@@ -30,6 +30,7 @@ from maaslab.serve.drain import EXIT_CUT
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root: `python -m maaslab` works here
 READY_MARK = " on http://"  # the CLI prints "maaslab serve: <models> on http://HOST:PORT (...)"
+GRPC_MARK = " gRPC at "  # ... "on http://HOST:PORT and gRPC at HOST:PORT (...)" with --grpc-port
 LOG_LINES = 2000  # lines of server output kept for log_tail (older ones are dropped)
 
 _LIVE: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
@@ -49,10 +50,10 @@ class ServerProcess:
     ----------
     config : how the server runs, checked when the ServeConfig is made (a bad value fails
         here with ServeConfig's message, not later as a dead child). Use port=0 to let the OS
-        pick a free port (read it from `.port`). `threads` also sets OMP_NUM_THREADS and
-        MKL_NUM_THREADS for the child: one thread is best when several servers share the
-        cores, since two threads that each wait for a busy core at every operation are slower
-        than one that never waits.
+        pick a free port (read it from `.port`; and grpc_port=0 from `.grpc_port`). `threads`
+        also sets OMP_NUM_THREADS and MKL_NUM_THREADS for the child: one thread is best when
+        several servers share the cores, since two threads that each wait for a busy core at
+        every operation are slower than one that never waits.
     env : extra environment variables for the child.
     """
 
@@ -69,6 +70,7 @@ class ServerProcess:
             self.env.setdefault("MKL_NUM_THREADS", str(config.threads))
         self.url: str | None = None
         self.port: int | None = None
+        self.grpc_port: int | None = None  # the port gRPC listens on (config.grpc_port set)
         self.process: subprocess.Popen | None = None
         self.exit_code: int | None = None
         self._lines: collections.deque[str] = collections.deque(maxlen=LOG_LINES)
@@ -104,6 +106,8 @@ class ServerProcess:
             "--max-queue",
             str(c.max_queue),
         ]
+        if c.grpc_port is not None:
+            cmd += ["--grpc-port", str(c.grpc_port)]
         if c.instances != default.instances:
             cmd += ["--instances", str(c.instances)]
         if c.threads is not None:
@@ -162,6 +166,8 @@ class ServerProcess:
             self._lines.append(line)
             if not self._ready.is_set() and READY_MARK in line:
                 self.url = "http://" + line.split(READY_MARK, 1)[1].split()[0]
+                if GRPC_MARK in line:
+                    self.grpc_port = int(line.split(GRPC_MARK, 1)[1].split()[0].rsplit(":", 1)[1])
                 self._ready.set()
 
     def _fail(self, why: str) -> MaaslabError:
@@ -181,7 +187,7 @@ class ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self._lines.clear()
         self._ready.clear()
-        self.url = self.port = self.exit_code = None
+        self.url = self.port = self.grpc_port = self.exit_code = None
         self.process = subprocess.Popen(
             self.command(),
             cwd=ROOT,

@@ -96,7 +96,7 @@ def uvicorn_server(app, config: ServeConfig, log_level: str = "warning") -> Grac
 
 def serve(
     config: ServeConfig,
-    on_ready: Callable[[str], None] | None = None,
+    on_ready: Callable[[str, str | None], None] | None = None,
     on_stopped: Callable[[str], None] | None = None,
 ) -> int:
     """Check security, load the models, bind, serve until SIGTERM/SIGINT; the drain's exit
@@ -105,7 +105,8 @@ def serve(
     Parameters
     ----------
     config : what to serve and how.
-    on_ready : called with the server's URL once it is bound and the models are loaded.
+    on_ready : called with the server's URL and its gRPC address (host:port, or None without
+        --grpc-port) once it is bound and the models are loaded.
     on_stopped : called with the drain's summary in words once the server has stopped.
     """
     # Refuse an open bind before spending seconds on imports and loading models.
@@ -122,16 +123,24 @@ def serve(
 
     sock = bind_socket(config.host, config.port)
     try:
+        if config.grpc_port:  # a port in use fails here, before the models load
+            bind_socket(config.host, config.grpc_port).close()
         app = create_app(config, api_key=api_key)
         server = uvicorn_server(app, config)
         if on_ready is not None:
             host, port = sock.getsockname()[:2]
             shown = f"[{host}]" if ":" in host else host
 
-            server.on_started = lambda: on_ready(f"http://{shown}:{port}")
+            def ready() -> None:
+                grpc_port = app.state.grpc_port
+                on_ready(f"http://{shown}:{port}", grpc_port and f"{shown}:{grpc_port}")
+
+            server.on_started = ready
         server.run(sockets=[sock])
     finally:
         sock.close()
+    if not server.started:
+        raise MaaslabError("the server failed to start: see the error above")
     drain: Drain = app.state.drain
     if on_stopped is not None:
         on_stopped(drain.summary())

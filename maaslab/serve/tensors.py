@@ -177,6 +177,16 @@ def requested_outputs(request: dict[str, Any], available: list[str]) -> dict[str
     return out
 
 
+def raw_output(datatype: str, value: Any) -> tuple[list[int], bytes]:
+    """(shape, bytes) of an output in the binary layout: Triton's binary data over HTTP and
+    gRPC's raw_output_contents, so both protocols send the very same bytes."""
+    if datatype == "BYTES":
+        items = [v.encode() if isinstance(v, str) else bytes(v) for v in value]
+        return [len(items)], join_bytes(items)
+    arr = np.ascontiguousarray(value, dtype=NUMPY_DTYPES[datatype])
+    return list(arr.shape), arr.tobytes()
+
+
 def encode_response(
     head: dict[str, Any], outputs: list[tuple[str, str, Any]], binary: dict[str, bool]
 ) -> tuple[bytes, int | None]:
@@ -185,21 +195,17 @@ def encode_response(
     for name, dtype, value in outputs:
         if name not in binary:
             continue
-        if dtype == "BYTES":
-            items = [v.encode() if isinstance(v, str) else bytes(v) for v in value]
-            shape = [len(items)]
-        else:
-            arr = np.ascontiguousarray(value, dtype=NUMPY_DTYPES[dtype])
-            shape = list(arr.shape)
-        tensor: dict[str, Any] = {"name": name, "datatype": dtype, "shape": shape}
+        tensor: dict[str, Any] = {"name": name, "datatype": dtype}
         if binary[name]:
-            blob = join_bytes(items) if dtype == "BYTES" else arr.tobytes()
+            tensor["shape"], blob = raw_output(dtype, value)
             tensor["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+        elif dtype == "BYTES":
+            items = [v if isinstance(v, str) else bytes(v).decode() for v in value]
+            tensor["shape"], tensor["data"] = [len(items)], items
         else:
-            tensor["data"] = (
-                [b.decode() for b in items] if dtype == "BYTES" else arr.ravel().tolist()
-            )
+            arr = np.ascontiguousarray(value, dtype=NUMPY_DTYPES[dtype])
+            tensor["shape"], tensor["data"] = list(arr.shape), arr.ravel().tolist()
         tensors.append(tensor)
     header = json.dumps({**head, "outputs": tensors}).encode()
     if not blobs:

@@ -5,10 +5,11 @@ Fixtures
 server : session-wide server with every default model (digits-cnn, sentiment-minilm, mini-gpt,
     minilm-embed); attributes .url ("http://127.0.0.1:PORT"), .port, .app, .thread.
 start_server(**options) : another in-process server; options are ServeConfig fields (models,
-    max_batch_size, max_delay_ms, max_queue, batching, request_timeout_s, max_body_bytes, ...)
-    plus api_key=...; stopped at the end of the session. Models load once and are shared.
+    max_batch_size, max_delay_ms, max_queue, batching, request_timeout_s, max_body_bytes,
+    grpc_port=0 for gRPC too (.grpc_port), ...) plus api_key=...; stopped at the end of the
+    session. Models load once and are shared.
 spawn_server(*cli_args, env=None) : `python -m maaslab serve --port 0 ...` as a subprocess
-    (.url, .port, .process); for SIGTERM and CLI tests.
+    (.url, .port, .process, .grpc_port with --grpc-port 0); for SIGTERM and CLI tests.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class RunningServer:
     process: subprocess.Popen | None = None
     uvicorn: Any = None
     output: list[str] = field(default_factory=list)
+    grpc_port: int | None = None  # with grpc_port=0 (in-process) or --grpc-port 0 (spawned)
 
     def stop(self, timeout: float = 30.0) -> None:
         """Ask the server to drain and exit; wait for it."""
@@ -100,7 +102,9 @@ def _start_thread_server(
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError(f"test server on port {port} did not start")
         time.sleep(0.02)
-    return RunningServer(f"http://127.0.0.1:{port}", port, app, thread, uvicorn=server)
+    return RunningServer(
+        f"http://127.0.0.1:{port}", port, app, thread, uvicorn=server, grpc_port=app.state.grpc_port
+    )
 
 
 @pytest.fixture(scope="session")
@@ -153,7 +157,15 @@ def spawn(
         time.sleep(0.05)
     url = ready[0]
     httpx.get(url + "/v2/health/ready", timeout=10).raise_for_status()
-    return RunningServer(url, int(url.rsplit(":", 1)[1]), process=proc, output=lines)
+    line = next(x for x in lines if " on http://" in x)
+    grpc_port = (
+        int(line.split(" gRPC at ")[1].split()[0].rsplit(":", 1)[1])
+        if " gRPC at " in line
+        else None
+    )
+    return RunningServer(
+        url, int(url.rsplit(":", 1)[1]), process=proc, output=lines, grpc_port=grpc_port
+    )
 
 
 @pytest.fixture

@@ -95,6 +95,7 @@ def test_command_line_round_trips_through_the_cli_flags():
         read_timeout_s=3,
         max_connections=50,
         drain_timeout_s=12,
+        grpc_port=0,
     )
     # A field added to ServeConfig must be added here (and to the command line) too.
     same = [
