@@ -309,3 +309,21 @@ def test_grpc_port_is_checked():
         ServeConfig(grpc_port=70000)
     with pytest.raises(MaaslabError, match="port of its own"):
         ServeConfig(port=8000, grpc_port=8000)
+
+
+def test_request_timeout_and_message_size_limits(start_server, digits):
+    srv = start_server(
+        models=("digits-cnn",), grpc_port=0, request_timeout_s=0.2, max_body_bytes=2048
+    )
+    client = tgrpc.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+    with pytest.raises(InferenceServerException) as err:  # 8 rows: 2 KiB of floats and more
+        client.infer("digits-cnn", [_pixels(tgrpc, digits)])
+    assert _status(err) == "StatusCode.RESOURCE_EXHAUSTED"
+    release = _blocked(srv, "digits-cnn")
+    try:
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("digits-cnn", [_pixels(tgrpc, digits[:1])])
+    finally:
+        release.set()
+    assert _status(err) == "StatusCode.DEADLINE_EXCEEDED"
+    assert "did not answer within 0.2 s" in err.value.message()
