@@ -282,7 +282,7 @@ def llm_load_form(slot: Slot, model: str) -> None:
 def llm_running(task: Task) -> None:
     """The requests done so far (answered, refused or failed)."""
     done = "starting" if task.stage == "starting" else f"{task.stage} done"
-    text = "cancelling when the next request ends…" if task.cancelled else done
+    text = "cancelling: the streams in flight end at their next token…" if task.cancelled else done
     st.progress(task.fraction, text=f"Streaming the workload: {text}")
 
 
