@@ -39,7 +39,7 @@ import numpy as np
 from maaslab.data import Dataset
 from maaslab.errors import MaaslabError
 from maaslab.reviews import load_reviews
-from maaslab.textdata import load_corpus, split_windows
+from maaslab.textdata import language_model_dataset, load_corpus
 
 BOS, EOS, PAD = "<|begin|>", "<|end_of_text|>", "<|pad|>"
 ROLES = ("system", "user", "assistant")
@@ -265,21 +265,17 @@ def window_dataset(
             f"held-out ({len(heldout_ids)} tokens) stream; use fewer tokens per window"
         )
     train, heldout = np.asarray(train_ids, np.int64), np.asarray(heldout_ids, np.int64)
-    X_train, y_train, X_test, y_test = split_windows(
-        train, heldout, context, context, max_windows, seed
-    )
-    return Dataset(
-        name="python_docs_subwords",
-        task="language_model",
-        X_train=X_train,
-        y_train=y_train,
-        X_test=X_test,
-        y_test=y_test,
-        feature_names=tuple(f"t{i}" for i in range(context)),
-        input_shape=(context,),
-        description=(
+    return language_model_dataset(
+        "python_docs_subwords",
+        train,
+        heldout,
+        context,
+        context,
+        max_windows,
+        seed,
+        lambda train_windows, test_windows: (
             f"help topics, standard-library docstrings and reviews as BPE tokens: "
-            f"{len(X_train):,} training / {len(X_test):,} held-out windows of {context}"
+            f"{train_windows:,} training / {test_windows:,} held-out windows of {context}"
         ),
         meta={"context": context, "stride": context, "max_windows": max_windows, "seed": seed},
     )

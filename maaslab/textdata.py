@@ -21,6 +21,7 @@ corpus is the test part, so no test character was ever seen in a training window
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -131,6 +132,38 @@ def split_windows(
     return tuple(a if a.flags.writeable else a.copy() for a in arrays)  # type: ignore[return-value]
 
 
+def language_model_dataset(
+    name: str,
+    train_ids: np.ndarray,
+    test_ids: np.ndarray,
+    context: int,
+    stride: int,
+    max_windows: int | None,
+    seed: int,
+    describe: Callable[[int, int], str],
+    class_names: tuple[str, ...] = (),
+    meta: dict | None = None,
+) -> Dataset:
+    """A language-model Dataset of next-token windows of a training and a test stream
+    (split_windows); `describe(train windows, test windows)` words its description."""
+    X_train, y_train, X_test, y_test = split_windows(
+        train_ids, test_ids, context, stride, max_windows, seed
+    )
+    return Dataset(
+        name=name,
+        task="language_model",
+        X_train=X_train,
+        y_train=y_train,
+        X_test=X_test,
+        y_test=y_test,
+        feature_names=tuple(f"t{i}" for i in range(context)),
+        class_names=class_names,
+        input_shape=(context,),
+        description=describe(len(X_train), len(X_test)),
+        meta=meta or {},
+    )
+
+
 def load_text_dataset(
     context: int = 64,
     stride: int | None = None,
@@ -168,23 +201,19 @@ def load_text_dataset(
     cut = int(len(ids) * (1.0 - test_fraction))
     if min(cut, len(ids) - cut) <= context:
         raise MaaslabError(f"context {context} is longer than the train or test part of the text")
-    X_train, y_train, X_test, y_test = split_windows(
-        ids[:cut], ids[cut:], context, stride, max_windows, seed
-    )
-    return Dataset(
-        name="python_help",
-        task="language_model",
-        X_train=X_train,
-        y_train=y_train,
-        X_test=X_test,
-        y_test=y_test,
-        feature_names=tuple(f"t{i}" for i in range(context)),
-        class_names=tuple(tokenizer.chars),
-        input_shape=(context,),
-        description=(
+    return language_model_dataset(
+        "python_help",
+        ids[:cut],
+        ids[cut:],
+        context,
+        stride,
+        max_windows,
+        seed,
+        lambda train, test: (
             f"CPython help topics, {len(text):,} characters, {tokenizer.vocab_size - 1} distinct; "
-            f"{len(X_train):,} train / {len(X_test):,} test windows of {context}"
+            f"{train:,} train / {test:,} test windows of {context}"
         ),
+        class_names=tuple(tokenizer.chars),
         meta={
             "tokenizer": tokenizer.to_dict(),
             "context": context,
