@@ -191,6 +191,20 @@ def _blocked(srv, model: str) -> threading.Event:
     return release
 
 
+def _held(srv):
+    """digits-cnn's batcher on `srv` with its batches held (_blocked), a gRPC client, and the
+    list its async_infer callback `done` appends (result, error) to."""
+    batcher = srv.app.state.models["digits-cnn"].batcher
+    release = _blocked(srv, "digits-cnn")
+    client = tgrpc.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
+    answers: list = []
+
+    def done(result, error):
+        answers.append((result, error))
+
+    return batcher, release, client, answers, done
+
+
 def _wait(condition, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -200,14 +214,7 @@ def _wait(condition, timeout: float = 20.0) -> None:
 
 def test_a_full_queue_is_resource_exhausted(start_server, digits):
     srv = start_server(models=("digits-cnn",), grpc_port=0, batching=False, max_queue=1)
-    batcher = srv.app.state.models["digits-cnn"].batcher
-    release = _blocked(srv, "digits-cnn")
-    client = tgrpc.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
-    answers: list = []
-
-    def done(result, error):
-        answers.append((result, error))
-
+    batcher, release, client, answers, done = _held(srv)
     try:
         client.async_infer("digits-cnn", [_pixels(tgrpc, digits[:1])], done)  # runs (held)
         _wait(lambda: batcher.in_flight == 1)
@@ -274,14 +281,7 @@ def test_cli_grpc_port_zero_is_read_from_the_ready_line(spawn_server, digits):
 
 def test_sigterm_drain_answers_the_running_call_and_refuses_new_ones(start_server, digits):
     srv = start_server(models=("digits-cnn",), grpc_port=0, batching=False)
-    batcher = srv.app.state.models["digits-cnn"].batcher
-    release = _blocked(srv, "digits-cnn")
-    client = tgrpc.InferenceServerClient(f"127.0.0.1:{srv.grpc_port}")
-    answers: list = []
-
-    def done(result, error):
-        answers.append((result, error))
-
+    batcher, release, client, answers, done = _held(srv)
     try:
         client.async_infer("digits-cnn", [_pixels(tgrpc, digits[:1])], done)
         _wait(lambda: batcher.in_flight == 1)
