@@ -128,7 +128,63 @@ def build_parser() -> argparse.ArgumentParser:
             "OpenAI-compatible API under /v1, Prometheus metrics at /metrics.",
         )
     )
+    from maaslab.serve.tenants import STUDENT_LIMITS, Limits
+
+    keys = sub.add_parser(
+        "keys",
+        help="make API keys for the model server's tenants (a class, or one person)",
+        description="Write a keys file for `serve --keys`: it holds only SHA-256 hashes; the "
+        "plain keys go to a handout (classroom) or are printed once (add).",
+    )
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True, parser_class=_Parser)
+    room = keys_sub.add_parser(
+        "classroom", help="a teacher (admin) and N students (users with limits)"
+    )
+    room.add_argument("--students", type=int, required=True, help="how many students")
+    room.add_argument("--out", type=Path, required=True, help="keys file to write (hashes)")
+    room.add_argument(
+        "--handout", type=Path, required=True, help="CSV to write: name,role,key for each person"
+    )
+    room.add_argument("--force", action="store_true", help="replace existing files")
+    _add_limit_flags(room, STUDENT_LIMITS)
+    add = keys_sub.add_parser("add", help="add one tenant to a keys file and print its key once")
+    add.add_argument("file", type=Path, help="keys file (created if missing)")
+    add.add_argument("name", help="tenant name, e.g. alice or student-31")
+    add.add_argument("--role", choices=("user", "admin"), default="user", help="default: user")
+    _add_limit_flags(add, Limits())
     return parser
+
+
+def _limit(text: str) -> float | None:
+    # "none" lifts a limit, so a classroom's defaults can be switched off one by one; whole
+    # numbers stay ints (Limits refuses a fractional burst or daily quota with its own message).
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or none, got {text!r}") from None
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser, defaults: object) -> None:
+    for flag, metavar, what in (
+        ("requests_per_s", "R", "requests per second (token-bucket rate); none = no limit"),
+        ("burst", "B", "requests at once; none = the rate rounded up"),
+        ("tokens_per_min", "T", "model tokens per minute; none = no limit"),
+        ("daily_requests", "D", "requests per UTC day; none = no limit"),
+    ):
+        default = getattr(defaults, flag)
+        parser.add_argument(
+            "--" + flag.replace("_", "-"),
+            type=_limit,
+            default=default,
+            metavar=metavar,
+            help=f"{what} (default: {'none' if default is None else default})",
+        )
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -326,12 +382,43 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(config, on_ready=ready, on_stopped=stopped)
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    """Write a classroom's keys file and handout, or add one tenant and print its key once."""
+    from maaslab.serve.tenants import KeyTable, Limits, Tenant, hash_key, new_key, write_classroom
+
+    limits = Limits(args.requests_per_s, args.burst, args.tokens_per_min, args.daily_requests)
+    if args.keys_command == "classroom":
+        table = write_classroom(
+            args.out, args.handout, args.students, limits=limits, force=args.force
+        )
+        print(f"wrote {args.out}: {len(table.tenants)} tenants, key hashes only (for the server)")
+        print(
+            f"wrote {args.handout}: each person's name, role and key (mode 600): give each "
+            "person their own line, and keep the file private"
+        )
+        print(f"start the server: python -m maaslab serve --keys {args.out}")
+        return 0
+    table = KeyTable.load(args.file) if args.file.exists() else KeyTable()
+    if table.get(args.name) is not None:
+        raise MaaslabError(
+            f"{args.file} already has a tenant named {args.name!r}: pick another name"
+        )
+    key = new_key()
+    table = KeyTable([*table.tenants, Tenant(args.name, args.role, hash_key(key), limits)])
+    table.save(args.file)
+    print(f"added {args.role} {args.name!r} to {args.file} ({len(table.tenants)} tenants)")
+    print(f"key: {key}")
+    print("This key is shown once and is not stored anywhere (the file keeps only its SHA-256).")
+    return 0
+
+
 COMMANDS = {
     "doctor": cmd_doctor,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
     "assets": cmd_assets,
     "serve": cmd_serve,
+    "keys": cmd_keys,
 }
 
 
