@@ -39,8 +39,8 @@ from maaslab.errors import MaaslabError
 
 FORMAT = "maaslab-keys/1"
 ROLES = ("admin", "user")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # fullmatch: "$" allows a "\n"
+SHA256_RE = re.compile(r"[0-9a-f]{64}")
 PLAIN_KEY_FIELDS = ("key", "api_key", "token")  # what a hand-edited file calls a plain key
 ADD_HINT = "make a key with `python -m maaslab keys add FILE NAME`"
 DAY_S = 86_400
@@ -101,12 +101,12 @@ class Tenant:
     """One holder of a key: a name, a role and limits."""
 
     name: str  # shown in metrics and logs; ^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$
-    role: str  # "admin" (the teacher: no limits, may manage) or "user"
+    role: str  # "admin" (the teacher, who manages the server) or "user"
     key_sha256: str  # hash_key(key): 64 lowercase hex characters, never the key itself
     limits: Limits = field(default_factory=Limits)  # what this tenant may spend
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not NAME_RE.fullmatch(self.name):
             raise MaaslabError(
                 f"tenant name {self.name!r} is not allowed: use 1-64 letters, digits, '.', '_' "
                 "or '-', starting with a letter or digit"
@@ -115,7 +115,7 @@ class Tenant:
             raise MaaslabError(
                 f"tenant {self.name!r}: role must be 'admin' or 'user', got {self.role!r}"
             )
-        if not isinstance(self.key_sha256, str) or not SHA256_RE.match(self.key_sha256):
+        if not isinstance(self.key_sha256, str) or not SHA256_RE.fullmatch(self.key_sha256):
             raise MaaslabError(
                 f"tenant {self.name!r}: key_sha256 must be 64 lowercase hex characters (the "
                 f"SHA-256 of the key); plain-text keys are refused: {ADD_HINT}"
@@ -220,10 +220,14 @@ class KeyTable:
             raise MaaslabError(
                 f'{path}: expected only "format" and a "tenants" list (unknown: {unknown})'
             )
+        tenants = [_tenant_from(entry, str(path)) for entry in doc["tenants"]]
+        if not tenants:
+            # A server with no tenants would refuse everyone, the teacher included.
+            raise MaaslabError(f"{path} holds no tenants: {ADD_HINT}")
         try:
-            return cls(_tenant_from(entry, str(path)) for entry in doc["tenants"])
+            return cls(tenants)
         except MaaslabError as err:
-            raise MaaslabError(str(err) if str(path) in str(err) else f"{path}: {err}") from None
+            raise MaaslabError(f"{path}: {err}") from None
 
     def save(self, path: str | Path) -> None:
         """Write the keys file atomically, mode 0o600 (hashes only)."""

@@ -155,6 +155,8 @@ def test_load_refuses_a_key_sha256_that_is_not_a_hash(tmp_path, value):
         ([entry(daily_requests=True)], "tenant 'alice': daily_requests"),
         ([entry("bad name")], "tenant name 'bad name' is not allowed"),
         ([entry("x" * 65)], "is not allowed"),
+        ([entry("alice\n")], "is not allowed"),
+        ([entry(key_sha256=H1 + "\n")], "plain-text keys are refused"),
         ([{"name": "a"}], "needs a name and a key_sha256"),
         (["alice"], "must be a JSON object"),
     ],
@@ -176,6 +178,8 @@ def test_load_refuses_missing_non_json_and_wrong_format(tmp_path):
         KeyTable.load(tmp_path / "bad.json")
     with pytest.raises(MaaslabError, match=r"maaslab-keys/1.*'maaslab-keys/2'"):
         KeyTable.load(write_doc(tmp_path / "v2.json", [], fmt="maaslab-keys/2"))
+    with pytest.raises(MaaslabError, match="holds no tenants: make a key with"):
+        KeyTable.load(write_doc(tmp_path / "empty.json", []))
     with pytest.raises(MaaslabError, match="format"):
         (tmp_path / "list.json").write_text("[]")
         KeyTable.load(tmp_path / "list.json")
