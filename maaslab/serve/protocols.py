@@ -24,7 +24,6 @@ its time printing and parsing it, while binary REST and gRPC carry the raw 4 byt
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -48,7 +47,9 @@ class ProtocolConfig:
     model: str = "digits-cnn"  # a served digits-* model (pixels FP32 [N, 64] -> probabilities)
     rows: tuple[int, ...] = (1, 4, 32, 256, 1024)  # rows per request, each size measured apart
     repeats: int | None = None  # timed calls per protocol and size; None: 20 (5 with MAASLAB_FAST)
-    warmup: int = 2  # untimed calls first (connections, the model's first batch of a size)
+    # Untimed calls of each protocol per size first: connections, the model's first batches of
+    # a shape (a freshly started server answered its first tens of calls several times slower).
+    warmup: int = 5
     seed: int = 0  # which digits are drawn; the same seed sends the same arrays
     api_key: str | None = None  # sent as `Authorization: Bearer KEY` (gRPC: as metadata)
     timeout_s: float = 60.0  # per call; a 1,024-row JSON call on a busy 2-core machine takes ~1 s
@@ -162,8 +163,12 @@ def digit_rows(rows: int, seed: int = 0) -> np.ndarray:
     return pixels[pick].astype(np.float32)
 
 
-class _Clients:
-    """The three official clients against one server, and one call of each, timed in parts."""
+class ProtocolClients:
+    """The three official clients against one server, and one call of each, timed in parts.
+
+    Not thread-safe (tritonclient.http's client is not, and its gevent pool belongs to the
+    thread that made it): a load generator makes one ProtocolClients in each of its threads.
+    """
 
     def __init__(self, http_url: str, grpc_address: str, config: ProtocolConfig) -> None:
         import tritonclient.grpc as tgrpc
@@ -182,6 +187,7 @@ class _Clients:
         self.grpc_headers = {"authorization": f"Bearer {key}"} if key else None
 
     def close(self) -> None:
+        """Close both clients' connections."""
         self.http.close()
         self.grpc.close()
 
@@ -261,16 +267,6 @@ class _Clients:
         return len(body), len(response.content), encode, decode, out
 
 
-def _timed(fn: Callable[[], object], n: int) -> np.ndarray:
-    """Milliseconds of `n` calls of `fn`."""
-    times = np.empty(n)
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn()
-        times[i] = (time.perf_counter() - t0) * 1e3
-    return times
-
-
 def compare_protocols(
     http_url: str, grpc_address: str, config: ProtocolConfig | None = None
 ) -> ProtocolReport:
@@ -285,7 +281,7 @@ def compare_protocols(
     Raises MaaslabError when the three protocols' outputs for the same input differ by a bit.
     """
     config = config or ProtocolConfig()
-    clients = _Clients(http_url, grpc_address, config)
+    clients = ProtocolClients(http_url, grpc_address, config)
     records: list[ProtocolRecord] = []
     identical: dict[int, bool] = {}
     try:
@@ -303,23 +299,35 @@ def compare_protocols(
                     f"{_gap(outputs):.3g}): the server must return the same float32 bytes "
                     "whatever the encoding; check how it writes JSON floats and binary tensors"
                 )
-            for protocol in PROTOCOLS:
-                for _ in range(config.warmup):
+            for _ in range(config.warmup):
+                for protocol in PROTOCOLS:
                     clients.call(protocol, x)
-                wires = [clients.wire(protocol, x) for _ in range(min(config.repeats, 5))]
-                if not all(np.array_equal(w[4], first) for w in wires):
+            wires = {
+                p: [clients.wire(p, x) for _ in range(min(config.repeats, 5))] for p in PROTOCOLS
+            }
+            for protocol, calls in wires.items():
+                if not all(np.array_equal(w[4], first) for w in calls):
                     raise MaaslabError(f"{protocol} decoded {n} rows differently on a second call")
-                lat = _timed(lambda p=protocol, x=x: clients.call(p, x), config.repeats)
+            # Interleaved (JSON, binary, gRPC, JSON, ...): a burst of other work on the machine
+            # slows each protocol alike instead of whichever ran at the time.
+            lat = {p: np.empty(config.repeats) for p in PROTOCOLS}
+            for i in range(config.repeats):
+                for protocol in PROTOCOLS:
+                    t0 = time.perf_counter()
+                    clients.call(protocol, x)
+                    lat[protocol][i] = (time.perf_counter() - t0) * 1e3
+            for protocol in PROTOCOLS:
+                calls = wires[protocol]
                 records.append(
                     ProtocolRecord(
                         protocol=protocol,
                         rows=n,
-                        request_bytes=wires[0][0],
-                        response_bytes=wires[0][1],
-                        encode_ms=float(np.median([w[2] for w in wires])) * 1e3,
-                        decode_ms=float(np.median([w[3] for w in wires])) * 1e3,
-                        p50_ms=float(np.percentile(lat, 50)),
-                        p90_ms=float(np.percentile(lat, 90)),
+                        request_bytes=calls[0][0],
+                        response_bytes=calls[0][1],
+                        encode_ms=float(np.median([w[2] for w in calls])) * 1e3,
+                        decode_ms=float(np.median([w[3] for w in calls])) * 1e3,
+                        p50_ms=float(np.percentile(lat[protocol], 50)),
+                        p90_ms=float(np.percentile(lat[protocol], 90)),
                     )
                 )
     finally:

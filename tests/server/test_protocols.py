@@ -61,7 +61,7 @@ def test_times_are_positive_and_percentiles_ordered(report):
 
 
 def test_a_protocol_that_answers_differently_is_refused(both, monkeypatch):
-    real = protocols._Clients.call
+    real = protocols.ProtocolClients.call
 
     def nudged(self, protocol, x):
         out = real(self, protocol, x)
@@ -70,7 +70,7 @@ def test_a_protocol_that_answers_differently_is_refused(both, monkeypatch):
             out.view(np.uint32)[0, 0] ^= 1
         return out
 
-    monkeypatch.setattr(protocols._Clients, "call", nudged)
+    monkeypatch.setattr(protocols.ProtocolClients, "call", nudged)
     with pytest.raises(MaaslabError, match="answered 1 rows differently"):
         compare_protocols(*both, ProtocolConfig(rows=(1,), repeats=1, warmup=0))
 
