@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from tritonclient.utils import InferenceServerException
 
 from maaslab.errors import MaaslabError
 from maaslab.serve import protocols
@@ -79,10 +78,17 @@ def test_the_api_key_goes_to_both_http_and_grpc(start_server):
     srv = start_server(models=("digits-cnn",), grpc_port=0, api_key=KEY)
     address = f"127.0.0.1:{srv.grpc_port}"
     config = ProtocolConfig(rows=(2,), repeats=1, warmup=0)
-    with pytest.raises(InferenceServerException):
+    with pytest.raises(MaaslabError, match=r"REST-JSON call to digits-cnn failed.*api_key"):
         compare_protocols(srv.url, address, config)
     keyed = compare_protocols(srv.url, address, replace(config, api_key=KEY))
     assert keyed.identical == {2: True}
+
+
+def test_a_wrong_address_says_what_to_check(both):
+    http_url, _ = both
+    config = ProtocolConfig(rows=(1,), repeats=1, warmup=0)
+    with pytest.raises(MaaslabError, match=r"gRPC call .* failed.*--grpc-port"):
+        compare_protocols(http_url, "127.0.0.1:9", config)  # nobody listens on port 9
 
 
 def test_the_same_seed_draws_the_same_digits():
