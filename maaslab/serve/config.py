@@ -38,6 +38,12 @@ class ServeConfig:
     # cores / instances, and cores - 1 with a language model (unless OMP_NUM_THREADS is set).
     threads: int | None = None
     api_key_env: str | None = None  # name of the environment variable holding the Bearer key
+    # Tenants: a keys file (maaslab.serve.tenants: hashed keys, roles, limits); excludes
+    # api_key_env. Without either, a loopback server has no tenants and no admin routes.
+    keys_file: str | None = None
+    # A model repository <root>/<name>/<version>/ (maaslab.serve.repository): every name in it
+    # is served with its versions, next to the --models items; admins load and unload there.
+    repository: str | None = None
     request_timeout_s: float = 30.0  # a request still waiting after this gets 504
     max_body_bytes: int = 4 * 1024 * 1024  # larger request bodies get 413 before parsing
     # A request's headers and body must arrive within this many seconds of its first byte
@@ -73,12 +79,18 @@ class ServeConfig:
     def __post_init__(self) -> None:
         models = (self.models,) if isinstance(self.models, str) else tuple(self.models)
         object.__setattr__(self, "models", models)  # a list or one name is taken as a tuple
-        if not self.models:
-            raise MaaslabError("no models to serve: name at least one with --models")
+        if not self.models and not self.repository:
+            raise MaaslabError(
+                "no models to serve: name at least one with --models, or give --repository ROOT"
+            )
         if len(set(self.models)) != len(self.models):
             raise MaaslabError(f"a model is named twice in --models: {', '.join(self.models)}")
         for name in ("port", "grpc_port", "max_batch_size", "max_delay_ms", "instances", "threads"):
             self._check(name)
+        if self.keys_file and self.api_key_env:
+            raise MaaslabError(
+                "give either --keys FILE (tenants) or --api-key-env VAR (one key), not both"
+            )
         if self.grpc_port and self.grpc_port == self.port:
             raise MaaslabError(
                 f"--grpc-port {self.grpc_port} is the HTTP --port too: give gRPC a port of its own"
@@ -179,9 +191,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--models",
         type=_models,
-        default=DEFAULT_MODELS,
+        default=None,
         help="comma-separated shipped names or model folders "
-        f"(default: {','.join(DEFAULT_MODELS)})",
+        f"(default: {','.join(DEFAULT_MODELS)}; none with --repository)",
     )
     p.add_argument(
         "--host",
@@ -242,6 +254,20 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="environment variable holding the Bearer API key",
     )
     p.add_argument(
+        "--keys",
+        default=None,
+        metavar="FILE",
+        help="tenants' keys file (hashed keys, roles admin/user, limits); make one with "
+        "python -m maaslab keys classroom",
+    )
+    p.add_argument(
+        "--repository",
+        default=None,
+        metavar="ROOT",
+        help="model repository ROOT/NAME/VERSION/: serve every model in it with its versions "
+        "(admins can load and unload there)",
+    )
+    p.add_argument(
         "--request-timeout-s",
         type=float,
         default=d.request_timeout_s,
@@ -278,7 +304,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
     """The ServeConfig the flags describe (MaaslabError when a value is out of range)."""
     return ServeConfig(
-        models=args.models,
+        models=args.models
+        if args.models is not None
+        else ()
+        if args.repository
+        else DEFAULT_MODELS,
         host=args.host,
         port=args.port,
         grpc_port=args.grpc_port,
@@ -290,6 +320,8 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         instances=args.instances,
         threads=args.threads,
         api_key_env=args.api_key_env,
+        keys_file=args.keys,
+        repository=args.repository,
         request_timeout_s=args.request_timeout_s,
         max_body_bytes=args.max_body_bytes,
         read_timeout_s=args.read_timeout_s,

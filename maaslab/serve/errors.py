@@ -39,9 +39,11 @@ ERROR_RESPONSES: dict[int | str, dict] = {
     for code, text in [
         (400, "Malformed request"),
         (401, "Missing or wrong API key"),
+        (403, "An admin route called without an admin key"),
         (404, "Unknown model or route"),
         (413, "Request body too large"),
         (422, "Request does not match the schema"),
+        (429, "A limit of the key's tenant was reached (see Retry-After)"),
         (503, "Overloaded"),
         (504, "Timed out"),
     ]

@@ -14,12 +14,19 @@ grpc_service.proto), so the official client works unmodified:
 Tensors travel in raw_input_contents / raw_output_contents in the layout of Triton's binary
 extension over HTTP (little-endian numbers; BYTES as a 4-byte little-endian length and the
 bytes, per element); typed `contents` are accepted too. Served: ServerLive, ServerReady,
-ModelReady, ServerMetadata, ModelMetadata, ModelInfer; Triton's other methods answer
-UNIMPLEMENTED.
+ModelReady, ServerMetadata, ModelMetadata, ModelInfer, and the model repository's
+RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload (admin keys only, the same checks
+as HTTP: maaslab.serve.service_api); Triton's other methods answer UNIMPLEMENTED.
+
+Tenants (maaslab.serve.access) apply as over HTTP: the key in the metadata names the tenant,
+its limits answer RESOURCE_EXHAUSTED (HTTP's 429, with the wait in the message), its requests
+wait in its own queue, and its usage is metered. `model_version` may name a version or an alias
+(champion, challenger); left empty, the canary split decides.
 
 A refusal gets the gRPC status of what HTTP answers, with the same message: 400 bad input ->
 INVALID_ARGUMENT, 401 -> UNAUTHENTICATED (the key comes as metadata `authorization: Bearer
-KEY`; ServerLive and ServerReady are open, like the HTTP probes), 404 -> NOT_FOUND, 503 full
+KEY`; ServerLive and ServerReady are open, like the HTTP probes), 403 -> PERMISSION_DENIED,
+404 -> NOT_FOUND, 429 -> RESOURCE_EXHAUSTED, 503 full
 queue -> RESOURCE_EXHAUSTED, 503 shutting down -> UNAVAILABLE, 504 -> DEADLINE_EXCEEDED, a bug
 -> INTERNAL; a message over --max-body-bytes is refused by gRPC itself (RESOURCE_EXHAUSTED).
 Each call is counted in the HTTP metrics under the endpoint "grpc <Method>" with the HTTP status
@@ -44,21 +51,18 @@ from tritonclient.grpc import service_pb2_grpc
 
 from maaslab import __version__
 from maaslab.errors import MaaslabError
+from maaslab.serve.access import require_admin
 from maaslab.serve.batching import Overloaded, RequestTimeout, ShuttingDown
-from maaslab.serve.config import ServeConfig
-from maaslab.serve.drain import Drain
-from maaslab.serve.metrics import ServerMetrics
-from maaslab.serve.models import ServedModel
-from maaslab.serve.oip import (
-    PLATFORM,
-    VERSION,
-    find_model,
-    infer_tensors,
-    signature,
-    tensor_model,
+from maaslab.serve.oip import PLATFORM, find_model, infer_tensors, signature, tensor_model
+from maaslab.serve.service_api import (
+    check_load_parameters,
+    repository_index,
+    repository_of,
+    unload_version,
 )
-from maaslab.serve.security import key_matches
+from maaslab.serve.tenants import Refusal, Tenant
 from maaslab.serve.tensors import NUMPY_DTYPES, join_bytes, raw_output
+from maaslab.serve.versions import load_model, unload_model
 
 log = logging.getLogger("maaslab.serve")
 Code = grpc.StatusCode
@@ -91,7 +95,11 @@ def refusal(exc: Exception) -> tuple[int, grpc.StatusCode]:
         return 504, Code.DEADLINE_EXCEEDED
     if isinstance(exc, MaaslabError):
         status = getattr(exc, "status", 400)
-        codes = {404: Code.NOT_FOUND, 413: Code.RESOURCE_EXHAUSTED}
+        codes = {
+            403: Code.PERMISSION_DENIED,
+            404: Code.NOT_FOUND,
+            413: Code.RESOURCE_EXHAUSTED,
+        }
         return status, codes.get(status, Code.INVALID_ARGUMENT)
     return 500, Code.INTERNAL
 
@@ -148,38 +156,46 @@ def oip_request(request: Any) -> tuple[dict[str, Any], bytes]:
 
 
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
-    """The OIP v2 gRPC methods over a server's models, limits, metrics, drain and key."""
+    """The OIP v2 gRPC methods over the HTTP app's state: its models, config, metrics, drain,
+    tenants and compute threads (the same objects, so both protocols share everything)."""
 
-    def __init__(
-        self,
-        models: dict[str, ServedModel],
-        config: ServeConfig,
-        metrics: ServerMetrics,
-        drain: Drain,
-        api_key: str | None = None,
-    ) -> None:
-        self.models, self.config, self.metrics = models, config, metrics
-        self.drain, self.api_key = drain, api_key
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.models, self.config, self.metrics = state.models, state.config, state.metrics
+        self.drain, self.tenancy = state.drain, state.tenancy
+
+    async def _tenant(self, method: str, context: grpc.aio.ServicerContext) -> Tenant | None:
+        # What the HTTP tenant layer does: 401, then the tenant's limits (429 there).
+        if self.tenancy is None or method in OPEN_METHODS:
+            return None
+        metadata = dict(context.invocation_metadata() or ())
+        tenant = self.tenancy.authenticate(metadata.get("authorization"))
+        if tenant is None:
+            await context.abort(
+                Code.UNAUTHENTICATED,
+                "missing or unknown API key: send the metadata 'authorization: Bearer KEY'",
+            )
+        refusal: Refusal | None = self.tenancy.admit(tenant)
+        if refusal is not None:
+            await context.abort(
+                Code.RESOURCE_EXHAUSTED,
+                f"{refusal.message} (HTTP answers 429 with Retry-After: {refusal.retry_after_s})",
+            )
+        return tenant
 
     async def _answer(
         self,
         method: str,
         model: str,
         context: grpc.aio.ServicerContext,
-        answer: Callable[[], Message | Awaitable[Message]],
+        answer: Callable[[Tenant | None], Message | Awaitable[Message]],
     ) -> Message:
-        # What the HTTP middleware does around a route: key, drain count, metrics, refusals.
-        if self.api_key and method not in OPEN_METHODS:
-            metadata = dict(context.invocation_metadata() or ())
-            if not key_matches(metadata.get("authorization"), self.api_key):
-                await context.abort(
-                    Code.UNAUTHENTICATED,
-                    "missing or wrong API key: send the metadata 'authorization: Bearer KEY'",
-                )
+        # What the HTTP middleware does around a route: tenant, drain count, metrics, refusals.
+        tenant = await self._tenant(method, context)
         started, status = time.perf_counter(), 500
         self.drain.open += 1
         try:
-            reply = answer()
+            reply = answer(tenant)
             if not isinstance(reply, Message):
                 reply = await reply
             status = 200
@@ -198,6 +214,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 message = f"internal error ({type(exc).__name__}); this is a bug in the server"
         finally:
             self.drain.open -= 1
+            if tenant is not None:
+                self.tenancy.usage.record(tenant.name)
             self.metrics.observe(
                 model[:64], f"grpc {method}", status, time.perf_counter() - started
             )
@@ -207,7 +225,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(self, request: Any, context: Any) -> Any:
         """Live while the process answers."""
 
-        def reply() -> Message:
+        def reply(tenant: Tenant | None) -> Message:
             return pb.ServerLiveResponse(live=True)
 
         return await self._answer("ServerLive", "", context, reply)
@@ -215,7 +233,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerReady(self, request: Any, context: Any) -> Any:
         """Ready when every model is loaded and the server is not shutting down."""
 
-        def reply() -> Message:
+        def reply(tenant: Tenant | None) -> Message:
             return pb.ServerReadyResponse(ready=bool(self.models) and not self.drain.draining)
 
         return await self._answer("ServerReady", "", context, reply)
@@ -223,7 +241,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelReady(self, request: Any, context: Any) -> Any:
         """The model can take requests (NOT_FOUND for a model not served)."""
 
-        def reply() -> Message:
+        def reply(tenant: Tenant | None) -> Message:
             find_model(self.models, request.name, request.version or None)
             return pb.ModelReadyResponse(ready=not self.drain.draining)
 
@@ -232,7 +250,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
         """Name, version and the protocol extensions served over gRPC."""
 
-        def reply() -> Message:
+        def reply(tenant: Tenant | None) -> Message:
             return pb.ServerMetadataResponse(
                 name="maaslab", version=__version__, extensions=EXTENSIONS
             )
@@ -242,13 +260,13 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
         """Inputs and outputs with datatypes and shapes, as GET /v2/models/{name} gives them."""
 
-        def reply() -> Message:
+        def reply(tenant: Tenant | None) -> Message:
             model = find_model(self.models, request.name, request.version or None)
             inputs, outputs = signature(model)
             meta = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
                 name=model.name,
-                versions=[VERSION],
+                versions=list(self.models.rollout(model.name).versions),
                 platform=PLATFORM,
                 inputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in inputs],
                 outputs=[meta(name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs],
@@ -259,16 +277,18 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> Any:
         """Run the model on the request's tensors, through its queue and batches."""
 
-        async def reply() -> Message:
-            model = tensor_model(self.models, request.model_name, request.model_version or None)
+        async def reply(tenant: Tenant | None) -> Message:
+            name = tenant.name if tenant is not None else None
+            version = request.model_version or None
+            model = tensor_model(self.models, request.model_name, version, name)
             body, binary = oip_request(request)
             timeout = self.config.request_timeout_s
             left = context.time_remaining()  # the client's deadline, when it set one
             if left is not None:
                 timeout = max(0.001, min(timeout, left))
-            outputs, _ = await infer_tensors(model, body, binary, timeout)
+            outputs, _ = await infer_tensors(model, body, binary, timeout, name, self.models)
             answer = pb.ModelInferResponse(
-                model_name=model.name, model_version=VERSION, id=request.id
+                model_name=model.name, model_version=model.version, id=request.id
             )
             for name, dtype, value in outputs:
                 shape, blob = raw_output(dtype, value)
@@ -278,26 +298,58 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await self._answer("ModelInfer", request.model_name, context, reply)
 
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        """The repository's models and versions with their state (admin)."""
+
+        def reply(tenant: Tenant | None) -> Message:
+            require_admin(tenant)
+            entries = repository_index(self.state)
+            if request.ready:
+                entries = [e for e in entries if e["state"] == "READY"]
+            index = pb.RepositoryIndexResponse.ModelIndex
+            return pb.RepositoryIndexResponse(models=[index(**e) for e in entries])
+
+        return await self._answer("RepositoryIndex", "", context, reply)
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        """Load the versions of a repository model not loaded yet (admin)."""
+
+        async def reply(tenant: Tenant | None) -> Message:
+            require_admin(tenant)
+            check_load_parameters(list(request.parameters))
+            state = self.state
+            repository = repository_of(state)
+            await load_model(
+                state.models, repository, request.model_name, state.config, state.compute
+            )
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._answer("RepositoryModelLoad", request.model_name, context, reply)
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        """Unload a model, or one version of it with the parameter version (admin)."""
+
+        async def reply(tenant: Tenant | None) -> Message:
+            require_admin(tenant)
+            given = {k: _parameter(v) for k, v in request.parameters.items()}
+            await unload_model(self.models, request.model_name, unload_version(given))
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._answer("RepositoryModelUnload", request.model_name, context, reply)
+
 
 @contextlib.asynccontextmanager
-async def grpc_service(
-    config: ServeConfig,
-    models: dict[str, ServedModel],
-    metrics: ServerMetrics,
-    drain: Drain,
-    api_key: str | None = None,
-) -> AsyncIterator[int]:
+async def grpc_service(state: Any) -> AsyncIterator[int]:
     """Serve OIP v2 over gRPC on config.host:config.grpc_port while the block runs; yields the
     port bound. When `drain` begins, no new calls are taken and those running may finish until
     its deadline; leaving the block waits for that.
 
-    Parameters
-    ----------
-    config : host, grpc_port, request timeout, message size (max_body_bytes), and calls in
-        progress at most (max_connections: one gRPC connection carries many calls).
-    models, metrics, drain : the HTTP app's own (app.state), shared.
-    api_key : when set, every method but the probes needs `authorization: Bearer <api_key>`.
+    `state` is the HTTP app's (app.state): its models, metrics, drain, tenants and compute
+    threads are shared; from its config: host, grpc_port, request timeout, message size
+    (max_body_bytes) and calls in progress at most (max_connections: one gRPC connection
+    carries many calls).
     """
+    config, drain = state.config, state.drain
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", config.max_body_bytes),
@@ -305,7 +357,7 @@ async def grpc_service(
         ],
         maximum_concurrent_rpcs=config.max_connections,
     )
-    servicer = InferenceServicer(models, config, metrics, drain, api_key)
+    servicer = InferenceServicer(state)
     service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     host = f"[{config.host}]" if ":" in config.host else config.host
     try:

@@ -90,6 +90,85 @@ class EngineCollector:
         yield from families
 
 
+class ServiceCollector:
+    """Model versions and tenants, read at scrape time from the rollouts (maaslab.serve.versions)
+    and the tenants' usage (maaslab.serve.tenants): one source of truth for /metrics, GET
+    /usage and the rollout routes."""
+
+    def __init__(self) -> None:
+        self.table: Any = None  # a ModelTable, once watched
+        self.usage: Any = None  # a tenants.Usage, once watched
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families (empty), so the registry knows their names."""
+        yield from self._families().values()
+
+    def _families(self) -> dict[str, Metric]:
+        def counter(name: str, text: str, labels: list[str]) -> Metric:
+            return CounterMetricFamily(name, text, labels=labels)
+
+        return {
+            "version_requests": counter(
+                "maaslab_version_requests",
+                "Inference requests routed to each model version",
+                ["model", "version"],
+            ),
+            "canary": GaugeMetricFamily(
+                "maaslab_canary_percent",
+                "Share of unpinned requests sent to the challenger",
+                labels=["model"],
+            ),
+            "shadow": counter(
+                "maaslab_shadow",
+                "Shadow copies to the challenger by outcome (agreed, disagreed, skipped)",
+                ["model", "outcome"],
+            ),
+            "tenant_requests": counter(
+                "maaslab_tenant_requests", "Requests answered per tenant", ["tenant"]
+            ),
+            "tenant_tokens": counter(
+                "maaslab_tenant_tokens",
+                "Model tokens per tenant (input: prompts, output: generated)",
+                ["tenant", "direction"],
+            ),
+            "tenant_compute": counter(
+                "maaslab_tenant_compute_seconds",
+                "Model compute time per tenant (its share of each batch)",
+                ["tenant"],
+            ),
+            "tenant_refused": counter(
+                "maaslab_tenant_refused",
+                "Requests refused per tenant by limit (daily, rate, tokens)",
+                ["tenant", "reason"],
+            ),
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        """One sample per version, model and tenant."""
+        f = self._families()
+        for name, rollout in list(getattr(self.table, "rollouts", {}).items()):
+            state = rollout.state()
+            for version, count in state["requests"].items():
+                f["version_requests"].add_metric([name, version], count)
+            f["canary"].add_metric([name], state["canary_percent"])
+            shadow = state["shadow_stats"]
+            for outcome, value in (
+                ("agreed", shadow["agreed"]),
+                ("disagreed", shadow["compared"] - shadow["agreed"]),
+                ("skipped", shadow["skipped"]),
+            ):
+                f["shadow"].add_metric([name, outcome], value)
+        if self.usage is not None:
+            for tenant, row in self.usage.snapshot_all().items():
+                f["tenant_requests"].add_metric([tenant], row["requests"])
+                f["tenant_tokens"].add_metric([tenant, "input"], row["input_tokens"])
+                f["tenant_tokens"].add_metric([tenant, "output"], row["output_tokens"])
+                f["tenant_compute"].add_metric([tenant], row["compute_seconds"])
+                for reason, n in row["refused"].items():
+                    f["tenant_refused"].add_metric([tenant, reason], n)
+        yield from f.values()
+
+
 class ServerMetrics:
     """The metric families of one server, registered in a private registry."""
 
@@ -165,6 +244,16 @@ class ServerMetrics:
         )
         self.engines = EngineCollector()
         r.register(self.engines)
+        self.service = ServiceCollector()
+        r.register(self.service)
+
+    def watch_rollouts(self, table: Any) -> None:
+        """Report each model version's requests, canary share and shadow agreement."""
+        self.service.table = table
+
+    def watch_tenants(self, usage: Any) -> None:
+        """Report each tenant's usage (a tenants.Usage) at scrape time."""
+        self.service.usage = usage
 
     def watch_engine(self, model: str, read: Callable[[], tuple[Any, int]]) -> None:
         """Report an engine's numbers: `read()` gives (its latest EngineStats, sequences

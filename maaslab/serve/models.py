@@ -44,12 +44,16 @@ class ServedModel:
     service: EngineService | None = None  # a language model's engine (generators: mini-llama)
     precision: str = "fp32"  # "fp16" when half precision on CUDA kept the answers
     load_seconds: float = 0.0
+    version: str = "1"  # its version under `name` (a --models item is version 1)
 
-    async def infer(self, payload: Any, rows: int, timeout: float | None) -> Result:
-        """Run one request through the model's queue (batched with others when allowed)."""
+    async def infer(
+        self, payload: Any, rows: int, timeout: float | None, tenant: str | None = None
+    ) -> Result:
+        """Run one request of `tenant` through the model's queue (batched with others when
+        allowed; tenants take turns, see maaslab.serve.batching)."""
         if self.batcher is None:
             raise MaaslabError(f"model {self.name!r} ({self.kind}) takes no tensor requests")
-        return await self.batcher.submit(payload, rows, timeout)
+        return await self.batcher.submit(payload, rows, timeout, tenant)
 
 
 # A served name's kind by its prefix: the shipped names, and folders named after them (an
@@ -219,9 +223,7 @@ def load_models(
     running batch (sequences per step; 1 with --no-batching) and `max_queue` the sequences
     waiting for their first token.
     """
-    from maaslab.auto import load
     from maaslab.device import get_device
-    from maaslab.zoo import ChatModel
 
     device = get_device(config.device)
     served: dict[str, ServedModel] = {}
@@ -229,37 +231,58 @@ def load_models(
         name = served_name(spec)
         if name in served:
             raise MaaslabError(f"two --models items are both served as {name!r}")
-        started = time.perf_counter()
-        wrapper = (preloaded or {}).get(name) or on(executor, load, spec, device=str(device))
-        kind = kind_of(wrapper)
-        precision = on(executor, try_half, wrapper, kind) if config.half_precision else "fp32"
-        batcher = service = None
-        if isinstance(wrapper, ChatModel):  # a language model: its engine, started with the app
-            service = EngineService.for_model(
-                name,
-                wrapper.model,
-                wrapper.eos_token_ids,
-                EngineConfig(max_running=config.effective_batch_size),
-                config.max_queue,
-            )
-        elif kind != "generator":
-            batcher = Batcher(
-                name,
-                batch_function(wrapper, kind),
-                max_batch_size=config.effective_batch_size,
-                max_delay_s=config.effective_delay_s,
-                max_queue=config.max_queue,
-                instances=config.instances,
-                executor=executor,
-            )
-        served[name] = ServedModel(
-            name,
-            kind,
-            wrapper,
-            torch.device(wrapper.device),
-            batcher,
-            service,
-            precision,
-            time.perf_counter() - started,
-        )
+        wrapper = (preloaded or {}).get(name)
+        served[name] = build_served(name, spec, config, device, executor, wrapper)
     return served
+
+
+def build_served(
+    name: str,
+    spec: str | Path,
+    config: ServeConfig,
+    device: torch.device,
+    executor: ThreadPoolExecutor | None,
+    wrapper: Any = None,
+    version: str = "1",
+) -> ServedModel:
+    """One model ready to serve as `name` (version `version`): loaded from `spec` (a shipped
+    name or a folder) unless `wrapper` is given, with its batcher or engine (not started)."""
+    from maaslab.auto import load
+    from maaslab.zoo import ChatModel
+
+    started = time.perf_counter()
+    if wrapper is None:
+        wrapper = on(executor, load, spec, device=str(device))
+    kind = kind_of(wrapper)
+    precision = on(executor, try_half, wrapper, kind) if config.half_precision else "fp32"
+    batcher = service = None
+    label = name if version == "1" else f"{name}/{version}"
+    if isinstance(wrapper, ChatModel):  # a language model: its engine, started with the app
+        service = EngineService.for_model(
+            label,
+            wrapper.model,
+            wrapper.eos_token_ids,
+            EngineConfig(max_running=config.effective_batch_size),
+            config.max_queue,
+        )
+    elif kind != "generator":
+        batcher = Batcher(
+            label,
+            batch_function(wrapper, kind),
+            max_batch_size=config.effective_batch_size,
+            max_delay_s=config.effective_delay_s,
+            max_queue=config.max_queue,
+            instances=config.instances,
+            executor=executor,
+        )
+    return ServedModel(
+        name,
+        kind,
+        wrapper,
+        torch.device(wrapper.device),
+        batcher,
+        service,
+        precision,
+        time.perf_counter() - started,
+        version,
+    )

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 
 from maaslab import __version__
 from maaslab.errors import MaaslabError
+from maaslab.serve.access import tenant_name
 from maaslab.serve.batching import Overloaded
 from maaslab.serve.errors import ERROR_RESPONSES
 from maaslab.serve.models import ServedModel, check_served_texts
@@ -28,9 +29,10 @@ from maaslab.serve.tensors import (
     encode_response,
     requested_outputs,
 )
+from maaslab.serve.versions import ModelTable
 
-EXTENSIONS = ["binary_tensor_data", "explain", "model_repository_readonly"]
-VERSION = "1"  # every served folder is one version; /versions/1/... routes are accepted too
+EXTENSIONS = ["binary_tensor_data", "explain", "model_repository"]
+VERSION = "1"  # a --models item is version 1 of its name (a repository gives more: versions.py)
 PLATFORM = "pytorch"
 EMBED_DIM = 384
 
@@ -114,23 +116,10 @@ def signature(model: ServedModel) -> tuple[list[TensorMeta], list[TensorMeta]]:
     return [], []  # the generator speaks the OpenAI API (/v1/completions) instead
 
 
-class UnknownModel(MaaslabError):
-    """A request names a model or version this server does not serve: answered with 404."""
-
-    status = 404
-
-
-def find_model(
-    models: dict[str, ServedModel], name: str, version: str | None = None
-) -> ServedModel:
-    """The served model `name`, or UnknownModel naming the models there are."""
-    if name not in models:
-        raise UnknownModel(
-            f"unknown model {name!r}: this server has {', '.join(models) or 'no models'}"
-        )
-    if version is not None and version != VERSION:
-        raise UnknownModel(f"model {name!r} has only version {VERSION}, not {version!r}")
-    return models[name]
+def find_model(models: ModelTable, name: str, version: str | None = None) -> ServedModel:
+    """The served model `name` (its `version`: a number or an alias; else the champion), or
+    UnknownModel naming the models there are."""
+    return models.pick(name, version)
 
 
 def get_model(request: Request, name: str, version: str | None = None) -> ServedModel:
@@ -139,24 +128,31 @@ def get_model(request: Request, name: str, version: str | None = None) -> Served
 
 
 def tensor_model(
-    models: dict[str, ServedModel], name: str, version: str | None = None
+    models: ModelTable, name: str, version: str | None = None, tenant: str | None = None
 ) -> ServedModel:
-    """The tensor model `name`, able to take one more request: UnknownModel, a MaaslabError
-    for a language model, or Overloaded when its queue is full (checked before any tensor is
-    decoded: an overloaded server must say so fast)."""
-    model = find_model(models, name, version)
+    """The tensor model an inference request for `name` goes to (the version it names, else
+    the canary split: ModelTable.route), able to take one more request of `tenant`:
+    UnknownModel, a MaaslabError for a language model, or Overloaded when that tenant's queue
+    is full (checked before any tensor is decoded: an overloaded server must say so fast)."""
+    model = models.pick(name, version)  # 404 and 400 before the request is counted
     if model.kind == "generator":
         raise MaaslabError(
             f"model {name!r} generates text: use POST /v1/completions or "
             "/v1/chat/completions (the OpenAI-compatible API)"
         )
-    if model.batcher is not None and model.batcher.full:
-        raise Overloaded(name)
+    model = models.route(name, version)
+    if model.batcher is not None and model.batcher.full(tenant):
+        raise Overloaded(name, tenant=tenant)
     return model
 
 
 async def infer_tensors(
-    model: ServedModel, body: dict[str, Any], binary: bytes, timeout: float
+    model: ServedModel,
+    body: dict[str, Any],
+    binary: bytes,
+    timeout: float,
+    tenant: str | None = None,
+    models: ModelTable | None = None,
 ) -> tuple[list[tuple[str, str, Any]], dict[str, bool]]:
     """Decode a request's inputs, check them, run the model: the outputs asked for as
     (name, datatype, value), and output name -> sent as binary. The HTTP route and gRPC's
@@ -168,11 +164,15 @@ async def infer_tensors(
     body : the request in OIP JSON form: inputs (each with data or binary_data_size), outputs.
     binary : the raw tensors of the inputs that give binary_data_size, in input order.
     timeout : seconds the request may wait for the model (then RequestTimeout).
+    tenant : whose request (the key's tenant name; None without keys): its turn in the queue.
+    models : the server's table, to copy the request to a challenger when shadowing is on.
     """
     outputs = signature(model)[1]
     wanted = requested_outputs(body, [o.name for o in outputs])
     payload, rows = _payload(model, decode_inputs(body, binary))
-    result = await model.infer(payload, rows, timeout)
+    result = await model.infer(payload, rows, timeout, tenant)
+    if models is not None:
+        models.shadow(model, payload, rows, result)
     return [(o.name, o.datatype, result[o.name]) for o in outputs if o.name in wanted], wanted
 
 
@@ -238,7 +238,7 @@ async def server_metadata() -> ServerMetadata:
 
 
 async def _model_ready(request: Request, name: str, version: str | None) -> JSONResponse:
-    get_model(request, name, version)
+    get_model(request, name, version)  # 404 for an unknown model or version
     ok = not request.app.state.drain.draining
     return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
@@ -251,15 +251,16 @@ async def model_ready(request: Request, name: str) -> JSONResponse:
 
 @router.get("/models/{name}/versions/{version}/ready", summary="Model version readiness")
 async def model_version_ready(request: Request, name: str, version: str) -> JSONResponse:
-    """Same as /ready for version 1 (the only one)."""
+    """Same as /ready, for one version (a number, or an alias: champion, challenger)."""
     return await _model_ready(request, name, version)
 
 
 def _metadata(request: Request, name: str, version: str | None) -> ModelMetadata:
     model = get_model(request, name, version)
     inputs, outputs = signature(model)
+    versions = list(request.app.state.models.rollout(name).versions)
     return ModelMetadata(
-        name=name, versions=[VERSION], platform=PLATFORM, inputs=inputs, outputs=outputs
+        name=name, versions=versions, platform=PLATFORM, inputs=inputs, outputs=outputs
     )
 
 
@@ -298,19 +299,20 @@ async def model_metadata(request: Request, name: str) -> ModelMetadata:
 
 @router.get("/models/{name}/versions/{version}", summary="Model version metadata")
 async def model_version_metadata(request: Request, name: str, version: str) -> ModelMetadata:
-    """Same as the model's metadata, for version 1."""
+    """Same as the model's metadata, for one version (a number or an alias)."""
     return _metadata(request, name, version)
 
 
 async def _infer(request: Request, name: str, version: str | None) -> Response:
-    model = tensor_model(request.app.state.models, name, version)
+    models, tenant = request.app.state.models, tenant_name(request)
+    model = tensor_model(models, name, version, tenant)
     body, binary = await request_json(request)
     request_id = body.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise MaaslabError("'id' must be a string")
     timeout = request.app.state.config.request_timeout_s
-    outputs, as_binary = await infer_tensors(model, body, binary, timeout)
-    answer: dict[str, Any] = {"model_name": name, "model_version": VERSION}
+    outputs, as_binary = await infer_tensors(model, body, binary, timeout, tenant, models)
+    answer: dict[str, Any] = {"model_name": name, "model_version": model.version}
     if request_id is not None:
         answer["id"] = request_id
     content, header_length = encode_response(answer, outputs, as_binary)
@@ -366,5 +368,5 @@ async def infer(request: Request, name: str) -> Response:
 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference (version)", **_INFER_DOC)
 async def infer_version(request: Request, name: str, version: str) -> Response:
-    """Same as /infer, for version 1."""
+    """Same as /infer, sent to one version (a number, or an alias: champion, challenger)."""
     return await _infer(request, name, version)

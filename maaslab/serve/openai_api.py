@@ -66,6 +66,7 @@ from starlette.requests import ClientDisconnect
 
 from maaslab.errors import MaaslabError
 from maaslab.models.encoder import tokenize
+from maaslab.serve.access import add_tokens
 from maaslab.serve.errors import openai_error
 from maaslab.serve.models import check_served_texts
 from maaslab.serve.openai_schema import (
@@ -245,7 +246,7 @@ async def generated(
         texts = prompts if chat is None else [chat_prompt(chat)]
         max_tokens = asked or default
         choices = await run_in_threadpool(start_choices, wrapper, texts, body, max_tokens)
-        tail = lambda: usage(prompt_tokens(wrapper, texts), choices)  # noqa: E731
+        tail = metered(request, lambda: usage(prompt_tokens(wrapper, texts), choices))
         return choices, iterate_in_threadpool(choice_events(choices)), tail
     if token_ids:  # the model's own tokens: the engine checks them against its vocabulary
         ids = [list(p) for p in prompts]
@@ -262,7 +263,22 @@ async def generated(
         ids = [await run_in_threadpool(wrapper.chat_ids, messages)]
     max_tokens = engine_max_tokens(asked, default, wrapper.context, ids)
     choices, events = await engine_choices(request, model, body, ids, max_tokens)
-    return choices, events, lambda: usage(sum(len(p) for p in ids), choices)
+    return choices, events, metered(request, lambda: usage(sum(len(p) for p in ids), choices))
+
+
+def metered(request: Request, count: Callable[[], Usage]) -> Callable[[], Usage]:
+    """`count` that also adds the usage to the caller's tenant, once (see serve.access); the
+    response or the end of its stream calls it."""
+    done: list[bool] = []
+
+    def tail() -> Usage:
+        counted = count()
+        if not done:
+            done.append(True)
+            add_tokens(request, counted.prompt_tokens, counted.completion_tokens)
+        return counted
+
+    return tail
 
 
 @router.post(
@@ -386,6 +402,7 @@ async def embeddings(body: EmbeddingRequest, request: Request) -> EmbeddingRespo
     # Word pieces MiniLM read, [CLS] and [SEP] included, as many as were kept after truncation.
     batch, _ = await run_in_threadpool(tokenize, encoder.tokenizer, texts, encoder.max_length, None)
     tokens = int(sum(sum(mask) for mask in batch["attention_mask"]))
+    add_tokens(request, tokens)
     if body.encoding_format == "base64":
         data = [base64.b64encode(v.astype("<f4").tobytes()).decode("ascii") for v in vectors]
     else:

@@ -91,8 +91,6 @@ class ServerProcess:
             "-m",
             "maaslab",
             "serve",
-            "--models",
-            ",".join(c.models),
             "--host",
             c.host,
             "--port",
@@ -106,6 +104,12 @@ class ServerProcess:
             "--max-queue",
             str(c.max_queue),
         ]
+        if c.models:
+            cmd += ["--models", ",".join(c.models)]
+        if c.repository is not None:
+            cmd += ["--repository", c.repository]
+        if c.keys_file is not None:
+            cmd += ["--keys", c.keys_file]
         if c.grpc_port is not None:
             cmd += ["--grpc-port", str(c.grpc_port)]
         if c.instances != default.instances:

@@ -110,7 +110,8 @@ def serve(
     on_stopped : called with the drain's summary in words once the server has stopped.
     """
     # Refuse an open bind before spending seconds on imports and loading models.
-    api_key = resolve_api_key(config.host, config.api_key_env)
+    # (A keys file is the other way to open another interface: every caller needs a key.)
+    api_key = None if config.keys_file else resolve_api_key(config.host, config.api_key_env)
     import torch
 
     from maaslab.auto import is_language_model

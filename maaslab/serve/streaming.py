@@ -368,15 +368,18 @@ def stream(
 
     async def chunks() -> AsyncIterator[dict]:
         begun: set[int] = set()
-        async with contextlib.aclosing(events):
-            async for index, text, finish in events:
-                if first is not None and index not in begun:
-                    begun.add(index)
-                    yield chunk(index, None, first)
-                if finish is None:
-                    yield chunk(index, None, piece(text))
-                else:
-                    yield chunk(index, finish, piece("") if first is None else {"delta": {}})
+        try:
+            async with contextlib.aclosing(events):
+                async for index, text, finish in events:
+                    if first is not None and index not in begun:
+                        begun.add(index)
+                        yield chunk(index, None, first)
+                    if finish is None:
+                        yield chunk(index, None, piece(text))
+                    else:
+                        yield chunk(index, finish, piece("") if first is None else {"delta": {}})
+        finally:
+            tail()  # counted (and metered for the caller's key) whether the usage is sent or not
 
     include = bool(body.stream_options and body.stream_options.include_usage)
     usage_chunk = lambda: {**head, "choices": [], "usage": tail().model_dump()}  # noqa: E731

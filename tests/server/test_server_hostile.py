@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import socket
 
 import httpx
 import pytest
 
+from maaslab.paths import MODELS_DIR
 from maaslab.serve.parsing import MAX_DEPTH
+from maaslab.serve.tenants import KeyTable, Tenant, hash_key
 
 MARK = "__hostile__"
 # The hostile JSON text, and a word its refusal must contain.
@@ -78,6 +81,20 @@ ROUTES: dict[str, tuple[str, dict]] = {
         {"model": "minilm-embed", "input": ["hello", "world"], "encoding_format": "float"},
     ),
 }
+# The admin routes (an admin key, a repository): template -> (a concrete path, the body).
+ADMIN_KEY = "admin-key-0123456789abcdef"
+ADMIN_ROUTES: dict[str, tuple[str, dict | None]] = {
+    "/v2/repository/index": ("/v2/repository/index", {"ready": False}),
+    "/v2/repository/models/{name}/load": ("/v2/repository/models/digits/load", {}),
+    "/v2/repository/models/{name}/unload": (
+        "/v2/repository/models/digits/unload",
+        {"parameters": {"version": "9"}},
+    ),
+    "/v2/models/{name}/rollout": ("/v2/models/digits/rollout", {"canary_percent": 0}),
+    "/v2/models/{name}/promote": ("/v2/models/digits/promote", None),
+    "/v2/models/{name}/rollback": ("/v2/models/digits/rollback", None),
+}
+BODYLESS = {"/v2/models/{name}/promote", "/v2/models/{name}/rollback"}
 # The other OIP routes' models take other inputs: the same sweep covers their fields too.
 EXTRA = {
     "digits over a version": (
@@ -135,7 +152,36 @@ def family_message(path: str, reply: httpx.Response) -> str:
 def test_the_sweep_covers_every_post_route(server):
     schema = httpx.get(server.url + "/openapi.json").json()
     posts = {path for path, ops in schema["paths"].items() if "post" in ops}
-    assert posts == set(ROUTES)
+    assert posts == set(ROUTES) | set(ADMIN_ROUTES)
+
+
+@pytest.fixture(scope="module")
+def admin_server(start_server, tmp_path_factory):
+    """A server with an admin key and a repository (digits version 1), for the admin routes."""
+    root = tmp_path_factory.mktemp("repo")
+    (root / "digits").mkdir()
+    shutil.copytree(MODELS_DIR / "digits-mlp", root / "digits" / "1")
+    keys = root.parent / f"{root.name}-keys.json"
+    KeyTable([Tenant("teacher", "admin", hash_key(ADMIN_KEY))]).save(keys)
+    return start_server(models=(), repository=str(root), keys_file=str(keys))
+
+
+@pytest.mark.parametrize("route", list(ADMIN_ROUTES))
+def test_every_hostile_value_on_an_admin_route_is_a_400(admin_server, route):
+    path, body = ADMIN_ROUTES[route]
+    headers = {"authorization": f"Bearer {ADMIN_KEY}"}
+    wrong = []
+    with httpx.Client(base_url=admin_server.url, timeout=30, headers=headers) as client:
+        ok = client.post(path, json=body)
+        assert ok.status_code in (200, 400, 404), ok.text  # e.g. promote with no challenger
+        for what, raw, word in hostile_bodies(body or {"x": 1}):
+            reply = client.post(path, content=raw, headers={"content-type": "application/json"})
+            if route in BODYLESS:  # takes no body: whatever is sent is not even read
+                if reply.status_code != ok.status_code:
+                    wrong.append(f"{what}: {reply.status_code} {reply.text[:200]}")
+            elif reply.status_code != 400 or word not in family_message(path, reply):
+                wrong.append(f"{what}: {reply.status_code} {reply.text[:200]}")
+    assert not wrong, f"{len(wrong)} wrong, e.g.\n" + "\n".join(wrong[:5])
 
 
 @pytest.mark.parametrize("route", [*ROUTES, *EXTRA])

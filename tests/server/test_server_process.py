@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import httpx
 import pytest
@@ -96,17 +96,24 @@ def test_command_line_round_trips_through_the_cli_flags():
         max_connections=50,
         drain_timeout_s=12,
         grpc_port=0,
+        repository="/srv/models",
     )
+    # Tenants from a keys file exclude the one --api-key-env key: a second config has them.
+    tenants = replace(given, api_key_env=None, keys_file="/srv/keys.json")
     # A field added to ServeConfig must be added here (and to the command line) too.
     same = [
         f.name
         for f in fields(ServeConfig)
         if getattr(given, f.name) == getattr(ServeConfig(), f.name)
+        and getattr(tenants, f.name) == getattr(ServeConfig(), f.name)
     ]
     assert same == ["host"], f"give these a non-default value in this test: {same}"
     parser = argparse.ArgumentParser()
     add_serve_arguments(parser)
-    assert config_from_args(parser.parse_args(ServerProcess(given).command()[4:])) == given
+    for each in (given, tenants):
+        assert config_from_args(parser.parse_args(ServerProcess(each).command()[4:])) == each
+    only = replace(given, models=())  # a repository alone: no --models, no default models
+    assert config_from_args(parser.parse_args(ServerProcess(only).command()[4:])) == only
 
 
 def test_two_instances_split_the_cores():

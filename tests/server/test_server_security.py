@@ -54,12 +54,20 @@ def test_server_with_a_key_refuses_requests_without_it(start_server):
     assert ok.status_code == 200 and ok.json()["name"] == "maaslab"
 
 
-def test_no_route_loads_or_registers_models(server):
-    # TorchServe's ShellTorch: a management API that registered models from URLs.
+def test_without_keys_no_route_loads_or_registers_models(server):
+    # TorchServe's ShellTorch: a management API that registered models from URLs. The only
+    # loading routes are the repository extension's, and they need an admin key.
     paths = httpx.get(server.url + "/openapi.json").json()["paths"]
-    assert not [p for p in paths if "repository" in p or "load" in p or "register" in p]
-    for path in ("/v2/repository/models/x/load", "/models?url=http://example.org/m.mar"):
-        assert httpx.post(server.url + path).status_code == 404
+    loading = sorted(p for p in paths if "repository" in p or "load" in p or "register" in p)
+    assert loading == [
+        "/v2/repository/index",
+        "/v2/repository/models/{name}/load",
+        "/v2/repository/models/{name}/unload",
+    ]
+    for path in loading:
+        refused = httpx.post(server.url + path.replace("{name}", "digits-cnn"))
+        assert refused.status_code == 403 and "--keys FILE" in refused.json()["error"]
+    assert httpx.post(server.url + "/models?url=http://example.org/m.mar").status_code == 404
 
 
 def test_a_model_folder_is_served_under_its_name(start_server, tmp_path):
