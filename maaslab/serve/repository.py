@@ -243,14 +243,40 @@ def _entry(name: str, version: str, reason: str) -> dict[str, str]:
     return {"name": name, "version": version, "state": state, "reason": reason}
 
 
-def init_demo_repository(root: str | Path, *, force: bool = False) -> ModelRepository:
+def publish(root: str | Path, name: str, source: str | Path) -> str:
+    """Copy the model folder `source` into the repository as the next version of `name`
+    (1 for a new name); the version written. The copy appears whole or not at all, so a
+    server's load never sees half a model; a running server serves it after a load call."""
+    repository = ModelRepository(root)
+    check_name(name)
+    source = Path(source)
+    if not (source / "config.json").is_file():
+        raise MaaslabError(f"{source} is not a model folder: it has no config.json")
+    folder = repository.root / name
+    taken = [int(v) for v in _version_names(folder)] if folder.is_dir() else []
+    version = str(max(taken, default=0) + 1)
+    folder.mkdir(exist_ok=True)
+    with atomic_folder(folder / version) as staging:
+        for file in sorted(source.iterdir()):
+            if file.is_file():
+                shutil.copyfile(file, staging / file.name)
+    return version
+
+
+def init_demo_repository(
+    root: str | Path, *, force: bool = False, versions: int = len(DEMO_VERSIONS)
+) -> ModelRepository:
     """Write the demo repository: digits/1 = digits-mlp, digits/2 = digits-cnn, and a README.
 
     Parameters
     ----------
     root : the repository folder; created if missing, refused if not empty unless `force`.
     force : overwrite the demo's versions and README in a non-empty folder (other files stay).
+    versions : how many of the demo's versions to write (1: the MLP alone, so that the CNN can
+        be published later as version 2 with `publish(root, "digits", ...)`, the rollout story).
     """
+    if not 1 <= versions <= len(DEMO_VERSIONS):
+        raise MaaslabError(f"the demo has versions 1..{len(DEMO_VERSIONS)}, not {versions}")
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise MaaslabError(f"{root} is a file: give a folder for the model repository")
@@ -260,7 +286,7 @@ def init_demo_repository(root: str | Path, *, force: bool = False) -> ModelRepos
             "its demo models"
         )
     root.mkdir(parents=True, exist_ok=True)
-    for version, shipped in DEMO_VERSIONS:
+    for version, shipped in DEMO_VERSIONS[:versions]:
         source = shipped_folder(shipped)
         # Copies, not links: the repository must not change when assets/models is rebuilt,
         # and each version appears whole or not at all (atomic_folder stages it beside).
