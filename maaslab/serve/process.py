@@ -83,6 +83,13 @@ class ServerProcess:
         """The models served (as named in the config)."""
         return self.config.models
 
+    def served(self) -> str:
+        """What it serves, in words: the --models items and the repository, if any."""
+        parts = list(self.config.models)
+        if self.config.repository is not None:
+            parts.append(f"the repository {self.config.repository}")
+        return ", ".join(parts)
+
     def command(self) -> list[str]:
         """The command line the server is started with: every setting of the config."""
         c, default = self.config, ServeConfig()
@@ -151,9 +158,7 @@ class ServerProcess:
     def headline(self) -> str:
         """What is served where, in one markdown line: models, address, pid, batching, queue."""
         c = self.config
-        return (
-            f"Serving **{', '.join(c.models)}** at `{self.url}` · pid {self.pid} · {c.describe()}"
-        )
+        return f"Serving **{self.served()}** at `{self.url}` · pid {self.pid} · {c.describe()}"
 
     def exit_note(self, lines: int = 20) -> str:
         """Why a server that stopped by itself is gone: its exit code, then its last output."""
@@ -296,4 +301,4 @@ class ServerProcess:
     def __repr__(self) -> str:
         state = "running" if self.running else f"stopped (exit {self.exit_code})"
         where = self.url or f"{self.config.host}:{self.config.port}"
-        return f"ServerProcess({', '.join(self.models)} on {where}, {state})"
+        return f"ServerProcess({self.served()} on {where}, {state})"
