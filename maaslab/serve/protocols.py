@@ -21,7 +21,7 @@ What a learner sees (bench/bench_service.py P15, 2 cores): binary REST and gRPC 
 as its raw 4 bytes, JSON as text. The digits' pixels are small whole numbers ("16.0,"), so the
 JSON request is only ~7% larger; the probabilities are full floats of ~20 characters each, so
 the JSON response is ~5.6x the binary one. JSON's larger cost is time: tritonclient took ~22 ms
-to write 1,024 rows as JSON against 0.1 ms for binary, which more than doubled the latency.
+to write 1,024 rows as JSON against 0.1 ms for binary, and a lone call's p50 about doubled.
 """
 
 from __future__ import annotations
