@@ -40,6 +40,68 @@ def test_batcher_groups_requests_and_splits_answers():
     assert max(len(batch) for batch in seen) == 4 and len(seen) == 3  # 4 + 4 + 2
 
 
+def test_tenants_take_turns_and_a_flood_fills_only_its_own_queue():
+    # Tenant A queues 40 requests before B sends 2: B's both join the first batches anyway,
+    # A's 41st is refused (its own queue is full) while B can still queue.
+    seen: list[list[str]] = []
+    shares: list[tuple[str, int, float]] = []
+
+    async def main():
+        b = Batcher(
+            "t",
+            _recording(seen, pause=0.01),
+            max_batch_size=4,
+            max_delay_s=0.0,
+            max_queue=40,
+            on_share=lambda tenant, rows, s: shares.append((tenant, rows, s)),
+        )
+        flood = [asyncio.ensure_future(b.submit(f"a{i}", tenant="A")) for i in range(40)]
+        await asyncio.sleep(0.01)  # queued; the worker runs its first batch of A
+        for i in range(10):  # top A's queue up to its bound
+            if b.full("A"):
+                break
+            flood.append(asyncio.ensure_future(b.submit(f"a{40 + i}", tenant="A")))
+            await asyncio.sleep(0)
+        assert b.full("A") and not b.full("B")
+        with pytest.raises(Overloaded, match="A's queue full"):
+            await b.submit("over", tenant="A")
+        mine = [asyncio.ensure_future(b.submit(f"b{i}", tenant="B")) for i in range(2)]
+        await asyncio.gather(*flood, *mine)
+        await b.close()
+        return len(flood)
+
+    sent = asyncio.run(main())
+    flat = [x for batch in seen for x in batch]
+    # B's requests are served within the first batches after they arrive, not after A's 40
+    first_b = next(i for i, batch in enumerate(seen) if any(x.startswith("b") for x in batch))
+    assert first_b <= 2, seen[:4]
+    assert [x for x in flat if x.startswith("a")] == [f"a{i}" for i in range(sent)]  # FIFO
+    assert {t for t, _, _ in shares} == {"A", "B"} and len(shares) == len(flat)
+
+
+def test_fair_queue_serves_tenants_round_robin():
+    from maaslab.serve.batching import FairQueue, _Item
+
+    async def main():
+        q = FairQueue(per_tenant=3)
+        loop = asyncio.get_running_loop()
+        for tenant, n in (("A", 3), ("B", 2), ("C", 1)):
+            for i in range(n):
+                q.put(_Item(f"{tenant}{i}", 1, loop.create_future(), tenant=tenant))
+        with pytest.raises(asyncio.QueueFull):
+            q.put(_Item("A3", 1, loop.create_future(), tenant="A"))
+        order = [q.get_nowait().payload for _ in range(6)]
+        q.put(_Item("D0", 1, loop.create_future(), tenant="D"))
+        back = q.get_nowait()
+        q.put_back(back)  # taken too early: first again
+        assert q.get_nowait().payload == "D0"
+        q.close()
+        assert await q.get() is None
+        return order
+
+    assert asyncio.run(main()) == ["A0", "B0", "C0", "A1", "B1", "A2"]
+
+
 def test_batcher_counts_rows_not_requests():
     seen: list[list[int]] = []
 
