@@ -1,9 +1,11 @@
-"""Serve: start a model server, call it, load it; and (Engine) the LLM engine step by step."""
+"""Serve: start a model server, call it, load it; (Engine) the LLM engine step by step; and
+(Service) a classroom's shared server: tenants, limits, a model version rolled out."""
 
 import streamlit as st
 from components import watch_task
 from panels.engine import engine_view
 from panels.serve import CALL, NOTE, RESULTS, Slot, load_test, my_slot, request_input, show_call
+from panels.service import service_view
 
 from maaslab.auto import LANGUAGE_MODELS, LOADERS
 from maaslab.jobs import Task
@@ -162,10 +164,15 @@ st.caption(
     "A real model server in its own process on 127.0.0.1: Open Inference Protocol v2 "
     "for tensors, the OpenAI API for text, Prometheus metrics."
 )
-server, engine = st.tabs(["Server", "Engine"], key="serve.view", on_change="rerun")
+server, engine, service = st.tabs(
+    ["Server", "Engine", "Service"], key="serve.view", on_change="rerun"
+)
 if engine.open:  # only the open tab runs
     with engine:
         engine_view()
+elif service.open:
+    with service:
+        service_view()
 else:
     with server:
         server_view()

@@ -1,0 +1,424 @@
+"""The Serve page's Service view (lesson 16): a classroom shares one model server. The teacher
+starts it with a key per student (maaslab.serve.service_client.prepare_demo), sends students'
+traffic (steady, or one student's flood past the rate limit), watches every tenant's usage and
+refusals live, and rolls out version 2 of digits: canary share, shadow copies, promote, roll
+back."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+from components import session_slot, watch_task
+
+from maaslab.errors import MaaslabError
+from maaslab.jobs import Task
+from maaslab.paths import runs_dir
+from maaslab.plots.service import rollout_figure, tenant_rows, tenant_usage
+from maaslab.serve.config import ServeConfig
+from maaslab.serve.process import ServerProcess
+from maaslab.serve.repository import DEMO_MODEL
+from maaslab.serve.service_client import (
+    CHALLENGER_SOURCE,
+    PacedLoad,
+    ServiceClient,
+    ServiceDemo,
+    prepare_demo,
+)
+from maaslab.serve.tenants import STUDENT_LIMITS
+
+ss = st.session_state
+KEY = "serve.service"  # the prefix of this view's session_state keys
+NOTE, ERROR = f"{KEY}.note", f"{KEY}.error"  # the last start/stop note; the last refusal
+CANARY, SHADOW = f"{KEY}.canary", f"{KEY}.shadow"
+START_TIMEOUT_S = 120.0  # digits loads in a second or two, slower when the machine is busy
+MAX_STUDENTS = 30
+STEADY_IN_FLIGHT = 4  # a steady student's requests in flight at most
+FLOOD_IN_FLIGHT = 32  # a flooding student's
+REFRESH_S = 1.0  # seconds between two live reads of the server's usage and rollout
+
+
+class ServiceSlot:
+    """This browser session's classroom service: its files, server, teacher client and the
+    students' traffic."""
+
+    server: ServerProcess | None = None
+    starting: Task | None = None
+    demo: ServiceDemo | None = None
+    workdir: Path | None = None  # the demo's files, removed when the service stops
+    teacher: ServiceClient | None = None  # the admin key's client, once the server is up
+
+    def __init__(self) -> None:
+        self.loads: dict[str, tuple[tuple[str, float], PacedLoad]] = {}
+
+    def begin(self, students: int, rate_limit: float) -> None:
+        """Write a fresh demo (keys, handout, repository) under runs/ and start its server."""
+        base = runs_dir() / "service"
+        base.mkdir(parents=True, exist_ok=True)
+        self.workdir = Path(tempfile.mkdtemp(prefix="classroom-", dir=base))
+        limits = replace(
+            STUDENT_LIMITS, requests_per_s=rate_limit, burst=max(1, math.ceil(2 * rate_limit))
+        )
+        try:
+            self.demo = prepare_demo(self.workdir, students, limits)
+        except Exception:
+            self.stop()
+            raise
+        config = ServeConfig(
+            models=(),
+            port=0,
+            device="cpu",
+            repository=str(self.demo.root),
+            keys_file=str(self.demo.keys_file),
+        )
+        server = self.server = ServerProcess(config)
+        self.starting = Task(lambda progress, cancel: server.start(START_TIMEOUT_S)).start()
+
+    def traffic(self, wanted: dict[str, tuple[str, float]]) -> None:
+        """Run exactly the wanted load: student -> (mode "steady" or "flood", requests/s)."""
+        for name in list(self.loads):
+            if self.loads[name][0] != wanted.get(name):
+                self.loads.pop(name)[1].stop()
+        for name, (mode, rate) in wanted.items():
+            if name not in self.loads:
+                in_flight = FLOOD_IN_FLIGHT if mode == "flood" else STEADY_IN_FLIGHT
+                key = self.demo.keys[name]
+                load = PacedLoad(self.server.url, DEMO_MODEL, in_flight, api_key=key, rate=rate)
+                self.loads[name] = ((mode, rate), load.start())
+
+    def stop(self) -> int | None:
+        """Stop the traffic, then the server; remove the demo's files; the server's exit code."""
+        self.traffic({})
+        if self.teacher is not None:
+            self.teacher.close()
+        server = self.server
+        self.server = self.starting = self.teacher = self.demo = None
+        code = server.stop() if server is not None else None
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workdir = None
+        return code
+
+
+def my_slot() -> ServiceSlot:
+    """This session's ServiceSlot (a closed tab's service is stopped)."""
+    return session_slot("serve.service", ServiceSlot)
+
+
+def start_form(slot: ServiceSlot) -> None:
+    """Students and their rate limit; Start writes the keys and starts the server."""
+    c1, c2 = st.columns(2)
+    students = c1.number_input(
+        "Students", 1, MAX_STUDENTS, 3, key=f"{KEY}.students", help="One key each."
+    )
+    rate = c2.number_input(
+        "Student rate limit (requests/s)",
+        1.0,
+        1000.0,
+        float(STUDENT_LIMITS.requests_per_s),
+        1.0,
+        key=f"{KEY}.rate_limit",
+        help="Each student's token bucket refills at this rate and holds twice as many "
+        "(the burst); a request past it is answered 429 with Retry-After. The teacher, an "
+        f"admin, has no limit. Daily quota: {STUDENT_LIMITS.daily_requests:,} requests.",
+    )
+    if st.button(
+        "Start the classroom service",
+        type="primary",
+        icon=":material/play_arrow:",
+        key=f"{KEY}.start",
+    ):
+        for key in (NOTE, ERROR, CANARY, SHADOW):
+            ss.pop(key, None)
+        try:
+            slot.begin(int(students), float(rate))
+        except (MaaslabError, OSError) as err:
+            st.error(f"The service did not start: {err}")
+            return
+        st.rerun()
+
+
+def starting(task: Task) -> None:
+    """While the server loads digits version 1."""
+    server = my_slot().server
+    pid = f" (pid {server.pid})" if server is not None and server.pid else ""
+    st.info(
+        f"Starting the classroom server: loading {DEMO_MODEL} v1…{pid}",
+        icon=":material/hourglass_top:",
+    )
+
+
+def started(task: Task) -> None:
+    """The start ended: the teacher's client, or the reason the server did not come up."""
+    slot = my_slot()
+    slot.starting = None
+    if task.error:
+        ss[NOTE] = ("error", task.error)
+        slot.stop()
+    else:
+        slot.teacher = ServiceClient(slot.server.url, slot.demo.keys["teacher"])
+
+
+def cancel_start(task: Task) -> None:
+    """Cancel: stop the half-started server."""
+    my_slot().stop()
+    ss[NOTE] = ("info", "Start cancelled.")
+    st.rerun()
+
+
+def handout(demo: ServiceDemo) -> None:
+    """The keys to hand out, and the CSV to download."""
+    with st.expander(f"Handout: {len(demo.keys)} keys ({len(demo.students)} students, teacher)"):
+        rows = [
+            {"name": n, "role": "admin" if n == "teacher" else "user", "key": k}
+            for n, k in demo.keys.items()
+        ]
+        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        st.download_button(
+            "Download the handout (CSV)",
+            demo.handout.read_bytes(),
+            file_name="students.csv",
+            mime="text/csv",
+            icon=":material/download:",
+            key=f"{KEY}.handout",
+        )
+        st.caption(
+            "The server holds only the keys' SHA-256 hashes; this CSV is the one place the "
+            "keys themselves exist. A request sends one as `Authorization: Bearer KEY`."
+        )
+
+
+def traffic_form(slot: ServiceSlot) -> None:
+    """Who sends steady load, who floods; the load starts and stops as the choice changes."""
+    students = slot.demo.students
+    c1, c2 = st.columns([3, 1])
+    steady = c1.multiselect(
+        "Steady load from",
+        students,
+        key=f"{KEY}.steady",
+        help=f"Each sends digits requests with its own key at a steady rate (at most "
+        f"{STEADY_IN_FLIGHT} in flight), whether or not answers came back.",
+    )
+    steady_rate = c2.number_input(
+        "Each at (requests/s)", 1.0, 100.0, 5.0, 1.0, key=f"{KEY}.steady_rate"
+    )
+    c1, c2 = st.columns([3, 1])
+    flood = c1.selectbox(
+        "Flood from",
+        [None, *students],
+        format_func=lambda name: name or "nobody",
+        key=f"{KEY}.flood",
+        help=f"One student sends far past the rate limit (up to {FLOOD_IN_FLIGHT} requests in "
+        "flight): its excess is refused with 429 while the others keep their latency.",
+    )
+    flood_rate = c2.number_input(
+        "Flood at (requests/s)", 10.0, 2000.0, 200.0, 10.0, key=f"{KEY}.flood_rate"
+    )
+    wanted = {name: ("steady", float(steady_rate)) for name in steady}
+    if flood is not None:
+        wanted[flood] = ("flood", float(flood_rate))
+    slot.traffic(wanted)
+
+
+def client_side(slot: ServiceSlot) -> dict[str, dict]:
+    """What each sending student's own client measured: mode, answers/s, latency."""
+    seen = {}
+    for name, ((mode, rate), load) in slot.loads.items():
+        s = load.snapshot()
+        seen[name] = {
+            "sending": f"{mode} {rate:g}/s",
+            "answered/s (last 3 s)": round(s.recent_throughput, 1),
+            "p50 ms": None if np.isnan(s.p50_ms) else round(s.p50_ms, 1),
+            "p99 ms": None if np.isnan(s.p99_ms) else round(s.p99_ms, 1),
+        }
+    return seen
+
+
+@st.fragment(run_every=REFRESH_S)
+def tenants_live() -> None:
+    """Every second: each tenant's usage and refusals (the server's), with what each
+    sending student's client measured."""
+    slot = my_slot()
+    if slot.teacher is None:
+        return
+    if not slot.server.running:
+        st.rerun()  # the whole page says why
+    try:
+        tenants = slot.teacher.tenants()
+    except MaaslabError as err:
+        st.error(str(err))
+        return
+    client = client_side(slot)
+    rows = [{**row, **client.get(row["tenant"], {})} for row in tenant_rows(tenants)]
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"{KEY}.tenants")
+    failed = [f"{name}: {load.error}" for name, (_, load) in slot.loads.items() if load.error]
+    if failed:
+        st.warning("\n".join(failed))
+    st.plotly_chart(tenant_usage(tenants), key=f"{KEY}.usage_chart")
+
+
+def act(action: Callable[[ServiceClient], object]) -> None:
+    """Run a teacher's action (a widget callback); a refusal is kept to show as an error."""
+    slot = my_slot()
+    ss.pop(ERROR, None)
+    if slot.teacher is None:
+        return
+    try:
+        action(slot.teacher)
+    except (MaaslabError, OSError) as err:
+        ss[ERROR] = str(err)
+
+
+def publish(teacher: ServiceClient) -> None:
+    """Copy digits-cnn in as version 2 and load it: it arrives as the challenger, 0 %."""
+    my_slot().demo.publish_challenger()
+    teacher.load(DEMO_MODEL)
+
+
+def rollout_controls(slot: ServiceSlot) -> None:
+    """Publish, the canary share, shadow, promote and roll back, each disabled with its
+    reason when it cannot apply."""
+    try:
+        state = slot.teacher.rollout(DEMO_MODEL)
+    except MaaslabError as err:
+        st.error(str(err))
+        return
+    challenger, published = state["challenger"], len(state["versions"]) > 1
+    st.button(
+        f"Publish version 2 ({CHALLENGER_SOURCE})",
+        icon=":material/publish:",
+        disabled=published,
+        on_click=act,
+        args=(publish,),
+        key=f"{KEY}.publish",
+        help="Copies the model folder into the repository as the next version and loads it.",
+    )
+    if published:
+        st.caption(f"Published: versions {', '.join(state['versions'])} are loaded.")
+    no_challenger = challenger is None
+    why = (
+        "No challenger: publish version 2 first."
+        if not published
+        else (
+            "No challenger: every loaded version is the champion or retired; roll back to try "
+            "the demoted one again."
+        )
+    )
+    ss[CANARY] = float(state["canary_percent"])  # the server's truth, whoever changed it
+    ss[SHADOW] = bool(state["shadow"])
+    c1, c2 = st.columns([3, 2])
+    c1.slider(
+        "Canary: share of digits requests sent to the challenger (%)",
+        0.0,
+        100.0,
+        step=5.0,
+        key=CANARY,
+        disabled=no_challenger,
+        on_change=act,
+        args=(lambda t: t.set_traffic(DEMO_MODEL, canary_percent=ss[CANARY]),),
+        help="Requests that name no version are split at random in this proportion.",
+    )
+    c2.toggle(
+        "Shadow: copy the champion's requests to the challenger and compare",
+        key=SHADOW,
+        disabled=no_challenger,
+        on_change=act,
+        args=(lambda t: t.set_traffic(DEMO_MODEL, shadow=ss[SHADOW]),),
+        help="The challenger's answer to a copy is thrown away, only compared: users never see it.",
+    )
+    c1, c2 = st.columns(2)
+    c1.button(
+        "Promote the challenger",
+        icon=":material/military_tech:",
+        disabled=no_challenger,
+        on_click=act,
+        args=(lambda t: t.promote(DEMO_MODEL),),
+        key=f"{KEY}.promote",
+    )
+    c1.caption(
+        why
+        if no_challenger
+        else f"v{challenger} becomes the champion; Roll back brings v{state['champion']} back."
+    )
+    c2.button(
+        "Roll back",
+        icon=":material/undo:",
+        disabled=not state["history"],
+        on_click=act,
+        args=(lambda t: t.rollback(DEMO_MODEL),),
+        key=f"{KEY}.rollback",
+    )
+    c2.caption(
+        f"v{state['history'][-1]} returns as champion; v{state['champion']} stays as challenger."
+        if state["history"]
+        else "Nothing to roll back: no version has been promoted."
+    )
+    if ERROR in ss:
+        st.error(ss[ERROR], icon=":material/error:")
+
+
+@st.fragment(run_every=REFRESH_S)
+def rollout_live() -> None:
+    """Every second: requests per version and the shadow comparisons."""
+    slot = my_slot()
+    if slot.teacher is None or not slot.server.running:
+        return
+    try:
+        state = slot.teacher.rollout(DEMO_MODEL)
+    except MaaslabError as err:
+        st.error(str(err))
+        return
+    st.plotly_chart(rollout_figure(state), key=f"{KEY}.rollout_chart")
+
+
+def service_panel(slot: ServiceSlot) -> None:
+    """The running service: what it serves, the handout, traffic, tenants, rollout."""
+    st.success(slot.server.headline(), icon=":material/dns:")
+    if st.button("Stop the service", icon=":material/stop:", key=f"{KEY}.stop"):
+        ss[NOTE] = ("info", ServerProcess.stop_note(slot.stop()))
+        st.rerun()
+    handout(slot.demo)
+    st.subheader("Traffic")
+    traffic_form(slot)
+    st.subheader("Tenants")
+    tenants_live()
+    st.subheader(f"Rollout of {DEMO_MODEL}")
+    rollout_controls(slot)
+    rollout_live()
+
+
+def service_view() -> None:
+    """The Service view: start the classroom service, then run it."""
+    slot = my_slot()
+    if slot.server is not None and slot.starting is None and not slot.server.running:
+        ss[NOTE] = ("error", slot.server.exit_note(20))
+        slot.stop()
+    st.caption(
+        "A classroom shares one model server: a key per student with a rate limit, fair "
+        f"queues, usage metered per tenant; and a new version of {DEMO_MODEL} rolled out "
+        "with a canary, shadow copies, promote and roll back."
+    )
+    if NOTE in ss:
+        level, text = ss[NOTE]
+        first, _, rest = text.partition("\n")  # a server's own output follows the first line
+        (st.error if level == "error" else st.info)(first)
+        if rest.strip():
+            st.code(rest.strip(), language=None)
+    if slot.server is None:
+        start_form(slot)
+    watch_task(
+        lambda: my_slot().starting,
+        started,
+        cancel_key=f"{KEY}.cancel",
+        status=starting,
+        cancel=cancel_start,
+    )
+    if slot.teacher is not None:
+        service_panel(slot)
