@@ -20,6 +20,13 @@ shorter than one block has nothing to share: its siblings join at once.)
 **Overload.** Sequences accepted and still without a first token are the queue; once it holds
 `max_queue`, `submit` raises Overloaded (503 with Retry-After) instead of letting waits grow.
 
+**Tenants take turns.** With keys (maaslab.serve.access) each tenant's requests wait in a FIFO
+of their own, bounded by `max_queue` (a flood fills only its own), and the thread feeds the
+engine's waiting line round robin over the tenants, only as far as the engine can admit in a
+step (`max_running` waiting at most): whatever one tenant has queued, another's request joins
+the next step's admissions. Without keys every request is one tenant's: first come, first
+served, as before.
+
 **Numbers.** The thread reads `engine.stats()` after every step (`stats`, for gauges) and times
 each sequence: time to first token (from `submit`), the gap between its tokens, and its whole
 life, handed to `on_latency(kind, seconds)`.
@@ -64,8 +71,8 @@ class _Seq:
 class Generation:
     """One request's sequences, seen from the event loop: their tokens arrive in one queue."""
 
-    def __init__(self, service: EngineService, count: int) -> None:
-        self.service, self.count = service, count
+    def __init__(self, service: EngineService, count: int, tenant: str | None = None) -> None:
+        self.service, self.count, self.tenant = service, count, tenant
         self._queue: asyncio.Queue[tuple[int, TokenOutput | BaseException]] = asyncio.Queue()
         self._early: deque[tuple[int, TokenOutput | BaseException]] = deque()
         self.started: set[int] = set()  # choices that have a first token (or an error)
@@ -80,7 +87,7 @@ class Generation:
         # On the event loop, from the engine thread's hand-out.
         if index not in self.started:
             self.started.add(index)
-            self.service.queued -= 1
+            self.service._dequeued(self.tenant)
         self._queue.put_nowait((index, item))
 
     async def wait_first(self) -> None:
@@ -119,7 +126,7 @@ class Generation:
     def _forget(self, index: int) -> None:
         if index not in self.started:  # it leaves the queue without a first token
             self.started.add(index)
-            self.service.queued -= 1
+            self.service._dequeued(self.tenant)
 
 
 class EngineService:
@@ -144,6 +151,7 @@ class EngineService:
         self.name, self.engine, self.max_queue = name, engine, max_queue
         self.on_latency = on_latency
         self.queued = 0  # sequences accepted without a first token yet (event loop only)
+        self.queued_by: dict[str | None, int] = {}  # ... per tenant (event loop only)
         self.aborted = 0  # sequences stopped before their end (engine thread)
         self.stats: EngineStats = engine.stats()  # the latest snapshot (engine thread writes)
         self._inbox: queue.SimpleQueue[tuple] = queue.SimpleQueue()
@@ -153,6 +161,9 @@ class EngineService:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._live: dict[int, _Seq] = {}  # engine id -> sequence (engine thread)
         self._held: dict[int, list[_Seq]] = {}  # id(leader) -> siblings waiting for its prompt
+        # Requests not yet in the engine, per tenant, and whose turn is next (engine thread).
+        self._pending: dict[str | None, deque[list[_Seq]]] = {}
+        self._turns: deque[str | None] = deque()
         self.closed = False
 
     @classmethod
@@ -192,26 +203,31 @@ class EngineService:
                 log.warning("the %s engine thread did not stop within %g s", self.name, timeout_s)
 
     def submit(
-        self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams]
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        tenant: str | None = None,
     ) -> Generation:
-        """Queue one request's choices (choice i: prompts[i] with params[i]); its Generation.
+        """Queue one request's choices (choice i: prompts[i] with params[i]) for `tenant`
+        (None without keys); its Generation.
 
-        Raises Overloaded when `max_queue` sequences already wait for their first token, and
-        ShuttingDown once the server stops. A prompt the engine refuses (too long for the
-        context, an unknown token) comes back as a MaaslabError from `wait_first`.
+        Raises Overloaded when `max_queue` sequences of that tenant already wait for their
+        first token, and ShuttingDown once the server stops. A prompt the engine refuses (too
+        long for the context, an unknown token) comes back as a MaaslabError from `wait_first`.
         """
         if self.closed:
             raise ShuttingDown(f"model {self.name!r} is shutting down")
-        if self.queued >= self.max_queue:
-            raise Overloaded(self.name)
+        if self.queued_by.get(tenant, 0) >= self.max_queue:
+            raise Overloaded(self.name, tenant=tenant)
         self.start()
-        gen = Generation(self, len(prompts))
+        gen = Generation(self, len(prompts), tenant)
         now = time.perf_counter()
         seqs = [
             _Seq(gen, i, [int(t) for t in p], sp, now)
             for i, (p, sp) in enumerate(zip(prompts, params, strict=True))
         ]
         self.queued += len(seqs)
+        self.queued_by[tenant] = self.queued_by.get(tenant, 0) + len(seqs)
         self._inbox.put(("add", seqs))
         self._wake.set()
         return gen
@@ -220,6 +236,13 @@ class EngineService:
     def depth(self) -> int:
         """Sequences waiting for their first token (the queue that max_queue bounds)."""
         return self.queued
+
+    def _dequeued(self, tenant: str | None) -> None:
+        # A sequence got its first token or left without one (event loop).
+        self.queued -= 1
+        self.queued_by[tenant] -= 1
+        if not self.queued_by[tenant]:
+            del self.queued_by[tenant]
 
     def _abort(self, gen: Generation, index: int) -> None:
         self._inbox.put(("abort", gen, index))
@@ -239,6 +262,7 @@ class EngineService:
             out: list[tuple[Generation, int, TokenOutput | BaseException]] = []
             try:
                 self._take_inbox(out)
+                self._feed(out)
                 if self.engine.has_work:
                     self._step(out)
                 self.stats = self.engine.stats()
@@ -265,9 +289,27 @@ class EngineService:
             except queue.Empty:
                 return
             if command[0] == "add":
-                self._add(command[1], out)
+                tenant = command[1][0].gen.tenant
+                if tenant not in self._pending:
+                    self._pending[tenant] = deque()
+                    self._turns.append(tenant)
+                self._pending[tenant].append(command[1])
             else:
                 self._drop(command[1], command[2], out)
+
+    def _feed(self, out: list) -> None:
+        # Into the engine's waiting line, tenants in turn, while a step could admit them.
+        room = max(1, self.engine.config.max_running)
+        while self._turns and len(self.engine.scheduler.waiting) < room:
+            tenant = self._turns.popleft()
+            fifo = self._pending[tenant]
+            seqs = fifo.popleft()
+            if fifo:
+                self._turns.append(tenant)
+            else:
+                del self._pending[tenant]
+            if seqs:
+                self._add(seqs, out)
 
     def _add(self, seqs: list[_Seq], out: list) -> None:
         # The first choice of each prompt is admitted now; the others wait for its first token
@@ -307,6 +349,9 @@ class EngineService:
                 self._release(seq, out)
         for key, siblings in list(self._held.items()):
             self._held[key] = [s for s in siblings if not (s.gen is gen and s.index == index)]
+        for fifo in self._pending.values():  # not in the engine yet: it just leaves the line
+            for seqs in fifo:
+                seqs[:] = [s for s in seqs if not (s.gen is gen and s.index == index)]
 
     def _shut(self, out: list) -> None:
         # The thread's last act: everything still queued, held or running gets ShuttingDown.
@@ -318,6 +363,10 @@ class EngineService:
                 break
             if command[0] == "add":
                 out.extend((s.gen, s.index, exc) for s in command[1])
+        for fifo in self._pending.values():
+            out.extend((s.gen, s.index, exc) for seqs in fifo for s in seqs)
+        self._pending.clear()
+        self._turns.clear()
         self._fail_all(exc, out)
 
     def _step(self, out: list) -> None:

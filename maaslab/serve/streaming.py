@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from maaslab.llm.sequence import SamplingParams
+from maaslab.serve.access import tenant_name
 from maaslab.serve.batching import RequestTimeout
 from maaslab.serve.drain import Drain
 from maaslab.serve.errors import openai_error
@@ -263,7 +264,9 @@ async def engine_choices(
     """
     check_choices(len(prompts), body.n)
     params = sampling_params(body, max_tokens)
-    gen = model.service.submit([p for p in prompts for _ in params], params * len(prompts))
+    gen = model.service.submit(
+        [p for p in prompts for _ in params], params * len(prompts), tenant_name(request)
+    )
     try:
         await while_connected(request, gen.wait_first(), request_timeout(request))
     except BaseException:

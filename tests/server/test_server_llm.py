@@ -710,3 +710,56 @@ def test_cancelling_a_load_test_ends_its_streams_and_frees_the_engine(lm):
         lm.url, "tiny-llama", work, concurrency=1, progress=lambda *_: cancel.set(), cancel=cancel
     )
     assert len(result.timings) == 1 and result.cancelled == 5
+
+
+def test_tenants_take_turns_into_the_engine_and_a_flood_fills_only_its_own_queue(folders):
+    # Tenant A has 10 requests queued when B sends one: B's first token comes after a few of
+    # A's (the engine takes 2 at a time), not after all ten. The engine's first two steps are
+    # held until the test has queued what it means to, so the order is the same every run.
+    from maaslab.serve.batching import Overloaded
+    from maaslab.serve.llm_service import EngineService
+
+    engine = LLMEngine.from_folder(folders["tiny-llama"], EngineConfig(max_running=2))
+    params = [SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)]
+    firsts: list[str] = []
+    entered = [threading.Event(), threading.Event()]  # the engine is inside step 1 / step 2
+    release = [threading.Event(), threading.Event()]
+    real, steps = engine.step, itertools.count()
+
+    def held_step():
+        k = next(steps)
+        if k < 2:
+            entered[k].set()
+            release[k].wait(30)
+        return real()
+
+    engine.step = held_step
+
+    async def first(gen, who: str) -> None:
+        await gen.wait_first()
+        firsts.append(who)
+        while not gen.finished:
+            await gen.next()
+
+    async def main() -> None:
+        svc = EngineService("tiny", engine, max_queue=10)
+        waits = [first(svc.submit([[5, 6, 7, 0]], params, tenant="A"), "a0")]
+        await asyncio.to_thread(entered[0].wait, 30)  # a0 is in the engine, step 1 held
+        waits += [
+            first(svc.submit([[5, 6, 7, i]], params, tenant="A"), f"a{i}") for i in range(1, 10)
+        ]
+        with pytest.raises(Overloaded, match="A's queue full"):
+            svc.submit([[5, 6, 7]], params, tenant="A")
+        release[0].set()
+        await asyncio.to_thread(entered[1].wait, 30)  # a1..a9 taken in, step 2 held
+        waits.append(first(svc.submit([[9, 8, 7]], params, tenant="B"), "b"))
+        release[1].set()
+        try:
+            await asyncio.wait_for(asyncio.gather(*waits), 60)
+        finally:
+            await svc.close()
+
+    asyncio.run(main())
+    assert sorted(firsts) == sorted([f"a{i}" for i in range(10)] + ["b"])
+    assert firsts.index("b") <= 4, firsts  # first come, first served would make it last
+    assert [x for x in firsts if x != "b"] == [f"a{i}" for i in range(10)]  # A's in order
