@@ -369,10 +369,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         instances = f"{config.instances} instance{'s' if config.instances > 1 else ''}"
         threads = torch.get_num_threads()
         where = f"{url} and gRPC at {grpc}" if grpc else url
+        served = [*config.models] + ([f"repository {config.repository}"] * bool(config.repository))
+        keys = f", tenants from {config.keys_file}" if config.keys_file else ""
         print(
-            f"maaslab serve: {', '.join(config.models)} on {where} "
+            f"maaslab serve: {', '.join(served)} on {where} "
             f"(batching {'on' if config.batching else 'off'}, {instances}, "
-            f"{threads} torch thread{'s' if threads > 1 else ''} each)",
+            f"{threads} torch thread{'s' if threads > 1 else ''} each){keys}",
             flush=True,
         )
 

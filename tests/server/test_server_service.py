@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -284,3 +286,26 @@ def test_grpc_repository_calls_need_an_admin_key(service):
     with pytest.raises(InferenceServerException) as err:
         client.load_model("../digits", headers=grpc_auth("teacher"))
     assert "INVALID_ARGUMENT" in str(err.value.status())
+
+
+def test_the_cli_serves_a_repository_to_tenants_and_refuses_plain_text_keys(spawn_server, tmp_path):
+    plain = tmp_path / "plain.json"
+    plain.write_text(
+        '{"format": "maaslab-keys/1", "tenants": [{"name": "t", "role": "admin", '
+        '"key": "teacher-key-0123456789abcdef"}]}'
+    )
+    refused = subprocess.run(
+        [sys.executable, "-m", "maaslab", "serve", "--keys", str(plain), "--port", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "plain-text" in refused.stderr
+    keys = tmp_path / "keys.json"
+    KeyTable([Tenant("teacher", "admin", hash_key(KEYS["teacher"][1]))]).save(keys)
+    root = new_repository(tmp_path / "repo")
+    srv = spawn_server("--repository", str(root), "--keys", str(keys), "--host", "0.0.0.0")
+    assert "repository" in srv.output[-1] and "tenants from" in srv.output[-1]
+    assert httpx.get(srv.url + "/v1/models").status_code == 401
+    listed = httpx.get(srv.url + "/v1/models", headers=auth("teacher")).json()["data"]
+    assert [m["id"] for m in listed] == ["digits"]
