@@ -43,6 +43,45 @@ MAX_STUDENTS = 30
 STEADY_IN_FLIGHT = 4  # a steady student's requests in flight at most
 FLOOD_IN_FLIGHT = 32  # a flooding student's
 REFRESH_S = 1.0  # seconds between two live reads of the server's usage and rollout
+COLUMNS = (  # the tenants table: the server's counts, the sender's own view, then limits
+    "tenant",
+    "sending",
+    "answered",
+    "429 rate",
+    "429 daily",
+    "429 tokens",
+    "ok/s",
+    "p50 ms",
+    "p99 ms",
+    "compute (s)",
+    "limits",
+)
+_number, _text = st.column_config.NumberColumn, st.column_config.TextColumn
+COLUMN_HELP = {  # widths in pixels: the whole table fits the page's width
+    "tenant": _text(width=80),
+    "sending": _text(width=88, help="The load this page sends with the student's key"),
+    "answered": _number(width=70, help="Requests the server answered (its count)"),
+    "429 rate": _number(width=64, help="Refused: past the rate limit and its burst"),
+    "429 daily": _number(width=68, help="Refused: the day's quota was used up"),
+    "429 tokens": _number(width=76, help="Refused: past the model tokens per minute"),
+    "ok/s": _number(
+        width=48, help="200 answers/s in the last 3 s, counted by the student's client"
+    ),
+    "p50 ms": _number(
+        width=56,
+        help="Median latency of the student's 200 answers since its "
+        "load started, measured by its client",
+    ),
+    "p99 ms": _number(width=56, help="99th percentile of the same"),
+    "compute (s)": _number(
+        width=76, help="Model time spent on this tenant's requests (its share of each batch)"
+    ),
+    "limits": _text(
+        width=252,
+        help="Rate (burst) · daily quota · model tokens per minute; the "
+        "teacher, an admin, has none",
+    ),
+}
 
 
 class ServiceSlot:
@@ -124,6 +163,7 @@ def start_form(slot: ServiceSlot) -> None:
         1000.0,
         float(STUDENT_LIMITS.requests_per_s),
         1.0,
+        "%g",
         key=f"{KEY}.rate_limit",
         help="Each student's token bucket refills at this rate and holds twice as many "
         "(the burst); a request past it is answered 429 with Retry-After. The teacher, an "
@@ -207,7 +247,7 @@ def traffic_form(slot: ServiceSlot) -> None:
         f"{STEADY_IN_FLIGHT} in flight), whether or not answers came back.",
     )
     steady_rate = c2.number_input(
-        "Each at (requests/s)", 1.0, 100.0, 5.0, 1.0, key=f"{KEY}.steady_rate"
+        "Each at (requests/s)", 1.0, 100.0, 5.0, 1.0, "%g", key=f"{KEY}.steady_rate"
     )
     c1, c2 = st.columns([3, 1])
     flood = c1.selectbox(
@@ -219,7 +259,7 @@ def traffic_form(slot: ServiceSlot) -> None:
         "flight): its excess is refused with 429 while the others keep their latency.",
     )
     flood_rate = c2.number_input(
-        "Flood at (requests/s)", 10.0, 2000.0, 200.0, 10.0, key=f"{KEY}.flood_rate"
+        "Flood at (requests/s)", 10.0, 2000.0, 200.0, 10.0, "%g", key=f"{KEY}.flood_rate"
     )
     wanted = {name: ("steady", float(steady_rate)) for name in steady}
     if flood is not None:
@@ -234,7 +274,7 @@ def client_side(slot: ServiceSlot) -> dict[str, dict]:
         s = load.snapshot()
         seen[name] = {
             "sending": f"{mode} {rate:g}/s",
-            "answered/s (last 3 s)": round(s.recent_throughput, 1),
+            "ok/s": round(s.recent_throughput, 1),
             "p50 ms": None if np.isnan(s.p50_ms) else round(s.p50_ms, 1),
             "p99 ms": None if np.isnan(s.p99_ms) else round(s.p99_ms, 1),
         }
@@ -256,8 +296,15 @@ def tenants_live() -> None:
         st.error(str(err))
         return
     client = client_side(slot)
-    rows = [{**row, **client.get(row["tenant"], {})} for row in tenant_rows(tenants)]
-    st.dataframe(pd.DataFrame(rows), hide_index=True, key=f"{KEY}.tenants")
+    quiet = {"sending": "", "ok/s": None, "p50 ms": None, "p99 ms": None}
+    rows = [{**row, **client.get(row["tenant"], quiet)} for row in tenant_rows(tenants)]
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        column_order=COLUMNS,
+        column_config=COLUMN_HELP,
+        key=f"{KEY}.tenants",
+    )
     failed = [f"{name}: {load.error}" for name, (_, load) in slot.loads.items() if load.error]
     if failed:
         st.warning("\n".join(failed))
@@ -319,6 +366,7 @@ def rollout_controls(slot: ServiceSlot) -> None:
         0.0,
         100.0,
         step=5.0,
+        format="%.0f",
         key=CANARY,
         disabled=no_challenger,
         on_change=act,
@@ -326,7 +374,7 @@ def rollout_controls(slot: ServiceSlot) -> None:
         help="Requests that name no version are split at random in this proportion.",
     )
     c2.toggle(
-        "Shadow: copy the champion's requests to the challenger and compare",
+        "Shadow copies to the challenger",
         key=SHADOW,
         disabled=no_challenger,
         on_change=act,
@@ -358,7 +406,7 @@ def rollout_controls(slot: ServiceSlot) -> None:
     c2.caption(
         f"v{state['history'][-1]} returns as champion; v{state['champion']} stays as challenger."
         if state["history"]
-        else "Nothing to roll back: no version has been promoted."
+        else "Nothing to roll back: no promote to undo."
     )
     if ERROR in ss:
         st.error(ss[ERROR], icon=":material/error:")

@@ -19,8 +19,17 @@ REFUSED_COLORS = {"rate": "#dc2626", "daily": "#9333ea", "tokens": "#ca8a04"}  #
 OTHER_VERSION_COLOR = "#94a3b8"  # a loaded version that is neither champion nor challenger
 
 
-def _limit(value: Any, unit: str = "") -> str:
-    return "no limit" if value is None else f"{value:g}{unit}"
+def limits_text(limits: dict[str, Any]) -> str:
+    """A tenant's limits in a few words: "20/s (burst 40) · 5000/day · 20000 tok/min"."""
+    parts = []
+    if limits.get("requests_per_s") is not None:
+        burst = limits.get("burst")
+        parts.append(f"{limits['requests_per_s']:g}/s" + (f" (burst {burst:g})" if burst else ""))
+    if limits.get("daily_requests") is not None:
+        parts.append(f"{limits['daily_requests']:g}/day")
+    if limits.get("tokens_per_min") is not None:
+        parts.append(f"{limits['tokens_per_min']:g} tok/min")
+    return " · ".join(parts) or "no limit"
 
 
 def tenant_rows(tenants: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -32,10 +41,8 @@ def tenant_rows(tenants: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     rows = []
     for t in tenants:
-        usage, limits = t["usage"], t["limits"]
+        usage = t["usage"]
         refused = usage["refused"]
-        rate = limits["requests_per_s"]
-        burst = f" (burst {limits['burst']:g})" if limits.get("burst") is not None else ""
         rows.append(
             {
                 "tenant": t["tenant"],
@@ -45,9 +52,7 @@ def tenant_rows(tenants: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "429 daily": refused.get("daily", 0),
                 "429 tokens": refused.get("tokens", 0),
                 "compute (s)": round(usage["compute_seconds"], 3),
-                "rate limit": _limit(rate, " req/s") + (burst if rate is not None else ""),
-                "daily limit": _limit(limits["daily_requests"]),
-                "tokens/min": _limit(limits["tokens_per_min"]),
+                "limits": limits_text(t["limits"]),
             }
         )
     return rows
@@ -161,7 +166,8 @@ def rollout_figure(state: dict[str, Any]) -> go.Figure:
         row=1,
         col=2,
     )
-    fig.update_layout(**layout(320), title=rollout_title(state))
+    fig.update_layout(**layout(340), title=rollout_title(state))
+    fig.update_layout(margin={"t": 95})  # the title above the two subplot titles
     fig.update_yaxes(rangemode="tozero", row=1, col=1)
     fig.update_yaxes(rangemode="tozero", row=1, col=2)
     return fig

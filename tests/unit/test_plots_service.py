@@ -1,6 +1,12 @@
 """Figures and table rows of the service view, from the JSON the server returns."""
 
-from maaslab.plots.service import rollout_figure, rollout_title, tenant_rows, tenant_usage
+from maaslab.plots.service import (
+    limits_text,
+    rollout_figure,
+    rollout_title,
+    tenant_rows,
+    tenant_usage,
+)
 
 NO_LIMITS = {"requests_per_s": None, "burst": None, "tokens_per_min": None, "daily_requests": None}
 STUDENT = {"requests_per_s": 20, "burst": 40, "tokens_per_min": 20000, "daily_requests": 5000}
@@ -49,10 +55,10 @@ def test_tenant_rows_carry_usage_refusals_and_limits():
     rows = tenant_rows(TENANTS)
     assert [r["tenant"] for r in rows] == ["teacher", "student-01", "student-02"]
     teacher, first, second = rows
-    assert teacher["rate limit"] == "no limit" and teacher["daily limit"] == "no limit"
+    assert teacher["limits"] == "no limit" and teacher["role"] == "admin"
     assert first["answered"] == 120 and first["429 rate"] == 2470 and first["429 daily"] == 0
     assert first["compute (s)"] == 0.394
-    assert first["rate limit"] == "20 req/s (burst 40)" and first["daily limit"] == "5000"
+    assert first["limits"] == "20/s (burst 40) · 5000/day · 20000 tok/min"
     assert (second["429 daily"], second["429 tokens"]) == (5, 1)
 
 
@@ -100,3 +106,8 @@ def test_a_rollout_with_one_version_and_no_comparisons():
 def test_after_a_promote_the_old_champion_is_a_plain_version():
     state = rollout(champion="2", challenger=None, history=["1"], canary_percent=0.0)
     assert list(rollout_figure(state).data[0].x) == ["v1", "v2 (champion)"]
+
+
+def test_limits_text_names_only_the_limits_set():
+    assert limits_text({**NO_LIMITS, "requests_per_s": 2.5}) == "2.5/s"
+    assert limits_text({**NO_LIMITS, "daily_requests": 100}) == "100/day"
