@@ -24,8 +24,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from maaslab.errors import MaaslabError
+from maaslab.serve.quotas import Admission, Refusal, Usage
 from maaslab.serve.security import OPEN_PATHS
-from maaslab.serve.tenants import Admission, KeyTable, Limits, Refusal, Tenant, Usage, hash_key
+from maaslab.serve.tenants import KeyTable, Limits, Tenant, hash_key
 
 SINGLE_KEY_TENANT = "admin"  # the tenant an --api-key-env key stands for
 

@@ -54,13 +54,14 @@ from maaslab.errors import MaaslabError
 from maaslab.serve.access import require_admin
 from maaslab.serve.batching import Overloaded, RequestTimeout, ShuttingDown
 from maaslab.serve.oip import PLATFORM, find_model, infer_tensors, signature, tensor_model
+from maaslab.serve.quotas import Refusal
 from maaslab.serve.service_api import (
     check_load_parameters,
     repository_index,
     repository_of,
     unload_version,
 )
-from maaslab.serve.tenants import Refusal, Tenant
+from maaslab.serve.tenants import Tenant
 from maaslab.serve.tensors import NUMPY_DTYPES, join_bytes, raw_output
 from maaslab.serve.versions import load_model, unload_model
 
