@@ -152,6 +152,24 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name", help="tenant name, e.g. alice or student-31")
     add.add_argument("--role", choices=("user", "admin"), default="user", help="default: user")
     _add_limit_flags(add, Limits())
+
+    repo = sub.add_parser(
+        "repository",
+        help="make a model repository for `serve --repository` and publish versions into it",
+        description="A model repository is ROOT/NAME/VERSION/ model folders. A running server "
+        "serves a newly published version after an admin's load call (it arrives as the "
+        "challenger with no traffic).",
+    )
+    repo_sub = repo.add_subparsers(dest="repository_command", required=True, parser_class=_Parser)
+    init = repo_sub.add_parser("init", help="the demo repository: digits 1 (MLP), 2 (CNN)")
+    init.add_argument("root", type=Path, help="folder to write (new or empty)")
+    init.add_argument(
+        "--versions", type=int, default=2, help="write the first N demo versions (default: 2)"
+    )
+    pub = repo_sub.add_parser("publish", help="copy a model folder in as NAME's next version")
+    pub.add_argument("root", type=Path, help="the repository")
+    pub.add_argument("name", help="the served name, e.g. digits")
+    pub.add_argument("folder", type=_model_folder, help="model folder or shipped model name")
     return parser
 
 
@@ -414,6 +432,25 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repository(args: argparse.Namespace) -> int:
+    """Write the demo repository, or publish a model folder as the next version of a name."""
+    from maaslab.serve.repository import init_demo_repository, publish
+
+    if args.repository_command == "init":
+        repository = init_demo_repository(args.root, versions=args.versions)
+        for entry in repository.index():
+            print(f"{entry['name']}/{entry['version']}: {entry['state'].lower()}")
+        print(f"serve it: python -m maaslab serve --repository {args.root} --keys KEYS")
+        return 0
+    version = publish(args.root, args.name, args.folder)
+    print(f"published {args.folder} as {args.name}/{version} in {args.root}")
+    print(
+        f"a running server loads it with POST /v2/repository/models/{args.name}/load (admin "
+        "key); it arrives as the challenger with no traffic"
+    )
+    return 0
+
+
 COMMANDS = {
     "doctor": cmd_doctor,
     "train": cmd_train,
@@ -421,6 +458,7 @@ COMMANDS = {
     "assets": cmd_assets,
     "serve": cmd_serve,
     "keys": cmd_keys,
+    "repository": cmd_repository,
 }
 
 
