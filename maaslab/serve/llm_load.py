@@ -61,6 +61,7 @@ class LLMLoadResult:
     refusal: str | None = None  # the server's words with its first 503
     errors: Counter = field(default_factory=Counter)  # what went wrong otherwise, by message
     cancelled: int = 0  # requests not sent, or streams ended early, because of `cancel`
+    started: float = 0.0  # perf_counter when the run began: arrival times count from here
 
     @property
     def sent(self) -> int:
@@ -145,7 +146,7 @@ async def _drive(
         headers["Authorization"] = f"Bearer {api_key}"
     target = url.rstrip("/") + "/v1/completions"
     out = LLMLoadResult(model, "", [], None)
-    t0 = time.perf_counter()
+    t0 = out.started = time.perf_counter()
 
     async def send(session: aiohttp.ClientSession, i: int) -> None:
         arrival, prompt, max_tokens = plan[i]
