@@ -102,10 +102,11 @@ class LoadResult:
     started_s: np.ndarray  # when each request was sent, seconds since the run began
     finished_s: np.ndarray  # when its answer (or failure) arrived
     started_at: float = 0.0  # time.time() when the run began
+    limited: int = 0  # 429 answers: a limit of the key's tenant (maaslab.serve.quotas)
 
     @property
     def error_count(self) -> int:
-        """Requests that were neither answered 200 nor rejected with 503."""
+        """Requests that were neither answered 200 nor refused with 503 or 429."""
         return sum(self.errors.values())
 
     @property
@@ -124,7 +125,8 @@ class LoadResult:
             f"{self.model} c={self.concurrency}: {self.ok}/{self.requests} ok, "
             f"{self.throughput:.1f} req/s, p50 {self.p50_ms:.1f} ms, p90 {self.p90_ms:.1f} "
             f"ms, p99 {self.p99_ms:.1f} ms, {self.rejected} rejected, "
-            f"{self.error_count} errors"
+            + (f"{self.limited} limited (429), " if self.limited else "")
+            + f"{self.error_count} errors"
         )
 
 
@@ -178,10 +180,15 @@ class _Recorder:
             started_s=started,
             finished_s=finished,
             started_at=self.wall0,
+            limited=int((status == 429).sum()),
         )
 
 
-def _check_args(concurrency: int, duration_s: float | None, requests: int | None) -> None:
+def _check_args(
+    concurrency: int, duration_s: float | None, requests: int | None, rate: float | None = None
+) -> None:
+    if rate is not None and not 0 < rate <= 100_000:
+        raise MaaslabError(f"rate must be in (0, 100000] requests per second, got {rate}")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
         raise MaaslabError(f"concurrency must be 1..{MAX_CONCURRENCY}, got {concurrency}")
     if duration_s is not None and not 0 < duration_s <= 3600:
@@ -243,7 +250,7 @@ async def _drive(
                 async with session.post(target, data=body, headers=headers) as response:
                     await response.read()
                     status = response.status
-                error = None if status in (200, 503) else str(status)
+                error = None if status in (200, 429, 503) else str(status)
             except (aiohttp.ClientError, TimeoutError) as err:
                 status, error = 0, transport_error(err)
             recorder.add(started, time.perf_counter(), status, error)
@@ -326,9 +333,7 @@ def run_load(
     """
     if duration_s is None and requests is None:
         raise MaaslabError("give duration_s or requests (or both) so the load test ends")
-    _check_args(concurrency, duration_s, requests)
-    if rate is not None and not 0 < rate <= 100_000:
-        raise MaaslabError(f"rate must be in (0, 100000] requests per second, got {rate}")
+    _check_args(concurrency, duration_s, requests, rate)
     bodies = list(bodies) if bodies is not None else request_bodies(model)
     recorder = _Recorder()
     # Objects alive now (torch, transformers, a loaded model: millions of them in a notebook or
@@ -447,13 +452,16 @@ class LoadGenerator:
     concurrency: int
     duration_s: float | None = None
     api_key: str | None = None
+    # Requests per second, sent whatever the answers (open loop, `concurrency` in flight at
+    # most); None: a closed loop, each client sending again as soon as it is answered.
+    rate: float | None = None
     result: LoadResult | None = field(default=None, init=False)
     error: str | None = field(default=None, init=False)
     # (LiveStats, the model's queue depth or nan) per sample(): what a live timeline draws
     timeline: list[tuple[LiveStats, float]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
-        _check_args(self.concurrency, self.duration_s, None)
+        _check_args(self.concurrency, self.duration_s, None, self.rate)
         self._cancel = threading.Event()
         self._recorder = _Recorder()
         self._thread: threading.Thread | None = None
@@ -481,6 +489,7 @@ class LoadGenerator:
                     self._recorder,
                     None,
                     self._cancel,
+                    self.rate,
                 )
             )
             self.result = self._recorder.result(self.model, self.concurrency, seconds)

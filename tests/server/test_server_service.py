@@ -26,6 +26,7 @@ KEYS = {  # name -> (role, key, limits)
     "teacher": ("admin", "teacher-key-0123456789abcdef", Limits()),
     "alice": ("user", "alice-key-0123456789abcdef", Limits()),
     "slow": ("user", "slow-key-0123456789abcdef", Limits(requests_per_s=0.01, burst=2)),
+    "paced": ("user", "paced-key-0123456789abcdef", Limits(requests_per_s=4, burst=4)),
 }
 ROWS = load_digits().data[:8].astype(np.float32)
 
@@ -309,3 +310,15 @@ def test_the_cli_serves_a_repository_to_tenants_and_refuses_plain_text_keys(spaw
     assert httpx.get(srv.url + "/v1/models").status_code == 401
     listed = httpx.get(srv.url + "/v1/models", headers=auth("teacher")).json()["data"]
     assert [m["id"] for m in listed] == ["digits"]
+
+
+def test_the_load_generator_counts_429s_as_limited_not_as_errors(service):
+    from maaslab.serve.loadtest import run_load
+
+    result = run_load(
+        service.url, "digits", concurrency=4, duration_s=1.5, rate=40, api_key=KEYS["paced"][1]
+    )
+    # 4 requests/s with a burst of 4 lets about 4 + 1.5 x 4 = 10 through out of about 60 sent
+    assert result.error_count == 0 and result.ok + result.limited == result.requests
+    assert 6 <= result.ok <= 14 and result.limited >= 30
+    assert "limited (429)" in result.summary()
