@@ -11,6 +11,7 @@ deviation, one shared queue for fair turns, 8 bytes per float32 ...) the message
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -248,7 +249,7 @@ def fair_order(arrivals: Sequence[tuple[str, str]], per_tenant: int) -> list[str
     for tenant, request in arrivals:
         try:
             queue.put(_Item(payload=request, rows=1, future=None, tenant=tenant))  # type: ignore[arg-type]
-        except Exception:  # asyncio.QueueFull: the server answers 503
+        except asyncio.QueueFull:  # the server answers this request 503
             continue
     served = []
     while queue.qsize():
