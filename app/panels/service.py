@@ -60,9 +60,9 @@ _number, _text = st.column_config.NumberColumn, st.column_config.TextColumn
 COLUMN_HELP = {  # widths in pixels: the whole table fits the page's width
     "tenant": _text(width=80),
     "sending": _text(width=88, help="The load this page sends with the student's key"),
-    "answered": _number(width=70, help="Requests the server answered (its count)"),
+    "answered": _number(width=66, help="Requests the server answered (its count)"),
     "429 rate": _number(width=64, help="Refused: past the rate limit and its burst"),
-    "429 daily": _number(width=68, help="Refused: the day's quota was used up"),
+    "429 daily": _number(width=66, help="Refused: the day's quota was used up"),
     "429 tokens": _number(width=76, help="Refused: past the model tokens per minute"),
     "ok/s": _number(
         width=48, help="200 answers/s in the last 3 s, counted by the student's client"
@@ -74,7 +74,7 @@ COLUMN_HELP = {  # widths in pixels: the whole table fits the page's width
     ),
     "p99 ms": _number(width=56, help="99th percentile of the same"),
     "compute (s)": _number(
-        width=76, help="Model time spent on this tenant's requests (its share of each batch)"
+        width=82, help="Model time spent on this tenant's requests (its share of each batch)"
     ),
     "limits": _text(
         width=252,
@@ -122,9 +122,13 @@ class ServiceSlot:
 
     def traffic(self, wanted: dict[str, tuple[str, float]]) -> None:
         """Run exactly the wanted load: student -> (mode "steady" or "flood", requests/s)."""
-        for name in list(self.loads):
-            if self.loads[name][0] != wanted.get(name):
-                self.loads.pop(name)[1].stop()
+        ending = [
+            self.loads.pop(n)[1] for n in list(self.loads) if self.loads[n][0] != wanted.get(n)
+        ]
+        for load in ending:  # all told to stop at once, then each awaited
+            load.stop(timeout=0)
+        for load in ending:
+            load.stop()
         for name, (mode, rate) in wanted.items():
             if name not in self.loads:
                 in_flight = FLOOD_IN_FLIGHT if mode == "flood" else STEADY_IN_FLIGHT
@@ -434,9 +438,18 @@ def service_panel(slot: ServiceSlot) -> None:
         st.rerun()
     handout(slot.demo)
     st.subheader("Traffic")
+    st.caption(
+        "Send steady load from some students, then flood from another: the flood's 429 count "
+        "climbs and its answers stop at the rate limit, while the others' p50 stays put."
+    )
     traffic_form(slot)
     st.subheader("Tenants")
     tenants_live()
+    st.caption(
+        "answered and 429s are the server's counts (GET /usage/tenants); sending, ok/s and "
+        "the latencies are what each student's own client measured. The teacher's requests "
+        "are this page's own calls (usage and rollout, every second)."
+    )
     st.subheader(f"Rollout of {DEMO_MODEL}")
     rollout_controls(slot)
     rollout_live()

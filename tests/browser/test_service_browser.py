@@ -11,6 +11,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 pytestmark = pytest.mark.browser
+WAIT = 30_000  # ms for a step the page answers at its next rerun (slower on a busy machine)
 
 
 def pick(page: Page, label: str, option: str) -> None:
@@ -44,7 +45,9 @@ def test_a_classroom_service_from_start_to_roll_back(page: Page, app_url, shot, 
 
     request.addfinalizer(kill)
     main.get_by_text(re.compile(r"Handout: 4 keys")).click()
-    expect(main.get_by_role("button", name="Download the handout (CSV)")).to_be_visible()
+    expect(main.get_by_role("button", name="Download the handout (CSV)")).to_be_visible(
+        timeout=WAIT
+    )
     page.wait_for_timeout(1000)
     shot("service-started")
 
@@ -56,37 +59,37 @@ def test_a_classroom_service_from_start_to_roll_back(page: Page, app_url, shot, 
     page.wait_for_timeout(800)
     pick(page, "Flood from", "student-02")
     tenants = main.get_by_test_id("stDataFrame").filter(has_text="429 rate")
-    expect(tenants).to_contain_text("flood 200/s", timeout=30_000)
-    expect(tenants).to_contain_text("steady 5/s")
+    expect(tenants).to_contain_text("flood 200/s", timeout=WAIT)
+    expect(tenants).to_contain_text("steady 5/s", timeout=WAIT)
     page.wait_for_timeout(5000)  # a few seconds of traffic
     scroll_to(page, "Tenants")
     shot("service-tenants")
 
     main.get_by_role("button", name="Publish version 2 (digits-cnn)").click()
-    expect(main.get_by_text("Published: versions 1, 2 are loaded.")).to_be_visible(timeout=30_000)
+    expect(main.get_by_text("Published: versions 1, 2 are loaded.")).to_be_visible(timeout=WAIT)
     canary = page.get_by_test_id("stSlider").filter(has_text="Canary")
     thumb = canary.get_by_role("slider")
     for _ in range(6):  # 5 % a step: 30 %
         thumb.press("ArrowRight")
     page.wait_for_timeout(1500)
-    expect(thumb).to_have_value("30")
+    expect(thumb).to_have_value("30", timeout=WAIT)
     main.get_by_text("Shadow copies to the challenger").click()
     title = re.compile(r"challenger v2 gets 30 % of the traffic, shadow on")
-    expect(main.locator(".js-plotly-plot").filter(has_text=title)).to_be_visible(timeout=30_000)
+    expect(main.locator(".js-plotly-plot").filter(has_text=title)).to_be_visible(timeout=WAIT)
     page.wait_for_timeout(4000)  # canary answers and shadow comparisons come in
     scroll_to(page, "Rollout of digits")
     shot("service-canary")
 
     main.get_by_role("button", name="Promote the challenger").click()
     expect(main.get_by_text("v1 returns as champion; v2 stays as challenger.")).to_be_visible(
-        timeout=30_000
+        timeout=WAIT
     )
-    expect(main.get_by_role("button", name="Promote the challenger")).to_be_disabled()
+    expect(main.get_by_role("button", name="Promote the challenger")).to_be_disabled(timeout=WAIT)
     main.get_by_role("button", name="Roll back").click()
     expect(main.get_by_text("Nothing to roll back: no promote to undo.")).to_be_visible(
-        timeout=30_000
+        timeout=WAIT
     )
-    expect(thumb).to_have_value("0")
+    expect(thumb).to_have_value("0", timeout=WAIT)
     expect(main.get_by_test_id("stAlert").filter(has_text="400")).to_have_count(0)
     page.wait_for_timeout(1500)
     scroll_to(page, "Rollout of digits")
@@ -94,4 +97,6 @@ def test_a_classroom_service_from_start_to_roll_back(page: Page, app_url, shot, 
 
     main.get_by_role("button", name="Stop the service").click()
     expect(page.get_by_text(re.compile(r"exited with code 0"))).to_be_visible(timeout=60_000)
-    expect(main.get_by_role("button", name="Start the classroom service")).to_be_visible()
+    expect(main.get_by_role("button", name="Start the classroom service")).to_be_visible(
+        timeout=WAIT
+    )
