@@ -43,6 +43,7 @@ MAX_STUDENTS = 30
 STEADY_IN_FLIGHT = 4  # a steady student's requests in flight at most
 FLOOD_IN_FLIGHT = 32  # a flooding student's
 REFRESH_S = 1.0  # seconds between two live reads of the server's usage and rollout
+CALL_TIMEOUT_S = 10.0  # a teacher's call that takes longer is shown as an error, not a hang
 COLUMNS = (  # the tenants table: the server's counts, the sender's own view, then limits
     "tenant",
     "sending",
@@ -207,7 +208,8 @@ def started(task: Task) -> None:
         ss[NOTE] = ("error", task.error)
         slot.stop()
     else:
-        slot.teacher = ServiceClient(slot.server.url, slot.demo.keys["teacher"])
+        key = slot.demo.keys["teacher"]
+        slot.teacher = ServiceClient(slot.server.url, key, timeout=CALL_TIMEOUT_S)
 
 
 def cancel_start(task: Task) -> None:
@@ -220,11 +222,7 @@ def cancel_start(task: Task) -> None:
 def handout(demo: ServiceDemo) -> None:
     """The keys to hand out, and the CSV to download."""
     with st.expander(f"Handout: {len(demo.keys)} keys ({len(demo.students)} students, teacher)"):
-        rows = [
-            {"name": n, "role": "admin" if n == "teacher" else "user", "key": k}
-            for n, k in demo.keys.items()
-        ]
-        st.dataframe(pd.DataFrame(rows), hide_index=True)
+        st.dataframe(pd.read_csv(demo.handout), hide_index=True)  # name, role, key
         st.download_button(
             "Download the handout (CSV)",
             demo.handout.read_bytes(),
