@@ -23,11 +23,11 @@ from maaslab.jobs import Task
 from maaslab.paths import runs_dir
 from maaslab.plots.service import rollout_figure, tenant_rows, tenant_usage
 from maaslab.serve.config import ServeConfig
+from maaslab.serve.loadtest import LoadGenerator
 from maaslab.serve.process import ServerProcess
 from maaslab.serve.repository import DEMO_MODEL
 from maaslab.serve.service_client import (
     CHALLENGER_SOURCE,
-    PacedLoad,
     ServiceClient,
     ServiceDemo,
     prepare_demo,
@@ -96,7 +96,7 @@ class ServiceSlot:
     teacher: ServiceClient | None = None  # the admin key's client, once the server is up
 
     def __init__(self) -> None:
-        self.loads: dict[str, tuple[tuple[str, float], PacedLoad]] = {}
+        self.loads: dict[str, tuple[tuple[str, float], LoadGenerator]] = {}
 
     def begin(self, students: int, rate_limit: float) -> None:
         """Write a fresh demo (keys, handout, repository) under runs/ and start its server."""
@@ -134,7 +134,7 @@ class ServiceSlot:
             if name not in self.loads:
                 in_flight = FLOOD_IN_FLIGHT if mode == "flood" else STEADY_IN_FLIGHT
                 key = self.demo.keys[name]
-                load = PacedLoad(self.server.url, DEMO_MODEL, in_flight, api_key=key, rate=rate)
+                load = LoadGenerator(self.server.url, DEMO_MODEL, in_flight, api_key=key, rate=rate)
                 self.loads[name] = ((mode, rate), load.start())
 
     def stop(self) -> int | None:

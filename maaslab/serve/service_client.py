@@ -15,7 +15,6 @@ Every refusal comes back as a MaaslabError holding the server's own message.
 
 from __future__ import annotations
 
-import asyncio
 import csv
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,6 @@ from typing import Any
 import httpx
 
 from maaslab.errors import MaaslabError
-from maaslab.serve.loadtest import LoadGenerator, _drive
 from maaslab.serve.repository import DEMO_MODEL, init_demo_repository, publish
 from maaslab.serve.tenants import Limits, write_classroom
 from maaslab.zoo import shipped_folder
@@ -148,37 +146,3 @@ def prepare_demo(
     with handout.open(newline="", encoding="utf-8") as f:
         keys = {row["name"]: row["key"] for row in csv.DictReader(f)}
     return ServiceDemo(keys_file, handout, root, keys)
-
-
-@dataclass
-class PacedLoad(LoadGenerator):
-    """A LoadGenerator that sends `rate` requests per second whatever the answers (open loop,
-    at most `concurrency` in flight): a student's steady traffic, or a flood far past a limit.
-
-    A closed loop would resend a 429 at once, thousands of times a second; a paced client
-    sends what a person's program sends, so its refusals count what went past the limit.
-    """
-
-    rate: float = 5.0  # requests per second
-
-    def _run(self) -> None:
-        # LoadGenerator._run with the rate passed on (LoadGenerator itself runs a closed loop).
-        try:
-            seconds = asyncio.run(
-                _drive(
-                    self.url,
-                    self.model,
-                    self._bodies,
-                    self.concurrency,
-                    self.duration_s or 3600.0,
-                    None,
-                    self.api_key,
-                    self._recorder,
-                    None,
-                    self._cancel,
-                    self.rate,
-                )
-            )
-            self.result = self._recorder.result(self.model, self.concurrency, seconds)
-        except Exception as err:  # shown on the page; the traceback would not help a learner
-            self.error = f"load failed: {type(err).__name__}: {err}"
