@@ -13,27 +13,47 @@ protocol); the clients run in this process and share the machine's cores (and th
 GIL) with it. Rounds are interleaved (each protocol once per round, per rows count) so machine
 noise hits each alike; the median round is reported.
 
-Adding a section (fairness and overhead come next): write `def pNN_name(server, args) -> dict`
-returning its figures keyed "PNN_...", printing as it goes, and list it in SECTIONS; --only
-picks sections by number.
+P16 fairness: tenant A floods at 5x the server's capacity while tenant B sends its normal load
+(25 % of capacity, an open loop at a fixed rate). Capacity is measured first (32-row JSON
+requests, closed loop); A's key is limited to that many requests/s. B alone, then B while A
+floods (A from a process of its own), each round, against a server with keys (fair queues) and
+one without (one shared queue): B's p50/p99 alone and under flood and their ratio (goal <= 2),
+A's and B's answers by status (goal: A gets 429s, B none), every request sent answered, the
+200s the server counted equal to those received, the server ready after; and the cores the
+server's event loop, its model thread, each client and the whole machine used meanwhile.
+P17 overhead: the same closed loop against a server without keys and one with a classroom's
+keys file (the teacher's key, no limits), at 1 and 32 rows, interleaved rounds, median:
+keys / no keys throughput (goal: overhead <= 5 %).
+P16 and P17 start their own servers with the shared one's settings (HTTP only) and drive them
+with run_load (maaslab.serve.loadtest, aiohttp).
+
+Adding a section: write `def pNN_name(server, args) -> dict` returning its figures keyed
+"PNN_...", printing as it goes, and list it in SECTIONS; --only picks sections by number.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
 import numpy as np
 
 from maaslab.device import describe
+from maaslab.serve.client import digits_body
 from maaslab.serve.config import ServeConfig
+from maaslab.serve.loadtest import LoadResult, run_load, scrape_metrics
 from maaslab.serve.process import ServerProcess
 from maaslab.serve.protocols import (
     PROTOCOLS,
@@ -42,6 +62,7 @@ from maaslab.serve.protocols import (
     compare_protocols,
     digit_rows,
 )
+from maaslab.serve.tenants import KeyTable, Limits, Tenant, classroom, hash_key, new_key
 
 MODEL = "digits-cnn"
 LOAD_ROWS = (1, 32, 1024)  # rows per request in P15's closed loop
@@ -150,9 +171,354 @@ def p15_protocols(server: ServerProcess, args: argparse.Namespace) -> dict[str, 
     return figures
 
 
+# P16 and P17 send 32 digits per request as OIP JSON. At 32 rows a request is one whole
+# batch and the server answers 185 to 300 of them a second here (with the machine's other load),
+# so 5x is an offer one client process can make: it sent over 4,000 refused requests/s, at
+# about 0.1 ms of its CPU each. At 1 row the server answers about 1,700/s (batched), and a 5x
+# offer would measure the client, not the server.
+FLOOD_ROWS = 32
+FLOOD_TIMES = 5.0  # P16: tenant A offers this many times the measured capacity
+NORMAL_SHARE = 0.25  # P16: tenant B's open-loop rate, as a share of the capacity
+FLOOD_CLIENTS = 512  # A's requests in flight at most (its queue of 256, and refusals)
+NORMAL_CLIENTS = 64  # B's requests in flight at most (far more than its rate needs)
+FLOOD_LEAD_S = 1.0  # A floods this long before B starts and after B stops
+SETTLE_S = 2.0  # after a flood, the queue drains before the next measurement starts
+STATUSES = ("200", "429", "503")  # the answers P16 expects; any other counts as "other"
+CLASS_SIZE = 30  # P17's keys file: a classroom (a teacher and this many students)
+OVERHEAD_ROWS = (1, 32)  # P17: 1 row is where a per-request cost shows most
+
+
+def json_bodies(rows: int, n: int = 8) -> list[bytes]:
+    """`n` distinct OIP v2 JSON bodies of `rows` digits each (encoded once, before the clock)."""
+    return [json.dumps(digits_body(digit_rows(rows, seed=s))).encode() for s in range(n)]
+
+
+def status_counts(status: np.ndarray) -> dict[str, int]:
+    """Requests per answer: "200", "429", "503", "other" (another code, or no answer: 0)."""
+    counts = {code: int((status == int(code)).sum()) for code in STATUSES}
+    return counts | {"other": int(len(status) - sum(counts.values()))}
+
+
+def http_only(server: ServerProcess) -> ServeConfig:
+    """The shared server's settings without gRPC: P16's and P17's servers differ from these
+    (and from each other) only in their keys."""
+    return replace(server.config, grpc_port=None)
+
+
+def server_200s(server: ServerProcess, key: str | None) -> int:
+    """The 200 answers of MODEL the server has counted so far (its /metrics)."""
+    return scrape_metrics(server.url, api_key=key).requests_by_code(MODEL).get("200", 0)
+
+
+def ready(server: ServerProcess) -> bool:
+    """True when the server process lives and answers its readiness probe with 200."""
+    try:
+        ok = httpx.get(server.url + "/v2/health/ready", timeout=5.0).status_code == 200
+    except httpx.HTTPError:
+        ok = False
+    return server.running and ok
+
+
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU seconds (user + system) of a process, or of one of its threads; nan without /proc."""
+    path = f"/proc/{pid}/task/{thread}/stat" if thread is not None else f"/proc/{pid}/stat"
+    try:
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have been busy since boot (/proc/stat; nan without it)."""
+    try:
+        ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except OSError:
+        return float("nan")
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # less idle, iowait
+
+
+def cpu_snapshot(server: ServerProcess, flood_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the server's event loop (its main thread), the whole server, A's
+    client process, this process (B's client) and the machine, with the wall clock."""
+    assert server.pid is not None
+    return {
+        "loop": cpu_seconds(server.pid, server.pid),
+        "server": cpu_seconds(server.pid),
+        "A": cpu_seconds(flood_pid),
+        "B": cpu_seconds(os.getpid()),
+        "machine": machine_busy_seconds(),
+        "wall": time.perf_counter(),
+    }
+
+
+def cores_used(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Cores each part kept busy between two cpu_snapshots (server "other": all but the loop)."""
+    wall = after["wall"] - before["wall"]
+    cores = {k: (after[k] - before[k]) / wall for k in before if k != "wall"}
+    cores["other"] = cores.pop("server") - cores["loop"]
+    return cores
+
+
+def core_line(cores: dict[str, float]) -> str:
+    """Cores used, in words: "loop 0.52, model 0.31, A 0.20, B 0.03, machine 1.95"."""
+    return (
+        f"loop {cores['loop']:.2f}, model {cores['other']:.2f}, A {cores['A']:.2f}, "
+        f"B {cores['B']:.2f}, machine {cores['machine']:.2f}"
+    )
+
+
+def flood_round(
+    server: ServerProcess,
+    pool: ProcessPoolExecutor,
+    flood_pid: int,
+    keys: tuple[str | None, str | None],
+    bodies: list[bytes],
+    rates: tuple[float, float],
+    seconds: float,
+) -> tuple[LoadResult, LoadResult, int, dict[str, float]]:
+    """A (key keys[0]) floods at rates[0] from the pool's process (`flood_pid`) while B
+    (keys[1]) sends at rates[1] from this one for `seconds`: A's and B's LoadResults, the 200s
+    the server counted meanwhile, and the cores each part used while B ran."""
+    before = server_200s(server, keys[1])
+    flood = pool.submit(
+        run_load,
+        server.url,
+        MODEL,
+        concurrency=FLOOD_CLIENTS,
+        duration_s=seconds + 2 * FLOOD_LEAD_S,
+        api_key=keys[0],
+        bodies=bodies,
+        rate=rates[0],
+    )
+    time.sleep(FLOOD_LEAD_S)  # B starts once A's queue has filled
+    cpu = cpu_snapshot(server, flood_pid)
+    normal = run_load(
+        server.url,
+        MODEL,
+        concurrency=NORMAL_CLIENTS,
+        duration_s=seconds,
+        api_key=keys[1],
+        bodies=bodies,
+        rate=rates[1],
+    )
+    cores = cores_used(cpu, cpu_snapshot(server, flood_pid))
+    flooded = flood.result(timeout=seconds + 120)
+    return flooded, normal, server_200s(server, keys[1]) - before, cores
+
+
+def pooled_ms(results: list[LoadResult], q: float) -> float:
+    """Percentile `q` of the 200 answers' latencies of several runs taken together."""
+    ok = np.concatenate([r.ok_latencies_ms for r in results])
+    return float(np.percentile(ok, q)) if len(ok) else float("nan")
+
+
+def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, float]:
+    """P16: tenant A floods at 5x capacity while B sends its normal load; B's p99 against B's
+    p99 alone, with tenants (fair queues, A rate-limited) and without (one shared queue)."""
+    # What B waits for under the flood, as measured here (2 cores, load average 1-3): the front
+    # door all tenants share, before any fair queue: one event loop and one GIL in the server
+    # process read, refuse and parse A's requests in arrival order (its loop and model thread
+    # together stayed under one core while the machine had cores idle). A 429 cost the loop
+    # about 0.18 ms; a 503 for A's full queue about 0.72 ms, since the body is read and
+    # JSON-parsed before the route looks at the queue. With the server's garbage collector off
+    # (a diagnostic run, not this bench) B's p99 under flood fell from 52-67 ms to 34-37 ms
+    # and its p50 stayed at 17-19 ms (4 ms alone).
+    seconds = 2 * args.seconds  # B's p99 needs a few hundred answers per round
+    bodies = json_bodies(FLOOD_ROWS)
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory() as tmp, ServerProcess(http_only(server)).start(180) as plain:
+        run_load(plain.url, MODEL, concurrency=args.clients, duration_s=1.0, bodies=bodies)
+        capacity = run_load(
+            plain.url, MODEL, concurrency=args.clients, duration_s=args.seconds, bodies=bodies
+        ).throughput
+        rates = (FLOOD_TIMES * capacity, NORMAL_SHARE * capacity)
+        keys = {name: new_key() for name in ("flood", "normal")}
+        limit = Limits(requests_per_s=round(capacity))  # A may use the whole server, no more
+        KeyTable(
+            [
+                Tenant("flood", "user", hash_key(keys["flood"]), limit),
+                Tenant("normal", "user", hash_key(keys["normal"]), Limits()),
+            ]
+        ).save(Path(tmp) / "keys.json")
+        keyed_config = replace(plain.config, keys_file=str(Path(tmp) / "keys.json"))
+        spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of threads
+        with (
+            ServerProcess(keyed_config).start(180) as keyed,
+            ProcessPoolExecutor(1, mp_context=spawn) as pool,
+        ):
+            run_load(
+                keyed.url,
+                MODEL,
+                concurrency=args.clients,
+                duration_s=1.0,
+                bodies=bodies,
+                api_key=keys["normal"],
+            )
+            flood_pid = pool.submit(os.getpid).result()  # A's process starts before any clock
+            print(
+                f"P16: capacity {capacity:.0f} req/s of {FLOOD_ROWS} rows ({args.clients} "
+                f"clients, closed loop, server without keys). A offers {FLOOD_TIMES:g}x = "
+                f"{rates[0]:.0f} req/s (open loop, {FLOOD_CLIENTS} in flight at most; with "
+                f"tenants limited to {limit.requests_per_s:g} req/s, burst {limit.bucket_size}), "
+                f"from its own process; B offers {rates[1]:.0f} req/s ({NORMAL_SHARE:.0%}, open "
+                f"loop) from this one. {args.rounds} rounds of {seconds:g} s, each B alone then "
+                "B under flood, per setup; B's percentiles pooled over rounds. Cores: what the "
+                "server's event loop (its main thread), its other threads (the model), A's and "
+                f"B's clients and the whole machine ({os.cpu_count()} cores) kept busy while B ran."
+            )
+            setups = {
+                "tenants": (keyed, (keys["flood"], keys["normal"])),
+                "no_tenants": (plain, (None, None)),
+            }
+            runs = {name: {"alone": [], "flood": [], "A": [], "server_ok": []} for name in setups}
+            cores: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
+            for k in range(args.rounds):
+                for name, (srv, (key_a, key_b)) in setups.items():
+                    cpu = cpu_snapshot(srv, flood_pid)
+                    alone = run_load(
+                        srv.url,
+                        MODEL,
+                        concurrency=NORMAL_CLIENTS,
+                        duration_s=seconds,
+                        api_key=key_b,
+                        bodies=bodies,
+                        rate=rates[1],
+                    )
+                    quiet = cores_used(cpu, cpu_snapshot(srv, flood_pid))
+                    a, b, server_ok, busy = flood_round(
+                        srv, pool, flood_pid, (key_a, key_b), bodies, rates, seconds
+                    )
+                    for part, r in (("alone", alone), ("flood", b), ("A", a)):
+                        runs[name][part].append(r)
+                    runs[name]["server_ok"].append(server_ok)
+                    cores[name].append(busy)
+                    late = b.ok_latencies_ms[b.started_s[b.status == 200] >= seconds - 1]
+                    print(
+                        f"  round {k + 1} {name:<10} B alone p50 {alone.p50_ms:6.1f} p99 "
+                        f"{alone.p99_ms:6.1f} ms; under flood p50 {b.p50_ms:6.1f} p99 "
+                        f"{b.p99_ms:7.1f} ms (p50 of its last second "
+                        f"{np.median(late) if len(late) else float('nan'):.1f} ms) "
+                        f"{status_counts(b.status)}; A sent {a.requests / a.seconds:.0f} req/s "
+                        f"{status_counts(a.status)}"
+                    )
+                    # The loop's CPU per request that reached it (A's and B's alike): what a
+                    # refusal costs the front door that every tenant shares.
+                    arriving = a.requests / a.seconds + b.requests / b.seconds
+                    print(
+                        f"    cores alone / under flood: {core_line(quiet)} / {core_line(busy)}"
+                        f"; loop {1e3 * busy['loop'] / arriving:.2f} ms per request under flood"
+                        f"; load average {os.getloadavg()[0]:.1f}"
+                    )
+                    time.sleep(SETTLE_S)
+            alive = {name: ready(srv) for name, (srv, _) in setups.items()}
+    for name, run in runs.items():
+        p50, p99 = (pooled_ms(run["alone"], q) for q in (50, 99))
+        f50, f99 = (pooled_ms(run["flood"], q) for q in (50, 99))
+        a_counts = status_counts(np.concatenate([r.status for r in run["A"]]))
+        b_counts = status_counts(np.concatenate([r.status for r in run["flood"]]))
+        sent = sum(r.requests for part in ("alone", "flood", "A") for r in run[part])
+        answered = sum(int((r.status != 0).sum()) for p in ("alone", "flood", "A") for r in run[p])
+        client_ok = a_counts["200"] + b_counts["200"]
+        server_ok = sum(run["server_ok"])
+        figures |= {
+            f"P16_{name}_B_alone_p50_ms": p50,
+            f"P16_{name}_B_alone_p99_ms": p99,
+            f"P16_{name}_B_flood_p50_ms": f50,
+            f"P16_{name}_B_flood_p99_ms": f99,
+            f"P16_{name}_B_p99_ratio": f99 / p99,
+            f"P16_{name}_unanswered": sent - answered,
+            f"P16_{name}_accepted_lost": server_ok - client_ok,
+        }
+        figures |= {
+            f"P16_{name}_flood_cores_{part}": statistics.median(c[part] for c in cores[name])
+            for part in cores[name][0]
+        }
+        figures |= {f"P16_{name}_A_{code}": n for code, n in a_counts.items()}
+        figures |= {f"P16_{name}_B_{code}": n for code, n in b_counts.items()}
+        print(
+            f"P16 {name}: B p50 {p50:.1f} -> {f50:.1f} ms, p99 {p99:.1f} -> {f99:.1f} ms under "
+            f"flood: p99 ratio {f99 / p99:.2f}x (goal <= 2); A {a_counts}, B under flood "
+            f"{b_counts} (goal: A gets 429s, B none); answered {answered} of {sent} sent; "
+            f"200s counted by the server {server_ok}, received {client_ok}; ready after: "
+            f"{alive[name]}"
+        )
+    figures["P16_capacity_req_s"] = capacity
+    print(
+        f"P16 fairness buys: B's p99 under flood / alone {figures['P16_tenants_B_p99_ratio']:.2f}x "
+        f"with tenants, {figures['P16_no_tenants_B_p99_ratio']:.2f}x without"
+    )
+    return figures
+
+
+def p17_overhead(server: ServerProcess, args: argparse.Namespace) -> dict[str, float]:
+    """P17: the plain path's throughput with auth + metering + fair queues against without."""
+    figures: dict[str, float] = {}
+    table, keys = classroom(CLASS_SIZE)  # the teacher's key: a tenant without limits
+    with tempfile.TemporaryDirectory() as tmp:
+        table.save(Path(tmp) / "keys.json")
+        plain_config = http_only(server)
+        keyed_config = replace(plain_config, keys_file=str(Path(tmp) / "keys.json"))
+        with (
+            ServerProcess(plain_config).start(180) as plain,
+            ServerProcess(keyed_config).start(180) as keyed,
+        ):
+            setups = {"no keys": (plain, None), "keys": (keyed, keys["teacher"])}
+            print(
+                f"P17: {args.clients} clients, closed loop, {args.rounds} x {args.seconds:g} s "
+                f"rounds per server and size, interleaved (median round); the keys file holds "
+                f"{len(table.tenants)} tenants, the load uses the teacher's (no limits)"
+            )
+            for rows in OVERHEAD_ROWS:
+                bodies = json_bodies(rows)
+                for srv, key in setups.values():  # warm-up: connections, first batches
+                    run_load(
+                        srv.url,
+                        MODEL,
+                        concurrency=args.clients,
+                        duration_s=1.0,
+                        bodies=bodies,
+                        api_key=key,
+                    )
+                rounds: dict[str, list[LoadResult]] = {name: [] for name in setups}
+                for _ in range(args.rounds):
+                    for name, (srv, key) in setups.items():
+                        rounds[name].append(
+                            run_load(
+                                srv.url,
+                                MODEL,
+                                concurrency=args.clients,
+                                duration_s=args.seconds,
+                                bodies=bodies,
+                                api_key=key,
+                            )
+                        )
+                tput = {n: statistics.median(r.throughput for r in rs) for n, rs in rounds.items()}
+                bad = {n: sum(r.requests - r.ok for r in rs) for n, rs in rounds.items()}
+                ratio = tput["keys"] / tput["no keys"]
+                figures |= {
+                    f"P17_{rows}_no_keys_req_s": tput["no keys"],
+                    f"P17_{rows}_keys_req_s": tput["keys"],
+                    f"P17_{rows}_keys_over_no_keys": ratio,
+                }
+                print(
+                    f"P17 at {rows} rows: without keys {tput['no keys']:.1f} req/s, with keys "
+                    f"{tput['keys']:.1f} req/s: keys / no keys {ratio:.3f} (overhead "
+                    f"{1 - ratio:+.1%}, goal <= 5%); rounds "
+                    + ", ".join(
+                        f"{n} {' '.join(f'{r.throughput:.0f}' for r in rs)}"
+                        for n, rs in rounds.items()
+                    )
+                    + f"; not 200: {bad}"
+                )
+    return figures
+
+
 # Sections in the order they run: (number, name, function). Each gets the one server.
 SECTIONS: list[tuple[str, str, Callable[[ServerProcess, argparse.Namespace], dict[str, float]]]] = [
     ("P15", "protocols", p15_protocols),
+    ("P16", "fairness", p16_fairness),
+    ("P17", "overhead", p17_overhead),
 ]
 
 
