@@ -20,7 +20,8 @@ import numpy as np
 
 from maaslab.exercises.grading import CheckResult, call_answer, failed, first_mistake, passed
 from maaslab.serve.batching import FairQueue, _Item
-from maaslab.serve.tenants import DAY_S, Admission, KeyTable, Limits, Tenant, TokenBucket, hash_key
+from maaslab.serve.quotas import DAY_S, Admission, TokenBucket
+from maaslab.serve.tenants import KeyTable, Limits, Tenant, hash_key
 
 # --- exercise 1: the wait a token bucket gives after a burst --------------------------------------
 

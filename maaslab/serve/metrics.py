@@ -97,7 +97,7 @@ class ServiceCollector:
 
     def __init__(self) -> None:
         self.table: Any = None  # a ModelTable, once watched
-        self.usage: Any = None  # a tenants.Usage, once watched
+        self.usage: Any = None  # a quotas.Usage, once watched
 
     def describe(self) -> Iterator[Metric]:
         """The metric families (empty), so the registry knows their names."""
@@ -252,7 +252,7 @@ class ServerMetrics:
         self.service.table = table
 
     def watch_tenants(self, usage: Any) -> None:
-        """Report each tenant's usage (a tenants.Usage) at scrape time."""
+        """Report each tenant's usage (a quotas.Usage) at scrape time."""
         self.service.usage = usage
 
     def watch_engine(self, model: str, read: Callable[[], tuple[Any, int]]) -> None:

@@ -13,12 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from maaslab.errors import MaaslabError
-
-if TYPE_CHECKING:  # (tenants re-exports this module's names, so no import back at run time)
-    from maaslab.serve.tenants import KeyTable, Tenant
+from maaslab.serve.tenants import KeyTable, Tenant
 
 DAY_S = 86_400
 

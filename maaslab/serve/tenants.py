@@ -12,9 +12,10 @@ file holds only SHA-256 hashes of the keys, never a key, so a copied file lets n
 
 `python -m maaslab keys classroom` writes such a file and a handout CSV with the plain keys;
 `python -m maaslab keys add FILE NAME` adds one tenant and prints its key once. A request says
-`Authorization: Bearer KEY`; `KeyTable.authenticate` finds its tenant, `Admission.admit` applies
-the limits (daily quota, then request rate, then tokens per minute; a refusal charges nothing and
-says when to retry), and `Usage` meters requests, tokens and compute per tenant. null = no limit.
+`Authorization: Bearer KEY`; `KeyTable.authenticate` finds its tenant. maaslab.serve.quotas
+applies the limits (`Admission.admit`: daily quota, then request rate, then tokens per minute; a
+refusal charges nothing and says when to retry) and meters requests, tokens and compute per
+tenant (`Usage`). null = no limit.
 """
 
 from __future__ import annotations
@@ -34,25 +35,6 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from maaslab.errors import MaaslabError
-from maaslab.serve.quotas import DAY_S, REFUSAL_REASONS, Admission, Refusal, TokenBucket, Usage
-
-# The limits and metering of these tenants live in serve.quotas; named here too, so one import
-# gives a tenant's whole story.
-__all__ = [
-    "DAY_S",
-    "REFUSAL_REASONS",
-    "Admission",
-    "KeyTable",
-    "Limits",
-    "Refusal",
-    "Tenant",
-    "TokenBucket",
-    "Usage",
-    "classroom",
-    "hash_key",
-    "new_key",
-    "write_classroom",
-]
 
 FORMAT = "maaslab-keys/1"
 ROLES = ("admin", "user")

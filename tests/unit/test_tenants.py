@@ -11,15 +11,12 @@ import pytest
 
 from maaslab.errors import MaaslabError
 from maaslab.serve import tenants as tn
+from maaslab.serve.quotas import Admission, Refusal, TokenBucket, Usage
 from maaslab.serve.tenants import (
     STUDENT_LIMITS,
-    Admission,
     KeyTable,
     Limits,
-    Refusal,
     Tenant,
-    TokenBucket,
-    Usage,
     classroom,
     hash_key,
     new_key,
