@@ -313,8 +313,10 @@ def tenants_live() -> None:
     st.plotly_chart(tenant_usage(tenants), key=f"{KEY}.usage_chart")
 
 
-def act(action: Callable[[ServiceClient], object]) -> None:
-    """Run a teacher's action (a widget callback); a refusal is kept to show as an error."""
+def act(action: Callable[[ServiceClient], object], resync: bool = False) -> None:
+    """Run a teacher's action (a widget callback); a refusal is kept to show as an error.
+    `resync`: the action changes the traffic on the server (publish, promote, roll back), so
+    the canary slider and shadow toggle take the server's values again on the next run."""
     slot = my_slot()
     ss.pop(ERROR, None)
     if slot.teacher is None:
@@ -323,6 +325,9 @@ def act(action: Callable[[ServiceClient], object]) -> None:
         action(slot.teacher)
     except (MaaslabError, OSError) as err:
         ss[ERROR] = str(err)
+    if resync or ERROR in ss:  # a refused change leaves the server's values: show them again
+        ss.pop(CANARY, None)
+        ss.pop(SHADOW, None)
 
 
 def publish(teacher: ServiceClient) -> None:
@@ -345,7 +350,7 @@ def rollout_controls(slot: ServiceSlot) -> None:
         icon=":material/publish:",
         disabled=published,
         on_click=act,
-        args=(publish,),
+        args=(publish, True),
         key=f"{KEY}.publish",
         help="Copies the model folder into the repository as the next version and loads it.",
     )
@@ -360,8 +365,13 @@ def rollout_controls(slot: ServiceSlot) -> None:
             "the demoted one again."
         )
     )
-    ss[CANARY] = float(state["canary_percent"])  # the server's truth, whoever changed it
-    ss[SHADOW] = bool(state["shadow"])
+    # The server's values, taken when the widgets start and after an action that changes them
+    # (act's resync). Not on every run: a run that set them while the user pressed the slider's
+    # arrow keys undid a press (the browser test lost one in a CI run).
+    if CANARY not in ss:
+        ss[CANARY] = float(state["canary_percent"])
+    if SHADOW not in ss:
+        ss[SHADOW] = bool(state["shadow"])
     c1, c2 = st.columns([3, 2])
     c1.slider(
         "Canary: share of digits requests sent to the challenger (%)",
@@ -389,7 +399,7 @@ def rollout_controls(slot: ServiceSlot) -> None:
         icon=":material/military_tech:",
         disabled=no_challenger,
         on_click=act,
-        args=(lambda t: t.promote(DEMO_MODEL),),
+        args=(lambda t: t.promote(DEMO_MODEL), True),
         key=f"{KEY}.promote",
     )
     c1.caption(
@@ -402,7 +412,7 @@ def rollout_controls(slot: ServiceSlot) -> None:
         icon=":material/undo:",
         disabled=not state["history"],
         on_click=act,
-        args=(lambda t: t.rollback(DEMO_MODEL),),
+        args=(lambda t: t.rollback(DEMO_MODEL), True),
         key=f"{KEY}.rollback",
     )
     c2.caption(
