@@ -104,6 +104,18 @@ def digits_test(pixel_scale: bool = True) -> tuple[np.ndarray, np.ndarray]:
 # --- the task watcher ------------------------------------------------------------------------
 
 
+def show_note(note: tuple[str, str] | None) -> None:
+    """A ("error" | "info", text) note: its first line as an error or info box, and the rest (a
+    server's own output, say) as a code block under it."""
+    if note is None:
+        return
+    level, text = note
+    first, _, rest = text.partition("\n")
+    (st.error if level == "error" else st.info)(first)
+    if rest.strip():
+        st.code(rest.strip(), language=None)
+
+
 def watch_task(
     find: Callable[[], Task | None],
     finish: Callable[[Task], None],

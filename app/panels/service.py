@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import streamlit as st
-from components import session_slot, watch_task
+from components import session_slot, show_note, watch_task
 
 from maaslab.errors import MaaslabError
 from maaslab.jobs import Task
@@ -474,12 +474,7 @@ def service_view() -> None:
         f"queues, usage metered per tenant; and a new version of {DEMO_MODEL} rolled out "
         "with a canary, shadow copies, promote and roll back."
     )
-    if NOTE in ss:
-        level, text = ss[NOTE]
-        first, _, rest = text.partition("\n")  # a server's own output follows the first line
-        (st.error if level == "error" else st.info)(first)
-        if rest.strip():
-            st.code(rest.strip(), language=None)
+    show_note(ss.get(NOTE))
     if slot.server is None:
         start_form(slot)
     watch_task(

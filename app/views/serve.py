@@ -2,7 +2,7 @@
 (Service) a classroom's shared server: tenants, limits, a model version rolled out."""
 
 import streamlit as st
-from components import watch_task
+from components import show_note, watch_task
 from panels.engine import engine_view
 from panels.serve import CALL, NOTE, RESULTS, Slot, load_test, my_slot, request_input, show_call
 from panels.service import service_view
@@ -133,12 +133,7 @@ def server_view() -> None:
         server, slot.server = slot.server, None
         ss[NOTE] = ("error", server.exit_note(20))
         slot.stop()
-    if NOTE in ss:
-        level, text = ss[NOTE]
-        first, _, rest = text.partition("\n")  # a server's own output follows the first line
-        (st.error if level == "error" else st.info)(first)
-        if rest.strip():
-            st.code(rest.strip(), language=None)
+    show_note(ss.get(NOTE))
     st.header("Server")
     if slot.server is None:
         start_form(slot)

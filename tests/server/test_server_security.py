@@ -9,9 +9,10 @@ import pytest
 
 from maaslab.errors import MaaslabError
 from maaslab.paths import MODELS_DIR
+from maaslab.serve.access import Tenancy
 from maaslab.serve.config import ServeConfig
 from maaslab.serve.models import load_models
-from maaslab.serve.security import is_loopback, key_matches, resolve_api_key
+from maaslab.serve.security import is_loopback, resolve_api_key
 
 KEY = "s3cret-key-for-tests-0123456789"
 
@@ -33,10 +34,13 @@ def test_open_interface_needs_a_key():
     assert resolve_api_key("127.0.0.1", None, {}) is None
 
 
-def test_key_matches_only_the_exact_bearer_token():
-    assert key_matches(f"Bearer {KEY}", KEY) and key_matches(f"bearer {KEY}", KEY)
+def test_the_one_key_matches_only_the_exact_bearer_token():
+    # --api-key-env is a tenant table of one admin (serve.access)
+    tenancy = Tenancy.single_key(KEY)
+    assert tenancy.authenticate(f"Bearer {KEY}").is_admin
+    assert tenancy.authenticate(f"bearer {KEY}") is not None
     for header in (None, "", KEY, f"Basic {KEY}", f"Bearer {KEY}x", "Bearer "):
-        assert not key_matches(header, KEY)
+        assert tenancy.authenticate(header) is None
 
 
 def test_server_with_a_key_refuses_requests_without_it(start_server):
