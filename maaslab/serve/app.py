@@ -1,7 +1,8 @@
 """create_app: the FastAPI application of the MaaS Lab model server.
 
 Layers, outermost first: the drain's request count -> tenants (keys, limits, metering:
-maaslab.serve.access; when the server has keys) -> the request-parsing layer (body size,
+maaslab.serve.access; when the server has keys) -> a full queue's 503 before the body is read
+(maaslab.serve.oip.FullQueueMiddleware) -> the request-parsing layer (body size,
 decompression, bounded JSON: maaslab.serve.parsing) -> metrics -> the last net for bugs ->
 routes. Below them all, the connection layer (maaslab.serve.connections) bounds how long a
 request may take to arrive and how many connections are open.
@@ -30,6 +31,7 @@ from maaslab.serve.drain import Drain, DrainMiddleware
 from maaslab.serve.errors import ERROR_RESPONSES, UnhandledErrorMiddleware, install_error_handlers
 from maaslab.serve.metrics import MetricsMiddleware, ServerMetrics, metrics_endpoint
 from maaslab.serve.models import ServedModel, load_models
+from maaslab.serve.oip import FullQueueMiddleware
 from maaslab.serve.parsing import RequestBodyMiddleware
 from maaslab.serve.versions import ModelTable
 
@@ -157,6 +159,7 @@ def create_app(
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestBodyMiddleware, limit=config.max_body_bytes)
+    app.add_middleware(FullQueueMiddleware, models=table, metrics=metrics)
     if tenancy is not None:
         app.add_middleware(TenantMiddleware, tenancy=tenancy)
     app.add_middleware(DrainMiddleware, drain=app.state.drain)

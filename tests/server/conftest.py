@@ -155,17 +155,22 @@ def spawn(
             proc.wait()
             raise RuntimeError("server process did not start:\n" + "".join(lines))
         time.sleep(0.05)
-    url = ready[0]
-    httpx.get(url + "/v2/health/ready", timeout=10).raise_for_status()
-    line = next(x for x in lines if " on http://" in x)
-    grpc_port = (
-        int(line.split(" gRPC at ")[1].split()[0].rsplit(":", 1)[1])
-        if " gRPC at " in line
-        else None
-    )
-    return RunningServer(
-        url, int(url.rsplit(":", 1)[1]), process=proc, output=lines, grpc_port=grpc_port
-    )
+    try:  # a ready line this code cannot read must not leave the server running
+        url = ready[0]
+        httpx.get(url + "/v2/health/ready", timeout=10).raise_for_status()
+        line = next(x for x in lines if " on http://" in x)
+        grpc_port = (
+            int(line.split(" gRPC at ")[1].split()[0].rsplit(":", 1)[1])
+            if " gRPC at " in line
+            else None
+        )
+        return RunningServer(
+            url, int(url.rsplit(":", 1)[1]), process=proc, output=lines, grpc_port=grpc_port
+        )
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
 
 
 @pytest.fixture

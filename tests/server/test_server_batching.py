@@ -334,6 +334,42 @@ def test_overload_answers_503_fast_and_every_accepted_request(start_server):
     assert f'maaslab_rejected_seconds_count{{model="digits-cnn"}} {len(refused)}.0' in metrics
 
 
+def test_a_full_queue_refuses_before_the_body_is_read(start_server):
+    # Once the queue is full, even a body that is not JSON at all gets the 503, not a 400:
+    # the refusal comes from the path alone, and costs no parsing (FullQueueMiddleware).
+    srv = start_server(models=["digits-cnn"], batching=False, max_queue=1)
+    _slow_down(srv, 0.6)
+    row = load_digits().data[:1].astype(np.float32)
+
+    async def main():
+        async with httpx.AsyncClient(timeout=30) as client:
+            busy = [asyncio.ensure_future(_post(client, srv.url, row)) for _ in range(2)]
+            batcher = srv.app.state.models["digits-cnn"].batcher
+            for _ in range(100):  # one running, one queued
+                if batcher.full():
+                    break
+                await asyncio.sleep(0.01)
+            junk = await client.post(
+                srv.url + "/v2/models/digits-cnn/infer",
+                content=b"{not json",
+                headers={"content-type": "application/json"},
+            )
+            return junk, await asyncio.gather(*busy)
+
+    junk, busy = asyncio.run(main())
+    assert junk.status_code == 503 and junk.headers["retry-after"] == "1"
+    assert "overloaded" in junk.json()["error"]
+    assert [r.status_code for r in busy] == [200, 200]
+    bad = httpx.post(srv.url + "/v2/models/digits-cnn/infer", content=b"{not json")
+    assert bad.status_code == 400  # with room in the queue the body is checked as before
+    metrics = httpx.get(srv.url + "/metrics").text
+    assert 'maaslab_rejected_total{model="digits-cnn"} 1.0' in metrics
+    line = (
+        'maaslab_requests_total{code="503",endpoint="/v2/models/{name}/infer",model="digits-cnn"}'
+    )
+    assert line + " 1.0" in metrics
+
+
 def test_request_timeout_is_504(start_server):
     srv = start_server(models=["digits-cnn"], request_timeout_s=0.2)
     _slow_down(srv, 0.6)
