@@ -320,9 +320,11 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
     # door all tenants share, before any fair queue: one event loop and one GIL in the server
     # process read, refuse and parse A's requests in arrival order (its loop and model thread
     # together stayed under one core while the machine had cores idle). A 429 cost the loop
-    # about 0.18 ms; a 503 for A's full queue about 0.72 ms, since the body is read and
-    # JSON-parsed before the route looks at the queue. Diagnostic runs, not this bench: with
-    # A's limit at 1 request/s (a flood of 429s only) B's p99 stayed at 7.5-12 ms; at half the
+    # about 0.18 ms; a 503 for A's full queue about 0.72 ms while the body was read and
+    # JSON-parsed before the route looked at the queue (now refused from the path first:
+    # serve.oip.FullQueueMiddleware; B's p50 under the flood 23-25 -> 16 ms, the p99 of its calm
+    # rounds 65-87 -> 38-44 ms, a last round still spiking to 150-240 ms). Diagnostic runs (not
+    # this bench, before that change): with A's limit at 1 request/s (a flood of 429s only) B's p99 stayed at 7.5-12 ms; at half the
     # capacity 39-216 ms, at the capacity 65-67 ms (the server at 0.93 cores in both); with
     # the server's garbage collector off, B's p99 fell from 52-67 ms to 34-37 ms and its p50
     # stayed at 17-19 ms (4 ms alone).
