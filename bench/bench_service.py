@@ -324,10 +324,10 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
     # JSON-parsed before the route looked at the queue (now refused from the path first:
     # serve.oip.FullQueueMiddleware; B's p50 under the flood 23-25 -> 16 ms, the p99 of its calm
     # rounds 65-87 -> 38-44 ms, a last round still spiking to 150-240 ms). Diagnostic runs (not
-    # this bench, before that change): with A's limit at 1 request/s (a flood of 429s only) B's p99 stayed at 7.5-12 ms; at half the
-    # capacity 39-216 ms, at the capacity 65-67 ms (the server at 0.93 cores in both); with
-    # the server's garbage collector off, B's p99 fell from 52-67 ms to 34-37 ms and its p50
-    # stayed at 17-19 ms (4 ms alone).
+    # this bench, before that change): with A's limit at 1 request/s (a flood of 429s only)
+    # B's p99 stayed at 7.5-12 ms; at half the capacity 39-216 ms, at the capacity 65-67 ms
+    # (the server at 0.93 cores in both); with the server's garbage collector off, B's p99 fell
+    # from 52-67 ms to 34-37 ms and its p50 stayed at 17-19 ms (4 ms alone).
     seconds = 2 * args.seconds  # B's p99 needs a few hundred answers per round
     bodies = json_bodies(FLOOD_ROWS)
     figures: dict[str, float] = {}
