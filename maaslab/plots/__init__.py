@@ -30,6 +30,7 @@ from maaslab.plots.linreg import (
 )
 from maaslab.plots.llm import engine_tiles, kv_block_map, scheduler_timeline, ttft_itl
 from maaslab.plots.llm_load import request_streams
+from maaslab.plots.metrics import class_metric_bars, reliability_diagram
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
 from maaslab.plots.serve import (
     batch_size_histogram,
@@ -68,6 +69,7 @@ __all__ = [
     "attribution_figure",
     "batch_size_comparison",
     "batch_size_histogram",
+    "class_metric_bars",
     "communication_volume",
     "confusion_matrix_heatmap",
     "conv_filter_grid",
@@ -100,6 +102,7 @@ __all__ = [
     "probability_bars",
     "race_contour",
     "race_loss",
+    "reliability_diagram",
     "request_streams",
     "run_comparison",
     "sampling_bars",
