@@ -5,7 +5,9 @@ copy."""
 
 from __future__ import annotations
 
+import logging
 import re
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -16,6 +18,8 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 from maaslab.data import DIGIT_PIXEL_MAX, load_dataset
 from maaslab.jobs import Task
 from maaslab.urlstate import clipped, quoted
+
+_LOGGER = logging.getLogger(__name__)
 
 ss = st.session_state
 
@@ -181,24 +185,49 @@ class Stoppable(Protocol):
 S = TypeVar("S", bound=Stoppable)
 
 
+class _Registry:
+    """Every session's slots (page, session id) -> slot, and the lock the sessions' script
+    threads take to read and change them."""
+
+    def __init__(self) -> None:
+        self.slots: dict[tuple[str, str], Stoppable] = {}
+        self.lock = threading.Lock()
+
+
 @st.cache_resource
-def _slots() -> dict[tuple[str, str], Stoppable]:
-    """Every session's slots, so what they hold outlives reruns (and is stopped when it goes)."""
-    return {}
+def _registry() -> _Registry:
+    """One registry for the app's lifetime, so what the slots hold outlives reruns."""
+    return _Registry()
+
+
+def _stop_gone(slots: list[Stoppable]) -> None:
+    """Stop the slots of sessions that have gone; a failure is logged, never raised: it must
+    not break the session that happened to notice them (a CI run's page crashed on one)."""
+    for slot in slots:
+        try:
+            slot.stop()
+        except Exception:
+            _LOGGER.exception("stopping the slot of a closed session failed")
 
 
 def session_slot(page: str, make: Callable[[], S]) -> S:
     """This browser session's slot for `page` (made by `make` the first time): a place for
     processes and threads that must outlive a rerun. The slots of sessions that have gone (a
-    tab closed or disconnected) are stopped here, so nothing runs on unseen."""
+    tab closed or disconnected) are stopped, on a thread of their own, so nothing runs on
+    unseen and this session does not wait for a server's drain."""
     from streamlit.runtime import Runtime
 
-    registry = _slots()
-    if Runtime.exists():  # under `streamlit run` (AppTest has no runtime)
-        runtime = Runtime.instance()
-        for key in [k for k in registry if not runtime.is_active_session(k[1])]:
-            registry.pop(key).stop()
+    registry = _registry()
     key = (page, get_script_run_ctx().session_id)
-    if key not in registry:
-        registry[key] = make()
-    return registry[key]  # type: ignore[return-value]
+    gone: list[Stoppable] = []
+    with registry.lock:
+        if Runtime.exists():  # under `streamlit run` (AppTest has no runtime)
+            runtime = Runtime.instance()
+            ended = [k for k in registry.slots if not runtime.is_active_session(k[1])]
+            gone = [registry.slots.pop(k) for k in ended if k != key]
+        slot = registry.slots.get(key)
+        if slot is None:
+            slot = registry.slots[key] = make()
+    if gone:
+        threading.Thread(target=_stop_gone, args=(gone,), name="stop-gone-slots").start()
+    return slot  # type: ignore[return-value]

@@ -38,6 +38,7 @@ ss = st.session_state
 KEY = "serve.service"  # the prefix of this view's session_state keys
 NOTE, ERROR = f"{KEY}.note", f"{KEY}.error"  # the last start/stop note; the last refusal
 CANARY, SHADOW = f"{KEY}.canary", f"{KEY}.shadow"
+SENT = f"{KEY}.sent"  # the canary share and shadow flag the page last gave the server
 START_TIMEOUT_S = 120.0  # digits loads in a second or two, slower when the machine is busy
 MAX_STUDENTS = 30
 STEADY_IN_FLIGHT = 4  # a steady student's requests in flight at most
@@ -330,6 +331,19 @@ def act(action: Callable[[ServiceClient], object], resync: bool = False) -> None
         ss.pop(SHADOW, None)
 
 
+def widget_traffic() -> dict[str, object]:
+    """The canary share and shadow flag the slider and the toggle show."""
+    return {"canary_percent": float(ss[CANARY]), "shadow": bool(ss[SHADOW])}
+
+
+def send_traffic(teacher: ServiceClient) -> dict[str, object]:
+    """Give the server the slider's share and the toggle's flag; its new rollout state."""
+    wanted = widget_traffic()
+    state = teacher.set_traffic(DEMO_MODEL, **wanted)
+    ss[SENT] = wanted
+    return state
+
+
 def publish(teacher: ServiceClient) -> None:
     """Copy digits-cnn in as version 2 and load it: it arrives as the challenger, 0 %."""
     my_slot().demo.publish_challenger()
@@ -368,10 +382,9 @@ def rollout_controls(slot: ServiceSlot) -> None:
     # The server's values, taken when the widgets start and after an action that changes them
     # (act's resync). Not on every run: a run that set them while the user pressed the slider's
     # arrow keys undid a press (the browser test lost one in a CI run).
-    if CANARY not in ss:
-        ss[CANARY] = float(state["canary_percent"])
-    if SHADOW not in ss:
-        ss[SHADOW] = bool(state["shadow"])
+    if CANARY not in ss or SHADOW not in ss:
+        ss[CANARY], ss[SHADOW] = float(state["canary_percent"]), bool(state["shadow"])
+        ss[SENT] = widget_traffic()
     c1, c2 = st.columns([3, 2])
     c1.slider(
         "Canary: share of digits requests sent to the challenger (%)",
@@ -382,7 +395,7 @@ def rollout_controls(slot: ServiceSlot) -> None:
         key=CANARY,
         disabled=no_challenger,
         on_change=act,
-        args=(lambda t: t.set_traffic(DEMO_MODEL, canary_percent=ss[CANARY]),),
+        args=(send_traffic,),
         help="Requests that name no version are split at random in this proportion.",
     )
     c2.toggle(
@@ -390,7 +403,7 @@ def rollout_controls(slot: ServiceSlot) -> None:
         key=SHADOW,
         disabled=no_challenger,
         on_change=act,
-        args=(lambda t: t.set_traffic(DEMO_MODEL, shadow=ss[SHADOW]),),
+        args=(send_traffic,),
         help="The challenger's answer to a copy is thrown away, only compared: users never see it.",
     )
     c1, c2 = st.columns(2)
@@ -432,6 +445,11 @@ def rollout_live() -> None:
         return
     try:
         state = slot.teacher.rollout(DEMO_MODEL)
+        # A change of the slider or the toggle whose callback never ran (arrow keys pressed
+        # while a run was under way: a CI run lost the last of six presses) is sent now.
+        unsent = CANARY in ss and SHADOW in ss and ss.get(SENT) != widget_traffic()
+        if unsent and state["challenger"] is not None:
+            state = send_traffic(slot.teacher)
     except MaaslabError as err:
         st.error(str(err))
         return

@@ -24,6 +24,8 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 SHOTS = ROOT / "runs" / "screenshots"  # pytest-playwright empties test-results/ each run
+APP_LOG: list[Path] = []  # the app server's log, once started (for failure reports)
+LOG_TAIL = 80  # lines of it a failing test's report shows
 
 
 def pytest_collection_modifyitems(config, items):
@@ -36,6 +38,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "browser" in item.nodeid:
             item.add_marker(skip)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing browser test's report ends with the app's log: the page only says "This app
+    has encountered an error", the traceback is in the server's log, gone with its tmp dir."""
+    report = yield
+    if report.failed and APP_LOG and APP_LOG[0].exists():
+        lines = APP_LOG[0].read_text(encoding="utf-8", errors="replace").splitlines()
+        report.sections.append((f"app log ({APP_LOG[0]})", "\n".join(lines[-LOG_TAIL:])))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -61,7 +74,9 @@ def app_url(tmp_path_factory):
     """Start the app as `make app` does (same config), on a free port; stop it afterwards."""
     port = _free_port()
     env = {**os.environ, "MAASLAB_RUNS": str(tmp_path_factory.mktemp("runs"))}
-    log = (tmp_path_factory.mktemp("app") / "streamlit.log").open("w")
+    log_path = tmp_path_factory.mktemp("app") / "streamlit.log"
+    APP_LOG[:] = [log_path]
+    log = log_path.open("w")
     proc = subprocess.Popen(
         [
             sys.executable,
