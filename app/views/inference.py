@@ -1,11 +1,13 @@
 """Inference: call every shipped model by name and see its answer, device and latency; chat
-with a language model (mini-llama), its answer streamed as the engine samples it."""
+with a language model (mini-llama), its answer streamed as the engine samples it; score a
+classifier on its test split (precision, recall, F1, calibration)."""
 
 import numpy as np
 import streamlit as st
 from components import pick_model
 from panels.chat import chat_panel
 from panels.inference import digits_panel, embed_panel, gpt_panel, sentiment_panel
+from panels.scores import SCORED_KINDS, scores_panel
 
 from maaslab.auto import LANGUAGE_MODELS, LOADERS, load
 from maaslab.errors import MaaslabError
@@ -67,3 +69,5 @@ elif kind == "generator":
     gpt_panel(model)
 else:
     embed_panel(model, *corpus_embeddings(name))
+if kind in SCORED_KINDS:
+    scores_panel(name, kind, model)

@@ -1,13 +1,18 @@
-"""The Inference page through AppTest: every shipped model answers; bad input gets a message.
+"""The Inference page through AppTest: every shipped model answers; bad input gets a message;
+a classifier's test-split scores are scikit-learn's.
 (The chat with a language model: test_inference_chat.py.)"""
 
+import json
 import re
 
 import numpy as np
+from sklearn.metrics import f1_score, precision_recall_fscore_support, recall_score
 
+from maaslab import metrics
 from maaslab.auto import LANGUAGE_MODELS, LOADERS, load
 from maaslab.data import load_dataset
 from maaslab.paths import MODELS_DIR
+from maaslab.reviews import load_reviews
 from maaslab.zoo import paint
 
 
@@ -109,3 +114,60 @@ def test_generation_refuses_bad_settings_with_a_message(open_page, page_text):
     at.text_area(key="infer.prompt").set_value(" \t\n ").run()
     at.button(key="infer.generate").click().run()
     assert "the prompt is empty" in page_text(at) and not at.exception
+
+
+def _charts(at) -> dict[str, dict]:
+    """The page's plotly figures by title, as the browser receives them."""
+    figures = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    return {f["layout"].get("title", {}).get("text", ""): f for f in figures}
+
+
+def test_test_split_scores_are_sklearns_and_follow_the_bins(open_page, page_text):
+    at = open_page("inference", model="digits-cnn")
+    assert not at.toggle(key="infer.scores").value and not at.metric  # off: nothing is scored
+    at.toggle(key="infer.scores").set_value(True).run()
+    assert not at.exception, at.exception
+    data = load_dataset("digits", seed=0)
+    proba = load("digits-cnn").predict(data.X_test * 16).probabilities
+    y_hat = proba.argmax(axis=1)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["accuracy"] == f"{np.mean(y_hat == data.y_test):.3f}"
+    assert shown["macro F1"] == f"{f1_score(data.y_test, y_hat, average='macro'):.3f}"
+    precision, recall, _, _ = precision_recall_fscore_support(data.y_test, y_hat, average="macro")
+    assert shown["macro precision"] == f"{precision:.3f}"
+    assert shown["macro recall"] == f"{recall:.3f}"
+    ece = metrics.calibration(proba, data.y_test).ece
+    assert shown["expected calibration error"] == f"{ece:.3f}"
+    assert f"Reliability · expected calibration error {ece:.3f}" in _charts(at)
+    table = at.dataframe[0].value
+    assert list(table.index) == [*map(str, range(10)), "macro average"]
+    np.testing.assert_allclose(
+        table["recall"].iloc[:10], recall_score(data.y_test, y_hat, average=None)
+    )
+    assert "450 test images of the digits dataset" in page_text(at)
+    at.slider(key="infer.bins").set_value(5).run()
+    five = metrics.calibration(proba, data.y_test, n_bins=5).ece
+    assert f"Reliability · expected calibration error {five:.3f}" in _charts(at)
+    assert "5 confidence bins" in page_text(at) and not at.exception
+
+
+def test_sentiment_scores_on_the_test_reviews(open_page, page_text):
+    at = open_page("inference", model="sentiment-minilm-student")
+    at.toggle(key="infer.scores").set_value(True).run()
+    assert not at.exception, at.exception
+    reviews = load_reviews("test")
+    proba = load("sentiment-minilm-student").predict(list(reviews.texts)).probabilities
+    shown = {m.label: m.value for m in at.metric}
+    macro_f1 = f1_score(reviews.labels, proba.argmax(axis=1), average="macro")
+    assert shown["macro F1"] == f"{macro_f1:.3f}"
+    ece = metrics.calibration(proba, reviews.labels).ece
+    assert shown["expected calibration error"] == f"{ece:.3f}"
+    assert list(at.dataframe[0].value.index) == ["negative", "positive", "macro average"]
+    assert f"{len(reviews)} test reviews of assets/reviews" in page_text(at)
+    bars = _charts(at)[f"Per class · macro F1 {macro_f1:.3f} · accuracy {shown['accuracy']}"]
+    assert [t["name"] for t in bars["data"]] == ["precision", "recall", "F1"]
+
+
+def test_models_without_a_test_split_offer_no_scores(open_page, page_text):
+    at = open_page("inference", model="mini-gpt")  # a generator: nothing to score
+    assert "Press Generate" in page_text(at) and not at.toggle and not at.exception
