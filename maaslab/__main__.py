@@ -295,15 +295,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     )
     callbacks = [] if args.quiet else [TqdmProgress(desc=f"{data.name}/{args.model}")]
     history = train(model, data, cfg, callbacks)
-    save_model(
-        model.cpu(), out, overwrite=args.overwrite, metadata=run_metadata(data, cfg, history)
-    )
-    last = history.last
+    meta = run_metadata(data, cfg, history, model=model.cpu())  # reads the test split once
+    save_model(model, out, overwrite=args.overwrite, metadata=meta)
+    metrics = meta["metrics"]
     score = (
-        f"test accuracy {last.test_accuracy:.3f}"
-        if last and last.test_accuracy is not None
-        else f"test loss {last.test_loss:.4f}"
-        if last
+        f"validation accuracy {metrics['val_accuracy']:.3f}, "
+        f"test accuracy {metrics['test_accuracy']:.3f}"
+        if metrics.get("val_accuracy") is not None
+        else f"validation loss {metrics['val_loss']:.4f}, test loss {metrics['test_loss']:.4f}"
+        if "val_loss" in metrics
         else "no full epoch"
     )
     print(f"saved {out} ({score}, {len(history.epochs)} epochs, {history.wall_time:.1f} s)")
@@ -312,7 +312,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Load a model folder, rebuild its dataset from the metadata, print test metrics."""
-    from maaslab.data import load_dataset, make_loaders
+    from maaslab.data import load_dataset, split_loader
     from maaslab.registry import load_model, read_metadata
     from maaslab.train import evaluate
 
@@ -328,7 +328,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         data = load_text_dataset(context=model.config.context)
     else:
         data = load_dataset(meta["dataset"], **meta.get("data_args", {}))
-    _, test_loader = make_loaders(data, 256)
+    test_loader = split_loader(data, "test")
     started = time.perf_counter()
     loss, acc = evaluate(model, test_loader, data.task)
     shown = f"accuracy {acc:.4f} · " if acc is not None else ""

@@ -18,7 +18,7 @@ from maaslab.models import build_model
 from maaslab.paths import MODELS_DIR
 from maaslab.registry import atomic_folder, save_model, write_json
 from maaslab.runtime import fast_mode, seed_everything
-from maaslab.train import TrainConfig, run_metadata, train
+from maaslab.train import TrainConfig, evaluate_split, run_metadata, train
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def _digits(name: str, model_type: str, config: dict, epochs: int) -> Callable[[
             cpu_threads=1,
         )
         history = train(model, data, cfg)
-        meta = run_metadata(data, cfg, history)
+        meta = run_metadata(data, cfg, history, model=model)
         meta["input"] = "pixels (N, 64), sklearn digits scale 0-16"
         return save_model(model, parent / name, metadata=meta, overwrite=True)
 
@@ -75,7 +75,7 @@ def _mini_gpt(parent: Path) -> Path:
         cpu_threads=1,
     )
     history = train(model, data, cfg, callbacks=[TqdmProgress()])
-    meta = run_metadata(data, cfg, history)
+    meta = run_metadata(data, cfg, history, model=model)
     # 104 class names and 64 feature names say nothing a reader needs; the tokenizer does.
     meta.pop("class_names")
     meta.pop("feature_names")
@@ -297,7 +297,11 @@ def _train_llama(
             "documents": {"training": len(train_docs), "heldout": len(heldout_docs)},
             "characters": {"training": characters[0], "heldout": characters[1]},
             "tokens": {"training": len(train_ids), "heldout": len(heldout_ids)},
-            "windows": {"training": len(data.X_train), "heldout": len(data.X_test)},
+            "windows": {
+                "training": len(data.X_train),
+                "validation": len(data.X_val),
+                "heldout": len(data.X_test),
+            },
             "fast_mode": fast,
         },
         "tokenizer": {
@@ -310,15 +314,15 @@ def _train_llama(
             {
                 "epoch": e.epoch,
                 "train_loss": round(e.train_loss, 4),
-                "heldout_loss": round(e.test_loss, 4),
-                "heldout_perplexity": round(math.exp(e.test_loss), 2),
+                "validation_loss": round(e.val_loss, 4),
+                "validation_perplexity": round(math.exp(e.val_loss), 2),
                 "seconds": round(e.seconds, 1),
             }
             for e in history.epochs
         ],
         "tokenizer_seconds": round(tokenizer_seconds, 1),
         "training_seconds": round(history.wall_time, 1),
-        "heldout_perplexity": round(math.exp(history.last.test_loss), 2),
+        "heldout_perplexity": round(math.exp(evaluate_split(model, data, "test")[0]), 2),
         "unigram_perplexity": round(
             subwords.unigram_perplexity(train_ids, data.y_test, spec.vocab_size), 2
         ),

@@ -58,15 +58,20 @@ class StopOnEvent(Callback):
 
 
 class EarlyStopping(Callback):
-    """Stop when the test loss has not improved by `min_delta` for `patience` epochs."""
+    """Stop when the validation loss has not improved by `min_delta` for `patience` epochs.
+
+    It watches the validation split, never the test split: stopping where the test loss is
+    lowest would choose the epoch on the data meant to report the result, and the test figure
+    would then flatter the model.
+    """
 
     def __init__(self, patience: int = 5, min_delta: float = 0.0) -> None:
         self.patience, self.min_delta = patience, min_delta
         self.best, self.bad_epochs = math.inf, 0
 
     def on_epoch_end(self, state: TrainState) -> None:
-        """Compare this epoch's test loss with the best so far."""
-        loss = state.history.epochs[-1].test_loss
+        """Compare this epoch's validation loss with the best so far."""
+        loss = state.history.epochs[-1].val_loss
         if loss < self.best - self.min_delta:
             self.best, self.bad_epochs = loss, 0
         else:
@@ -126,9 +131,9 @@ class TqdmProgress(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         """Advance one epoch and show its losses and accuracy."""
         rec = state.history.epochs[-1]
-        shown = {"train_loss": f"{rec.train_loss:.4f}", "test_loss": f"{rec.test_loss:.4f}"}
-        if rec.test_accuracy is not None:
-            shown["test_acc"] = f"{rec.test_accuracy:.3f}"
+        shown = {"train_loss": f"{rec.train_loss:.4f}", "val_loss": f"{rec.val_loss:.4f}"}
+        if rec.val_accuracy is not None:
+            shown["val_acc"] = f"{rec.val_accuracy:.3f}"
         self.bar.set_postfix(shown)
         self.bar.update(1)
 

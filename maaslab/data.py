@@ -3,6 +3,10 @@
 Nothing here downloads: the 2-D toy sets are generated from a seed, the others are the datasets
 that ship inside scikit-learn. Splits are stratified and seeded, so the same arguments give the
 same arrays on every machine and in every face (page, notebook, server, CLI).
+
+Every Dataset has three disjoint splits. Training fits the weights on `train`; early stopping,
+the choice between models and any hyper-parameter search look at `val` (validation); `test` is
+read once, at the end, to report how the chosen model does on data nothing was chosen on.
 """
 
 from __future__ import annotations
@@ -33,13 +37,15 @@ DIGIT_PIXEL_MAX = 16.0
 
 @dataclass(frozen=True)
 class Dataset:
-    """Arrays split into train and test, plus what a model or a plot needs to know about them."""
+    """Arrays split into train, validation and test, plus what a model or a plot needs to know."""
 
     name: str
     task: str  # "classification" or "regression"
-    X_train: np.ndarray  # (N_train, n_features) float32
+    X_train: np.ndarray  # (N_train, n_features) float32: what the weights are fitted on
     y_train: np.ndarray  # (N_train,) int64 labels, or float32 targets for regression
-    X_test: np.ndarray
+    X_val: np.ndarray  # validation: what early stopping and model choice look at
+    y_val: np.ndarray
+    X_test: np.ndarray  # test: read once at the end, for the figure a model is reported with
     y_test: np.ndarray
     feature_names: tuple[str, ...]
     class_names: tuple[str, ...] = ()  # empty for regression
@@ -149,16 +155,35 @@ def dataset_names() -> tuple[str, ...]:
     return TOY_SETS + SKLEARN_SETS
 
 
+def split_train_val(
+    X: np.ndarray, y: np.ndarray, val_fraction: float, seed: int, *, stratify: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(X_train, y_train, X_val, y_val): a seeded, stratified validation split of training data.
+
+    Its own seed stream (derived from `seed`), so the validation rows do not depend on how the
+    test split was drawn and the same seed always gives the same rows.
+    """
+    val_seed = int(np.random.default_rng([seed, 1]).integers(2**31 - 1))
+    X_train, X_val, y_train, y_val = train_test_split(
+        X, y, test_size=val_fraction, random_state=val_seed, stratify=y if stratify else None
+    )
+    return X_train, y_train, X_val, y_val
+
+
 def load_dataset(
     name: str,
     *,
     n_samples: int = 400,
     noise: float = 0.2,
     test_fraction: float = 0.25,
+    val_fraction: float = 0.15,
     standardize: bool = False,
     seed: int = 0,
 ) -> Dataset:
-    """Load or generate a dataset and split it into train and test, deterministically.
+    """Load or generate a dataset and split it into train, validation and test, deterministically.
+
+    The test split is drawn first and is the same as with no validation split at all (a figure
+    measured on it stays comparable); the validation split is then drawn from the rest.
 
     Parameters
     ----------
@@ -166,15 +191,21 @@ def load_dataset(
         digits, breast_cancer, diabetes (sklearn's bundled sets).
     n_samples : number of points for the toy sets (the sklearn sets have a fixed size).
     noise : spread of the toy sets' noise (0 = clean shapes); ignored by the sklearn sets.
-    test_fraction : share of examples held out for testing, stratified by class.
+    test_fraction : share of all examples held out for testing, stratified by class.
+    val_fraction : share of all examples held out for validation, stratified by class.
     standardize : z-score the features with the training split's mean and std (stored in meta).
-    seed : the same seed gives the same points and the same split.
+    seed : the same seed gives the same points and the same three splits.
     """
     key = name.strip().lower().replace("-", "_")
     if key not in dataset_names():
         raise MaaslabError(f"unknown dataset {name!r}: choose one of {', '.join(dataset_names())}")
     if not 0.0 < test_fraction < 1.0:
         raise MaaslabError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    if not (val_fraction > 0.0 and test_fraction + val_fraction < 1.0):
+        raise MaaslabError(
+            f"val_fraction must be above 0 and leave training examples after the test split "
+            f"(test_fraction + val_fraction < 1), got {val_fraction} with {test_fraction}"
+        )
     if key in TOY_SETS:
         if not 8 <= n_samples <= 1_000_000:
             raise MaaslabError(f"n_samples must be between 8 and 1,000,000, got {n_samples}")
@@ -195,23 +226,27 @@ def load_dataset(
     task = "regression" if key == "diabetes" else "classification"
     X = np.asarray(X, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32 if task == "regression" else np.int64)
-    X_train, X_test, y_train, y_test = train_test_split(
-        X,
-        y,
-        test_size=test_fraction,
-        random_state=seed,
-        stratify=y if task != "regression" else None,
+    classify = task != "regression"
+    X_rest, X_test, y_rest, y_test = train_test_split(
+        X, y, test_size=test_fraction, random_state=seed, stratify=y if classify else None
+    )
+    X_train, y_train, X_val, y_val = split_train_val(
+        X_rest, y_rest, val_fraction / (1.0 - test_fraction), seed, stratify=classify
     )
     if standardize:
         mean, std = X_train.mean(axis=0), X_train.std(axis=0) + 1e-8
-        X_train, X_test = (X_train - mean) / std, (X_test - mean) / std
+        X_train, X_val, X_test = ((part - mean) / std for part in (X_train, X_val, X_test))
         meta.update(mean=mean.tolist(), std=std.tolist())
-    meta.update(seed=seed, test_fraction=test_fraction, standardize=standardize)
+    meta.update(
+        seed=seed, test_fraction=test_fraction, val_fraction=val_fraction, standardize=standardize
+    )
     return Dataset(
         name=key,
         task=task,
         X_train=np.ascontiguousarray(X_train, dtype=np.float32),
         y_train=np.ascontiguousarray(y_train),
+        X_val=np.ascontiguousarray(X_val, dtype=np.float32),
+        y_val=np.ascontiguousarray(y_val),
         X_test=np.ascontiguousarray(X_test, dtype=np.float32),
         y_test=np.ascontiguousarray(y_test),
         meta=meta,
@@ -229,6 +264,30 @@ def to_tensors(
     return torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
 
 
+SPLITS = ("train", "val", "test")
+
+
+def split_loader(
+    data: Dataset, split: str, batch_size: int = 256, *, device: torch.device | str = "cpu"
+) -> DataLoader:
+    """A DataLoader over one split ("train", "val" or "test") in its stored order, for evaluation.
+
+    Batches are drawn by index (a BatchSampler over the whole tensor), which avoids collating one
+    example at a time: the loader costs microseconds per batch, not per example.
+    """
+    if split not in SPLITS:
+        raise MaaslabError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    if batch_size < 1:
+        raise MaaslabError(f"batch_size must be at least 1, got {batch_size}")
+    tensors = TensorDataset(
+        *to_tensors(getattr(data, f"X_{split}"), getattr(data, f"y_{split}"), device)
+    )
+    sampler = BatchSampler(SequentialSampler(tensors), batch_size, False)
+    # Its own generator: iterating it never draws from the global RNG, so evaluating between
+    # epochs does not shift the dropout masks of the next one.
+    return DataLoader(tensors, sampler=sampler, batch_size=None, generator=torch.Generator())
+
+
 def make_loaders(
     data: Dataset,
     batch_size: int = 32,
@@ -237,24 +296,19 @@ def make_loaders(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
 ) -> tuple[DataLoader, DataLoader]:
-    """Train and test DataLoaders over in-memory tensors on `device`.
+    """Train and validation DataLoaders over in-memory tensors on `device` (never the test split).
 
-    Batches are drawn by index (a BatchSampler over the whole tensor), which avoids collating one
-    example at a time: the loader costs microseconds per batch, not per example. The training
-    loader shuffles with `generator` (or one seeded with `seed`), so the order is reproducible and
-    a checkpoint can save and restore it.
+    The training loader shuffles with `generator` (or one seeded with `seed`), so the order is
+    reproducible and a checkpoint can save and restore it. The test split has its own loader,
+    `split_loader(data, "test")`, read once when training is over.
     """
     if batch_size < 1:
         raise MaaslabError(f"batch_size must be at least 1, got {batch_size}")
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     train_set = TensorDataset(*to_tensors(data.X_train, data.y_train, device))
-    test_set = TensorDataset(*to_tensors(data.X_test, data.y_test, device))
     train_sampler = BatchSampler(RandomSampler(train_set, generator=generator), batch_size, False)
-    test_sampler = BatchSampler(SequentialSampler(test_set), max(batch_size, 256), False)
-    # Each loader draws its per-iteration base seed from its own generator, not from the global
-    # RNG, so evaluating on the test set never shifts the dropout masks of the next epoch.
     return (
         DataLoader(train_set, sampler=train_sampler, batch_size=None, generator=generator),
-        DataLoader(test_set, sampler=test_sampler, batch_size=None, generator=torch.Generator()),
+        split_loader(data, "val", max(batch_size, 256), device=device),
     )

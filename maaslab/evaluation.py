@@ -142,32 +142,39 @@ class ModelReport:
     parameters: int  # trainable parameters
     epochs: int  # epochs trained
     train_seconds: float  # wall time of training (History.wall_time)
-    test_accuracy: float  # accuracy of the final weights on the test split
-    test_loss: float  # their mean cross-entropy there: lower = confident and right more often
+    split: str  # where accuracy and loss were measured: "val" to choose, "test" to report
+    accuracy: float  # accuracy of the final weights on that split
+    loss: float  # their mean cross-entropy there: lower = confident and right more often
 
 
 def compare_models(
-    runs: Mapping[str, tuple[nn.Module, History]], data: Dataset
+    runs: Mapping[str, tuple[nn.Module, History]], data: Dataset, split: str = "val"
 ) -> list[ModelReport]:
-    """One ModelReport per trained model: size, training time and test accuracy side by side.
+    """One ModelReport per trained model: size, training time and accuracy side by side.
 
     Parameters
     ----------
     runs : name -> (trained model, the History its training returned).
-    data : the dataset they were trained on; accuracy is measured on its test split.
+    data : the dataset they were trained on.
+    split : "val" (the default) to choose between the models; the chosen one's test figures
+        are then read once (maaslab.train.evaluate_split), so no choice is made on the test.
     """
+    if split not in ("train", "val", "test"):
+        raise MaaslabError(f"unknown split {split!r}: choose 'val', 'test' or 'train'")
+    X, y = getattr(data, f"X_{split}"), getattr(data, f"y_{split}")
     reports = []
     for name, (model, history) in runs.items():
-        proba = predict_proba(model, data.X_test)
-        p_true = proba[np.arange(len(proba)), data.y_test]
+        proba = predict_proba(model, X)
+        p_true = proba[np.arange(len(proba)), y]
         reports.append(
             ModelReport(
                 name=name,
                 parameters=count_parameters(model),
                 epochs=len(history.epochs),
                 train_seconds=history.wall_time,
-                test_accuracy=float(np.mean(proba.argmax(axis=1) == data.y_test)),
-                test_loss=float(-np.mean(np.log(np.maximum(p_true, 1e-12)))),
+                split=split,
+                accuracy=float(np.mean(proba.argmax(axis=1) == y)),
+                loss=float(-np.mean(np.log(np.maximum(p_true, 1e-12)))),
             )
         )
     return reports
@@ -187,12 +194,12 @@ class RegularizationConfig:
 
     n_train: int = 100  # training examples kept (10 per digit): few examples overfit quickly
     hidden: tuple[int, ...] = (256, 256)  # ~83k parameters for 100 examples
-    epochs: int = 100  # long enough for the test loss to turn upwards
+    epochs: int = 100  # long enough for the validation loss to turn upwards
     lr: float = 3e-3  # Adam learning rate
     batch_size: int = 16  # small batches: several steps per epoch with only 100 examples
     weight_decay: float = 1e-3  # L2 penalty of the "weight decay" run
     dropout: float = 0.5  # drop probability of the "dropout" run
-    patience: int = 10  # epochs without a better test loss before "early stopping" stops
+    patience: int = 10  # epochs without a better validation loss before "early stopping" stops
     seed: int = 0  # same initial weights and batch order for every run
 
 
@@ -200,7 +207,8 @@ REGULARIZERS = ("none", "weight decay", "dropout", "early stopping")
 
 
 def small_subset(data: Dataset, n_train: int, seed: int = 0) -> Dataset:
-    """The same dataset with only `n_train` training examples (stratified); the test split stays."""
+    """The same dataset with only `n_train` training examples (stratified); validation and test
+    stay as they are."""
     if not data.n_classes <= n_train < len(data.y_train):
         raise MaaslabError(
             f"n_train must be between {data.n_classes} and {len(data.y_train) - 1}, got {n_train}"
@@ -253,8 +261,8 @@ def regularization_experiment(
 
 
 def overfitting_gap(history: History) -> float:
-    """Train accuracy minus test accuracy after the last epoch (0 = no overfitting visible)."""
+    """Train minus validation accuracy after the last epoch (0 = no overfitting visible)."""
     last = history.last
     if last is None or last.train_accuracy is None:
         raise MaaslabError("overfitting_gap needs a classification History with one epoch or more")
-    return last.train_accuracy - last.test_accuracy
+    return last.train_accuracy - last.val_accuracy

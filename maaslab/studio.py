@@ -66,7 +66,7 @@ class StudioConfig:
 
     dataset: str = "moons"  # a 2-D toy set (decision boundary shown) or "digits" (8x8 images)
     noise: float = 0.2  # toy sets: spread of the points around their pattern
-    n_samples: int = 400  # toy sets: points generated (a quarter is held out for testing)
+    n_samples: int = 400  # toy sets: points generated (25 % held out for test, 15 % for validation)
     model: str = "mlp"  # "mlp", or "cnn" for digits
     depth: int = 2  # MLP: hidden layers; CNN: conv blocks (conv, activation, 2x max-pool)
     width: int = 16  # MLP: neurons per hidden layer; CNN: filters of the first block (doubling)
@@ -168,7 +168,7 @@ def boundary_grid(model: nn.Module, data: Dataset, resolution: int = 80) -> Boun
     """Class probabilities on a resolution x resolution grid over the data, with a 10% margin."""
     if data.n_features != 2 or data.task != "classification":
         raise MaaslabError(f"a decision boundary needs a 2-D classification set, not {data.name}")
-    points = np.concatenate([data.X_train, data.X_test])
+    points = np.concatenate([data.X_train, data.X_val, data.X_test])
     low, high = points.min(axis=0), points.max(axis=0)
     margin = 0.1 * (high - low)
     xs = np.linspace(low[0] - margin[0], high[0] + margin[0], resolution)
@@ -178,17 +178,25 @@ def boundary_grid(model: nn.Module, data: Dataset, resolution: int = 80) -> Boun
     return BoundaryGrid(xs, ys, proba.reshape(resolution, resolution, -1))
 
 
-def confusion_on_test(model: nn.Module, data: Dataset) -> np.ndarray:
-    """Confusion matrix (C, C) of a classifier on the test split; rows are the true classes."""
-    predicted = predict(model, data.X_test)
-    return confusion_matrix(data.y_test, predicted, n_classes=data.n_classes)
+def confusion_on_val(model: nn.Module, data: Dataset) -> np.ndarray:
+    """Confusion matrix (C, C) of a classifier on the validation split; rows are the true classes.
+
+    The Studio is where settings are tried and compared, so what it shows while training is
+    validation; a saved run's folder also records its test figures (`save_run`).
+    """
+    predicted = predict(model, data.X_val)
+    return confusion_matrix(data.y_val, predicted, n_classes=data.n_classes)
 
 
 SAVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def save_run(job: TrainingJob, name: str) -> Path:
-    """Save a finished or stopped Studio run as runs/models/<name> (refuses to overwrite)."""
+    """Save a finished or stopped Studio run as runs/models/<name> (refuses to overwrite).
+
+    The folder's metadata holds the last epoch's validation figures and the saved model's test
+    loss and accuracy, measured here: the run's one read of the test split.
+    """
     if not SAVE_NAME.fullmatch(name):
         raise MaaslabError(
             f"{name!r} is not a model name: use up to 64 letters, digits, '-', '_' or '.', "
@@ -196,5 +204,5 @@ def save_run(job: TrainingJob, name: str) -> Path:
         )
     if job.running or job.history is None:
         raise MaaslabError("training is still running: stop it or let it finish, then save")
-    meta = run_metadata(job.data, job.cfg, job.history)
+    meta = run_metadata(job.data, job.cfg, job.history, model=job.model)
     return save_model(job.model, runs_dir() / "models" / name, metadata=meta)

@@ -16,12 +16,13 @@ model this small. For a model that trains on a laptop CPU in minutes, characters
 `load_text_dataset` cuts the text into windows of `context` characters; the target of each
 window is the same window shifted by one character (predict the next character at every
 position). The train/test split is by position in the text: the last `test_fraction` of the
-corpus is the test part, so no test character was ever seen in a training window.
+corpus is the test part, so no test character was ever seen in a training window; the last
+tenth of the rest is the validation part, which the training loop's per-epoch loss is read on.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -34,6 +35,7 @@ from maaslab.errors import MaaslabError
 from maaslab.runtime import fast_mode
 
 UNKNOWN = "\ufffd"  # the Unicode replacement character; it never occurs in the corpus
+VAL_FRACTION = 0.1  # share of the training text held out for validation (its end)
 FAST_MAX_WINDOWS = 2_000  # training windows kept in fast mode (CI, quick previews)
 
 
@@ -110,26 +112,25 @@ def _windows(ids: np.ndarray, context: int, stride: int) -> tuple[np.ndarray, np
 
 
 def split_windows(
-    train_ids: np.ndarray,
-    test_ids: np.ndarray,
+    streams: Sequence[np.ndarray],
     context: int,
     stride: int,
     max_windows: int | None = None,
     seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(X_train, y_train, X_test, y_test): next-token windows of a training and a test stream;
-    with max_windows, a seeded subset of at most that many training windows and a tenth as many
-    test ones. Every array is its own writable copy."""
-    X_train, y_train = _windows(train_ids, context, stride)
-    X_test, y_test = _windows(test_ids, context, stride)
-    if max_windows is not None:
-        rng = np.random.default_rng(seed)
-        keep_train = np.sort(rng.permutation(len(X_train))[:max_windows])
-        keep_test = np.sort(rng.permutation(len(X_test))[: max(1, max_windows // 10)])
-        X_train, y_train = X_train[keep_train], y_train[keep_train]
-        X_test, y_test = X_test[keep_test], y_test[keep_test]
-    arrays = (X_train, y_train, X_test, y_test)
-    return tuple(a if a.flags.writeable else a.copy() for a in arrays)  # type: ignore[return-value]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(X, y) next-token windows of each stream (training first, then held-out ones); with
+    max_windows, a seeded subset of at most that many training windows and a tenth as many of
+    each held-out stream's. Every array is its own writable copy."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, ids in enumerate(streams):
+        X, y = _windows(ids, context, stride)
+        if max_windows is not None:
+            cap = max_windows if i == 0 else max(1, max_windows // 10)
+            keep = np.sort(rng.permutation(len(X))[:cap])
+            X, y = X[keep], y[keep]
+        out.append(tuple(a if a.flags.writeable else a.copy() for a in (X, y)))
+    return out
 
 
 def language_model_dataset(
@@ -143,24 +144,36 @@ def language_model_dataset(
     describe: Callable[[int, int], str],
     class_names: tuple[str, ...] = (),
     meta: dict | None = None,
+    val_fraction: float = VAL_FRACTION,
 ) -> Dataset:
     """A language-model Dataset of next-token windows of a training and a test stream
-    (split_windows); `describe(train windows, test windows)` words its description."""
-    X_train, y_train, X_test, y_test = split_windows(
-        train_ids, test_ids, context, stride, max_windows, seed
+    (split_windows); the last `val_fraction` of the training stream is the validation stream.
+    `describe(train windows, test windows)` words its description."""
+    val_at = int(len(train_ids) * (1.0 - val_fraction))
+    if min(val_at, len(train_ids) - val_at) <= context:
+        raise MaaslabError(
+            f"context {context} is longer than the training or validation part of the "
+            f"{len(train_ids):,}-token training stream; use fewer tokens per window"
+        )
+    # test before validation: the seeded subsets of train and test are those drawn before
+    # there was a validation stream
+    (X_train, y_train), (X_test, y_test), (X_val, y_val) = split_windows(
+        (train_ids[:val_at], test_ids, train_ids[val_at:]), context, stride, max_windows, seed
     )
     return Dataset(
         name=name,
         task="language_model",
         X_train=X_train,
         y_train=y_train,
+        X_val=X_val,
+        y_val=y_val,
         X_test=X_test,
         y_test=y_test,
         feature_names=tuple(f"t{i}" for i in range(context)),
         class_names=class_names,
         input_shape=(context,),
         description=describe(len(X_train), len(X_test)),
-        meta=meta or {},
+        meta={**(meta or {}), "val_fraction": val_fraction, "val_at": val_at},
     )
 
 

@@ -1,11 +1,15 @@
 """THE training loop: `train(model, data, cfg, callbacks)` -> History.
 
 Notebooks, the Training Studio, the CLI and the compression recipes call this one function.
-It records per-step loss, per-epoch train/test loss and accuracy, per-layer gradient norms and
-wall time; callbacks watch it and may stop it; with a checkpoint folder it saves after every
-epoch and can resume from there, continuing exactly where it stopped (weights, optimizer, random
-streams). Every optimizer step it takes is `train_step`, which the data-parallel ranks of
+It records per-step loss, per-epoch train/validation loss and accuracy, per-layer gradient
+norms and wall time; callbacks watch it and may stop it; with a checkpoint folder it saves after
+every epoch and can resume from there, continuing exactly where it stopped (weights, optimizer,
+random streams). Every optimizer step it takes is `train_step`, which the data-parallel ranks of
 maaslab.distributed call too (they need a DistributedSampler instead of train's loaders).
+
+The loop never reads the test split: what it measures between epochs, and what early stopping
+and any choice between runs look at, is the validation split. The test split is read once, when
+every choice is made, with `evaluate_split(model, data, "test")`.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from maaslab.callbacks import Callback, TrainState
-from maaslab.data import Dataset, make_loaders
+from maaslab.data import Dataset, make_loaders, split_loader
 from maaslab.device import get_device
 from maaslab.errors import MaaslabError
 from maaslab.models import model_config
@@ -98,10 +102,10 @@ class EpochRecord:
     """Metrics of one finished epoch."""
 
     epoch: int  # 1-based
-    train_loss: float
-    test_loss: float
+    train_loss: float  # mean over the epoch's steps (the weights changed while it was measured)
+    val_loss: float  # validation split, after the epoch
     train_accuracy: float | None  # None for regression
-    test_accuracy: float | None
+    val_accuracy: float | None
     grad_norms: dict[str, float]  # layer -> mean gradient L2 norm over the sampled steps
     seconds: float  # wall time of the epoch, evaluation included
 
@@ -123,7 +127,7 @@ class History:
         return self.epochs[-1] if self.epochs else None
 
     def column(self, name: str) -> list[Any]:
-        """One metric across epochs, e.g. history.column("test_loss")."""
+        """One metric across epochs, e.g. history.column("val_loss")."""
         return [getattr(e, name) for e in self.epochs]
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +138,11 @@ class History:
     def from_dict(cls, d: dict[str, Any]) -> History:
         """Inverse of to_dict."""
         names = {f.name for f in fields(cls)}
+        if any("test_loss" in e for e in d.get("epochs", [])):
+            raise MaaslabError(
+                "this history was recorded before training measured a validation split (its "
+                "epochs hold test figures); start a new run instead of resuming it"
+            )
         h = cls(**{k: v for k, v in d.items() if k in names and k != "epochs"})
         h.epochs = [EpochRecord(**e) for e in d.get("epochs", [])]
         return h
@@ -359,7 +368,7 @@ def train(
         them may set `state.stop = True` to end training after the current step.
     loss : the training loss as `loss(outputs, inputs, labels)` -> scalar (e.g. a distillation
         loss that also asks a teacher about `inputs`); None: cross-entropy, or MSE for
-        regression. Test loss and accuracy are always the task's standard ones.
+        regression. Validation loss and accuracy are always the task's standard ones.
     """
     device = get_device(cfg.device)
     threads = cpu_threads(model, cfg) if device.type == "cpu" else None
@@ -386,7 +395,7 @@ def _train(
     model.to(device).train()
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader, test_loader = make_loaders(
+    train_loader, val_loader = make_loaders(
         data, cfg.batch_size, device=device, generator=generator
     )
     optimizer = make_optimizer(model, cfg)
@@ -458,15 +467,15 @@ def _train(
                 break
         if state.stop and seen < len(data.y_train):
             break  # a partial epoch is not recorded as an epoch; its steps are in step_loss
-        test_loss, test_acc = evaluate(model, test_loader, data.task)
+        val_loss, val_acc = evaluate(model, val_loader, data.task)
         state.epoch += 1
         history.epochs.append(
             EpochRecord(
                 epoch=state.epoch,
                 train_loss=loss_sum / seen,
-                test_loss=test_loss,
+                val_loss=val_loss,
                 train_accuracy=_accuracy(logits, labels) if classify else None,
-                test_accuracy=test_acc,
+                val_accuracy=val_acc,
                 grad_norms=dict(
                     zip(
                         layer_names,
@@ -495,10 +504,39 @@ def _train(
     return history
 
 
-def run_metadata(data: Dataset, cfg: TrainConfig, history: History) -> dict[str, Any]:
-    """What a saved model folder records about its training run (dataset, config, metrics)."""
+def evaluate_split(
+    model: nn.Module, data: Dataset, split: str = "test", *, device: str | None = None
+) -> tuple[float, float | None]:
+    """Mean loss and accuracy (None for regression) of `model` on one split of `data`.
+
+    Parameters
+    ----------
+    split : "test" (the default) is meant to be read once, for the trained and chosen model;
+        "val" is what choices are made on; "train" shows how well the data was fitted.
+    device : where to run; None -> the device the model's weights are on.
+    """
+    if device is None:
+        first = next(model.parameters(), None)
+        device = str(first.device) if first is not None else "cpu"
+    return evaluate(model, split_loader(data, split, device=device), data.task)
+
+
+def run_metadata(
+    data: Dataset, cfg: TrainConfig, history: History, model: nn.Module | None = None
+) -> dict[str, Any]:
+    """What a saved model folder records about its training run (dataset, config, metrics).
+
+    The metrics are the last epoch's validation figures; given the trained `model`, its test
+    loss and accuracy are measured here too (the one read of the test split a run makes).
+    """
     last = history.last
-    data_args = ("seed", "test_fraction", "standardize", "n_samples", "noise")
+    data_args = ("seed", "test_fraction", "val_fraction", "standardize", "n_samples", "noise")
+    metrics: dict[str, Any] = {}
+    if last:
+        metrics.update(val_loss=last.val_loss, val_accuracy=last.val_accuracy)
+    if model is not None:
+        test_loss, test_accuracy = evaluate_split(model, data, "test")
+        metrics.update(test_loss=test_loss, test_accuracy=test_accuracy)
     return {
         "dataset": data.name,
         "data_args": {k: data.meta[k] for k in data_args if k in data.meta},
@@ -507,7 +545,5 @@ def run_metadata(data: Dataset, cfg: TrainConfig, history: History) -> dict[str,
         "feature_names": list(data.feature_names),
         "train_config": asdict(cfg),
         "epochs_trained": len(history.epochs),
-        "metrics": {"test_loss": last.test_loss, "test_accuracy": last.test_accuracy}
-        if last
-        else {},
+        "metrics": metrics,
     }

@@ -10,6 +10,7 @@ from maaslab.callbacks import Throttle
 from maaslab.errors import MaaslabError
 from maaslab.jobs import TrainingJob
 from maaslab.models.mlp import ACTIVATIONS
+from maaslab.registry import read_metadata
 from maaslab.studio import StudioConfig
 from maaslab.train import OPTIMIZERS
 from maaslab.urlstate import config_from_params, config_to_params, slider_options
@@ -114,9 +115,14 @@ def live_view() -> None:
     line = f"**Status: {job.state}** · epoch {len(history.epochs)}/{job.cfg.epochs}"
     line += f" · step {len(history.step_loss)}"
     if last:
-        line += f" · train loss {last.train_loss:.4f} · test loss {last.test_loss:.4f}"
-        line += f" · test accuracy {last.test_accuracy:.3f}"
+        line += f" · train loss {last.train_loss:.4f} · validation loss {last.val_loss:.4f}"
+        line += f" · validation accuracy {last.val_accuracy:.3f}"
     st.markdown(line)
+    st.caption(
+        "Validation is data the weights never train on: when its loss turns up while the "
+        "training loss keeps falling, the network is memorising. The test split is not shown "
+        "here; it is measured once, when a run is saved."
+    )
     if job.error:
         st.error(job.error)
     for reason in job.notes.values():
@@ -129,7 +135,7 @@ def live_view() -> None:
         grid = studio.boundary_grid(snapshot, job.data, resolution=60)
         cols[0].plotly_chart(plots.decision_boundary(grid, job.data), key="studio.boundary")
     elif snapshot is not None:
-        cm = studio.confusion_on_test(snapshot, job.data)
+        cm = studio.confusion_on_val(snapshot, job.data)
         figure = plots.confusion_matrix_heatmap(cm, job.data.class_names)
         cols[0].plotly_chart(figure.update_layout(height=360), key="studio.confusion")
     cols[1].plotly_chart(plots.grad_norm_curve(history), key="studio.grad_chart")
@@ -148,6 +154,13 @@ with right:
             name = st.text_input("Save as", f"{job.data.name}-{job.model.model_type}", max_chars=64)
             if st.form_submit_button("Save model", icon=":material/save:"):
                 try:
-                    st.success(f"Saved to {studio.save_run(job, name)}")
+                    folder = studio.save_run(job, name)
+                    metrics = read_metadata(folder)["metrics"]
+                    shown = (
+                        f"test accuracy {metrics['test_accuracy']:.3f}"
+                        if metrics.get("test_accuracy") is not None
+                        else f"test loss {metrics['test_loss']:.4f}"
+                    )
+                    st.success(f"Saved to {folder} ({shown}, measured once, on saving)")
                 except MaaslabError as err:
                     st.error(str(err))

@@ -15,7 +15,8 @@ with a custom loss).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,8 @@ TEMPERATURE = 3.0
 ALPHA = 0.3
 EPOCHS = 10
 LR = 1e-4  # AdamW, warm-up then linear decay
+# (temperature, alpha, epochs, lr) settings `select_settings` compares on the validation reviews
+CANDIDATES = ((3.0, 0.3, 10, 1e-4), (2.0, 0.5, 10, 1e-4), (4.0, 0.1, 6, 2e-4))
 DEFAULTS = {
     "layers": LAYERS,
     "temperature": TEMPERATURE,
@@ -175,6 +178,61 @@ def distill(
     if progress is not None:
         progress("distilling", 1.0)
     return student.eval()
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One distillation setting tried by `select_settings`, with its validation accuracy."""
+
+    temperature: float
+    alpha: float
+    epochs: int
+    lr: float
+    val_accuracy: float  # of the student trained with these settings, on the validation reviews
+
+
+def select_settings(
+    teacher: object,
+    settings: Sequence[tuple[float, float, int, float]] = CANDIDATES,
+    *,
+    layers: int = LAYERS,
+    seed: int = 0,
+    progress: Progress | None = None,
+    cancel: threading.Event | None = None,
+) -> tuple[list[Candidate], nn.Module]:
+    """Distil one student per setting and rank them by validation accuracy; the test is not read.
+
+    Parameters
+    ----------
+    teacher : the shipped sentiment classifier, as for `distill`.
+    settings : (temperature, alpha, epochs, lr) per candidate.
+    layers, seed, progress, cancel : as for `distill`.
+
+    Returns the candidates, best first (ties keep the given order), and the best one's student;
+    its test accuracy is then measured once (maaslab.assets.sentiment_accuracy).
+    """
+    from maaslab.models.sentiment import review_dataset
+    from maaslab.train import evaluate_split
+
+    if not settings:
+        raise MaaslabError("select_settings needs at least one (temperature, alpha, epochs, lr)")
+    tried: list[tuple[Candidate, nn.Module]] = []
+    for temperature, alpha, epochs, lr in settings:
+        student = distill(
+            teacher,
+            temperature=temperature,
+            alpha=alpha,
+            epochs=epochs,
+            layers=layers,
+            lr=lr,
+            seed=seed,
+            progress=progress,
+            cancel=cancel,
+        )
+        _, accuracy = evaluate_split(student, review_dataset(student, seed=seed), "val")
+        tried.append((Candidate(temperature, alpha, epochs, lr, float(accuracy)), student))
+    tried.sort(key=lambda pair: -pair[0].val_accuracy)
+    return [c for c, _ in tried], tried[0][1]
 
 
 def load_student() -> nn.Module:

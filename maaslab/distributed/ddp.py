@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, TensorDataset
 
-from maaslab.data import Dataset, load_dataset, make_loaders, to_tensors
+from maaslab.data import Dataset, load_dataset, make_loaders, split_loader, to_tensors
 from maaslab.distributed.collective import global_batches, steps_per_epoch
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model
@@ -106,7 +106,7 @@ class DDPRun:
     steps_per_second: float = 0.0  # after the first steps (warm-up excluded)
     compute_ms: float = 0.0  # median forward + backward of one rank's batch, no communication
     allreduce_ms: float = 0.0  # median all-reduce of a gradient-sized float32 buffer
-    test_loss: float = 0.0
+    test_loss: float = 0.0  # the test split, read once after the last step
     test_accuracy: float | None = None
     seconds: float = 0.0  # wall time of the training loop
 
@@ -230,7 +230,7 @@ def train_ddp(cfg: DDPConfig, log: Callable[[str], None] = lambda _: None) -> DD
         model, device_ids=[device.index] if device.index is not None else None
     )
     sampler, loader = _loader(data, cfg, rank, world, device)
-    _, test_loader = make_loaders(data, cfg.batch_size, device=device)
+    _, val_loader = make_loaders(data, cfg.batch_size, device=device)
     optimizer = make_optimizer(ddp, cfg.train_config())
     run = DDPRun(
         world_size=world,
@@ -274,16 +274,19 @@ def train_ddp(cfg: DDPConfig, log: Callable[[str], None] = lambda _: None) -> DD
                 timed += time.perf_counter() - step_start
             if run.steps == total:
                 break
-        run.test_loss, run.test_accuracy = evaluate(model, test_loader, data.task)
+        val_loss, val_accuracy = evaluate(model, val_loader, data.task)
         log(
             f"epoch {epoch + 1}: step {run.steps}, loss {losses[-1]:.4f} (rank 0), "
-            f"test loss {run.test_loss:.4f}"
-            + (f", test accuracy {run.test_accuracy:.3f}" if run.test_accuracy is not None else "")
+            f"validation loss {val_loss:.4f}"
+            + (f", validation accuracy {val_accuracy:.3f}" if val_accuracy is not None else "")
         )
         _checkpoint(model, out, cfg, rank)
         if run.steps == total:
             break
     run.seconds = time.perf_counter() - started
+    # the test split, read once, after the last step
+    test_loader = split_loader(data, "test", max(cfg.batch_size, 256), device=device)
+    run.test_loss, run.test_accuracy = evaluate(model, test_loader, data.task)
     run.steps_per_second = (run.steps - warmup) / timed if timed else 0.0
     run.step_loss = _mean_over_ranks(losses, world)
     _time_parts(run, ddp, loader, data.task, device)

@@ -50,12 +50,13 @@ def check_model_param_count(answer: object, model: nn.Module) -> CheckResult:
 
 
 def check_overfitting_gap(answer: object, history: History) -> CheckResult:
-    """Check the train-minus-test accuracy gap after the last epoch of `history`."""
+    """Check the train-minus-validation accuracy gap after the last epoch of `history`."""
     return check_array(
         "overfitting gap",
         answer,
         overfitting_gap(history),
         rtol=0,
         atol=1e-6,
-        hint="Subtract the last epoch's test accuracy from its train accuracy (history.last).",
+        hint="Subtract the last epoch's validation accuracy from its train accuracy "
+        "(history.last).",
     )

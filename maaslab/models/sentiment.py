@@ -105,24 +105,36 @@ class SentimentClassifier(PooledClassifier):
         return self
 
 
-def review_dataset(model: SentimentClassifier):
-    """The shipped review corpus as token-id arrays for the shared training loop."""
-    from maaslab.data import Dataset
+def review_dataset(model: SentimentClassifier, *, val_fraction: float = 0.15, seed: int = 0):
+    """The shipped review corpus as token-id arrays for the shared training loop.
+
+    The corpus fixes train and test; validation is a seeded, stratified `val_fraction` of the
+    training reviews (maaslab.data.split_train_val), for choosing settings without the test.
+    """
+    from maaslab.data import Dataset, split_train_val
     from maaslab.reviews import REVIEWS_CSV, load_reviews
 
     train, test = load_reviews("train"), load_reviews("test")
-    # Pad both splits to one length so every batch has the same shape.
+    # Pad every split to one length so every batch has the same shape.
     ids, _ = model.encode(list(train.texts) + list(test.texts))
+    X_train, y_train, X_val, y_val = split_train_val(
+        ids[: len(train)], train.labels, val_fraction, seed, stratify=True
+    )
     return Dataset(
         name="reviews",
         task="classification",
-        X_train=ids[: len(train)],
-        y_train=train.labels,
+        X_train=X_train,
+        y_train=y_train,
+        X_val=X_val,
+        y_val=y_val,
         X_test=ids[len(train) :],
         y_test=test.labels,
         feature_names=tuple(f"token{i}" for i in range(ids.shape[1])),
         class_names=model.config.labels,
         input_shape=(ids.shape[1],),
-        description=f"{REVIEWS_CSV.name}: {len(train)} train / {len(test)} test reviews",
-        meta={"seed": 0, "test_phenomena": list(test.phenomena)},
+        description=(
+            f"{REVIEWS_CSV.name}: {len(y_train)} train / {len(y_val)} validation / "
+            f"{len(test)} test reviews"
+        ),
+        meta={"seed": seed, "val_fraction": val_fraction, "test_phenomena": list(test.phenomena)},
     )

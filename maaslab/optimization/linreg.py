@@ -47,6 +47,7 @@ def diabetes(feature: str | None = None, *, standardize: bool = True, seed: int 
     return dataclasses.replace(
         data,
         X_train=data.X_train[:, col],
+        X_val=data.X_val[:, col],
         X_test=data.X_test[:, col],
         feature_names=(feature,),
         input_shape=(1,),

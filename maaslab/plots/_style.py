@@ -4,6 +4,7 @@ from __future__ import annotations
 
 TRAIN_COLOR = "#4f46e5"
 TEST_COLOR = "#f97316"
+VAL_COLOR = TEST_COLOR  # the held-out curve of a training run (validation) takes test's colour
 STEP_COLOR = "rgba(79, 70, 229, 0.25)"
 CLASS_COLORS = ("#f97316", "#2563eb", "#16a34a", "#dc2626", "#9333ea", "#0891b2")
 # One colour per series when several runs or optimizers share a figure.

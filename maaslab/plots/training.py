@@ -8,7 +8,7 @@ from plotly.subplots import make_subplots
 
 from maaslab.data import Dataset
 from maaslab.jobs import Weights
-from maaslab.plots._style import CLASS_COLORS, STEP_COLOR, TEST_COLOR, TRAIN_COLOR, layout
+from maaslab.plots._style import CLASS_COLORS, STEP_COLOR, TRAIN_COLOR, VAL_COLOR, layout
 from maaslab.studio import BoundaryGrid
 from maaslab.train import History
 
@@ -24,20 +24,21 @@ def _finite(values: list) -> list:
     return [v if v is not None and np.isfinite(v) else None for v in values]
 
 
-def _train_test_lines(fig: go.Figure, history: History, metric: str) -> None:
-    # One line per split for an epoch metric ("loss" or "accuracy").
-    for split, color in (("train", TRAIN_COLOR), ("test", TEST_COLOR)):
+def _train_val_lines(fig: go.Figure, history: History, metric: str) -> None:
+    # One line per split for an epoch metric ("loss" or "accuracy"). Training never reads the
+    # test split, so the held-out line is validation.
+    for split, name, color in (("train", "train", TRAIN_COLOR), ("val", "validation", VAL_COLOR)):
         fig.add_scatter(
             x=history.column("epoch"),
             y=_finite(history.column(f"{split}_{metric}")),
-            name=split,
+            name=name,
             mode="lines+markers",
             line={"color": color},
         )
 
 
 def loss_curve(history: History, *, show_steps: bool = True) -> go.Figure:
-    """Train and test loss per epoch, with the per-step training loss faintly behind."""
+    """Train and validation loss per epoch, with the per-step training loss faintly behind."""
     fig = go.Figure()
     if show_steps and history.step_loss:
         fig.add_scatter(
@@ -47,16 +48,16 @@ def loss_curve(history: History, *, show_steps: bool = True) -> go.Figure:
             mode="lines",
             line={"color": STEP_COLOR, "width": 1},
         )
-    _train_test_lines(fig, history, "loss")
+    _train_val_lines(fig, history, "loss")
     fig.update_layout(title="Loss", xaxis_title="epoch", yaxis_title="loss", **layout())
     return fig
 
 
 def accuracy_curve(history: History) -> go.Figure:
-    """Train and test accuracy per epoch (empty axes for regression)."""
+    """Train and validation accuracy per epoch (empty axes for regression)."""
     fig = go.Figure()
     if history.task == "classification":
-        _train_test_lines(fig, history, "accuracy")
+        _train_val_lines(fig, history, "accuracy")
     fig.update_layout(
         title="Accuracy",
         xaxis_title="epoch",
@@ -103,13 +104,16 @@ def grad_norm_curve(history: History) -> go.Figure:
 
 
 def dataset_scatter(data: Dataset) -> go.Figure:
-    """The points of a 2-D dataset, train as circles and test as crosses, coloured by class."""
+    """The points of a 2-D dataset, train as circles and validation as crosses, by class.
+
+    The test points are left out: they are kept for the one measurement at the end.
+    """
     if data.n_features != 2:
         raise ValueError(f"dataset_scatter needs 2-D data; {data.name} has {data.n_features}")
     fig = go.Figure()
     for split, X, y, symbol in (
         ("train", data.X_train, data.y_train, "circle"),
-        ("test", data.X_test, data.y_test, "x"),
+        ("validation", data.X_val, data.y_val, "x"),
     ):
         for k, name in enumerate(data.class_names):
             mask = y == k

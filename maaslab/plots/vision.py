@@ -270,7 +270,7 @@ def probability_bars(
 
 
 def run_comparison(histories: Mapping[str, History]) -> go.Figure:
-    """Loss and accuracy of several runs: one colour per run, solid train, dashed test.
+    """Loss and accuracy of several runs: one colour per run, solid train, dashed validation.
 
     Parameters
     ----------
@@ -280,12 +280,12 @@ def run_comparison(histories: Mapping[str, History]) -> go.Figure:
     for i, (name, history) in enumerate(histories.items()):
         color = SERIES_COLORS[i % len(SERIES_COLORS)]
         for col, metric in ((1, "loss"), (2, "accuracy")):
-            for split, dash in (("train", "solid"), ("test", "dash")):
+            for split, dash in (("train", "solid"), ("val", "dash")):
                 values = history.column(f"{split}_{metric}")
                 fig.add_scatter(
                     x=history.column("epoch"),
                     y=[v if v is not None and np.isfinite(v) else None for v in values],
-                    name=f"{name} · {split}",
+                    name=f"{name} · {'validation' if split == 'val' else split}",
                     legendgroup=name,
                     showlegend=col == 1,
                     mode="lines",

@@ -14,7 +14,7 @@ from maaslab.exercises.pytorch import (
     check_overfitting_gap,
 )
 from maaslab.models import build_model
-from maaslab.train import EpochRecord, History, TrainConfig, train
+from maaslab.train import EpochRecord, History, TrainConfig, evaluate_split, train
 
 
 @pytest.fixture(scope="module")
@@ -96,25 +96,33 @@ def test_count_parameters_by_hand():
 def test_compare_models_measures_the_final_weights(digits):
     model = _mlp()
     history = train(model, digits, TrainConfig(epochs=2, lr=0.01))
-    reports = ev.compare_models({"mlp": (model, history)}, digits)
-    assert reports[0].test_accuracy == pytest.approx(history.last.test_accuracy)
-    assert reports[0].test_loss == pytest.approx(history.last.test_loss, rel=1e-4)
+    reports = ev.compare_models({"mlp": (model, history)}, digits)  # on validation
+    assert reports[0].split == "val"
+    assert reports[0].accuracy == pytest.approx(history.last.val_accuracy)
+    assert reports[0].loss == pytest.approx(history.last.val_loss, rel=1e-4)
     assert reports[0].parameters == ev.count_parameters(model) and reports[0].epochs == 2
+    (test,) = ev.compare_models({"mlp": (model, history)}, digits, split="test")
+    test_loss, test_accuracy = evaluate_split(model, digits, "test")
+    assert test.accuracy == pytest.approx(test_accuracy) and test.loss == pytest.approx(test_loss)
     frame = ev.comparison_frame(reports)
     assert list(frame.index) == ["mlp"]
     assert list(frame.columns) == [
         "parameters",
         "epochs",
         "train_seconds",
-        "test_accuracy",
-        "test_loss",
+        "split",
+        "accuracy",
+        "loss",
     ]
+    with pytest.raises(MaaslabError, match="unknown split 'dev'"):
+        ev.compare_models({"mlp": (model, history)}, digits, split="dev")
 
 
-def test_small_subset_is_stratified_and_keeps_the_test_split(digits):
+def test_small_subset_is_stratified_and_keeps_validation_and_test(digits):
     small = ev.small_subset(digits, 100)
     assert np.bincount(small.y_train).tolist() == [10] * 10
     assert small.X_test is digits.X_test and small.meta["n_train"] == 100
+    assert small.X_val is digits.X_val
     with pytest.raises(MaaslabError, match="n_train must be between 10 and"):
         ev.small_subset(digits, 5)
 
@@ -129,7 +137,7 @@ def test_regularization_experiment_trains_one_mlp_per_regularizer(digits):
     assert first["dropout"] != first["none"]
     assert len(runs["none"].epochs) == 40
     assert runs["early stopping"].stopped_early and len(runs["early stopping"].epochs) < 40
-    # The unregularized network memorises 50 examples; it does worse on the test split.
+    # The unregularized network memorises 50 examples; it does worse on the validation split.
     assert runs["none"].last.train_accuracy == 1.0 and ev.overfitting_gap(runs["none"]) > 0.05
     # With the penalty the weights cannot grow as freely, so the training loss stays higher.
     assert runs["weight decay"].last.train_loss > runs["none"].last.train_loss
@@ -137,8 +145,8 @@ def test_regularization_experiment_trains_one_mlp_per_regularizer(digits):
         ev.regularization_experiment(digits, cfg, runs=["batch norm"])
 
 
-def _history(train_acc=1.0, test_acc=0.8):
-    return History(epochs=[EpochRecord(1, 0.1, 0.5, train_acc, test_acc, {}, 0.0)])
+def _history(train_acc=1.0, val_acc=0.8):
+    return History(epochs=[EpochRecord(1, 0.1, 0.5, train_acc, val_acc, {}, 0.0)])
 
 
 def test_overfitting_gap():
@@ -197,7 +205,7 @@ def test_check_confusion_matrix():
 
 
 def test_check_overfitting_gap():
-    history = _history(train_acc=0.95, test_acc=0.9)
+    history = _history(train_acc=0.95, val_acc=0.9)
     assert check_overfitting_gap(0.05, history)
     flipped = check_overfitting_gap(-0.05, history)
     assert not flipped and "wrong sign" in flipped.message

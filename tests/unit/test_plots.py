@@ -20,10 +20,10 @@ def _history(task="classification"):
 
 def test_loss_curve_places_steps_on_the_epoch_axis():
     fig = plots.loss_curve(_history())
-    steps, train, test = fig.data
+    steps, train, val = fig.data
     assert list(steps.x) == [0.5, 1.0, 1.5, 2.0, 2.5, 3.0]
     assert steps.y[1] is None  # NaN drawn as a gap
-    assert list(train.y) == [1.0, 0.5, 1 / 3] and test.name == "test"
+    assert list(train.y) == [1.0, 0.5, 1 / 3] and val.name == "validation"
 
 
 def test_accuracy_and_combined_curves():
@@ -39,7 +39,10 @@ def test_grad_norm_curve_one_line_per_layer():
 
 
 def test_dataset_scatter_needs_two_features():
-    fig = plots.dataset_scatter(load_dataset("moons", n_samples=100))
-    assert sum(len(t.x) for t in fig.data) == 100
+    data = load_dataset("moons", n_samples=100)
+    fig = plots.dataset_scatter(data)
+    # train and validation points; the test points are kept for the end
+    assert sum(len(t.x) for t in fig.data) == len(data.y_train) + len(data.y_val) == 75
+    assert {t.name.split(" ·")[0] for t in fig.data} == {"train", "validation"}
     with pytest.raises(ValueError, match="needs 2-D data"):
         plots.dataset_scatter(load_dataset("digits"))

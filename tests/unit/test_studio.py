@@ -12,7 +12,7 @@ from maaslab.studio import (
     StudioConfig,
     boundary_grid,
     build_run,
-    confusion_on_test,
+    confusion_on_val,
     save_run,
 )
 from maaslab.urlstate import config_from_params, config_to_params
@@ -103,8 +103,8 @@ def test_boundary_grid_matches_direct_predictions():
     digits = build_run(StudioConfig(dataset="digits"))
     with pytest.raises(MaaslabError, match="2-D classification"):
         boundary_grid(digits.model, digits.data)
-    cm = confusion_on_test(digits.model, digits.data)
-    assert cm.shape == (10, 10) and cm.sum() == len(digits.data.y_test)
+    cm = confusion_on_val(digits.model, digits.data)
+    assert cm.shape == (10, 10) and cm.sum() == len(digits.data.y_val)
 
 
 def test_save_run_refuses_bad_names_and_running_jobs(runs_dir):

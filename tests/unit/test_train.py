@@ -1,14 +1,24 @@
+import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from maaslab import MaaslabError, seed_everything
-from maaslab.callbacks import Callback, EarlyStopping, StopOnDivergence
+from maaslab.callbacks import Callback, EarlyStopping, StopOnDivergence, TrainState
 from maaslab.data import load_dataset, make_loaders
 from maaslab.models import build_model
-from maaslab.train import History, TrainConfig, task_loss, train, train_step
+from maaslab.train import (
+    EpochRecord,
+    History,
+    TrainConfig,
+    evaluate_split,
+    task_loss,
+    train,
+    train_step,
+)
 
 
 def _mlp(data, hidden=(16, 16), dropout=0.0, seed=0):
@@ -33,7 +43,7 @@ def test_learns_moons_and_records_everything():
     data = load_dataset("moons", n_samples=300, noise=0.15)
     model = _mlp(data)
     history = train(model, data, TrainConfig(epochs=30, lr=0.02))
-    assert len(history.epochs) == 30 and history.last.test_accuracy > 0.9
+    assert len(history.epochs) == 30 and history.last.val_accuracy > 0.9
     assert history.steps_per_epoch == math.ceil(len(data.y_train) / 32)
     assert len(history.step_loss) == 30 * history.steps_per_epoch
     assert history.epochs[0].train_loss > history.last.train_loss
@@ -46,8 +56,8 @@ def test_learns_moons_and_records_everything():
 def test_regression_has_losses_but_no_accuracy():
     data = load_dataset("diabetes", standardize=True)
     history = train(_mlp(data, hidden=(8,)), data, TrainConfig(epochs=3, lr=0.05))
-    assert history.task == "regression" and history.last.test_accuracy is None
-    assert history.last.test_loss < history.epochs[0].test_loss * 1.5
+    assert history.task == "regression" and history.last.val_accuracy is None
+    assert history.last.val_loss < history.epochs[0].val_loss * 1.5
 
 
 def test_matches_a_bare_pytorch_loop_exactly():
@@ -100,7 +110,7 @@ class StopAfter(Callback):
 
 
 def test_a_callback_can_stop_training():
-    data = load_dataset("moons", n_samples=320)  # 240 train -> 8 steps per epoch
+    data = load_dataset("moons", n_samples=400)  # 240 train -> 8 steps per epoch
     history = train(_mlp(data), data, TrainConfig(epochs=50), [StopAfter(20)])
     assert history.stopped_early
     assert len(history.step_loss) == 20
@@ -113,9 +123,64 @@ def test_early_stopping_and_divergence_guard():
     assert history.stopped_early and len(history.epochs) < 500
     wild = load_dataset("diabetes")  # raw targets in the hundreds: lr 3 explodes
     history = train(
-        _mlp(wild), wild, TrainConfig(epochs=50, lr=3.0, optimizer="sgd"), [StopOnDivergence()]
+        _mlp(wild),
+        wild,
+        TrainConfig(epochs=50, lr=3.0, optimizer="sgd", batch_size=16),
+        [StopOnDivergence()],
     )
     assert history.stopped_early and not math.isfinite(history.step_loss[-1])
+
+
+class _Sealed:
+    """Stands in for a test array: any read of it fails the test that uses it."""
+
+    def _read(self, *args, **kwargs):
+        raise AssertionError("the test split was read")
+
+    __array__ = __len__ = __getitem__ = __iter__ = _read
+
+    def __getattr__(self, name):
+        self._read()
+
+
+def test_training_and_early_stopping_never_read_the_test_split():
+    data = load_dataset("moons", n_samples=200)
+    sealed = dataclasses.replace(data, X_test=_Sealed(), y_test=_Sealed())
+    model = _mlp(sealed)
+    # the seal holds: reading the test split fails (torch refuses it as an array, numpy and
+    # Python code get an AssertionError)
+    with pytest.raises((AssertionError, TypeError)):
+        evaluate_split(model, sealed, "test")
+    with pytest.raises(AssertionError, match="test split was read"):
+        np.asarray(sealed.X_test)
+    history = train(model, sealed, TrainConfig(epochs=500, lr=0.05), [EarlyStopping(3)])
+    assert history.stopped_early and len(history.epochs) < 500
+    # it stopped 3 epochs after the best validation loss
+    val = history.column("val_loss")
+    assert len(val) == int(np.argmin(val)) + 1 + 3
+    # the test split is read once, afterwards, by whoever reports the result
+    loss, accuracy = evaluate_split(model, data, "test")
+    assert accuracy > 0.8 and loss > 0
+
+
+def test_early_stopping_watches_the_validation_loss():
+    records = [EpochRecord(i + 1, 0.1, v, None, None, {}, 0.0) for i, v in enumerate([3, 2, 2, 1])]
+    stop = EarlyStopping(patience=2)
+    state = TrainState(model=nn.Linear(1, 1), history=History(), total_epochs=9, config=None)
+    for i, record in enumerate(records):
+        state.history.epochs.append(record)
+        stop.on_epoch_end(state)
+        assert not state.stop, f"stopped after epoch {i + 1} though the loss still improved"
+    for record in records[:2]:  # 3 and 2 again: no better than 1
+        state.history.epochs.append(record)
+        stop.on_epoch_end(state)
+    assert state.stop and stop.best == 1 and "2 epochs" in state.info["early_stopping"]
+
+
+def test_an_old_history_with_test_figures_is_refused():
+    old = {"epochs": [{"epoch": 1, "train_loss": 0.5, "test_loss": 0.4}]}
+    with pytest.raises(MaaslabError, match="before training measured a validation split"):
+        History.from_dict(old)
 
 
 def test_an_exploding_classification_loss_counts_as_divergence():
@@ -183,7 +248,7 @@ def test_trains_on_cuda_like_on_cpu():
     data = load_dataset("moons", n_samples=200)
     gpu = train(_mlp(data), data, TrainConfig(epochs=5, device="cuda"))
     cpu = train(_mlp(data), data, TrainConfig(epochs=5, device="cpu"))
-    assert gpu.last.test_loss == pytest.approx(cpu.last.test_loss, rel=1e-3, abs=1e-4)
+    assert gpu.last.val_loss == pytest.approx(cpu.last.val_loss, rel=1e-3, abs=1e-4)
 
 
 def test_warmup_linear_schedule_matches_transformers():
