@@ -3,9 +3,8 @@ numbers and figures it shows are the run's own."""
 
 from __future__ import annotations
 
-import time
-
 import pytest
+from apptest_helpers import has_button, until
 
 from maaslab.llm import demo
 
@@ -20,18 +19,6 @@ def no_shipped_models(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DRAFT_FOLDER", tmp_path / "absent" / "mini-llama-draft")
 
 
-def until(at, done, timeout: float = 120.0, what: str = "the run"):
-    """Rerun (as the view's half-second poll would) until done(at) holds."""
-    deadline = time.time() + timeout
-    while not done(at):
-        assert time.time() < deadline, f"{what} did not end within {timeout:g} s"
-        assert not at.exception, at.exception
-        time.sleep(0.3)
-        at.run()
-    assert not at.exception, at.exception
-    return at
-
-
 def engine_view(open_page):
     """The Serve page with its Engine tab open."""
     at = open_page("serve")
@@ -43,7 +30,7 @@ def run_to_end(at):
     """Press Run and poll until the result is kept; the result."""
     at.button(key=f"{KEY}.run").click().run()
     assert not at.error, [e.value for e in at.error]
-    until(at, lambda a: DONE in a.session_state)
+    until(at, lambda a: DONE in a.session_state, timeout=120, what="the run", poll_s=0.3)
     return at.session_state[DONE]
 
 
@@ -136,9 +123,15 @@ def test_stop_ends_a_slow_run_and_keeps_what_it_did(open_page):
     at = engine_view(open_page)
     at.toggle(key=f"{KEY}.slow").set_value(True).run()
     at.button(key=f"{KEY}.run").click().run()
-    until(at, lambda a: any(b.key == f"{KEY}.stop" for b in a.button), what="the live view")
+    until(
+        at,
+        lambda a: has_button(a, f"{KEY}.stop"),
+        timeout=120,
+        what="the live view",
+        poll_s=0.3,
+    )
     at.button(key=f"{KEY}.stop").click().run()
-    until(at, lambda a: DONE in a.session_state, timeout=30)
+    until(at, lambda a: DONE in a.session_state, timeout=30, what="the run", poll_s=0.3)
     result = at.session_state[DONE]
     assert result.stopped and result.line().endswith("· stopped")
     assert int(metrics(at)["Steps"]) == result.stats.steps < 60

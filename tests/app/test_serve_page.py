@@ -3,11 +3,11 @@
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from apptest_helpers import alive, has_button, until
 from streamlit.testing.v1 import AppTest
 
 from maaslab.auto import LANGUAGE_MODELS, LOADERS, load
@@ -22,32 +22,6 @@ REVIEW = "A warm, funny film; I loved every minute of it."
 QUESTION = "What does os.path.join do?"
 
 
-def until(at, done, timeout=150.0, what="the page"):
-    """Rerun (as the page's 0.5 s poll would) until done(at) holds."""
-    deadline = time.time() + timeout
-    while not done(at):
-        assert time.time() < deadline, f"{what} did not happen within {timeout:g} s"
-        assert not at.exception, at.exception
-        time.sleep(0.5)
-        at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def alive(pid: int) -> bool:
-    """True while a process with this id exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def has_button(at, key: str) -> bool:
-    """True when the page shows the button with this key."""
-    return any(b.key == key for b in at.button)
-
-
 def start_from_page(request, models: list[str], queue: int | None = None) -> tuple[AppTest, int]:
     """A fresh page that started a server for `models` (and `queue`: its Max queue) with its
     Start button; (page, pid). The server is killed at the end of the module if a test left it
@@ -59,7 +33,9 @@ def start_from_page(request, models: list[str], queue: int | None = None) -> tup
     if queue is not None:
         at.number_input(key="serve.queue").set_value(queue).run()
     at.button(key="serve.start").click().run()
-    until(at, lambda a: has_button(a, "serve.stop") or a.error, what="the server start")
+    until(
+        at, lambda a: has_button(a, "serve.stop") or a.error, timeout=150, what="the server start"
+    )
     assert not at.error, at.error[0].value
     shown = next(s.value for s in at.success if "Serving" in s.value)
     pid = int(re.search(r"pid (\d+)", shown).group(1))
@@ -342,10 +318,10 @@ def test_cancel_drops_the_streams_in_flight(llama, page_text):
     at.number_input(key="serve.llm_users").set_value(1).run()
     at.button(key="serve.run_llm_load").click().run()
     assert "serve.llm_final" not in at.session_state  # the last run's result went
-    until(at, lambda a: has_button(a, "serve.cancel_llm_load"), what="the run")
+    until(at, lambda a: has_button(a, "serve.cancel_llm_load"), timeout=150, what="the run")
     assert at.button(key="serve.run_llm_load").disabled  # one load test at a time
     at.button(key="serve.cancel_llm_load").click().run()
-    until(at, lambda a: "serve.llm_note" in a.session_state, what="the cancel")
+    until(at, lambda a: "serve.llm_note" in a.session_state, timeout=150, what="the cancel")
     assert at.session_state["serve.llm_note"][0] == "info"
     assert "the requests in flight were dropped." in page_text(at)
     assert "Load test cancelled after " in page_text(at)

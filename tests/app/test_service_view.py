@@ -7,42 +7,16 @@ from __future__ import annotations
 import os
 import re
 import signal
-import time
 from pathlib import Path
 
 import pytest
+from apptest_helpers import alive, has_button, until
 from streamlit.testing.v1 import AppTest
 
 from maaslab.serve.service_client import ServiceClient
 
 KEY = "serve.service"
 APP = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
-
-
-def until(at, done, timeout: float = 60.0, what: str = "the page"):
-    """Rerun (as the view's one-second poll would) until done(at) holds."""
-    deadline = time.time() + timeout
-    while not done(at):
-        assert time.time() < deadline, f"{what} did not happen within {timeout:g} s"
-        assert not at.exception, at.exception
-        time.sleep(0.5)
-        at.run()
-    assert not at.exception, at.exception
-    return at
-
-
-def alive(pid: int) -> bool:
-    """True while a process with this id exists."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def has_button(at, key: str) -> bool:
-    """True when the page shows the button with this key."""
-    return any(b.key == key for b in at.button)
 
 
 def service_tab() -> AppTest:
