@@ -1,4 +1,4 @@
-"""`python -m maaslab`: doctor, train, evaluate, assets, serve.
+"""`python -m maaslab`: doctor, train, evaluate, assets, serve, keys, repository, classroom.
 
 User errors print one line on stderr and exit with code 2; nothing is half-written.
 """
@@ -170,6 +170,47 @@ def build_parser() -> argparse.ArgumentParser:
     pub.add_argument("root", type=Path, help="the repository")
     pub.add_argument("name", help="the served name, e.g. digits")
     pub.add_argument("folder", type=_model_folder, help="model folder or shipped model name")
+
+    room = sub.add_parser(
+        "classroom",
+        help="hand out the student edition of the notebooks and grade submissions",
+        description="The notebooks are the teacher's edition: answers sit between nbgrader's "
+        "### BEGIN SOLUTION / ### END SOLUTION in solution cells, so nbgrader can run the "
+        "course too. `student` writes the edition to hand out; `grade` runs submitted notebooks.",
+    )
+    room_sub = room.add_subparsers(dest="classroom_command", required=True, parser_class=_Parser)
+    student = room_sub.add_parser(
+        "student",
+        help="write the student edition: every answer replaced by a stub",
+        description="Write every notebook with its answers replaced by stubs. An unanswered "
+        "check says 'not attempted yet'; a cell that needs a missing answer stops with a note.",
+    )
+    student.add_argument("out", type=Path, help="folder to write (new or empty)")
+    grade = room_sub.add_parser(
+        "grade",
+        help="run submitted notebooks and write a CSV of check results",
+        description="Run each submitted notebook in a fresh kernel (fast mode, a deadline per "
+        "notebook) and write one CSV row per student, notebook and exercise: student, notebook, "
+        "exercise (the cell's nbgrader grade_id), status (passed, failed, not attempted, error; "
+        "missing for a notebook not handed in) and message. Layout: SUBMISSIONS_DIR/<student>/"
+        "<notebook>.ipynb, e.g. submissions/ada/01_gradient_descent.ipynb (one folder per "
+        "student, notebooks named as in notebooks/).",
+    )
+    grade.add_argument("submissions", type=Path, help="SUBMISSIONS_DIR: one folder per student")
+    grade.add_argument(
+        "--out", type=Path, default=None, help="CSV to write (default: SUBMISSIONS_DIR/grades.csv)"
+    )
+    grade.add_argument(
+        "--notebook",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="grade only this notebook, e.g. 01_gradient_descent (repeatable; default: every "
+        "notebook with exercises)",
+    )
+    grade.add_argument(
+        "--deadline", type=float, default=600.0, help="seconds per notebook (default: 600)"
+    )
     return parser
 
 
@@ -451,6 +492,30 @@ def cmd_repository(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_classroom(args: argparse.Namespace) -> int:
+    """Write the student edition, or grade a folder of submissions into a CSV."""
+    from maaslab.classroom import GradeConfig, grade, write_student_edition
+
+    if args.classroom_command == "student":
+        written = write_student_edition(args.out)
+        print(f"wrote the student edition of {len(written)} notebooks to {args.out}")
+        return 0
+    config = GradeConfig(notebooks=tuple(args.notebook), deadline_s=args.deadline)
+    out = args.out or args.submissions / "grades.csv"
+
+    def progress(rows: list) -> None:
+        counts = ", ".join(
+            f"{n} {s}"
+            for s in ("passed", "failed", "not attempted", "error", "missing")
+            if (n := sum(r.status == s for r in rows))
+        )
+        print(f"{rows[0].student}/{rows[0].notebook}: {counts}", flush=True)
+
+    rows = grade(args.submissions, out, config, on_notebook=progress)
+    print(f"wrote {out}: {len(rows)} rows")
+    return 0
+
+
 COMMANDS = {
     "doctor": cmd_doctor,
     "train": cmd_train,
@@ -459,6 +524,7 @@ COMMANDS = {
     "serve": cmd_serve,
     "keys": cmd_keys,
     "repository": cmd_repository,
+    "classroom": cmd_classroom,
 }
 
 

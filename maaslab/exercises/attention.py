@@ -18,6 +18,7 @@ from maaslab.exercises.grading import (
     CheckResult,
     answer_array,
     call_answer,
+    exercise,
     failed,
     right_or_first_mistake,
 )
@@ -47,6 +48,7 @@ def _verdict(
     return right_or_first_mistake(name, got, expected, mistakes, equal_nan=True, hint=hint)
 
 
+@exercise
 def check_attention_weights(fn: Callable) -> CheckResult:
     """Check `fn(q, k) -> weights`, the attention weights softmax(Q Kᵀ / √d) over the keys."""
     name = "attention weights softmax(Q Kᵀ / √d)"
@@ -74,6 +76,7 @@ def check_attention_weights(fn: Callable) -> CheckResult:
     return _verdict(name, got, expected, mistakes, "Compute q @ k.transpose(-2, -1) / √d.")
 
 
+@exercise
 def check_causal_mask(fn: Callable) -> CheckResult:
     """Check `fn(T) -> mask`, the (T, T) causal mask (True where query t may see key s ≤ t)."""
     name = "causal mask"
@@ -99,6 +102,7 @@ def check_causal_mask(fn: Callable) -> CheckResult:
     return _verdict(name, got, causal_mask(T).float(), mistakes, "Try torch.ones(T, T).tril().")
 
 
+@exercise
 def check_attention_output(fn: Callable) -> CheckResult:
     """Check `fn(q, k, v, mask) -> out` (or (out, weights)) with a causal mask."""
     name = "masked scaled dot-product attention"

@@ -13,6 +13,7 @@ import numpy as np
 from maaslab.exercises.grading import (
     CheckResult,
     check_array,
+    exercise,
     failed,
     first_mistake,
     matches,
@@ -37,6 +38,7 @@ def _close(got: object, expected: np.ndarray) -> bool:
     return matches(got, expected, rtol=1e-5, atol=1e-8)
 
 
+@exercise
 def check_relu_backward(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> CheckResult:
     """Check a ReLU backward against the reference on random inputs.
 
@@ -66,6 +68,7 @@ def check_relu_backward(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> C
     )
 
 
+@exercise
 def check_linear_backward(fn: Callable[..., tuple[np.ndarray, ...]]) -> CheckResult:
     """Check a linear-layer backward on non-square shapes, so a transposed gradient shows.
 
@@ -103,6 +106,7 @@ def check_linear_backward(fn: Callable[..., tuple[np.ndarray, ...]]) -> CheckRes
     return passed(name, "dx, dW and db all match the reference.")
 
 
+@exercise
 def check_softmax_xent_grad(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> CheckResult:
     """Check the gradient of the mean softmax cross-entropy, on large logits too.
 
@@ -137,6 +141,7 @@ def check_softmax_xent_grad(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) 
     return check_array(name, got, expected, hint="subtract each row's max before exp.")
 
 
+@exercise
 def check_gradient_check_result(result: GradCheckResult) -> CheckResult:
     """Check that a gradient check passed with a strict tolerance; diagnose it when it did not.
 

@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from maaslab.evaluation import confusion_matrix
-from maaslab.exercises.grading import CheckResult, check_array, failed, passed
+from maaslab.exercises.grading import CheckResult, check_array, exercise, failed, passed
 
 
+@exercise
 def check_conv_output_shape(
     answer: object, layer: nn.Module, input_shape: Sequence[int]
 ) -> CheckResult:
@@ -35,6 +36,7 @@ def check_conv_output_shape(
     return failed(name, f"you said {got}, the layer gives {expected}. {hint}")
 
 
+@exercise
 def check_confusion_matrix(answer: object, y_true: np.ndarray, y_pred: np.ndarray) -> CheckResult:
     """Check a confusion matrix computed by hand (rows true classes, columns predictions)."""
     expected = confusion_matrix(y_true, y_pred)

@@ -22,6 +22,7 @@ from maaslab.exercises.grading import (
     answer_array,
     call_answer,
     check_array,
+    exercise,
     failed,
     first_mistake,
     passed,
@@ -55,6 +56,7 @@ def _affine_reference(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     return q.to(torch.float64), scale, int(zero_point)
 
 
+@exercise
 def check_quantize_int8(fn: Callable) -> CheckResult:
     """Check `fn(x) -> (q, scale, zero_point)`: asymmetric per-tensor int8 as torch does it."""
     name = "int8 quantization with a scale and a zero point"
@@ -130,6 +132,7 @@ def int8_linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
         return quantized(x)
 
 
+@exercise
 def check_int8_linear(fn: Callable) -> CheckResult:
     """Check `fn(x, weight, bias) -> y`: a dynamic int8 Linear equal to torch.ao's."""
     name = "a dynamic int8 Linear by hand"
@@ -185,6 +188,7 @@ def check_int8_linear(fn: Callable) -> CheckResult:
 # --- exercise 3: unstructured magnitude pruning ----------------------------------------------
 
 
+@exercise
 def check_magnitude_prune(fn: Callable) -> CheckResult:
     """Check `fn(weight, amount) -> pruned weight`: the `amount` smallest |w| set to 0."""
     name = "unstructured magnitude pruning"
@@ -248,6 +252,7 @@ def check_magnitude_prune(fn: Callable) -> CheckResult:
 # --- exercise 4: the distillation loss -------------------------------------------------------
 
 
+@exercise
 def check_distillation_loss(fn: Callable) -> CheckResult:
     """Check `fn(student_logits, teacher_logits, labels, T, alpha) -> scalar loss`."""
     from maaslab.compress.distill import distillation_loss
@@ -336,6 +341,7 @@ def best_variant_probe() -> pd.DataFrame:
     return pd.DataFrame([r.__dict__ for r in rows]).set_index("name")
 
 
+@exercise
 def check_best_variant(fn: Callable) -> CheckResult:
     """Check `fn(frame, max_drop_points) -> name`: fastest at batch 1 within the accuracy budget."""
     from maaslab.compress import Comparison, VariantRow

@@ -24,6 +24,7 @@ from maaslab.exercises.grading import (
     answer_array,
     call_answer,
     check_array,
+    exercise,
     failed,
     first_mistake,
     passed,
@@ -40,6 +41,7 @@ def _allreduce_probe() -> list[torch.Tensor]:
     return [torch.randn(2, 3, generator=g) + r for r in range(3)]
 
 
+@exercise
 def check_all_reduce_mean(fn: Callable) -> CheckResult:
     """Check `fn(per_rank: list of tensors) -> tensor`: the element-wise average over ranks."""
     name = "all-reduce average of the ranks' gradients"
@@ -78,6 +80,7 @@ def check_all_reduce_mean(fn: Callable) -> CheckResult:
 SHARD_PROBES = ((10, 3, 0, 5, 0), (10, 3, 2, 5, 0), (10, 3, 1, 5, 2), (7, 2, 1, 0, 1))
 
 
+@exercise
 def check_shard_indices(fn: Callable) -> CheckResult:
     """Check `fn(n, world_size, rank, seed, epoch) -> list of indices` against
     DistributedSampler(shuffle=True, drop_last=True) on several (n, world, rank, seed, epoch)."""
@@ -140,6 +143,7 @@ BATCH_PROBLEM = {
 }
 
 
+@exercise
 def check_global_batch_lr(answer: object) -> CheckResult:
     """Check (global batch, learning rate) for BATCH_PROBLEM under the linear scaling rule."""
     name = "global batch size and scaled learning rate"
@@ -176,6 +180,7 @@ def check_global_batch_lr(answer: object) -> CheckResult:
 RING_PROBES = ((1_000_000, 2, 4), (1_000_000, 8, 4), (25_000_000, 4, 2), (10, 1, 4))
 
 
+@exercise
 def check_ring_bytes(fn: Callable) -> CheckResult:
     """Check `fn(n_params, world_size, bytes_per_value) -> bytes each rank sends` in a ring."""
     name = "bytes each rank sends in a ring all-reduce"

@@ -16,7 +16,14 @@ from collections.abc import Callable
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
-from maaslab.exercises.grading import CheckResult, call_answer, failed, first_mistake, passed
+from maaslab.exercises.grading import (
+    CheckResult,
+    call_answer,
+    exercise,
+    failed,
+    first_mistake,
+    passed,
+)
 from maaslab.explain.core import drop_words, words_of
 from maaslab.explain.quality import SANITY_THRESHOLD
 
@@ -44,6 +51,7 @@ def _number(name: str, got: object) -> tuple[float | None, CheckResult | None]:
 # --- exercise 1: the area under a deletion curve ------------------------------------------------
 
 
+@exercise
 def check_deletion_auc(fn: Callable) -> CheckResult:
     """Check `fn(fractions, scores) -> area` (trapezoid rule) on an uneven deletion curve."""
     name = "area under a deletion curve (trapezoid rule)"
@@ -99,6 +107,7 @@ def check_deletion_auc(fn: Callable) -> CheckResult:
 # --- exercise 2: LIME's segmentation of an 8x8 digit -------------------------------------------
 
 
+@exercise
 def check_pixel_segments(segments: object, shape: tuple[int, int] = (8, 8)) -> CheckResult:
     """Check a per-pixel segmentation: an (8, 8) array numbering the pixels 0..63 row by row."""
     name = "per-pixel segmentation of an 8x8 image"
@@ -168,6 +177,7 @@ def _reference_sanity(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
     return similarity, similarity < SANITY_THRESHOLD
 
 
+@exercise
 def check_sanity_check(fn: Callable) -> CheckResult:
     """Check `fn(trained, randomized) -> (similarity, passed)`: Spearman of |values|, < 0.5."""
     name = "sanity check: similarity and verdict"
@@ -237,6 +247,7 @@ def _tidy(text: str) -> str:
     return re.sub(r"\s+([.,;:!?])", r"\1", " ".join(str(text).split()))
 
 
+@exercise
 def check_remove_top_words(fn: Callable) -> CheckResult:
     """Check `fn(text, values, k) -> text` with the k most supportive words removed."""
     name = "remove the top-k words by attribution"

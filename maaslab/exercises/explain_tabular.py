@@ -21,6 +21,7 @@ from maaslab.exercises.grading import (
     CheckResult,
     call_answer,
     check_array,
+    exercise,
     failed,
     first_mistake,
     matches,
@@ -101,6 +102,7 @@ def _second_game() -> Callable[[Sequence[int]], float]:
     return coalition_value(f, np.array([2.0, -1.0, 0.5]), np.array([0.5, 1.0, -1.0]))
 
 
+@exercise
 def check_shapley(fn: Callable) -> CheckResult:
     """Check `fn(value, n) -> (n,)` Shapley values; `value(S)` is the model with only S present.
 
@@ -197,6 +199,7 @@ def _additivity_probes() -> list[Attribution]:
     ]
 
 
+@exercise
 def check_additivity(fn: Callable) -> CheckResult:
     """Check `fn(attribution) -> float`: base value + sum of the values - the prediction.
 
@@ -267,6 +270,7 @@ def _spearman_probes() -> list[tuple[np.ndarray, np.ndarray]]:
     ]
 
 
+@exercise
 def check_spearman(fn: Callable) -> CheckResult:
     """Check `fn(a, b) -> float`: Spearman rank correlation of two explanations' values.
 
@@ -345,6 +349,7 @@ def _ridge(
     return model.coef_, float(model.intercept_)
 
 
+@exercise
 def check_lime_surrogate(fn: Callable) -> CheckResult:
     """Check `fn(Z, y, weights) -> (coef, intercept)`: lime's weighted ridge fit, alpha = 1.
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from maaslab.exercises.grading import CheckResult, failed, first_mistake, passed
+from maaslab.exercises.grading import CheckResult, exercise, failed, first_mistake, passed
 from maaslab.optimization.descent import gradient_descent, hessian_eigenvalues, steps_to_reach
 from maaslab.optimization.linreg import (
     as_problem,
@@ -74,6 +74,7 @@ def _diagnose_gradient(got: np.ndarray, theta: np.ndarray, X: np.ndarray, y: np.
     return "Compute r = X w + b - y, then (2/n) X^T r for the weights and (2/n) sum r for b"
 
 
+@exercise
 def check_mse_gradient(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], object]) -> CheckResult:
     """Check a hand-written gradient of the MSE against the analytic one on a random problem.
 
@@ -104,6 +105,7 @@ def check_mse_gradient(fn: Callable[[np.ndarray, np.ndarray, np.ndarray], object
     return failed(name, f"relative error {error:.2g} (want < {GRAD_TOL:g}). {hint}")
 
 
+@exercise
 def check_gd_step(fn: Callable[[np.ndarray, np.ndarray, np.ndarray, float], object]) -> CheckResult:
     """Check a hand-written update: fn(theta, X, y, lr) must return theta - lr * grad J(theta).
 
@@ -147,6 +149,7 @@ def _lr_problem(steps: int, tol: float) -> tuple[np.ndarray, np.ndarray, float, 
     return X, y, target, edge, float(best)
 
 
+@exercise
 def check_learning_rate(lr: float, *, steps: int = 10, tol: float = 0.01) -> CheckResult:
     """Check a learning rate for full-batch GD on diabetes (10 features) from theta = 0.
 

@@ -6,14 +6,25 @@ with the helpers here, so every notebook prints verdicts the same way and tests 
 `.passed`. A wrong answer is compared with the lesson's known mistakes by `first_mistake`, so the
 message names the slip instead of saying only "wrong"; `right_or_first_mistake` does the whole
 "right answer, else the first known mistake, else the largest difference" verdict for arrays.
+
+A verdict has three states: passed, failed, and not attempted yet (the answer is still the
+student edition's stub, see `maaslab.exercises.unanswered`). Every `check_…` function is
+decorated with `exercise`, which gives that third verdict. In a notebook a verdict shows as one
+line of text and carries a JSON twin (`VERDICT_MIME`) that `maaslab.classroom` reads to grade.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+
+from maaslab.exercises.unanswered import NotAttempted, unanswered_in
+
+# Output type of a verdict's JSON twin in an executed notebook (read by maaslab.classroom).
+VERDICT_MIME = "application/vnd.maaslab.verdict+json"
 
 
 @dataclass(frozen=True)
@@ -23,17 +34,27 @@ class CheckResult:
     name: str  # what was checked, e.g. "gradient of the MSE loss"
     passed: bool  # True when the answer is right
     message: str  # why it passed, or what is wrong and a hint to fix it
+    attempted: bool = True  # False while the answer is still the student edition's stub
 
     def __bool__(self) -> bool:
         return self.passed
 
+    @property
+    def status(self) -> str:
+        """ "passed", "failed" or "not attempted"."""
+        return "passed" if self.passed else "failed" if self.attempted else "not attempted"
+
     def __str__(self) -> str:
-        mark = "✅ correct" if self.passed else "❌ not yet"
+        mark = {"passed": "✅ correct", "failed": "❌ not yet"}.get(
+            self.status, "⏳ not attempted yet"
+        )
         return f"{mark}: {self.name}. {self.message}"
 
-    def _repr_markdown_(self) -> str:
-        # Jupyter shows the verdict as a line of text instead of the dataclass repr.
-        return str(self)
+    def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict:
+        # Jupyter shows the verdict as a line of text instead of the dataclass repr; the JSON
+        # twin lets a grader read it without parsing that text.
+        record = {"name": self.name, "status": self.status, "message": self.message}
+        return {"text/markdown": str(self), "text/plain": str(self), VERDICT_MIME: record}
 
 
 def passed(name: str, message: str) -> CheckResult:
@@ -44,6 +65,29 @@ def passed(name: str, message: str) -> CheckResult:
 def failed(name: str, message: str) -> CheckResult:
     """A failing verdict; `message` says what is wrong and how to fix it."""
     return CheckResult(name, False, message)
+
+
+def not_attempted(name: str, message: str) -> CheckResult:
+    """The verdict on an answer not written yet: neither a pass nor a mistake."""
+    return CheckResult(name, False, message, attempted=False)
+
+
+def exercise(check: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
+    """Decorate a `check_…` function: an answer not written yet (an `Unanswered` argument, or a
+    function that raises `NotAttempted`) gets a "not attempted yet" verdict, not a failure."""
+    name = check.__name__.removeprefix("check_").replace("_", " ")
+
+    @functools.wraps(check)
+    def graded(*args: object, **kwargs: object) -> CheckResult:
+        for value in (*args, *kwargs.values()):
+            if (stub := unanswered_in(value)) is not None:
+                return not_attempted(name, str(NotAttempted(stub.answer)))
+        try:
+            return check(*args, **kwargs)
+        except NotAttempted as why:  # the learner's function is still the stub, or calls one
+            return not_attempted(name, str(why))
+
+    return graded
 
 
 def check_array(

@@ -21,6 +21,7 @@ from maaslab.exercises.grading import (
     answer_array,
     call_answer,
     check_array,
+    exercise,
     failed,
     first_mistake,
     passed,
@@ -76,6 +77,7 @@ def _keep(order: torch.Tensor, keep_sorted: torch.Tensor) -> torch.Tensor:
     return keep
 
 
+@exercise
 def check_temperature_softmax(fn: Callable) -> CheckResult:
     """Check `fn(logits, temperature) -> probs`, the softmax of logits / temperature."""
     name = "softmax with temperature"
@@ -122,6 +124,7 @@ def check_temperature_softmax(fn: Callable) -> CheckResult:
     return passed(name, f"matches next_token_probs for temperatures {TEMPERATURES}")
 
 
+@exercise
 def check_top_k_sampling(fn: Callable) -> CheckResult:
     """Check `fn(logits, k) -> probs`: only the k most likely tokens keep (renormalized) mass."""
     name = "top-k filtering"
@@ -168,6 +171,7 @@ def check_top_k_sampling(fn: Callable) -> CheckResult:
     return passed(name, f"matches next_token_probs for k = {TOP_KS}")
 
 
+@exercise
 def check_top_p(fn: Callable) -> CheckResult:
     """Check `fn(logits, p) -> probs`, nucleus sampling: the fewest most likely tokens whose
     probabilities sum to at least p, renormalized."""
@@ -213,6 +217,7 @@ def check_top_p(fn: Callable) -> CheckResult:
     return passed(name, f"matches next_token_probs for p = {TOP_PS}")
 
 
+@exercise
 def check_uniform_loss(answer: object, vocab_size: int = 104) -> CheckResult:
     """Check the cross-entropy (nats per token) of a model that gives every token 1 / V."""
     name = f"loss of a uniform guess over {vocab_size} tokens"
@@ -256,6 +261,7 @@ def _true_count(config: GPTConfig) -> int:
         return sum(p.numel() for p in MiniGPT(config).parameters())
 
 
+@exercise
 def check_gpt_param_count(fn: Callable[[GPTConfig], int]) -> CheckResult:
     """Check `fn(config) -> int`, the parameter count of a MiniGPT from its config by formula."""
     name = "parameter count of a mini GPT"

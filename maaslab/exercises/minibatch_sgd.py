@@ -15,11 +15,12 @@ from collections.abc import Callable
 
 import numpy as np
 
-from maaslab.exercises.grading import CheckResult, check_array, failed, passed
+from maaslab.exercises.grading import CheckResult, check_array, exercise, failed, passed
 from maaslab.optimization.linreg import as_problem, closed_form, diabetes, mse_loss
 from maaslab.optimization.minibatch import Schedule, SGDConfig, learning_rate, minibatch_gd
 
 
+@exercise
 def check_minibatches(fn: Callable[[int, int, np.random.Generator], object]) -> CheckResult:
     """Check a hand-written epoch of batches: fn(n, batch_size, rng) -> list of index arrays.
 
@@ -70,6 +71,7 @@ def check_minibatches(fn: Callable[[int, int, np.random.Generator], object]) -> 
     return passed(name, f"{len(sizes)} batches of sizes {sizes}, every example once, shuffled")
 
 
+@exercise
 def check_schedule(
     fn: Callable[[float], float], schedule: Schedule | str, *, lr: float = 0.1, epochs: int = 20
 ) -> CheckResult:
@@ -111,6 +113,7 @@ def _sgd_problem() -> tuple[np.ndarray, np.ndarray, float]:
     return X, y, mse_loss(closed_form(X, y), X, y)
 
 
+@exercise
 def check_sgd_config(
     cfg: SGDConfig, *, tol: float = 0.01, seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
 ) -> CheckResult:

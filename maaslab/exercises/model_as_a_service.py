@@ -15,7 +15,14 @@ from collections.abc import Callable
 import numpy as np
 
 from maaslab.errors import MaaslabError
-from maaslab.exercises.grading import CheckResult, call_answer, failed, first_mistake, passed
+from maaslab.exercises.grading import (
+    CheckResult,
+    call_answer,
+    exercise,
+    failed,
+    first_mistake,
+    passed,
+)
 from maaslab.serve.tensors import join_bytes
 
 # --- exercise 1: Little's law ---------------------------------------------------------------------
@@ -28,6 +35,7 @@ def requests_in_system(throughput_per_s: float, latency_ms: float) -> float:
     return throughput_per_s * latency_ms / 1000.0
 
 
+@exercise
 def check_littles_law(fn: Callable) -> CheckResult:
     """Check `fn(throughput_per_s, latency_ms) -> requests in the system on average`."""
     name = "Little's law: requests in the system"
@@ -67,6 +75,7 @@ REQUEST_PROBES = (
 )
 
 
+@exercise
 def check_infer_request(fn: Callable) -> CheckResult:
     """Check `fn(texts) -> dict`: a JSON OIP v2 request body sentiment-minilm accepts."""
     from maaslab.serve.tensors import decode_inputs
@@ -115,6 +124,7 @@ def _latency_probes() -> list[np.ndarray]:
     return [rng.gamma(2.0, 20.0, n) + 5.0 for n in (200, 1000, 37)]
 
 
+@exercise
 def check_p99(fn: Callable) -> CheckResult:
     """Check `fn(latencies_ms) -> the 99th percentile`: linear interpolation or nearest rank."""
     name = "p99 latency"
@@ -162,6 +172,7 @@ def encode_bytes_tensor(texts: list[str]) -> bytes:
     return join_bytes([t.encode("utf-8") for t in texts])
 
 
+@exercise
 def check_bytes_tensor(fn: Callable) -> CheckResult:
     """Check `fn(texts) -> bytes`: the binary_data form of a BYTES tensor of `texts`."""
     name = "a BYTES tensor in binary"

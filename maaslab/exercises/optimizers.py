@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from maaslab.exercises.grading import CheckResult, failed, first_mistake, passed
+from maaslab.exercises.grading import CheckResult, exercise, failed, first_mistake, passed
 from maaslab.optimization.surfaces import SURFACES
 
 _CHECK_STEPS = 6  # enough for bias correction and carried state to show
@@ -73,6 +73,7 @@ def _adam_variant(correct: bool = True, eps_inside: bool = False, swap: bool = F
     return step
 
 
+@exercise
 def check_adam_step(fn) -> CheckResult:
     """Grade a hand-written Adam step against torch.optim.Adam's rule.
 
@@ -106,6 +107,7 @@ def _momentum_variant(dampen: bool = False, old_velocity: bool = False):
     return step
 
 
+@exercise
 def check_momentum_step(fn) -> CheckResult:
     """Grade a hand-written momentum step against torch SGD(momentum=...) .
 
@@ -133,6 +135,7 @@ def _rmsprop_variant(eps_inside: bool = False):
     return step
 
 
+@exercise
 def check_rmsprop_step(fn) -> CheckResult:
     """Grade a hand-written RMSprop step against torch.optim.RMSprop's rule.
 
@@ -147,6 +150,7 @@ def check_rmsprop_step(fn) -> CheckResult:
     return _check_rule("RMSprop step", fn, _rmsprop_variant(), 1, hyper, False, wrong, hint)
 
 
+@exercise
 def check_rosenbrock_gradient(fn) -> CheckResult:
     """Grade a hand-derived gradient of f(x, y) = (1 - x)^2 + 100 (y - x^2)^2.
 

@@ -17,6 +17,7 @@ import torch
 from maaslab.exercises.grading import (
     CheckResult,
     call_answer,
+    exercise,
     failed,
     first_mistake,
     passed,
@@ -47,6 +48,7 @@ def _pool_probe() -> tuple[torch.Tensor, torch.Tensor]:
     return hidden, mask
 
 
+@exercise
 def check_mean_pool(fn: Callable) -> CheckResult:
     """Check `fn(hidden, mask) -> (B, C)`: the average of each text's real token vectors."""
     name = "mean pooling with an attention mask"
@@ -104,6 +106,7 @@ def _search_probe() -> tuple[np.ndarray, np.ndarray]:
     return query, corpus
 
 
+@exercise
 def check_top_k_search(fn: Callable) -> CheckResult:
     """Check `fn(query (C,), corpus (N, C), k) -> indices` of the k rows with the largest cosine."""
     name = "top-k search by cosine similarity"
@@ -185,6 +188,7 @@ def phenomenon_accuracy(
     return {p: float(right[tags == p].mean()) for p in dict.fromkeys(phenomena)}
 
 
+@exercise
 def check_phenomenon_accuracy(fn: Callable) -> CheckResult:
     """Check `fn(predictions, labels, phenomena) -> {phenomenon: accuracy}`."""
     name = "accuracy per phenomenon"
@@ -239,6 +243,7 @@ def lora_parameter_count(shapes: Sequence[tuple[int, int]], r: int) -> int:
     return sum(r * (n_in + n_out) for n_out, n_in in shapes)
 
 
+@exercise
 def check_lora_count(fn: Callable) -> CheckResult:
     """Check `fn(shapes, r) -> int`, the numbers rank-r LoRA trains on layers (out, in)."""
     name = "LoRA parameter count"

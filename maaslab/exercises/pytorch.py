@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from maaslab.evaluation import count_parameters, overfitting_gap
-from maaslab.exercises.grading import CheckResult, check_array, failed, passed
+from maaslab.exercises.grading import CheckResult, check_array, exercise, failed, passed
 from maaslab.train import History
 
 
+@exercise
 def check_gradient_by_hand(
     answer: object, fn: Callable[[torch.Tensor], torch.Tensor], at: object
 ) -> CheckResult:
@@ -31,6 +32,7 @@ def check_gradient_by_hand(
     )
 
 
+@exercise
 def check_model_param_count(answer: object, model: nn.Module) -> CheckResult:
     """Check the number of trainable parameters of `model` counted by hand."""
     name = f"parameters of the {type(model).__name__}"
@@ -49,6 +51,7 @@ def check_model_param_count(answer: object, model: nn.Module) -> CheckResult:
     return failed(name, f"you said {got:,}, the model has {expected:,}. {hint}")
 
 
+@exercise
 def check_overfitting_gap(answer: object, history: History) -> CheckResult:
     """Check the train-minus-validation accuracy gap after the last epoch of `history`."""
     return check_array(

@@ -18,7 +18,14 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from maaslab.exercises.grading import CheckResult, call_answer, failed, first_mistake, passed
+from maaslab.exercises.grading import (
+    CheckResult,
+    call_answer,
+    exercise,
+    failed,
+    first_mistake,
+    passed,
+)
 from maaslab.serve.batching import FairQueue, _Item
 from maaslab.serve.quotas import DAY_S, Admission, TokenBucket
 from maaslab.serve.tenants import KeyTable, Limits, Tenant, hash_key
@@ -45,6 +52,7 @@ def bucket_wait(rate: float, burst: int, taken: int, elapsed_s: float) -> float:
     return bucket.wait(1, now=elapsed_s)
 
 
+@exercise
 def check_bucket_wait(fn: Callable) -> CheckResult:
     """Check `fn(rate, burst, taken, elapsed_s) -> seconds until one more request gets in`."""
     name = "the wait a token bucket gives after a burst"
@@ -124,6 +132,7 @@ def daily_retry_after(unix_time: float) -> int:
     return refusal.retry_after_s
 
 
+@exercise
 def check_daily_retry_after(fn: Callable) -> CheckResult:
     """Check `fn(unix_time) -> whole seconds until the daily quota resets at 00:00 UTC`."""
     name = "Retry-After of a daily quota"
@@ -182,6 +191,7 @@ def canary_band(requests: int, canary_percent: float) -> tuple[float, float]:
     return requests * p, math.sqrt(requests * p * (1 - p))
 
 
+@exercise
 def check_canary_band(fn: Callable) -> CheckResult:
     """Check `fn(requests, canary_percent) -> (expected, sd)` of the challenger's requests."""
     name = "a canary split: expected requests and their spread"
@@ -278,6 +288,7 @@ def _round_robin(arrivals: Sequence[tuple[str, str]], turns: list[str]) -> list[
     return out
 
 
+@exercise
 def check_fair_order(fn: Callable) -> CheckResult:
     """Check `fn(arrivals, per_tenant) -> request ids in the order they are served`."""
     name = "the order round-robin fair queuing serves tenants in"
@@ -358,6 +369,7 @@ def tensor_body_bytes(x: np.ndarray) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
+@exercise
 def check_tensor_bytes(fn: Callable) -> CheckResult:
     """Check `fn(x) -> (json_bytes, binary_bytes)` for a float32 [N, 64] tensor, within 2 % +
     300 bytes of the request body tritonclient builds (the JSON header may be left out)."""

@@ -11,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from maaslab.exercises.grading import CheckResult, failed, passed, right_or_first_mistake
+from maaslab.exercises.grading import CheckResult, exercise, failed, passed, right_or_first_mistake
 from maaslab.exercises.serving_language_models.answers import answer_numbers, first_wrong
 from maaslab.llm.blocks import BlockManager
 from maaslab.llm.model import KVPool
@@ -23,6 +23,7 @@ BLOCK_PROBES = tuple(
 SLOT_PROBES = (([9, 3, 14, 1], 4), ([7, 2], 16), ([5, 0, 12], 8))
 
 
+@exercise
 def check_blocks_needed(fn: Callable) -> CheckResult:
     """Check `fn(num_tokens, block_size) -> blocks` that hold that many tokens."""
     name = "blocks needed for a number of tokens"
@@ -54,6 +55,7 @@ def _slot_cases() -> list[tuple[list[int], int, int]]:
     return [(list(table), p, size) for table, size in SLOT_PROBES for p in range(len(table) * size)]
 
 
+@exercise
 def check_slot(fn: Callable) -> CheckResult:
     """Check `fn(table, position, block_size) -> the cache slot holding that token's KV`."""
     name = "the cache slot of a token"

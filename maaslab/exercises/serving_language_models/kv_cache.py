@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from maaslab.exercises.grading import CheckResult, failed, passed, right_or_first_mistake
+from maaslab.exercises.grading import CheckResult, exercise, failed, passed, right_or_first_mistake
 from maaslab.exercises.serving_language_models.answers import answer_numbers, first_wrong
 from maaslab.llm.blocks import kv_bytes_per_token
 
@@ -26,6 +26,7 @@ KV_PROBES = (
 )
 
 
+@exercise
 def check_kv_bytes_per_token(fn: Callable) -> CheckResult:
     """Check `fn(layers, heads, kv_heads, head_dim, bits) -> bytes of KV cache per token`."""
     name = "KV-cache bytes per token"
@@ -66,6 +67,7 @@ def check_kv_bytes_per_token(fn: Callable) -> CheckResult:
 CONTEXT_PROBES = ((524_288, 4096, 1), (327_680, 4096, 32), (3072, 512, 16), (65_536, 8192, 3))
 
 
+@exercise
 def check_kv_cache_gib(fn: Callable) -> CheckResult:
     """Check `fn(bytes_per_token, tokens, sequences) -> GiB` of KV cache for a batch of contexts."""
     name = "KV cache of a batch of contexts, in GiB"

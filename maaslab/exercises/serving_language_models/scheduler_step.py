@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from maaslab.exercises.grading import CheckResult, call_answer, failed, passed
+from maaslab.exercises.grading import CheckResult, call_answer, exercise, failed, passed
 from maaslab.exercises.serving_language_models.step_state import (
     STEP_PROBES,
     StepState,
@@ -132,6 +132,7 @@ def _as_decision(got: object) -> dict[str, int] | None:
         return None
 
 
+@exercise
 def check_schedule_step(fn: Callable) -> CheckResult:
     """Check `fn(state: StepState) -> {name: tokens}` against the engine's own scheduler."""
     name = "one scheduler step"

@@ -13,6 +13,7 @@ import numpy as np
 from maaslab.exercises.grading import (
     CheckResult,
     call_answer,
+    exercise,
     failed,
     passed,
     right_or_first_mistake,
@@ -23,6 +24,7 @@ from maaslab.llm.speculative import expected_tokens
 SPEC_PROBES = tuple((a, k) for a in (0.0, 0.5, 0.8, 0.9) for k in (1, 4, 7))
 
 
+@exercise
 def check_expected_tokens(fn: Callable) -> CheckResult:
     """Check `fn(acceptance, k) -> mean tokens per target pass` with k guesses per pass."""
     name = "expected tokens per target pass"
