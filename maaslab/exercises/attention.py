@@ -1,9 +1,11 @@
-"""Lesson 07's auto-checked exercises: attention weights, the causal mask, masked attention.
+"""Lesson 07's auto-checked exercises: attention weights, the causal mask, masked attention, one
+step of an RNN and how many steps of recurrence separate an early token from the output.
 
-Each check calls the learner's function on a fixed, seeded probe (q, k, v of shape (2, 3, 5, 8))
-and compares with `maaslab.models.attention`, whose functions tests compare with torch. When
-the answer matches a known mistake (no √d scaling, the wrong triangle, masking after the softmax)
-the message names it.
+Each check calls the learner's function on a fixed, seeded probe (q, k, v of shape (2, 3, 5, 8);
+x, h of an RNN step) and compares with `maaslab.models.attention` or `maaslab.models.rnn`, whose
+functions tests compare with torch. When the answer matches a known mistake (no √d scaling, the
+wrong triangle, masking after the softmax, a missing tanh, an off-by-one count) the message
+names it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from maaslab.exercises.grading import (
     right_or_first_mistake,
 )
 from maaslab.models.attention import causal_mask, scaled_dot_product_attention
+from maaslab.models.rnn import rnn_step
 
 
 def _probe(T: int = 5, d: int = 8) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -133,3 +136,76 @@ def check_attention_output(fn: Callable) -> CheckResult:
     ]
     expected = scaled_dot_product_attention(q, k, v, mask)[0]
     return _verdict(name, got, expected, mistakes, "softmax(masked scores / √d) @ v.")
+
+
+def _rnn_probe() -> tuple[torch.Tensor, ...]:
+    # x_t (B=2, E=3), h_prev (2, H=4), W_x (4, 3), W_h (4, 4), b (4,): E ≠ H, so W_x used the
+    # wrong way round fails on its shape, while W_h (square) used transposed is a value we know.
+    g = torch.Generator().manual_seed(11)
+    shapes = ((2, 3), (2, 4), (4, 3), (4, 4), (4,))
+    return tuple(torch.randn(*s, generator=g) for s in shapes)
+
+
+@exercise
+def check_rnn_step(fn: Callable) -> CheckResult:
+    """Check `fn(x_t, h_prev, w_x, w_h, b) -> h_t`, one Elman step tanh(W_x x_t + W_h h + b)."""
+    name = "RNN step h_t = tanh(W_x x_t + W_h h_{t-1} + b)"
+    x, h, w_x, w_h, b = _rnn_probe()
+    got, bad = _call(name, fn, x, h, w_x, w_h, b)
+    if bad is not None:  # a CheckResult is falsy when it fails
+        return bad
+    z = x @ w_x.T + h @ w_h.T + b  # the pre-activation
+    mistakes = [
+        (z, "this is the pre-activation: apply torch.tanh to it"),
+        (
+            torch.tanh(x @ w_x.T + b),
+            "h_prev is missing: add W_h h_{t-1}, the term that carries the past into step t",
+        ),
+        (torch.tanh(x @ w_x.T + h @ w_h.T), "the bias b is missing"),
+        (
+            torch.tanh(x @ w_x.T + h @ w_h + b),
+            "W_h is used transposed: with rows as examples, W_h h is h_prev @ w_h.T",
+        ),
+        (
+            torch.tanh(x @ w_x.T + b) + h @ w_h.T,
+            "the tanh must wrap the whole sum: W_h h_{t-1} goes inside it, not after it",
+        ),
+        (torch.sigmoid(z), "that is a sigmoid: an Elman RNN squashes with tanh, into (-1, 1)"),
+        (torch.relu(z), "that is a ReLU: an Elman RNN squashes with tanh, into (-1, 1)"),
+    ]
+    expected = rnn_step(x, h, w_x, w_h, b)
+    return _verdict(name, got, expected, mistakes, "torch.tanh(x_t @ w_x.T + h_prev @ w_h.T + b).")
+
+
+# (position s of the token, sequence length T) pairs the count is asked for
+_HOPS_PROBE = ((0, 1), (0, 2), (0, 9), (3, 9), (8, 9), (0, 33), (10, 33))
+
+
+@exercise
+def check_recurrent_hops(fn: Callable) -> CheckResult:
+    """Check `fn(s, T) -> n`: how many multiplications by W_h separate the input x_s from the
+    last hidden state h_{T-1}, the one the answer is read from (positions 0..T-1)."""
+    name = "multiplications by W_h between x_s and h_{T-1}"
+    answers = []
+    for s, T in _HOPS_PROBE:
+        got, bad = call_answer(name, fn, s, T)
+        if bad is not None:
+            return bad
+        answers.append(got)
+    got, bad = answer_array(name, answers)
+    if bad is not None:
+        return bad
+    s, T = np.array(_HOPS_PROBE).T
+    mistakes = [
+        (
+            T - s,
+            "one too many: x_s enters h_s through W_x, not W_h; W_h then carries h_s to "
+            "h_{s+1}, ..., h_{T-1}, which is T-1-s steps",
+        ),
+        (T - s - 2, "one too few: count every step from h_s up to and including h_{T-1}"),
+        (s, "you counted from the start of the sequence: count from x_s to the end, h_{T-1}"),
+        (T - 1, "the count must depend on s: a later token is fewer steps from the end"),
+        (T, "the count must depend on s: a later token is fewer steps from the end"),
+    ]
+    hint = "h_s holds x_s; each step h_t = tanh(W_x x_t + W_h h_{t-1} + b) multiplies by W_h once."
+    return right_or_first_mistake(name, got, T - 1 - s, mistakes, rtol=0, atol=0, hint=hint)

@@ -31,6 +31,7 @@ from maaslab.plots.linreg import (
 from maaslab.plots.llm import engine_tiles, kv_block_map, scheduler_timeline, ttft_itl
 from maaslab.plots.llm_load import request_streams
 from maaslab.plots.metrics import class_metric_bars, reliability_diagram
+from maaslab.plots.recurrence import accuracy_by_distance, gradient_by_position
 from maaslab.plots.scratch import gradcheck_bars, loss_comparison
 from maaslab.plots.serve import (
     batch_size_histogram,
@@ -62,6 +63,7 @@ from maaslab.plots.vision import (
 )
 
 __all__ = [
+    "accuracy_by_distance",
     "accuracy_curve",
     "add_click_targets",
     "attention_heatmap",
@@ -85,6 +87,7 @@ __all__ = [
     "fitted_lines",
     "grad_norm_curve",
     "gradcheck_bars",
+    "gradient_by_position",
     "heads_grid",
     "image_attribution",
     "kv_block_map",
