@@ -1,10 +1,11 @@
-"""Lesson 09's auto-checked exercises: mean pooling, cosine search, LoRA size, per-tag accuracy.
+"""Lesson 09's auto-checked exercises: mean pooling, cosine search, LoRA size, per-tag accuracy,
+macro F1.
 
 Each check calls the learner's function on a fixed, seeded probe and compares with the library
 (`maaslab.models.encoder.mean_pool` and `nearest`, which tests compare with sentence-transformers)
 or with a reference written out here. When the answer matches a known mistake (padding averaged
-in, dot product instead of cosine, one LoRA matrix counted, the overall accuracy everywhere) the
-message names it.
+in, dot product instead of cosine, one LoRA matrix counted, the overall accuracy everywhere, the
+positive class's F1 for the macro F1) the message names it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from maaslab.exercises.grading import (
     passed,
     right_or_first_mistake,
 )
+from maaslab.metrics import precision_recall_f1
 from maaslab.models.encoder import mean_pool, nearest
 
 # Linear layers as (out_features, in_features), the shape of nn.Linear.weight: a small probe
@@ -283,3 +285,66 @@ def check_lora_count(fn: Callable) -> CheckResult:
             f"for r = {r} on {shapes}: {why}. A layer (out, in) adds A (r x in) and B (out x r).",
         )
     return passed(name, f"for r = 4, 8, 1 on {shapes}: r x (in + out) per layer, summed")
+
+
+# --- exercise 6: macro F1 ---------------------------------------------------------------------
+
+
+def _f1_probes() -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(what it is, labels, predictions): imbalanced, so that macro F1, accuracy, the positive
+    class's F1 and the support-weighted F1 all differ."""
+    rng = np.random.default_rng(0)
+    binary = np.array([0] * 30 + [1] * 10)
+    binary_hat = np.where(rng.uniform(size=40) < 0.75, binary, 1 - binary)
+    three = np.repeat([0, 1, 2], [25, 10, 5])
+    three_hat = np.where(rng.uniform(size=40) < 0.7, three, rng.integers(0, 3, 40))
+    return [("40 imbalanced reviews", binary, binary_hat), ("three classes", three, three_hat)]
+
+
+def _f1_mistakes(y: np.ndarray, y_hat: np.ndarray) -> list[tuple[float, str]]:
+    report = precision_recall_f1(y, y_hat)
+    p, r = report.macro_precision, report.macro_recall
+    weighted = float(np.sum(report.f1 * report.support) / report.support.sum())
+    return [
+        (
+            report.accuracy,
+            "this is the accuracy (the micro F1): compute F1 per class, then average the classes",
+        ),
+        (
+            report.f1[-1],
+            "this is the F1 of the last class only (scikit-learn's f1_score "
+            "defaults to average='binary', the positive class): average the F1 of every class",
+        ),
+        (
+            2 * p * r / (p + r),
+            "this is the harmonic mean of the macro precision and recall: "
+            "take each class's F1 first, then their plain mean",
+        ),
+        (
+            weighted,
+            "this weighs each class by its examples (average='weighted'): macro gives "
+            "every class the same weight",
+        ),
+        ((p + r) / 2, "F1 is the harmonic mean of precision and recall, not their mean"),
+    ]
+
+
+@exercise
+def check_macro_f1(fn: Callable) -> CheckResult:
+    """Check `fn(labels, predictions) -> float`, the macro F1 written by hand, against
+    `maaslab.metrics.precision_recall_f1` (equal to scikit-learn's f1_score(average="macro"))."""
+    name = "macro F1"
+    for what, y, y_hat in _f1_probes():
+        got, bad = call_answer(name, fn, y, y_hat)
+        if bad is not None:  # a CheckResult is falsy when it fails
+            return bad
+        try:
+            value = float(got)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return failed(name, f"expected one number, got {type(got).__name__} on {what}")
+        expected = precision_recall_f1(y, y_hat).macro_f1
+        if abs(value - expected) > 1e-9:
+            why = first_mistake(value, _f1_mistakes(y, y_hat), rtol=1e-9)
+            hint = why or "per class F1 = 2 TP / (2 TP + FP + FN); macro F1 is their plain mean"
+            return failed(name, f"on {what} you got {value:.4f}, expected {expected:.4f}: {hint}")
+    return passed(name, "equal to scikit-learn's f1_score(average='macro') on both probes")

@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import f1_score, precision_score, recall_score
 from torch import nn
 
 from maaslab.exercises.pretrained_transformers import (
     LORA_PROBE_SHAPES,
     check_lora_count,
+    check_macro_f1,
     check_mean_pool,
     check_phenomenon_accuracy,
     check_top_k_search,
@@ -208,3 +210,52 @@ def test_lora_check_names_mistakes(wrong, message):
     result = check_lora_count(wrong)
     assert not result.passed
     assert message in result.message, result.message
+
+
+# --- macro F1 ----------------------------------------------------------------------------------
+
+
+def hand_macro_f1(labels, predictions):
+    # The notebook's solution.
+    labels, predictions = np.asarray(labels), np.asarray(predictions)
+    scores = []
+    for k in np.union1d(labels, predictions):
+        tp = np.sum((predictions == k) & (labels == k))
+        fp = np.sum((predictions == k) & (labels != k))
+        fn = np.sum((predictions != k) & (labels == k))
+        scores.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(scores))
+
+
+def test_macro_f1_by_hand_passes_and_equals_sklearn():
+    assert check_macro_f1(hand_macro_f1).passed
+    y, y_hat = np.array([0, 0, 0, 1, 2, 2]), np.array([0, 1, 0, 1, 2, 0])
+    assert hand_macro_f1(y, y_hat) == pytest.approx(f1_score(y, y_hat, average="macro"))
+    assert check_macro_f1(lambda y, p: f1_score(y, p, average="macro")).passed
+
+
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (lambda y, p: float(np.mean(np.asarray(y) == np.asarray(p))), "this is the accuracy"),
+        (lambda y, p: f1_score(y, p) if len(set(y)) == 2 else 0.0, "average='binary'"),
+        (lambda y, p: f1_score(y, p, average="weighted"), "weighs each class by its examples"),
+        (
+            lambda y, p: (
+                (2 * precision_score(y, p, average="macro") * recall_score(y, p, average="macro"))
+                / (precision_score(y, p, average="macro") + recall_score(y, p, average="macro"))
+            ),
+            "harmonic mean of the macro precision and recall",
+        ),
+        (
+            lambda y, p: (
+                (precision_score(y, p, average="macro") + recall_score(y, p, average="macro")) / 2
+            ),
+            "not their mean",
+        ),
+        (lambda y, p: "high", "expected one number"),
+    ],
+)
+def test_macro_f1_slips_are_named(answer, message):
+    verdict = check_macro_f1(answer)
+    assert not verdict.passed and message in verdict.message, verdict.message
