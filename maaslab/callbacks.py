@@ -13,6 +13,8 @@ from typing import Any
 
 from torch import nn
 
+from maaslab.errors import MaaslabError
+
 
 @dataclass
 class TrainState:
@@ -72,6 +74,11 @@ class EarlyStopping(Callback):
     def on_epoch_end(self, state: TrainState) -> None:
         """Compare this epoch's validation loss with the best so far."""
         loss = state.history.epochs[-1].val_loss
+        if math.isnan(loss):
+            raise MaaslabError(
+                "early stopping needs a validation split, and this dataset's is empty: load it "
+                "with val_fraction > 0 (the default)"
+            )
         if loss < self.best - self.min_delta:
             self.best, self.bad_epochs = loss, 0
         else:

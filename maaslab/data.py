@@ -192,7 +192,9 @@ def load_dataset(
     n_samples : number of points for the toy sets (the sklearn sets have a fixed size).
     noise : spread of the toy sets' noise (0 = clean shapes); ignored by the sklearn sets.
     test_fraction : share of all examples held out for testing, stratified by class.
-    val_fraction : share of all examples held out for validation, stratified by class.
+    val_fraction : share of all examples held out for validation, stratified by class. 0 leaves
+        the validation split empty, for a fit that makes no choice on held-out data (least
+        squares in lessons 01-02, a shipped model's fixed recipe); early stopping refuses it.
     standardize : z-score the features with the training split's mean and std (stored in meta).
     seed : the same seed gives the same points and the same three splits.
     """
@@ -201,9 +203,9 @@ def load_dataset(
         raise MaaslabError(f"unknown dataset {name!r}: choose one of {', '.join(dataset_names())}")
     if not 0.0 < test_fraction < 1.0:
         raise MaaslabError(f"test_fraction must be between 0 and 1, got {test_fraction}")
-    if not (val_fraction > 0.0 and test_fraction + val_fraction < 1.0):
+    if not (val_fraction >= 0.0 and test_fraction + val_fraction < 1.0):
         raise MaaslabError(
-            f"val_fraction must be above 0 and leave training examples after the test split "
+            f"val_fraction must be 0 or more and leave training examples after the test split "
             f"(test_fraction + val_fraction < 1), got {val_fraction} with {test_fraction}"
         )
     if key in TOY_SETS:
@@ -230,9 +232,12 @@ def load_dataset(
     X_rest, X_test, y_rest, y_test = train_test_split(
         X, y, test_size=test_fraction, random_state=seed, stratify=y if classify else None
     )
-    X_train, y_train, X_val, y_val = split_train_val(
-        X_rest, y_rest, val_fraction / (1.0 - test_fraction), seed, stratify=classify
-    )
+    if val_fraction > 0:
+        X_train, y_train, X_val, y_val = split_train_val(
+            X_rest, y_rest, val_fraction / (1.0 - test_fraction), seed, stratify=classify
+        )
+    else:  # a fit that chooses nothing on held-out data
+        X_train, y_train, X_val, y_val = X_rest, y_rest, X_rest[:0], y_rest[:0]
     if standardize:
         mean, std = X_train.mean(axis=0), X_train.std(axis=0) + 1e-8
         X_train, X_val, X_test = ((part - mean) / std for part in (X_train, X_val, X_test))

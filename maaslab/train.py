@@ -257,9 +257,9 @@ def evaluate(model: nn.Module, loader, task: str) -> tuple[float, float | None]:
             predictions += yb.numel()  # one per example, or one per position for a language model
         count += len(yb)
     model.train(was_training)
-    return total_loss / max(count, 1), (
-        correct / max(predictions, 1) if task != "regression" else None
-    )
+    if count == 0:  # an empty split (a dataset loaded with val_fraction=0) has no figures
+        return math.nan, (math.nan if task != "regression" else None)
+    return total_loss / count, (correct / max(predictions, 1) if task != "regression" else None)
 
 
 # --- checkpoints -------------------------------------------------------------------------------

@@ -113,6 +113,7 @@ def distill(
     layers: int = LAYERS,
     lr: float = LR,
     seed: int = 0,
+    val_fraction: float = 0.15,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> nn.Module:
@@ -130,6 +131,8 @@ def distill(
     layers : blocks of the default student (ignored when `student` is given).
     lr : AdamW learning rate (warm-up then linear decay).
     seed : seeds the shuffling and anything random in the student.
+    val_fraction : training reviews held out for validation (review_dataset); 0 trains on all
+        of them, as the shipped recipe does once the settings are chosen.
     progress : called as progress(stage, fraction) while it runs.
     cancel : set it to stop; the call then raises maaslab.explain.Cancelled.
     """
@@ -153,7 +156,7 @@ def distill(
         student.copy_from(teacher_model)
     student = _classifier(student)
     check_cancel(cancel, "distillation")
-    data = review_dataset(student)
+    data = review_dataset(student, val_fraction=val_fraction, seed=seed)
     data, epochs = fast_subset(data, epochs)
     teacher_logits = TeacherLogits(teacher_model, torch.as_tensor(data.X_train))
 

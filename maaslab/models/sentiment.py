@@ -110,6 +110,7 @@ def review_dataset(model: SentimentClassifier, *, val_fraction: float = 0.15, se
 
     The corpus fixes train and test; validation is a seeded, stratified `val_fraction` of the
     training reviews (maaslab.data.split_train_val), for choosing settings without the test.
+    val_fraction=0 keeps every training review for training (a recipe that chooses nothing).
     """
     from maaslab.data import Dataset, split_train_val
     from maaslab.reviews import REVIEWS_CSV, load_reviews
@@ -117,9 +118,13 @@ def review_dataset(model: SentimentClassifier, *, val_fraction: float = 0.15, se
     train, test = load_reviews("train"), load_reviews("test")
     # Pad every split to one length so every batch has the same shape.
     ids, _ = model.encode(list(train.texts) + list(test.texts))
-    X_train, y_train, X_val, y_val = split_train_val(
-        ids[: len(train)], train.labels, val_fraction, seed, stratify=True
-    )
+    X_all, y_all = ids[: len(train)], train.labels
+    if val_fraction > 0:
+        X_train, y_train, X_val, y_val = split_train_val(
+            X_all, y_all, val_fraction, seed, stratify=True
+        )
+    else:
+        X_train, y_train, X_val, y_val = X_all, y_all, X_all[:0], y_all[:0]
     return Dataset(
         name="reviews",
         task="classification",

@@ -1,5 +1,7 @@
 """The Training Studio through AppTest: trains MLPs and CNNs, stops, saves, and keeps its URL."""
 
+import json
+
 from streamlit.testing.v1 import AppTest
 
 
@@ -24,7 +26,8 @@ def test_trains_a_toy_set_to_the_end_with_a_decision_boundary(open_page, page_te
     at.select_slider(key="studio.pace").set_value(0.0).run()
     _train(at)
     text = page_text(at)
-    assert "Status: finished" in text and "epoch 15/15" in text and "test accuracy" in text
+    assert "Status: finished" in text and "epoch 15/15" in text
+    assert "validation accuracy" in text and "test accuracy" not in text  # read only on saving
     charts = at.get("plotly_chart")
     assert len(charts) == 5  # loss, accuracy, decision boundary, gradient norms, weights
     assert any("Decision boundary" in c.proto.spec for c in charts)
@@ -32,15 +35,15 @@ def test_trains_a_toy_set_to_the_end_with_a_decision_boundary(open_page, page_te
 
 
 def test_changing_a_widget_changes_the_result(open_page, page_text):
-    def test_loss(width: int) -> float:
+    def val_loss(width: int) -> float:
         at = open_page("training_studio")
         at.number_input(key="studio.epochs").set_value(5)
         at.slider(key="studio.width").set_value(width)
         at.select_slider(key="studio.pace").set_value(0.0).run()
         _train(at)
-        return at.session_state["studio.job"].history.last.test_loss
+        return at.session_state["studio.job"].history.last.val_loss
 
-    assert test_loss(2) != test_loss(32)
+    assert val_loss(2) != val_loss(32)
 
 
 def test_trains_a_cnn_on_digits_and_saves_it(runs_dir, open_page, page_text):
@@ -54,12 +57,17 @@ def test_trains_a_cnn_on_digits_and_saves_it(runs_dir, open_page, page_text):
     _train(at)
     job = at.session_state["studio.job"]
     assert job.model.model_type == "cnn" and "epoch 2/2" in page_text(at)
-    assert job.history.last.test_accuracy > 0.5
+    assert job.history.last.val_accuracy > 0.5
     charts = at.get("plotly_chart")
     assert not any("Decision boundary" in c.proto.spec for c in charts)
     assert any("Confusion matrix" in c.proto.spec for c in charts)
     next(b for b in at.button if b.label == "Save model").click().run()
     assert (runs_dir / "models" / "digits-cnn" / "model.safetensors").is_file()
+    # the test split is read once, on saving: the message and the folder give its figure
+    saved = json.loads((runs_dir / "models" / "digits-cnn" / "config.json").read_text())
+    metrics = saved["metadata"]["metrics"]
+    assert set(metrics) == {"val_loss", "val_accuracy", "test_loss", "test_accuracy"}
+    assert f"test accuracy {metrics['test_accuracy']:.3f}" in page_text(at)
 
 
 def test_stop_then_save_refuses_bad_names(runs_dir, open_page, page_text):

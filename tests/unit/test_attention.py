@@ -119,7 +119,8 @@ def test_block_shapes_residual_and_gradient():
 
 def test_sequence_classifier_and_toy_task():
     data = max_token_dataset(n_samples=50, seq_len=6, vocab_size=7)
-    assert data.X_train.shape == (40, 6) and data.X_test.shape == (10, 6)
+    assert data.X_train.shape == (35, 6) and data.X_test.shape == (10, 6)
+    assert data.X_val.shape == (5, 6)  # 70 / 10 / 20 %
     assert (data.y_train == data.X_train.max(axis=1)).all()
     model = SequenceClassifier(AttentionConfig(16, 2), vocab_size=7, seq_len=6, n_classes=7)
     logits = model(torch.from_numpy(data.X_train[:4]))

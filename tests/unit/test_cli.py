@@ -57,7 +57,7 @@ def test_train_saves_a_folder_that_evaluates_to_the_same_accuracy(tmp_path):
         tmp_path / "moons",
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.startswith(f"saved {tmp_path / 'moons'} (test accuracy 0.")
+    assert out.stdout.startswith(f"saved {tmp_path / 'moons'} (validation accuracy 0.")
     accuracy = out.stdout.split("test accuracy ")[1].split(",")[0]
     model = load_model(tmp_path / "moons")
     assert model.config.hidden == (16, 16)

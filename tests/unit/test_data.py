@@ -50,6 +50,20 @@ def test_the_test_split_does_not_depend_on_the_validation_split(name):
     assert _rows(a.X_train) | _rows(a.X_val) == _rows(b.X_train) | _rows(b.X_val)
 
 
+def test_val_fraction_zero_leaves_validation_empty_and_the_test_split_as_it_is():
+    full = load_dataset("breast_cancer", val_fraction=0.0, standardize=True)
+    split = load_dataset("breast_cancer", standardize=True)
+    assert full.X_val.shape == (0, 30) and full.y_val.shape == (0,)
+    np.testing.assert_array_equal(full.y_test, split.y_test)
+    raw_full, raw_split = (
+        load_dataset("breast_cancer", val_fraction=0.0),
+        load_dataset("breast_cancer"),
+    )
+    assert _rows(raw_full.X_train) == _rows(raw_split.X_train) | _rows(raw_split.X_val)
+    # standardized with the statistics of the split it trains on
+    np.testing.assert_allclose(full.X_train.mean(axis=0), 0.0, atol=1e-4)
+
+
 def test_validation_split_is_stratified():
     digits = load_dataset("digits")
     counts = np.bincount(digits.y_val, minlength=10)
@@ -98,7 +112,7 @@ def test_standardize_uses_training_statistics_only():
         ({"name": "moons", "n_samples": 2}, "n_samples"),
         ({"name": "moons", "noise": -1.0}, "noise"),
         ({"name": "moons", "test_fraction": 1.5}, "test_fraction"),
-        ({"name": "moons", "val_fraction": 0.0}, "val_fraction"),
+        ({"name": "moons", "val_fraction": -0.1}, "val_fraction"),
         ({"name": "moons", "val_fraction": 0.75}, "test_fraction \\+ val_fraction < 1"),
     ],
 )

@@ -70,8 +70,8 @@ def test_training_lowers_the_test_loss_well_below_ln_v(tok):
     history = train(model, data, cfg)
     assert len(history.step_loss) == 300 and history.task == "language_model"
     first, last = history.epochs[0], history.last
-    assert last.test_loss < math.log(tok.vocab_size) - 2.0  # ln 104 = 4.64; about 2.2 here
-    assert last.test_loss < first.test_loss and last.test_accuracy > 0.3
+    assert last.val_loss < math.log(tok.vocab_size) - 2.0  # ln 104 = 4.64; about 2.2 here
+    assert last.val_loss < first.val_loss and last.val_accuracy > 0.3
     assert 0.0 < last.train_accuracy < 1.0
 
 

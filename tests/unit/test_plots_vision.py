@@ -94,23 +94,26 @@ def test_probability_bars_highlight_the_true_class():
     assert "true class 2" in fig.layout.title.text
 
 
-def test_run_comparison_one_colour_per_run_solid_train_dashed_test():
+def test_run_comparison_one_colour_per_run_solid_train_dashed_validation():
     def history(scale):
         records = [EpochRecord(e, scale / e, 2 * scale / e, 0.5, 0.4, {}, 0.0) for e in (1, 2)]
         return History(epochs=records)
 
     fig = plots.run_comparison({"none": history(1.0), "dropout": history(2.0)})
-    assert len(fig.data) == 8  # 2 runs x (loss, accuracy) x (train, test)
+    assert len(fig.data) == 8  # 2 runs x (loss, accuracy) x (train, validation)
     by_name = {}
     for trace in fig.data:
         by_name.setdefault(trace.name, []).append(trace)
-    assert set(by_name) == {"none · train", "none · test", "dropout · train", "dropout · test"}
+    val = "validation"
+    assert set(by_name) == {"none · train", f"none · {val}", "dropout · train", f"dropout · {val}"}
     assert {t.line.dash for t in by_name["none · train"]} == {"solid"}
-    assert {t.line.dash for t in by_name["none · test"]} == {"dash"}
-    none_colors = {t.line.color for n in ("none · train", "none · test") for t in by_name[n]}
-    drop_colors = {t.line.color for n in ("dropout · train", "dropout · test") for t in by_name[n]}
+    assert {t.line.dash for t in by_name[f"none · {val}"]} == {"dash"}
+    none_colors = {t.line.color for n in ("none · train", f"none · {val}") for t in by_name[n]}
+    drop_colors = {
+        t.line.color for n in ("dropout · train", f"dropout · {val}") for t in by_name[n]
+    }
     assert len(none_colors) == 1 and len(drop_colors) == 1 and none_colors != drop_colors
-    assert list(by_name["dropout · test"][0].y) == [4.0, 2.0]
+    assert list(by_name[f"dropout · {val}"][0].y) == [4.0, 2.0]
     assert sum(t.showlegend for t in fig.data) == 4  # one legend entry per run and split
 
 

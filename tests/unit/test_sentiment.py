@@ -106,7 +106,12 @@ def test_lora_matches_its_formula(fresh):
 
 def test_a_few_steps_change_the_adapters_and_not_the_encoder(fresh):
     data = review_dataset(fresh)
-    assert data.X_train.dtype == np.int64 and data.X_train.shape[0] == 856
+    # 856 training reviews: 727 to train on, 129 (15 %, stratified) for validation
+    assert data.X_train.dtype == np.int64 and data.X_train.shape[0] == 727
+    assert np.bincount(data.y_val).tolist() == [65, 64] and len(data.y_test) == 214
+    rows = {r.tobytes() for r in data.X_train}
+    assert not rows & {r.tobytes() for r in data.X_val}
+    assert len(review_dataset(fresh, val_fraction=0.0).y_train) == 856
     frozen = {n: p.detach().clone() for n, p in fresh.named_parameters() if not p.requires_grad}
     head = fresh.head.weight.detach().clone()
     small = replace(

@@ -159,8 +159,10 @@ def test_vocabulary_too_small_is_refused():
 def test_windows_do_not_overlap_and_targets_are_shifted_by_one():
     train_ids, heldout_ids = list(range(100)), list(range(1000, 1030))
     data = window_dataset(train_ids, heldout_ids, context=8)
-    assert data.task == "language_model" and data.X_train.shape == (12, 8)
-    assert data.X_test.shape == (3, 8)
+    # the last tenth of the training stream (ids 90-99) is the validation stream
+    assert data.task == "language_model" and data.X_train.shape == (11, 8)
+    assert data.X_test.shape == (3, 8) and data.X_val.shape == (1, 8)
+    np.testing.assert_array_equal(data.X_val[0], np.arange(90, 98))
     np.testing.assert_array_equal(data.X_train[1], np.arange(8, 16))
     np.testing.assert_array_equal(data.y_train[1], np.arange(9, 17))
     assert data.X_test.min() >= 1000  # held-out windows come from the held-out stream only

@@ -62,6 +62,12 @@ def test_train_and_test_text_do_not_overlap(monkeypatch):
     assert text.rfind(last_train, 0, cut) + 64 <= cut
     assert tok.decode(data.X_test[0]) == text[cut : cut + 64]
     assert len(data.X_test) < len(data.X_train) / 5
+    # validation is the last tenth of the text before the cut, after every training window
+    val_at = data.meta["val_at"]
+    assert val_at == int(cut * 0.9)
+    assert text.rfind(last_train, 0, val_at) + 64 <= val_at
+    assert tok.decode(data.X_val[0]) == text[val_at : val_at + 64]
+    assert text.find(tok.decode(data.y_val[-1]), val_at) + 64 <= cut
 
 
 def test_max_windows_subsamples_reproducibly():

@@ -15,6 +15,7 @@ from maaslab.train import (
     History,
     TrainConfig,
     evaluate_split,
+    make_optimizer,
     task_loss,
     train,
     train_step,
@@ -181,6 +182,34 @@ def test_an_old_history_with_test_figures_is_refused():
     old = {"epochs": [{"epoch": 1, "train_loss": 0.5, "test_loss": 0.4}]}
     with pytest.raises(MaaslabError, match="before training measured a validation split"):
         History.from_dict(old)
+
+
+def test_adam_weight_decay_is_coupled_l2_and_adamw_decouples_it():
+    """Lesson 05 on weight_decay, checked on the torch optimizers that TrainConfig makes."""
+    w0, grad, lr, wd = torch.tensor([1.0, -2.0, 0.5]), torch.tensor([0.1, 0.0, -3.0]), 0.1, 0.01
+
+    def step(optimizer, gradient, weight_decay=0.0):
+        layer = nn.Linear(3, 1, bias=False)
+        with torch.no_grad():
+            layer.weight.copy_(w0)
+        opt = make_optimizer(
+            layer, TrainConfig(optimizer=optimizer, lr=lr, weight_decay=weight_decay)
+        )
+        layer.weight.grad = gradient.clone().view(1, 3)
+        opt.step()
+        return layer.weight.detach().view(3)
+
+    plain = step("adam", grad)
+    coupled = step("adam", grad, wd)
+    # Adam: the penalty's gradient wd * w is added to the gradient, before the moments
+    assert torch.allclose(coupled, step("adam", grad + wd * w0))
+    # AdamW: the weights shrink by (1 - lr * wd), then the Adam step of the loss gradient alone
+    decoupled = step("adamw", grad, wd)
+    assert torch.allclose(decoupled, (1 - lr * wd) * w0 + (plain - w0), atol=1e-7)
+    # the weight with a zero gradient: a full Adam step (about lr) under coupled L2, a shrink of
+    # only lr * wd * w under AdamW
+    assert coupled[1] - w0[1] == pytest.approx(lr, rel=1e-3)
+    assert decoupled[1] - w0[1] == pytest.approx(lr * wd * 2.0, rel=1e-4)
 
 
 def test_an_exploding_classification_loss_counts_as_divergence():
