@@ -15,8 +15,8 @@ so nbgrader itself (`nbgrader generate_assignment`, `autograde`) can run the cou
 nbgrader, `student_edition` replaces each region the way nbgrader's ClearSolutions does (the
 stub takes the region's place, at the indentation of `### BEGIN SOLUTION`), with stubs that
 keep every cell running (`maaslab.exercises.unanswered`): inside a function,
-`raise NotAttempted("my_gradient")`; for a value, `lr = Unanswered("lr")`. A first cell installs
-the cell guard and imports both names.
+`raise NotAttempted("my_gradient")`; for a value, `lr = Unanswered("lr")`. A first cell imports
+both names and makes the kernel skip, with a note, whatever needs an answer not written yet.
 
 `grade` executes each submitted notebook with nbclient (a fresh kernel per notebook, fast mode,
 a deadline) and reads each exercise cell's verdicts from their JSON twin (`VERDICT_MIME`), never
@@ -48,11 +48,11 @@ from maaslab.paths import NOTEBOOKS_DIR
 BEGIN, END = "### BEGIN SOLUTION", "### END SOLUTION"  # nbgrader's delimiters, as written
 STUDENT_SETUP = """\
 # Student edition: write each answer where its stub stands (`raise NotAttempted(...)` or
-# `Unanswered(...)`). Until then its check says "not attempted yet", and a cell that needs the
-# answer stops with a ⏳ note instead of an error.
-from maaslab.exercises.unanswered import NotAttempted, Unanswered, stop_cells_at_missing_answers
+# `Unanswered(...)`). Until then its check says "not attempted yet", and what needs the answer
+# elsewhere is skipped with a ⏳ note instead of an error.
+from maaslab.exercises.unanswered import NotAttempted, Unanswered, skip_missing_answers
 
-stop_cells_at_missing_answers()"""
+skip_missing_answers()"""
 STATUSES = ("passed", "failed", "not attempted", "error", "missing")
 
 

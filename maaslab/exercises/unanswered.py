@@ -4,9 +4,11 @@
 of the notebooks with a stub. Inside a function the stub is `raise NotAttempted("name")`; for an
 answer that is a value it is `name = Unanswered("name")`, a value whose every use raises
 `NotAttempted`. A check decorated with `maaslab.exercises.grading.exercise` turns either into a
-"not attempted yet" verdict. Any other cell that reaches such an answer (a comparison with the
-library, a plot of your function) stops with a short note instead of a traceback once
-`stop_cells_at_missing_answers()` has run in the kernel; the student edition runs it first.
+"not attempted yet" verdict. Once `skip_missing_answers()` has run in the kernel (the student
+edition's first cell), a cell that reaches such an answer anywhere else (a comparison with the
+library, a plot of your function) stops there with one ⏳ note instead of a traceback; the names
+its skipped statements would set stand for the same missing answer, so a later cell that needs
+them is skipped in turn, and every cell that does not need them runs.
 
 `NotAttempted` derives from BaseException, like KeyboardInterrupt: the checks and the learner's
 own code catch `Exception` to turn a wrong answer into a verdict, and a missing answer must pass
@@ -81,67 +83,103 @@ def unanswered_in(value: object) -> Unanswered | None:
 
 
 class Skipped:
-    """The note a cell shows when it stopped at an answer not written yet."""
+    """What one cell skipped for an answer not written yet: one note, shown when it stops."""
 
-    def __init__(self, why: NotAttempted) -> None:
-        self.message = f"⏳ skipped the rest of this cell: {why}"
+    def __init__(self) -> None:
+        self.running = True  # False from the first statement that needed a missing answer on
+        self.missing: Unanswered | None = None  # what the names of skipped statements stand for
+        self.message = ""
 
-    def __repr__(self) -> str:
-        return self.message
+    def skip(self, why: NotAttempted) -> None:
+        """Stop the cell here: show the note once; the rest of the cell is skipped."""
+        from IPython.display import display
+
+        self.running, self.missing = False, Unanswered(why.answer)
+        self.message = f"⏳ {why} (the rest of this cell was skipped)"
+        display(self)
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict:
-        return {"text/plain": self.message, SKIPPED_MIME: {"message": str(self.message)}}
+        return {"text/plain": self.message, SKIPPED_MIME: {"message": self.message}}
 
 
 # Names the rewritten cells use; long enough not to meet a learner's own names.
-_ERROR, _NOTE, _VALUE = "_maaslab_NotAttempted", "_maaslab_Skipped", "_maaslab_value"
+_ERROR, _CELL, _WHY = "_maaslab_NotAttempted", "_maaslab_cell", "_maaslab_why"
+_VALUE = "_maaslab_value"
 
 
-class _StopAtMissingAnswer(ast.NodeTransformer):
-    """Rewrites a cell `body; last` as `try: body; v = last / except NotAttempted: v = note`,
-    then `v`: the cell stops at the first missing answer, and its last value is still shown
-    (IPython displays a top-level expression statement at the end of a cell)."""
+def _bound_names(statement: ast.stmt) -> list[str]:
+    # The names a top-level statement sets in the notebook's namespace (not those local to a
+    # function, class, lambda or comprehension inside it).
+    if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+        return [statement.name]
+    if isinstance(statement, ast.Import | ast.ImportFrom):
+        return [a.asname or a.name.split(".")[0] for a in statement.names if a.name != "*"]
+    names: list[str] = []
+    todo: list[ast.AST] = [statement]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.append(node.id)
+        scoped = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef | ast.Lambda
+        if not isinstance(
+            node, scoped | ast.ListComp | ast.SetComp | ast.DictComp | ast.GeneratorExp
+        ):
+            todo.extend(ast.iter_child_nodes(node))
+    return sorted(set(names))
+
+
+class _SkipMissingAnswers(ast.NodeTransformer):
+    """Rewrites each top-level statement `s` of a cell as `if running: try: s / except
+    NotAttempted: stop`, then `if stopped: names of s = the missing answer`. From the first
+    statement that needs a missing answer the cell stops (what follows may need what it would
+    have made, even through a mutated list); the names the skipped statements would set stand for
+    that answer, so a later cell that needs them is skipped in turn, and one that does not runs.
+    A last expression stays a top-level statement, so IPython still shows it."""
 
     def visit_Module(self, node: ast.Module) -> ast.Module:
         if not node.body or any(
             isinstance(s, ast.ImportFrom) and s.module == "__future__" for s in node.body
         ):
             return node
-        body, last = node.body, node.body[-1]
-        store = ast.Name(_VALUE, ast.Store())
-        if isinstance(last, ast.Expr):
-            body = [*body[:-1], ast.Assign([store], last.value)]
-        handler = ast.ExceptHandler(
-            ast.Name(_ERROR, ast.Load()),
-            "_maaslab_why",
-            [
-                ast.Assign(
-                    [store],
-                    ast.Call(
-                        ast.Name(_NOTE, ast.Load()), [ast.Name("_maaslab_why", ast.Load())], []
-                    ),
-                )
-            ],
-        )
-        node.body = [
-            ast.Assign([store], ast.Constant(None)),
-            ast.Try(body, [handler], [], []),
-            ast.Expr(ast.Name(_VALUE, ast.Load())),
+        cell = _name(_CELL)
+        running = ast.Attribute(cell, "running", ast.Load())
+        skip = ast.Call(ast.Attribute(cell, "skip", ast.Load()), [_name(_WHY)], [])
+        body: list[ast.stmt] = [
+            ast.Assign([_name(_CELL, ast.Store())], ast.Call(_name("_maaslab_Skipped"), [], [])),
+            ast.Assign([_name(_VALUE, ast.Store())], ast.Constant(None)),
         ]
+        for index, statement in enumerate(node.body):
+            last = index == len(node.body) - 1 and isinstance(statement, ast.Expr)
+            if last:
+                statement = ast.Assign([_name(_VALUE, ast.Store())], statement.value)
+            handler = ast.ExceptHandler(_name(_ERROR), _WHY, [ast.Expr(skip)])
+            body.append(ast.If(running, [ast.Try([statement], [handler], [], [])], []))
+            names = [_name(n, ast.Store()) for n in _bound_names(statement) if n != _VALUE]
+            if names:
+                missing = ast.Attribute(cell, "missing", ast.Load())
+                stopped = ast.UnaryOp(ast.Not(), running)
+                body.append(ast.If(stopped, [ast.Assign(names, missing)], []))
+            if last:
+                body.append(ast.Expr(_name(_VALUE)))
+        node.body = body
         return ast.fix_missing_locations(node)
 
 
-def stop_cells_at_missing_answers() -> bool:
-    """In a Jupyter kernel: from now on a cell that reaches an answer not written yet stops with
-    a ⏳ note instead of a traceback. Returns False outside IPython (nothing to change)."""
+def _name(name: str, ctx: ast.expr_context | None = None) -> ast.Name:
+    return ast.Name(name, ctx or ast.Load())
+
+
+def skip_missing_answers() -> None:
+    """In a Jupyter kernel: from now on a statement that needs an answer not written yet is
+    skipped with the rest of its cell (the names they set stand for that missing answer), and the
+    cell shows one ⏳ note instead of a traceback. Outside IPython it changes nothing."""
     try:
         from IPython import get_ipython
     except ImportError:
-        return False
+        return
     shell = get_ipython()
     if shell is None:
-        return False
-    shell.user_ns.update({_ERROR: NotAttempted, _NOTE: Skipped})
-    if not any(isinstance(t, _StopAtMissingAnswer) for t in shell.ast_transformers):
-        shell.ast_transformers.append(_StopAtMissingAnswer())
-    return True
+        return
+    shell.user_ns.update({_ERROR: NotAttempted, "_maaslab_Skipped": Skipped})
+    if not any(isinstance(t, _SkipMissingAnswers) for t in shell.ast_transformers):
+        shell.ast_transformers.append(_SkipMissingAnswers())

@@ -1,6 +1,7 @@
 """Classroom editions without a kernel: solution markers, stubs, the third verdict, the grader's
 reading of outputs, and the refusals of `classroom grade` (the kernels run in tests/notebooks)."""
 
+import ast
 import importlib
 import inspect
 import pkgutil
@@ -25,6 +26,7 @@ from maaslab.classroom import (
     write_student_edition,
 )
 from maaslab.errors import MaaslabError
+from maaslab.exercises.distributed_training import check_global_batch_lr
 from maaslab.exercises.gradient_descent import check_mse_gradient
 from maaslab.exercises.grading import VERDICT_MIME, failed, not_attempted, passed
 from maaslab.exercises.unanswered import SKIPPED_MIME, NotAttempted, Unanswered
@@ -67,6 +69,8 @@ def test_a_stub_function_is_not_attempted_even_through_the_checks_own_except():
     assert str(result).startswith("⏳ not attempted yet")
     # an answer that calls an unwritten one is not attempted either; a real error still fails
     assert check_mse_gradient(lambda t, X, y: -my_gradient(t, X, y)).status == "not attempted"
+    pair = (Unanswered("answer_batch"), Unanswered("answer_lr"))  # lesson 13 takes a tuple
+    assert check_global_batch_lr(pair).status == "not attempted"
     broken = check_mse_gradient(lambda t, X, y: 1 / 0)
     assert broken.status == "failed" and "ZeroDivisionError" in broken.message
 
@@ -185,6 +189,7 @@ def test_the_student_edition_keeps_every_other_cell(tmp_path):
         for old, new in zip(teacher.cells, cells, strict=True):
             if any(old is c for c in solutions.values()):
                 assert BEGIN not in new.source and END not in new.source
+                ast.parse(new.source)  # a stub keeps the cell valid Python
                 assert "NotAttempted(" in new.source or "Unanswered(" in new.source
             else:
                 assert new.source == old.source
