@@ -56,7 +56,7 @@ def _bare_loop(cfg: StudioConfig) -> float:
     started = time.perf_counter()  # both timings include set-up: loaders, optimizer
     torch.manual_seed(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    train_loader, test_loader = make_loaders(data, cfg.batch_size, generator=generator)
+    train_loader, val_loader = make_loaders(data, cfg.batch_size, generator=generator)
     opt = make_optimizer(model, run.train_config)
     loss_fn = nn.CrossEntropyLoss()
     for _ in range(cfg.epochs):
@@ -68,7 +68,7 @@ def _bare_loop(cfg: StudioConfig) -> float:
             loss.backward()
             opt.step()
             running += loss.item()
-        evaluate(model, test_loader, data.task)
+        evaluate(model, val_loader, data.task)
     return time.perf_counter() - started
 
 

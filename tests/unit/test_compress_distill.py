@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -11,15 +12,21 @@ import torch.nn.functional as F
 
 from maaslab.assets import sentiment_accuracy
 from maaslab.auto import load
-from maaslab.compress.distill import STUDENT_NAME, TeacherLogits, distill, distillation_loss
+from maaslab.compress.distill import (
+    STUDENT_NAME,
+    TeacherLogits,
+    distill,
+    distillation_loss,
+    select_settings,
+)
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.explain.core import Cancelled
-from maaslab.models import build_model
+from maaslab.models import build_model, sentiment
 from maaslab.models.student import FROZEN, StudentClassifier, StudentConfig, spread
 from maaslab.paths import MODELS_DIR
 from maaslab.registry import load_model, read_metadata, save_model
-from maaslab.train import TrainConfig, train
+from maaslab.train import TrainConfig, evaluate_split, train
 
 # Held-out accuracy of the shipped student, measured when it was built (its config.json says
 # the same); the test allows 1 point of slack for a rebuild on another machine.
@@ -109,6 +116,39 @@ def test_fast_distillation_runs_reports_progress_and_round_trips(teacher, tmp_pa
     again = load_model(folder)
     with torch.no_grad():
         torch.testing.assert_close(again(ids), small(ids))
+
+
+class _Sealed:
+    """Stands in for the test reviews: any read of them fails the test."""
+
+    def _read(self, *args, **kwargs):
+        raise AssertionError("the test split was read")
+
+    __array__ = __len__ = __getitem__ = __iter__ = _read
+
+    def __getattr__(self, name):
+        self._read()
+
+
+def test_select_settings_ranks_on_validation_and_never_reads_the_test(teacher, monkeypatch):
+    monkeypatch.setenv("MAASLAB_FAST", "1")
+    real = sentiment.review_dataset
+
+    def sealed(model, **kwargs):
+        return dataclasses.replace(real(model, **kwargs), X_test=_Sealed(), y_test=_Sealed())
+
+    monkeypatch.setattr(sentiment, "review_dataset", sealed)
+    with pytest.raises(AssertionError, match="test split was read"):
+        np.asarray(sealed(teacher).X_test)  # the seal holds
+    settings = ((2.0, 0.5, 1, 1e-4), (3.0, 0.3, 1, 3e-4))
+    candidates, best = select_settings(teacher, settings, layers=1)
+    assert {(c.temperature, c.alpha, c.epochs, c.lr) for c in candidates} == set(settings)
+    accuracies = [c.val_accuracy for c in candidates]
+    assert accuracies == sorted(accuracies, reverse=True) and all(0 <= a <= 1 for a in accuracies)
+    _, best_accuracy = evaluate_split(best, real(best), "val")
+    assert best_accuracy == pytest.approx(candidates[0].val_accuracy)
+    with pytest.raises(MaaslabError, match="at least one"):
+        select_settings(teacher, ())
 
 
 def test_cancel_raises_cancelled(teacher, monkeypatch):
