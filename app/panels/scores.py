@@ -86,5 +86,6 @@ def scores_panel(name: str, kind: str, model) -> None:
         metrics.report_frame(report, names).style.format(
             {"precision": "{:.3f}", "recall": "{:.3f}", "F1": "{:.3f}"}
         ),
+        height="content",  # every class and the macro row, no inner scrolling
         key="infer.scores_table",
     )

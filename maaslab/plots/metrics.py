@@ -18,7 +18,7 @@ METRIC_COLORS = {"precision": SERIES_COLORS[0], "recall": SERIES_COLORS[1], "F1"
 def class_metric_bars(
     report: ClassificationReport, class_names: Sequence[str] | None = None, *, title: str = ""
 ) -> go.Figure:
-    """Precision, recall and F1 of every class as grouped bars, macro F1 as a dashed line.
+    """Precision, recall and F1 of every class as grouped bars, the macro F1 as a dashed line.
 
     Parameters
     ----------
@@ -44,12 +44,19 @@ def class_metric_bars(
             hovertemplate=f"class %{{x}} · {metric} %{{y:.3f}}<br>"
             "%{customdata[0]} examples · %{customdata[1]} predicted<extra></extra>",
         )
-    fig.add_hline(
-        y=report.macro_f1,
+    fig.add_scatter(
+        x=names,
+        y=[report.macro_f1] * len(names),
+        mode="lines",
+        name=f"macro F1 {report.macro_f1:.3f}",
         line={"dash": "dash", "color": METRIC_COLORS["F1"]},
-        annotation_text=f"macro F1 {report.macro_f1:.3f}",
-        annotation_position="bottom right",
+        hoverinfo="skip",
     )
+    # Scores of a good model crowd near 1: the axis starts a step of 0.1 below the lowest one, so
+    # the differences between classes stay visible (its ticks say where it starts).
+    values = np.concatenate([report.precision, report.recall, report.f1])
+    values = values[~np.isnan(values)]
+    low = max(0.0, np.floor(values.min() * 10 - 1) / 10) if values.size else 0.0
     fig.update_layout(
         **layout(height=380),
         barmode="group",
@@ -57,7 +64,7 @@ def class_metric_bars(
         or f"Per class · macro F1 {report.macro_f1:.3f} · accuracy {report.accuracy:.3f}",
     )
     fig.update_xaxes(title_text="class", type="category")
-    fig.update_yaxes(title_text="score", range=[0, 1.05])
+    fig.update_yaxes(title_text="score", range=[low, 1.02])
     return fig
 
 
@@ -118,6 +125,9 @@ def reliability_diagram(calibration: Calibration, *, title: str = "") -> go.Figu
         width=width,
         name="examples",
         marker={"color": TEST_COLOR},
+        text=[str(c) if c else "" for c in cal.count],  # a bin of 3 next to one of 400 shows
+        textposition="outside",
+        cliponaxis=False,
         showlegend=False,
         hovertemplate="%{y} examples<extra></extra>",
         row=2,

@@ -1,5 +1,6 @@
 """Inference page in Chromium: draw a digit by clicking cells and get a prediction; type a
-review, a prompt, a picture; chat with a language model and watch the answer stream in."""
+review, a prompt, a picture; score a classifier on its test split; chat with a language model and
+watch the answer stream in."""
 
 import os
 import re
@@ -93,6 +94,48 @@ def test_upload_a_picture_or_a_file_that_is_not_one(page: Page, app_url, tmp_pat
     chooser.set_input_files(str(tmp_path / "d.png"))
     expect(page.get_by_text("Prediction: 2")).to_be_visible(timeout=30_000)
     shot("inference-upload")
+
+
+SCORES_SWITCH = "More than accuracy: precision, recall, F1 and calibration on the test split"
+
+
+def test_more_than_accuracy_shows_the_test_split_scores(page: Page, app_url, shot):
+    from maaslab import metrics
+    from maaslab.auto import load
+    from maaslab.data import load_dataset
+
+    data = load_dataset("digits", seed=0)
+    proba = load("digits-cnn").predict(data.X_test * 16).probabilities
+    expected = metrics.score_classifier(proba, data.y_test)
+    page.goto(f"{app_url}/inference?model=digits-cnn")
+    expect(page.get_by_text(re.compile(r"Prediction: \d"))).to_be_visible(timeout=60_000)
+    expect(page.get_by_test_id("stMetric")).to_have_count(0)  # nothing scored until asked
+    page.get_by_text(SCORES_SWITCH).click()
+    tiles = page.get_by_test_id("stMetric")
+    expect(tiles).to_have_count(5, timeout=60_000)
+    expect(tiles.filter(has_text="macro F1")).to_contain_text(f"{expected.report.macro_f1:.3f}")
+    ece = f"{expected.calibration.ece:.3f}"
+    expect(tiles.filter(has_text="expected calibration error")).to_contain_text(ece)
+    charts = page.locator(".js-plotly-plot")
+    expect(
+        charts.filter(has_text=f"Reliability · expected calibration error {ece}")
+    ).to_be_visible()
+    expect(charts.filter(has_text="macro F1")).to_be_visible()
+    tiles.first.scroll_into_view_if_needed()
+    shot("inference-scores-digits")
+    # Eight bins instead of ten (for digits-cnn the ECE differs: 0.009 against 0.011): the
+    # slider's keys move it, the figures follow.
+    eight = f"{metrics.calibration(proba, data.y_test, n_bins=8).ece:.3f}"
+    assert eight != ece
+    thumb = (
+        page.get_by_test_id("stSlider").filter(has_text="Calibration bins").get_by_role("slider")
+    )
+    thumb.focus()
+    for _ in range(2):
+        thumb.press("ArrowLeft")
+    expect(page.get_by_text(re.compile(r"· 8 confidence bins"))).to_be_visible(timeout=30_000)
+    expect(tiles.filter(has_text="expected calibration error")).to_contain_text(eight)
+    expect(charts.filter(has_text=f"expected calibration error {eight}")).to_be_visible()
 
 
 # --- the chat with a language model, on a tiny mini-llama ------------------------------------
