@@ -34,6 +34,7 @@ import io
 import os
 import tempfile
 import textwrap
+import time
 from collections.abc import Callable
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
@@ -217,7 +218,7 @@ def verdict(cell: nbformat.NotebookNode) -> tuple[str, str]:
         if SKIPPED_MIME in o.get("data", {}):
             return "not attempted", o["data"][SKIPPED_MIME]["message"]
     if cell.get("execution_count") is None:
-        return "error", "the cell did not run: the notebook stopped before it (deadline)"
+        return "error", "the cell did not run: the notebook stopped before it"
     return "error", "no verdict: keep the check_… call as the last line of the exercise cell"
 
 
@@ -259,12 +260,16 @@ def _execute(nb: nbformat.NotebookNode, config: GradeConfig, work: str, env: dic
         shutdown_kernel="immediate",
         resources={"metadata": {"path": work}},
     )
+    started = time.monotonic()
+    late = f"the notebook ran past its {config.deadline_s:g} s deadline"
     try:
         asyncio.run(asyncio.wait_for(client.async_execute(env=env), config.deadline_s))
     except (TimeoutError, CellTimeoutError):
-        return f"the notebook ran past its {config.deadline_s:g} s deadline"
-    except DeadKernelError as err:
-        return f"the kernel died: {err}"
+        return late
+    except DeadKernelError as err:  # also what a wait cut short by the deadline can raise
+        return (
+            late if time.monotonic() - started >= config.deadline_s else f"the kernel died: {err}"
+        )
     return ""
 
 

@@ -17,13 +17,21 @@ answer, without a kernel.
 
 import csv
 import os
+import time
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
 from maaslab.__main__ import main
-from maaslab.classroom import STUDENT_SETUP, exercises, student_edition, verdict
+from maaslab.classroom import (
+    STUDENT_SETUP,
+    GradeConfig,
+    exercises,
+    grade,
+    student_edition,
+    verdict,
+)
 from maaslab.exercises.unanswered import SKIPPED_MIME
 from maaslab.paths import NOTEBOOKS_DIR
 
@@ -119,3 +127,29 @@ def test_grade_writes_a_row_per_student_notebook_and_exercise(tmp_path, capsys):
     assert by_key["dan", ""] == f"no dan/{name}.ipynb"
     assert all(r["notebook"] == name for r in rows)
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
+
+
+@pytest.mark.notebook
+def test_grade_stops_a_notebook_at_its_deadline(tmp_path):
+    # A course of one notebook whose first cell outlasts the deadline: the kernel is stopped,
+    # the exercise after it is an error that says why, and grading goes on to write the CSV.
+    course = tmp_path / "course"
+    nb = nbformat.v4.new_notebook()
+    exercise = nbformat.v4.new_code_cell(
+        "### BEGIN SOLUTION\nx = 1\n### END SOLUTION\n"
+        "from maaslab.exercises.grading import passed\npassed('x', 'ok')"
+    )
+    exercise.metadata["nbgrader"] = {"solution": True, "grade": False, "grade_id": "x"}
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# slow"),
+        nbformat.v4.new_code_cell("import time\ntime.sleep(120)"),
+        exercise,
+    ]
+    _write(nb, course / "slow.ipynb")
+    _write(nb, tmp_path / "submissions" / "ada" / "slow.ipynb")
+    started = time.perf_counter()
+    rows = grade(tmp_path / "submissions", tmp_path / "g.csv", GradeConfig(deadline_s=8), course)
+    assert time.perf_counter() - started < 60
+    assert [(r.exercise, r.status) for r in rows] == [("x", "error")]
+    assert "8 s deadline" in rows[0].message
+    assert (tmp_path / "g.csv").read_text().count("\n") == 2

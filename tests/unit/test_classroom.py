@@ -247,3 +247,15 @@ def test_grade_refuses_an_unknown_notebook_before_running_anything(tmp_path):
     with pytest.raises(MaaslabError, match="deadline_s"):
         GradeConfig(deadline_s=0)
     assert not (tmp_path / "g.csv").exists()
+
+
+def test_an_unreadable_submission_is_an_error_row_per_exercise(tmp_path):
+    (tmp_path / "ada" / "01_gradient_descent.ipynb").parent.mkdir()
+    (tmp_path / "ada" / "01_gradient_descent.ipynb").write_text("{not json")
+    rows = grade(tmp_path, tmp_path / "g.csv", GradeConfig(notebooks=("01_gradient_descent",)))
+    assert [(r.exercise, r.status) for r in rows] == [
+        ("mse_gradient", "error"),
+        ("gd_step", "error"),
+        ("learning_rate", "error"),
+    ]
+    assert all(r.message.startswith("cannot read 01_gradient_descent.ipynb") for r in rows)
