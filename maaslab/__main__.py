@@ -194,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
         "exercise (the cell's nbgrader grade_id), status (passed, failed, not attempted, error; "
         "missing for a notebook not handed in) and message. Layout: SUBMISSIONS_DIR/<student>/"
         "<notebook>.ipynb, e.g. submissions/ada/01_gradient_descent.ipynb (one folder per "
-        "student, notebooks named as in notebooks/).",
+        "student, notebooks named as in notebooks/). It runs the students' code as you: grade "
+        "in an account or container you can throw away.",
     )
     grade.add_argument("submissions", type=Path, help="SUBMISSIONS_DIR: one folder per student")
     grade.add_argument(

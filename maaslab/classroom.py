@@ -64,9 +64,7 @@ class GradeConfig:
     notebooks: tuple[str, ...] = ()  # notebook names to grade, e.g. ("01_gradient_descent",);
     # () = every course notebook that has exercises
     deadline_s: float = 600.0  # wall-clock limit for one submitted notebook, kernel start included
-    fast: bool = (
-        True  # MAASLAB_FAST=1 in the kernel: the lessons' small settings (checks unchanged)
-    )
+    fast: bool = True  # MAASLAB_FAST=1 in the kernel: the lessons' small settings; same checks
     kernel: str = "python3"  # Jupyter kernel that runs the submissions
 
     def __post_init__(self) -> None:
@@ -110,20 +108,28 @@ def _stub(region: list[str], indent: str, function: str | None) -> list[str]:
     note = f"{indent}# Write your answer here, then run this cell again."
     if function is not None:
         return [note, f'{indent}raise NotAttempted("{function}")']
-    names: list[str] = []
-    for node in ast.parse(textwrap.dedent("\n".join(region))).body:
-        targets = {ast.Assign: "targets", ast.AnnAssign: "target", ast.AugAssign: "target"}
-        for target in _as_list(getattr(node, targets.get(type(node), ""), [])):
-            names += [
-                n.id for n in ast.walk(target) if isinstance(n, ast.Name) and n.id not in names
-            ]
+    names = _assigned_names(textwrap.dedent("\n".join(region)))
     if not names:
         return [note, f"{indent}raise NotAttempted()"]
     return [note, *(f'{indent}{name} = Unanswered("{name}")' for name in names)]
 
 
-def _as_list(value: object) -> list:
-    return value if isinstance(value, list) else [value]
+def _assigned_names(code: str) -> list[str]:
+    # The names that the top-level assignments of `code` set, in order, tuples unpacked (a loop
+    # variable is not an answer).
+    names: list[str] = []
+    for node in ast.parse(code).body:
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, ast.AnnAssign | ast.AugAssign):
+            targets = [node.target]
+        else:
+            continue
+        for target in targets:
+            for name in ast.walk(target):
+                if isinstance(name, ast.Name) and name.id not in names:
+                    names.append(name.id)
+    return names
 
 
 def student_source(source: str) -> str:
