@@ -139,6 +139,33 @@ def precision_recall_f1(
     )
 
 
+def undefined_note(report: ClassificationReport, class_names: object = None) -> str | None:
+    """A sentence naming the classes whose precision or recall is undefined and the value they
+    were given (None when every value is defined): what a page or a notebook says under the table.
+    """
+    names = [str(n) for n in class_names] if class_names is not None else None
+    if names is None:
+        names = [str(k) for k in range(len(report.support))]
+
+    def listed(classes: list[int]) -> tuple[str, str]:
+        return ", ".join(names[k] for k in classes), "its" if len(classes) == 1 else "their"
+
+    parts = []
+    if report.never_predicted:
+        never, its = listed(report.never_predicted)
+        parts.append(f"Never predicted: {never}, so {its} precision is undefined (0 of 0 right)")
+    if report.without_examples:
+        absent, its = listed(report.without_examples)
+        parts.append(f"No example of {absent}, so {its} recall is undefined")
+    if not parts:
+        return None
+    if math.isnan(report.zero_division):
+        shown = "NaN, left out of the macro means"
+    else:
+        shown = f"{report.zero_division:g}"
+    return f"{'. '.join(parts)}. Undefined values are shown as {shown} (sklearn's zero_division)."
+
+
 def report_frame(report: ClassificationReport, class_names: object = None) -> pd.DataFrame:
     """The report as a table: one row per class and a last "macro average" row."""
     names = [str(n) for n in class_names] if class_names is not None else None

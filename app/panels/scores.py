@@ -60,12 +60,9 @@ def scores_panel(name: str, kind: str, model) -> None:
         column.metric(label, f"{value:.3f}")
     st.caption(f"{scores.n} {TEST_SPLITS[kind]} · `{name}` · {bins} confidence bins")
     names = list(model.class_names)
-    if report.never_predicted:
-        never = ", ".join(names[k] for k in report.never_predicted)
-        st.info(
-            f"Never predicted on the test split: {never}. Their precision is undefined (0 of 0 "
-            "predictions right) and shown as 0, scikit-learn's zero_division=0."
-        )
+    note = metrics.undefined_note(report, names)
+    if note:
+        st.info(note, icon=":material/info:")
     left, right = st.columns(2, gap="large")
     with left:
         st.plotly_chart(plots.class_metric_bars(report, names), key="infer.scores_bars")

@@ -2,10 +2,12 @@
 a classifier's test-split scores are scikit-learn's.
 (The chat with a language model: test_inference_chat.py.)"""
 
+import dataclasses
 import json
 import re
 
 import numpy as np
+import streamlit as st
 from sklearn.metrics import f1_score, precision_recall_fscore_support, recall_score
 
 from maaslab import metrics
@@ -13,7 +15,7 @@ from maaslab.auto import LANGUAGE_MODELS, LOADERS, load
 from maaslab.data import load_dataset
 from maaslab.paths import MODELS_DIR
 from maaslab.reviews import load_reviews
-from maaslab.zoo import paint
+from maaslab.zoo import DigitsClassifier, paint
 
 
 def test_every_model_renders(open_page, page_text):
@@ -176,3 +178,25 @@ def test_sentiment_scores_on_the_test_reviews(open_page, page_text):
 def test_models_without_a_test_split_offer_no_scores(open_page, page_text):
     at = open_page("inference", model="mini-gpt")  # a generator: nothing to score
     assert "Press Generate" in page_text(at) and not at.toggle and not at.exception
+
+
+def test_a_class_never_predicted_is_named_and_scored_zero(open_page, page_text, monkeypatch):
+    real = DigitsClassifier.predict
+
+    def never_seven(self, pixels):  # the same model, with class 7 never the most probable
+        out = real(self, pixels)
+        proba = out.probabilities.copy()
+        proba[:, 7] = 0.0
+        return dataclasses.replace(out, probabilities=proba / proba.sum(axis=1, keepdims=True))
+
+    monkeypatch.setattr(DigitsClassifier, "predict", never_seven)
+    st.cache_data.clear()  # the page keeps each model's test probabilities
+    try:
+        at = open_page("inference", model="digits-mlp")
+        at.toggle(key="infer.scores").set_value(True).run()
+        assert not at.exception, at.exception
+        assert "Never predicted: 7, so its precision is undefined (0 of 0 right)" in page_text(at)
+        table = at.dataframe[0].value
+        assert table.loc["7", "precision"] == 0.0 and table.loc["7", "predicted"] == 0
+    finally:
+        st.cache_data.clear()

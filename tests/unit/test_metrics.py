@@ -197,3 +197,19 @@ def test_score_classifier_scores_the_argmax_and_its_confidence():
     never_two /= never_two.sum(axis=1, keepdims=True)
     scores = m.score_classifier(never_two, y)
     assert scores.report.never_predicted == [2] and scores.report.precision[2] == 0.0
+
+
+def test_the_undefined_note_names_the_classes_and_the_value_given():
+    report = m.precision_recall_f1([0, 0, 1, 1, 2], [0, 0, 0, 1, 1], n_classes=4)
+    note = m.undefined_note(report, ["cat", "dog", "owl", "emu"])
+    assert note == (
+        "Never predicted: owl, emu, so their precision is undefined (0 of 0 right). "
+        "No example of emu, so its recall is undefined. "
+        "Undefined values are shown as 0 (sklearn's zero_division)."
+    )
+    as_nan = m.precision_recall_f1([0, 0, 1, 1, 2], [0, 0, 0, 1, 1], 3, zero_division=math.nan)
+    assert m.undefined_note(as_nan) == (
+        "Never predicted: 2, so its precision is undefined (0 of 0 right). "
+        "Undefined values are shown as NaN, left out of the macro means (sklearn's zero_division)."
+    )
+    assert m.undefined_note(m.precision_recall_f1([0, 1], [1, 0])) is None  # all wrong, defined
