@@ -459,7 +459,7 @@ def test_notebook_answers_pass_their_checks(name):
     sources = [cell.source for cell in nb.cells if cell.cell_type == "code"]
     namespace: dict = {}
     exec(sources[0], namespace)  # the setup cell: imports and seeding
-    answers = [source for source in sources if "# ---- your answer" in source]
+    answers = [source for source in sources if "### BEGIN SOLUTION" in source]
     assert len(answers) >= 3
     for source in answers:
         tree = ast.parse(source)
