@@ -22,7 +22,7 @@ from maaslab.jobs import TrainingJob
 from maaslab.models import build_model
 from maaslab.models.mlp import ACTIVATIONS
 from maaslab.paths import runs_dir
-from maaslab.registry import save_model
+from maaslab.registry import read_metadata, save_model
 from maaslab.runtime import seed_everything
 from maaslab.train import OPTIMIZERS, TrainConfig, run_metadata
 
@@ -206,3 +206,14 @@ def save_run(job: TrainingJob, name: str) -> Path:
         raise MaaslabError("training is still running: stop it or let it finish, then save")
     meta = run_metadata(job.data, job.cfg, job.history, model=job.model)
     return save_model(job.model, runs_dir() / "models" / name, metadata=meta)
+
+
+def saved_note(folder: Path) -> str:
+    """What the page says after `save_run`: where the run went and its test figure."""
+    metrics = read_metadata(folder)["metrics"]
+    shown = (
+        f"test accuracy {metrics['test_accuracy']:.3f}"
+        if metrics.get("test_accuracy") is not None
+        else f"test loss {metrics['test_loss']:.4f}"
+    )
+    return f"Saved to {folder} ({shown}, measured once, on saving)"

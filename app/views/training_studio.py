@@ -10,7 +10,6 @@ from maaslab.callbacks import Throttle
 from maaslab.errors import MaaslabError
 from maaslab.jobs import TrainingJob
 from maaslab.models.mlp import ACTIVATIONS
-from maaslab.registry import read_metadata
 from maaslab.studio import StudioConfig
 from maaslab.train import OPTIMIZERS
 from maaslab.urlstate import config_from_params, config_to_params, slider_options
@@ -137,7 +136,8 @@ def live_view() -> None:
     elif snapshot is not None:
         cm = studio.confusion_on_val(snapshot, job.data)
         figure = plots.confusion_matrix_heatmap(cm, job.data.class_names)
-        cols[0].plotly_chart(figure.update_layout(height=360), key="studio.confusion")
+        figure.update_layout(height=360, title="Confusion matrix (validation split)")
+        cols[0].plotly_chart(figure, key="studio.confusion")
     cols[1].plotly_chart(plots.grad_norm_curve(history), key="studio.grad_chart")
     if snapshot is not None:
         weights = plots.weight_histograms(job.weights(), job.initial_weights)
@@ -154,13 +154,6 @@ with right:
             name = st.text_input("Save as", f"{job.data.name}-{job.model.model_type}", max_chars=64)
             if st.form_submit_button("Save model", icon=":material/save:"):
                 try:
-                    folder = studio.save_run(job, name)
-                    metrics = read_metadata(folder)["metrics"]
-                    shown = (
-                        f"test accuracy {metrics['test_accuracy']:.3f}"
-                        if metrics.get("test_accuracy") is not None
-                        else f"test loss {metrics['test_loss']:.4f}"
-                    )
-                    st.success(f"Saved to {folder} ({shown}, measured once, on saving)")
+                    st.success(studio.saved_note(studio.save_run(job, name)))
                 except MaaslabError as err:
                     st.error(str(err))

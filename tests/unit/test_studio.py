@@ -8,13 +8,16 @@ import torch
 
 from maaslab import MaaslabError, plots
 from maaslab.jobs import TrainingJob
+from maaslab.registry import read_metadata
 from maaslab.studio import (
     StudioConfig,
     boundary_grid,
     build_run,
     confusion_on_val,
     save_run,
+    saved_note,
 )
+from maaslab.train import evaluate_split
 from maaslab.urlstate import config_from_params, config_to_params
 
 
@@ -116,6 +119,14 @@ def test_save_run_refuses_bad_names_and_running_jobs(runs_dir):
     job.join(60)
     folder = save_run(job, "moons-mlp")
     assert (folder / "model.safetensors").is_file() and folder.parent == runs_dir / "models"
+    # saving reads the test split once: the folder records it next to the validation figures
+    metrics = read_metadata(folder)["metrics"]
+    _, test_accuracy = evaluate_split(job.model, job.data, "test")
+    assert metrics["test_accuracy"] == pytest.approx(test_accuracy)
+    assert metrics["val_accuracy"] == pytest.approx(job.history.last.val_accuracy)
+    assert saved_note(folder) == (
+        f"Saved to {folder} (test accuracy {test_accuracy:.3f}, measured once, on saving)"
+    )
     with pytest.raises(MaaslabError, match="already exists"):
         save_run(job, "moons-mlp")
 
