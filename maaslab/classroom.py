@@ -210,14 +210,16 @@ def _write_atomically(path: Path, text: str) -> Path:
 
 def verdict(cell: nbformat.NotebookNode) -> tuple[str, str]:
     """(status, message) of an executed exercise cell, from its outputs."""
+    rank = ("failed", "not attempted", "passed")  # with several verdicts, the worst counts
     records = [
         o["data"][VERDICT_MIME]
         for o in cell.get("outputs", [])
-        if o.get("output_type") in ("execute_result", "display_data") and VERDICT_MIME in o["data"]
+        if o.get("output_type") in ("execute_result", "display_data")
+        and o["data"].get(VERDICT_MIME, {}).get("status") in rank
     ]
     if records:
-        worst = min(records, key=lambda r: ("failed", "not attempted", "passed").index(r["status"]))
-        return worst["status"], f"{worst['name']}: {worst['message']}"
+        worst = min(records, key=lambda r: rank.index(r["status"]))
+        return worst["status"], f"{worst.get('name')}: {worst.get('message')}"
     for o in cell.get("outputs", []):
         if o.get("output_type") == "error":
             return "error", f"{o['ename']}: {o['evalue']}"
@@ -248,7 +250,9 @@ def grade_notebook(path: Path, expected: list[str], config: GradeConfig) -> list
             rows.append((exercise, "error", "this exercise's cell is missing from the notebook"))
             continue
         status, message = verdict(found[exercise])
-        rows.append((exercise, status, f"{message} ({stopped})" if stopped else message))
+        if stopped and status == "error":  # say why the notebook stopped where it did
+            message = f"{message} ({stopped})"
+        rows.append((exercise, status, message))
     return rows
 
 

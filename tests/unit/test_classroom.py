@@ -217,6 +217,8 @@ def test_verdict_reads_the_json_twin_errors_notes_and_cells_that_never_ran():
     assert verdict(_cell([note])) == ("not attempted", "m")
     assert verdict(_cell([], count=None))[0] == "error"
     text = {**shown, "data": {"text/plain": "✅ correct: gd step. fine"}}  # text is not read
+    bogus = {**shown, "data": {VERDICT_MIME: {"name": "x", "status": "excellent"}}}
+    assert verdict(_cell([bogus]))[1].startswith("no verdict")
     assert verdict(_cell([text]))[1].startswith("no verdict")
 
 
