@@ -383,19 +383,24 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_sentiment(folder: Path, model) -> int:
     from maaslab.assets import sentiment_accuracy
-    from maaslab.reviews import load_reviews, tfidf_baseline
+    from maaslab.reviews import HELDOUT_CSV, load_reviews, tfidf_baseline
 
-    started = time.perf_counter()
-    scores = sentiment_accuracy(model)
-    seconds = time.perf_counter() - started
-    baseline = tfidf_baseline(load_reviews("train"), load_reviews("test"))
-    n = len(load_reviews("test"))
-    print(
-        f"{folder}: reviews test split ({n} reviews): accuracy {scores.pop('overall'):.4f} · "
-        f"TF-IDF + logistic regression {baseline.accuracy:.4f} · {seconds:.3f} s"
-    )
-    for name, acc in scores.items():
-        print(f"  {name:<16} {acc:.4f}  (baseline {baseline.per_phenomenon[name]:.4f})")
+    # the test split, then the held-out reviews written apart from the corpus (never trained on)
+    for split, where in (
+        ("test", "reviews test split"),
+        ("heldout", f"held-out reviews, {HELDOUT_CSV.name}"),
+    ):
+        started = time.perf_counter()
+        scores = sentiment_accuracy(model, split)
+        seconds = time.perf_counter() - started
+        reviews = load_reviews(split)
+        baseline = tfidf_baseline(load_reviews("train"), reviews)
+        print(
+            f"{folder}: {where} ({len(reviews)} reviews): accuracy {scores.pop('overall'):.4f} · "
+            f"TF-IDF + logistic regression {baseline.accuracy:.4f} · {seconds:.3f} s"
+        )
+        for name, acc in scores.items():
+            print(f"  {name:<16} {acc:.4f}  (baseline {baseline.per_phenomenon[name]:.4f})")
     return 0
 
 

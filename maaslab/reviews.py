@@ -4,6 +4,11 @@ The corpus (assets/reviews/reviews.csv) holds short English reviews labelled neg
 with a fixed train/test split and a `phenomenon` tag saying what makes each review easy or hard
 for a bag-of-words model: plain, negation, contrast, sarcasm, mixed_intensity. The split is part
 of the file, not drawn at load time, so every face and every lesson scores on the same test set.
+
+A second file (assets/reviews/heldout.csv, split "heldout") holds reviews written separately, in
+other voices, lengths and topics; `load_reviews("heldout")` reads it. It is never part of train,
+validation or test, and nothing chooses a model on it: it measures how far a score carries
+beyond the corpus's own style.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from maaslab.errors import MaaslabError
 from maaslab.paths import ASSETS_DIR
 
 REVIEWS_CSV = ASSETS_DIR / "reviews" / "reviews.csv"
+HELDOUT_CSV = ASSETS_DIR / "reviews" / "heldout.csv"
+HELDOUT = "heldout"  # the split of every row of HELDOUT_CSV; never trained on or chosen by
 LABELS = ("negative", "positive")  # index = integer label: 0 negative, 1 positive
 SPLITS = ("train", "test")
 PHENOMENA = ("plain", "negation", "contrast", "sarcasm", "mixed_intensity")
@@ -65,12 +72,10 @@ class BaselineResult:
     seconds: float  # wall time of fit + predict
 
 
-def _read_rows(path: Path) -> list[dict[str, str]]:
+def _read_rows(path: Path, splits: tuple[str, ...] = SPLITS) -> list[dict[str, str]]:
     """Read and validate the CSV; every problem becomes a MaaslabError naming file and row."""
     if not path.is_file():
-        raise MaaslabError(
-            f"review corpus not found at {path}: restore assets/reviews/reviews.csv from git"
-        )
+        raise MaaslabError(f"review file not found at {path}: restore assets/reviews/ from git")
     try:
         with path.open(newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
@@ -86,7 +91,7 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     if not rows:
         raise MaaslabError(f"{path} holds no reviews: restore it from git")
     seen: set[str] = set()
-    allowed = {"label": LABELS, "split": SPLITS, "phenomenon": PHENOMENA}
+    allowed = {"label": LABELS, "split": splits, "phenomenon": PHENOMENA}
     for line, row in enumerate(rows, start=2):  # line 1 is the header
         if None in row or any(row[c] is None for c in COLUMNS):
             raise MaaslabError(f"{path} line {line}: expected {len(COLUMNS)} fields")
@@ -104,20 +109,31 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 
 
 def load_reviews(split: str | None = None, *, path: Path | None = None) -> ReviewSet:
-    """Load the review corpus, all of it or one fixed split.
+    """Load the review corpus, all of it or one fixed split, or the separate held-out reviews.
 
     Parameters
     ----------
     split:
-        "train", "test", or None for every review.
+        "train", "test", None for every corpus review (train and test), or "heldout" for the
+        reviews of HELDOUT_CSV, which are never part of the corpus.
     path:
-        Another CSV with the same columns; defaults to the shipped assets/reviews/reviews.csv.
+        Another CSV with the same columns; defaults to the shipped assets/reviews/reviews.csv
+        (assets/reviews/heldout.csv for "heldout").
     """
+    if split == HELDOUT:
+        return _review_set(_read_rows(Path(path or HELDOUT_CSV), (HELDOUT,)))
     if split is not None and split not in SPLITS:
-        raise MaaslabError(f"unknown split {split!r}: choose 'train', 'test' or None for all")
+        raise MaaslabError(
+            f"unknown split {split!r}: choose 'train', 'test', 'heldout' or None for all"
+        )
     rows = _read_rows(Path(path) if path is not None else REVIEWS_CSV)
     if split is not None:
         rows = [r for r in rows if r["split"] == split]
+    return _review_set(rows)
+
+
+def _review_set(rows: list[dict[str, str]]) -> ReviewSet:
+    """Validated CSV rows as a ReviewSet, in file order."""
     return ReviewSet(
         texts=tuple(r["text"] for r in rows),
         labels=np.array([LABELS.index(r["label"]) for r in rows], dtype=np.int64),

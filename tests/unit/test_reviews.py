@@ -13,6 +13,8 @@ import pytest
 from maaslab.errors import MaaslabError
 from maaslab.reviews import (
     COLUMNS,
+    HELDOUT,
+    HELDOUT_CSV,
     LABELS,
     PHENOMENA,
     REVIEWS_CSV,
@@ -75,6 +77,50 @@ def test_texts_are_short_reviews_with_valid_labels():
     with REVIEWS_CSV.open(newline="", encoding="utf-8") as fh:
         first = next(csv.DictReader(fh))
     assert LABELS[int(load_reviews().labels[0])] == first["label"]
+
+
+def _words(text: str) -> set[str]:
+    return set(_norm(text).split())
+
+
+def test_heldout_reviews_are_balanced_varied_and_apart_from_the_corpus():
+    heldout, corpus = load_reviews(HELDOUT), load_reviews()
+    assert len(heldout) >= 200 and set(heldout.phenomena) == set(PHENOMENA)
+    assert np.bincount(heldout.labels, minlength=2).tolist() == [len(heldout) // 2] * 2
+    with HELDOUT_CSV.open(newline="", encoding="utf-8") as fh:
+        assert {row["split"] for row in csv.DictReader(fh)} == {HELDOUT}
+    # another voice than the corpus's 7-21 words: one-liners and paragraphs of 40-80 words
+    lengths = [len(t.split()) for t in heldout.texts]
+    assert sum(n <= 5 for n in lengths) >= 15 and sum(40 <= n <= 80 for n in lengths) >= 15
+    assert not set(heldout.ids) & set(corpus.ids)
+    normed = [_norm(t) for t in heldout.texts]
+    assert len(set(normed)) == len(normed)
+    assert not set(normed) & {_norm(t) for t in corpus.texts}
+    # no near-duplicate either: at most half the distinct words shared with any corpus review
+    corpus_words = [_words(t) for t in corpus.texts]
+    for text in heldout.texts:
+        words = _words(text)
+        closest = max(len(words & other) / len(words | other) for other in corpus_words)
+        assert closest < 0.6, text
+
+
+def test_heldout_reviews_are_no_part_of_the_corpus_or_the_language_model_text():
+    from maaslab.subwords import load_documents
+
+    heldout = set(load_reviews(HELDOUT).texts)
+    for split in ("train", "test", None):
+        assert not heldout & set(load_reviews(split).texts), split
+    assert not heldout & {doc.text for doc in load_documents()}
+
+
+def test_heldout_loader_refuses_corpus_rows(tmp_path):
+    path = _write(tmp_path / "h.csv", COLUMNS, [GOOD])
+    with pytest.raises(MaaslabError, match="split 'train' is not one of \\('heldout',\\)"):
+        load_reviews(HELDOUT, path=path)
+    path = _write(tmp_path / "h2.csv", COLUMNS, [[*GOOD[:3], HELDOUT, GOOD[4]]])
+    assert load_reviews(HELDOUT, path=path).ids == ("r1",)
+    with pytest.raises(MaaslabError, match="split 'heldout'"):
+        load_reviews(path=path)  # the corpus loader refuses held-out rows in its file
 
 
 def test_where_selects_one_phenomenon(test_set):
