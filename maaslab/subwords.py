@@ -39,7 +39,7 @@ import numpy as np
 from maaslab.data import Dataset
 from maaslab.errors import MaaslabError
 from maaslab.reviews import load_reviews
-from maaslab.textdata import language_model_dataset, load_corpus
+from maaslab.textdata import VAL_FRACTION, language_model_dataset, load_corpus
 
 BOS, EOS, PAD = "<|begin|>", "<|end_of_text|>", "<|pad|>"
 ROLES = ("system", "user", "assistant")
@@ -245,6 +245,7 @@ def window_dataset(
     context: int,
     max_windows: int | None = None,
     seed: int = 0,
+    val_fraction: float = VAL_FRACTION,
 ) -> Dataset:
     """Two token streams as next-token windows: training windows, and held-out test windows.
 
@@ -258,6 +259,8 @@ def window_dataset(
     max_windows : keep at most this many training windows (a random subset chosen by `seed`)
         and a tenth as many held-out ones; None keeps all.
     seed : chooses the subset when max_windows cuts.
+    val_fraction : the end of the training stream kept for validation; 0 for none (the shipped
+        mini-llama recipe, which chooses nothing on held-out text).
     """
     if min(len(train_ids), len(heldout_ids)) <= context:
         raise MaaslabError(
@@ -278,6 +281,7 @@ def window_dataset(
             f"{train_windows:,} training / {test_windows:,} held-out windows of {context}"
         ),
         meta={"context": context, "stride": context, "max_windows": max_windows, "seed": seed},
+        val_fraction=val_fraction,
     )
 
 

@@ -107,6 +107,9 @@ class CharTokenizer:
 def _windows(ids: np.ndarray, context: int, stride: int) -> tuple[np.ndarray, np.ndarray]:
     # Every window holds context + 1 ids: the first `context` are the input, the last `context`
     # the target, so y[:, t] is the character that follows x[:, t].
+    if len(ids) <= context:  # an empty stream (no validation part) has no windows
+        empty = np.zeros((0, context), dtype=np.int64)
+        return empty, empty.copy()
     spans = sliding_window_view(ids, context + 1)[::stride]
     return np.ascontiguousarray(spans[:, :-1]), np.ascontiguousarray(spans[:, 1:])
 
@@ -147,10 +150,11 @@ def language_model_dataset(
     val_fraction: float = VAL_FRACTION,
 ) -> Dataset:
     """A language-model Dataset of next-token windows of a training and a test stream
-    (split_windows); the last `val_fraction` of the training stream is the validation stream.
+    (split_windows); the last `val_fraction` of the training stream is the validation stream
+    (0: no validation windows, for a recipe that chooses nothing).
     `describe(train windows, test windows)` words its description."""
     val_at = int(len(train_ids) * (1.0 - val_fraction))
-    if min(val_at, len(train_ids) - val_at) <= context:
+    if val_at <= context or (val_fraction > 0 and len(train_ids) - val_at <= context):
         raise MaaslabError(
             f"context {context} is longer than the training or validation part of the "
             f"{len(train_ids):,}-token training stream; use fewer tokens per window"
@@ -183,6 +187,7 @@ def load_text_dataset(
     test_fraction: float = 0.1,
     max_windows: int | None = None,
     seed: int = 0,
+    val_fraction: float = VAL_FRACTION,
 ) -> Dataset:
     """The help-text corpus as next-character windows, split by position into train and test.
 
@@ -195,6 +200,8 @@ def load_text_dataset(
     max_windows : keep at most this many training windows (a random subset chosen by `seed`)
         and a tenth as many test windows; fast mode caps it at FAST_MAX_WINDOWS.
     seed : chooses the subset when max_windows cuts; the windows themselves are fixed.
+    val_fraction : share of the training text, taken from its end, held out for validation;
+        0 for none (the shipped mini-gpt's recipe, which chooses nothing on held-out text).
     """
     stride = max(1, context // 2) if stride is None else stride
     if not 1 <= context <= 4096 or not 1 <= stride <= 4096:
@@ -236,4 +243,5 @@ def load_text_dataset(
             "seed": seed,
             "split_at": cut,  # index of the first test character in the corpus
         },
+        val_fraction=val_fraction,
     )

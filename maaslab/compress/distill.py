@@ -27,12 +27,15 @@ from maaslab.errors import MaaslabError
 from maaslab.runtime import seed_everything
 
 STUDENT_NAME = "sentiment-minilm-student"  # the shipped student's model folder
-# The shipped student's recipe (distill()'s defaults), the best of four measured settings on the
-# held-out reviews: (T, alpha, epochs, lr) = (3, 0.3, 10, 1e-4) 0.907; (2, 0.5, 10, 1e-4) 0.902;
-# (4, 0.1, 6, 2e-4) 0.883. The student fits the 856 training reviews perfectly either way.
+# The shipped student's recipe (distill()'s defaults) is the best of CANDIDATES on the 129
+# validation reviews, each student trained on the other 727 (select_settings, seed 0):
+# (T, alpha, epochs, lr) = (2, 0.5, 10, 1e-4) 0.930; (3, 0.3, 10, 1e-4) 0.922;
+# (4, 0.1, 6, 2e-4) 0.915 -- one review apart each, so the choice is close to a coin toss. The
+# test reviews were then read once: 0.893 for the chosen student trained on 727 reviews, 0.902
+# for the shipped one, the same settings trained on all 856 (val_fraction=0).
 LAYERS = 3  # of MiniLM's 6 blocks: about 2x faster at batch 1
-TEMPERATURE = 3.0
-ALPHA = 0.3
+TEMPERATURE = 2.0
+ALPHA = 0.5
 EPOCHS = 10
 LR = 1e-4  # AdamW, warm-up then linear decay
 # (temperature, alpha, epochs, lr) settings `select_settings` compares on the validation reviews

@@ -30,7 +30,7 @@ from maaslab.train import TrainConfig, evaluate_split, train
 
 # Held-out accuracy of the shipped student, measured when it was built (its config.json says
 # the same); the test allows 1 point of slack for a rebuild on another machine.
-STUDENT_ACCURACY = 0.9065
+STUDENT_ACCURACY = 0.9019
 MARGIN = 0.01
 
 

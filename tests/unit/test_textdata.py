@@ -96,3 +96,11 @@ def test_fast_mode_caps_the_windows(monkeypatch):
 def test_bad_arguments_are_named(kwargs, message):
     with pytest.raises(MaaslabError, match=message):
         load_text_dataset(**kwargs)
+
+
+def test_val_fraction_zero_keeps_every_training_window(monkeypatch):
+    monkeypatch.delenv("MAASLAB_FAST", raising=False)
+    full, split = load_text_dataset(context=64, val_fraction=0.0), load_text_dataset(context=64)
+    assert full.X_val.shape == (0, 64) and len(full.X_train) > len(split.X_train)
+    np.testing.assert_array_equal(full.X_test, split.X_test)  # the test part does not move
+    np.testing.assert_array_equal(full.X_train[: len(split.X_train)], split.X_train)
