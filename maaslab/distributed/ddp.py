@@ -52,7 +52,7 @@ TIMING_REPEATS = 10  # timed repeats of compute-only and all-reduce-only, after 
 class DDPConfig:
     """One data-parallel run; every field is also a flag of `python -m maaslab.distributed`."""
 
-    dataset: str = "digits"  # a maaslab.data dataset (digits: 1,347 training images)
+    dataset: str = "digits"  # a maaslab.data dataset (digits: 1,077 training images)
     n_samples: int = 400  # points of a 2-D toy set (ignored by digits and the sklearn sets)
     model: str = "mlp"  # "mlp", or "cnn" for digits
     hidden: tuple[int, ...] = (64,)  # MLP hidden widths (a CNN uses its default shape)
@@ -287,6 +287,10 @@ def train_ddp(cfg: DDPConfig, log: Callable[[str], None] = lambda _: None) -> DD
     # the test split, read once, after the last step
     test_loader = split_loader(data, "test", max(cfg.batch_size, 256), device=device)
     run.test_loss, run.test_accuracy = evaluate(model, test_loader, data.task)
+    log(
+        f"test split, read once: loss {run.test_loss:.4f}"
+        + (f", accuracy {run.test_accuracy:.3f}" if run.test_accuracy is not None else "")
+    )
     run.steps_per_second = (run.steps - warmup) / timed if timed else 0.0
     run.step_loss = _mean_over_ranks(losses, world)
     _time_parts(run, ddp, loader, data.task, device)
