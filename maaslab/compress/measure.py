@@ -143,7 +143,7 @@ def held_out(model_name: str, examples: int | None = None, shap_inputs: int = 3)
     from maaslab.data import load_dataset
     from maaslab.explain.adapters import background_rows
 
-    data = load_dataset("digits", seed=0)
+    data = load_dataset("digits", seed=0, val_fraction=0.0)  # background: all training rows
     X = data.X_test.astype(np.float32)[:examples]
     return HeldOut(
         X,

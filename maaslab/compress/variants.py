@@ -171,10 +171,12 @@ def training_data(model_name: str, module: nn.Module):
     if model_name == "sentiment-minilm":
         from maaslab.models.sentiment import review_dataset
 
-        return review_dataset(module)
+        return review_dataset(module, val_fraction=0.0)
     from maaslab.data import load_dataset
 
-    return load_dataset("digits", seed=0)  # pixels 0..1, as the shipped digits models read them
+    # Fine-tuning after pruning is a fixed recipe (it chooses nothing on held-out data), so it
+    # reads every training example, as the shipped model was trained: no validation split.
+    return load_dataset("digits", seed=0, val_fraction=0.0)  # pixels 0..1, as the models read
 
 
 def _float_source(

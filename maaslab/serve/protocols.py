@@ -161,7 +161,7 @@ def digit_rows(rows: int, seed: int = 0) -> np.ndarray:
     """`rows` distinct sklearn digits drawn with `seed`, float32 [rows, 64] on the 0..16 scale."""
     if not 1 <= rows <= MAX_ROWS:
         raise MaaslabError(f"rows must be 1..{MAX_ROWS:,}, got {rows}")
-    data = load_dataset("digits")
+    data = load_dataset("digits", val_fraction=0.0)  # rows to send, not to fit: no validation
     # load_dataset scales pixels to 0..1 (x / 16, exact in binary); the server takes 0..16.
     pixels = np.concatenate([data.X_train, data.X_test]) * DIGIT_PIXEL_MAX
     pick = np.random.default_rng(seed).choice(len(pixels), size=rows, replace=False)
