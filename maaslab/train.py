@@ -109,6 +109,23 @@ class EpochRecord:
     grad_norms: dict[str, float]  # layer -> mean gradient L2 norm over the sampled steps
     seconds: float  # wall time of the epoch, evaluation included
 
+    @property
+    def test_loss(self) -> float:
+        """Not recorded: the loop never reads the test split (see val_loss, evaluate_split)."""
+        raise MaaslabError(_NO_TEST)
+
+    @property
+    def test_accuracy(self) -> float:
+        """Not recorded: the loop never reads the test split (see val_accuracy, evaluate_split)."""
+        raise MaaslabError(_NO_TEST)
+
+
+_NO_TEST = (
+    "a training run records the validation split after every epoch (val_loss, val_accuracy), "
+    "never the test split: read the test split once, when training and every choice are done, "
+    'with maaslab.train.evaluate_split(model, data, "test")'
+)
+
 
 @dataclass
 class History:

@@ -178,6 +178,15 @@ def test_early_stopping_watches_the_validation_loss():
     assert state.stop and stop.best == 1 and "2 epochs" in state.info["early_stopping"]
 
 
+def test_asking_a_history_for_test_figures_says_where_they_are():
+    record = EpochRecord(1, 0.5, 0.4, 0.9, 0.8, {}, 0.0)
+    for name in ("test_loss", "test_accuracy"):
+        with pytest.raises(MaaslabError, match=r"never the test split.*evaluate_split"):
+            getattr(record, name)
+        with pytest.raises(MaaslabError, match="val_loss, val_accuracy"):
+            History(epochs=[record]).column(name)
+
+
 def test_an_old_history_with_test_figures_is_refused():
     old = {"epochs": [{"epoch": 1, "train_loss": 0.5, "test_loss": 0.4}]}
     with pytest.raises(MaaslabError, match="before training measured a validation split"):
