@@ -13,6 +13,7 @@ from torch import nn
 from maaslab.evaluation import confusion_matrix
 from maaslab.exercises.grading import (
     CheckResult,
+    answer_number,
     call_answer,
     check_array,
     exercise,
@@ -138,10 +139,9 @@ def check_ece(fn: Callable) -> CheckResult:
         got, bad = call_answer(name, fn, confidence, correct, n_bins)
         if bad is not None:  # a CheckResult is falsy when it fails
             return bad
-        try:
-            value = float(got)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return failed(name, f"expected one number, got {type(got).__name__} on {what}")
+        value, bad = answer_number(name, got, what)
+        if bad is not None:
+            return bad
         expected = reliability(confidence, correct, n_bins).ece
         if np.isnan(value):
             return failed(

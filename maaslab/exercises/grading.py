@@ -154,6 +154,14 @@ def answer_array(name: str, got: object) -> tuple[np.ndarray | None, CheckResult
     return array, None
 
 
+def answer_number(name: str, got: object, where: str) -> tuple[float | None, CheckResult | None]:
+    """An answer as one float, or (None, a failed verdict saying what came back `where`)."""
+    try:
+        return float(got), None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None, failed(name, f"expected one number, got {type(got).__name__} on {where}")
+
+
 def _as_floats(value: object) -> np.ndarray | None:
     # Numbers, lists, arrays and tensors (detached) as a float array; None when not numeric.
     try:

@@ -17,6 +17,7 @@ import torch
 
 from maaslab.exercises.grading import (
     CheckResult,
+    answer_number,
     call_answer,
     exercise,
     failed,
@@ -338,10 +339,9 @@ def check_macro_f1(fn: Callable) -> CheckResult:
         got, bad = call_answer(name, fn, y, y_hat)
         if bad is not None:  # a CheckResult is falsy when it fails
             return bad
-        try:
-            value = float(got)  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return failed(name, f"expected one number, got {type(got).__name__} on {what}")
+        value, bad = answer_number(name, got, what)
+        if bad is not None:
+            return bad
         expected = precision_recall_f1(y, y_hat).macro_f1
         if abs(value - expected) > 1e-9:
             why = first_mistake(value, _f1_mistakes(y, y_hat), rtol=1e-9)
