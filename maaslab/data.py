@@ -170,6 +170,29 @@ def split_train_val(
     return X_train, y_train, X_val, y_val
 
 
+def token_sequences(
+    name: str, X: np.ndarray, y: np.ndarray, vocab_size: int, description: str, **meta: object
+) -> Dataset:
+    """Integer sequences (N, T) with labels as a Dataset: the first 70 % train, the next 10 %
+    validation, the last 20 % test (the toy sequence tasks of lesson 07 share this split)."""
+    val, cut = int(0.7 * len(X)), int(0.8 * len(X))
+    return Dataset(
+        name=name,
+        task="classification",
+        X_train=X[:val].astype(np.float32),
+        y_train=y[:val].astype(np.int64),
+        X_val=X[val:cut].astype(np.float32),
+        y_val=y[val:cut].astype(np.int64),
+        X_test=X[cut:].astype(np.float32),
+        y_test=y[cut:].astype(np.int64),
+        feature_names=tuple(f"t{i}" for i in range(X.shape[1])),
+        class_names=tuple(str(i) for i in range(vocab_size)),
+        input_shape=(X.shape[1],),
+        description=description,
+        meta=dict(meta),
+    )
+
+
 def load_dataset(
     name: str,
     *,

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maaslab.data import Dataset
+from maaslab.data import Dataset, token_sequences
 from maaslab.errors import MaaslabError
 
 
@@ -210,22 +210,8 @@ def max_token_dataset(
     rng = np.random.default_rng(seed)
     X = rng.integers(0, vocab_size, size=(n_samples, seq_len))
     y = X.max(axis=1)
-    # 70 % train, 10 % validation, the last 20 % test
-    val, cut = int(0.7 * n_samples), int(0.8 * n_samples)
-    return Dataset(
-        name="max-token",
-        task="classification",
-        X_train=X[:val].astype(np.float32),
-        y_train=y[:val].astype(np.int64),
-        X_val=X[val:cut].astype(np.float32),
-        y_val=y[val:cut].astype(np.int64),
-        X_test=X[cut:].astype(np.float32),
-        y_test=y[cut:].astype(np.int64),
-        feature_names=tuple(f"t{i}" for i in range(seq_len)),
-        class_names=tuple(str(i) for i in range(vocab_size)),
-        input_shape=(seq_len,),
-        description="sequences of random digits; the label is the largest digit",
-    )
+    description = "sequences of random digits; the label is the largest digit"
+    return token_sequences("max-token", X, y, vocab_size, description)
 
 
 @torch.no_grad()

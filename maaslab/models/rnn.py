@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maaslab.data import Dataset
+from maaslab.data import Dataset, token_sequences
 from maaslab.errors import MaaslabError
 
 CELLS = ("rnn", "lstm")  # the hand-written Elman RNN, torch's LSTM
@@ -150,22 +150,16 @@ def recall_dataset(
         )
     rng = np.random.default_rng(seed)
     X = rng.integers(0, vocab_size, size=(n_samples, distance + 1))
-    y = X[:, 0]
-    val, cut = int(0.7 * n_samples), int(0.8 * n_samples)
-    return Dataset(
-        name=f"recall-{distance}",
-        task="classification",
-        X_train=X[:val].astype(np.float32),
-        y_train=y[:val].astype(np.int64),
-        X_val=X[val:cut].astype(np.float32),
-        y_val=y[val:cut].astype(np.int64),
-        X_test=X[cut:].astype(np.float32),
-        y_test=y[cut:].astype(np.int64),
-        feature_names=tuple(f"t{i}" for i in range(distance + 1)),
-        class_names=tuple(str(i) for i in range(vocab_size)),
-        input_shape=(distance + 1,),
-        description=f"random digits; the label is the first digit, {distance} steps back",
-        meta={"distance": distance, "seed": seed, "n_samples": n_samples},
+    description = f"random digits; the label is the first digit, {distance} steps back"
+    return token_sequences(
+        f"recall-{distance}",
+        X,
+        X[:, 0],
+        vocab_size,
+        description,
+        distance=distance,
+        seed=seed,
+        n_samples=n_samples,
     )
 
 
