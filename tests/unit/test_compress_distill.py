@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sealed import Sealed
 
 from maaslab.assets import sentiment_accuracy
 from maaslab.auto import load
@@ -118,24 +119,12 @@ def test_fast_distillation_runs_reports_progress_and_round_trips(teacher, tmp_pa
         torch.testing.assert_close(again(ids), small(ids))
 
 
-class _Sealed:
-    """Stands in for the test reviews: any read of them fails the test."""
-
-    def _read(self, *args, **kwargs):
-        raise AssertionError("the test split was read")
-
-    __array__ = __len__ = __getitem__ = __iter__ = _read
-
-    def __getattr__(self, name):
-        self._read()
-
-
 def test_select_settings_ranks_on_validation_and_never_reads_the_test(teacher, monkeypatch):
     monkeypatch.setenv("MAASLAB_FAST", "1")
     real = sentiment.review_dataset
 
     def sealed(model, **kwargs):
-        return dataclasses.replace(real(model, **kwargs), X_test=_Sealed(), y_test=_Sealed())
+        return dataclasses.replace(real(model, **kwargs), X_test=Sealed(), y_test=Sealed())
 
     monkeypatch.setattr(sentiment, "review_dataset", sealed)
     with pytest.raises(AssertionError, match="test split was read"):

@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sealed import Sealed
 from torch import nn
 
 from maaslab import MaaslabError, seed_everything
@@ -132,21 +133,9 @@ def test_early_stopping_and_divergence_guard():
     assert history.stopped_early and not math.isfinite(history.step_loss[-1])
 
 
-class _Sealed:
-    """Stands in for a test array: any read of it fails the test that uses it."""
-
-    def _read(self, *args, **kwargs):
-        raise AssertionError("the test split was read")
-
-    __array__ = __len__ = __getitem__ = __iter__ = _read
-
-    def __getattr__(self, name):
-        self._read()
-
-
 def test_training_and_early_stopping_never_read_the_test_split():
     data = load_dataset("moons", n_samples=200)
-    sealed = dataclasses.replace(data, X_test=_Sealed(), y_test=_Sealed())
+    sealed = dataclasses.replace(data, X_test=Sealed(), y_test=Sealed())
     model = _mlp(sealed)
     # the seal holds: reading the test split fails (torch refuses it as an array, numpy and
     # Python code get an AssertionError)
