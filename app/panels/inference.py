@@ -132,7 +132,7 @@ def sentiment_panel(model) -> None:
         st.caption(cost(model, out.seconds))
         accuracy = model.metadata.get("test_accuracy", {}).get("overall")
         if accuracy:
-            st.caption(f"{accuracy:.1%} right on the 214 held-out reviews of assets/reviews")
+            st.caption(f"{accuracy:.1%} right on the 214 test reviews of assets/reviews")
     with right:
         st.plotly_chart(plots.probability_bars(out.probabilities[0], model.class_names))
     with st.expander("Attention: which tokens each token looks at"):
