@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from maaslab.data import Dataset
+from maaslab.device import get_device
 from maaslab.train import LossFn, TrainConfig, task_loss, train
 
 
@@ -87,8 +88,10 @@ def local_update(
         starts fresh every round, as the client keeps no state between rounds.
     mu : None for FedAvg (the task loss); a number for FedProx's proximal weight.
     """
-    worker.load_state_dict(global_model.state_dict())
-    anchor = [p.detach().clone() for p in global_model.parameters()]
+    device = get_device(cfg.device)
+    worker.to(device).load_state_dict(global_model.state_dict())
+    # the global weights where the worker trains (the server may keep them elsewhere)
+    anchor = [p.detach().to(device, copy=True) for p in global_model.parameters()]
     loss = None if mu is None else fedprox_loss(worker, anchor, mu, data.task)
     started = time.perf_counter()
     history = train(worker, data, cfg, loss=loss)

@@ -68,7 +68,9 @@ def test_one_client_one_full_batch_step_per_round_is_centralized_gradient_descen
     model = _mlp(digits)
     reference = copy.deepcopy(model)
     watch = Rounds()
-    cfg = FederatedConfig(rounds=rounds, local_epochs=1, batch_size=n, optimizer="sgd", lr=lr)
+    cfg = FederatedConfig(
+        rounds=rounds, local_epochs=1, batch_size=n, optimizer="sgd", lr=lr, device="cpu"
+    )
     run_federated(model, digits, partition_dataset(digits, 1), cfg, [watch])
 
     X, y = torch.from_numpy(digits.X_train), torch.from_numpy(digits.y_train)
@@ -111,7 +113,7 @@ def test_the_server_weights_each_client_by_its_examples(digits):
         alpha=None,
         seed=0,
     )
-    cfg = FederatedConfig(rounds=1, batch_size=4, lr=0.5, seed=5)
+    cfg = FederatedConfig(rounds=1, batch_size=4, lr=0.5, seed=5, device="cpu")
     model = _mlp(digits)
     start = copy.deepcopy(model)
     run_federated(model, digits, part, cfg)
