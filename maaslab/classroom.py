@@ -51,9 +51,12 @@ STUDENT_SETUP = """\
 # Student edition: write each answer where its stub stands (`raise NotAttempted(...)` or
 # `Unanswered(...)`). Until then its check says "not attempted yet", and what needs the answer
 # elsewhere is skipped with a ⏳ note instead of an error.
+from IPython import get_ipython
+from IPython.display import display
+
 from maaslab.exercises.unanswered import NotAttempted, Unanswered, skip_missing_answers
 
-skip_missing_answers()"""
+skip_missing_answers(get_ipython(), display)"""
 STATUSES = ("passed", "failed", "not attempted", "error", "missing")
 
 

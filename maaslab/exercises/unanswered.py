@@ -4,11 +4,11 @@
 of the notebooks with a stub. Inside a function the stub is `raise NotAttempted("name")`; for an
 answer that is a value it is `name = Unanswered("name")`, a value whose every use raises
 `NotAttempted`. A check decorated with `maaslab.exercises.grading.exercise` turns either into a
-"not attempted yet" verdict. Once `skip_missing_answers()` has run in the kernel (the student
-edition's first cell), a cell that reaches such an answer anywhere else (a comparison with the
-library, a plot of your function) stops there with one ⏳ note instead of a traceback; the names
-its skipped statements would set stand for the same missing answer, so a later cell that needs
-them is skipped in turn, and every cell that does not need them runs.
+"not attempted yet" verdict. Once `skip_missing_answers(get_ipython(), display)` has run in the
+kernel (the student edition's first cell), a cell that reaches such an answer anywhere else (a
+comparison with the library, a plot of your function) stops there with one ⏳ note instead of a
+traceback; the names its skipped statements would set stand for the same missing answer, so a
+later cell that needs them is skipped in turn, and every cell that does not need them runs.
 
 `NotAttempted` derives from BaseException, like KeyboardInterrupt: the checks and the learner's
 own code catch `Exception` to turn a wrong answer into a verdict, and a missing answer must pass
@@ -18,6 +18,9 @@ through them to the check's decorator (or to the cell) to be told apart from a w
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 # Output type of the note a cell shows when it stopped at an answer not written yet; the grader
 # (maaslab.classroom) reads it from the executed notebook.
@@ -83,20 +86,20 @@ def unanswered_in(value: object) -> Unanswered | None:
 
 
 class Skipped:
-    """What one cell skipped for an answer not written yet: one note, shown when it stops."""
+    """What one cell skipped for an answer not written yet: one note, shown (by `show`, the
+    notebook's display function) when it stops."""
 
-    def __init__(self) -> None:
+    def __init__(self, show: Callable[[object], object]) -> None:
+        self.show = show
         self.running = True  # False from the first statement that needed a missing answer on
         self.missing: Unanswered | None = None  # what the names of skipped statements stand for
         self.message = ""
 
     def skip(self, why: NotAttempted) -> None:
         """Stop the cell here: show the note once; the rest of the cell is skipped."""
-        from IPython.display import display
-
         self.running, self.missing = False, Unanswered(why.answer)
         self.message = f"⏳ {why} (the rest of this cell was skipped)"
-        display(self)
+        self.show(self)
 
     def _repr_mimebundle_(self, include: object = None, exclude: object = None) -> dict:
         return {"text/plain": self.message, SKIPPED_MIME: {"message": self.message}}
@@ -169,17 +172,20 @@ def _name(name: str, ctx: ast.expr_context | None = None) -> ast.Name:
     return ast.Name(name, ctx or ast.Load())
 
 
-def skip_missing_answers() -> None:
+def skip_missing_answers(shell: Any, show: Callable[[object], object]) -> None:
     """In a Jupyter kernel: from now on a statement that needs an answer not written yet is
     skipped with the rest of its cell (the names they set stand for that missing answer), and the
-    cell shows one ⏳ note instead of a traceback. Outside IPython it changes nothing."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return
-    shell = get_ipython()
+    cell shows one ⏳ note instead of a traceback.
+
+    Parameters
+    ----------
+    shell : the kernel's shell (IPython's `get_ipython()`); None (not in a kernel) changes
+        nothing.
+    show : how a note is shown (IPython's `display`): the notebook passes both, so this module
+        stays free of the notebook's UI.
+    """
     if shell is None:
         return
-    shell.user_ns.update({_ERROR: NotAttempted, "_maaslab_Skipped": Skipped})
+    shell.user_ns.update({_ERROR: NotAttempted, "_maaslab_Skipped": partial(Skipped, show)})
     if not any(isinstance(t, _SkipMissingAnswers) for t in shell.ast_transformers):
         shell.ast_transformers.append(_SkipMissingAnswers())
