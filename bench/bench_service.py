@@ -268,6 +268,28 @@ def core_line(cores: dict[str, float]) -> str:
     )
 
 
+def normal_load(
+    server: ServerProcess,
+    flood_pid: int,
+    key: str,
+    bodies: list[bytes],
+    rate: float,
+    seconds: float,
+) -> tuple[LoadResult, dict[str, float]]:
+    """B's open-loop load with its key for `seconds`, and the cores each part used meanwhile."""
+    cpu = cpu_snapshot(server, flood_pid)
+    result = run_load(
+        server.url,
+        MODEL,
+        concurrency=NORMAL_CLIENTS,
+        duration_s=seconds,
+        api_key=key,
+        bodies=bodies,
+        rate=rate,
+    )
+    return result, cores_used(cpu, cpu_snapshot(server, flood_pid))
+
+
 def flood_round(
     server: ServerProcess,
     pool: ProcessPoolExecutor,
@@ -292,17 +314,7 @@ def flood_round(
         rate=rates[0],
     )
     time.sleep(FLOOD_LEAD_S)  # B starts once A's queue has filled
-    cpu = cpu_snapshot(server, flood_pid)
-    normal = run_load(
-        server.url,
-        MODEL,
-        concurrency=NORMAL_CLIENTS,
-        duration_s=seconds,
-        api_key=keys[1],
-        bodies=bodies,
-        rate=rates[1],
-    )
-    cores = cores_used(cpu, cpu_snapshot(server, flood_pid))
+    normal, cores = normal_load(server, flood_pid, keys[1], bodies, rates[1], seconds)
     flooded = flood.result(timeout=seconds + 120)
     return flooded, normal, server_200s(server, keys[1]) - before, cores
 
@@ -379,17 +391,7 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             cores: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
             for k in range(args.rounds):
                 for name, (srv, (key_a, key_b)) in setups.items():
-                    cpu = cpu_snapshot(srv, flood_pid)
-                    alone = run_load(
-                        srv.url,
-                        MODEL,
-                        concurrency=NORMAL_CLIENTS,
-                        duration_s=seconds,
-                        api_key=key_b,
-                        bodies=bodies,
-                        rate=rates[1],
-                    )
-                    quiet = cores_used(cpu, cpu_snapshot(srv, flood_pid))
+                    alone, quiet = normal_load(srv, flood_pid, key_b, bodies, rates[1], seconds)
                     a, b, server_ok, busy = flood_round(
                         srv, pool, flood_pid, (key_a, key_b), bodies, rates, seconds
                     )
