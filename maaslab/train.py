@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
 from maaslab.callbacks import Callback, TrainState
 from maaslab.data import Dataset, make_loaders, split_loader
@@ -52,6 +53,13 @@ OPTIM_FILE = "optimizer.safetensors"
 RNG_FILE = "rng.safetensors"
 # A custom training loss: (model outputs, input batch, label batch) -> scalar tensor.
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# What a run steps with, replaced before its first step: (model, optimizer, training loader) ->
+# (module to step, optimizer, training loader). Opacus's PrivacyEngine.make_private has this
+# shape: per-example gradients, clipping and noise, Poisson-sampled batches (federated.privacy).
+Prepare = Callable[
+    [nn.Module, torch.optim.Optimizer, DataLoader],
+    tuple[nn.Module, torch.optim.Optimizer, DataLoader],
+]
 
 
 @dataclass(frozen=True)
@@ -372,6 +380,7 @@ def train(
     cfg: TrainConfig = TrainConfig(),
     callbacks: Sequence[Callback] = (),
     loss: LossFn | None = None,
+    prepare: Prepare | None = None,
 ) -> History:
     """Train `model` on `data` with `cfg`; return the History (also when a callback stops it).
 
@@ -386,11 +395,23 @@ def train(
     loss : the training loss as `loss(outputs, inputs, labels)` -> scalar (e.g. a distillation
         loss that also asks a teacher about `inputs`); None: cross-entropy, or MSE for
         regression. Validation loss and accuracy are always the task's standard ones.
+    prepare : replaces what the steps use before the first one: `prepare(model, optimizer,
+        train_loader)` -> (module, optimizer, train_loader), e.g. differentially private
+        training (maaslab.federated.privacy). The steps run `module`, which must share `model`'s
+        parameters; validation, callbacks and the History see `model`. A prepared loader may
+        yield empty batches (Poisson sampling): they take their step (the noise still moves the
+        weights) and add nothing to the epoch's mean loss. Not with checkpoints: what a
+        prepared optimizer keeps (an accountant's ledger) is not saved.
     """
+    if prepare is not None and cfg.checkpoint_dir:
+        raise MaaslabError(
+            "a run with `prepare` (e.g. differentially private training) does not checkpoint: "
+            "leave checkpoint_dir unset"
+        )
     device = get_device(cfg.device)
     threads = cpu_threads(model, cfg) if device.type == "cpu" else None
     with torch_threads(threads):
-        return _train(model, data, cfg, callbacks, device, loss)
+        return _train(model, data, cfg, callbacks, device, loss, prepare)
 
 
 def cpu_threads(model: nn.Module, cfg: TrainConfig) -> int:
@@ -408,6 +429,7 @@ def _train(
     callbacks: Sequence[Callback],
     device: torch.device,
     custom_loss: LossFn | None = None,
+    prepare: Prepare | None = None,
 ) -> History:
     model.to(device).train()
     torch.manual_seed(cfg.seed)
@@ -422,6 +444,9 @@ def _train(
             raise MaaslabError(f"no training checkpoint to resume from in {cfg.checkpoint_dir}")
         history = load_checkpoint(cfg.checkpoint_dir, model, optimizer, cfg, generator)
         history.stopped_early = False
+    step_model = model  # what train_step runs: the model, or what `prepare` wrapped it in
+    if prepare is not None:
+        step_model, optimizer, train_loader = prepare(model, optimizer, train_loader)
     history.steps_per_epoch = len(train_loader)
     groups = layer_groups(model)
     layer_names = list(groups)
@@ -465,12 +490,13 @@ def _train(
         norm_samples.clear()
         for xb, yb in train_loader:
             loss, out = train_step(
-                model, optimizer, xb, yb, data.task, loss=custom_loss, before_update=hook
+                step_model, optimizer, xb, yb, data.task, loss=custom_loss, before_update=hook
             )
             loss_value = loss.item()
             history.step_loss.append(loss_value)
-            loss_sum += loss_value * len(yb)
-            seen += len(yb)
+            if len(yb):  # an empty Poisson batch's mean loss is NaN and weighs nothing
+                loss_sum += loss_value * len(yb)
+                seen += len(yb)
             if classify:
                 # A language model's logits are (B, T, V): keeping a whole epoch of them would
                 # take gigabytes, so its step keeps only the (B, T) predicted ids.
@@ -489,7 +515,7 @@ def _train(
         history.epochs.append(
             EpochRecord(
                 epoch=state.epoch,
-                train_loss=loss_sum / seen,
+                train_loss=loss_sum / seen if seen else math.nan,
                 val_loss=val_loss,
                 train_accuracy=_accuracy(logits, labels) if classify else None,
                 val_accuracy=val_acc,

@@ -9,6 +9,9 @@ client minimises: the task loss plus a proximal term
 that pulls the local weights back towards the round's global weights, so clients with very
 different data drift apart less. It reaches train through its `loss` argument; with mu = 0 the
 term adds exactly nothing, and FedProx takes FedAvg's steps.
+
+A private client (privacy.ClientPrivacy) trains with DP-SGD instead: the same loop, with
+per-example clipping, noise and Poisson batches, and an accountant that keeps its epsilon.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from torch import nn
 
 from maaslab.data import Dataset
 from maaslab.device import get_device
+from maaslab.errors import MaaslabError
+from maaslab.federated.privacy import ClientPrivacy, private_train
 from maaslab.train import LossFn, TrainConfig, task_loss, train
 
 
@@ -35,6 +40,10 @@ class ClientRecord:
     val_accuracy: float | None  # its local model on the server's validation split
     drift: float  # ||w_client - w_global||: how far local training moved it this round
     seconds: float  # wall time of the local training
+    # DP-SGD only (None / 0 otherwise): the client's epsilon at its delta after this round, all
+    # the rounds it trained in composed, and the DP steps those rounds took together.
+    epsilon: float | None = None
+    dp_steps: int = 0
 
 
 @dataclass
@@ -76,6 +85,7 @@ def local_update(
     *,
     client: int = 0,
     mu: float | None = None,
+    privacy: ClientPrivacy | None = None,
 ) -> ClientUpdate:
     """Train a copy of the global weights on one client's data; return its weights and record.
 
@@ -87,14 +97,24 @@ def local_update(
     cfg : the local training: epochs, batch size, optimizer, learning rate, seed. The optimizer
         starts fresh every round, as the client keeps no state between rounds.
     mu : None for FedAvg (the task loss); a number for FedProx's proximal weight.
+    privacy : this client's DP-SGD settings and accountant (kept across its rounds); None
+        trains without it.
     """
+    if privacy is not None and mu is not None:
+        raise MaaslabError(
+            "DP-SGD clips each example's gradient, and FedProx's proximal term belongs to no "
+            "example: train a private client with FedAvg (mu=None)"
+        )
     device = get_device(cfg.device)
     worker.to(device).load_state_dict(global_model.state_dict())
     # the global weights where the worker trains (the server may keep them elsewhere)
     anchor = [p.detach().to(device, copy=True) for p in global_model.parameters()]
     loss = None if mu is None else fedprox_loss(worker, anchor, mu, data.task)
     started = time.perf_counter()
-    history = train(worker, data, cfg, loss=loss)
+    if privacy is None:
+        history = train(worker, data, cfg, loss=loss)
+    else:
+        history = private_train(worker, data, cfg, privacy)
     last = history.epochs[-1]
     record = ClientRecord(
         client=client,
@@ -104,6 +124,8 @@ def local_update(
         val_accuracy=last.val_accuracy,
         drift=weight_distance(worker, anchor),
         seconds=time.perf_counter() - started,
+        epsilon=None if privacy is None else privacy.epsilon(),
+        dp_steps=0 if privacy is None else privacy.steps,
     )
     state = {k: v.detach().clone() for k, v in worker.state_dict().items()}
     return ClientUpdate(state=state, record=record)

@@ -12,6 +12,9 @@ server sees only weights. With one client, full participation and one full-batch
 a round is exactly one step of centralized full-batch gradient descent (the oracle test).
 
 Round 0 of the history is the initial model, evaluated before any client trained.
+
+With `dp=True` every client trains with DP-SGD (privacy.py) and keeps its own accountant over
+the rounds it takes part in; each round records the largest epsilon any client has spent.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from maaslab.device import get_device
 from maaslab.errors import MaaslabError
 from maaslab.federated.client import ClientRecord, local_update
 from maaslab.federated.partition import Partition, client_dataset
+from maaslab.federated.privacy import ClientPrivacy, check_dp_settings, check_private
 from maaslab.runtime import torch_threads
 from maaslab.train import TrainConfig, cpu_threads, evaluate_split
 
@@ -57,6 +61,17 @@ class FederatedConfig:
     mu: float = 0.0  # FedProx's proximal weight (0 takes FedAvg's steps); FedAvg needs 0
     seed: int = 0  # seeds the client sampling and every client's shuffling and dropout
     device: str | None = None  # None -> maaslab.device.get_device() (MAASLAB_DEVICE honoured)
+    # DP-SGD on every client (privacy.py): per-example clipping, Gaussian noise, Poisson batches
+    # of `batch_size` examples on average, epsilon per round. The four fields below are read
+    # only with dp=True (their values are checked either way).
+    dp: bool = False
+    # sigma: the noise's standard deviation as a multiple of max_grad_norm; more noise, smaller
+    # epsilon, lower accuracy (0 clips without noise: epsilon is infinite).
+    noise_multiplier: float = 1.0
+    max_grad_norm: float = 1.0  # C: every example's gradient is clipped to this L2 norm
+    # delta of the (epsilon, delta) guarantee: keep it well below 1 / (a client's examples)
+    delta: float = 1e-5
+    accountant: str = "rdp"  # privacy.ACCOUNTANTS: "rdp" (upper bound, cheap) or "prv" (tighter)
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.local_epochs < 1:
@@ -78,6 +93,18 @@ class FederatedConfig:
                 "or mu=0 for FedAvg"
             )
         self.train_config(0)  # the local training's own checks: optimizer, lr, batch_size
+        check_dp_settings(self.noise_multiplier, self.max_grad_norm, self.delta, self.accountant)
+        if self.dp and self.algorithm != "fedavg":
+            raise MaaslabError(
+                "dp=True clips each example's gradient, and FedProx's proximal term belongs to "
+                "no example: use algorithm='fedavg' with dp"
+            )
+
+    def client_privacy(self) -> ClientPrivacy | None:
+        """A fresh DP-SGD accountant for one client, or None without dp."""
+        if not self.dp:
+            return None
+        return ClientPrivacy(self.noise_multiplier, self.max_grad_norm, self.delta, self.accountant)
 
     def train_config(self, seed: int) -> TrainConfig:
         """The TrainConfig of one client's local training (seeded per client and round)."""
@@ -101,6 +128,9 @@ class RoundRecord:
     val_loss: float  # the new global model on the validation split
     val_accuracy: float | None  # None for regression
     seconds: float  # wall time of the round, evaluation included
+    # With dp: the largest epsilon (at cfg.delta) any client has spent up to this round, every
+    # round it trained in composed (0 in round 0); None without dp.
+    epsilon: float | None = None
 
 
 @dataclass
@@ -114,6 +144,11 @@ class FederatedResult:
     test_accuracy: float | None = None
     wall_time: float = 0.0  # seconds in run_federated
     stopped_early: bool = False  # a callback stopped it before cfg.rounds
+
+    @property
+    def epsilon(self) -> float | None:
+        """The run's privacy guarantee: the last round's epsilon (None without dp)."""
+        return self.rounds[-1].epsilon if self.rounds else None
 
     def column(self, name: str) -> list[Any]:
         """One global figure across rounds (round 0 first), e.g. result.column("val_accuracy")."""
@@ -234,6 +269,10 @@ def run_federated(
     clients = [client_dataset(data, partition, k) for k in range(partition.n_clients)]
     # refuse a sample larger than the federation before any client trains
     sample_clients(partition.n_clients, cfg.clients_per_round, cfg.seed, 1)
+    privacy = {k: cfg.client_privacy() for k in range(partition.n_clients)}
+    if cfg.dp:
+        _check_private_run(model, partition, cfg)
+    spent = dict.fromkeys(privacy, 0.0)  # each client's epsilon so far
     device = get_device(cfg.device)
     model.to(device)
     worker = copy.deepcopy(model)  # trains each sampled client in turn
@@ -243,7 +282,7 @@ def run_federated(
     state = FederatedState(model=model, result=result)
     mu = cfg.mu if cfg.algorithm == "fedprox" else None
     with torch_threads(threads):
-        result.rounds.append(_evaluated(model, data, 0, [], started))
+        result.rounds.append(_evaluated(model, data, 0, [], started, 0.0 if cfg.dp else None))
         for cb in callbacks:
             cb.on_run_begin(state)
         while state.round < cfg.rounds and not state.stop:
@@ -252,7 +291,9 @@ def run_federated(
             chosen = sample_clients(partition.n_clients, cfg.clients_per_round, cfg.seed, round_)
             for k in chosen:
                 local = cfg.train_config(client_seed(cfg.seed, round_, int(k)))
-                update = local_update(worker, model, clients[k], local, client=int(k), mu=mu)
+                update = local_update(
+                    worker, model, clients[k], local, client=int(k), mu=mu, privacy=privacy[k]
+                )
                 states.append(update.state)
                 records.append(update.record)
                 for cb in callbacks:
@@ -262,7 +303,9 @@ def run_federated(
             if state.stop and len(records) < len(chosen):
                 break  # a partial round is not averaged: the global model stays the last one
             model.load_state_dict(weighted_average(states, [r.examples for r in records]))
-            result.rounds.append(_evaluated(model, data, round_, records, round_start))
+            spent.update((r.client, r.epsilon) for r in records if r.epsilon is not None)
+            epsilon = max(spent.values()) if cfg.dp else None
+            result.rounds.append(_evaluated(model, data, round_, records, round_start, epsilon))
             state.round = round_
             for cb in callbacks:
                 cb.on_round_end(state)
@@ -275,8 +318,25 @@ def run_federated(
     return result
 
 
+def _check_private_run(model: nn.Module, partition: Partition, cfg: FederatedConfig) -> None:
+    # before any client trains: a model DP-SGD cannot train, a delta too large for the clients
+    check_private(model)
+    smallest = int(partition.sizes.min())
+    if cfg.delta >= 1 / smallest:
+        raise MaaslabError(
+            f"delta={cfg.delta} is not small next to the smallest client's {smallest} examples: "
+            f"a guarantee with delta >= 1/n allows leaking an example outright; choose "
+            f"delta well below {1 / smallest:.2g}"
+        )
+
+
 def _evaluated(
-    model: nn.Module, data: Dataset, round_: int, records: list[ClientRecord], started: float
+    model: nn.Module,
+    data: Dataset,
+    round_: int,
+    records: list[ClientRecord],
+    started: float,
+    epsilon: float | None,
 ) -> RoundRecord:
     val_loss, val_accuracy = evaluate_split(model, data, "val")
     return RoundRecord(
@@ -285,4 +345,5 @@ def _evaluated(
         val_loss=val_loss,
         val_accuracy=val_accuracy,
         seconds=time.perf_counter() - started,
+        epsilon=epsilon,
     )
