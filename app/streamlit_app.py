@@ -20,6 +20,7 @@ PAGES = [
     ("Use", "explain", "Explain", ":material/insights:"),
     ("Use", "serve", "Serve", ":material/dns:"),
     ("Use", "compress", "Compress", ":material/compress:"),
+    ("Use", "federated", "Federated", ":material/hub:"),
 ]
 
 sections: dict[str, list] = {}

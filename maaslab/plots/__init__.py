@@ -21,6 +21,7 @@ from maaslab.plots.explain import (
     token_attribution,
     waterfall,
 )
+from maaslab.plots.federated import drift_curve, label_mix, rounds_curve
 from maaslab.plots.linreg import (
     batch_size_comparison,
     fitted_lines,
@@ -81,6 +82,7 @@ __all__ = [
     "deletion_curves",
     "digit_canvas",
     "digit_grid",
+    "drift_curve",
     "embedding_scatter",
     "engine_tiles",
     "feature_map_grid",
@@ -91,6 +93,7 @@ __all__ = [
     "heads_grid",
     "image_attribution",
     "kv_block_map",
+    "label_mix",
     "latency_histogram",
     "latency_timeline",
     "live_timeline",
@@ -107,6 +110,7 @@ __all__ = [
     "race_loss",
     "reliability_diagram",
     "request_streams",
+    "rounds_curve",
     "run_comparison",
     "sampling_bars",
     "scaling_bars",
