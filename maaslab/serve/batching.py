@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 BatchFn = Callable[[list[Any]], Sequence[Any]]  # payloads -> one result (or exception) each
 BatchHook = Callable[[int, int, float], None]  # (rows, requests, seconds) after every batch
@@ -138,6 +138,37 @@ class FairQueue:
         """Take no more; waiters get None once what is queued has been taken."""
         self.closed = True
         self._changed.set()
+
+
+class ModelQueue(Protocol):
+    """What a ServedModel's routes call to run a request: a Batcher here, or a queue that
+    forwards each request to the model's replicas elsewhere (maaslab.scale.ray_serve)."""
+
+    on_batch: BatchHook | None  # metrics after every batch run here (None: not watched)
+    on_share: ShareHook | None  # metering of each tenant's share of a batch run here
+
+    @property
+    def depth(self) -> int:
+        """Requests waiting (for the metrics' queue gauge)."""
+        ...
+
+    def full(self, tenant: Hashable = None) -> bool:
+        """True when one more request of `tenant` would be refused at once."""
+        ...
+
+    def start(self) -> None:
+        """Start on the running event loop (the app's startup)."""
+        ...
+
+    async def submit(
+        self, payload: Any, rows: int = 1, timeout: float | None = None, tenant: Hashable = None
+    ) -> Any:
+        """Run one request and return its result (Overloaded, RequestTimeout, ShuttingDown)."""
+        ...
+
+    async def close(self) -> None:
+        """Finish what was accepted and stop (the app's shutdown)."""
+        ...
 
 
 class Batcher:

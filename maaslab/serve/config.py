@@ -13,6 +13,7 @@ from maaslab.errors import MaaslabError
 from maaslab.serve.drain import DRAIN_GRACE_S
 
 DEFAULT_MODELS = ("digits-cnn", "sentiment-minilm", "mini-gpt", "minilm-embed")
+ENGINES = ("process", "ray")  # where the models run: this process, or Ray Serve deployments
 
 
 @dataclass(frozen=True)
@@ -178,11 +179,78 @@ class ServeConfig:
         return f"{mode} · queue {self.max_queue}"
 
 
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Where a ServeConfig's models run: this process, or Ray Serve deployments (one per model,
+    behind the same routes: maaslab.scale.ray_serve)."""
+
+    engine: str = "process"  # "process" (maaslab.serve alone) or "ray" (Ray Serve)
+    replicas: int | None = None  # ray: replicas of each model's deployment (None: one)
+    # ray: (min, max) replicas of each model, following the load; excludes `replicas`.
+    autoscale: tuple[int, int] | None = None
+    address: str | None = None  # ray: the cluster to join ("HOST:PORT"); None: a local one
+
+    MAX_REPLICAS: ClassVar[int] = 64  # replicas of one model at most (fixed or autoscaled)
+
+    def __post_init__(self) -> None:
+        # The Ray flags mean nothing to the process engine: refuse them rather than ignore them.
+        if self.engine not in ENGINES:
+            raise MaaslabError(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.engine == "process":
+            given = [
+                flag
+                for flag, value in (
+                    ("--replicas", self.replicas),
+                    ("--autoscale", self.autoscale),
+                    ("--address", self.address),
+                )
+                if value is not None
+            ]
+            if given:
+                raise MaaslabError(
+                    f"{', '.join(given)} needs --engine ray (the process engine runs one copy "
+                    "of each model; use --instances for more compute threads)"
+                )
+            return
+        if self.replicas is not None and self.autoscale is not None:
+            raise MaaslabError(
+                "give either --replicas N (fixed) or --autoscale MIN,MAX (by load), not both"
+            )
+        if self.replicas is not None and not 1 <= self.replicas <= self.MAX_REPLICAS:
+            raise MaaslabError(f"--replicas must be 1..{self.MAX_REPLICAS}, got {self.replicas}")
+        if self.autoscale is not None:
+            low, high = self.autoscale
+            if not 1 <= low <= high <= self.MAX_REPLICAS:
+                raise MaaslabError(
+                    f"--autoscale MIN,MAX needs 1 <= MIN <= MAX <= {self.MAX_REPLICAS}, "
+                    f"got {low},{high}"
+                )
+
+    def check(self, config: ServeConfig) -> None:
+        """Refuse what the chosen engine cannot serve of `config` (MaaslabError)."""
+        if self.engine == "ray" and config.repository:
+            raise MaaslabError(
+                "--repository is served by --engine process only: name the models with "
+                "--models for --engine ray"
+            )
+
+
 def _models(text: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
         raise argparse.ArgumentTypeError("name at least one model, e.g. digits-cnn")
     return names
+
+
+def _min_max(text: str) -> tuple[int, int]:
+    parts = text.split(",")
+    try:
+        low, high = (int(x) for x in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"takes MIN,MAX replicas as two whole numbers, e.g. 1,4 (got {text!r})"
+        ) from None
+    return low, high
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:
@@ -299,6 +367,33 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
         help="on SIGTERM, how long accepted work may still run; streams still running then "
         "end with an error event and the exit status is 75 (default: request timeout + 5)",
     )
+    p.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="process",
+        help="where the models run: this process, or Ray Serve with one deployment per model "
+        "behind the same routes (default: process)",
+    )
+    p.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="with --engine ray: replicas of each model (default: 1)",
+    )
+    p.add_argument(
+        "--autoscale",
+        type=_min_max,
+        default=None,
+        metavar="MIN,MAX",
+        help="with --engine ray: replicas of each model follow the load between MIN and MAX",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDR",
+        help="with --engine ray: join this Ray cluster (ray start's HOST:PORT; default: start "
+        "a local one)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> ServeConfig:
@@ -329,3 +424,10 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         drain_timeout_s=args.drain_timeout_s,
         half_precision=not args.no_half_precision,
     )
+
+
+def scale_from_args(args: argparse.Namespace, config: ServeConfig) -> ScaleConfig:
+    """The ScaleConfig the --engine flags describe, checked against the server's `config`."""
+    scale = ScaleConfig(args.engine, args.replicas, args.autoscale, args.address)
+    scale.check(config)
+    return scale

@@ -21,7 +21,7 @@ import torch
 
 from maaslab.errors import MaaslabError
 from maaslab.llm.engine import EngineConfig
-from maaslab.serve.batching import Batcher
+from maaslab.serve.batching import Batcher, ModelQueue
 from maaslab.serve.config import ServeConfig
 from maaslab.serve.llm_service import EngineService
 
@@ -40,7 +40,9 @@ class ServedModel:
     kind: str  # "digits" | "sentiment" | "generator" | "embedder"
     wrapper: Any  # the maaslab.zoo wrapper: predict / generate / complete / embed
     device: torch.device
-    batcher: Batcher | None = None  # None for models answered one request at a time
+    # Its request queue: a Batcher, or one that forwards to replicas elsewhere (ModelQueue);
+    # None for models answered one request at a time.
+    batcher: ModelQueue | None = None
     service: EngineService | None = None  # a language model's engine (generators: mini-llama)
     precision: str = "fp32"  # "fp16" when half precision on CUDA kept the answers
     load_seconds: float = 0.0
