@@ -22,11 +22,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from maaslab.auto import LANGUAGE_MODELS, LOADERS, shipped
 from maaslab.errors import MaaslabError
 from maaslab.paths import MODELS_DIR
-from maaslab.registry import atomic_folder, read_config
-from maaslab.zoo import CAUSAL_LM_TYPES
+
+# maaslab.auto (the zoo, transformers) is imported on first use: the CLI builds its parser from
+# this module's names for every command, and importing the zoo takes seconds.
 
 TARGETS = ("triton", "kserve", "ray")
 ONNX_TARGETS = ("triton", "kserve")  # the targets that receive an ONNX graph
@@ -160,6 +160,8 @@ class Source:
 
 
 def _folder_kind(folder: Path, config: dict) -> tuple[str | None, str]:
+    from maaslab.zoo import CAUSAL_LM_TYPES
+
     model_type = config["model_type"]
     if "compression" in config:
         base = config["compression"].get("base_model", "the model it was made from")
@@ -178,6 +180,9 @@ def _folder_kind(folder: Path, config: dict) -> tuple[str | None, str]:
 
 def resolve_model(name: str) -> Source:
     """The model `name` names (a shipped model or a model folder), and whether ONNX carries it."""
+    from maaslab.auto import LANGUAGE_MODELS, LOADERS, shipped
+    from maaslab.registry import read_config
+
     if shipped(name):
         folder = MODELS_DIR / name
         folder = folder if folder.is_dir() else None
@@ -212,6 +217,7 @@ def export_bundle(config: ExportConfig) -> ExportResult:
     ----------
     config : the model, the target (triton, kserve, ray), the folder and the engine's options.
     """
+    from maaslab.registry import atomic_folder
     from maaslab.scale import export_kserve, export_ray, export_triton
 
     source = resolve_model(config.model)
