@@ -1,4 +1,5 @@
-"""`python -m maaslab`: doctor, train, evaluate, assets, serve, keys, repository, classroom.
+"""`python -m maaslab`: doctor, train, evaluate, assets, serve, keys, repository, classroom,
+export.
 
 User errors print one line on stderr and exit with code 2; nothing is half-written.
 """
@@ -212,7 +213,113 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument(
         "--deadline", type=float, default=600.0, help="seconds per notebook (default: 600)"
     )
+    _add_export_parser(sub)
     return parser
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected sizes like 8,16,32, got {text!r}") from None
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"expected sizes like 8,16,32, got {text!r}")
+    return sizes
+
+
+def _range(text: str) -> tuple[int, int]:
+    sizes = _sizes(text)
+    if len(sizes) != 2:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX such as 1,4, got {text!r}")
+    return sizes[0], sizes[1]
+
+
+def _add_export_parser(sub) -> None:
+    from dataclasses import fields
+
+    from maaslab.scale.export import INSTANCE_KINDS, TARGETS, ExportConfig
+
+    default = {f.name: f.default for f in fields(ExportConfig)}
+    ex = sub.add_parser(
+        "export",
+        help="export a model as a bundle for Triton, KServe or Ray Serve",
+        description="Write a bundle another engine runs: a Triton model repository (ONNX graph "
+        "+ config.pbtxt), a KServe InferenceService with that repository, or a Ray Serve config "
+        "file for `serve deploy`. The bundle is checked before it is kept; its README.md says "
+        "the one command that runs it.",
+    )
+    ex.add_argument("model", metavar="NAME", help="a shipped model's name or a model folder")
+    ex.add_argument("--to", dest="target", required=True, choices=TARGETS, help="the engine")
+    ex.add_argument("out", type=Path, metavar="OUT", help="bundle folder to write (new or empty)")
+    ex.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=default["max_batch_size"],
+        help=f"rows per batch at most (default: {default['max_batch_size']})",
+    )
+    ex.add_argument(
+        "--preferred-batch-sizes",
+        type=_sizes,
+        default=None,
+        metavar="N,N",
+        help="Triton: batch sizes the dynamic batcher prefers (default: the max batch size)",
+    )
+    ex.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        default=default["max_queue_delay_us"],
+        metavar="US",
+        help="how long a request waits to be batched, in µs "
+        f"(default: {default['max_queue_delay_us']})",
+    )
+    ex.add_argument(
+        "--instances",
+        type=int,
+        default=default["instance_count"],
+        help=f"Triton: model instances (default: {default['instance_count']})",
+    )
+    ex.add_argument(
+        "--instance-kind",
+        choices=INSTANCE_KINDS,
+        default=default["instance_kind"],
+        help="Triton: where instances run (default: auto, GPUs if any)",
+    )
+    ex.add_argument(
+        "--canary",
+        type=int,
+        default=None,
+        metavar="PERCENT",
+        help="KServe: traffic share of this revision over a running one (default: all at once)",
+    )
+    ex.add_argument(
+        "--storage-uri",
+        default=None,
+        metavar="URI",
+        help="KServe: where the model repository is uploaded (default: pvc://maaslab-models/NAME)",
+    )
+    ex.add_argument(
+        "--replicas",
+        type=int,
+        default=default["replicas"],
+        help=f"Ray / KServe: replicas when not autoscaling (default: {default['replicas']})",
+    )
+    ex.add_argument(
+        "--autoscale",
+        type=_range,
+        default=None,
+        metavar="MIN,MAX",
+        help="Ray / KServe: autoscale between MIN and MAX replicas (default: fixed --replicas)",
+    )
+    ex.add_argument(
+        "--replica-cpus",
+        type=float,
+        default=default["replica_cpus"],
+        help=f"Ray: CPUs each model replica reserves (default: {default['replica_cpus']:g})",
+    )
+    ex.add_argument(
+        "--name", default=None, help="the served name (default: from NAME, as a Kubernetes name)"
+    )
+    ex.add_argument("--force", action="store_true", help="replace a non-empty OUT")
 
 
 def _limit(text: str) -> float | None:
@@ -522,6 +629,37 @@ def cmd_classroom(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write and check an export bundle; print what was written, checked, and how to run it."""
+    from maaslab.scale.export import ExportConfig, export_bundle
+
+    config = ExportConfig(
+        model=args.model,
+        target=args.target,
+        out=args.out,
+        max_batch_size=args.max_batch_size,
+        preferred_batch_sizes=args.preferred_batch_sizes,
+        max_queue_delay_us=args.max_queue_delay_us,
+        instance_count=args.instances,
+        instance_kind=args.instance_kind,
+        canary_percent=args.canary,
+        storage_uri=args.storage_uri,
+        replicas=args.replicas,
+        autoscale=args.autoscale,
+        replica_cpus=args.replica_cpus,
+        model_name=args.name,
+        force=args.force,
+    )
+    result = export_bundle(config)
+    print(f"wrote {result.out}: {result.target} bundle of {result.model_name}")
+    for name in result.files:
+        print(f"  {name}")
+    for check in result.checks:
+        print(f"checked: {check}")
+    print(f"run it: {result.command}  (see {result.out / 'README.md'})")
+    return 0
+
+
 COMMANDS = {
     "doctor": cmd_doctor,
     "train": cmd_train,
@@ -531,6 +669,7 @@ COMMANDS = {
     "keys": cmd_keys,
     "repository": cmd_repository,
     "classroom": cmd_classroom,
+    "export": cmd_export,
 }
 
 
