@@ -195,16 +195,30 @@ def aggregate(
     states: Sequence[dict[str, torch.Tensor]],
     weights: Sequence[float],
     method: str = "plain",
-    **options: object,
+    *,
+    clients: Sequence[int] | None = None,
+    round_: int = 0,
+    seed: int = 0,
+    secagg: SecAggConfig | None = None,
+    keys: CKKSKeys | None = None,
 ) -> Aggregation:
     """FedAvg's weighted average of state_dicts by `method`; `.average` is the new global state.
 
-    With method="plain" the average equals fedavg.weighted_average's bit for bit. `options` are
-    aggregate_vectors' keywords (clients, round_, seed, secagg, keys).
+    With method="plain" the average equals fedavg.weighted_average's bit for bit. The other
+    arguments are aggregate_vectors'.
     """
     if not states:
         raise MaaslabError("averaging needs at least one state_dict")
-    result = aggregate_vectors([flatten_state(s) for s in states], weights, method, **options)
+    result = aggregate_vectors(
+        [flatten_state(s) for s in states],
+        weights,
+        method,
+        clients=clients,
+        round_=round_,
+        seed=seed,
+        secagg=secagg,
+        keys=keys,
+    )
     return replace(result, average=unflatten_state(result.vector, states[0]))
 
 

@@ -12,11 +12,11 @@ and only the key holder can decrypt the sum. Three parties, three contexts (make
   TenSEAL raises if the server's context is asked to decrypt (or encrypt).
 
 CKKS is approximate: a value is encoded as round(x * scale) and encryption adds small noise, so
-the decrypted sum differs from the true sum by about K * 1e-8 at the default scale 2^40 (a
-relative error near 1e-12 for sums of size ~1e4) -- far below the float32 resolution of the
-weights. A ciphertext holds poly_modulus_degree / 2 numbers (its slots), so an update of P
-numbers travels as ceil(P / slots) ciphertexts, each ~230 KB at the defaults: about 57 bytes per
-number against 4 for plain float32 weights.
+the decrypted sum differs from the true sum by a few times 1e-8 at the default scale 2^40
+(measured: 2e-8 on a sum of five vectors of size ~1e3), whatever the sum's size -- far below
+the float32 resolution of the weights. A ciphertext holds poly_modulus_degree / 2 numbers (its
+slots), so an update of P numbers travels as ceil(P / slots) ciphertexts, each ~230 KB at the
+defaults however full: about 57 bytes per number against 4 for plain float32 weights.
 
 Parameters (CKKSConfig), the choices and why:
 - poly_modulus_degree N = 8192: 4096 slots a ciphertext. Security fixes how large the
@@ -132,6 +132,11 @@ def encrypt_update(context: ts.Context, x: np.ndarray, slots: int) -> list[bytes
     return [ts.ckks_vector(context, x[i : i + slots]).serialize() for i in range(0, x.size, slots)]
 
 
+def chunks_needed(size: int, cfg: CKKSConfig = CKKSConfig()) -> int:
+    """Ciphertexts one update of `size` numbers takes: ceil(size / slots)."""
+    return math.ceil(size / cfg.slots)
+
+
 def sum_ciphertexts(server: ts.Context, updates: Sequence[Sequence[bytes]]) -> list[bytes]:
     """The server's job: add the clients' ciphertexts, chunk by chunk, without the secret key."""
     if server.is_private():
@@ -209,8 +214,3 @@ def encrypted_sum(vectors: Sequence[np.ndarray], keys: CKKSKeys | None = None) -
         decrypt_seconds=done - decrypting,
         setup_seconds=keys.seconds,
     )
-
-
-def chunks_needed(size: int, cfg: CKKSConfig = CKKSConfig()) -> int:
-    """Ciphertexts one update of `size` numbers takes: ceil(size / slots)."""
-    return math.ceil(size / cfg.slots)
