@@ -237,7 +237,10 @@ def write_repository(
         example = torch.as_tensor(model.encode(["A fine film.", "Not good at all."])[0])
     version = root / name / VERSION
     version.mkdir(parents=True)
-    onnx_path = export_onnx(served, example, version / ONNX_FILE)
+    try:
+        onnx_path = export_onnx(served, example, version / ONNX_FILE)
+    except MaaslabError as err:
+        raise MaaslabError(f"{err}; export {source.name} with --to ray instead") from None
     rename_io(onnx_path, {"x": INPUT_NAMES[source.kind], "logits": OUTPUT_NAME})
     (root / name / CONFIG_FILE).write_text(config_text(name, onnx_path, config), encoding="utf-8")
     checks = check_config((root / name / CONFIG_FILE).read_text(encoding="utf-8"), onnx_path)
