@@ -10,6 +10,10 @@
   the server saw from each client and the cost in bytes and seconds.
 - `secagg`: secure aggregation with pairwise masks: the server sees masked updates only.
 - `homomorphic`: CKKS with TenSEAL: the server adds ciphertexts it cannot decrypt.
+- `privacy`: DP-SGD on the clients with Opacus (per-example clipping, noise, Poisson batches)
+  and each client's epsilon from its accountant, composed over the rounds it trains in.
+- `attack`: the loss-threshold membership-inference attack: ROC, AUC, advantage (TPR - FPR).
+- `tradeoff`: the same federation at several noise levels: accuracy, epsilon, attack advantage.
 """
 
 from maaslab.federated.aggregation import (
@@ -20,6 +24,14 @@ from maaslab.federated.aggregation import (
     flatten_state,
     unflatten_state,
     weighted_update,
+)
+from maaslab.federated.attack import (
+    AttackResult,
+    advantage_bound,
+    example_losses,
+    loss_threshold_attack,
+    membership_attack,
+    roc,
 )
 from maaslab.federated.client import (
     ClientRecord,
@@ -60,6 +72,15 @@ from maaslab.federated.partition import (
     split_dirichlet,
     split_iid,
 )
+from maaslab.federated.privacy import (
+    ACCOUNTANTS,
+    ClientPrivacy,
+    check_dp_settings,
+    check_private,
+    dp_epsilon,
+    private_train,
+    sample_rate,
+)
 from maaslab.federated.secagg import (
     SecAggConfig,
     SecureSum,
@@ -71,14 +92,25 @@ from maaslab.federated.secagg import (
     ring_sum,
     secure_sum,
 )
+from maaslab.federated.tradeoff import (
+    DEFAULT_FEDERATION,
+    TradeoffConfig,
+    TradeoffPoint,
+    TradeoffResult,
+    privacy_utility,
+)
 
 __all__ = [
+    "ACCOUNTANTS",
     "AGGREGATIONS",
     "ALGORITHMS",
+    "DEFAULT_FEDERATION",
     "MAX_DRAWS",
     "Aggregation",
+    "AttackResult",
     "CKKSConfig",
     "CKKSKeys",
+    "ClientPrivacy",
     "ClientRecord",
     "ClientUpdate",
     "EncryptedSum",
@@ -90,28 +122,42 @@ __all__ = [
     "RoundRecord",
     "SecAggConfig",
     "SecureSum",
+    "TradeoffConfig",
+    "TradeoffPoint",
+    "TradeoffResult",
+    "advantage_bound",
     "aggregate",
     "aggregate_vectors",
+    "check_dp_settings",
+    "check_private",
     "client_dataset",
     "client_seed",
     "decrypt_sum",
     "dequantize",
+    "dp_epsilon",
     "encrypt_update",
     "encrypted_sum",
+    "example_losses",
     "fedprox_loss",
     "flatten_state",
     "label_skew",
     "local_update",
+    "loss_threshold_attack",
     "make_keys",
     "mask_update",
+    "membership_attack",
     "pair_mask",
     "partition_dataset",
+    "privacy_utility",
+    "private_train",
     "proximal_term",
     "quantization_bound",
     "quantize",
     "ring_sum",
+    "roc",
     "run_federated",
     "sample_clients",
+    "sample_rate",
     "secure_sum",
     "split_dirichlet",
     "split_iid",
