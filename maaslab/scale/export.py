@@ -68,7 +68,7 @@ class ExportConfig:
     # KServe: where the model repository is uploaded (s3://, gs://, pvc://...); None: a PVC
     # named maaslab-models holding it under the model's name.
     storage_uri: str | None = None
-    replicas: int = 1  # Ray replicas / KServe pods when not autoscaling
+    replicas: int = 1  # Ray replicas / KServe pods (ignored with autoscale)
     # (min, max) replicas to autoscale between (Ray and KServe); None: a fixed `replicas`.
     autoscale: tuple[int, int] | None = None
     replica_cpus: float = 1.0  # Ray: CPUs each model replica reserves (placement, not threads)
@@ -153,13 +153,13 @@ class Source:
     @property
     def served_name(self) -> str:
         """The default served name: the model's name as a Kubernetes object name."""
-        text = Path(self.name).name.lower() if self.folder is not None else self.name
+        text = Path(self.name).name.lower()  # a folder by its own name
         text = re.sub(r"[^a-z0-9-]+", "-", text).strip("-")
         text = text if text[:1].isalpha() else f"model-{text}".rstrip("-")
         return text[:63].rstrip("-")
 
 
-def _folder_kind(folder: Path, config: dict) -> tuple[str | None, str]:
+def _folder_kind(config: dict) -> tuple[str | None, str]:
     from maaslab.zoo import CAUSAL_LM_TYPES
 
     model_type = config["model_type"]
@@ -193,7 +193,7 @@ def resolve_model(name: str) -> Source:
         return Source(name, folder, None, NOT_ONNX.get(name, "not an ONNX classifier"))
     if Path(name).is_dir():
         folder = Path(name)
-        kind, reason = _folder_kind(folder, read_config(folder))  # refuses non-model folders
+        kind, reason = _folder_kind(read_config(folder))  # refuses non-model folders
         return Source(name, folder, kind, reason)
     raise MaaslabError(
         f"unknown model {name!r}: choose one of {', '.join([*LOADERS, *LANGUAGE_MODELS])}, "

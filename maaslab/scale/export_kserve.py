@@ -20,6 +20,7 @@ a subset, not KServe's CRD: a field outside it is refused rather than guessed at
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -167,7 +168,7 @@ def write_bundle(
     )
     checks += check_manifest(yaml.safe_load((staging / MANIFEST_FILE).read_text(encoding="utf-8")))
     uri = doc["spec"]["predictor"]["model"]["storageUri"]
-    command = f"kubectl apply -f {final / MANIFEST_FILE}"
+    command = f"kubectl apply -f {shlex.quote(str(final / MANIFEST_FILE))}"
     canary = (
         f"`canaryTrafficPercent: {config.canary_percent}`: applied over a running "
         f"InferenceService {name}, this revision gets {config.canary_percent}% of the traffic "

@@ -17,6 +17,7 @@ does not know, so a misspelt one is refused here, and `args` must hold exactly A
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -140,12 +141,16 @@ def write_bundle(
     source: Source, config: ExportConfig, name: str, staging: Path, final: Path
 ) -> Written:
     """The ray target: serve_config.yaml and README in `staging`."""
+    from maaslab.serve.config import ScaleConfig
+
+    # The replica bounds the server's Ray engine takes (the builder checks its args with it).
+    ScaleConfig("ray", None if config.autoscale else config.replicas, config.autoscale)
     doc = serve_config(source, config, name)
     header = f"# Ray Serve config for {name} (python -m maaslab export): serve deploy this file.\n"
     path = staging / CONFIG_FILE
     path.write_text(header + yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
     checks = check_serve_config(yaml.safe_load(path.read_text(encoding="utf-8")))
-    command = f"serve deploy {final / CONFIG_FILE}"
+    command = f"serve deploy {shlex.quote(str(final / CONFIG_FILE))}"
     spec = doc["applications"][0]["args"]["models"][0]
     where = (
         f"the model folder at {spec} on every node"

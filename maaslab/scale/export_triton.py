@@ -17,6 +17,7 @@ one traced, and matches the MaaS Lab model's own probabilities within ATOL.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -281,7 +282,7 @@ def write_bundle(
 ) -> Written:
     """The triton target: the repository in `staging` (bound for `final`) and its README."""
     checks, worst = write_repository(source, config, name, staging)
-    command = f"tritonserver --model-repository={final}"
+    command = f"tritonserver --model-repository={shlex.quote(str(final))}"
     write_readme(
         staging,
         f"Triton model repository: {name}",

@@ -318,6 +318,7 @@ def test_cli_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys):
         (["minilm-embed", "--to", "kserve"], "an embedding model"),
         ([str(tmp_path / "moons-mlp"), "--to", "triton"], "trained on moons"),
         (["digits-cnn", "--to", "triton", "--canary", "300"], "0..100"),
+        (["digits-cnn", "--to", "ray", "--autoscale", "0,3"], "1 <= MIN <= MAX"),
     ]
     for argv, message in cases:
         out = tmp_path / "out"
