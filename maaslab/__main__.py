@@ -237,7 +237,7 @@ def _range(text: str) -> tuple[int, int]:
 def _add_export_parser(sub) -> None:
     from dataclasses import fields
 
-    from maaslab.scale.export import INSTANCE_KINDS, TARGETS, ExportConfig
+    from maaslab.scale.export_config import INSTANCE_KINDS, TARGETS, ExportConfig
 
     default = {f.name: f.default for f in fields(ExportConfig)}
     ex = sub.add_parser(

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from maaslab.errors import MaaslabError
-from maaslab.scale.export import NAME_PATTERN, ExportConfig, Source, Written, write_readme
+from maaslab.scale.export_config import NAME_PATTERN, ExportConfig, Source, Written, write_readme
 from maaslab.scale.export_triton import write_repository
 
 MANIFEST_FILE = "inferenceservice.yaml"

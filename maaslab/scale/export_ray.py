@@ -25,7 +25,7 @@ import yaml
 
 from maaslab.auto import shipped
 from maaslab.errors import MaaslabError
-from maaslab.scale.export import ExportConfig, Source, Written, write_readme
+from maaslab.scale.export_config import ExportConfig, Source, Written, write_readme
 
 CONFIG_FILE = "serve_config.yaml"
 IMPORT_PATH = "maaslab.scale.ray_serve:app_builder"

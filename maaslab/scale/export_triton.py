@@ -28,7 +28,7 @@ from torch import nn
 from maaslab.compress.onnx import export_onnx
 from maaslab.data import DIGIT_PIXEL_MAX
 from maaslab.errors import MaaslabError
-from maaslab.scale.export import ExportConfig, Source, Written, write_readme
+from maaslab.scale.export_config import ExportConfig, Source, Written, write_readme
 
 ONNX_FILE = "model.onnx"  # the ONNX Runtime backend's default_model_filename
 CONFIG_FILE = "config.pbtxt"
