@@ -116,10 +116,10 @@ def _dims(dims: tuple[int, ...]) -> str:
     return "[ " + ", ".join(str(d) for d in dims) + " ]"
 
 
-def _tensor_block(specs: list[TensorSpec], batched: bool) -> str:
-    items = [
+def _tensor_block(specs: list[TensorSpec]) -> str:
+    items = [  # dims without the batch dimension
         f'  {{\n    name: "{s.name}"\n    data_type: {s.data_type}\n'
-        f"    dims: {_dims(s.dims[1:] if batched else s.dims)}\n  }}"
+        f"    dims: {_dims(s.dims[1:])}\n  }}"
         for s in specs
     ]
     return ",\n".join(items)
@@ -128,16 +128,15 @@ def _tensor_block(specs: list[TensorSpec], batched: bool) -> str:
 def config_text(name: str, onnx_path: Path, config: ExportConfig) -> str:
     """config.pbtxt for the graph at `onnx_path`, served as `name` with `config`'s batching."""
     inputs, outputs = graph_io(onnx_path)
-    batched = all(s.dims and s.dims[0] == -1 for s in [*inputs, *outputs])
-    if not batched:
+    if not all(s.dims[:1] == (-1,) for s in [*inputs, *outputs]):
         raise MaaslabError(f"{onnx_path.name} has a fixed batch dimension: Triton cannot batch it")
     return (
         f"# Triton model configuration for {name} (python -m maaslab export).\n"
         f'name: "{name}"\nplatform: "{PLATFORM}"\n'
         "# Rows one batch holds at most. Every dims below leaves the batch dimension out.\n"
         f"max_batch_size: {config.max_batch_size}\n"
-        f"input [\n{_tensor_block(inputs, batched)}\n]\n"
-        f"output [\n{_tensor_block(outputs, batched)}\n]\n"
+        f"input [\n{_tensor_block(inputs)}\n]\n"
+        f"output [\n{_tensor_block(outputs)}\n]\n"
         "# Requests that arrive within max_queue_delay_microseconds run as one batch.\n"
         "dynamic_batching {\n"
         f"  preferred_batch_size: {_dims(config.preferred)}\n"
@@ -169,6 +168,8 @@ def check_config(text: str, onnx_path: Path) -> list[str]:
     if parsed.platform != PLATFORM:
         raise MaaslabError(f"{CONFIG_FILE} names platform {parsed.platform!r}, not {PLATFORM}")
     batch = parsed.max_batch_size
+    if batch > 0 and not all(s.dims[:1] == (-1,) for s in [*inputs, *outputs]):
+        raise MaaslabError(f"max_batch_size {batch}, but {ONNX_FILE} has a fixed batch dimension")
     for label, declared, graph in (
         ("input", parsed.input, inputs),
         ("output", parsed.output, outputs),
@@ -260,12 +261,15 @@ def request_example(source: Source, name: str) -> str:
     if source.kind == "digits":
         prepare = (
             "    from sklearn.datasets import load_digits\n"
-            "    x = load_digits().data[:4].astype(np.float32)  # pixels on the 0-16 scale\n"
+            "    # pixels on the 0-16 scale: the request `python -m maaslab serve` takes too\n"
+            "    x = load_digits().data[:4].astype(np.float32)\n"
             '    tensor = httpclient.InferInput("pixels", list(x.shape), "FP32")\n'
         )
     else:
         prepare = (
-            "    from maaslab.auto import load  # the tokenizer: MiniLM's, padded with its pad id\n"
+            "    # token ids, not text: Triton's ONNX Runtime backend has no tokenizer, so the\n"
+            "    # client runs the model's own (MiniLM's, padded with its pad id)\n"
+            "    from maaslab.auto import load\n"
             f'    x, _ = load("{source.name}").model.encode(["A fine film."])\n'
             '    tensor = httpclient.InferInput("input_ids", list(x.shape), "INT64")\n'
         )
@@ -292,7 +296,7 @@ def write_bundle(
         "nvcr.io/nvidia/tritonserver:<yy.mm>-py3 tritonserver --model-repository=/models`).",
         f"`{name}/config.pbtxt` serves `{name}/{VERSION}/{ONNX_FILE}` with dynamic batching "
         f"(up to {config.max_batch_size} rows, {config.max_queue_delay_us} µs queue delay) and "
-        f"{config.instance_count} instance(s). Ask it over the Open Inference Protocol (v2), "
-        "as you ask `python -m maaslab serve`:\n\n" + request_example(source, name),
+        f"{config.instance_count} instance(s). Ask it over the Open Inference Protocol (v2):\n\n"
+        + request_example(source, name),
     )
     return Written(tuple(checks), command, worst)
