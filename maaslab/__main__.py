@@ -527,11 +527,35 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Start the model server in the foreground until SIGTERM or Ctrl+C; exit 0 after a drain
-    that answered everything, 75 when its deadline cut a stream (maaslab.serve.drain)."""
-    from maaslab.serve.config import config_from_args
+    that answered everything, 75 when its deadline cut a stream (maaslab.serve.drain). With
+    --engine ray the same routes run on Ray Serve (maaslab.scale.ray_cluster)."""
+    from maaslab.serve.config import config_from_args, scale_from_args
     from maaslab.serve.runner import serve
 
     config = config_from_args(args)
+    scale = scale_from_args(args, config)
+    if scale.engine == "ray":
+        from maaslab.scale.ray_cluster import serve_on_ray
+
+        def ray_ready(url: str, grpc: str | None) -> None:
+            # The same ready line as the process engine's, for scripts and tests.
+            where = f"{url} and gRPC at {grpc}" if grpc else url
+            count = (
+                f"autoscaled {scale.autoscale[0]}..{scale.autoscale[1]}"
+                if scale.autoscale
+                else str(scale.replicas or 1)
+            )
+            cluster = scale.address or "a local Ray instance"
+            print(
+                f"maaslab serve: {', '.join(config.models)} on {where} (Ray Serve on {cluster}, "
+                f"{count} replica(s) per model, batching {'on' if config.batching else 'off'})",
+                flush=True,
+            )
+
+        def ray_stopped(summary: str) -> None:
+            print(f"maaslab serve: stopped; {summary}", file=sys.stderr, flush=True)
+
+        return serve_on_ray(config, scale, on_ready=ray_ready, on_stopped=ray_stopped)
 
     def ready(url: str, grpc: str | None) -> None:
         # One line on stdout once it listens: scripts and tests wait for " on http://" (and

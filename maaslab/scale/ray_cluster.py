@@ -1,0 +1,329 @@
+"""Ray for the model server: a local instance or a loopback cluster, and where replicas run.
+
+- `serve_on_ray(config, scale)`: what `python -m maaslab serve --engine ray` runs: Ray (a local
+  instance, or the cluster at --address), Serve's HTTP proxy on --host/--port, the app of
+  maaslab.scale.ray_serve; in the foreground until SIGINT/SIGTERM, then Serve and Ray shut down.
+- `LocalCluster`: a head and worker nodes as `ray start --block` subprocesses on 127.0.0.1,
+  each with its own CPUs, so replicas spread over nodes on one machine (lesson 17).
+- `replica_placement()`: each replica's deployment, id, node, process and state, from Ray's
+  state API (the dashboard's API server, bound to loopback); `kill_replica` ends one.
+
+Nothing reaches the network: usage stats are off, every node binds 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from maaslab.errors import MaaslabError
+from maaslab.serve.config import ScaleConfig, ServeConfig
+
+APP = "maaslab"  # the Ray Serve application's name
+LOOPBACK = "127.0.0.1"
+# Every Ray process started here inherits these: no usage report, nothing sent anywhere.
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
+START_TIMEOUT_S = 120.0  # a node, or the app's replicas, must be up within this
+STOP_TIMEOUT_S = 30.0  # a node's `ray start --block` must exit within this after SIGTERM
+
+
+class Placement(NamedTuple):
+    """Where one Ray Serve replica runs (one row of replica_placement)."""
+
+    deployment: str  # the model's name, or "ingress"
+    replica: str  # Ray Serve's replica id
+    node_id: str  # the Ray node's id
+    node_ip: str  # the node's address
+    pid: int  # the replica's process id on that node
+    state: str  # ALIVE, DEAD, PENDING_CREATION, RESTARTING...
+
+
+def replica_placement(app: str = APP) -> list[Placement]:
+    """Every replica of `app` Ray knows of (dead ones too), by deployment: from the state API.
+
+    Needs a Ray connection (ray.init) to a cluster whose dashboard runs (LocalCluster's does).
+    """
+    from ray.util.state import list_actors, list_nodes
+
+    nodes = {n.node_id: n.node_ip for n in list_nodes(raise_on_missing_output=False)}
+    prefix = f"SERVE_REPLICA::{app}#"
+    rows = []
+    for actor in list_actors(limit=10_000, raise_on_missing_output=False):
+        if not (actor.name or "").startswith(prefix):
+            continue
+        deployment, replica = actor.name[len(prefix) :].split("#", 1)
+        node = actor.node_id or ""
+        rows.append(
+            Placement(deployment, replica, node, nodes.get(node, ""), actor.pid or 0, actor.state)
+        )
+    return sorted(rows, key=lambda p: (p.deployment, p.state != "ALIVE", p.replica))
+
+
+def kill_replica(deployment: str, app: str = APP) -> Placement:
+    """SIGKILL the process of one ALIVE replica of `deployment` (a crash: Ray Serve replaces
+    it); the replica killed. Only for replicas on this machine (a LocalCluster's)."""
+    alive = [p for p in replica_placement(app) if p.deployment == deployment and p.state == "ALIVE"]
+    if not alive:
+        raise MaaslabError(f"no running replica of {deployment!r} in the Ray Serve app {app!r}")
+    victim = alive[0]
+    import ray.util
+
+    # Ray names a loopback node by this machine's own address (it never leaves the machine).
+    if victim.node_ip not in (LOOPBACK, ray.util.get_node_ip_address()) or not victim.pid:
+        raise MaaslabError(f"replica {victim.replica} runs on {victim.node_ip}, not this machine")
+    os.kill(victim.pid, signal.SIGKILL)
+    return victim
+
+
+def _free_port(host: str = LOOPBACK) -> int:
+    from maaslab.serve.runner import bind_socket
+
+    with bind_socket(host, 0) as sock:
+        return sock.getsockname()[1]
+
+
+def _wait_until(ready: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise MaaslabError(f"{what} within {timeout:g} s")
+        time.sleep(0.5)
+
+
+class LocalCluster:
+    """Ray nodes on 127.0.0.1 as `ray start --block` subprocesses: a head, then workers.
+
+    Parameters
+    ----------
+    node_cpus : the CPUs each node offers Ray, head first (a model replica reserves
+        RayServeArgs.replica_cpus of them, so (1, 1) puts one replica on each node).
+    dashboard : run the head's dashboard (on loopback): the state API needs it.
+    """
+
+    def __init__(self, node_cpus: Sequence[float] = (1, 1), dashboard: bool = True) -> None:
+        if not node_cpus:
+            raise MaaslabError("a cluster needs at least one node: give node_cpus=(cpus, ...)")
+        self.node_cpus, self.dashboard = tuple(node_cpus), dashboard
+        self.nodes: list[subprocess.Popen] = []
+        self.address = ""  # the head's GCS address, HOST:PORT, once started
+        self.dashboard_url = ""
+        # Token authentication with a token of this cluster's own (a private file): every node
+        # and the driver present it. The driver's environment is restored by stop().
+        self.env: dict[str, str] = dict(RAY_ENV)
+        self._saved_env: dict[str, str | None] = {}
+
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _node(self, args: list[str], log: Path) -> subprocess.Popen:
+        ray = Path(sys.executable).with_name("ray")
+        command = [str(ray), "start", "--block", "--node-ip-address", LOOPBACK, *args]
+        with log.open("wb") as out:  # the child keeps its own copy of the file
+            return subprocess.Popen(
+                command,
+                env={**os.environ, **self.env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl+C in a terminal reaches the driver, not the nodes
+            )
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> str:
+        """Start every node and wait until the cluster has them all; the head's address."""
+        import secrets
+        import tempfile
+
+        logs = Path(tempfile.mkdtemp(prefix="maaslab-ray-"))  # mode 700: the token stays ours
+        token = logs / "auth_token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+        port = _free_port()
+        self.address = f"{LOOPBACK}:{port}"
+        head = ["--head", "--port", str(port), "--num-cpus", f"{self.node_cpus[0]:g}"]
+        head += ["--disable-usage-stats", "--include-dashboard", str(self.dashboard).lower()]
+        if self.dashboard:
+            dash = _free_port()
+            head += ["--dashboard-host", LOOPBACK, "--dashboard-port", str(dash)]
+            self.dashboard_url = f"http://{LOOPBACK}:{dash}"
+        try:
+            self.nodes.append(self._node(head, logs / "head.log"))
+            _wait_until(self._head_listens, timeout, f"the Ray head did not start (see {logs})")
+            for i, cpus in enumerate(self.node_cpus[1:], 1):
+                worker = ["--address", self.address, "--num-cpus", f"{cpus:g}"]
+                self.nodes.append(self._node(worker, logs / f"worker-{i}.log"))
+            self.connect()
+            import ray
+
+            _wait_until(
+                lambda: sum(n["Alive"] for n in ray.nodes()) >= len(self.node_cpus),
+                timeout,
+                f"the Ray cluster did not reach {len(self.node_cpus)} nodes (see {logs})",
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self.address
+
+    def _head_listens(self) -> bool:
+        import socket
+
+        if self.nodes[0].poll() is not None:
+            raise MaaslabError(f"`ray start --head` exited with status {self.nodes[0].returncode}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex((LOOPBACK, int(self.address.rsplit(":", 1)[1]))) == 0
+
+    def connect(self) -> None:
+        """Connect this process to the cluster as a driver (ray.init)."""
+        for name, value in self.env.items():  # before Ray reads its settings on import
+            self._saved_env.setdefault(name, os.environ.get(name))
+            os.environ[name] = value
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """Disconnect, then SIGTERM the workers and the head (each stops its Ray processes)."""
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        for node in reversed(self.nodes):
+            if node.poll() is None:
+                node.terminate()
+        for node in reversed(self.nodes):
+            try:
+                node.wait(timeout)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait(timeout)
+        self.nodes = []
+        for name, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        self._saved_env = {}
+
+
+def ray_serve_args(config: ServeConfig, scale: ScaleConfig) -> dict[str, Any]:
+    """The app_builder arguments (maaslab.scale.ray_serve) of a server config and engine."""
+    return {
+        "models": list(config.models),
+        "replicas": scale.replicas or 1,
+        "autoscale": list(scale.autoscale) if scale.autoscale else None,
+        "max_batch_size": config.effective_batch_size,
+        "batch_timeout_ms": config.effective_delay_s * 1000,
+        "max_queue": config.max_queue,
+        "request_timeout_s": config.request_timeout_s,
+        "device": config.device,
+        "threads": config.threads,
+        "grpc_port": config.grpc_port,
+        "api_key_env": config.api_key_env,
+        "keys_file": config.keys_file,
+        "host": config.host,
+    }
+
+
+def deploy(config: ServeConfig, scale: ScaleConfig, timeout: float = START_TIMEOUT_S) -> None:
+    """Start Serve's HTTP proxy on config.host:config.port (a concrete port) and run the app
+    on the Ray this process is connected to; returns once every replica is running."""
+    from ray import serve
+
+    from maaslab.scale.ray_serve import app_builder
+
+    serve.start(http_options={"host": config.host, "port": config.port}, proxy_location="HeadOnly")
+    started = threading.Event()
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve.run(app_builder(ray_serve_args(config, scale)), name=APP, route_prefix="/")
+        except BaseException as err:  # shown to the caller below
+            error.append(err)
+        started.set()
+
+    # serve.run waits for the replicas without a deadline of its own: give it one.
+    threading.Thread(target=run, daemon=True, name="serve-run").start()
+    if not started.wait(timeout):
+        raise MaaslabError(f"the Ray Serve app did not start within {timeout:g} s")
+    if error:
+        raise MaaslabError(f"the Ray Serve app failed to start: {error[0]}") from error[0]
+
+
+def serve_on_ray(
+    config: ServeConfig,
+    scale: ScaleConfig,
+    on_ready: Callable[[str, str | None], None] | None = None,
+    on_stopped: Callable[[str], None] | None = None,
+) -> int:
+    """Serve `config`'s models on Ray Serve until SIGINT/SIGTERM; exit status 0.
+
+    Parameters
+    ----------
+    config : the models, batching and limits (port 0 and grpc_port 0: free ports picked here).
+    scale : engine "ray", replicas or autoscale, and the cluster's address (None: local Ray).
+    on_ready : called with the HTTP URL and the gRPC address (or None) once every replica runs.
+    on_stopped : called with a summary once Serve is down.
+    """
+    from dataclasses import replace
+
+    from maaslab.serve.security import resolve_api_key
+
+    scale.check(config)
+    resolve_api_key(config.host, None if config.keys_file else config.api_key_env)
+    config = replace(
+        config,
+        port=config.port or _free_port(config.host),
+        grpc_port=_free_port(config.host) if config.grpc_port == 0 else config.grpc_port,
+    )
+    os.environ.update(RAY_ENV)
+    import ray
+    from ray import serve
+
+    stop = threading.Event()
+    handlers = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if scale.address:
+            ray.init(address=scale.address, log_to_driver=False, configure_logging=False)
+        else:
+            most = scale.autoscale[1] if scale.autoscale else scale.replicas or 1
+            ray.init(
+                num_cpus=max(os.cpu_count() or 1, most * len(config.models)),
+                include_dashboard=True,
+                dashboard_host=LOOPBACK,
+                _node_ip_address=LOOPBACK,
+                log_to_driver=False,
+                configure_logging=False,
+            )
+        deploy(config, scale)
+        if on_ready is not None:
+            host = f"[{config.host}]" if ":" in config.host else config.host
+            grpc = f"{host}:{config.grpc_port}" if config.grpc_port else None
+            on_ready(f"http://{host}:{config.port}", grpc)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        if ray.is_initialized():
+            if scale.address:  # another's cluster: remove our app, leave their Serve running
+                serve.delete(APP)
+            else:
+                serve.shutdown()
+            ray.shutdown()
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    if on_stopped is not None:
+        on_stopped("Ray Serve app removed" + ("" if scale.address else ", local Ray stopped"))
+    return 0
