@@ -190,6 +190,9 @@ def test_a_short_iid_digits_run_improves_and_reads_the_test_split_once(digits, m
     assert np.isnan(drift[0]).all() and (drift[1:] > 0).all()
     assert np.isfinite(result.client_table("val_accuracy")[1:]).all()
     assert sum(c.examples for c in result.rounds[1].clients) == len(digits.y_train)
+    # without dp nobody counts an epsilon
+    assert result.epsilon is None and np.isnan(result.client_table("epsilon")).all()
+    assert (result.client_table("dp_steps")[1:] == 0).all()
 
 
 def test_sampled_runs_draw_their_clients_per_round_and_repeat_with_the_seed(digits):

@@ -12,6 +12,7 @@ from maaslab.data import load_dataset
 from maaslab.evaluation import small_subset
 from maaslab.federated import (
     DEFAULT_FEDERATION,
+    FederatedCallback,
     TradeoffConfig,
     advantage_bound,
     example_losses,
@@ -153,3 +154,24 @@ def test_a_sweep_config_says_what_to_change():
     with pytest.raises(MaaslabError, match="include_plain"):
         TradeoffConfig(noise_multipliers=(0.0,))
     assert TradeoffConfig().federation().dp is False
+
+
+class StopInSetting(FederatedCallback):
+    def __init__(self, setting):
+        self.setting, self.begun = setting, 0
+
+    def on_run_begin(self, state):
+        self.begun += 1
+
+    def on_round_end(self, state):
+        state.stop = self.begun == self.setting
+
+
+def test_a_stopped_sweep_keeps_the_settings_it_finished(digits):
+    tiny = small_subset(digits, 30, seed=0)
+    federated = replace(DEFAULT_FEDERATION, rounds=2, local_epochs=1, delta=1e-3)
+    cfg = TradeoffConfig(noise_multipliers=(1.0, 2.0), federated=federated)
+    stop = StopInSetting(2)
+    result = privacy_utility(_mlp(tiny), tiny, partition_dataset(tiny, 1), cfg, [stop])
+    assert result.stopped_early and stop.begun == 2
+    assert result.column("noise_multiplier") == [None]  # the stopped sigma=1 run is left out
