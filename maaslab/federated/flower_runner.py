@@ -105,8 +105,21 @@ def flower_env(home: Path) -> dict[str, str]:
     return env
 
 
+APP_MODULE = "maaslab_flower_app"  # the generated app's one module (a top-level name, see below)
+# It only names maaslab's apps. Flower's CLI checks each component with importlib.find_spec,
+# which imports a dotted name's parent packages: pointing it at maaslab.federated.flower
+# would import torch and all of maaslab in `flwr run` itself, seconds on every run.
+APP_SOURCE = '''"""Entry points of the generated Flower app: MaaS Lab's ServerApp and ClientApp."""
+
+from maaslab.federated import flower
+
+server_app = flower.server_app
+client_app = flower.client_app
+'''
+
+
 def write_project(folder: Path, spec: FlowerSpec) -> Path:
-    """Write the Flower app project (pyproject.toml only: the code is maaslab's) into folder."""
+    """Write the Flower app project (pyproject.toml and its entry module) into folder."""
     folder.mkdir(parents=True, exist_ok=True)
     project = {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
@@ -121,14 +134,15 @@ def write_project(folder: Path, spec: FlowerSpec) -> Path:
                 "app": {
                     "publisher": "maaslab",
                     "components": {
-                        "serverapp": "maaslab.federated.flower:server_app",
-                        "clientapp": "maaslab.federated.flower:client_app",
+                        "serverapp": f"{APP_MODULE}:server_app",
+                        "clientapp": f"{APP_MODULE}:client_app",
                     },
                     "config": spec.to_run_config(),
                 }
             }
         },
     }
+    (folder / f"{APP_MODULE}.py").write_text(APP_SOURCE, encoding="utf-8")
     path = folder / "pyproject.toml"
     path.write_text(tomli_w.dumps(project), encoding="utf-8")
     return path
