@@ -14,6 +14,10 @@
   and each client's epsilon from its accountant, composed over the rounds it trains in.
 - `attack`: the loss-threshold membership-inference attack: ROC, AUC, advantage (TPR - FPR).
 - `tradeoff`: the same federation at several noise levels: accuracy, epsilon, attack advantage.
+- `flower`: the same FedAvg as a Flower app: a ServerApp with Flower's own FedAvg strategy, a
+  ClientApp per node taking `local_update`'s step; how the Deployment Engine maps to devices.
+- `flower_runner`: that app on Flower's Deployment Engine, a SuperLink and SuperNodes on
+  loopback (`run_flower_deployment`), with a result shaped like `run_federated`'s.
 """
 
 from maaslab.federated.aggregation import (
@@ -53,6 +57,8 @@ from maaslab.federated.fedavg import (
     sample_clients,
     weighted_average,
 )
+from maaslab.federated.flower import FlowerSpec, flower_average
+from maaslab.federated.flower_runner import FlowerResult, run_flower_deployment
 from maaslab.federated.homomorphic import (
     CKKSConfig,
     CKKSKeys,
@@ -118,6 +124,8 @@ __all__ = [
     "FederatedConfig",
     "FederatedResult",
     "FederatedState",
+    "FlowerResult",
+    "FlowerSpec",
     "Partition",
     "RoundRecord",
     "SecAggConfig",
@@ -140,6 +148,7 @@ __all__ = [
     "example_losses",
     "fedprox_loss",
     "flatten_state",
+    "flower_average",
     "label_skew",
     "local_update",
     "loss_threshold_attack",
@@ -156,6 +165,7 @@ __all__ = [
     "ring_sum",
     "roc",
     "run_federated",
+    "run_flower_deployment",
     "sample_clients",
     "sample_rate",
     "secure_sum",
