@@ -189,6 +189,7 @@ class LocalCluster:
         for name, value in self.env.items():  # before Ray reads its settings on import
             self._saved_env.setdefault(name, os.environ.get(name))
             os.environ[name] = value
+        _reload_auth_settings()
         import ray
 
         if not ray.is_initialized():
@@ -216,6 +217,17 @@ class LocalCluster:
             else:
                 os.environ[name] = value
         self._saved_env = {}
+        _reload_auth_settings()
+
+
+def _reload_auth_settings() -> None:
+    # Ray reads RAY_AUTH_MODE and the token once, when first imported; a process that imported
+    # it before (a test session) re-reads them as Ray's own token setup does.
+    if "ray" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def ray_serve_args(config: ServeConfig, scale: ScaleConfig) -> dict[str, Any]:
