@@ -5,7 +5,8 @@ Each round the server
 2. sends each one the global weights; the client trains them on its own data with
    `maaslab.train.train` for `local_epochs` (client.local_update) and sends its weights back,
 3. replaces the global weights by the average of the clients' weights, each weighted by the
-   number of examples it trained on (weighted_average),
+   number of examples it trained on (weighted_average; cfg.aggregation chooses whether the
+   server computes it in the clear, from masked updates or from encrypted ones: aggregation.py),
 4. evaluates the new global model on the validation split.
 The test split is read once, after the last round. The examples never leave their client: the
 server sees only weights. With one client, full participation and one full-batch local step,
@@ -33,7 +34,9 @@ from torch import nn
 from maaslab.data import Dataset
 from maaslab.device import get_device
 from maaslab.errors import MaaslabError
+from maaslab.federated.aggregation import AGGREGATIONS, aggregate
 from maaslab.federated.client import ClientRecord, local_update
+from maaslab.federated.homomorphic import make_keys
 from maaslab.federated.partition import Partition, client_dataset
 from maaslab.federated.privacy import ClientPrivacy, check_dp_settings, check_private
 from maaslab.runtime import torch_threads
@@ -72,6 +75,10 @@ class FederatedConfig:
     # delta of the (epsilon, delta) guarantee: keep it well below 1 / (a client's examples)
     delta: float = 1e-5
     accountant: str = "rdp"  # privacy.ACCOUNTANTS: "rdp" (upper bound, cheap) or "prv" (tighter)
+    # How the server sums the clients' updates (aggregation.py): "plain" sees each update;
+    # "masked" (secure aggregation) and "ckks" (homomorphic encryption) see only their sum.
+    # All three give the same average, within the bounds aggregation.py states.
+    aggregation: str = "plain"
 
     def __post_init__(self) -> None:
         if self.rounds < 1 or self.local_epochs < 1:
@@ -91,6 +98,10 @@ class FederatedConfig:
             raise MaaslabError(
                 f"mu={self.mu} is FedProx's proximal weight: set algorithm='fedprox' to use it, "
                 "or mu=0 for FedAvg"
+            )
+        if self.aggregation not in AGGREGATIONS:
+            raise MaaslabError(
+                f"unknown aggregation {self.aggregation!r}: choose one of {', '.join(AGGREGATIONS)}"
             )
         self.train_config(0)  # the local training's own checks: optimizer, lr, batch_size
         check_dp_settings(self.noise_multiplier, self.max_grad_norm, self.delta, self.accountant)
@@ -131,6 +142,8 @@ class RoundRecord:
     # With dp: the largest epsilon (at cfg.delta) any client has spent up to this round, every
     # round it trained in composed (0 in round 0); None without dp.
     epsilon: float | None = None
+    upload_bytes: float = 0.0  # what one client sent the server this round (cfg.aggregation)
+    aggregation_seconds: float = 0.0  # encoding, summing and decoding the clients' updates
 
 
 @dataclass
@@ -281,6 +294,7 @@ def run_federated(
     result = FederatedResult(config=cfg, partition=partition)
     state = FederatedState(model=model, result=result)
     mu = cfg.mu if cfg.algorithm == "fedprox" else None
+    keys = make_keys() if cfg.aggregation == "ckks" else None  # once a run: the key holder's
     with torch_threads(threads):
         result.rounds.append(_evaluated(model, data, 0, [], started, 0.0 if cfg.dp else None))
         for cb in callbacks:
@@ -302,10 +316,25 @@ def run_federated(
                     break
             if state.stop and len(records) < len(chosen):
                 break  # a partial round is not averaged: the global model stays the last one
-            model.load_state_dict(weighted_average(states, [r.examples for r in records]))
+            summed = aggregate(
+                states,
+                [r.examples for r in records],
+                cfg.aggregation,
+                clients=[r.client for r in records],
+                round_=round_,
+                seed=cfg.seed,
+                keys=keys,
+            )
+            model.load_state_dict(summed.average)
+            state.info["aggregation"] = summed  # this round's: what the server saw, the cost
             spent.update((r.client, r.epsilon) for r in records if r.epsilon is not None)
             epsilon = max(spent.values()) if cfg.dp else None
-            result.rounds.append(_evaluated(model, data, round_, records, round_start, epsilon))
+            record = _evaluated(model, data, round_, records, round_start, epsilon)
+            record.upload_bytes, record.aggregation_seconds = (
+                summed.bytes_per_client,
+                summed.seconds,
+            )
+            result.rounds.append(record)
             state.round = round_
             for cb in callbacks:
                 cb.on_round_end(state)

@@ -250,3 +250,22 @@ def test_a_run_refuses_more_sampled_clients_than_it_has_or_no_validation_split(d
     no_val = dataclasses.replace(digits, X_val=digits.X_val[:0], y_val=digits.y_val[:0])
     with pytest.raises(MaaslabError, match="val_fraction > 0"):
         run_federated(_mlp(digits), no_val, part, FederatedConfig())
+
+
+@pytest.mark.parametrize(("method", "atol"), [("masked", 1e-6), ("ckks", 1e-5)])
+def test_masked_and_encrypted_servers_reach_the_plain_servers_weights(digits, method, atol):
+    # The server loop averages through aggregation.aggregate: the same run with the server seeing
+    # only masked or encrypted updates ends with the plain run's weights (within their bounds).
+    partition = partition_dataset(digits, 3, seed=0)
+    runs = {}
+    for how in ("plain", method):
+        model = _mlp(digits)
+        cfg = FederatedConfig(rounds=2, lr=0.3, device="cpu", aggregation=how)
+        result = run_federated(model, digits, partition, cfg)
+        runs[how] = (_state(model), result)
+    (plain, plain_result), (other, other_result) = runs["plain"], runs[method]
+    for name, value in plain.items():
+        torch.testing.assert_close(other[name], value, atol=atol, rtol=0)
+    assert other_result.rounds[1].upload_bytes > plain_result.rounds[1].upload_bytes > 0
+    with pytest.raises(MaaslabError, match="unknown aggregation 'secret'"):
+        FederatedConfig(aggregation="secret")
