@@ -244,10 +244,13 @@ def _serve(grid: Grid, spec: FlowerSpec, output: Path) -> None:
         timeout=spec.reply_timeout_s,
         evaluate_fn=evaluate,
     )
-    if len(rounds) != cfg.rounds + 1:
+    # Flower averages whichever replies came back (a real node may drop out); a round that got
+    # none kept the old weights, which is no round at all
+    silent = [r.round for r in rounds[1:] if not r.clients]
+    if len(rounds) != cfg.rounds + 1 or silent:
         raise MaaslabError(
-            f"Flower's FedAvg finished {len(rounds) - 1} of {cfg.rounds} rounds: a round "
-            "received no replies (see the SuperNodes' logs)"
+            f"no client replied in round(s) {silent or 'after the last'} of {cfg.rounds}: "
+            "a ClientApp failed (its error is in its SuperNode's log)"
         )
     model.load_state_dict(result.arrays.to_torch_state_dict())
     with torch_threads(threads):

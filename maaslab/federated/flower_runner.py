@@ -15,6 +15,13 @@ FLWR_DISABLE_UPDATE_CHECK=1), nothing installs app dependencies
 (`--disable-runtime-dependency-installation`), every address is loopback.
 No Ray: that is only the Simulation Engine's backend.
 
+What a round costs here (bench/bench_federated_flower.py measures it): each SuperNode starts a
+fresh ClientApp process for every message (Python, torch and maaslab imported anew, the dataset
+loaded and dealt anew), an idle SuperNode asks the SuperLink for work every 3 s, and the
+ServerApp asks for replies every 3 s. For the lesson's small MLP that is seconds per round
+where run_federated takes a fraction of one; for a model that trains for minutes per round, as
+on real devices, it is noise.
+
 The app project is generated, not committed: its every value comes from the FlowerSpec, so a
 committed copy could only drift from it.
 """
@@ -166,7 +173,9 @@ def _script(name: str) -> str:
     """A console script of this interpreter's environment (flower-superlink, flwr, ...)."""
     path = Path(sys.executable).with_name(name)
     if not path.exists():
-        raise MaaslabError(f"{name} not found beside {sys.executable}: pip install flwr")
+        raise MaaslabError(
+            f"{name} not found beside {sys.executable}: install flwr as pinned in requirements.txt"
+        )
     return str(path)
 
 
@@ -348,7 +357,9 @@ def _deploy(spec: FlowerSpec, root: Path, started: float, deadline: float) -> Fl
         run_seconds = time.perf_counter() - submitted
         if (out / ERROR_FILE).exists():
             error = json.loads((out / ERROR_FILE).read_text())["error"]
-            raise MaaslabError(f"the ServerApp failed: {error}")
+            raise MaaslabError(
+                f"the ServerApp failed: {error} (run with workdir= to keep the logs)"
+            )
         table = json.loads((out / RESULT_FILE).read_text())
         state = read_safetensors(out / FINAL_WEIGHTS)
     finally:
