@@ -3,11 +3,14 @@
 from dataclasses import asdict
 
 import streamlit as st
+from components import keep_outcome, watch_task
 
 from maaslab import plots
 from maaslab.errors import MaaslabError
 from maaslab.federated import lab
+from maaslab.federated.aggregation import AGGREGATIONS
 from maaslab.federated.lab import ALPHAS, LIMITS, FederatedJob, LabConfig, build_federation
+from maaslab.jobs import Task
 
 
 @st.cache_resource(show_spinner="Drawing the clients' data (the reviews' MiniLM features: once)…")
@@ -65,10 +68,41 @@ with left:
         help="Pulls each client towards the global weights: mu / 2 * ||w - w_global||^2.",
     )
     st.number_input("Seed", *LIMITS["seed"], key="federated.seed", disabled=busy)
+    with st.expander("Privacy", expanded=True):
+        st.toggle(
+            "DP-SGD on the clients",
+            key="federated.dp",
+            disabled=busy or state["federated.algorithm"] != "fedavg",
+            help="Opacus: each example's gradient clipped to C, Gaussian noise sigma x C added.",
+        )
+        dp_off = busy or not state["federated.dp"]
+        st.select_slider(
+            "Noise multiplier sigma",
+            lab.NOISE_CHOICES,
+            key="federated.noise_multiplier",
+            disabled=dp_off,
+        )
+        st.select_slider(
+            "Clipping norm C", lab.CLIP_CHOICES, key="federated.max_grad_norm", disabled=dp_off
+        )
+        st.radio(
+            "What the server sees",
+            AGGREGATIONS,
+            key="federated.aggregation",
+            horizontal=True,
+            disabled=busy,
+            format_func={
+                "plain": "updates",
+                "masked": "masked (SecAgg)",
+                "ckks": "encrypted (CKKS)",
+            }.get,
+        )
     state["federated.alpha"] = STOPS[state["federated.alpha_stop"]]
     settings = {name: state[f"federated.{name}"] for name in asdict(LabConfig())}
     if settings["algorithm"] == "fedavg":
         settings["mu"] = 0.0
+    else:
+        settings["dp"] = False  # DP-SGD clips per example; FedProx's term belongs to none
     try:
         cfg = LabConfig(**settings)
         data, partition = split_for(cfg)
@@ -105,6 +139,8 @@ def live_view() -> None:
     last = result.rounds[-1]
     line = f"**Status: {'running' if job.running else 'done'}** · round {last.round}/"
     line += f"{result.config.rounds} · global validation accuracy {last.val_accuracy:.3f}"
+    if last.epsilon is not None:
+        line += f" · epsilon {last.epsilon:.2f} at delta {result.config.delta:g}"
     if not job.running and job.result is not None:
         line += f" · test accuracy {job.result.test_accuracy:.3f} (read once, at the end)"
     st.markdown(line)
@@ -114,12 +150,45 @@ def live_view() -> None:
     cols = st.columns(2)
     cols[0].plotly_chart(plots.rounds_curve(result), key="federated.rounds_chart")
     cols[1].plotly_chart(plots.drift_curve(result), key="federated.drift_chart")
-    st.plotly_chart(
+    cols = st.columns(2)
+    cols[0].plotly_chart(
         plots.label_mix(shown.partition, shown.data.class_names), key="federated.mix_chart"
     )
+    if job.aggregation is not None:
+        cols[1].plotly_chart(plots.server_view(job.aggregation), key="federated.server_view")
     if not job.running and busy:
         st.rerun()  # full rerun: re-enable the controls and stop polling
 
 
 with right:
     live_view()
+
+TRADEOFF, TRADEOFF_TASK, TRADEOFF_ERROR = (
+    "federated.tradeoff",
+    "federated.tradeoff_task",
+    "federated.tradeoff_error",
+)
+with right:
+    st.subheader("Privacy against utility")
+    st.markdown(
+        "The same small federation (100 training digits over 2 clients, a 256-unit MLP that "
+        "overfits them) trained without DP and at several noise levels; for each, the test "
+        "accuracy, the epsilon its clients spent, and a loss-threshold membership attack on the "
+        "final model, next to the most any attack can reach at that epsilon."
+    )
+    running = state.get(TRADEOFF_TASK) is not None
+    if st.button("Measure the trade-off", icon=":material/shield:", disabled=running):
+        state.pop(TRADEOFF, None)
+        state.pop(TRADEOFF_ERROR, None)
+        state[TRADEOFF_TASK] = Task(lab.measure_tradeoff).start()
+    watch_task(
+        lambda: state.get(TRADEOFF_TASK),
+        keep_outcome(TRADEOFF_TASK, TRADEOFF, TRADEOFF_ERROR),
+        cancel_key="federated.tradeoff_cancel",
+    )
+    if state.get(TRADEOFF_ERROR):
+        st.error(state[TRADEOFF_ERROR])
+    if state.get(TRADEOFF) is not None:
+        st.plotly_chart(
+            plots.privacy_utility_chart(state[TRADEOFF]), key="federated.tradeoff_chart"
+        )

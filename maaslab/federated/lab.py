@@ -16,6 +16,8 @@ from torch import nn
 
 from maaslab.data import Dataset
 from maaslab.errors import MaaslabError
+from maaslab.evaluation import small_subset
+from maaslab.federated.aggregation import Aggregation
 from maaslab.federated.datasets import DATASETS, federated_dataset
 from maaslab.federated.fedavg import (
     ALGORITHMS,
@@ -26,6 +28,7 @@ from maaslab.federated.fedavg import (
     run_federated,
 )
 from maaslab.federated.partition import Partition, partition_dataset
+from maaslab.federated.tradeoff import TradeoffConfig, TradeoffResult, privacy_utility
 from maaslab.jobs import Task
 from maaslab.models import build_model
 from maaslab.runtime import seed_everything
@@ -34,6 +37,8 @@ from maaslab.runtime import seed_everything
 ALPHAS: tuple[float | None, ...] = (0.05, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0, None)
 LR_CHOICES = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 MU_CHOICES = (0.0, 0.001, 0.01, 0.1, 1.0)
+NOISE_CHOICES = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 4.0)  # DP-SGD's noise multiplier sigma
+CLIP_CHOICES = (0.1, 0.5, 1.0, 2.0, 5.0)  # DP-SGD's per-example gradient norm C
 # field -> (lowest, highest) allowed; the page's widgets take their ranges from here.
 LIMITS: dict[str, tuple[int, int]] = {
     "n_clients": (2, 20),
@@ -63,6 +68,11 @@ class LabConfig:
     algorithm: str = "fedavg"  # "fedavg" or "fedprox"
     mu: float = 0.0  # FedProx's proximal weight (FedAvg needs 0)
     seed: int = 0  # the split, the initial weights, the sampling and every client's shuffling
+    dp: bool = False  # DP-SGD on every client (Opacus): per-example clipping and Gaussian noise
+    noise_multiplier: float = 1.0  # DP-SGD's sigma, in units of max_grad_norm
+    max_grad_norm: float = 1.0  # DP-SGD's clipping norm C
+    delta: float = 1e-5  # the delta of (epsilon, delta); well below 1 / a client's examples
+    aggregation: str = "plain"  # what the server sees: "plain", "masked" or "ckks" (encrypted)
 
     def __post_init__(self) -> None:
         if self.dataset not in DATASETS:
@@ -96,6 +106,11 @@ class LabConfig:
             algorithm=self.algorithm,
             mu=self.mu,
             seed=self.seed,
+            dp=self.dp,
+            noise_multiplier=self.noise_multiplier,
+            max_grad_norm=self.max_grad_norm,
+            delta=self.delta,
+            aggregation=self.aggregation,
         )
 
 
@@ -145,6 +160,7 @@ class _Live(FederatedCallback):
         state.stop = state.stop or self.cancel.is_set()
 
     def on_round_end(self, state: FederatedState) -> None:
+        self.job.aggregation = state.info.get("aggregation")
         state.stop = state.stop or self.cancel.is_set()
 
 
@@ -154,9 +170,45 @@ class FederatedJob(Task):
     def __init__(self, federation: Federation) -> None:
         self.federation = federation
         self.live: FederatedResult | None = None  # the run's result as rounds finish
+        # the last round's Aggregation: what the server saw from each client, and the cost
+        self.aggregation: Aggregation | None = None
 
         def run(progress: Any, cancel: threading.Event) -> FederatedResult:
             f = self.federation
             return run_federated(f.model, f.data, f.partition, f.config, [_Live(self, cancel)])
 
         super().__init__(run)
+
+
+TRADEOFF_EXAMPLES = 100  # training digits of the trade-off's federation: few, so that it overfits
+TRADEOFF_HIDDEN = 256  # a wide MLP, for the same reason (tradeoff.py's docstring has the figures)
+
+
+class _Progress(FederatedCallback):
+    # Reports which setting of the sweep runs, and stops it when the page cancels.
+    def __init__(self, progress: Any, cancel: threading.Event, settings: int) -> None:
+        self.progress, self.cancel, self.settings, self.started = progress, cancel, settings, 0
+
+    def on_run_begin(self, state: FederatedState) -> None:
+        self.progress(
+            f"setting {self.started + 1} of {self.settings}", self.started / self.settings
+        )
+        self.started += 1
+        state.stop = self.cancel.is_set()
+
+    def on_client_end(self, state: FederatedState, record: Any) -> None:
+        state.stop = state.stop or self.cancel.is_set()
+
+
+def measure_tradeoff(
+    progress: Any, cancel: threading.Event, cfg: TradeoffConfig | None = None, seed: int = 0
+) -> TradeoffResult:
+    """The page's privacy-utility sweep (a Task's function): 100 training digits over two IID
+    clients, a 256-unit MLP, the plain run and every noise level of `cfg`."""
+    cfg = TradeoffConfig() if cfg is None else cfg
+    data = small_subset(federated_dataset("digits", seed=seed), TRADEOFF_EXAMPLES, seed)
+    partition = partition_dataset(data, 2, seed=seed)
+    seed_everything(seed)
+    model = build_model_for(data, TRADEOFF_HIDDEN)
+    settings = len(cfg.noise_multipliers) + int(cfg.include_plain)
+    return privacy_utility(model, data, partition, cfg, [_Progress(progress, cancel, settings)])

@@ -21,7 +21,13 @@ from maaslab.plots.explain import (
     token_attribution,
     waterfall,
 )
-from maaslab.plots.federated import drift_curve, label_mix, rounds_curve
+from maaslab.plots.federated import (
+    drift_curve,
+    label_mix,
+    privacy_utility_chart,
+    rounds_curve,
+    server_view,
+)
 from maaslab.plots.linreg import (
     batch_size_comparison,
     fitted_lines,
@@ -105,6 +111,7 @@ __all__ = [
     "loss_vs_step",
     "misclassified_grid",
     "phenomenon_accuracy_bars",
+    "privacy_utility_chart",
     "probability_bars",
     "race_contour",
     "race_loss",
@@ -116,6 +123,7 @@ __all__ = [
     "scaling_bars",
     "schedule_plot",
     "scheduler_timeline",
+    "server_view",
     "similarity_matrix",
     "speedup_bars",
     "summary_dots",

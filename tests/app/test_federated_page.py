@@ -78,3 +78,36 @@ def test_fedprox_mu_and_an_impossible_split_get_messages(open_page, page_text):
     errors = " ".join(e.value for e in at.error)
     assert "raise alpha" in errors
     assert next(b for b in at.button if b.label == "Run").disabled
+
+
+def test_dp_and_masked_aggregation_show_epsilon_and_what_the_server_sees(open_page, page_text):
+    at = open_page("federated")
+    at.slider(key="federated.rounds").set_value(2)
+    at.slider(key="federated.n_clients").set_value(3)
+    at.toggle(key="federated.dp").set_value(True)
+    at.radio(key="federated.aggregation").set_value("masked").run()
+    job = _run_to_end(at)
+    text = page_text(at)
+    assert f"epsilon {job.result.epsilon:.2f} at delta 1e-05" in text
+    assert job.aggregation.method == "masked"
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("the update plus pairwise masks" in c for c in charts)
+    # the page's run is the backend's: the same settings give the same epsilon and accuracy
+    f = build_federation(LabConfig(rounds=2, n_clients=3, dp=True, aggregation="masked"))
+    expected = run_federated(f.model, f.data, f.partition, f.config)
+    assert job.result.epsilon == expected.epsilon
+    assert job.result.test_accuracy == expected.test_accuracy
+
+
+def test_the_trade_off_is_measured_and_drawn(open_page, page_text):
+    at = open_page("federated")
+    next(b for b in at.button if b.label == "Measure the trade-off").click().run()
+    assert not at.exception
+    task = at.session_state["federated.tradeoff_task"]
+    assert task.join(120), "the trade-off did not end"
+    at.run()
+    assert not at.exception, [e.stack_trace for e in at.exception]
+    result = at.session_state["federated.tradeoff"]
+    assert len(result.points) == 5  # the plain run and four noise levels
+    charts = [c.proto.spec for c in at.get("plotly_chart")]
+    assert any("Privacy against utility" in c for c in charts)
