@@ -230,8 +230,15 @@ def _serve(grid: Grid, spec: FlowerSpec, output: Path) -> None:
         with torch_threads(threads):
             val_loss, val_accuracy = evaluate_split(model, data, "val")
         now = time.perf_counter()
-        record = RoundRecord(round_, replies.get(round_, []), val_loss, val_accuracy, now - mark[0])
-        rounds.append(record)
+        rounds.append(
+            RoundRecord(
+                round=round_,
+                clients=replies.get(round_, []),
+                val_loss=val_loss,
+                val_accuracy=val_accuracy,
+                seconds=now - mark[0],
+            )
+        )
         mark[0] = now
         return MetricRecord({"val-loss": val_loss, "val-accuracy": _number(val_accuracy)})
 

@@ -266,10 +266,16 @@ def run_flower_deployment(
     workdir : an empty folder to keep the project, $FLWR_HOME, logs/ and out/ in (to read
         after the run); None = a temporary folder, removed at the end.
     """
-    if cfg.algorithm != "fedavg":
+    unsupported = {
+        "algorithm": cfg.algorithm != "fedavg",
+        "dp": cfg.dp,
+        "aggregation": cfg.aggregation != "plain",
+    }
+    if any(unsupported.values()):
+        name = next(k for k, v in unsupported.items() if v)
         raise MaaslabError(
-            f"run_flower_deployment runs Flower's FedAvg; algorithm={cfg.algorithm!r} runs "
-            "with run_federated"
+            f"run_flower_deployment runs Flower's plain FedAvg (its server sees each update, "
+            f"clients train without DP); {name}={getattr(cfg, name)!r} runs with run_federated"
         )
     if not 1 <= n_clients <= MAX_NODES:
         raise MaaslabError(f"n_clients must be between 1 and {MAX_NODES}, got {n_clients}")

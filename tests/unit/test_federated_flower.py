@@ -108,7 +108,9 @@ def test_the_generated_app_project_is_a_valid_flower_app(digits, tmp_path):
     ("kwargs", "message"),
     [
         ({"n_clients": 0}, "between 1 and"),
-        ({"cfg": FederatedConfig(algorithm="fedprox", mu=0.1)}, "runs with run_federated"),
+        ({"cfg": FederatedConfig(algorithm="fedprox", mu=0.1)}, "algorithm='fedprox' runs with"),
+        ({"cfg": FederatedConfig(dp=True)}, "dp=True runs with run_federated"),
+        ({"cfg": FederatedConfig(aggregation="masked")}, "aggregation='masked' runs with"),
         ({"cfg": FederatedConfig(clients_per_round=5)}, "sample at most 3"),
     ],
 )
