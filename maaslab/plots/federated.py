@@ -122,11 +122,11 @@ def server_view(aggregation: Aggregation, client: int = 0, numbers: int = 120) -
         shared_xaxes=True,
         vertical_spacing=0.12,
         subplot_titles=(
-            f"client {client}'s update (n_k x weights), first {len(true)} numbers",
+            f"client {client}'s update (n_k x weights)",
             {
-                "plain": "what the server received: the same numbers",
-                "masked": "what the server received: the update plus pairwise masks",
-                "ckks": "what the server received: CKKS ciphertext bytes",
+                "plain": "received: the same numbers",
+                "masked": "received: update + pairwise masks",
+                "ckks": "received: CKKS ciphertext bytes",
             }[aggregation.method],
         ),
     )
@@ -134,8 +134,7 @@ def server_view(aggregation: Aggregation, client: int = 0, numbers: int = 120) -
     fig.add_bar(y=seen, marker_color=VAL_COLOR, name="received", row=2, col=1)
     fig.update_layout(
         **layout(420),
-        title=f"What the server sees ({aggregation.method}); "
-        f"{aggregation.bytes_per_client / 1e3:.1f} KB sent per client",
+        title=f"What the server sees: {aggregation.bytes_per_client / 1e3:.1f} KB a client",
         showlegend=False,
     )
     fig.update_xaxes(title_text="position in the update", row=2, col=1)
