@@ -306,13 +306,14 @@ def serve_on_ray(
     from ray import serve
 
     stop = threading.Event()
-    handlers = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
+    handlers: dict[int, Any] = {}
     try:
         if scale.address:
             ray.init(address=scale.address, log_to_driver=False, configure_logging=False)
         else:
             most = scale.autoscale[1] if scale.autoscale else scale.replicas or 1
             ray.init(
+                address="local",  # a new instance, never one `ray start` left on this machine
                 num_cpus=max(os.cpu_count() or 1, most * len(config.models)),
                 include_dashboard=True,
                 dashboard_host=LOOPBACK,
@@ -320,6 +321,9 @@ def serve_on_ray(
                 log_to_driver=False,
                 configure_logging=False,
             )
+        # After ray.init: Ray's core installs a SIGTERM handler that ends the process at once.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, lambda *_: stop.set())
         deploy(config, scale)
         if on_ready is not None:
             host = f"[{config.host}]" if ":" in config.host else config.host
