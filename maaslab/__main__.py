@@ -254,6 +254,7 @@ def _add_export_parser(sub) -> None:
     ex.add_argument(
         "--max-batch-size",
         type=int,
+        metavar="N",
         default=default["max_batch_size"],
         help=f"rows per batch at most (default: {default['max_batch_size']})",
     )
@@ -275,6 +276,7 @@ def _add_export_parser(sub) -> None:
     ex.add_argument(
         "--instances",
         type=int,
+        metavar="N",
         default=default["instance_count"],
         help=f"Triton: model instances (default: {default['instance_count']})",
     )
@@ -300,6 +302,7 @@ def _add_export_parser(sub) -> None:
     ex.add_argument(
         "--replicas",
         type=int,
+        metavar="N",
         default=default["replicas"],
         help=f"Ray / KServe: replicas when not autoscaling (default: {default['replicas']})",
     )
@@ -313,11 +316,15 @@ def _add_export_parser(sub) -> None:
     ex.add_argument(
         "--replica-cpus",
         type=float,
+        metavar="CPUS",
         default=default["replica_cpus"],
         help=f"Ray: CPUs each model replica reserves (default: {default['replica_cpus']:g})",
     )
     ex.add_argument(
-        "--name", default=None, help="the served name (default: from NAME, as a Kubernetes name)"
+        "--name",
+        default=None,
+        metavar="SERVED",
+        help="the served name (default: from NAME, as a Kubernetes name)",
     )
     ex.add_argument("--force", action="store_true", help="replace a non-empty OUT")
 
