@@ -1,0 +1,141 @@
+"""Ray Serve vs the single-process server, same model and the same copies of it, in one run.
+
+At concurrency 16 (closed loop, one row per request), the same model served by
+- our server in its own process with 1 and with 2 model instances (`--instances`), and
+- Ray Serve (maaslab.scale.ray_serve) on one local Ray node with 1 and with 2 replicas,
+every server batching the same way (max batch 32, max delay 5 ms), each copy of the model given
+cores / copies torch threads. Printed: throughput and p99 of each, Ray / process throughput at
+1 and at 2 copies, and 2 / 1 copies for each engine. Then (unless --no-autoscale) the step load
+of maaslab.scale.ray_autoscale on an autoscaled deployment (1..2 replicas): how long Ray Serve
+takes to add a replica under load and to remove it after.
+
+The process servers alternate round by round; Ray's two deployments are measured one after the
+other (changing the replica count redeploys). Client, servers and Ray share this machine's cores.
+`--quick`: one 4 s round each after a 2 s warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from dataclasses import replace
+
+import torch
+
+from maaslab.scale.ray_autoscale import running_replicas, step_response
+from maaslab.scale.ray_cluster import LocalCluster, _free_port, deploy
+from maaslab.serve.config import ScaleConfig, ServeConfig
+from maaslab.serve.loadtest import LoadResult, request_bodies, run_load
+from maaslab.serve.process import ServerProcess
+
+
+def median_of(runs: list[LoadResult], key: str) -> float:
+    """The median of one figure over rounds."""
+    return statistics.median(getattr(r, key) for r in runs)
+
+
+def main() -> None:
+    """Measure, then print the table and the ratios."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="sentiment-minilm", help="a digits-* or sentiment-*")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per measured round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="one 4 s round each")
+    parser.add_argument("--no-autoscale", action="store_true", help="skip the step load")
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.rounds = 4.0, 1
+    cores = os.cpu_count() or 1
+    print(
+        f"machine: {platform.machine()}, {cores} cores; python {platform.python_version()}, "
+        f"torch {torch.__version__}; load average before start "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(
+        f"settings: {args.model}, concurrency {args.concurrency} (closed loop), "
+        f"{args.rounds} x {args.seconds:g} s rounds, max batch 32, max delay 5 ms, cpu"
+    )
+    bodies = request_bodies(args.model)
+    base = ServeConfig(models=(args.model,), port=0, device="cpu", max_batch_size=32)
+    results: dict[str, list[LoadResult]] = {}
+
+    def measure(key: str, url: str, seconds: float, keep: bool = True) -> None:
+        run = run_load(
+            url, args.model, concurrency=args.concurrency, duration_s=seconds, bodies=bodies
+        )
+        if keep:
+            results.setdefault(key, []).append(run)
+            print(f"  {key}: {run.summary()}", flush=True)
+
+    # Our server: one process each, 1 and 2 instances (cores / instances torch threads each).
+    servers = {
+        f"process x{n}": ServerProcess(
+            replace(base, instances=n, threads=max(1, cores // n))
+        ).start(180)
+        for n in (1, 2)
+    }
+    try:
+        for key, server in servers.items():
+            measure(key, server.url, 2.0, keep=False)  # warm-up
+        for _ in range(args.rounds):
+            for key, server in servers.items():
+                measure(key, server.url, args.seconds)
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    step = None
+    with LocalCluster(node_cpus=(cores,)) as _cluster:
+        config = replace(base, port=_free_port())
+        url = f"http://127.0.0.1:{config.port}"
+        for n in (1, 2):
+            started = time.perf_counter()
+            deploy(config, ScaleConfig("ray", replicas=n))
+            print(f"Ray Serve with {n} replica(s) running in {time.perf_counter() - started:.1f} s")
+            measure(f"ray x{n}", url, 2.0, keep=False)
+            for _ in range(args.rounds):
+                measure(f"ray x{n}", url, args.seconds)
+        if not args.no_autoscale:
+            deploy(config, ScaleConfig("ray", autoscale=(1, 2)))
+            deadline = time.monotonic() + 60.0  # the fixed deployment's second replica goes first
+            while running_replicas(args.model) > 1 and time.monotonic() < deadline:
+                time.sleep(0.5)
+            step = step_response(url, args.model, concurrency=args.concurrency, target=2)
+        from ray import serve
+
+        serve.shutdown()
+
+    print(f"\n{'server':<12} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for key, runs in results.items():
+        print(
+            f"{key:<12} {median_of(runs, 'throughput'):8.1f} {median_of(runs, 'p50_ms'):8.1f} "
+            f"{median_of(runs, 'p99_ms'):8.1f}"
+        )
+    rate = {k: median_of(v, "throughput") for k, v in results.items()}
+    p99 = {k: median_of(v, "p99_ms") for k, v in results.items()}
+    for n in (1, 2):
+        print(
+            f"Ray / process at {n} cop{'y' if n == 1 else 'ies'}: throughput "
+            f"{rate[f'ray x{n}'] / rate[f'process x{n}']:.2f}, p99 "
+            f"{p99[f'ray x{n}']:.1f} vs {p99[f'process x{n}']:.1f} ms"
+        )
+    for engine in ("process", "ray"):
+        print(
+            f"{engine}: 2 / 1 copies throughput {rate[f'{engine} x2'] / rate[f'{engine} x1']:.2f}"
+        )
+    if step is not None:
+        print(f"autoscaling step: {step.summary()}")
+        changes = [
+            f"{t:.1f} s: {c}"
+            for i, (t, c) in enumerate(step.timeline)
+            if i == 0 or c != step.timeline[i - 1][1]
+        ]
+        print("  running replicas: " + ", ".join(changes))
+
+
+if __name__ == "__main__":
+    main()
