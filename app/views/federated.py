@@ -49,6 +49,16 @@ with left:
         help="reviews-minilm: the review corpus as frozen MiniLM sentence embeddings.",
     )
     st.slider("Clients", *LIMITS["n_clients"], key="federated.n_clients", disabled=busy)
+    sample = ["all", *map(str, range(1, state["federated.n_clients"] + 1))]
+    if state.get("federated.per_round") not in sample:
+        state["federated.per_round"] = "all"  # fewer clients than the last choice
+    st.select_slider(
+        "Clients per round",
+        sample,
+        key="federated.per_round",
+        disabled=busy,
+        help="Sampled anew every round from a seeded stream; 'all': full participation.",
+    )
     st.select_slider(
         "Label skew: Dirichlet alpha",
         list(STOPS),
@@ -98,6 +108,8 @@ with left:
             }.get,
         )
     state["federated.alpha"] = STOPS[state["federated.alpha_stop"]]
+    per_round = state["federated.per_round"]
+    state["federated.clients_per_round"] = None if per_round == "all" else int(per_round)
     settings = {name: state[f"federated.{name}"] for name in asdict(LabConfig())}
     if settings["algorithm"] == "fedavg":
         settings["mu"] = 0.0

@@ -111,3 +111,16 @@ def test_the_trade_off_is_measured_and_drawn(open_page, page_text):
     assert len(result.points) == 5  # the plain run and four noise levels
     charts = [c.proto.spec for c in at.get("plotly_chart")]
     assert any("Privacy against utility" in c for c in charts)
+
+
+def test_clients_per_round_samples_that_many_each_round(open_page, page_text):
+    at = open_page("federated")
+    at.slider(key="federated.rounds").set_value(3)
+    at.slider(key="federated.n_clients").set_value(4).run()
+    at.select_slider(key="federated.per_round").set_value("2").run()
+    job = _run_to_end(at)
+    assert [len(r.clients) for r in job.result.rounds] == [0, 2, 2, 2]
+    # fewer clients than the sample: the choice falls back to all, no error
+    at.select_slider(key="federated.per_round").set_value("3").run()
+    at.slider(key="federated.n_clients").set_value(2).run()
+    assert not at.exception and at.select_slider(key="federated.per_round").value == "all"
