@@ -228,3 +228,54 @@ def test_replicas_are_placed_and_a_killed_one_is_replaced_under_load(ray_server,
     assert all("replica" in r or "overloaded" in r for r in refusals), refusals[:3]
     dead = [p for p in replica_placement() if p.replica == killed.replica]
     assert [p.state for p in dead] == ["DEAD"]
+
+
+class _Response:
+    """A DeploymentResponse stand-in: awaiting it gives `outcome` (raised if an exception)."""
+
+    def __init__(self, outcome: object) -> None:
+        self.outcome, self.cancelled = outcome, False
+
+    def __await__(self):
+        if False:  # a generator: await works on it
+            yield
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Handle:
+    """A DeploymentHandle stand-in: handle.infer.remote(...) hands out the next outcome."""
+
+    def __init__(self, *outcomes: object) -> None:
+        self.outcomes, self.calls = list(outcomes), 0
+        self.infer = self
+
+    def remote(self, *args: object) -> _Response:
+        self.calls += 1
+        return _Response(self.outcomes.pop(0))
+
+
+def test_remote_queue_retries_a_dead_replica_then_answers_503():
+    import asyncio
+
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from maaslab.scale.ray_serve import RemoteQueue, ReplicaLost
+    from maaslab.serve.batching import Overloaded
+
+    answer = {"probabilities": np.zeros((1, 10))}
+    queue = RemoteQueue("digits-cnn", _Handle(ActorDiedError(), answer))
+    assert asyncio.run(queue.submit("x", 1, 5.0)) is answer  # the retry went through
+    assert queue.lost == 1 and queue.in_flight == 0
+    queue = RemoteQueue("digits-cnn", _Handle(ActorDiedError(), ActorDiedError()))
+    with pytest.raises(ReplicaLost, match=r"stopped .*retry after 1 s") as lost:
+        asyncio.run(queue.submit("x", 1, 5.0))
+    assert isinstance(lost.value, Overloaded) and queue.handle.calls == 2  # answered 503
+    # The replica's own refusal (its full queue) comes back as itself, not as a Ray error.
+    full = RayTaskError("infer", "traceback", Overloaded("digits-cnn"))
+    with pytest.raises(Overloaded, match="overloaded"):
+        asyncio.run(RemoteQueue("digits-cnn", _Handle(full)).submit("x", 1, 5.0))
