@@ -3,14 +3,12 @@
 from dataclasses import asdict
 
 import streamlit as st
-from components import keep_outcome, watch_task
+from panels.federated import privacy_controls, tradeoff_section
 
 from maaslab import plots
 from maaslab.errors import MaaslabError
 from maaslab.federated import lab
-from maaslab.federated.aggregation import AGGREGATIONS
 from maaslab.federated.lab import ALPHAS, LIMITS, FederatedJob, LabConfig, build_federation
-from maaslab.jobs import Task
 
 
 @st.cache_resource(show_spinner="Drawing the clients' data (the reviews' MiniLM features: once)…")
@@ -78,35 +76,7 @@ with left:
         help="Pulls each client towards the global weights: mu / 2 * ||w - w_global||^2.",
     )
     st.number_input("Seed", *LIMITS["seed"], key="federated.seed", disabled=busy)
-    with st.expander("Privacy", expanded=True):
-        st.toggle(
-            "DP-SGD on the clients",
-            key="federated.dp",
-            disabled=busy or state["federated.algorithm"] != "fedavg",
-            help="Opacus: each example's gradient clipped to C, Gaussian noise sigma x C added.",
-        )
-        dp_off = busy or not state["federated.dp"]
-        st.select_slider(
-            "Noise multiplier sigma",
-            lab.NOISE_CHOICES,
-            key="federated.noise_multiplier",
-            disabled=dp_off,
-        )
-        st.select_slider(
-            "Clipping norm C", lab.CLIP_CHOICES, key="federated.max_grad_norm", disabled=dp_off
-        )
-        st.radio(
-            "What the server sees",
-            AGGREGATIONS,
-            key="federated.aggregation",
-            horizontal=True,
-            disabled=busy,
-            format_func={
-                "plain": "updates",
-                "masked": "masked (SecAgg)",
-                "ckks": "encrypted (CKKS)",
-            }.get,
-        )
+    privacy_controls(busy)
     state["federated.alpha"] = STOPS[state["federated.alpha_stop"]]
     per_round = state["federated.per_round"]
     state["federated.clients_per_round"] = None if per_round == "all" else int(per_round)
@@ -175,32 +145,5 @@ def live_view() -> None:
 with right:
     live_view()
 
-TRADEOFF, TRADEOFF_TASK, TRADEOFF_ERROR = (
-    "federated.tradeoff",
-    "federated.tradeoff_task",
-    "federated.tradeoff_error",
-)
 with right:
-    st.subheader("Privacy against utility")
-    st.markdown(
-        "The same small federation (100 training digits over 2 clients, a 256-unit MLP that "
-        "overfits them) trained without DP and at several noise levels; for each, the test "
-        "accuracy, the epsilon its clients spent, and a loss-threshold membership attack on the "
-        "final model, next to the most any attack can reach at that epsilon."
-    )
-    running = state.get(TRADEOFF_TASK) is not None
-    if st.button("Measure the trade-off", icon=":material/shield:", disabled=running):
-        state.pop(TRADEOFF, None)
-        state.pop(TRADEOFF_ERROR, None)
-        state[TRADEOFF_TASK] = Task(lab.measure_tradeoff).start()
-    watch_task(
-        lambda: state.get(TRADEOFF_TASK),
-        keep_outcome(TRADEOFF_TASK, TRADEOFF, TRADEOFF_ERROR),
-        cancel_key="federated.tradeoff_cancel",
-    )
-    if state.get(TRADEOFF_ERROR):
-        st.error(state[TRADEOFF_ERROR])
-    if state.get(TRADEOFF) is not None:
-        st.plotly_chart(
-            plots.privacy_utility_chart(state[TRADEOFF]), key="federated.tradeoff_chart"
-        )
+    tradeoff_section()
