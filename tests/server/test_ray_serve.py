@@ -65,6 +65,29 @@ def test_app_builder_args_are_checked():
     assert args.models == ("digits-cnn", "mini-gpt") and args.autoscale == (1, 2)
     config = args.serve_config()
     assert config.max_batch_size == 32 and config.max_delay_ms == 5.0
+    # A config file's args (the names maaslab.scale.export_ray writes) build the app without
+    # a cluster: the ingress and one deployment per tensor model (mini-gpt stays in the
+    # ingress), with the replicas and batching asked for.
+    from maaslab.scale.ray_serve import app_builder
+
+    app = app_builder(
+        {
+            "models": ["digits-cnn", "mini-gpt"],
+            "replicas": 2,
+            "autoscale": None,
+            "max_batch_size": 8,
+            "batch_timeout_ms": 2,
+        }
+    )
+    ingress = app._bound_deployment  # Ray Serve keeps the bound graph here
+    served, handles = ingress.init_args
+    assert ingress.name == "ingress" and set(handles) == {"digits-cnn"}
+    assert (served.max_batch_size, served.max_delay_ms) == (8, 2)
+    assert handles["digits-cnn"]._bound_deployment.num_replicas == 2
+    scaled = app_builder({"models": ["digits-cnn"], "autoscale": [1, 3]})
+    auto = scaled._bound_deployment.init_args[1]["digits-cnn"]._bound_deployment
+    autoscaling = auto._deployment_config.autoscaling_config
+    assert (autoscaling.min_replicas, autoscaling.max_replicas) == (1, 3)
     with pytest.raises(MaaslabError, match="does not take batch_size"):
         RayServeArgs.from_dict({"batch_size": 8})
     with pytest.raises(MaaslabError, match="--autoscale MIN,MAX"):
