@@ -44,6 +44,7 @@ def label_mix(partition: Partition, class_names: Sequence[str] = ()) -> go.Figur
         xaxis_title="training examples",
         yaxis={"autorange": "reversed"},
     )
+    fig.update_layout(legend={"y": -0.35})  # below the axis title
     return fig
 
 
@@ -195,7 +196,13 @@ def privacy_utility_chart(result: TradeoffResult) -> go.Figure:
                 row=1,
                 col=col,
             )
-    fig.update_xaxes(type="log", title_text="epsilon (log scale; smaller is more private)")
+    ticks = (0.1, 0.3, 1, 3, 10, 30, 100, 300, 1000)
+    fig.update_xaxes(
+        type="log",
+        tickvals=ticks,
+        ticktext=[f"{t:g}" for t in ticks],
+        title_text="epsilon (log scale; smaller is more private)",
+    )
     fig.update_yaxes(range=[0, 1.02])
     fig.update_layout(**layout(380), title="Privacy against utility")
     return fig

@@ -28,8 +28,9 @@ def test_run_a_private_masked_federation_and_the_trade_off(page: Page, app_url, 
     shot("federated-run")
 
     main.get_by_role("button", name="Measure the trade-off").click()
-    chart = main.get_by_text("Privacy against utility").last
     expect(main.get_by_text("privacy: attack advantage (TPR - FPR)")).to_be_visible(timeout=240_000)
+    chart = main.locator(".js-plotly-plot").last
     chart.scroll_into_view_if_needed()
-    page.wait_for_timeout(1500)
-    shot("federated-tradeoff")
+    page.wait_for_timeout(1500)  # let plotly finish drawing before a screenshot
+    saved = shot("federated-tradeoff")
+    chart.screenshot(path=str(saved.with_name("federated-tradeoff-chart.png")))
