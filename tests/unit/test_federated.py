@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from federated_helpers import digits_data, seeded_mlp
 
 import maaslab.federated.fedavg as fedavg_module
-from maaslab import MaaslabError, seed_everything
+from maaslab import MaaslabError
 from maaslab.data import load_dataset
 from maaslab.federated import (
     FederatedCallback,
@@ -24,19 +25,11 @@ from maaslab.federated import (
     sample_clients,
     weighted_average,
 )
-from maaslab.models import build_model
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits")
-
-
-def _mlp(data, hidden=(16,), seed=0):
-    seed_everything(seed)
-    return build_model(
-        "mlp", in_features=data.n_features, hidden=hidden, out_features=data.out_features
-    )
+    return digits_data()
 
 
 def _state(model):
@@ -65,7 +58,7 @@ def test_one_client_one_full_batch_step_per_round_is_centralized_gradient_descen
     # The oracle: FedAvg with one client holding everything, full participation and one local
     # step over the whole client dataset is full-batch gradient descent, step for step.
     n, lr, rounds = len(digits.y_train), 0.5, 4
-    model = _mlp(digits)
+    model = seeded_mlp(digits)
     reference = copy.deepcopy(model)
     watch = Rounds()
     cfg = FederatedConfig(
@@ -87,7 +80,7 @@ def test_one_client_one_full_batch_step_per_round_is_centralized_gradient_descen
 
 
 def test_identical_client_weights_average_to_themselves_exactly():
-    model = _mlp(load_dataset("moons", n_samples=40))
+    model = seeded_mlp(load_dataset("moons", n_samples=40))
     state = {**_state(model), "steps": torch.tensor(7)}
     averaged = weighted_average([state, state, state], [1, 3, 5])
     assert all(torch.equal(averaged[k], state[k]) for k in state)
@@ -114,7 +107,7 @@ def test_the_server_weights_each_client_by_its_examples(digits):
         seed=0,
     )
     cfg = FederatedConfig(rounds=1, batch_size=4, lr=0.5, seed=5, device="cpu")
-    model = _mlp(digits)
+    model = seeded_mlp(digits)
     start = copy.deepcopy(model)
     run_federated(model, digits, part, cfg)
 
@@ -133,7 +126,7 @@ def test_the_server_weights_each_client_by_its_examples(digits):
 def _non_iid_run(digits, **overrides):
     part = partition_dataset(digits, 4, alpha=0.1, seed=1)
     cfg = FederatedConfig(rounds=2, local_epochs=3, batch_size=32, lr=0.1, seed=3, **overrides)
-    model = _mlp(digits)
+    model = seeded_mlp(digits)
     return model, run_federated(model, digits, part, cfg)
 
 
@@ -160,7 +153,7 @@ def test_the_proximal_term_keeps_clients_closer_to_the_global_weights(digits):
 
 def test_the_proximal_loss_adds_mu_over_two_times_the_squared_distance():
     data = load_dataset("moons", n_samples=40)
-    model = _mlp(data)
+    model = seeded_mlp(data)
     anchor = [p.detach() + 1.0 for p in model.parameters()]  # every weight 1 away
     size = sum(p.numel() for p in model.parameters())
     assert proximal_term(model, anchor).item() == pytest.approx(size)
@@ -181,7 +174,7 @@ def test_a_short_iid_digits_run_improves_and_reads_the_test_split_once(digits, m
     monkeypatch.setattr(fedavg_module, "evaluate_split", counted)
     part = partition_dataset(digits, 5, seed=0)
     cfg = FederatedConfig(rounds=4, local_epochs=2, lr=0.3)
-    result = run_federated(_mlp(digits), digits, part, cfg)
+    result = run_federated(seeded_mlp(digits), digits, part, cfg)
     accuracy = result.column("val_accuracy")
     assert result.column("round") == [0, 1, 2, 3, 4]
     assert accuracy[-1] > accuracy[0] + 0.5 and accuracy[-1] > 0.75  # measured: 0.11 -> 0.87
@@ -198,7 +191,7 @@ def test_a_short_iid_digits_run_improves_and_reads_the_test_split_once(digits, m
 def test_sampled_runs_draw_their_clients_per_round_and_repeat_with_the_seed(digits):
     part = partition_dataset(digits, 5, alpha=1.0, seed=0)
     cfg = FederatedConfig(rounds=4, clients_per_round=2, seed=9)
-    runs = [run_federated(_mlp(digits), digits, part, cfg) for _ in range(2)]
+    runs = [run_federated(seeded_mlp(digits), digits, part, cfg) for _ in range(2)]
     chosen = [tuple(c.client for c in r.clients) for r in runs[0].rounds[1:]]
     assert all(len(c) == 2 for c in chosen) and len(set(chosen)) > 1
     assert chosen == [tuple(sample_clients(5, 2, 9, r)) for r in range(1, 5)]
@@ -213,12 +206,12 @@ def test_callbacks_see_every_round_and_a_stop_ends_the_run(digits):
     part = partition_dataset(digits, 3, seed=0)
     cfg = FederatedConfig(rounds=5)
     watch = Rounds(stop_after=2)
-    result = run_federated(_mlp(digits), digits, part, cfg, [watch])
+    result = run_federated(seeded_mlp(digits), digits, part, cfg, [watch])
     assert len(watch.states) == 2 and watch.clients_seen == 6
     assert result.column("round") == [0, 1, 2] and result.stopped_early
 
     # stopped in the middle of round 2: that round is not averaged
-    model, watch = _mlp(digits), Rounds(stop_at_client=4)
+    model, watch = seeded_mlp(digits), Rounds(stop_at_client=4)
     result = run_federated(model, digits, part, cfg, [watch])
     assert result.column("round") == [0, 1] and result.stopped_early
     assert all(torch.equal(v, watch.states[0][k]) for k, v in model.state_dict().items())
@@ -246,10 +239,10 @@ def test_a_bad_config_says_what_to_change(fields, message):
 def test_a_run_refuses_more_sampled_clients_than_it_has_or_no_validation_split(digits):
     part = partition_dataset(digits, 3)
     with pytest.raises(MaaslabError, match="sample at most 3"):
-        run_federated(_mlp(digits), digits, part, FederatedConfig(clients_per_round=4))
+        run_federated(seeded_mlp(digits), digits, part, FederatedConfig(clients_per_round=4))
     no_val = dataclasses.replace(digits, X_val=digits.X_val[:0], y_val=digits.y_val[:0])
     with pytest.raises(MaaslabError, match="val_fraction > 0"):
-        run_federated(_mlp(digits), no_val, part, FederatedConfig())
+        run_federated(seeded_mlp(digits), no_val, part, FederatedConfig())
 
 
 @pytest.mark.parametrize(("method", "atol"), [("masked", 1e-6), ("ckks", 1e-5)])
@@ -259,7 +252,7 @@ def test_masked_and_encrypted_servers_reach_the_plain_servers_weights(digits, me
     partition = partition_dataset(digits, 3, seed=0)
     runs = {}
     for how in ("plain", method):
-        model = _mlp(digits)
+        model = seeded_mlp(digits)
         cfg = FederatedConfig(rounds=2, lr=0.3, device="cpu", aggregation=how)
         result = run_federated(model, digits, partition, cfg)
         runs[how] = (_state(model), result)

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from federated_helpers import digits_data, seeded_mlp
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from maaslab import MaaslabError, seed_everything
+from maaslab import MaaslabError
 from maaslab.data import load_dataset
 from maaslab.evaluation import small_subset
 from maaslab.federated import (
@@ -27,14 +28,7 @@ from maaslab.models import build_model
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits")
-
-
-def _mlp(data, hidden=(16,), seed=0):
-    seed_everything(seed)
-    return build_model(
-        "mlp", in_features=data.n_features, hidden=hidden, out_features=data.out_features
-    )
+    return digits_data()
 
 
 def test_auc_and_roc_match_sklearn_with_ties():
@@ -73,7 +67,7 @@ def test_a_perfect_a_reversed_and_a_blind_attack_by_hand():
 
 
 def test_example_losses_are_each_examples_cross_entropy(digits):
-    model = _mlp(digits)
+    model = seeded_mlp(digits)
     X, y = digits.X_test[:700], digits.y_test[:700]  # more than one 512-row chunk
     with torch.no_grad():
         expected = F.cross_entropy(
@@ -97,7 +91,7 @@ def test_example_losses_are_each_examples_cross_entropy(digits):
 
 
 def test_the_attack_draws_as_many_members_as_non_members_with_its_seed(digits):
-    model = _mlp(digits)
+    model = seeded_mlp(digits)
     a = membership_attack(model, digits, n=50, seed=1)
     b = membership_attack(model, digits, n=50, seed=1)
     c = membership_attack(model, digits, n=50, seed=2)
@@ -132,7 +126,9 @@ def test_dp_sgd_weakens_the_attack_on_a_deliberately_overfitted_model(digits):
     small = small_subset(digits, 100, seed=0)
     federated = replace(DEFAULT_FEDERATION, rounds=2, delta=1e-3)
     cfg = TradeoffConfig(noise_multipliers=(2.0,), federated=federated)
-    result = privacy_utility(_mlp(small, hidden=(256,)), small, partition_dataset(small, 1), cfg)
+    result = privacy_utility(
+        seeded_mlp(small, hidden=(256,)), small, partition_dataset(small, 1), cfg
+    )
     plain, private = result.points
     assert result.column("noise_multiplier") == [None, 2.0]
     assert plain.epsilon == math.inf and plain.advantage_bound == 1.0
@@ -172,6 +168,6 @@ def test_a_stopped_sweep_keeps_the_settings_it_finished(digits):
     federated = replace(DEFAULT_FEDERATION, rounds=2, local_epochs=1, delta=1e-3)
     cfg = TradeoffConfig(noise_multipliers=(1.0, 2.0), federated=federated)
     stop = StopInSetting(2)
-    result = privacy_utility(_mlp(tiny), tiny, partition_dataset(tiny, 1), cfg, [stop])
+    result = privacy_utility(seeded_mlp(tiny), tiny, partition_dataset(tiny, 1), cfg, [stop])
     assert result.stopped_early and stop.begun == 2
     assert result.column("noise_multiplier") == [None]  # the stopped sigma=1 run is left out

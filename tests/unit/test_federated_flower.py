@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from federated_helpers import digits_data, seeded_mlp
 from flwr.cli.config_utils import load_and_validate
 
-from maaslab import MaaslabError, seed_everything
-from maaslab.data import load_dataset
+from maaslab import MaaslabError
 from maaslab.federated import FederatedConfig, partition_dataset, run_federated, weighted_average
 from maaslab.federated.flower import FlowerSpec, flower_average, sampling
 from maaslab.federated.flower_runner import (
@@ -23,21 +23,14 @@ from maaslab.federated.flower_runner import (
     write_connection,
     write_project,
 )
-from maaslab.models import build_model, model_config
+from maaslab.models import model_config
 
 PROXY_VARS = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "grpc_proxy")
 
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits")
-
-
-def _mlp(data, hidden=(16,), seed=0):
-    seed_everything(seed)
-    return build_model(
-        "mlp", in_features=data.n_features, hidden=hidden, out_features=data.out_features
-    )
+    return digits_data()
 
 
 def _states(count, dtype, seed=0):
@@ -76,7 +69,7 @@ def test_flowers_sampling_takes_as_many_nodes_as_ours():
 
 
 def test_the_generated_app_project_is_a_valid_flower_app(digits, tmp_path):
-    model = _mlp(digits)
+    model = seeded_mlp(digits)
     spec = FlowerSpec(
         federated=FederatedConfig(rounds=3, clients_per_round=2, lr=0.2, seed=7),
         n_clients=4,
@@ -115,7 +108,7 @@ def test_the_generated_app_project_is_a_valid_flower_app(digits, tmp_path):
     ],
 )
 def test_a_bad_deployment_is_refused_before_any_process_starts(digits, kwargs, message):
-    args = {"model": _mlp(digits), "cfg": FederatedConfig(), "n_clients": 3, **kwargs}
+    args = {"model": seeded_mlp(digits), "cfg": FederatedConfig(), "n_clients": 3, **kwargs}
     with pytest.raises(MaaslabError, match=message):
         run_flower_deployment(**args)
 
@@ -166,7 +159,7 @@ def test_flower_deployment_reaches_run_federateds_accuracy_and_leaves_no_process
     digits, tmp_path, trap
 ):
     cfg = FederatedConfig(rounds=2, local_epochs=1, batch_size=32, lr=0.3, seed=4, device="cpu")
-    model = _mlp(digits)
+    model = seeded_mlp(digits)
     start = copy.deepcopy(model.state_dict())
     user_home = Path.home() / ".flwr"
     before = user_home.exists()
@@ -220,7 +213,7 @@ def test_flower_deployment_reaches_run_federateds_accuracy_and_leaves_no_process
 def test_a_deployment_past_its_deadline_is_stopped_with_every_process(digits, tmp_path):
     with pytest.raises(MaaslabError, match="timed out"):
         run_flower_deployment(
-            _mlp(digits), FederatedConfig(rounds=1), 2, workdir=tmp_path, timeout_s=2
+            seeded_mlp(digits), FederatedConfig(rounds=1), 2, workdir=tmp_path, timeout_s=2
         )
     assert _processes_of(tmp_path / "home") == []
     assert (tmp_path / "logs" / "superlink.log").exists()  # it had started

@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from federated_helpers import digits_data, seeded_mlp
 from opacus import PrivacyEngine
 from opacus.accountants import PRVAccountant, RDPAccountant
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from maaslab import MaaslabError, seed_everything
+from maaslab import MaaslabError
 from maaslab.data import load_dataset
 from maaslab.evaluation import small_subset
 from maaslab.federated import (
@@ -32,19 +33,12 @@ from maaslab.train import TrainConfig, train
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_dataset("digits")
+    return digits_data()
 
 
 @pytest.fixture(scope="module")
 def small(digits):
     return small_subset(digits, 60, seed=0)
-
-
-def _mlp(data, hidden=(16,), seed=0):
-    seed_everything(seed)
-    return build_model(
-        "mlp", in_features=data.n_features, hidden=hidden, out_features=data.out_features
-    )
 
 
 def _weights(model):
@@ -73,7 +67,7 @@ def test_private_training_through_train_is_opacus_make_private_step_for_step(sma
     # The oracle: Opacus's own recipe (a DataLoader, PrivacyEngine.make_private, the usual
     # loop) from the same weights and seeds gives the same weights and the same epsilon.
     cfg = TrainConfig(epochs=2, batch_size=12, optimizer="sgd", lr=0.5, seed=4, device="cpu")
-    model, privacy = _mlp(small), ClientPrivacy(1.3, 0.7, delta=1e-4)
+    model, privacy = seeded_mlp(small), ClientPrivacy(1.3, 0.7, delta=1e-4)
     reference = copy.deepcopy(model)
     history = private_train(model, small, cfg, privacy)
 
@@ -116,7 +110,7 @@ def test_each_examples_gradient_is_clipped_before_the_sum_by_hand():
         X_train=np.float32(np.random.default_rng(0).normal(size=(8, 2)) * 3),
         y_train=np.arange(8) % 2,
     )
-    model = _mlp(data, hidden=(5,))
+    model = seeded_mlp(data, hidden=(5,))
     X, y = torch.from_numpy(data.X_train), torch.from_numpy(data.y_train)
     params = {k: v.detach().clone() for k, v in model.named_parameters()}
 
@@ -163,7 +157,7 @@ def test_rounds_compose_each_clients_steps_as_the_accountant_says(digits):
         delta=1e-5,
         device="cpu",
     )
-    result = run_federated(_mlp(digits), digits, part, cfg)
+    result = run_federated(seeded_mlp(digits), digits, part, cfg)
     trained, spent = dict.fromkeys(range(3), 0), dict.fromkeys(range(3), 0.0)
     assert result.rounds[0].epsilon == 0.0
     for record in result.rounds[1:]:
@@ -187,7 +181,7 @@ def test_two_rounds_cost_more_epsilon_than_one_and_less_than_twice(small):
     cfg = FederatedConfig(
         rounds=2, batch_size=10, lr=0.3, dp=True, noise_multiplier=1.5, delta=1e-3, device="cpu"
     )
-    result = run_federated(_mlp(small), small, part, cfg)
+    result = run_federated(seeded_mlp(small), small, part, cfg)
     one, two = result.column("epsilon")[1:]
     assert one == pytest.approx(dp_epsilon(1.5, 1 / 6, 6, 1e-3), rel=1e-9)
     assert two == pytest.approx(dp_epsilon(1.5, 1 / 6, 12, 1e-3), rel=1e-9)
@@ -199,7 +193,7 @@ def test_a_private_run_repeats_with_its_seed_and_learns(digits):
     cfg = FederatedConfig(
         rounds=2, local_epochs=2, lr=0.3, dp=True, noise_multiplier=0.8, seed=5, device="cpu"
     )
-    models = [_mlp(digits) for _ in range(3)]
+    models = [seeded_mlp(digits) for _ in range(3)]
     runs = [
         run_federated(m, digits, part, c)
         for m, c in zip(models, (cfg, cfg, replace(cfg, seed=6)), strict=True)
@@ -216,7 +210,7 @@ def test_a_private_run_repeats_with_its_seed_and_learns(digits):
 def test_empty_poisson_batches_take_their_step_and_weigh_nothing(small):
     # batch_size 1 of 60 examples: q = 1/60, and about a third of the batches are empty
     cfg = TrainConfig(epochs=1, batch_size=1, optimizer="sgd", lr=0.1, device="cpu")
-    model, privacy = _mlp(small), ClientPrivacy(1.0, 1.0)
+    model, privacy = seeded_mlp(small), ClientPrivacy(1.0, 1.0)
     history = private_train(model, small, cfg, privacy)
     assert privacy.steps == len(history.step_loss) == 60
     assert np.isnan(history.step_loss).sum() > 5  # the empty ones: a mean over no example
@@ -225,7 +219,7 @@ def test_empty_poisson_batches_take_their_step_and_weigh_nothing(small):
 
 
 def test_the_mlp_is_accepted_and_a_batchnorm_model_refused_by_name(digits):
-    check_private(_mlp(digits))
+    check_private(seeded_mlp(digits))
     check_private(build_model("cnn"))
     bn = nn.Sequential(nn.Linear(64, 8), nn.BatchNorm1d(8), nn.Linear(8, 10)).eval()
     with pytest.raises(MaaslabError, match=r"BatchNorm.*ModuleValidator\.fix"):
@@ -256,13 +250,15 @@ def test_a_bad_privacy_config_says_what_to_change(fields, message):
 def test_runs_that_cannot_be_private_are_refused(small, tmp_path):
     part = partition_dataset(small, 2)
     with pytest.raises(MaaslabError, match=r"well below 0\.033"):
-        run_federated(_mlp(small), small, part, FederatedConfig(dp=True, delta=0.05))
+        run_federated(seeded_mlp(small), small, part, FederatedConfig(dp=True, delta=0.05))
     cfg = TrainConfig(epochs=1, device="cpu")
     with pytest.raises(MaaslabError, match="FedAvg"):
-        local_update(_mlp(small), _mlp(small), small, cfg, mu=0.1, privacy=ClientPrivacy(1, 1))
+        local_update(
+            seeded_mlp(small), seeded_mlp(small), small, cfg, mu=0.1, privacy=ClientPrivacy(1, 1)
+        )
     with pytest.raises(MaaslabError, match="checkpoint_dir"):
         train(
-            _mlp(small),
+            seeded_mlp(small),
             small,
             replace(cfg, checkpoint_dir=str(tmp_path)),
             prepare=ClientPrivacy(1, 1).prepare(32, []),
