@@ -262,7 +262,12 @@ def deploy(config: ServeConfig, scale: ScaleConfig, timeout: float = START_TIMEO
 
     def run() -> None:
         try:
-            serve.run(app_builder(ray_serve_args(config, scale)), name=APP, route_prefix="/")
+            serve.run(
+                app_builder(ray_serve_args(config, scale)),
+                name=APP,
+                route_prefix="/",
+                logging_config={"enable_access_log": False, "log_level": "WARNING"},
+            )
         except BaseException as err:  # shown to the caller below
             error.append(err)
         started.set()
