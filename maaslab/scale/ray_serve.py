@@ -8,7 +8,11 @@ The ingress deployment serves the app maaslab.serve.create_app builds — every 
 and error answer of the single-process server, not a copy. The seam is ServedModel.batcher (a
 maaslab.serve.batching.ModelQueue): in the ingress, a tensor model's queue is a RemoteQueue that
 sends each request to the model's deployment through its DeploymentHandle; Ray Serve picks a
-replica. Language models (mini-gpt, mini-llama) are answered by the ingress itself, on its copy.
+replica. The ingress also loads each model (metadata, the explain extension), and language
+models (mini-gpt, mini-llama) are answered by the ingress itself, on that copy. With grpc_port,
+the ingress (one replica) serves OIP over gRPC on that port too, through the same app state (our
+gRPC front, not Ray Serve's gRPC proxy). Its /metrics counts requests, statuses and latency; the
+batch histograms stay empty there, since batches run in the replicas.
 
 Batching: each replica runs our own Batcher (not `@serve.batch`), with the server's
 max_batch_size and max_delay_ms. It is the code whose numbers the lessons measured, and it keeps
