@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from maaslab.compress.export import export_variant
-from maaslab.compress.measure import held_out
+from maaslab.compress.splits import held_out
 from maaslab.data import DIGIT_PIXEL_MAX
 from maaslab.errors import MaaslabError
 from maaslab.paths import ROOT, runs_dir
@@ -35,7 +35,7 @@ class CheckedExport:
     variant: str
     folder: Path
     files: list[tuple[str, float]]  # (path inside the folder, MB), sorted
-    labels: np.ndarray  # the held-out examples' true labels
+    labels: np.ndarray  # the test examples' true labels
     predicted: list  # the loaded folder's label for each example
     predicted_class: np.ndarray  # the index of that label (the argmax of the probabilities)
     confidence: np.ndarray  # its probability
@@ -51,7 +51,7 @@ class CheckedExport:
     def check(self) -> str:
         """One line on the first example: its label, the prediction, the confidence."""
         return (
-            f"Loaded back with `auto.load`: held-out example 0 (label {self.labels[0]}) -> "
+            f"Loaded back with `auto.load`: test example 0 (label {self.labels[0]}) -> "
             f"predicted {self.predicted[0]} ({self.confidence[0]:.1%})."
         )
 
@@ -92,7 +92,7 @@ def export_checked(
     folder : the new model folder; refused if it exists unless `overwrite`.
     seed, threads : the comparison's, so the variant it built is reused.
     overwrite : replace an existing folder.
-    examples : held-out examples the loaded folder predicts.
+    examples : test examples the loaded folder predicts (the first ones).
     """
     from maaslab.auto import load
 
@@ -106,8 +106,10 @@ def export_checked(
     with torch_threads(threads):
         export_variant(model_name, variant, folder, seed=seed, overwrite=overwrite)
         # predict takes texts, or pixels on 0..16 (the held-out split is on 0..1)
-        text = isinstance(data.inputs, list)
-        pred = load(folder).predict(data.inputs if text else data.inputs * DIGIT_PIXEL_MAX)
+        # a check that the folder works (it chooses nothing): the first test examples
+        shown = data.test_inputs
+        text = isinstance(shown, list)
+        pred = load(folder).predict(shown if text else shown * DIGIT_PIXEL_MAX)
     files = sorted(
         (str(p.relative_to(folder)), p.stat().st_size / 1e6)
         for p in folder.rglob("*")
@@ -119,7 +121,7 @@ def export_checked(
         variant=variant,
         folder=folder,
         files=files,
-        labels=np.asarray(data.labels),
+        labels=np.asarray(data.test_labels),
         predicted=list(pred.labels),
         predicted_class=picked,
         confidence=pred.probabilities[np.arange(len(picked)), picked],

@@ -1,17 +1,20 @@
 """One table comparing a model's variants: accuracy, latency, size, and explanation drift.
 
 `compare(model_name)` builds every variant and measures, for each:
-- accuracy on the held-out split (the 214 test reviews, or the digits test split) and its drop
-  against fp32 in percentage points;
+- accuracy on the split the variant is chosen on, and its drop against fp32 in percentage points
+  (what `Comparison.best` and the P5 verdict read), then the same on the test split, read once
+  after every other number, for the report (`test_accuracy`, `test_drop`; never chosen on);
 - latency of one model call at batch 1 and batch 32: the median of `repeats` calls, taken
   round-robin across the variants (fp32, int8, onnx, fp32, int8, onnx, ...) so a burst of load on
   the machine slows every variant alike instead of one; the speed-up is fp32's median / this one;
 - size on disk: the bytes of the variant's serialized form (safetensors, or the .onnx file);
-- shap_difference: how far its SHAP values move from fp32's on a few fixed held-out inputs,
-  mean over inputs of ||phi_variant - phi_fp32||_1 / ||phi_fp32||_1 (0 = the same explanation,
-  1 = as far from fp32's as fp32's is from all zeros). Both explain the class fp32 predicts, with
-  the same model-agnostic method, budget and seed (Partition SHAP for text, Permutation SHAP for
-  digits), so the number moves only when the model's answers move.
+- shap_difference: how far its SHAP values move from fp32's on a few fixed inputs of the choice
+  split (maaslab.compress.drift).
+
+The split a variant is chosen on is validation where no variant trained on it (digits-cnn), the
+test reviews for sentiment-minilm, whose shipped model trained on its validation reviews
+(maaslab.compress.splits says why). Latency batches and explained inputs come from the choice
+split too, so `compare(..., report_test=False)` never reads the test split.
 
 A variant that cannot be built or run (an export the ONNX exporter refuses, say) gets a row with
 `error` set and empty numbers; the rest of the table still comes out.
@@ -32,17 +35,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from maaslab.compress.drift import shap_difference, shap_values
+from maaslab.compress.splits import SELECTION_SPLIT, accuracy, held_out, model_inputs
 from maaslab.compress.variants import Built, build_variant, check_model_name, variants_for
 from maaslab.errors import MaaslabError
-from maaslab.explain.core import Cancelled, Explainable
+from maaslab.explain.core import Cancelled
 from maaslab.runtime import fast_mode, scaled, torch_threads
 
 Progress = Callable[[str, float], None]
 REFERENCE = "fp32"
-LATENCY_TEXT = "The trailer looked awful, but the film itself is a gem, honestly."  # 17 tokens
-SHAP_METHOD = {"sentiment-minilm": "partition_shap", "digits-cnn": "permutation_shap"}
-SHAP_BUDGET = {"sentiment-minilm": 64, "digits-cnn": 129}  # shap's minimum for 64 pixels: 2F+1
-SHAP_MAX_WORDS = 20  # explained reviews are the first short ones (cost grows with words)
 WARMUP_CALLS = 2  # untimed calls per variant and batch (first calls allocate and pack weights)
 
 
@@ -52,7 +53,7 @@ class VariantRow:
 
     name: str
     description: str
-    accuracy: float | None = None  # share of the held-out split classified right
+    accuracy: float | None = None  # share of the choice split (Comparison.split) classified right
     accuracy_drop: float | None = None  # (fp32 accuracy - this) in percentage points
     latency_ms_1: float | None = None  # median ms of one call on one input
     latency_ms_32: float | None = None  # median ms of one call on 32 inputs
@@ -62,6 +63,8 @@ class VariantRow:
     shap_difference: float | None = None  # mean relative L1 distance to fp32's SHAP values
     build_seconds: float | None = None  # pruning, fine-tuning, export, quantization
     error: str | None = None  # None, or why this variant has no numbers
+    test_accuracy: float | None = None  # share of the test split right (report only; None: unread)
+    test_drop: float | None = None  # (fp32 test accuracy - this) in percentage points
 
 
 @dataclass
@@ -71,11 +74,13 @@ class Comparison:
     model: str
     rows: list[VariantRow]
     repeats: int  # timed calls per variant and batch size
-    examples: int  # held-out examples behind each accuracy
-    shap_inputs: int  # held-out inputs behind each shap_difference
+    examples: int  # examples of the choice split behind each accuracy
+    shap_inputs: int  # inputs of the choice split behind each shap_difference
     threads: int  # torch / ONNX Runtime intra-op threads during the run
     seconds: float = 0.0
     built: dict[str, Built] = field(default_factory=dict, repr=False)
+    split: str = "validation"  # the split `accuracy` is on: SELECTION_SPLIT[model]
+    test_examples: int = 0  # test examples behind each test_accuracy (0: test split unread)
 
     def frame(self) -> pd.DataFrame:
         """The table as a DataFrame, one row per variant, in the order compared."""
@@ -104,7 +109,8 @@ class Comparison:
         return [r.name for r in self.rows if r.error]
 
     def best(self, max_drop_points: float = 1.0) -> VariantRow | None:
-        """The fastest variant at batch 1 losing at most `max_drop_points` of accuracy."""
+        """The fastest variant at batch 1 losing at most `max_drop_points` of accuracy on the
+        choice split (`accuracy_drop`; the test figures are never read here)."""
         ok = [
             r
             for r in self.rows
@@ -114,61 +120,6 @@ class Comparison:
             and r.accuracy_drop <= max_drop_points + 1e-9
         ]
         return max(ok, key=lambda r: r.speedup_1) if ok else None
-
-
-# --- the held-out data each model is measured on ---------------------------------------------
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """Inputs and labels of the held-out split, the latency batches and the explained inputs."""
-
-    inputs: Any  # texts (list[str]) or pixels (N, 64) in 0..1
-    labels: np.ndarray
-    batch_1: Any
-    batch_32: Any
-    explained: list[Any]
-    background: np.ndarray | None = None  # digits: the rows SHAP uses for "absent"
-
-
-def held_out(model_name: str, examples: int | None = None, shap_inputs: int = 3) -> HeldOut:
-    """The held-out split of `model_name` (first `examples` of it, None = all)."""
-    if model_name == "sentiment-minilm":
-        from maaslab.reviews import load_reviews
-
-        reviews = load_reviews("test")
-        texts, labels = list(reviews.texts)[:examples], np.asarray(reviews.labels)[:examples]
-        short = [t for t in reviews.texts if len(t.split()) <= SHAP_MAX_WORDS][:shap_inputs]
-        return HeldOut(texts, labels, [LATENCY_TEXT], list(reviews.texts[:32]), short)
-    from maaslab.data import load_dataset
-    from maaslab.explain.adapters import background_rows
-
-    data = load_dataset("digits", seed=0, val_fraction=0.0)  # background: all training rows
-    X = data.X_test.astype(np.float32)[:examples]
-    return HeldOut(
-        X,
-        data.y_test[:examples],
-        data.X_test[:1].astype(np.float32),
-        data.X_test[:32].astype(np.float32),
-        list(data.X_test[:shap_inputs]),
-        background_rows(data.X_train),
-    )
-
-
-def model_inputs(module: nn.Module, batch: Any) -> torch.Tensor:
-    """What the module's forward takes: token ids for texts, float pixels otherwise."""
-    if isinstance(batch, list) and batch and isinstance(batch[0], str):
-        ids, _ = module.encode(batch)
-        return torch.as_tensor(ids)
-    return torch.as_tensor(np.asarray(batch, dtype=np.float32))
-
-
-def accuracy(module: nn.Module, data: HeldOut) -> float:
-    """Share of the held-out examples the module classifies right."""
-    from maaslab.evaluation import predict_proba
-
-    X = model_inputs(module, data.inputs).numpy()
-    return float((predict_proba(module, X).argmax(1) == data.labels).mean())
 
 
 def interleaved_latency(
@@ -189,71 +140,6 @@ def interleaved_latency(
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}
 
 
-def explainable_variant(
-    model_name: str,
-    module: nn.Module,
-    data: HeldOut,
-    name: str,
-    cancel: threading.Event | None = None,
-) -> Explainable:
-    """Any variant (torch or ONNX) as an Explainable for the model-agnostic SHAP methods."""
-
-    @torch.no_grad()
-    def predict(batch: Any) -> np.ndarray:
-        if model_name == "sentiment-minilm":
-            batch = [t if t.strip() else "." for t in batch]  # a mask may remove every word
-        return torch.softmax(module(model_inputs(module, batch)).double(), -1).numpy()
-
-    if model_name == "sentiment-minilm":
-        labels = tuple(module.config.labels)
-        return Explainable("text", predict, labels, name, cancel=cancel)
-    return Explainable(
-        "image",
-        predict,
-        tuple(str(i) for i in range(10)),
-        name,
-        background=data.background,
-        cancel=cancel,
-    )
-
-
-def shap_values(
-    model_name: str,
-    module: nn.Module,
-    data: HeldOut,
-    targets: Sequence[int],
-    seed: int,
-    cancel: threading.Event | None = None,
-) -> list[np.ndarray]:
-    """SHAP values of each explained held-out input for the given classes, same method and seed."""
-    from maaslab.explain import explain
-
-    model = explainable_variant(model_name, module, data, model_name, cancel)
-    return [
-        explain(
-            model,
-            x,
-            SHAP_METHOD[model_name],
-            target=int(t),
-            seed=seed,
-            budget=SHAP_BUDGET[model_name],
-        ).values
-        for x, t in zip(data.explained, targets, strict=True)
-    ]
-
-
-def shap_difference(values: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
-    """Mean over inputs of ||values - reference||_1 / ||reference||_1."""
-    return float(
-        np.mean(
-            [
-                np.abs(v - r).sum() / max(np.abs(r).sum(), 1e-12)
-                for v, r in zip(values, reference, strict=True)
-            ]
-        )
-    )
-
-
 def _reason(err: BaseException) -> str:
     if isinstance(err, MaaslabError):
         return str(err)
@@ -270,6 +156,7 @@ def compare(
     shap_inputs: int | None = None,
     seed: int = 0,
     threads: int | None = None,
+    report_test: bool = True,
     progress: Progress | None = None,
     cancel: threading.Event | None = None,
 ) -> Comparison:
@@ -281,20 +168,40 @@ def compare(
     variants : names from `variants_for(model_name)`; None = all. fp32 is always measured
         (first), since every drop and speed-up is relative to it.
     repeats : timed calls per variant and batch size (None: 30, fast mode 5).
-    examples : held-out examples for accuracy (None: the whole split; fast mode the first 100).
-    shap_inputs : held-out inputs explained for shap_difference (None: 3, fast mode 1; 0 = skip).
+    examples : examples of the choice split (validation for digits-cnn, test for
+        sentiment-minilm: SELECTION_SPLIT) and of the test split for accuracy (None: the whole
+        split; fast mode the first 100).
+    shap_inputs : inputs of the choice split explained for shap_difference (None: 3, fast mode
+        1; 0 = skip).
     seed : seeds pruning's fine-tuning and every SHAP explanation.
     threads : CPU threads for torch and ONNX Runtime alike (None: torch's current setting). On
         a machine shared with other work, 1 thread gives steadier timings: a 2-thread op waits
         at its barrier whenever the other core is busy elsewhere.
+    report_test : after every other number, measure each variant's test accuracy for the
+        report (test_accuracy, test_drop). False leaves the test split unread (digits-cnn only:
+        sentiment-minilm's variants are chosen on the test reviews).
     progress : called as progress(stage, fraction done).
     cancel : set it to stop; the call raises maaslab.explain.Cancelled at the next check.
     """
     if threads is not None and threads < 1:
         raise MaaslabError(f"threads must be at least 1, got {threads}")
+    if not report_test and SELECTION_SPLIT.get(model_name) == "test":
+        raise MaaslabError(
+            f"{model_name}'s variants are chosen on its test split (its shipped model trained on "
+            "the validation rows), so report_test=False cannot leave the test split unread: "
+            "keep report_test=True"
+        )
     with torch_threads(threads):
         return _compare(
-            model_name, variants, repeats, examples, shap_inputs, seed, progress, cancel
+            model_name,
+            variants,
+            repeats,
+            examples,
+            shap_inputs,
+            seed,
+            report_test,
+            progress,
+            cancel,
         )
 
 
@@ -305,6 +212,7 @@ def _compare(
     examples: int | None,
     shap_inputs: int | None,
     seed: int,
+    report_test: bool,
     progress: Progress | None,
     cancel: threading.Event | None,
 ) -> Comparison:
@@ -329,7 +237,8 @@ def _compare(
     shap_inputs = scaled(3, 1) if shap_inputs is None else shap_inputs
     data = held_out(model_name, examples, shap_inputs)
     started = time.perf_counter()
-    steps, done = 3 * len(names) + 2, 0
+    test_apart = report_test and data.split != "test"  # sentiment: its accuracy is the test one
+    steps, done = (4 if test_apart else 3) * len(names) + 2, 0
 
     def step(stage: str) -> None:
         nonlocal done
@@ -369,7 +278,10 @@ def _compare(
     for name in live:
         step(f"accuracy of {name}")
         attempt(
-            name, lambda name=name: facts[name].update(accuracy=accuracy(built[name].module, data))
+            name,
+            lambda name=name: facts[name].update(
+                accuracy=accuracy(built[name].module, data.inputs, data.labels)
+            ),
         )
     live = [n for n in live if n not in errors]
     for size, batch in ((1, data.batch_1), (32, data.batch_32)):
@@ -403,6 +315,18 @@ def _compare(
                 facts[name]["shap_difference"] = shap_difference(values, reference)
 
             attempt(name, drift)
+    # The test split is read last, once per variant, for the report: nothing above looked at it.
+    for name in live if report_test else ():
+        if not test_apart:
+            facts[name]["test_accuracy"] = facts[name].get("accuracy")
+            continue
+        step(f"test accuracy of {name}")
+        attempt(
+            name,
+            lambda name=name: facts[name].update(
+                test_accuracy=accuracy(built[name].module, data.test_inputs, data.test_labels)
+            ),
+        )
     ref = facts[REFERENCE] if REFERENCE not in errors else {}
     rows = []
     from maaslab.compress.variants import VARIANTS
@@ -412,20 +336,21 @@ def _compare(
             rows.append(VariantRow(name, VARIANTS[name].description, error=errors[name]))
             continue
         f, b = facts[name], built[name]
-        acc = f.get("accuracy")
         rows.append(
             VariantRow(
                 name,
                 VARIANTS[name].description,
-                acc,
-                None if acc is None or "accuracy" not in ref else (ref["accuracy"] - acc) * 100,
-                f.get("latency_ms_1"),
-                f.get("latency_ms_32"),
-                _ratio(ref.get("latency_ms_1"), f.get("latency_ms_1")),
-                _ratio(ref.get("latency_ms_32"), f.get("latency_ms_32")),
-                b.size_mb,
-                f.get("shap_difference"),
-                b.seconds,
+                accuracy=f.get("accuracy"),
+                accuracy_drop=_drop(ref.get("accuracy"), f.get("accuracy")),
+                latency_ms_1=f.get("latency_ms_1"),
+                latency_ms_32=f.get("latency_ms_32"),
+                speedup_1=_ratio(ref.get("latency_ms_1"), f.get("latency_ms_1")),
+                speedup_32=_ratio(ref.get("latency_ms_32"), f.get("latency_ms_32")),
+                size_mb=b.size_mb,
+                shap_difference=f.get("shap_difference"),
+                build_seconds=b.seconds,
+                test_accuracy=f.get("test_accuracy"),
+                test_drop=_drop(ref.get("test_accuracy"), f.get("test_accuracy")),
             )
         )
     if progress is not None:
@@ -439,6 +364,8 @@ def _compare(
         torch.get_num_threads(),
         time.perf_counter() - started,
         built,
+        data.split,
+        len(data.test_labels) if report_test else 0,
     )
 
 
@@ -446,6 +373,10 @@ def _add_call(calls: dict, name: str, module: nn.Module, batch: Any) -> None:
     # The inputs are made once, outside the timing: latency is the model call alone.
     x = model_inputs(module, batch)
     calls[name] = torch.no_grad()(lambda: module(x))
+
+
+def _drop(reference: float | None, value: float | None) -> float | None:
+    return None if reference is None or value is None else (reference - value) * 100
 
 
 def _ratio(reference: float | None, value: float | None) -> float | None:

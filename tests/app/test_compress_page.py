@@ -59,6 +59,7 @@ def test_digits_table_is_the_backends_and_the_export_loads(open_page, page_text,
     for row in got.rows:  # every number shown is the Comparison's (rounded for display)
         line = shown.loc[row.name]
         assert line["accuracy (%)"] == pytest.approx(100 * row.accuracy, abs=1e-3)
+        assert line["test accuracy (%)"] == pytest.approx(100 * row.test_accuracy, abs=1e-3)
         assert line["ms batch 1"] == pytest.approx(row.latency_ms_1, abs=1e-3)
         assert line["speed-up batch 32"] == pytest.approx(row.speedup_32, abs=1e-3)
         assert line["MB on disk"] == pytest.approx(row.size_mb, abs=1e-3)
@@ -68,6 +69,9 @@ def test_digits_table_is_the_backends_and_the_export_loads(open_page, page_text,
     again = compare("digits-cnn", ["fp32", *DIGITS], repeats=1, shap_inputs=0, seed=0, threads=1)
     assert [r.accuracy for r in again.rows] == [r.accuracy for r in got.rows]
     assert "P5" in page_text(at) and "the best variant is" in page_text(at)
+    # the choice reads the validation digits; the test split is the report's
+    assert got.split == "validation" and "points on validation (test accuracy" in page_text(at)
+    assert "on 100 validation examples" in page_text(at)  # the caption (fast mode: 100)
     assert len(at.get("plotly_chart")) == 2
 
     # export: a bad name and an existing folder get messages, a good one writes a loadable folder
@@ -132,11 +136,14 @@ def test_cancel_stops_a_comparison(open_page, page_text):
     assert "compress.result" not in at.session_state
 
 
-def test_sentiment_int8(open_page):
+def test_sentiment_int8(open_page, page_text):
     at = compared(open_page, "sentiment-minilm", ["int8-dynamic"], repeats=1)
     assert not at.exception and not at.error, [e.value for e in at.error]
     shown = at.table[0].value
     assert list(shown.index) == ["fp32", "int8-dynamic"]
     assert shown["accuracy (%)"].between(80, 100).all()
+    # no held-out validation reviews: chosen on the test reviews, and the page says so
+    assert (shown["test accuracy (%)"] == shown["accuracy (%)"]).all()
+    assert "points on test" in page_text(at) and "none are held out" in page_text(at)
     # int8 Linear weights are a quarter of fp32's; the fp32 embedding table stays as it is
     assert shown.loc["int8-dynamic", "MB on disk"] < 0.75 * shown.loc["fp32", "MB on disk"]

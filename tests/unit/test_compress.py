@@ -1,5 +1,6 @@
 """maaslab.compress: int8 and ONNX variants agree with fp32, the table is honest, exports load."""
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -20,7 +21,7 @@ from maaslab.compress import (
     variants_for,
 )
 from maaslab.compress import variants as variants_module
-from maaslab.compress.measure import held_out
+from maaslab.compress.splits import held_out
 from maaslab.data import load_dataset
 from maaslab.explain import Cancelled
 from maaslab.registry import save_model
@@ -105,16 +106,22 @@ def test_table_rows_are_measured(digits_table, digits):
     table = digits_table
     assert table.names == ["fp32", "int8-dynamic", "onnx-int8"]
     fp32 = table.row("fp32")
-    n = table.examples  # fast mode: the first 100 of the test split
-    shipped = (
-        load("digits-cnn").predict(digits.X_test[:n] * 16).probabilities.argmax(1)
-        == digits.y_test[:n]
-    ).mean()
-    assert fp32.accuracy == pytest.approx(shipped)
+    assert table.split == "validation" and table.test_examples == table.examples
+    n = table.examples  # fast mode: the first 100 of the validation and of the test split
+    cnn = load("digits-cnn")
+    for X, y, got in (
+        (digits.X_val, digits.y_val, fp32.accuracy),
+        (digits.X_test, digits.y_test, fp32.test_accuracy),
+    ):
+        assert got == pytest.approx(
+            (cnn.predict(X[:n] * 16).probabilities.argmax(1) == y[:n]).mean()
+        )
     assert fp32.accuracy_drop == 0 and fp32.speedup_1 == 1 and fp32.shap_difference == 0
+    assert fp32.test_drop == 0
     for row in table.rows:
         assert row.error is None and row.latency_ms_1 > 0 and row.latency_ms_32 > 0
         assert row.accuracy_drop == pytest.approx((fp32.accuracy - row.accuracy) * 100)
+        assert row.test_drop == pytest.approx((fp32.test_accuracy - row.test_accuracy) * 100)
         assert row.speedup_32 == pytest.approx(fp32.latency_ms_32 / row.latency_ms_32)
         assert 0 <= row.shap_difference < 0.5
     # int8 weights take about a quarter of the fp32 bytes (biases and scales stay fp32)
@@ -128,7 +135,9 @@ def test_table_rows_are_measured(digits_table, digits):
 def test_fp32_accuracy_is_the_shipped_accuracy(sentiment):
     table = compare("sentiment-minilm", ["fp32"], repeats=1, examples=214, shap_inputs=0)
     row = table.row("fp32")
-    assert table.examples == len(load_reviews("test")) == 214
+    assert table.examples == table.test_examples == len(load_reviews("test")) == 214
+    # sentiment-minilm trained on its validation reviews: its variants are chosen on test ones
+    assert table.split == "test" and row.test_accuracy == row.accuracy
     # the recipe stored assets.sentiment_accuracy(model) when it built the shipped folder
     assert row.accuracy == sentiment.metadata["test_accuracy"]["overall"]
     assert row.accuracy == pytest.approx(0.9346, abs=1e-4)
@@ -234,12 +243,60 @@ def test_shap_difference_is_relative_l1():
     assert shap_difference([np.array([1.0, 0.0]), np.array([0.5, 0.5])], ref) == pytest.approx(0.25)
 
 
-def test_held_out_inputs_are_fixed():
+def test_held_out_inputs_are_fixed(digits):
     text = held_out("sentiment-minilm", shap_inputs=2)
-    assert len(text.inputs) == 214 and len(text.explained) == 2
+    assert len(text.inputs) == 214 and len(text.explained) == 2 and text.split == "test"
     assert all(len(t.split()) <= 20 for t in text.explained)
     pixels = held_out("digits-cnn", examples=10)
     assert pixels.inputs.shape == (10, 64) and pixels.batch_32.shape == (32, 64)
+    # digits: everything but the report's test split is validation rows
+    assert pixels.split == "validation"
+    np.testing.assert_array_equal(pixels.batch_32, digits.X_val[:32])
+    np.testing.assert_array_equal(pixels.inputs, digits.X_val[:10])
+    np.testing.assert_array_equal(pixels.test_inputs, digits.X_test[:10])
+
+
+def test_the_shipped_digits_cnn_never_trained_on_the_validation_rows():
+    """The rows digits-cnn's variant is chosen on were held out by its recipe and by pruning."""
+    from maaslab import assets
+
+    cnn = load("digits-cnn")
+    args = cnn.metadata["data_args"]
+    assert (args["seed"], args["val_fraction"]) == (0, variants_module.VAL_FRACTION)
+    assert assets.VAL_FRACTION == variants_module.VAL_FRACTION
+    fine_tune = variants_module.training_data("digits-cnn", cnn.model)
+    chosen_on = held_out("digits-cnn")
+    np.testing.assert_array_equal(fine_tune.X_val, chosen_on.inputs)
+    trained = {row.tobytes() for row in fine_tune.X_train}
+    assert not any(row.tobytes() in trained for row in chosen_on.inputs)
+
+
+def test_the_choice_never_reads_the_test_split(monkeypatch):
+    """compare(report_test=False) and the P5 verdict run with the test split sealed."""
+    from sealed import Sealed
+
+    from maaslab.compress import measure
+    from maaslab.compress.verdict import comparison_table, conditions, p5_verdict
+
+    real = measure.held_out
+
+    def sealed(*args, **kwargs):
+        data = real(*args, **kwargs)
+        return dataclasses.replace(data, test_inputs=Sealed(), test_labels=Sealed())
+
+    monkeypatch.setattr(measure, "held_out", sealed)
+    table = compare("digits-cnn", ["int8-dynamic"], repeats=1, shap_inputs=1, report_test=False)
+    assert table.failed == []  # a read of the seal inside a step would be an error in its row
+    assert table.test_examples == 0 and all(r.test_accuracy is None for r in table.rows)
+    verdict = p5_verdict(table)
+    assert verdict.best is not None and verdict.split == "validation"
+    assert "on validation" in verdict.text() and "test accuracy" not in verdict.text()
+    assert "the test split was not read" in conditions(table)
+    assert comparison_table(table)["test accuracy (%)"].isna().all()
+    with pytest.raises(AssertionError, match="the test split was read"):  # the seal holds
+        compare("digits-cnn", ["int8-dynamic"], repeats=1, shap_inputs=0)
+    with pytest.raises(MaaslabError, match="chosen on its test split"):
+        compare("sentiment-minilm", ["fp32"], report_test=False)
 
 
 def test_int8_weight_error_is_zero_on_the_grid_and_smaller_per_row():
