@@ -4,9 +4,12 @@ At concurrency 16 (closed loop, one row per request), the same model served by
 - our server in its own process with 1 and with 2 model instances (`--instances`), and
 - Ray Serve (maaslab.scale.ray_serve) on one local Ray node with 1 and with 2 replicas,
 every server batching the same way (max batch 32, max delay 5 ms), each copy of the model given
-cores / copies torch threads. Printed: throughput and p99 of each, Ray / process throughput at
-1 and at 2 copies, and 2 / 1 copies for each engine. Then (unless --no-autoscale) the step load
-of maaslab.scale.ray_autoscale on an autoscaled deployment (1..2 replicas): how long Ray Serve
+the same torch threads in both engines: (cores - 1) / copies, at least 1 (Ray's default: a
+core stays with its proxy and ingress). With torch's own 2 threads, one instance measured 19
+req/s at a load average of 7 on 2 cores, where 2 instances of 1 thread each gave 165.
+Printed: throughput and p99 of each, Ray / process throughput at 1 and at 2 copies, and 2 / 1
+copies for each engine. Then (unless --no-autoscale) the step load of
+maaslab.scale.ray_autoscale on an autoscaled deployment (1..2 replicas): how long Ray Serve
 takes to add a replica under load and to remove it after.
 
 The process servers alternate round by round; Ray's two deployments are measured one after the
@@ -60,6 +63,11 @@ def main() -> None:
         f"{args.rounds} x {args.seconds:g} s rounds, max batch 32, max delay 5 ms, cpu"
     )
     bodies = request_bodies(args.model)
+
+    def threads(copies: int) -> int:
+        return max(1, (cores - 1) // copies)
+
+    print(f"torch threads per copy: 1 copy {threads(1)}, 2 copies {threads(2)} (both engines)")
     base = ServeConfig(models=(args.model,), port=0, device="cpu", max_batch_size=32)
     results: dict[str, list[LoadResult]] = {}
 
@@ -71,11 +79,9 @@ def main() -> None:
             results.setdefault(key, []).append(run)
             print(f"  {key}: {run.summary()}", flush=True)
 
-    # Our server: one process each, 1 and 2 instances (cores / instances torch threads each).
+    # Our server: one process each, 1 and 2 instances.
     servers = {
-        f"process x{n}": ServerProcess(
-            replace(base, instances=n, threads=max(1, cores // n))
-        ).start(180)
+        f"process x{n}": ServerProcess(replace(base, instances=n, threads=threads(n))).start(180)
         for n in (1, 2)
     }
     try:
@@ -94,7 +100,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{config.port}"
         for n in (1, 2):
             started = time.perf_counter()
-            deploy(config, ScaleConfig("ray", replicas=n))
+            deploy(replace(config, threads=threads(n)), ScaleConfig("ray", replicas=n))
             print(f"Ray Serve with {n} replica(s) running in {time.perf_counter() - started:.1f} s")
             measure(f"ray x{n}", url, 2.0, keep=False)
             for _ in range(args.rounds):
