@@ -29,7 +29,7 @@ from dataclasses import replace
 import torch
 
 from maaslab.scale.ray_autoscale import running_replicas, step_response
-from maaslab.scale.ray_cluster import LocalCluster, _free_port, deploy
+from maaslab.scale.ray_cluster import LocalCluster, deploy, free_port
 from maaslab.serve.config import ScaleConfig, ServeConfig
 from maaslab.serve.loadtest import LoadResult, request_bodies, run_load
 from maaslab.serve.process import ServerProcess
@@ -96,7 +96,7 @@ def main() -> None:
 
     step = None
     with LocalCluster(node_cpus=(cores,)) as _cluster:
-        config = replace(base, port=_free_port())
+        config = replace(base, port=free_port())
         url = f"http://127.0.0.1:{config.port}"
         for n in (1, 2):
             started = time.perf_counter()

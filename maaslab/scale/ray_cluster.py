@@ -82,7 +82,9 @@ def kill_replica(deployment: str, app: str = APP) -> Placement:
     return victim
 
 
-def _free_port(host: str = LOOPBACK) -> int:
+def free_port(host: str = LOOPBACK) -> int:
+    """A port nothing listens on at `host` now, bound as the server binds (serve.runner);
+    federated.flower_runner.free_port is the loopback-only one of the Flower runs."""
     from maaslab.serve.runner import bind_socket
 
     with bind_socket(host, 0) as sock:
@@ -148,12 +150,12 @@ class LocalCluster:
         token.write_text(secrets.token_hex(32))
         token.chmod(0o600)
         self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-        port = _free_port()
+        port = free_port()
         self.address = f"{LOOPBACK}:{port}"
         head = ["--head", "--port", str(port), "--num-cpus", f"{self.node_cpus[0]:g}"]
         head += ["--disable-usage-stats", "--include-dashboard", str(self.dashboard).lower()]
         if self.dashboard:
-            dash = _free_port()
+            dash = free_port()
             head += ["--dashboard-host", LOOPBACK, "--dashboard-port", str(dash)]
             self.dashboard_url = f"http://{LOOPBACK}:{dash}"
         try:
@@ -303,8 +305,8 @@ def serve_on_ray(
     resolve_api_key(config.host, None if config.keys_file else config.api_key_env)
     config = replace(
         config,
-        port=config.port or _free_port(config.host),
-        grpc_port=_free_port(config.host) if config.grpc_port == 0 else config.grpc_port,
+        port=config.port or free_port(config.host),
+        grpc_port=free_port(config.host) if config.grpc_port == 0 else config.grpc_port,
     )
     os.environ.update(RAY_ENV)
     import ray

@@ -97,12 +97,12 @@ def test_app_builder_args_are_checked():
 @pytest.fixture(scope="module")
 def ray_server():
     """One Ray node and the Serve app on it; Serve and the node are stopped at the end."""
-    from maaslab.scale.ray_cluster import LocalCluster, _free_port, deploy
+    from maaslab.scale.ray_cluster import LocalCluster, deploy, free_port
 
     config = ServeConfig(
         models=("digits-cnn", "mini-gpt"),
-        port=_free_port(),
-        grpc_port=_free_port(),
+        port=free_port(),
+        grpc_port=free_port(),
         device="cpu",
         request_timeout_s=20,
     )
