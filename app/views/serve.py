@@ -4,10 +4,12 @@
 import streamlit as st
 from components import show_note, watch_task
 from panels.engine import engine_view
+from panels.ray import KILLED, engine_form, ray_panel
 from panels.serve import CALL, NOTE, RESULTS, Slot, load_test, my_slot, request_input, show_call
 from panels.service import service_view
 
 from maaslab.auto import LANGUAGE_MODELS, LOADERS
+from maaslab.errors import MaaslabError
 from maaslab.jobs import Task
 from maaslab.serve import client
 from maaslab.serve.config import ServeConfig
@@ -15,6 +17,7 @@ from maaslab.serve.process import ServerProcess
 
 ss = st.session_state
 START_TIMEOUT_S = 180.0  # MiniLM loads in seconds, slower when the machine is busy
+RAY_START_TIMEOUT_S = 300.0  # a local Ray instance, Serve, then every replica comes up
 
 
 def start_form(slot: Slot) -> None:
@@ -48,11 +51,18 @@ def start_form(slot: Slot) -> None:
     )
     low, high = bound("max_queue")
     queue = c4.number_input("Max queue (then 503)", low, high, d.max_queue, key="serve.queue")
+    try:
+        scale, refused = engine_form(), None
+    except MaaslabError as err:
+        scale, refused = None, str(err)
     if st.button("Start server", type="primary", icon=":material/play_arrow:", key="serve.start"):
         if not models:
             st.error("Choose at least one model to serve.")
             return
-        for key in (NOTE, *RESULTS):  # nothing of the last server carries over
+        if scale is None:
+            st.error(refused)
+            return
+        for key in (NOTE, KILLED, *RESULTS):  # nothing of the last server carries over
             ss.pop(key, None)
         config = ServeConfig(
             models=tuple(models),
@@ -63,8 +73,14 @@ def start_form(slot: Slot) -> None:
             max_delay_ms=float(delay),
             max_queue=int(queue),
         )
-        server = slot.server = ServerProcess(config)
-        slot.starting = Task(lambda progress, cancel: server.start(START_TIMEOUT_S)).start()
+        try:
+            server = ServerProcess(config, scale=scale)
+        except MaaslabError as err:  # e.g. a model Ray Serve cannot run
+            st.error(str(err))
+            return
+        timeout = RAY_START_TIMEOUT_S if scale.engine == "ray" else START_TIMEOUT_S
+        slot.server = server
+        slot.starting = Task(lambda progress, cancel: server.start(timeout)).start()
         st.rerun()
 
 
@@ -73,7 +89,8 @@ def starting(task: Task) -> None:
     server = my_slot().server
     pid = f" (pid {server.pid})" if server.pid else ""
     loading = ", ".join(server.models)
-    st.info(f"Starting the server: loading {loading}…{pid}", icon=":material/hourglass_top:")
+    on = f" on {server.runs_on()}" if server.scale.engine == "ray" else ""
+    st.info(f"Starting the server{on}: loading {loading}…{pid}", icon=":material/hourglass_top:")
 
 
 def started(task: Task) -> None:
@@ -107,6 +124,8 @@ def server_panel(slot: Slot) -> None:
         st.rerun()
     with st.expander("Server log"):
         st.code(slot.server.log_tail(40) or "(nothing printed yet)", language=None)
+    if slot.server.scale.engine == "ray":
+        ray_panel(slot.server)
 
 
 def request_form(server: ServerProcess) -> None:

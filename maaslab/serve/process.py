@@ -25,13 +25,16 @@ from typing import Self
 import httpx
 
 from maaslab.errors import MaaslabError
-from maaslab.serve.config import ServeConfig
+from maaslab.serve.config import ScaleConfig, ServeConfig
 from maaslab.serve.drain import EXIT_CUT
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository root: `python -m maaslab` works here
 READY_MARK = " on http://"  # the CLI prints "maaslab serve: <models> on http://HOST:PORT (...)"
 GRPC_MARK = " gRPC at "  # ... "on http://HOST:PORT and gRPC at HOST:PORT (...)" with --grpc-port
 LOG_LINES = 2000  # lines of server output kept for log_tail (older ones are dropped)
+# --engine ray: Serve's controller may take 30 s to shut down, then Ray stops its processes;
+# killing the server earlier would leave its raylet and gcs_server running.
+RAY_STOP_S = 120.0
 
 _LIVE: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
 
@@ -55,14 +58,24 @@ class ServerProcess:
         several servers share the cores, since two threads that each wait for a busy core at
         every operation are slower than one that never waits.
     env : extra environment variables for the child.
+    scale : where the models run: this one process (default), or Ray Serve replicas
+        (`--engine ray`, ScaleConfig("ray", replicas=2)); checked against `config` here.
     """
 
-    def __init__(self, config: ServeConfig, *, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        scale: ScaleConfig | None = None,
+    ) -> None:
         if not isinstance(config, ServeConfig):
             raise MaaslabError(
                 f"ServerProcess takes a ServeConfig, got {type(config).__name__}: e.g. "
                 "ServerProcess(ServeConfig(models=('digits-cnn',), port=0))"
             )
+        self.scale = scale if scale is not None else ScaleConfig()
+        self.scale.check(config)
         self.config = config
         self.env = dict(env or {})
         if config.threads is not None:  # torch sizes its thread pool from these when it starts
@@ -139,7 +152,32 @@ class ServerProcess:
             cmd.append("--no-half-precision")
         if c.api_key_env:
             cmd += ["--api-key-env", c.api_key_env]
-        return cmd
+        return cmd + self._scale_flags()
+
+    def _scale_flags(self) -> list[str]:
+        s = self.scale
+        if s.engine == "process":
+            return []
+        flags = ["--engine", s.engine]
+        if s.replicas is not None:
+            flags += ["--replicas", str(s.replicas)]
+        if s.autoscale is not None:
+            flags += ["--autoscale", f"{s.autoscale[0]},{s.autoscale[1]}"]
+        if s.address is not None:
+            flags += ["--address", s.address]
+        return flags
+
+    def runs_on(self) -> str:
+        """Where the models run, in words: one process, or Ray Serve and its replicas."""
+        s = self.scale
+        if s.engine == "process":
+            return "one process"
+        count = (
+            f"autoscaled {s.autoscale[0]}..{s.autoscale[1]} replicas"
+            if s.autoscale
+            else f"{s.replicas or 1} replica{'s' if (s.replicas or 1) > 1 else ''}"
+        )
+        return f"Ray Serve, {count} per model"
 
     @property
     def pid(self) -> int | None:
@@ -158,7 +196,8 @@ class ServerProcess:
     def headline(self) -> str:
         """What is served where, in one markdown line: models, address, pid, batching, queue."""
         c = self.config
-        return f"Serving **{self.served()}** at `{self.url}` · pid {self.pid} · {c.describe()}"
+        ray = f" · {self.runs_on()}" if self.scale.engine != "process" else ""
+        return f"Serving **{self.served()}** at `{self.url}` · pid {self.pid}{ray} · {c.describe()}"
 
     def exit_note(self, lines: int = 20) -> str:
         """Why a server that stopped by itself is gone: its exit code, then its last output."""
@@ -252,7 +291,7 @@ class ServerProcess:
         Parameters
         ----------
         timeout : seconds to wait for the drain before killing the process (default: the
-            server's drain deadline and 10 s more).
+            server's drain deadline and 10 s more; RAY_STOP_S at least with --engine ray).
         wait : False only sends SIGTERM and returns None (stop several servers at once, then
             call stop() again on each for its exit code).
         """
@@ -264,6 +303,8 @@ class ServerProcess:
                 return None
             if timeout is None:
                 timeout = self.config.drain_deadline_s + 10
+                if self.scale.engine == "ray":
+                    timeout = max(timeout, RAY_STOP_S)
             try:
                 self.process.wait(timeout)
             except subprocess.TimeoutExpired:
