@@ -130,7 +130,10 @@ class LocalCluster:
 
     def _node(self, args: list[str], log: Path) -> subprocess.Popen:
         ray = Path(sys.executable).with_name("ray")
-        command = [str(ray), "start", "--block", "--node-ip-address", LOOPBACK, *args]
+        # Ports Ray would otherwise take from fixed defaults (52365, 10001): free ones, so two
+        # nodes, or two clusters, can share the machine.
+        ports = ["--dashboard-agent-listen-port", str(free_port())]
+        command = [str(ray), "start", "--block", "--node-ip-address", LOOPBACK, *ports, *args]
         with log.open("wb") as out:  # the child keeps its own copy of the file
             return subprocess.Popen(
                 command,
@@ -154,6 +157,7 @@ class LocalCluster:
         self.address = f"{LOOPBACK}:{port}"
         head = ["--head", "--port", str(port), "--num-cpus", f"{self.node_cpus[0]:g}"]
         head += ["--disable-usage-stats", "--include-dashboard", str(self.dashboard).lower()]
+        head += ["--ray-client-server-port", str(free_port())]
         if self.dashboard:
             dash = free_port()
             head += ["--dashboard-host", LOOPBACK, "--dashboard-port", str(dash)]
@@ -198,10 +202,14 @@ class LocalCluster:
             ray.init(address=self.address, log_to_driver=False, configure_logging=False)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """Disconnect, then SIGTERM the workers and the head (each stops its Ray processes)."""
+        """Stop Serve, disconnect, then SIGTERM the workers and the head (each stops its Ray
+        processes). Serve goes first: a node with replicas running took over 30 s to stop."""
         import ray
 
         if ray.is_initialized():
+            from ray import serve
+
+            serve.shutdown()  # nothing to do when Serve is not running
             ray.shutdown()
         for node in reversed(self.nodes):
             if node.poll() is None:
