@@ -8,6 +8,8 @@ and never copies them; serve never imports it.
   (`app_builder` for `serve run` / `serve deploy` config files).
 - maaslab.scale.ray_cluster: a Ray instance for `python -m maaslab serve --engine ray`, a
   two-node cluster on loopback, where each replica runs (Ray's state API), and killing one.
+- maaslab.scale.ray_autoscale: a step of load on an autoscaled deployment, the replica count
+  Ray Serve follows and its reaction times.
 - maaslab.scale.export: export bundles for Triton, KServe and Ray Serve (`export_bundle`).
 
 Names are imported on first use, so `import maaslab.scale` costs nothing and needs no Ray.
@@ -24,6 +26,8 @@ _WHERE = {
     "serve_on_ray": "maaslab.scale.ray_cluster",
     "replica_placement": "maaslab.scale.ray_cluster",
     "LocalCluster": "maaslab.scale.ray_cluster",
+    "kill_replica": "maaslab.scale.ray_cluster",
+    "step_response": "maaslab.scale.ray_autoscale",
 }
 __all__ = sorted(_WHERE)
 
