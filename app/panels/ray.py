@@ -70,19 +70,20 @@ def ray_panel(server: ServerProcess) -> None:
             st.warning(str(err), icon=":material/cloud_off:")
             return
         nodes = [
-            {"node": n.node_id[:12], "address": n.node_ip, "head": n.head, "state": n.state}
-            | {"CPUs": n.cpus}
+            {"node": n.node_id[:12], "address": n.node_ip, "role": "head" if n.head else "worker"}
+            | {"state": n.state, "CPUs": f"{n.cpus:g}"}
             for n in status.nodes
         ]
-        st.dataframe(nodes, hide_index=True, key="serve.ray_nodes")
+        st.table(nodes, hide_index=True)
         rows = [
             {"deployment": r.deployment, "replica": r.replica, "state": r.state}
-            | {"node": r.node_id[:12], "address": r.node_ip, "pid": r.pid or None}
+            | {"node": r.node_id[:12] or "—", "address": r.node_ip or "—"}
+            | {"pid": str(r.pid) if r.pid else "—"}
             for r in status.replicas
         ]
         alive = len(status.running())
         st.caption(f"{alive} of {len(rows)} replicas running (the ingress answers the routes).")
-        st.dataframe(rows, hide_index=True, key="serve.ray_replicas")
+        st.table(rows, hide_index=True)
         models = status.models()
         if not models:
             return

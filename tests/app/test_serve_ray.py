@@ -64,7 +64,7 @@ def ray_page(request):
 
 def replicas(at: AppTest) -> list[dict]:
     """The replica table's rows as the page shows them."""
-    table = next(d for d in at.dataframe if "replica" in d.value.columns)
+    table = next(t for t in at.table if "replica" in t.value.columns)
     return table.value.to_dict("records")
 
 
@@ -78,8 +78,8 @@ def test_the_replica_table_shows_two_running_replicas(ray_page, page_text):
 
     until(at, both_up, timeout=60, what="two running digits-cnn replicas", poll_s=1.0)
     model = [r for r in replicas(at) if r["deployment"] == "digits-cnn"]
-    nodes = next(d for d in at.dataframe if "head" in d.value.columns).value
-    assert len(nodes) == 1 and bool(nodes["head"][0])  # one local Ray node, the head
+    nodes = next(t for t in at.table if "role" in t.value.columns).value
+    assert list(nodes["role"]) == ["head"] and list(nodes["state"]) == ["ALIVE"]  # local Ray
     assert {r["node"] for r in model} == {nodes["node"][0]}
     assert {r["address"] for r in model} == {nodes["address"][0]}
     pids = [int(r["pid"]) for r in model]
@@ -99,6 +99,21 @@ def test_a_call_answers_as_the_single_process_server(ray_page, page_text):
     assert call.status == 200 and call.url.endswith("/v2/models/digits-cnn/infer")
     got = np.asarray(call.response["outputs"][0]["data"], dtype=np.float32)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_kill_one_replica_ends_its_process(ray_page, page_text):
+    at, _ = ray_page
+    before = {int(r["pid"]) for r in replicas(at) if r["deployment"] == "digits-cnn"}
+    at.selectbox(key="serve.ray_victim").set_value("digits-cnn").run()
+    at.button(key="serve.ray_kill").click().run()
+    killed = re.search(r"Killed replica \S+ of digits-cnn \(pid (\d+)\)", page_text(at))
+    assert killed, page_text(at)
+    pid = int(killed.group(1))
+    assert pid in before
+    deadline = time.monotonic() + 10
+    while alive(pid) and time.monotonic() < deadline:  # SIGKILL: gone once the kernel reaps it
+        time.sleep(0.2)
+    assert not alive(pid)
 
 
 def test_stop_leaves_no_ray_process(ray_page):
