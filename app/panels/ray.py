@@ -31,7 +31,7 @@ def engine_form() -> ScaleConfig:
     )
     if ENGINES[engine] == "process":
         return ScaleConfig()
-    c1, c2, c3 = st.columns([2, 1, 1])
+    c1, c2, c3, _ = st.columns(4)  # aligned with the batching row above
     mode = c1.radio("Replicas", ["Fixed", "Autoscale"], horizontal=True, key="serve.ray_mode")
     if mode == "Fixed":
         n = c2.number_input("Replicas per model", 1, MOST_REPLICAS, 2, key="serve.replicas")

@@ -46,7 +46,7 @@ def test_pick_ray_serve_see_the_replicas_call_and_stop(page: Page, app_url, shot
     request.addfinalizer(kill)
     heading = page.get_by_role("heading", name="Ray: nodes and replicas")
     expect(heading).to_be_visible(timeout=30_000)
-    expect(page.get_by_text("2 of 3 replicas running")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("3 of 3 replicas running")).to_be_visible(timeout=60_000)
     tables = main.get_by_test_id("stTable")
     expect(tables.filter(has_text="head")).to_contain_text("ALIVE")
     replica_table = tables.filter(has_text="deployment")
