@@ -101,6 +101,22 @@ def test_a_call_answers_as_the_single_process_server(ray_page, page_text):
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
 
 
+def test_a_load_test_runs_against_the_replicas(ray_page, page_text):
+    at, _ = ray_page
+    at.selectbox(key="serve.load_model").set_value("digits-cnn").run()
+    at.slider(key="serve.concurrency").set_value(4).run()
+    at.slider(key="serve.duration").set_value(2).run()
+    at.button(key="serve.start_load").click().run()
+    until(at, lambda a: "serve.final" in a.session_state, timeout=60, what="the load test")
+    assert not at.error, [e.value for e in at.error]
+    metrics = {m.label: m.value for m in at.metric}
+    completed = int(metrics["Completed"].replace(",", ""))
+    assert completed > 0 and metrics["Rejected (503)"] == "0"
+    assert float(metrics["Throughput overall"].removesuffix("/s")) > 0
+    assert at.session_state["serve.final"][2].ok == completed
+    assert "digits-cnn c=4:" in page_text(at)
+
+
 def test_kill_one_replica_ends_its_process(ray_page, page_text):
     at, _ = ray_page
     before = {int(r["pid"]) for r in replicas(at) if r["deployment"] == "digits-cnn"}
