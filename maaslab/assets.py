@@ -21,7 +21,7 @@ from maaslab.runtime import fast_mode, seed_everything
 from maaslab.train import TrainConfig, evaluate_split, run_metadata, train
 
 # digits-cnn trains without these validation rows (load_dataset's, seed 0): lesson 12 chooses its
-# compressed variant on them (maaslab.compress.measure.VAL_FRACTION), so no variant saw them.
+# compressed variant on them (maaslab.compress.variants.VAL_FRACTION), so no variant saw them.
 # sentiment-minilm and its student still train on every training review (val_fraction 0).
 VAL_FRACTION = 0.15
 
