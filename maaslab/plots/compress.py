@@ -79,7 +79,7 @@ def variant_scatter(comparison, goal: float = 2.0) -> go.Figure:
     fig.update_layout(
         title=f"{comparison.model}: latency vs accuracy (marker area = size on disk)",
         xaxis_title="latency at batch 1 (ms, median; left is faster)",
-        yaxis_title="held-out accuracy (%)",
+        yaxis_title=f"accuracy on the {comparison.split} split (%)",
         showlegend=False,
         **layout(440),
     )
