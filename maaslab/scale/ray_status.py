@@ -212,16 +212,26 @@ def kill_one_replica(status: ClusterStatus, deployment: str) -> ReplicaRow:
 
 
 def session_processes(session: Path) -> list[int]:
-    """Process ids of whatever still runs with `session` on its command line (gcs_server,
-    raylet, dashboard, workers): none once the server that started it has stopped."""
-    mark = str(session).encode()
+    """Process ids of whatever still belongs to Ray session `session`: its path on the command
+    line (gcs_server, raylet, dashboard), or one of its files open (workers, replicas and
+    agents, whose command line Ray rewrites to `ray::...`, write its logs). Linux (/proc)."""
+    mark = str(session)
     found = []
-    for proc in Path("/proc").iterdir():
+    for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
         if not proc.name.isdigit():
             continue
         try:
-            if mark in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
+            cmdline = (proc / "cmdline").read_bytes().decode("utf-8", "replace")
+            ours = mark in cmdline or any(_points_into(fd, mark) for fd in (proc / "fd").iterdir())
         except OSError:  # gone meanwhile, or not ours to read
             continue
+        if ours:
+            found.append(int(proc.name))
     return sorted(found)
+
+
+def _points_into(fd: Path, mark: str) -> bool:
+    try:
+        return os.readlink(fd).startswith(mark)
+    except OSError:  # closed meanwhile
+        return False

@@ -42,8 +42,9 @@ _LIVE: weakref.WeakSet[ServerProcess] = weakref.WeakSet()
 @atexit.register
 def _stop_all() -> None:
     # A notebook kernel or a page that exits must not leave servers holding ports and memory.
+    # A Ray server gets its full stop: SIGKILL would orphan Ray's agent processes.
     for server in list(_LIVE):
-        server.stop(timeout=5.0)
+        server.stop(timeout=RAY_STOP_S if server.scale.engine == "ray" else 5.0)
 
 
 class ServerProcess:
