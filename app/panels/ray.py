@@ -2,6 +2,7 @@
 runs) its nodes and replicas, live from Ray's state API, with a replica to kill."""
 
 import os
+from collections import Counter
 
 import streamlit as st
 from components import show_note
@@ -16,6 +17,7 @@ ENGINES = {"Single process": "process", "Ray Serve": "ray"}
 MOST_REPLICAS = 4  # what a 2-core classroom machine can hold of one model
 KILLED = "serve.ray_killed"  # the last replica killed, shown until the next kill
 REFRESH_S = 1.5  # seconds between two looks at the state API
+WORDS = {"ALIVE": "running", "DEAD": "dead"}  # any other actor state is on its way up
 
 
 def engine_form() -> ScaleConfig:
@@ -81,8 +83,9 @@ def ray_panel(server: ServerProcess) -> None:
             | {"pid": str(r.pid) if r.pid else "—"}
             for r in status.replicas
         ]
-        alive = len(status.running())
-        st.caption(f"{alive} of {len(rows)} replicas running (the ingress answers the routes).")
+        states = Counter(WORDS.get(r.state, "starting") for r in status.replicas)
+        counts = ", ".join(f"{states[w]} {w}" for w in ("running", "starting", "dead") if states[w])
+        st.caption(f"Replicas: {counts or 'none yet'} (the ingress answers the routes).")
         st.table(rows, hide_index=True)
         models = status.models()
         if not models:

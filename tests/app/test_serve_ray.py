@@ -85,6 +85,7 @@ def test_the_replica_table_shows_two_running_replicas(ray_page, page_text):
     pids = [int(r["pid"]) for r in model]
     assert len(set(pids)) == 2 and all(alive(p) and p != pid for p in pids)
     assert any(r["deployment"] == "ingress" and r["state"] == "ALIVE" for r in replicas(at))
+    assert "Replicas: 3 running (the ingress answers the routes)." in page_text(at)
 
 
 def test_a_call_answers_as_the_single_process_server(ray_page, page_text):

@@ -1,10 +1,12 @@
 """Serve page in Chromium on Ray Serve: a person picks Ray Serve with two replicas of
-digits-cnn, starts it, sees the nodes and replicas live, calls the model, stops it."""
+digits-cnn, starts it, sees the nodes and replicas live, calls the model, kills a replica,
+stops it: no process of that Ray session is left."""
 
 import contextlib
 import os
 import re
 import signal
+import time
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -46,7 +48,9 @@ def test_pick_ray_serve_see_the_replicas_call_and_stop(page: Page, app_url, shot
     request.addfinalizer(kill)
     heading = page.get_by_role("heading", name="Ray: nodes and replicas")
     expect(heading).to_be_visible(timeout=30_000)
-    expect(page.get_by_text("3 of 3 replicas running")).to_be_visible(timeout=60_000)
+    expect(page.get_by_text("Replicas: 3 running (the ingress answers the routes).")).to_be_visible(
+        timeout=60_000
+    )
     tables = main.get_by_test_id("stTable")
     expect(tables.filter(has_text="head")).to_contain_text("ALIVE")
     replica_table = tables.filter(has_text="deployment")
@@ -65,10 +69,19 @@ def test_pick_ray_serve_see_the_replicas_call_and_stop(page: Page, app_url, shot
     page.wait_for_timeout(1000)
     shot("serve-ray-call")
 
+    main.get_by_role("button", name="Kill one replica").click()  # lesson 17's fault
+    killed = page.get_by_text(re.compile(r"Killed replica \S+ of digits-cnn \(pid \d+\)"))
+    expect(killed).to_be_visible(timeout=30_000)
+    heading.evaluate("h => h.scrollIntoView({block: 'start'})")
+    page.wait_for_timeout(3000)  # two refreshes: the dead replica and its successor
+    shot("serve-ray-killed")
+
     session = ray_status.session_dir(pid)
     assert session is not None
     main.get_by_role("button", name="Stop server").click()
     expect(page.get_by_text(re.compile(r"exited with code 0"))).to_be_visible(timeout=150_000)
     expect(main.get_by_role("button", name="Start server")).to_be_visible()
-    page.wait_for_timeout(3000)  # workers end as their raylet goes
+    deadline = time.monotonic() + 20  # workers end as their raylet goes
+    while ray_status.session_processes(session) and time.monotonic() < deadline:
+        time.sleep(0.5)
     assert ray_status.session_processes(session) == []
