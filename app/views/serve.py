@@ -21,7 +21,8 @@ RAY_START_TIMEOUT_S = 300.0  # a local Ray instance, Serve, then every replica c
 
 
 def start_form(slot: Slot) -> None:
-    """Models and batching settings; Start spawns `python -m maaslab serve` on 127.0.0.1."""
+    """Models, batching and the engine (one process or Ray Serve replicas); Start spawns
+    `python -m maaslab serve` on 127.0.0.1."""
     models = st.multiselect(
         "Models to serve",
         [*LOADERS, *LANGUAGE_MODELS],
@@ -73,13 +74,8 @@ def start_form(slot: Slot) -> None:
             max_delay_ms=float(delay),
             max_queue=int(queue),
         )
-        try:
-            server = ServerProcess(config, scale=scale)
-        except MaaslabError as err:  # e.g. a model Ray Serve cannot run
-            st.error(str(err))
-            return
+        server = slot.server = ServerProcess(config, scale=scale)
         timeout = RAY_START_TIMEOUT_S if scale.engine == "ray" else START_TIMEOUT_S
-        slot.server = server
         slot.starting = Task(lambda progress, cancel: server.start(timeout)).start()
         st.rerun()
 
