@@ -47,22 +47,17 @@ def engine_form() -> ScaleConfig:
     return ScaleConfig("ray", autoscale=(int(low), int(high)))
 
 
-@st.cache_data(ttl=60, show_spinner=False)
-def _dashboard(pid: int) -> str | None:
-    session = ray_status.session_dir(pid)
-    return ray_status.dashboard_url(session) if session is not None else None
-
-
 def ray_panel(server: ServerProcess) -> None:
     """Nodes and replicas of the running Ray server, refreshed every REFRESH_S seconds."""
-    url = _dashboard(server.pid)
+    env = {**os.environ, **server.env}  # where the server's Ray keeps its session, its token
+    session = ray_status.session_dir(server.pid, env)
+    url = ray_status.dashboard_url(session) if session is not None else None
     if url is None:
         st.warning("Ray's dashboard has not logged its address yet.", icon=":material/schedule:")
-        _dashboard.clear()
         return
     st.subheader("Ray: nodes and replicas")
     st.caption(f"Live from Ray's state API at `{url}` (every {REFRESH_S:g} s).")
-    token = ray_status.auth_token({**os.environ, **server.env})
+    token = ray_status.auth_token(env)
 
     @st.fragment(run_every=REFRESH_S)
     def live() -> None:
