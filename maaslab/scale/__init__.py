@@ -8,6 +8,8 @@ and never copies them; serve never imports it.
   (`app_builder` for `serve run` / `serve deploy` config files).
 - maaslab.scale.ray_cluster: a Ray instance for `python -m maaslab serve --engine ray`, a
   two-node cluster on loopback, where each replica runs (Ray's state API), and killing one.
+- maaslab.scale.ray_status: the same replica and node rows read from outside the server, over
+  the dashboard's HTTP state API (the Serve page's live view), and killing one replica.
 - maaslab.scale.ray_autoscale: a step of load on an autoscaled deployment, the replica count
   Ray Serve follows and its reaction times.
 - maaslab.scale.export: export bundles for Triton, KServe and Ray Serve (`export_bundle`).
@@ -28,6 +30,10 @@ _WHERE = {
     "LocalCluster": "maaslab.scale.ray_cluster",
     "kill_replica": "maaslab.scale.ray_cluster",
     "step_response": "maaslab.scale.ray_autoscale",
+    "cluster_status": "maaslab.scale.ray_status",
+    "ReplicaRow": "maaslab.scale.ray_status",
+    "export_bundle": "maaslab.scale.export",
+    "ExportConfig": "maaslab.scale.export_config",
 }
 __all__ = sorted(_WHERE)
 

@@ -21,65 +21,62 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from maaslab.errors import MaaslabError
+from maaslab.scale.ray_status import (
+    APP,
+    LOOPBACK,
+    ClusterStatus,
+    NodeRow,
+    ReplicaRow,
+    kill_one_replica,
+    parse_nodes,
+    parse_replicas,
+)
 from maaslab.serve.config import ScaleConfig, ServeConfig
 
-APP = "maaslab"  # the Ray Serve application's name
-LOOPBACK = "127.0.0.1"
 # Every Ray process started here inherits these: no usage report, nothing sent anywhere.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
 START_TIMEOUT_S = 120.0  # a node, or the app's replicas, must be up within this
 STOP_TIMEOUT_S = 30.0  # a node's `ray start --block` must exit within this after SIGTERM
 
 
-class Placement(NamedTuple):
-    """Where one Ray Serve replica runs (one row of replica_placement)."""
-
-    deployment: str  # the model's name, or "ingress"
-    replica: str  # Ray Serve's replica id
-    node_id: str  # the Ray node's id
-    node_ip: str  # the node's address
-    pid: int  # the replica's process id on that node
-    state: str  # ALIVE, DEAD, PENDING_CREATION, RESTARTING...
-
-
-def replica_placement(app: str = APP) -> list[Placement]:
+def replica_placement(app: str = APP) -> list[ReplicaRow]:
     """Every replica of `app` Ray knows of (dead ones too), by deployment: from the state API.
 
-    Needs a Ray connection (ray.init) to a cluster whose dashboard runs (LocalCluster's does).
+    Needs a Ray connection (ray.init) to a cluster whose dashboard runs (LocalCluster's does);
+    the Serve page reads the same rows over the dashboard's HTTP API (ray_status).
     """
     from ray.util.state import list_actors, list_nodes
 
-    nodes = {n.node_id: n.node_ip for n in list_nodes(raise_on_missing_output=False)}
-    prefix = f"SERVE_REPLICA::{app}#"
-    rows = []
-    for actor in list_actors(limit=10_000, raise_on_missing_output=False):
-        if not (actor.name or "").startswith(prefix):
-            continue
-        deployment, replica = actor.name[len(prefix) :].split("#", 1)
-        node = actor.node_id or ""
-        rows.append(
-            Placement(deployment, replica, node, nodes.get(node, ""), actor.pid or 0, actor.state)
-        )
-    return sorted(rows, key=lambda p: (p.deployment, p.state != "ALIVE", p.replica))
+    nodes = parse_nodes(
+        [
+            {
+                "node_id": n.node_id,
+                "node_ip": n.node_ip,
+                "is_head_node": n.is_head_node,
+                "state": n.state,
+                "resources_total": n.resources_total,
+            }
+            for n in list_nodes(raise_on_missing_output=False)
+        ]
+    )
+    actors = [
+        {"name": a.name, "node_id": a.node_id, "pid": a.pid, "state": a.state}
+        for a in list_actors(limit=10_000, raise_on_missing_output=False)
+    ]
+    return list(parse_replicas(actors, nodes, app))
 
 
-def kill_replica(deployment: str, app: str = APP) -> Placement:
+def kill_replica(deployment: str, app: str = APP) -> ReplicaRow:
     """SIGKILL the process of one ALIVE replica of `deployment` (a crash: Ray Serve replaces
     it); the replica killed. Only for replicas on this machine (a LocalCluster's)."""
-    alive = [p for p in replica_placement(app) if p.deployment == deployment and p.state == "ALIVE"]
-    if not alive:
-        raise MaaslabError(f"no running replica of {deployment!r} in the Ray Serve app {app!r}")
-    victim = alive[0]
     import ray.util
 
-    # Ray names a loopback node by this machine's own address (it never leaves the machine).
-    if victim.node_ip not in (LOOPBACK, ray.util.get_node_ip_address()) or not victim.pid:
-        raise MaaslabError(f"replica {victim.replica} runs on {victim.node_ip}, not this machine")
-    os.kill(victim.pid, signal.SIGKILL)
-    return victim
+    nodes = [NodeRow("", ray.util.get_node_ip_address(), True, "ALIVE", 0.0)]  # this machine
+    status = ClusterStatus(tuple(replica_placement(app)), tuple(nodes), dashboard="")
+    return kill_one_replica(status, deployment)
 
 
 def free_port(host: str = LOOPBACK) -> int:

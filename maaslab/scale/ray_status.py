@@ -29,7 +29,9 @@ from pathlib import Path
 import httpx
 
 from maaslab.errors import MaaslabError
-from maaslab.scale.ray_cluster import APP, LOOPBACK
+
+APP = "maaslab"  # the Ray Serve application's name (maaslab.scale.ray_cluster deploys it)
+LOOPBACK = "127.0.0.1"
 
 DASHBOARD_LINE = re.compile(r"Dashboard head http address: (\S+)")  # dashboard.log, at bind
 REPLICA_PREFIX = "SERVE_REPLICA::"  # Ray Serve names a replica SERVE_REPLICA::<app>#<dep>#<id>
