@@ -1,12 +1,13 @@
 """Lesson 17's auto-checked exercises: Ray Serve's autoscaling decision, a Triton config's
-max_batch_size and dims from an ONNX input shape, and the replicas a target throughput needs.
+max_batch_size and dims from an ONNX shape, the replicas a target throughput needs, and the share
+of requests answered while replicas are dead.
 
 Each check compares the learner's function with the code that decides for real, on fixed probes:
-Ray Serve's own default policy (`replica_queue_length_autoscaling_policy`, wrapped as Ray wraps
-it, then bounded), and the config.pbtxt that `maaslab.scale.export_triton` writes for a real
-ONNX graph of that shape, parsed with tritonclient's `ModelConfig`. When an answer matches a
-known mistake (round for ceil, bounds forgotten, the batch dimension left in `dims`, a
-utilisation multiplied in ...) the message names it.
+Ray Serve's own default policy (wrapped and bounded as Ray does), the config.pbtxt that
+`maaslab.scale.export_triton` writes for a real ONNX graph of that shape, and the ingress's
+`RemoteQueue` with its retry. When an answer matches a known mistake (round for ceil, bounds
+forgotten, the batch dimension left in `dims`, the first attempt not counted ...) the message
+names it.
 """
 
 from __future__ import annotations
@@ -299,4 +300,109 @@ def check_replicas_needed(fn: Callable) -> CheckResult:
         name,
         "replicas = ceil(target / (per-replica rate x utilization)); it holds while each "
         "replica has cores of its own: measure the rate where the replicas will run",
+    )
+
+
+# --- exercise 4: requests answered while replicas are dead --------------------------------------
+
+# (replicas the router picks among, how many of them are dead, retries after a dead replica)
+# The first probe tells every known mistake apart; the last has no retry at all.
+FAULT_PROBES = ((3, 2, 2), (3, 2, 1), (4, 1, 1), (2, 1, 1), (2, 1, 0))
+
+
+class _Reply:
+    """A DeploymentResponse stand-in: awaiting it answers, or raises the dead replica's error."""
+
+    def __init__(self, dead: bool) -> None:
+        self.dead = dead
+
+    def __await__(self):
+        if False:  # a generator: `await` works on it
+            yield
+        if self.dead:
+            from ray.exceptions import ActorDiedError
+
+            raise ActorDiedError()
+        return {"probabilities": [[1.0]]}
+
+    def cancel(self) -> None:
+        """Nothing runs to cancel."""
+
+
+class _Picks:
+    """A DeploymentHandle stand-in: each call goes to the next replica of `picks`; replicas
+    below `dead` are dead."""
+
+    def __init__(self, picks: Sequence[int], dead: int) -> None:
+        self.picks, self.dead = list(picks), dead
+        self.infer = self
+
+    def remote(self, *args: object) -> _Reply:
+        """Send one attempt to the next picked replica."""
+        return _Reply(self.picks.pop(0) < self.dead)
+
+
+def answered_share(replicas: int, dead: int, retries: int) -> float:
+    """The share of requests the ingress answers 200 while `dead` of `replicas` are dead, if
+    every attempt goes to a replica picked blindly and uniformly: the server's own RemoteQueue
+    (maaslab.scale.ray_serve) run on every sequence of picks, each equally likely."""
+    import itertools
+
+    from maaslab.scale.ray_serve import RemoteQueue, ReplicaLost
+    from maaslab.serve.loadtest import run_coroutine
+
+    sequences = list(itertools.product(range(replicas), repeat=retries + 1))
+
+    async def run_all() -> int:
+        answered = 0
+        for picks in sequences:
+            queue = RemoteQueue("probe", _Picks(picks, dead), retries=retries)  # type: ignore[arg-type]
+            try:
+                await queue.submit("x", 1, 5.0)
+                answered += 1
+            except ReplicaLost:  # answered 503 with Retry-After
+                pass
+        return answered
+
+    return run_coroutine(run_all) / len(sequences)  # a thread of its own inside Jupyter's loop
+
+
+@exercise
+def check_fault_share(fn: Callable) -> CheckResult:
+    """Check `fn(replicas, dead, retries) -> share of requests answered 200` while `dead` of
+    `replicas` are down and each attempt picks a replica blindly."""
+    name = "requests answered while replicas are dead"
+    for replicas, dead, retries in FAULT_PROBES:
+        got, bad = call_answer(name, fn, replicas, dead, retries)
+        if bad is not None:
+            return bad
+        share, bad = answer_number(name, got, f"({replicas}, {dead}, {retries})")
+        if bad is not None:
+            return bad
+        want = answered_share(replicas, dead, retries)
+        if math.isclose(share, want, rel_tol=1e-9, abs_tol=1e-12):
+            continue
+        where = (
+            f"with {dead} of {replicas} replicas dead and {retries} retr"
+            f"{'y' if retries == 1 else 'ies'} you gave {share:g}, expected {want:g}"
+        )
+        lost = dead / replicas
+        mistakes = [
+            (1 - lost, "that is one attempt: a request is lost only if every attempt is"),
+            (1 - lost**retries, "count the first attempt too: retries + 1 attempts in all"),
+            ((1 - lost) ** (retries + 1), "that is every attempt succeeding; one is enough"),
+            (lost ** (retries + 1), "that is the share lost (503); give the share answered"),
+            (100 * want, "a share is a fraction between 0 and 1, not a percentage"),
+        ]
+        why = first_mistake(share, [(w, m) for w, m in mistakes if w != want], rtol=1e-9)
+        return failed(
+            name,
+            f"{where}: {why}"
+            if why
+            else f"{where}. Hint: lost only if all retries + 1 attempts find a dead replica",
+        )
+    return passed(
+        name,
+        "1 - (dead / replicas) ** (retries + 1): one retry turns half the replicas dead from half "
+        "the requests lost into a quarter; a router that stops picking dead replicas does better",
     )

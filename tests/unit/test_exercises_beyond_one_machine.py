@@ -1,6 +1,6 @@
 """Lesson 17's checks pass right answers, name the mistake in wrong ones and call an unwritten
 answer "not attempted"; their references (Ray Serve's own autoscaling policy, the config.pbtxt
-the Triton export writes) agree with the rules written out by hand."""
+the Triton export writes, the ingress's RemoteQueue) agree with the rules written out by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import math
 
 from maaslab.exercises.beyond_one_machine import (
     AUTOSCALE_PROBES,
+    FAULT_PROBES,
     TRITON_PROBES,
+    answered_share,
     check_autoscale_decision,
+    check_fault_share,
     check_replicas_needed,
     check_triton_dims,
     ray_decision,
@@ -105,3 +108,25 @@ def test_replicas_needed_check():
     exact = check_replicas_needed(lambda t, r, u: t / (r * u))
     assert not exact.passed and "whole" in exact.message
     assert check_replicas_needed(Unanswered("replicas")).status == "not attempted"
+
+
+def test_answered_share_is_the_remote_queues_retry():
+    for replicas, dead, retries in FAULT_PROBES:
+        want = 1 - (dead / replicas) ** (retries + 1)
+        assert math.isclose(answered_share(replicas, dead, retries), want)
+    assert answered_share(2, 2, 1) == 0.0  # every replica dead: every request is a 503
+
+
+def test_fault_share_check():
+    assert check_fault_share(lambda r, d, k: 1 - (d / r) ** (k + 1)).passed
+    once = check_fault_share(lambda r, d, k: 1 - d / r)
+    assert not once.passed and "one attempt" in once.message
+    first = check_fault_share(lambda r, d, k: 1 - (d / r) ** k)
+    assert not first.passed and "first attempt" in first.message
+    every = check_fault_share(lambda r, d, k: (1 - d / r) ** (k + 1))
+    assert not every.passed and "one is enough" in every.message
+    lost = check_fault_share(lambda r, d, k: (d / r) ** (k + 1))
+    assert not lost.passed and "share lost" in lost.message
+    percent = check_fault_share(lambda r, d, k: 100 * (1 - (d / r) ** (k + 1)))
+    assert not percent.passed and "percentage" in percent.message
+    assert check_fault_share(Unanswered("share")).status == "not attempted"
