@@ -159,6 +159,8 @@ class LocalCluster:
             dash = free_port()
             head += ["--dashboard-host", LOOPBACK, "--dashboard-port", str(dash)]
             self.dashboard_url = f"http://{LOOPBACK}:{dash}"
+            # the state API (replica_placement) asks this cluster, not the newest one here
+            self.env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
         try:
             self.nodes.append(self._node(head, logs / "head.log"))
             _wait_until(self._head_listens, timeout, f"the Ray head did not start (see {logs})")
@@ -195,8 +197,17 @@ class LocalCluster:
         _reload_auth_settings()
         import ray
 
-        if not ray.is_initialized():
-            ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not ray.is_initialized():
+            try:
+                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+            except RuntimeError as err:
+                # On a busy machine the head's raylet can register after its port opens:
+                # "No node info found matching attributes". Try again until the deadline.
+                ray.shutdown()
+                if "node info" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Stop Serve, disconnect, then SIGTERM the workers and the head (each stops its Ray
