@@ -48,8 +48,12 @@ def replica_placement(app: str = APP) -> list[ReplicaRow]:
     Needs a Ray connection (ray.init) to a cluster whose dashboard runs (LocalCluster's does);
     the Serve page reads the same rows over the dashboard's HTTP API (ray_status).
     """
+    import ray
     from ray.util.state import list_actors, list_nodes
 
+    # The connected cluster's own GCS names its dashboard; without it the state API asks the
+    # newest Ray instance on this machine, which may be another one (and refuse our token).
+    address = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
     nodes = parse_nodes(
         [
             {
@@ -59,12 +63,12 @@ def replica_placement(app: str = APP) -> list[ReplicaRow]:
                 "state": n.state,
                 "resources_total": n.resources_total,
             }
-            for n in list_nodes(raise_on_missing_output=False)
+            for n in list_nodes(address=address, raise_on_missing_output=False)
         ]
     )
     actors = [
         {"name": a.name, "node_id": a.node_id, "pid": a.pid, "state": a.state}
-        for a in list_actors(limit=10_000, raise_on_missing_output=False)
+        for a in list_actors(address=address, limit=10_000, raise_on_missing_output=False)
     ]
     return list(parse_replicas(actors, nodes, app))
 

@@ -345,7 +345,7 @@ def test_a_full_queue_refuses_before_the_body_is_read(start_server):
         async with httpx.AsyncClient(timeout=30) as client:
             busy = [asyncio.ensure_future(_post(client, srv.url, row)) for _ in range(2)]
             batcher = srv.app.state.models["digits-cnn"].batcher
-            for _ in range(100):  # one running, one queued
+            for _ in range(1000):  # one running, one queued (10 s at most on a busy machine)
                 if batcher.full():
                     break
                 await asyncio.sleep(0.01)
