@@ -8,7 +8,8 @@ the same torch threads in both engines: (cores - 1) / copies, at least 1 (Ray's 
 core stays with its proxy and ingress). With torch's own 2 threads, one instance measured 19
 req/s at a load average of 7 on 2 cores, where 2 instances of 1 thread each gave 165.
 Printed: throughput and p99 of each, Ray / process throughput at 1 and at 2 copies, and 2 / 1
-copies for each engine. Then (unless --no-autoscale) the step load of
+copies for each engine; one of the two replicas killed under load (answered / sent, and how long
+Ray Serve took to replace it). Then (unless --no-autoscale) the step load of
 maaslab.scale.ray_autoscale on an autoscaled deployment (1..2 replicas): how long Ray Serve
 takes to add a replica under load and to remove it after.
 
@@ -23,21 +24,69 @@ import argparse
 import os
 import platform
 import statistics
+import threading
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 
 from maaslab.scale.ray_autoscale import running_replicas, step_response
-from maaslab.scale.ray_cluster import LocalCluster, deploy, free_port
+from maaslab.scale.ray_cluster import (
+    LocalCluster,
+    deploy,
+    free_port,
+    kill_replica,
+    replica_placement,
+)
 from maaslab.serve.config import ScaleConfig, ServeConfig
 from maaslab.serve.loadtest import LoadResult, request_bodies, run_load
 from maaslab.serve.process import ServerProcess
+
+KILL_LOAD_S = 45.0  # the fault run's load: long enough for Ray to replace the replica (10-40 s)
 
 
 def median_of(runs: list[LoadResult], key: str) -> float:
     """The median of one figure over rounds."""
     return statistics.median(getattr(r, key) for r in runs)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One replica of two killed under load: what the clients got, and when Ray replaced it."""
+
+    load: LoadResult  # the whole run: before, during and after the fault
+    killed_at_s: float  # seconds into the run when the replica's process was killed
+    replaced_s: float  # from the kill until two replicas ran again, the killed one not among them
+
+
+def kill_under_load(url: str, model: str, bodies: list, concurrency: int) -> Fault:
+    """SIGKILL one of the model's two replicas 2 s into a closed-loop load that lasts until Ray
+    Serve has replaced it (plus 2 s); count the answers."""
+    done = threading.Event()
+    box: dict[str, LoadResult] = {}
+
+    def load() -> None:
+        box["run"] = run_load(
+            url, model, concurrency=concurrency, duration_s=KILL_LOAD_S, bodies=bodies
+        )
+        done.set()
+
+    started = time.perf_counter()
+    threading.Thread(target=load, daemon=True).start()
+    time.sleep(2.0)
+    killed = kill_replica(model)
+    killed_at = time.perf_counter()
+    replaced = float("nan")
+    while not done.is_set():
+        alive = {
+            p.replica for p in replica_placement() if p.deployment == model and p.state == "ALIVE"
+        }
+        if len(alive) == 2 and killed.replica not in alive:
+            replaced = time.perf_counter() - killed_at
+            break
+        time.sleep(0.5)
+    done.wait(KILL_LOAD_S + 60)
+    return Fault(box["run"], killed_at - started, replaced)
 
 
 def main() -> None:
@@ -105,6 +154,7 @@ def main() -> None:
             measure(f"ray x{n}", url, 2.0, keep=False)
             for _ in range(args.rounds):
                 measure(f"ray x{n}", url, args.seconds)
+        fault = kill_under_load(url, args.model, bodies, args.concurrency)
         if not args.no_autoscale:
             deploy(config, ScaleConfig("ray", autoscale=(1, 2)))
             deadline = time.monotonic() + 60.0  # the fixed deployment's second replica goes first
@@ -133,6 +183,12 @@ def main() -> None:
         print(
             f"{engine}: 2 / 1 copies throughput {rate[f'{engine} x2'] / rate[f'{engine} x1']:.2f}"
         )
+    run = fault.load
+    print(
+        f"kill one of 2 replicas {fault.killed_at_s:.1f} s into a {run.seconds:.0f} s load: "
+        f"{run.ok} answered 200, {run.rejected} refused 503, {run.error_count} other "
+        f"({dict(run.errors)}) of {run.requests} sent; replaced after {fault.replaced_s:.1f} s"
+    )
     if step is not None:
         print(f"autoscaling step: {step.summary()}")
         changes = [
