@@ -16,6 +16,7 @@ line of text and carries a JSON twin (`VERDICT_MIME`) that `maaslab.classroom` r
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -74,7 +75,8 @@ def not_attempted(name: str, message: str) -> CheckResult:
 
 def exercise(check: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
     """Decorate a `check_…` function: an answer not written yet (an `Unanswered` argument, or a
-    function that raises `NotAttempted`) gets a "not attempted yet" verdict, not a failure."""
+    function that raises `NotAttempted` or nbgrader's bare `NotImplementedError()`) gets a "not
+    attempted yet" verdict, not a failure."""
     name = check.__name__.removeprefix("check_").replace("_", " ")
 
     @functools.wraps(check)
@@ -82,12 +84,37 @@ def exercise(check: Callable[..., CheckResult]) -> Callable[..., CheckResult]:
         for value in (*args, *kwargs.values()):
             if (stub := unanswered_in(value)) is not None:
                 return not_attempted(name, str(NotAttempted(stub.answer)))
+        args = tuple(_stub_aware(a) for a in args)
+        kwargs = {key: _stub_aware(value) for key, value in kwargs.items()}
         try:
             return check(*args, **kwargs)
         except NotAttempted as why:  # the learner's function is still the stub, or calls one
             return not_attempted(name, str(why))
 
     return graded
+
+
+def _stub_aware(value: object) -> object:
+    # A learner's function (a plain def or lambda) whose bare `raise NotImplementedError()`,
+    # nbgrader's own stub, raises NotAttempted instead: the check's `except Exception` lets it
+    # through to `exercise`. A NotImplementedError with a message is the learner's own error.
+    if not isinstance(value, types.FunctionType):
+        return value
+
+    @functools.wraps(value)
+    def call(*args: object, **kwargs: object) -> object:
+        try:
+            return value(*args, **kwargs)
+        except NotImplementedError as err:
+            if err.args:
+                raise
+            tb = err.__traceback__
+            while tb is not None and tb.tb_next is not None:
+                tb = tb.tb_next
+            stub = tb.tb_frame.f_code.co_name if tb is not None else value.__name__
+            raise NotAttempted("this answer" if stub == "<lambda>" else stub) from None
+
+    return call
 
 
 def check_array(

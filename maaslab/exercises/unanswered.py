@@ -9,6 +9,8 @@ kernel (the student edition's first cell), a cell that reaches such an answer an
 comparison with the library, a plot of your function) stops there with one ⏳ note instead of a
 traceback; the names its skipped statements would set stand for the same missing answer, so a
 later cell that needs them is skipped in turn, and every cell that does not need them runs.
+nbgrader's own stub, a bare `raise NotImplementedError()`, is read there as `NotAttempted` too,
+so a notebook released by `nbgrader generate_assignment` grades the same way.
 
 `NotAttempted` derives from BaseException, like KeyboardInterrupt: the checks and the learner's
 own code catch `Exception` to turn a wrong answer into a verdict, and a missing answer must pass
@@ -131,6 +133,34 @@ def _bound_names(statement: ast.stmt) -> list[str]:
     return sorted(set(names))
 
 
+class _NbgraderStubs(ast.NodeTransformer):
+    """Rewrites nbgrader's own stub, a bare `raise NotImplementedError()` (what its
+    `generate_assignment` leaves where a solution was), as `raise NotAttempted("name")`, name
+    being the enclosing function's: a notebook released by nbgrader itself then gets "not
+    attempted yet" too, not a failure. `NotImplementedError` with a message stays an error."""
+
+    def __init__(self) -> None:
+        self.functions: list[str] = []
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.AST:
+        self.functions.append(node.name)
+        self.generic_visit(node)
+        self.functions.pop()
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
+
+    def visit_Raise(self, node: ast.Raise) -> ast.AST:
+        exc = node.exc
+        bare = isinstance(exc, ast.Call) and not exc.args and not exc.keywords
+        called = exc.func if bare else exc  # type: ignore[union-attr]
+        stub = isinstance(called, ast.Name) and called.id == "NotImplementedError"
+        if not stub or node.cause is not None:
+            return node
+        args = [ast.Constant(self.functions[-1])] if self.functions else []
+        return ast.copy_location(ast.Raise(ast.Call(_name(_ERROR), args, [])), node)
+
+
 class _SkipMissingAnswers(ast.NodeTransformer):
     """Rewrites each top-level statement `s` of a cell as `if running: try: s / except
     NotAttempted: stop`, then `if stopped: names of s = the missing answer`. From the first
@@ -140,6 +170,7 @@ class _SkipMissingAnswers(ast.NodeTransformer):
     A last expression stays a top-level statement, so IPython still shows it."""
 
     def visit_Module(self, node: ast.Module) -> ast.Module:
+        node = _NbgraderStubs().visit(node)
         if not node.body or any(
             isinstance(s, ast.ImportFrom) and s.module == "__future__" for s in node.body
         ):

@@ -17,6 +17,7 @@ answer, without a kernel.
 
 import csv
 import os
+import re
 import time
 
 import nbformat
@@ -25,6 +26,8 @@ from nbclient import NotebookClient
 
 from maaslab.__main__ import main
 from maaslab.classroom import (
+    BEGIN,
+    END,
     STUDENT_SETUP,
     GradeConfig,
     exercises,
@@ -90,6 +93,16 @@ def _replace(nb: nbformat.NotebookNode, grade_id: str, old: str, new: str):
     return nb
 
 
+def nbgrader_release(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """What `nbgrader generate_assignment` hands out: each solution region replaced by its
+    default stub, `# YOUR CODE HERE` and `raise NotImplementedError()`, at the region's indent."""
+    pattern = re.compile(rf"^([ \t]*){re.escape(BEGIN)}\n.*?^[ \t]*{re.escape(END)}$", re.M | re.S)
+    for cell in exercises(nb).values():
+        cell.source = pattern.sub(r"\1# YOUR CODE HERE\n\1raise NotImplementedError()", cell.source)
+        assert BEGIN not in cell.source and "NotImplementedError" in cell.source
+    return nb
+
+
 @pytest.mark.notebook
 def test_grade_writes_a_row_per_student_notebook_and_exercise(tmp_path, capsys):
     name = "01_gradient_descent"
@@ -100,11 +113,12 @@ def test_grade_writes_a_row_per_student_notebook_and_exercise(tmp_path, capsys):
     _write(wrong, submissions / "bob" / f"{name}.ipynb")
     _write(student_edition(teacher(name)), submissions / "cy" / f"{name}.ipynb")  # untouched
     (submissions / "dan").mkdir()  # handed in nothing
+    _write(nbgrader_release(teacher(name)), submissions / "eve" / f"{name}.ipynb")  # untouched
     out = tmp_path / "grades.csv"
     code = main(["classroom", "grade", str(submissions), "--notebook", name, "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
-    assert f"ada/{name}: 3 passed" in printed and f"wrote {out}: 10 rows" in printed
+    assert f"ada/{name}: 3 passed" in printed and f"wrote {out}: 13 rows" in printed
     with out.open(newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["student", "notebook", "exercise", "status", "message"]
@@ -120,6 +134,9 @@ def test_grade_writes_a_row_per_student_notebook_and_exercise(tmp_path, capsys):
         ("cy", "gd_step"): "not attempted",
         ("cy", "learning_rate"): "not attempted",
         ("dan", ""): "missing",
+        ("eve", "mse_gradient"): "not attempted",
+        ("eve", "gd_step"): "not attempted",
+        ("eve", "learning_rate"): "not attempted",
     }
     by_key = {(r["student"], r["exercise"]): r["message"] for r in rows}
     assert "diverges" in by_key["bob", "learning_rate"]

@@ -29,7 +29,12 @@ from maaslab.errors import MaaslabError
 from maaslab.exercises.distributed_training import check_global_batch_lr
 from maaslab.exercises.gradient_descent import check_mse_gradient
 from maaslab.exercises.grading import VERDICT_MIME, failed, not_attempted, passed
-from maaslab.exercises.unanswered import SKIPPED_MIME, NotAttempted, Unanswered
+from maaslab.exercises.unanswered import (
+    SKIPPED_MIME,
+    NotAttempted,
+    Unanswered,
+    skip_missing_answers,
+)
 from maaslab.paths import NOTEBOOKS_DIR
 
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -73,6 +78,60 @@ def test_a_stub_function_is_not_attempted_even_through_the_checks_own_except():
     assert check_global_batch_lr(pair).status == "not attempted"
     broken = check_mse_gradient(lambda t, X, y: 1 / 0)
     assert broken.status == "failed" and "ZeroDivisionError" in broken.message
+
+
+class _Shell:
+    """The two things skip_missing_answers uses of IPython's shell."""
+
+    def __init__(self) -> None:
+        self.user_ns: dict = {}
+        self.ast_transformers: list = []
+
+    def run(self, source: str) -> None:
+        tree = ast.parse(source)
+        for transformer in self.ast_transformers:
+            tree = transformer.visit(tree)
+        exec(compile(tree, "<cell>", "exec"), self.user_ns)
+
+
+def test_nbgraders_own_stub_is_not_attempted_and_a_real_not_implemented_still_fails():
+    shell, shown = _Shell(), []
+    skip_missing_answers(shell, shown.append)
+    shell.user_ns["check_mse_gradient"] = check_mse_gradient
+    # what `nbgrader generate_assignment` leaves in a function and at the top of a cell
+    shell.run(
+        "def my_gradient(theta, X, y):\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
+        "result = check_mse_gradient(my_gradient)"
+    )
+    result = shell.user_ns["result"]
+    assert result.status == "not attempted" and "my_gradient is not written yet" in str(result)
+    shell.run("# YOUR CODE HERE\nraise NotImplementedError\nlr = 0.1")
+    # the cell stops there; what it would have set stands for the missing answer
+    assert isinstance(shell.user_ns["lr"], Unanswered) and len(shown) == 1
+    assert shown[0].message.startswith("⏳ this answer is not written yet")
+    # NotImplementedError with a message is the learner's own error: a failed verdict
+    shell.run(
+        "def other(theta, X, y):\n    raise NotImplementedError('no idea yet')\n"
+        "result = check_mse_gradient(other)"
+    )
+    failed_result = shell.user_ns["result"]
+    assert failed_result.status == "failed" and "no idea yet" in failed_result.message
+
+
+def test_nbgraders_stub_is_not_attempted_in_a_kernel_without_the_setup_cell():
+    def my_gradient(theta, X, y):
+        raise NotImplementedError()
+
+    result = check_mse_gradient(my_gradient)
+    assert result.status == "not attempted" and "my_gradient is not written yet" in str(result)
+    result = check_mse_gradient(lambda t, X, y: my_gradient(t, X, y))  # the stub, one call down
+    assert result.status == "not attempted" and "my_gradient is not written yet" in str(result)
+
+    def own_error(theta, X, y):
+        raise NotImplementedError("half done")
+
+    result = check_mse_gradient(own_error)
+    assert result.status == "failed" and "half done" in result.message
 
 
 def test_verdicts_carry_a_json_twin_for_the_grader():
