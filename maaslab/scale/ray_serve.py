@@ -1,15 +1,20 @@
 """The model server on Ray Serve: the same routes, one deployment per model (lesson 17).
 
-    ingress (1 replica)                         one deployment per tensor model
+    ingress (1 replica)                         one deployment per model
     create_app's FastAPI app  ── handle ──>     ModelReplica x N: build_served + our Batcher
     OIP v2, OpenAI, explain, /metrics           (digits-cnn, sentiment-minilm, minilm-embed)
+                              ── streaming ──>  LLMReplica x N: EngineService (mini-llama)
+                                 handle
 
 The ingress deployment serves the app maaslab.serve.create_app builds — every route, middleware
-and error answer of the single-process server, not a copy. The seam is ServedModel.batcher (a
-maaslab.serve.batching.ModelQueue): in the ingress, a tensor model's queue is a RemoteQueue that
-sends each request to the model's deployment through its DeploymentHandle; Ray Serve picks a
-replica. The ingress also loads each model (metadata, the explain extension), and language
-models (mini-gpt, mini-llama) are answered by the ingress itself, on that copy. With grpc_port,
+and error answer of the single-process server, not a copy. The seams are ServedModel.batcher (a
+maaslab.serve.batching.ModelQueue) and ServedModel.service: in the ingress, a tensor model's
+queue is a RemoteQueue that sends each request to the model's deployment through its
+DeploymentHandle, and a language model's engine is a RemoteEngine (maaslab.scale.ray_llm) that
+streams each request's tokens from a replica running the single-process server's engine; Ray
+Serve picks the replica. The ingress also loads each model (metadata, the explain extension, a
+language model's tokenizer); mini-gpt, a character model with no engine, is answered by the
+ingress itself, on that copy. With grpc_port,
 the ingress (one replica) serves OIP over gRPC on that port too, through the same app state (our
 gRPC front, not Ray Serve's gRPC proxy). Its /metrics counts requests, statuses and latency; the
 batch histograms stay empty there, since batches run in the replicas.
@@ -170,17 +175,22 @@ class Ingress:
 
     def __serve_build_asgi_app__(self) -> Any:
         """Build the server's app in the replica (Ray Serve calls this after __init__)."""
+        from maaslab.scale.ray_llm import RemoteEngine
         from maaslab.serve.app import create_app
         from maaslab.serve.models import load_models
         from maaslab.serve.security import resolve_api_key
 
         config = self.config
         api_key = None if config.keys_file else resolve_api_key(config.host, config.api_key_env)
-        # The ingress keeps a copy of each model for what is not a tensor request: metadata
-        # (class names), the explain extension and the language models' generation.
+        # The ingress keeps a copy of each model for what its replicas do not answer: metadata
+        # (class names), the explain extension, a language model's tokenizer, mini-gpt.
         models = load_models(config)
         for name, model in models.items():
-            if name in self.handles and model.batcher is not None:
+            if name not in self.handles:
+                continue
+            if model.service is not None:  # never started here: the replicas run the engine
+                model.service = RemoteEngine(name, self.handles[name], model.service.stats)
+            elif model.batcher is not None:
                 model.batcher = RemoteQueue(name, self.handles[name])
         return create_app(config, api_key=api_key, models=models)
 
@@ -262,9 +272,13 @@ class RayServeArgs:
 
 
 def model_deployment(name: str, spec: str, config: ServeConfig, args: RayServeArgs) -> Any:
-    """The bound deployment of one model: its replicas (fixed or autoscaled) and batching."""
-    # A replica takes as many requests as its batcher queues plus one batch running: past
-    # that, its own queue answers 503 (Ray would otherwise hold them in the router).
+    """The bound deployment of one model: its replicas (fixed or autoscaled), running our
+    Batcher (a tensor model) or the engine (a language model: ray_llm.LLMReplica)."""
+    from maaslab.auto import is_language_model
+    from maaslab.scale.ray_llm import LLMReplica
+
+    # A replica takes as many requests as its queue holds plus one batch running: past that,
+    # its own queue answers 503 (Ray would otherwise hold them in the router).
     options: dict[str, Any] = {
         "name": name,
         "max_ongoing_requests": config.max_queue + config.max_batch_size,
@@ -282,12 +296,18 @@ def model_deployment(name: str, spec: str, config: ServeConfig, args: RayServeAr
         }
     else:
         options["num_replicas"] = args.replicas
-    return serve.deployment(ModelReplica).options(**options).bind(name, spec, config)
+    replica = LLMReplica if is_language_model(spec) else ModelReplica
+    return serve.deployment(replica).options(**options).bind(name, spec, config)
 
 
 def deployed_separately(spec: str) -> bool:
-    """True for a model that gets a deployment of its own (a tensor model): the language
-    models are answered by the ingress. A name the server cannot place is deployed."""
+    """True for a model that gets a deployment of its own: a tensor model, or a language
+    model (mini-llama, a causal-LM folder) run by the engine. mini-gpt (characters, no
+    engine) is answered by the ingress. A name the server cannot place is deployed."""
+    from maaslab.auto import is_language_model
+
+    if is_language_model(spec):
+        return True
     try:
         return kind_of(served_name(spec)) != "generator"
     except MaaslabError:
