@@ -8,6 +8,9 @@ For each request, in this order:
 
 1. authenticate: no key or an unknown one -> 401 (health probes are open);
 2. admit: the tenant's daily quota, request rate and token budget -> 429 with Retry-After;
+   (on a server run by uvicorn, steps 1 and 2 happen in the connection layer, as soon as a
+   request's headers are in: maaslab.serve.connections answers 401 and 429 itself, so a
+   refused flood never reaches the app; `Tenancy.gate` is the one rule both places apply)
 3. the route runs with `request.state.tenant` set: inference waits in the tenant's own queue
    (fair turns, maaslab.serve.batching), admin routes check `require_admin` (403 for a user);
 4. meter: when the response has been sent, its request, tokens and compute time are added to
@@ -29,6 +32,17 @@ from maaslab.serve.security import OPEN_PATHS
 from maaslab.serve.tenants import KeyTable, Limits, Tenant, hash_key
 
 SINGLE_KEY_TENANT = "admin"  # the tenant an --api-key-env key stands for
+ADMITTED = "admitted"  # scope["state"] key: the tenant the connection layer already let in
+UNKNOWN_KEY = "missing or unknown API key: send 'Authorization: Bearer KEY'"
+
+
+@dataclass(frozen=True)
+class Denied:
+    """A request refused at the tenant layer: the status, the message and the headers."""
+
+    status: int  # 401 (no or unknown key) or 429 (a limit of the tenant)
+    message: str  # the error body's message
+    headers: dict[str, str]  # www-authenticate for a 401, retry-after for a 429
 
 
 class Forbidden(MaaslabError):
@@ -64,6 +78,16 @@ class Tenancy:
         if refusal is not None:
             self.usage.refused(tenant.name, refusal.reason)
         return refusal
+
+    def gate(self, authorization: str | None) -> Tenant | Denied:
+        """Authenticate and admit one request: its tenant, or the 401 / 429 to answer."""
+        tenant = self.authenticate(authorization)
+        if tenant is None:
+            return Denied(401, UNKNOWN_KEY, {"www-authenticate": "Bearer"})
+        refusal = self.admit(tenant)
+        if refusal is not None:
+            return Denied(429, refusal.message, {"retry-after": str(refusal.retry_after_s)})
+        return tenant
 
     def meter_share(self, tenant: Hashable, rows: int, seconds: float) -> None:
         """A batch's compute time, its share for one request (a Batcher's on_share hook)."""
@@ -114,28 +138,14 @@ class TenantMiddleware:
             return
         from maaslab.serve.errors import send_error
 
-        headers: Mapping[bytes, bytes] = dict(scope.get("headers") or [])
-        tenant = self.tenancy.authenticate(headers.get(b"authorization", b"").decode("latin-1"))
-        if tenant is None:
-            await send_error(
-                send,
-                401,
-                "missing or unknown API key: send 'Authorization: Bearer KEY'",
-                {"www-authenticate": "Bearer"},
-                path=scope["path"],
-            )
-            return
-        refusal = self.tenancy.admit(tenant)
-        if refusal is not None:
-            await send_error(
-                send,
-                429,
-                refusal.message,
-                {"retry-after": str(refusal.retry_after_s)},
-                path=scope["path"],
-            )
-            return
         state: dict[str, Any] = scope.setdefault("state", {})
+        tenant = state.pop(ADMITTED, None)  # let in by the connection layer already
+        if tenant is None:
+            headers: Mapping[bytes, bytes] = dict(scope.get("headers") or [])
+            tenant = self.tenancy.gate(headers.get(b"authorization", b"").decode("latin-1"))
+        if isinstance(tenant, Denied):
+            await send_error(send, tenant.status, tenant.message, tenant.headers, scope["path"])
+            return
         state["tenant"] = tenant
         try:
             await self.app(scope, receive, send)

@@ -84,7 +84,9 @@ def uvicorn_server(app, config: ServeConfig, log_level: str = "warning") -> Grac
         log_level=log_level,
         access_log=False,
         lifespan="on",
-        http=protocol_for(config.read_timeout_s, config.max_connections),
+        http=protocol_for(
+            config.read_timeout_s, config.max_connections, getattr(app.state, "tenancy", None)
+        ),
         # Streams end themselves at the drain deadline; uvicorn cancels what is left after.
         timeout_graceful_shutdown=config.drain_deadline_s + CUT_GRACE_S,  # type: ignore[arg-type]
         timeout_keep_alive=5,
