@@ -7,8 +7,9 @@ The application is maaslab.scale.ray_serve:app_builder, which builds the server'
 (OIP v2, OpenAI API, metrics) as Ray Serve deployments from `args`: the models, their replicas
 or autoscaling range and the batching of each replica. So every model the server runs can go
 here, language models included. `deployments` names each model's deployment (the builder names
-them as the server names its models; language models are answered by the ingress and have none)
-with the CPUs a replica reserves, the knob an operator tunes on the cluster without code.
+them as the server names its models: a tensor model's replicas run its batcher, a language
+model's the engine; mini-gpt is answered by the ingress and has none) with the CPUs a replica
+reserves, the knob an operator tunes on the cluster without code.
 
 The file is checked with Ray's own schema (ray.serve.schema.ServeDeploySchema, the pydantic
 model `serve deploy` validates with), plus what that schema lets through: Ray ignores keys it
@@ -47,18 +48,12 @@ def model_spec(source: Source) -> str:
 
 
 def _deployments(spec: str, config: ExportConfig) -> list[dict[str, Any]]:
-    from maaslab.serve.models import kind_of, served_name
+    from maaslab.scale.ray_serve import deployed_separately
+    from maaslab.serve.models import served_name
 
-    name = served_name(spec)
-    try:
-        generator = kind_of(name) == "generator"
-    except MaaslabError:  # a folder's own name: the builder gives it a deployment
-        generator = False
-    return (
-        []
-        if generator
-        else [{"name": name, "ray_actor_options": {"num_cpus": config.replica_cpus}}]
-    )
+    if not deployed_separately(spec):  # mini-gpt: the ingress answers it
+        return []
+    return [{"name": served_name(spec), "ray_actor_options": {"num_cpus": config.replica_cpus}}]
 
 
 def serve_config(source: Source, config: ExportConfig, name: str) -> dict[str, Any]:

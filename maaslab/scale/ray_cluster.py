@@ -5,6 +5,8 @@
   maaslab.scale.ray_serve; in the foreground until SIGINT/SIGTERM, then Serve and Ray shut down.
 - `LocalCluster`: a head and worker nodes as `ray start --block` subprocesses on 127.0.0.1,
   each with its own CPUs, so replicas spread over nodes on one machine (lesson 17).
+- a local Ray (no --address) dies with the server, SIGKILLed too: a watchdog subprocess ends
+  that Ray session's processes once the server is gone (maaslab.scale.ray_watchdog).
 - `replica_placement()`: each replica's deployment, id, node, process and state, from Ray's
   state API (the dashboard's API server, bound to loopback); `kill_replica` ends one.
 
@@ -13,6 +15,7 @@ Nothing reaches the network: usage stats are off, every node binds 127.0.0.1.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -34,7 +37,10 @@ from maaslab.scale.ray_status import (
     parse_nodes,
     parse_replicas,
 )
+from maaslab.scale.ray_watchdog import GIVE_UP_S, GRACE_S, watch_ray_session
 from maaslab.serve.config import ScaleConfig, ServeConfig
+
+log = logging.getLogger("maaslab.serve")
 
 # Every Ray process started here inherits these: no usage report, nothing sent anywhere.
 RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_DOCKER_CPU_WARNING": "1"}
@@ -334,6 +340,8 @@ def serve_on_ray(
 
     stop = threading.Event()
     handlers: dict[int, Any] = {}
+    # A local Ray dies with this process, even SIGKILLed (maaslab.scale.ray_watchdog).
+    watchdog = None if scale.address else watch_ray_session()
     try:
         if scale.address:
             ray.init(address=scale.address, log_to_driver=False, configure_logging=False)
@@ -367,6 +375,12 @@ def serve_on_ray(
             ray.shutdown()
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        if watchdog is not None:  # it ends what ray.shutdown left of the session, then exits
+            watchdog.stdin.close()
+            try:
+                watchdog.wait(GIVE_UP_S + GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("the Ray watchdog (pid %d) still runs", watchdog.pid)
     if on_stopped is not None:
         on_stopped("Ray Serve app removed" + ("" if scale.address else ", local Ray stopped"))
     return 0

@@ -260,7 +260,12 @@ def test_ray_check_refuses_what_ray_would_drop_or_refuse(tmp_path):
 def test_language_models_and_folders_go_to_ray(tmp_path):
     export_bundle(ExportConfig("mini-llama", "ray", tmp_path / "llama"))
     doc = yaml.safe_load((tmp_path / "llama" / "serve_config.yaml").read_text())
-    assert doc["applications"][0]["deployments"] == []  # the ingress answers language models
+    # a language model's replicas run the engine: a deployment of its own, as a tensor model's
+    deployments = doc["applications"][0]["deployments"]
+    assert deployments == [{"name": "mini-llama", "ray_actor_options": {"num_cpus": 1.0}}]
+    export_bundle(ExportConfig("mini-gpt", "ray", tmp_path / "gpt"))
+    doc = yaml.safe_load((tmp_path / "gpt" / "serve_config.yaml").read_text())
+    assert doc["applications"][0]["deployments"] == []  # the ingress answers mini-gpt
     folder = tmp_path / "My_Digits"
     shutil.copytree(MODELS_DIR / "digits-mlp", folder)
     result = export_bundle(ExportConfig(str(folder), "ray", tmp_path / "folder"))

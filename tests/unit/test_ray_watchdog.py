@@ -1,0 +1,65 @@
+"""The Ray watchdog (maaslab.scale.ray_watchdog) without Ray: a parent process starts it, then a
+"Ray process" of its session (a file of the session folder open, as Ray's workers and agents
+have); SIGKILLing the parent ends that process, even one that ignores SIGTERM. The same with
+a real `serve --engine ray` server: tests/server/test_ray_serve.py."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from maaslab.scale.ray_status import session_processes
+from maaslab.scale.ray_watchdog import GRACE_S
+
+DEADLINE_S = GRACE_S + 15.0  # SIGTERM, the grace, SIGKILL, on a loaded machine
+PARENT = """
+import os, subprocess, sys, time
+from pathlib import Path
+from maaslab.scale.ray_watchdog import watch_ray_session
+session = Path(os.environ["RAY_TMPDIR"]) / f"session_2026-01-01_00-00-00_000000_{os.getpid()}"
+session.mkdir(parents=True)
+dog = watch_ray_session()
+stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
+with (session / "worker.log").open("w") as log:
+    child = subprocess.Popen([sys.executable, "-c", stubborn], stdout=log, start_new_session=True)
+print(child.pid, dog.pid, session, flush=True)
+time.sleep(300)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie is gone, only not reaped yet
+        return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_a_sigkilled_parent_takes_its_session_with_it(tmp_path):
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        child, dog, session = parent.stdout.readline().split()
+        child, dog = int(child), int(dog)
+        deadline = time.monotonic() + 10
+        while not session_processes(tmp_path / session.rsplit("/", 1)[1]):
+            assert time.monotonic() < deadline, "the session's process did not start"
+            time.sleep(0.1)
+        time.sleep(0.5)  # its SIGTERM handler is set
+        assert alive(child) and alive(dog)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        killed = time.monotonic()
+        while alive(child) or alive(dog):
+            assert time.monotonic() - killed < DEADLINE_S, (alive(child), alive(dog))
+            time.sleep(0.1)
+        took = time.monotonic() - killed
+        assert took >= GRACE_S * 0.9  # it ignored SIGTERM: SIGKILL came after the grace
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
