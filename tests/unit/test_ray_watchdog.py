@@ -10,8 +10,8 @@ import sys
 import time
 
 from maaslab.scale.ray_status import session_processes
-from maaslab.scale.ray_watchdog import GRACE_S
 
+GRACE_S = 0.5  # the watchdog's grace before SIGKILL here (3 s in the server)
 DEADLINE_S = GRACE_S + 15.0  # SIGTERM, the grace, SIGKILL, on a loaded machine
 PARENT = """
 import os, subprocess, sys, time
@@ -19,12 +19,16 @@ from pathlib import Path
 from maaslab.scale.ray_watchdog import watch_ray_session
 session = Path(os.environ["RAY_TMPDIR"]) / f"session_2026-01-01_00-00-00_000000_{os.getpid()}"
 session.mkdir(parents=True)
-dog = watch_ray_session()
+dog = watch_ray_session(grace_s=float(sys.argv[1]))
 stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)"
 with (session / "worker.log").open("w") as log:
     child = subprocess.Popen([sys.executable, "-c", stubborn], stdout=log, start_new_session=True)
+driver_log = (session / "driver.log").open("w")  # the server has session files open too
 print(child.pid, dog.pid, session, flush=True)
-time.sleep(300)
+sys.stdin.readline()  # a normal stop when the test says so
+dog.stdin.close()
+dog.wait(60)
+print("stopped", flush=True)
 """
 
 
@@ -37,11 +41,33 @@ def alive(pid: int) -> bool:
         return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
-def test_a_sigkilled_parent_takes_its_session_with_it(tmp_path):
+def start_parent(tmp_path) -> subprocess.Popen:
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT], env=env, stdout=subprocess.PIPE, text=True
+    return subprocess.Popen(
+        [sys.executable, "-c", PARENT, str(GRACE_S)],
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+
+
+def test_a_stopping_parent_is_spared_and_its_session_ended(tmp_path):
+    parent = start_parent(tmp_path)
+    try:
+        child = int(parent.stdout.readline().split()[0])
+        parent.stdin.write("stop\n")
+        parent.stdin.flush()
+        assert parent.stdout.readline() == "stopped\n"  # the watchdog waited for, not killed
+        assert not alive(child) and parent.wait(10) == 0
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait(10)
+
+
+def test_a_sigkilled_parent_takes_its_session_with_it(tmp_path):
+    parent = start_parent(tmp_path)
     try:
         child, dog, session = parent.stdout.readline().split()
         child, dog = int(child), int(dog)
