@@ -24,6 +24,8 @@ with two additions) bounds both:
   (bench_service P16). A request let in carries its tenant to the app, which does not check
   the key again. Health probes, HEAD, `Expect: 100-continue`, upgrades and a request
   pipelined behind one still running take the app's way, which answers them the same.
+  `MAASLAB_SERVE_DOOR=0` in the server's environment leaves every refusal to the app, as
+  before the door existed: for measuring what the door saves (bench_service P16, P17).
 
 Keep-alive is unchanged: an idle connection closes `timeout_keep_alive` seconds after its last
 answer.
@@ -34,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import httptools
@@ -52,6 +54,7 @@ from maaslab.serve.security import OPEN_PATHS
 
 log = logging.getLogger("maaslab.serve")
 RETRY_AFTER_S = 1  # what a refused connection is told to wait
+DOOR_ENV = "MAASLAB_SERVE_DOOR"  # "0": no door, the app refuses (to measure the door's worth)
 
 
 def raw_response(
@@ -255,6 +258,11 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if not keep_alive:
             self.transport.close()
         return True  # keep-alive's clock starts once the body is in (on_message_complete)
+
+
+def door_for(tenancy: Tenancy | None, environ: Mapping[str, str]) -> Tenancy | None:
+    """The tenants to check at the door: the server's, unless DOOR_ENV is "0"."""
+    return None if environ.get(DOOR_ENV, "1").strip() == "0" else tenancy
 
 
 def protocol_for(

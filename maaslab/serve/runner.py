@@ -15,7 +15,7 @@ import uvicorn
 
 from maaslab.errors import MaaslabError
 from maaslab.serve.config import ServeConfig
-from maaslab.serve.connections import protocol_for
+from maaslab.serve.connections import door_for, protocol_for
 from maaslab.serve.drain import Drain
 from maaslab.serve.security import resolve_api_key
 
@@ -85,7 +85,9 @@ def uvicorn_server(app, config: ServeConfig, log_level: str = "warning") -> Grac
         access_log=False,
         lifespan="on",
         http=protocol_for(
-            config.read_timeout_s, config.max_connections, getattr(app.state, "tenancy", None)
+            config.read_timeout_s,
+            config.max_connections,
+            door_for(getattr(app.state, "tenancy", None), os.environ),
         ),
         # Streams end themselves at the drain deadline; uvicorn cancels what is left after.
         timeout_graceful_shutdown=config.drain_deadline_s + CUT_GRACE_S,  # type: ignore[arg-type]

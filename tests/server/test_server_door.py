@@ -1,9 +1,9 @@
 """The door: a server with tenants answers 401 and 429 in the connection layer, before the app.
 
-Each test feeds raw HTTP/1.1 bytes to the connection layer's protocol over a recording transport,
-once with the door (protocol_for(..., tenancy)) and once without it (the app's tenant middleware
-refuses): the bytes written, the usage metered and the Prometheus counts must be the same, and
-the app must never see a refused request.
+Each test feeds raw HTTP/1.1 bytes to the connection layer's protocol over a recording
+transport, once with the door (the protocol the server's runner builds for the app) and once
+without it (the app's tenant middleware refuses): the bytes written, the usage metered and the
+Prometheus counts must be the same, and the app must never see a refused request.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from uvicorn.server import ServerState
 from maaslab.serve.access import Tenancy
 from maaslab.serve.app import create_app
 from maaslab.serve.config import ServeConfig
-from maaslab.serve.connections import protocol_for
+from maaslab.serve.connections import DOOR_ENV, door_for, protocol_for
+from maaslab.serve.runner import uvicorn_server
 from maaslab.serve.tenants import KeyTable, Limits, Tenant, hash_key
 
 KEYS = {  # name -> (role, key, limits)
@@ -86,7 +87,8 @@ class Server:
             Tenant(n, role, hash_key(key), lim) for n, (role, key, lim) in KEYS.items()
         )
         self.tenancy = Tenancy(table)
-        app = create_app(ServeConfig(models=("digits",)), models={}, tenancy=self.tenancy)
+        config = ServeConfig(models=("digits",))
+        app = create_app(config, models={}, tenancy=self.tenancy)
         self.seen: list[str] = []  # the paths of the requests the app was called with
 
         async def counted(scope: Any, receive: Any, send: Any) -> None:
@@ -98,7 +100,10 @@ class Server:
         self.config.load()
         self.state = ServerState()
         self.state.default_headers = SERVER_HEADERS
-        self.protocol = protocol_for(10.0, 1000, self.tenancy if door else None)
+        # With the door: the protocol the server's runner gives uvicorn for this app.
+        http = uvicorn_server(app, config).config.http
+        self.protocol = http if door else protocol_for(10.0, 1000, None)
+        assert self.protocol.tenancy is (self.tenancy if door else None)
 
     def connect(self) -> tuple[Any, Transport]:
         """A new connection: its protocol and transport."""
@@ -243,3 +248,11 @@ def test_an_http_10_refusal_closes_the_connection_like_the_app(servers):
     assert statuses(written[door]) == [429]
     assert b"connection: close\r\n" in written[door]
     assert written[door] == written[app_way]
+
+
+def test_the_door_can_be_switched_off_to_measure_what_it_saves():
+    tenancy = Tenancy(KeyTable([Tenant("t", "user", hash_key("k" * 20))]))
+    assert door_for(tenancy, {}) is tenancy
+    assert door_for(tenancy, {DOOR_ENV: "1"}) is tenancy
+    assert door_for(tenancy, {DOOR_ENV: "0"}) is None
+    assert door_for(None, {}) is None
