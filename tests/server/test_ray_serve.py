@@ -1,19 +1,30 @@
 """The server on Ray Serve (maaslab.scale): the same routes and numbers as the single-process
-server, through tritonclient (HTTP and gRPC) and the openai client; a replica killed under load
-is replaced and every request is answered 200 or a clear 503, none hangs.
+server, through tritonclient (HTTP and gRPC) and the openai client; mini-llama's deployment
+streams the single-process engine's tokens, and a stream cut midway frees its sequence in the
+replica; a replica killed under load is replaced and every request is answered 200 or a clear
+503, none hangs; a server SIGKILLed leaves no process of its Ray behind.
 
-One Serve app for the whole module: digits-cnn on two replicas (one CPU each) and mini-gpt,
-answered by the ingress. Under MAASLAB_FAST=1 (the suite) the cluster is one Ray node with 2 CPUs
-(`ray start --block` on loopback); otherwise a head and a worker node with one CPU each, and the
-two replicas must land on different nodes (Ray's state API says where).
+One server for the whole module, `python -m maaslab serve --engine ray --replicas 2` as a
+subprocess: digits-cnn and mini-llama on two replicas each, mini-gpt answered by the ingress.
+The tests see it as a user does: over HTTP and gRPC, and the Ray dashboard's state API for the
+replicas (maaslab.scale.ray_status). Under MAASLAB_FAST=1 (the suite) the server starts its own
+local Ray, and the module ends by SIGKILLing it; otherwise it joins a head and a worker node
+(`ray start --block` on loopback, two CPUs each) and the digits-cnn replicas must land on
+different nodes.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -32,6 +43,9 @@ from maaslab.serve.config import (
 PROMPT = "The function "
 KILL_DEADLINE_S = 90.0  # the killed replica must be replaced within this
 CLIENT_TIMEOUT_S = 30.0  # a request unanswered after this counts as hung
+START_TIMEOUT_S = 300.0  # the server's ready line, on a loaded 2-core machine
+ORPHAN_DEADLINE_S = 45.0  # a SIGKILLed server's Ray processes must be gone within this
+MODELS = ("digits-cnn", "mini-gpt", "mini-llama")
 
 
 def parse(*argv: str) -> tuple[ServeConfig, ScaleConfig]:
@@ -66,13 +80,15 @@ def test_app_builder_args_are_checked():
     config = args.serve_config()
     assert config.max_batch_size == 32 and config.max_delay_ms == 5.0
     # A config file's args (the names maaslab.scale.export_ray writes) build the app without
-    # a cluster: the ingress and one deployment per tensor model (mini-gpt stays in the
-    # ingress), with the replicas and batching asked for.
-    from maaslab.scale.ray_serve import app_builder
+    # a cluster: the ingress and one deployment per tensor model and per language model
+    # (mini-gpt, a character model with no engine, stays in the ingress), with the replicas
+    # and batching asked for.
+    from maaslab.scale.ray_llm import LLMReplica
+    from maaslab.scale.ray_serve import ModelReplica, app_builder
 
     app = app_builder(
         {
-            "models": ["digits-cnn", "mini-gpt"],
+            "models": ["digits-cnn", "mini-gpt", "mini-llama"],
             "replicas": 2,
             "autoscale": None,
             "max_batch_size": 8,
@@ -81,9 +97,11 @@ def test_app_builder_args_are_checked():
     )
     ingress = app._bound_deployment  # Ray Serve keeps the bound graph here
     served, handles = ingress.init_args
-    assert ingress.name == "ingress" and set(handles) == {"digits-cnn"}
+    assert ingress.name == "ingress" and set(handles) == {"digits-cnn", "mini-llama"}
     assert (served.max_batch_size, served.max_delay_ms) == (8, 2)
-    assert handles["digits-cnn"]._bound_deployment.num_replicas == 2
+    for name, replica in (("digits-cnn", ModelReplica), ("mini-llama", LLMReplica)):
+        deployment = handles[name]._bound_deployment
+        assert deployment.num_replicas == 2 and deployment.func_or_class is replica
     scaled = app_builder({"models": ["digits-cnn"], "autoscale": [1, 3]})
     auto = scaled._bound_deployment.init_args[1]["digits-cnn"]._bound_deployment
     autoscaling = auto._deployment_config.autoscaling_config
@@ -94,27 +112,92 @@ def test_app_builder_args_are_checked():
         RayServeArgs.from_dict({"autoscale": [0, 2]})
 
 
+@dataclass
+class RayServer:
+    """The module's `serve --engine ray` process, and how to reach it and its Ray."""
+
+    url: str  # http://127.0.0.1:PORT
+    grpc: str  # 127.0.0.1:PORT
+    process: subprocess.Popen
+    dashboard: str  # the Ray dashboard, http://HOST:PORT
+    token: str | None  # Ray's token for the dashboard
+    session: Path | None  # the Ray session the server started (None: it joined a cluster)
+    two_nodes: bool
+
+    def status(self):
+        """The replicas and nodes now (ray_status.ClusterStatus)."""
+        from maaslab.scale import ray_status
+
+        return ray_status.cluster_status(self.dashboard, self.token)
+
+    def replicas(self, deployment: str) -> list:
+        """The replicas of `deployment` Ray knows of (dead ones too)."""
+        return [r for r in self.status().replicas if r.deployment == deployment]
+
+
+def start_ray_server(args: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, str, str]:
+    """`python -m maaslab serve --engine ray ARGS` and its ready line's HTTP URL and gRPC
+    address (the process is killed if no ready line comes within START_TIMEOUT_S)."""
+    cmd = [sys.executable, "-m", "maaslab", "serve", "--engine", "ray", *args]
+    proc = subprocess.Popen(
+        cmd, env={**os.environ, "PYTHONUNBUFFERED": "1", **env}, stdout=subprocess.PIPE, text=True
+    )
+    lines: list[str] = []
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not any(" on http://" in line for line in lines):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            proc.wait(30)
+            raise RuntimeError("the Ray server did not start:\n" + "".join(lines))
+        time.sleep(0.2)
+    ready = next(line for line in lines if " on http://" in line)
+    return proc, ready.split(" on ", 1)[1].split()[0], ready.split(" gRPC at ")[1].split()[0]
+
+
 @pytest.fixture(scope="module")
 def ray_server():
-    """The Ray cluster and the Serve app on it; the nodes are stopped at the end."""
-    from maaslab.scale.ray_cluster import LocalCluster, deploy, free_port
-
-    config = ServeConfig(
-        models=("digits-cnn", "mini-gpt"),
-        port=free_port(),
-        grpc_port=free_port(),
-        device="cpu",
-        request_timeout_s=20,
-    )
-    started = time.perf_counter()
+    """The module's Ray server (module notes); stopped (or already SIGKILLed) at the end."""
     from maaslab.runtime import fast_mode
+    from maaslab.scale import ray_status
+    from maaslab.scale.ray_cluster import LocalCluster
 
-    with LocalCluster(node_cpus=(2,) if fast_mode() else (1, 1)) as cluster:
-        up = time.perf_counter()
-        deploy(config, ScaleConfig("ray", replicas=2))
-        ready = time.perf_counter()
-        print(f"\nRay node up in {up - started:.1f} s, app running {ready - up:.1f} s later")
-        yield cluster, config  # stopping the node stops Serve's actors with it
+    two_nodes = not fast_mode()
+    cluster = LocalCluster(node_cpus=(2, 2)).__enter__() if two_nodes else None
+    args = ["--models", ",".join(MODELS), "--replicas", "2", "--port", "0", "--grpc-port", "0"]
+    args += ["--device", "cpu", "--request-timeout-s", "20"]
+    env = {}
+    if cluster is not None:
+        args += ["--address", cluster.address]
+        env = cluster.env
+    started = time.perf_counter()
+    proc, url, grpc = start_ray_server(args, env)
+    try:
+        print(f"\nRay server ready in {time.perf_counter() - started:.1f} s")
+        if cluster is not None:
+            dashboard, session = cluster.dashboard_url, None
+        else:
+            session = ray_status.session_dir(proc.pid)
+            assert session is not None
+            dashboard = ray_status.dashboard_url(session)
+        token = ray_status.auth_token({**os.environ, **env})
+        yield RayServer(url, grpc, proc, dashboard, token, session, two_nodes)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)
+        if cluster is not None:
+            cluster.stop()
 
 
 @pytest.fixture(scope="module")
@@ -124,22 +207,33 @@ def digits() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def process_answer(start_server, digits) -> np.ndarray:
+def process_server(start_server):
+    """The single-process server with the same models (in-process, shared weights)."""
+    return start_server(models=("digits-cnn", "mini-llama"))
+
+
+@pytest.fixture(scope="module")
+def process_answer(process_server, digits) -> np.ndarray:
     """What the single-process server answers for the same digits (tritonclient, binary)."""
     import tritonclient.http as triton
 
-    server = start_server(models=("digits-cnn",))
-    client = triton.InferenceServerClient(server.url.removeprefix("http://"))
+    client = triton.InferenceServerClient(process_server.url.removeprefix("http://"))
     pixels = triton.InferInput("pixels", list(digits.shape), "FP32")
     pixels.set_data_from_numpy(digits, binary_data=True)
     return client.infer("digits-cnn", [pixels]).as_numpy("probabilities")
 
 
+def openai_client(url: str):
+    """The official openai client on a server's /v1."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
 def test_tritonclient_http_gets_the_single_process_numbers(ray_server, digits, process_answer):
     import tritonclient.http as triton
 
-    _, config = ray_server
-    client = triton.InferenceServerClient(f"127.0.0.1:{config.port}")
+    client = triton.InferenceServerClient(ray_server.url.removeprefix("http://"))
     assert client.is_server_ready() and client.is_model_ready("digits-cnn")
     meta = client.get_model_metadata("digits-cnn")
     assert meta["inputs"][0] == {"name": "pixels", "datatype": "FP32", "shape": [-1, 64]}
@@ -152,8 +246,7 @@ def test_tritonclient_http_gets_the_single_process_numbers(ray_server, digits, p
 def test_tritonclient_grpc_gets_the_same_numbers(ray_server, digits, process_answer):
     import tritonclient.grpc as triton_grpc
 
-    _, config = ray_server
-    client = triton_grpc.InferenceServerClient(f"127.0.0.1:{config.grpc_port}")
+    client = triton_grpc.InferenceServerClient(ray_server.grpc)
     pixels = triton_grpc.InferInput("pixels", list(digits.shape), "FP32")
     pixels.set_data_from_numpy(digits)
     got = client.infer("digits-cnn", [pixels]).as_numpy("probabilities")
@@ -161,46 +254,166 @@ def test_tritonclient_grpc_gets_the_same_numbers(ray_server, digits, process_ans
 
 
 def test_a_bad_request_gets_the_same_400(ray_server):
-    _, config = ray_server
     body = {"inputs": [{"name": "pixels", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
-    answer = httpx.post(f"http://127.0.0.1:{config.port}/v2/models/digits-cnn/infer", json=body)
+    answer = httpx.post(f"{ray_server.url}/v2/models/digits-cnn/infer", json=body)
     assert answer.status_code == 400 and "shape [N, 64]" in answer.json()["error"]
 
 
 def test_openai_client_gets_the_in_process_completion(ray_server, shared_wrappers):
-    from openai import OpenAI
-
-    _, config = ray_server
     gpt = shared_wrappers.get_or_load(("mini-gpt",))["mini-gpt"]
-    client = OpenAI(
-        base_url=f"http://127.0.0.1:{config.port}/v1", api_key="unused", max_retries=0, timeout=60
-    )
+    client = openai_client(ray_server.url)
     out = client.completions.create(model="mini-gpt", prompt=PROMPT, max_tokens=20, seed=7)
     assert out.choices[0].text == gpt.complete(PROMPT, 20, seed=7).text
-    assert sorted(m.id for m in client.models.list()) == ["digits-cnn", "mini-gpt"]
+    assert sorted(m.id for m in client.models.list()) == sorted(MODELS)
+
+
+def both(ray_server, process_server, call):
+    """call(client) on the Ray server and on the single-process server."""
+    return call(openai_client(ray_server.url)), call(openai_client(process_server.url))
+
+
+def streamed(chunks) -> tuple[list[str], list[str | None], object]:
+    """A stream's text per choice (n), its finish reasons, and its usage chunk's usage."""
+    texts, reasons, usage, count = {}, {}, None, 0
+    for chunk in chunks:
+        count += 1
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            piece = c.text if hasattr(c, "text") else (c.delta.content or "")
+            texts[c.index] = texts.get(c.index, "") + piece
+            reasons[c.index] = c.finish_reason or reasons.get(c.index)
+    assert count > 3  # token by token, not one chunk
+    return [texts[i] for i in sorted(texts)], [reasons[i] for i in sorted(reasons)], usage
+
+
+def test_language_model_answers_as_the_single_process_server(ray_server, process_server):
+    # Greedy and seeded completions and chats, whole and streamed, n=2 and usage: the same
+    # tokens from mini-llama's replicas as from the single-process server's engine.
+    greedy = {"model": "mini-llama", "max_tokens": 24, "temperature": 0}
+    ray_out, here = both(
+        ray_server, process_server, lambda c: c.completions.create(prompt=PROMPT, **greedy)
+    )
+    assert ray_out.choices[0].text == here.choices[0].text and ray_out.choices[0].text
+    assert ray_out.usage == here.usage and ray_out.usage.completion_tokens == 24
+    stream = {"stream": True, "stream_options": {"include_usage": True}}
+    ray_s, here_s = both(
+        ray_server,
+        process_server,
+        lambda c: streamed(c.completions.create(prompt=PROMPT, **greedy, **stream)),
+    )
+    assert ray_s == here_s and ray_s[0] == [here.choices[0].text]
+    messages = [{"role": "user", "content": "What does len do?"}]
+    ray_chat, here_chat = both(
+        ray_server,
+        process_server,
+        lambda c: c.chat.completions.create(messages=messages, **greedy),
+    )
+    assert ray_chat.choices[0].message.content == here_chat.choices[0].message.content
+    assert ray_chat.usage == here_chat.usage
+    ray_cs, here_cs = both(
+        ray_server,
+        process_server,
+        lambda c: streamed(c.chat.completions.create(messages=messages, **greedy, **stream)),
+    )
+    assert ray_cs == here_cs and ray_cs[0] == [here_chat.choices[0].message.content]
+    seeded = {"model": "mini-llama", "max_tokens": 16, "temperature": 0.9, "seed": 5, "n": 2}
+    ray_n, here_n = both(
+        ray_server, process_server, lambda c: c.completions.create(prompt=PROMPT, **seeded)
+    )
+    assert [c.text for c in ray_n.choices] == [c.text for c in here_n.choices]
+    assert ray_n.choices[0].text != ray_n.choices[1].text  # seed 5 and seed 6
+    assert ray_n.usage == here_n.usage and ray_n.usage.completion_tokens == 32
+    ray_ns, here_ns = both(
+        ray_server,
+        process_server,
+        lambda c: streamed(c.completions.create(prompt=PROMPT, **seeded, **stream)),
+    )
+    assert ray_ns == here_ns and ray_ns[0] == [c.text for c in here_n.choices]
+
+
+def test_language_model_refusals_are_the_single_process_ones(ray_server, process_server):
+    import openai
+
+    def refusal(client, **body):
+        with pytest.raises(openai.APIStatusError) as err:
+            client.completions.create(model="mini-llama", **body)
+        return err.value.status_code, err.value.body
+
+    for body in (
+        {"prompt": "word " * 600, "max_tokens": 8},  # past the context: the engine's 400
+        {"prompt": [[1, 2, 10**6]], "max_tokens": 8},  # a token id it does not have
+    ):
+        got, want = both(ray_server, process_server, lambda c, b=body: refusal(c, **b))
+        assert got == want and got[0] == 400, (got, want)
+
+
+def engine_numbers(url: str) -> dict[str, float]:
+    """mini-llama's engine numbers on a server's /metrics (a replica's, on Ray)."""
+    from maaslab.serve.metrics import ENGINE_NUMBERS
+
+    names = {name for name, *_ in ENGINE_NUMBERS}
+    found = {}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("maaslab_llm_") and 'model="mini-llama"' in line:
+            name = line.split("{", 1)[0].removeprefix("maaslab_llm_").removesuffix("_total")
+            if name in names:
+                found[name] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
+def test_a_stream_cut_midway_frees_its_sequence_in_the_replica(ray_server):
+    # A long stream read for a few chunks, then dropped: the replica aborts its sequence. The
+    # ingress's /metrics shows a replica's engine numbers (polled every second; with two
+    # replicas, one at a time): the replica that ran it reports it aborted, none running.
+    assert engine_numbers(ray_server.url).get("aborted") == 0
+    body = {
+        "model": "mini-llama",
+        "prompt": PROMPT,
+        "max_tokens": 400,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    started = time.perf_counter()
+    with httpx.stream("POST", f"{ray_server.url}/v1/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        events = 0
+        for line in r.iter_lines():
+            events += line.startswith("data: {")
+            if events == 3:
+                break
+    first_chunks_s = time.perf_counter() - started
+    deadline = time.monotonic() + 30
+    while True:
+        numbers = engine_numbers(ray_server.url)
+        if numbers.get("aborted", 0) >= 1 and numbers["running_sequences"] == 0:
+            break
+        assert time.monotonic() < deadline, f"the cut stream's sequence still runs: {numbers}"
+        time.sleep(0.5)
+    assert numbers["kv_blocks_used"] == 0, numbers  # its KV blocks are free again
+    # Tokens came as sampled: far fewer than 400 before the cut (a whole answer is 400).
+    assert numbers["generated_tokens"] < 400, numbers
+    print(f"\nthree chunks after {first_chunks_s:.2f} s; the replica then said {numbers}")
 
 
 def test_replicas_run_on_both_nodes_of_a_two_node_cluster(ray_server):
-    from maaslab.scale.ray_cluster import replica_placement
-
-    cluster, _ = ray_server
-    if len(cluster.node_cpus) < 2:
+    if not ray_server.two_nodes:
         pytest.skip("one Ray node under MAASLAB_FAST=1 (a second node costs 20-50 s here)")
-    placed = [p for p in replica_placement() if p.deployment == "digits-cnn"]
-    import ray
-
-    nodes = {n["NodeID"]: n for n in ray.nodes() if n["Alive"]}
-    assert len(nodes) == 2 and {p.node_id for p in placed} == set(nodes)
-    print("\n" + "\n".join(str(p) for p in replica_placement()))
+    status = ray_server.status()
+    placed = [r for r in status.replicas if r.deployment == "digits-cnn"]
+    assert len(status.nodes) == 2 and {r.node_id for r in placed} == {
+        n.node_id for n in status.nodes
+    }
+    print("\n" + "\n".join(str(r) for r in status.replicas))
 
 
 def test_replicas_are_placed_and_a_killed_one_is_replaced_under_load(ray_server, digits):
-    from maaslab.scale.ray_cluster import kill_replica, replica_placement
+    from maaslab.scale.ray_status import kill_one_replica
 
-    _, config = ray_server
-    before = [p for p in replica_placement() if p.deployment == "digits-cnn"]
+    before = ray_server.replicas("digits-cnn")
     assert [p.state for p in before] == ["ALIVE", "ALIVE"] and all(p.pid for p in before)
-    url = f"http://127.0.0.1:{config.port}/v2/models/digits-cnn/infer"
+    url = f"{ray_server.url}/v2/models/digits-cnn/infer"
     body = {
         "inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": []}],
     }
@@ -226,11 +439,11 @@ def test_replicas_are_placed_and_a_killed_one_is_replaced_under_load(ray_server,
         thread.start()
     time.sleep(1.0)
     served_before = counts[200]
-    killed = kill_replica("digits-cnn")
+    killed = kill_one_replica(ray_server.status(), "digits-cnn")
     killed_at = time.perf_counter()
     deadline = killed_at + KILL_DEADLINE_S
     while True:
-        now = [p for p in replica_placement() if p.deployment == "digits-cnn"]
+        now = ray_server.replicas("digits-cnn")
         alive = {p.replica for p in now if p.state == "ALIVE"}
         if len(alive) == 2 and killed.replica not in alive:
             break
@@ -246,8 +459,26 @@ def test_replicas_are_placed_and_a_killed_one_is_replaced_under_load(ray_server,
     assert set(counts) <= {200, 503}, counts  # no 500, no hung request
     assert served_before > 0 and counts[200] > served_before  # served before and after
     assert all("replica" in r or "overloaded" in r for r in refusals), refusals[:3]
-    dead = [p for p in replica_placement() if p.replica == killed.replica]
+    dead = [p for p in ray_server.replicas("digits-cnn") if p.replica == killed.replica]
     assert [p.state for p in dead] == ["DEAD"]
+
+
+def test_a_sigkilled_server_leaves_no_ray_process(ray_server):
+    # The module's last test: the server dies without a word, and its watchdog ends the local
+    # Ray it started (maaslab.scale.ray_watchdog), agents included.
+    from maaslab.scale.ray_status import session_processes
+
+    if ray_server.session is None:
+        pytest.skip("the server joined a LocalCluster: that Ray is not the server's to end")
+    assert session_processes(ray_server.session)  # Ray runs now
+    ray_server.process.send_signal(signal.SIGKILL)
+    ray_server.process.wait(10)
+    killed = time.monotonic()
+    while session_processes(ray_server.session):
+        left = session_processes(ray_server.session)
+        assert time.monotonic() - killed < ORPHAN_DEADLINE_S, f"still running: {left}"
+        time.sleep(0.5)
+    print(f"\nno process of {ray_server.session.name} left {time.monotonic() - killed:.1f} s on")
 
 
 class _Response:
@@ -299,3 +530,123 @@ def test_remote_queue_retries_a_dead_replica_then_answers_503():
     full = RayTaskError("infer", "traceback", Overloaded("digits-cnn"))
     with pytest.raises(Overloaded, match="overloaded"):
         asyncio.run(RemoteQueue("digits-cnn", _Handle(full)).submit("x", 1, 5.0))
+
+
+class _Stream:
+    """A DeploymentResponseGenerator stand-in: hands out `items` (raised if exceptions)."""
+
+    def __init__(self, items: list) -> None:
+        self.items, self.cancelled = list(items), False
+
+    async def __anext__(self):
+        if not self.items:
+            raise StopAsyncIteration
+        item = self.items.pop(0)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _StreamHandle:
+    """A DeploymentHandle stand-in: options(stream=True).generate.remote(...) hands out the
+    next stream; state.remote() is never called here (the engine is not started)."""
+
+    def __init__(self, *streams: list) -> None:
+        self.streams, self.sent = [_Stream(s) for s in streams], []
+        self.generate = self
+
+    def options(self, stream: bool = False):
+        assert stream
+        return self
+
+    def remote(self, *args: object) -> _Stream:
+        self.sent.append(self.streams.pop(0))
+        return self.sent[-1]
+
+
+def _engine(*streams: list):
+    from maaslab.llm.engine import EngineStats
+    from maaslab.llm.sequence import SamplingParams
+    from maaslab.scale.ray_llm import RemoteEngine
+
+    stats = EngineStats(0, 0, None, 0, 0, 0)
+    engine = RemoteEngine("mini-llama", _StreamHandle(*streams), stats)
+    params = [SamplingParams(max_tokens=2), SamplingParams(max_tokens=2)]
+    return engine, engine.submit([[1, 2], [1, 2]], params)
+
+
+def test_remote_generation_streams_cancels_and_answers_a_dead_replica_503():
+    import asyncio
+
+    from ray.exceptions import ActorDiedError, RayTaskError
+
+    from maaslab.llm.engine import TokenOutput
+    from maaslab.scale.ray_llm import READY
+    from maaslab.scale.ray_serve import ReplicaLost
+    from maaslab.serve.batching import Overloaded
+
+    def token(index: int, last: bool) -> tuple[int, TokenOutput]:
+        return index, TokenOutput(index, 7, last, "length" if last else None)
+
+    async def run(gen, steps: int) -> list:
+        await gen.wait_first()
+        return [await gen.next() for _ in range(steps)]
+
+    # Tokens as the replica yields them; the ingress's queue count and latencies follow.
+    whole = [READY, token(0, False), token(1, False), token(0, True), token(1, True)]
+    engine, gen = _engine(whole)
+    seen: list[str] = []
+    engine.on_latency = lambda kind, s: seen.append(kind)
+    assert engine.depth == 2
+    got = asyncio.run(run(gen, 4))
+    assert [i for i, _ in got] == [0, 1, 0, 1] and gen.finished and engine.depth == 0
+    assert seen.count("first_token") == 2 and seen.count("end_to_end") == 2
+    gen.close()
+    assert not engine.handle.sent[0].cancelled  # it ran to its end: nothing to cancel
+    # Closed midway (the client left): the replica's call is cancelled.
+    engine, gen = _engine(whole)
+    asyncio.run(run(gen, 1))
+    gen.close()
+    assert engine.handle.sent[0].cancelled and gen.finished
+    # Both choices stopped by their stop strings: cancelled too.
+    engine, gen = _engine(whole)
+    asyncio.run(run(gen, 2))
+    gen.abort(0)
+    assert not engine.handle.sent[0].cancelled
+    gen.abort(1)
+    assert engine.handle.sent[0].cancelled
+    # A replica dead before the first token: asked again once, then 503 with Retry-After.
+    engine, gen = _engine([ActorDiedError()], whole)
+    assert len(asyncio.run(run(gen, 4))) == 4 and engine.lost == 1
+    engine, gen = _engine([ActorDiedError()], [ActorDiedError()])
+    with pytest.raises(ReplicaLost, match=r"stopped .*retry after 1 s") as lost:
+        asyncio.run(run(gen, 1))
+    assert isinstance(lost.value, Overloaded) and engine.lost == 2
+    gen.close()
+    assert engine.depth == 0  # it left without a first token
+    # Dead mid-answer: ReplicaLost from next (a 503, or an error event once streaming).
+    engine, gen = _engine([READY, token(0, False), ActorDiedError()])
+    with pytest.raises(ReplicaLost):
+        asyncio.run(run(gen, 2))
+    # The replica's own refusals come back as themselves.
+    full = RayTaskError("generate", "traceback", Overloaded("mini-llama"))
+    engine, gen = _engine([full])
+    with pytest.raises(Overloaded, match=r"^model 'mini-llama' is overloaded \(queue full\)"):
+        asyncio.run(run(gen, 1))
+    assert engine.lost == 0
+
+
+def test_a_replicas_503_keeps_its_message_through_rays_serializer():
+    # What Ray does with an exception raised in a replica: cloudpickle it. Overloaded's
+    # message is built from its arguments, so pickled by its args it would nest.
+    import ray.cloudpickle
+
+    import maaslab.scale.ray_llm  # noqa: F401  (registers how Overloaded is pickled)
+    from maaslab.serve.batching import Overloaded
+
+    sent = Overloaded("mini-llama", retry_after=2, tenant="alice")
+    got = ray.cloudpickle.loads(ray.cloudpickle.dumps(sent))
+    assert type(got) is Overloaded and str(got) == str(sent) and got.retry_after == 2
