@@ -168,7 +168,8 @@ class ModelReplica:
 
 @serve.ingress()
 class Ingress:
-    """The ingress deployment: create_app's FastAPI app, tensor models sent to their handles."""
+    """The ingress deployment: create_app's FastAPI app, each model's requests sent to its
+    deployment's handle (tensor models: RemoteQueue; language models: RemoteEngine)."""
 
     def __init__(self, config: ServeConfig, handles: dict[str, DeploymentHandle]) -> None:
         self.config, self.handles = config, handles
@@ -317,6 +318,12 @@ def deployed_separately(spec: str) -> bool:
 def app_builder(args: dict[str, Any]) -> serve.Application:
     """The server as a Ray Serve application: `serve run` / `serve deploy` import path
     `maaslab.scale.ray_serve:app_builder`.
+
+    One deployment per model, named after it: a tensor model's replicas run our Batcher
+    (ModelReplica), a language model's (mini-llama, a Llama or GPT-2 folder) the engine
+    (maaslab.scale.ray_llm.LLMReplica), reached through a streaming handle; mini-gpt, with no
+    engine, is answered by the ingress. The ingress deployment ("ingress", one replica)
+    serves every route.
 
     Parameters
     ----------

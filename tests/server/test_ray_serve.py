@@ -42,6 +42,7 @@ from maaslab.serve.config import (
 
 PROMPT = "The function "
 KILL_DEADLINE_S = 90.0  # the killed replica must be replaced within this
+LOAD_AFTER_KILL_S = 3.0  # the load goes on this long after the kill
 CLIENT_TIMEOUT_S = 30.0  # a request unanswered after this counts as hung
 START_TIMEOUT_S = 300.0  # the server's ready line, on a loaded 2-core machine
 ORPHAN_DEADLINE_S = 45.0  # a SIGKILLed server's Ray processes must be gone within this
@@ -123,6 +124,7 @@ class RayServer:
     token: str | None  # Ray's token for the dashboard
     session: Path | None  # the Ray session the server started (None: it joined a cluster)
     two_nodes: bool
+    killed: tuple | None = None  # (the replica killed, time.perf_counter() then), once done
 
     def status(self):
         """The replicas and nodes now (ray_status.ClusterStatus)."""
@@ -267,6 +269,64 @@ def test_openai_client_gets_the_in_process_completion(ray_server, shared_wrapper
     assert sorted(m.id for m in client.models.list()) == sorted(MODELS)
 
 
+def test_replicas_run_on_both_nodes_of_a_two_node_cluster(ray_server):
+    if not ray_server.two_nodes:
+        pytest.skip("one Ray node under MAASLAB_FAST=1 (a second node costs 20-50 s here)")
+    status = ray_server.status()
+    placed = [r for r in status.replicas if r.deployment == "digits-cnn"]
+    assert len(status.nodes) == 2 and {r.node_id for r in placed} == {
+        n.node_id for n in status.nodes
+    }
+    print("\n" + "\n".join(str(r) for r in status.replicas))
+
+
+def test_a_replica_killed_under_load_costs_no_request(ray_server, digits):
+    # Four clients; one of the two digits-cnn replicas SIGKILLed after 1 s; the load goes on
+    # for LOAD_AFTER_KILL_S more. Its replacement is checked later in the module (while the
+    # language-model tests run): test_the_killed_replica_is_replaced.
+    from maaslab.scale.ray_status import kill_one_replica
+
+    before = ray_server.replicas("digits-cnn")
+    assert [p.state for p in before] == ["ALIVE", "ALIVE"] and all(p.pid for p in before)
+    url = f"{ray_server.url}/v2/models/digits-cnn/infer"
+    body = {
+        "inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": []}],
+    }
+    body["inputs"][0]["data"] = digits[:2].ravel().tolist()
+    counts: Counter = Counter()
+    refusals: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
+            while not stop.is_set():
+                try:
+                    answer = client.post(url, json=body)
+                except httpx.TimeoutException:
+                    counts["hung"] += 1
+                    continue
+                counts[answer.status_code] += 1
+                if answer.status_code == 503:
+                    refusals.append(answer.json()["error"])
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    served_before = counts[200]
+    killed = kill_one_replica(ray_server.status(), "digits-cnn")
+    ray_server.killed = (killed, time.perf_counter())
+    time.sleep(LOAD_AFTER_KILL_S)
+    stop.set()
+    for thread in threads:
+        thread.join(CLIENT_TIMEOUT_S + 5)
+    print(f"\nkilled {killed.replica} (pid {killed.pid}) under 4 clients: {counts}")
+    assert not any(t.is_alive() for t in threads)
+    assert set(counts) <= {200, 503}, counts  # no 500, no hung request
+    assert served_before > 0 and counts[200] > served_before  # served before and after
+    assert all("replica" in r or "overloaded" in r for r in refusals), refusals[:3]
+
+
 def both(ray_server, process_server, call):
     """call(client) on the Ray server and on the single-process server."""
     return call(openai_client(ray_server.url)), call(openai_client(process_server.url))
@@ -397,50 +457,10 @@ def test_a_stream_cut_midway_frees_its_sequence_in_the_replica(ray_server):
     print(f"\nthree chunks after {first_chunks_s:.2f} s; the replica then said {numbers}")
 
 
-def test_replicas_run_on_both_nodes_of_a_two_node_cluster(ray_server):
-    if not ray_server.two_nodes:
-        pytest.skip("one Ray node under MAASLAB_FAST=1 (a second node costs 20-50 s here)")
-    status = ray_server.status()
-    placed = [r for r in status.replicas if r.deployment == "digits-cnn"]
-    assert len(status.nodes) == 2 and {r.node_id for r in placed} == {
-        n.node_id for n in status.nodes
-    }
-    print("\n" + "\n".join(str(r) for r in status.replicas))
-
-
-def test_replicas_are_placed_and_a_killed_one_is_replaced_under_load(ray_server, digits):
-    from maaslab.scale.ray_status import kill_one_replica
-
-    before = ray_server.replicas("digits-cnn")
-    assert [p.state for p in before] == ["ALIVE", "ALIVE"] and all(p.pid for p in before)
-    url = f"{ray_server.url}/v2/models/digits-cnn/infer"
-    body = {
-        "inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": []}],
-    }
-    body["inputs"][0]["data"] = digits[:2].ravel().tolist()
-    counts: Counter = Counter()
-    refusals: list[str] = []
-    stop = threading.Event()
-
-    def load() -> None:
-        with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:
-            while not stop.is_set():
-                try:
-                    answer = client.post(url, json=body)
-                except httpx.TimeoutException:
-                    counts["hung"] += 1
-                    continue
-                counts[answer.status_code] += 1
-                if answer.status_code == 503:
-                    refusals.append(answer.json()["error"])
-
-    threads = [threading.Thread(target=load, daemon=True) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    time.sleep(1.0)
-    served_before = counts[200]
-    killed = kill_one_replica(ray_server.status(), "digits-cnn")
-    killed_at = time.perf_counter()
+def test_the_killed_replica_is_replaced(ray_server, digits):
+    if ray_server.killed is None:
+        pytest.skip("test_a_replica_killed_under_load_costs_no_request did not run")
+    killed, killed_at = ray_server.killed
     deadline = killed_at + KILL_DEADLINE_S
     while True:
         now = ray_server.replicas("digits-cnn")
@@ -449,18 +469,14 @@ def test_replicas_are_placed_and_a_killed_one_is_replaced_under_load(ray_server,
             break
         assert time.perf_counter() < deadline, f"the killed replica was not replaced: {now}"
         time.sleep(0.5)
-    replaced_s = time.perf_counter() - killed_at
-    time.sleep(1.0)  # some load on the new replica too
-    stop.set()
-    for thread in threads:
-        thread.join(CLIENT_TIMEOUT_S + 5)
-    print(f"\nkilled {killed.replica} (pid {killed.pid}); replaced in {replaced_s:.1f} s; {counts}")
-    assert not any(t.is_alive() for t in threads)
-    assert set(counts) <= {200, 503}, counts  # no 500, no hung request
-    assert served_before > 0 and counts[200] > served_before  # served before and after
-    assert all("replica" in r or "overloaded" in r for r in refusals), refusals[:3]
-    dead = [p for p in ray_server.replicas("digits-cnn") if p.replica == killed.replica]
-    assert [p.state for p in dead] == ["DEAD"]
+    print(f"\n{killed.replica} replaced {time.perf_counter() - killed_at:.1f} s after its kill")
+    assert [p.state for p in now if p.replica == killed.replica] == ["DEAD"]
+    body = {"inputs": [{"name": "pixels", "shape": [2, 64], "datatype": "FP32", "data": []}]}
+    body["inputs"][0]["data"] = digits[:2].ravel().tolist()
+    with httpx.Client(timeout=CLIENT_TIMEOUT_S) as client:  # answered after the replacement
+        statuses = [client.post(f"{ray_server.url}/v2/models/digits-cnn/infer", json=body)]
+        statuses += [client.post(f"{ray_server.url}/v2/models/digits-cnn/infer", json=body)]
+    assert [a.status_code for a in statuses] == [200, 200]
 
 
 def test_a_sigkilled_server_leaves_no_ray_process(ray_server):
