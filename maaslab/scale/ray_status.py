@@ -14,6 +14,9 @@ plain HTTP. Everything here is found from the server's process id:
 - `kill_one_replica(status, deployment)`: SIGKILL one running replica (lesson 17's fault: Ray
   Serve starts a new one);
 - `session_processes(session)`: Ray processes of that session still running (none after stop).
+
+(`ray_temp_dir`, `session_dir` and `session_processes` live in maaslab.scale.ray_watchdog,
+which must run without importing maaslab's package, and torch with it.)
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,9 @@ from pathlib import Path
 import httpx
 
 from maaslab.errors import MaaslabError
+from maaslab.scale.ray_watchdog import ray_temp_dir, session_dir, session_processes
+
+__all__ = ["ray_temp_dir", "session_dir", "session_processes"]  # kept here: the page's API
 
 APP = "maaslab"  # the Ray Serve application's name (maaslab.scale.ray_cluster deploys it)
 LOOPBACK = "127.0.0.1"
@@ -81,21 +86,6 @@ class ClusterStatus:
     def models(self) -> list[str]:
         """The model deployments (every deployment but the ingress), in order."""
         return sorted({r.deployment for r in self.replicas} - {INGRESS})
-
-
-def ray_temp_dir(env: Mapping[str, str] | None = None) -> Path:
-    """The folder Ray keeps its sessions in, chosen as Ray chooses it (RAY_TMPDIR, TMPDIR)."""
-    env = os.environ if env is None else env
-    if "RAY_TMPDIR" in env:
-        return Path(env["RAY_TMPDIR"])
-    base = env.get("TMPDIR") if sys.platform.startswith("linux") else None
-    return Path(base or "/tmp") / "ray"
-
-
-def session_dir(pid: int, env: Mapping[str, str] | None = None) -> Path | None:
-    """The Ray session a driver process `pid` started (its newest one), or None (not yet)."""
-    found = list(ray_temp_dir(env).glob(f"session_*_{pid}"))
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 def dashboard_url(session: Path) -> str | None:
@@ -211,29 +201,3 @@ def kill_one_replica(status: ClusterStatus, deployment: str) -> ReplicaRow:
     except ProcessLookupError as err:
         raise MaaslabError(f"replica {victim.replica} (pid {victim.pid}) is already gone") from err
     return victim
-
-
-def session_processes(session: Path) -> list[int]:
-    """Process ids of whatever still belongs to Ray session `session`: its path on the command
-    line (gcs_server, raylet, dashboard), or one of its files open (workers, replicas and
-    agents, whose command line Ray rewrites to `ray::...`, write its logs). Linux (/proc)."""
-    mark = str(session)
-    found = []
-    for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode("utf-8", "replace")
-            ours = mark in cmdline or any(_points_into(fd, mark) for fd in (proc / "fd").iterdir())
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if ours:
-            found.append(int(proc.name))
-    return sorted(found)
-
-
-def _points_into(fd: Path, mark: str) -> bool:
-    try:
-        return os.readlink(fd).startswith(mark)
-    except OSError:  # closed meanwhile
-        return False

@@ -9,14 +9,14 @@ So before it starts Ray the server starts this watchdog as a subprocess in a ses
 (a Ctrl+C in the terminal does not reach it), holding the write end of its stdin pipe. The
 watchdog reads until end of file, which comes when the server's process ends, by any signal;
 then it finds the Ray session the server started (its temp folder, named after the server's
-pid: ray_status.session_dir) and ends every process still of that session (ray_status.
-session_processes: its path on the command line or one of its files open), the server itself
+pid: session_dir) and ends every process still of that session (session_processes: its path
+on the command line or one of its files open), the server itself
 excepted (on a normal stop it closes the pipe after ray.shutdown and waits for the watchdog,
 then exits 0): SIGTERM, then SIGKILL to whatever is left after GRACE_S, until none is left or
 GIVE_UP_S has passed.
 
     watch_ray_session(pid) -> Popen     # in the server, before ray.init; keep it referenced
-    python -m maaslab.scale.ray_watchdog PID [GRACE_S]   # the watchdog (stdin: the pipe)
+    python maaslab/scale/ray_watchdog.py PID [GRACE_S]   # the watchdog (stdin: the pipe)
 """
 
 from __future__ import annotations
@@ -27,20 +27,63 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from maaslab.scale.ray_status import session_dir, session_processes
+# Only the standard library here: the watchdog runs as a script (by its path), without
+# importing maaslab's package and torch with it (1.4 s and its memory, per server start).
 
 GRACE_S = 3.0  # after SIGTERM, a Ray process has this long before SIGKILL
 GIVE_UP_S = 30.0  # the watchdog stops looking for the session's processes after this
 POLL_S = 0.2  # how often it looks again
 
 
+def ray_temp_dir(env: Mapping[str, str] | None = None) -> Path:
+    """The folder Ray keeps its sessions in, chosen as Ray chooses it (RAY_TMPDIR, TMPDIR)."""
+    env = os.environ if env is None else env
+    if "RAY_TMPDIR" in env:
+        return Path(env["RAY_TMPDIR"])
+    base = env.get("TMPDIR") if sys.platform.startswith("linux") else None
+    return Path(base or "/tmp") / "ray"
+
+
+def session_dir(pid: int, env: Mapping[str, str] | None = None) -> Path | None:
+    """The Ray session a driver process `pid` started (its newest one), or None (not yet)."""
+    found = list(ray_temp_dir(env).glob(f"session_*_{pid}"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def session_processes(session: Path) -> list[int]:
+    """Process ids of whatever still belongs to Ray session `session`: its path on the command
+    line (gcs_server, raylet, dashboard), or one of its files open (workers, replicas and
+    agents, whose command line Ray rewrites to `ray::...`, write its logs). Linux (/proc)."""
+    mark = str(session)
+    found = []
+    for proc in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode("utf-8", "replace")
+            ours = mark in cmdline or any(_points_into(fd, mark) for fd in (proc / "fd").iterdir())
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if ours:
+            found.append(int(proc.name))
+    return sorted(found)
+
+
+def _points_into(fd: Path, mark: str) -> bool:
+    try:
+        return os.readlink(fd).startswith(mark)
+    except OSError:  # closed meanwhile
+        return False
+
+
 def watch_ray_session(pid: int | None = None, grace_s: float = GRACE_S) -> subprocess.Popen:
     """Start the watchdog of process `pid` (default: this one), which must hold the returned
     Popen (its stdin pipe) for as long as it lives; closing that pipe also sets it off."""
     return subprocess.Popen(
-        [sys.executable, "-m", __name__, str(pid or os.getpid()), f"{grace_s:g}"],
+        [sys.executable, str(Path(__file__).resolve()), str(pid or os.getpid()), f"{grace_s:g}"],
         stdin=subprocess.PIPE,  # not inherited by Ray's processes: only our end keeps it open
         stdout=subprocess.DEVNULL,
         start_new_session=True,

@@ -8,15 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from maaslab.scale.ray_status import session_processes
+from maaslab.scale import ray_watchdog
+from maaslab.scale.ray_watchdog import session_processes
 
 GRACE_S = 0.5  # the watchdog's grace before SIGKILL here (3 s in the server)
 DEADLINE_S = GRACE_S + 15.0  # SIGTERM, the grace, SIGKILL, on a loaded machine
 PARENT = """
 import os, subprocess, sys, time
 from pathlib import Path
-from maaslab.scale.ray_watchdog import watch_ray_session
+sys.path.insert(0, sys.argv[2])  # the module alone, without maaslab's package (and torch)
+from ray_watchdog import watch_ray_session
 session = Path(os.environ["RAY_TMPDIR"]) / f"session_2026-01-01_00-00-00_000000_{os.getpid()}"
 session.mkdir(parents=True)
 dog = watch_ray_session(grace_s=float(sys.argv[1]))
@@ -44,7 +47,7 @@ def alive(pid: int) -> bool:
 def start_parent(tmp_path) -> subprocess.Popen:
     env = {**os.environ, "RAY_TMPDIR": str(tmp_path)}
     return subprocess.Popen(
-        [sys.executable, "-c", PARENT, str(GRACE_S)],
+        [sys.executable, "-c", PARENT, str(GRACE_S), str(Path(ray_watchdog.__file__).parent)],
         env=env,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
