@@ -53,6 +53,9 @@ from maaslab.serve.models import kind_of, served_name
 
 INGRESS = "ingress"  # the ingress deployment's name; each model's deployment is named after it
 RETRIES = 1  # a request whose replica died is sent this many more times before its 503
+# A stopping replica looks for requests still running this often (Ray's default, 2 s, is also
+# the least each stop waits: it sleeps once before it first looks).
+DRAIN_POLL_S = 0.25
 
 
 class ReplicaLost(Overloaded):
@@ -283,6 +286,7 @@ def model_deployment(name: str, spec: str, config: ServeConfig, args: RayServeAr
     options: dict[str, Any] = {
         "name": name,
         "max_ongoing_requests": config.max_queue + config.max_batch_size,
+        "graceful_shutdown_wait_loop_s": DRAIN_POLL_S,
         "ray_actor_options": {"num_cpus": args.replica_cpus},
     }
     if args.autoscale is not None:
@@ -351,6 +355,7 @@ def app_builder(args: dict[str, Any]) -> serve.Application:
         name=INGRESS,
         num_replicas=1,
         max_ongoing_requests=config.max_connections,
+        graceful_shutdown_wait_loop_s=DRAIN_POLL_S,
         ray_actor_options={"num_cpus": 0},
     )
     return ingress.bind(config, handles)

@@ -33,7 +33,9 @@ from pathlib import Path
 # Only the standard library here: the watchdog runs as a script (by its path), without
 # importing maaslab's package and torch with it (1.4 s and its memory, per server start).
 
-GRACE_S = 3.0  # after SIGTERM, a Ray process has this long before SIGKILL
+# After SIGTERM, a Ray process has this long before SIGKILL (its server is gone: there is
+# nothing left for a slow, orderly exit to save).
+GRACE_S = 1.0
 GIVE_UP_S = 30.0  # the watchdog stops looking for the session's processes after this
 POLL_S = 0.2  # how often it looks again
 

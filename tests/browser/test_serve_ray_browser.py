@@ -73,7 +73,7 @@ def test_pick_ray_serve_see_the_replicas_call_and_stop(page: Page, app_url, shot
     killed = page.get_by_text(re.compile(r"Killed replica \S+ of digits-cnn \(pid \d+\)"))
     expect(killed).to_be_visible(timeout=30_000)
     heading.evaluate("h => h.scrollIntoView({block: 'start'})")
-    page.wait_for_timeout(3000)  # two refreshes: the dead replica and its successor
+    expect(replica_table).to_contain_text("DEAD", timeout=30_000)  # the tables' next refresh
     shot("serve-ray-killed")
 
     session = ray_status.session_dir(pid)

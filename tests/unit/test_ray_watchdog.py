@@ -13,7 +13,7 @@ from pathlib import Path
 from maaslab.scale import ray_watchdog
 from maaslab.scale.ray_watchdog import session_processes
 
-GRACE_S = 0.5  # the watchdog's grace before SIGKILL here (3 s in the server)
+GRACE_S = 0.5  # the watchdog's grace before SIGKILL here (1 s in the server)
 DEADLINE_S = GRACE_S + 15.0  # SIGTERM, the grace, SIGKILL, on a loaded machine
 PARENT = """
 import os, subprocess, sys, time
