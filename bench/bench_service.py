@@ -16,14 +16,16 @@ noise hits each alike; the median round is reported.
 P16 fairness: tenant A floods at 5x the server's capacity while tenant B sends its normal load
 (25 % of capacity, an open loop at a fixed rate). Capacity is measured first (32-row JSON
 requests, closed loop); A's key is limited to that many requests/s. B alone, then B while A
-floods (A from a process of its own), each round, against a server with keys (fair queues) and
-one without (one shared queue): B's p50/p99 alone and under flood and their ratio (goal <= 2),
+floods (A from a process of its own), each round, against a server with keys (fair queues, A's
+429s answered by the connection layer's door), the same with the door off (MAASLAB_SERVE_DOOR=0:
+the app refuses, as before the door) and one without keys (one shared queue): B's p50/p99 alone
+and under flood and their ratio (goal <= 2), the server loop's CPU per request under flood,
 A's and B's answers by status (goal: A gets 429s, B none), every request sent answered, the
 200s the server counted equal to those received, the server ready after; and the cores the
 server's event loop, its model thread, each client and the whole machine used meanwhile.
 P17 overhead: the same closed loop against a server without keys and one with a classroom's
 keys file (the teacher's key, no limits), at 1 and 32 rows, interleaved rounds, median:
-keys / no keys throughput (goal: overhead <= 5 %).
+keys / no keys throughput (goal: overhead <= 5 %); and the keyed server with the door off.
 P16 and P17 start their own servers with the shared one's settings (HTTP only) and drive them
 with run_load (maaslab.serve.loadtest, aiohttp).
 
@@ -53,6 +55,7 @@ import numpy as np
 from maaslab.device import describe
 from maaslab.serve.client import digits_body
 from maaslab.serve.config import ServeConfig
+from maaslab.serve.connections import DOOR_ENV
 from maaslab.serve.loadtest import LoadResult, run_load, scrape_metrics
 from maaslab.serve.process import ServerProcess
 from maaslab.serve.protocols import (
@@ -185,6 +188,7 @@ FLOOD_LEAD_S = 1.0  # A floods this long before B starts and after B stops
 SETTLE_S = 2.0  # after a flood, the queue drains before the next measurement starts
 STATUSES = ("200", "429", "503")  # the answers P16 expects; any other counts as "other"
 CLASS_SIZE = 30  # P17's keys file: a classroom (a teacher and this many students)
+NO_DOOR = {DOOR_ENV: "0"}  # a keyed server whose app refuses, as before the connection layer did
 OVERHEAD_ROWS = (1, 32)  # P17: 1 row is where a per-request cost shows most
 
 
@@ -361,16 +365,18 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
         spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no fork of threads
         with (
             ServerProcess(keyed_config).start(180) as keyed,
+            ServerProcess(keyed_config, env=NO_DOOR).start(180) as no_door,
             ProcessPoolExecutor(1, mp_context=spawn) as pool,
         ):
-            run_load(
-                keyed.url,
-                MODEL,
-                concurrency=args.clients,
-                duration_s=1.0,
-                bodies=bodies,
-                api_key=keys["normal"],
-            )
+            for srv in (keyed, no_door):
+                run_load(
+                    srv.url,
+                    MODEL,
+                    concurrency=args.clients,
+                    duration_s=1.0,
+                    bodies=bodies,
+                    api_key=keys["normal"],
+                )
             flood_pid = pool.submit(os.getpid).result()  # A's process starts before any clock
             print(
                 f"P16: capacity {capacity:.0f} req/s of {FLOOD_ROWS} rows ({args.clients} "
@@ -385,10 +391,12 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             )
             setups = {
                 "tenants": (keyed, (keys["flood"], keys["normal"])),
+                "tenants_no_door": (no_door, (keys["flood"], keys["normal"])),
                 "no_tenants": (plain, (None, None)),
             }
             runs = {name: {"alone": [], "flood": [], "A": [], "server_ok": []} for name in setups}
             cores: dict[str, list[dict[str, float]]] = {name: [] for name in setups}
+            loop_ms: dict[str, list[float]] = {name: [] for name in setups}
             for k in range(args.rounds):
                 for name, (srv, (key_a, key_b)) in setups.items():
                     alone, quiet = normal_load(srv, flood_pid, key_b, bodies, rates[1], seconds)
@@ -401,7 +409,7 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                     cores[name].append(busy)
                     late = b.ok_latencies_ms[b.started_s[b.status == 200] >= seconds - 1]
                     print(
-                        f"  round {k + 1} {name:<10} B alone p50 {alone.p50_ms:6.1f} p99 "
+                        f"  round {k + 1} {name:<15} B alone p50 {alone.p50_ms:6.1f} p99 "
                         f"{alone.p99_ms:6.1f} ms; under flood p50 {b.p50_ms:6.1f} p99 "
                         f"{b.p99_ms:7.1f} ms (p50 of its last second "
                         f"{np.median(late) if len(late) else float('nan'):.1f} ms) "
@@ -411,9 +419,10 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                     # The loop's CPU per request that reached it (A's and B's alike): what a
                     # refusal costs the front door that every tenant shares.
                     arriving = a.requests / a.seconds + b.requests / b.seconds
+                    loop_ms[name].append(1e3 * busy["loop"] / arriving)
                     print(
                         f"    cores alone / under flood: {core_line(quiet)} / {core_line(busy)}"
-                        f"; loop {1e3 * busy['loop'] / arriving:.2f} ms per request under flood"
+                        f"; loop {loop_ms[name][-1]:.2f} ms per request under flood"
                         f"; load average {os.getloadavg()[0]:.1f}"
                     )
                     time.sleep(SETTLE_S)
@@ -440,6 +449,7 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             f"P16_{name}_flood_cores_{part}": statistics.median(c[part] for c in cores[name])
             for part in cores[name][0]
         }
+        figures[f"P16_{name}_loop_ms_per_request"] = statistics.median(loop_ms[name])
         figures |= {f"P16_{name}_A_{code}": n for code, n in a_counts.items()}
         figures |= {f"P16_{name}_B_{code}": n for code, n in b_counts.items()}
         print(
@@ -452,7 +462,10 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
     figures["P16_capacity_req_s"] = capacity
     print(
         f"P16 fairness buys: B's p99 under flood / alone {figures['P16_tenants_B_p99_ratio']:.2f}x "
-        f"with tenants, {figures['P16_no_tenants_B_p99_ratio']:.2f}x without"
+        f"with tenants, {figures['P16_tenants_no_door_B_p99_ratio']:.2f}x with tenants refused "
+        f"by the app instead of the door, {figures['P16_no_tenants_B_p99_ratio']:.2f}x without; "
+        "the loop's CPU per request under flood (median round) "
+        + ", ".join(f"{name} {figures[f'P16_{name}_loop_ms_per_request']:.2f} ms" for name in runs)
     )
     return figures
 
@@ -468,8 +481,13 @@ def p17_overhead(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
         with (
             ServerProcess(plain_config).start(180) as plain,
             ServerProcess(keyed_config).start(180) as keyed,
+            ServerProcess(keyed_config, env=NO_DOOR).start(180) as no_door,
         ):
-            setups = {"no keys": (plain, None), "keys": (keyed, keys["teacher"])}
+            setups = {
+                "no keys": (plain, None),
+                "keys": (keyed, keys["teacher"]),
+                "keys no door": (no_door, keys["teacher"]),
+            }
             print(
                 f"P17: {args.clients} clients, closed loop, {args.rounds} x {args.seconds:g} s "
                 f"rounds per server and size, interleaved (median round); the keys file holds "
@@ -502,15 +520,19 @@ def p17_overhead(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                 tput = {n: statistics.median(r.throughput for r in rs) for n, rs in rounds.items()}
                 bad = {n: sum(r.requests - r.ok for r in rs) for n, rs in rounds.items()}
                 ratio = tput["keys"] / tput["no keys"]
+                no_door_ratio = tput["keys no door"] / tput["no keys"]
                 figures |= {
                     f"P17_{rows}_no_keys_req_s": tput["no keys"],
                     f"P17_{rows}_keys_req_s": tput["keys"],
                     f"P17_{rows}_keys_over_no_keys": ratio,
+                    f"P17_{rows}_keys_no_door_req_s": tput["keys no door"],
+                    f"P17_{rows}_keys_no_door_over_no_keys": no_door_ratio,
                 }
                 print(
                     f"P17 at {rows} rows: without keys {tput['no keys']:.1f} req/s, with keys "
                     f"{tput['keys']:.1f} req/s: keys / no keys {ratio:.3f} (overhead "
-                    f"{1 - ratio:+.1%}, goal <= 5%); rounds "
+                    f"{1 - ratio:+.1%}, goal <= 5%); keys checked by the app instead of the door "
+                    f"{tput['keys no door']:.1f} req/s ({no_door_ratio:.3f}); rounds "
                     + ", ".join(
                         f"{n} {' '.join(f'{r.throughput:.0f}' for r in rs)}"
                         for n, rs in rounds.items()
