@@ -234,7 +234,7 @@ class RemoteEngine:
         while True:
             try:
                 self.stats, self.aborted = await self.handle.state.remote()
-            except RayError as err:  # a replica restarting: the next poll asks again
+            except Exception as err:  # a replica restarting, Serve stopping: ask again later
                 log.debug("the %s replica's numbers are not there: %s", self.name, err)
             await asyncio.sleep(STATS_EVERY_S)
 
