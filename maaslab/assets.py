@@ -7,11 +7,13 @@ demo. Each recipe is a plain call of the shared training loop.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from maaslab.callbacks import Callback, TrainState
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
 from maaslab.models import build_model
@@ -20,9 +22,10 @@ from maaslab.registry import atomic_folder, save_model, write_json
 from maaslab.runtime import fast_mode, seed_everything
 from maaslab.train import TrainConfig, evaluate_split, run_metadata, train
 
-# digits-cnn trains without these validation rows (load_dataset's, seed 0): lesson 12 chooses its
-# compressed variant on them (maaslab.compress.variants.VAL_FRACTION), so no variant saw them.
-# sentiment-minilm and its student still train on every training review (val_fraction 0).
+# digits-cnn, sentiment-minilm and its student train without these validation rows
+# (load_dataset's and review_dataset's, seed 0): lesson 12 chooses each compressed variant on them
+# (maaslab.compress.variants.VAL_FRACTION), so no variant saw them; sentiment-minilm's epochs and
+# the student's distillation settings are chosen on them too.
 VAL_FRACTION = 0.15
 
 
@@ -95,7 +98,11 @@ def _mini_gpt(parent: Path) -> Path:
     return save_model(model, parent / "mini-gpt", metadata=meta, overwrite=True)
 
 
-SENTIMENT_EPOCHS = 5
+# sentiment-minilm trains up to SENTIMENT_MAX_EPOCHS (the warm-up and linear decay span them all)
+# and stops once the validation loss has not improved for SENTIMENT_PATIENCE epochs; the weights
+# of the epoch with the lowest validation loss are the ones saved (metadata "epoch_choice").
+SENTIMENT_MAX_EPOCHS = 8
+SENTIMENT_PATIENCE = 2
 
 
 def sentiment_accuracy(model, split: str = "test") -> dict[str, float]:
@@ -110,16 +117,35 @@ def sentiment_accuracy(model, split: str = "test") -> dict[str, float]:
     return {"overall": overall, **accuracy_by_phenomenon(predictions, reviews)}
 
 
+class BestEpoch(Callback):
+    """Keep a copy of what training changes at the epoch of lowest validation loss.
+
+    After training, `model.load_trained_state(best.state)` puts that epoch's weights back, and
+    `best.epoch` says which it was (1-based; 0 before any epoch ended). The model must have
+    `trained_state()` (a SentimentClassifier or a StudentClassifier).
+    """
+
+    def __init__(self) -> None:
+        self.loss, self.epoch, self.state = math.inf, 0, {}
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """Copy the trained weights when this epoch's validation loss is the lowest so far."""
+        loss = state.history.epochs[-1].val_loss
+        if loss < self.loss:
+            self.loss, self.epoch = loss, state.epoch
+            self.state = {k: v.detach().clone() for k, v in state.model.trained_state().items()}
+
+
 def _sentiment(parent: Path) -> Path:
-    from maaslab.callbacks import TqdmProgress
+    from maaslab.callbacks import EarlyStopping, TqdmProgress
     from maaslab.models.sentiment import SentimentClassifier, SentimentConfig, review_dataset
     from maaslab.reviews import load_reviews, tfidf_baseline
 
     seed_everything(0)
     model = SentimentClassifier(SentimentConfig())
-    data = review_dataset(model, val_fraction=0.0)  # a fixed recipe: every training review
+    data = review_dataset(model, val_fraction=VAL_FRACTION, seed=0)
     cfg = TrainConfig(
-        epochs=SENTIMENT_EPOCHS,
+        epochs=SENTIMENT_MAX_EPOCHS,
         batch_size=16,
         optimizer="adamw",
         lr=0.001,
@@ -128,8 +154,22 @@ def _sentiment(parent: Path) -> Path:
         seed=0,
         device="cpu",
     )
-    history = train(model, data, cfg, callbacks=[TqdmProgress()])
-    meta = run_metadata(data, cfg, history)
+    best = BestEpoch()
+    stopping = EarlyStopping(patience=SENTIMENT_PATIENCE)
+    history = train(model, data, cfg, callbacks=[TqdmProgress(), best, stopping])
+    model.load_trained_state(best.state)
+    meta = run_metadata(data, cfg, history, model=model)  # test read once, after the choice
+    chosen = history.epochs[best.epoch - 1]
+    meta["metrics"].update(val_loss=chosen.val_loss, val_accuracy=chosen.val_accuracy)
+    meta["epoch_choice"] = {
+        "rule": (
+            f"lowest validation loss; stop after {SENTIMENT_PATIENCE} epochs without improvement"
+        ),
+        "max_epochs": SENTIMENT_MAX_EPOCHS,
+        "chosen_epoch": best.epoch,
+        "val_loss": [round(e.val_loss, 4) for e in history.epochs],
+        "val_accuracy": [round(e.val_accuracy, 4) for e in history.epochs],
+    }
     meta.pop("feature_names")
     meta["input"] = "text (English reviews); longer than max_length tokens is truncated"
     meta["test_accuracy"] = sentiment_accuracy(model)
@@ -141,20 +181,32 @@ def _sentiment(parent: Path) -> Path:
 
 def _student(parent: Path) -> Path:
     import time
+    from dataclasses import asdict
 
-    from maaslab.compress.distill import DEFAULTS, STUDENT_NAME, distill, size_report
+    from maaslab.compress.distill import LAYERS, STUDENT_NAME, select_settings, size_report
     from maaslab.registry import load_model
 
     seed_everything(0)
     teacher = load_model(parent / "sentiment-minilm").merge()
     started = time.perf_counter()
-    # the settings were chosen on validation reviews (distill.select_settings); the shipped
-    # student then trains on every training review
-    student = distill(teacher, seed=0, val_fraction=0.0)
+    # one student per candidate setting, each trained on the training reviews outside the
+    # validation ones (VAL_FRACTION, seed 0); the best on validation is the one shipped
+    candidates, student = select_settings(teacher, seed=0)
     seconds = time.perf_counter() - started
+    chosen = candidates[0]
     meta = {
         "teacher": "sentiment-minilm",
-        "distillation": {**DEFAULTS, "seed": 0, "training_seconds": round(seconds, 1)},
+        "distillation": {
+            "layers": LAYERS,
+            "temperature": chosen.temperature,
+            "alpha": chosen.alpha,
+            "epochs": chosen.epochs,
+            "lr": chosen.lr,
+            "seed": 0,
+            "val_fraction": VAL_FRACTION,
+            "selection_seconds": round(seconds, 1),
+        },
+        "candidates": [asdict(c) for c in candidates],  # best first, by validation accuracy
         "class_names": list(student.config.labels),
         "input": "text (English reviews); longer than max_length tokens is truncated",
         "test_accuracy": sentiment_accuracy(student),
@@ -367,14 +419,16 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "sentiment-minilm",
-            f"MiniLM-L6 + LoRA rank 8 + linear head, fine-tuned on assets/reviews "
-            f"({SENTIMENT_EPOCHS} epochs, AdamW 0.001; a few minutes on 2 cores)",
+            f"MiniLM-L6 + LoRA rank 8 + linear head, fine-tuned on assets/reviews, its validation "
+            f"reviews held out (up to {SENTIMENT_MAX_EPOCHS} epochs, early stopping on validation "
+            f"loss; AdamW 0.001; a few minutes on 2 cores)",
             _sentiment,
         ),
         Recipe(
             "sentiment-minilm-student",
-            "3 MiniLM blocks + linear head distilled from sentiment-minilm (Hinton loss, "
-            "T 3, alpha 0.3; 10 epochs, AdamW 1e-4; a few CPU minutes on one thread)",
+            "3 MiniLM blocks + linear head distilled from sentiment-minilm (Hinton loss) on "
+            "its training reviews, the settings chosen on its validation reviews among "
+            "distill.CANDIDATES (a few CPU minutes each on one thread; build the teacher first)",
             _student,
         ),
         Recipe(

@@ -52,7 +52,11 @@ class ReviewSet:
         """The subset tagged with one phenomenon (e.g. "sarcasm"), in file order."""
         if phenomenon not in PHENOMENA:
             raise MaaslabError(f"unknown phenomenon {phenomenon!r}: choose one of {PHENOMENA}")
-        keep = [i for i, p in enumerate(self.phenomena) if p == phenomenon]
+        return self.take([i for i, p in enumerate(self.phenomena) if p == phenomenon])
+
+    def take(self, rows: list[int] | np.ndarray) -> ReviewSet:
+        """The reviews at these positions, in the order given."""
+        keep = [int(i) for i in rows]
         return ReviewSet(
             texts=tuple(self.texts[i] for i in keep),
             labels=self.labels[keep],
@@ -130,6 +134,21 @@ def load_reviews(split: str | None = None, *, path: Path | None = None) -> Revie
     if split is not None:
         rows = [r for r in rows if r["split"] == split]
     return _review_set(rows)
+
+
+def validation_split(
+    reviews: ReviewSet, val_fraction: float = 0.15, seed: int = 0
+) -> tuple[ReviewSet, ReviewSet]:
+    """(train, validation): the seeded, stratified split of training reviews that
+    maaslab.models.sentiment.review_dataset trains and chooses on (maaslab.data.split_train_val).
+    """
+    from maaslab.data import split_train_val
+
+    if not 0 < val_fraction < 1:
+        raise MaaslabError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    rows = np.arange(len(reviews))
+    train, _, val, _ = split_train_val(rows, reviews.labels, val_fraction, seed, stratify=True)
+    return reviews.take(train), reviews.take(val)
 
 
 def _review_set(rows: list[dict[str, str]]) -> ReviewSet:

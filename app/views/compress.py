@@ -51,9 +51,8 @@ st.title("Compress")
 st.markdown(
     "Quantization, pruning, distillation and ONNX Runtime, measured side by side on a shipped "
     "model: accuracy, latency, size on disk, and how far each variant's SHAP explanation moves "
-    "from fp32's. The best variant is chosen on validation examples (digits-cnn); the test "
-    "split is read last, once, for the report. sentiment-minilm trained on its validation "
-    "reviews, so its variants are still chosen on the test reviews."
+    "from fp32's. The best variant is chosen on validation examples, which no variant trained "
+    "on; the test split is read last, once, for the report."
 )
 model = pick_model(COMPRESSIBLE, "compress.model", default="digits-cnn")  # the cheap one first
 others = [v for v in variants_for(model) if v != "fp32"]

@@ -11,10 +11,9 @@
 - shap_difference: how far its SHAP values move from fp32's on a few fixed inputs of the choice
   split (maaslab.compress.drift).
 
-The split a variant is chosen on is validation where no variant trained on it (digits-cnn), the
-test reviews for sentiment-minilm, whose shipped model trained on its validation reviews
-(maaslab.compress.splits says why). Latency batches and explained inputs come from the choice
-split too, so `compare(..., report_test=False)` never reads the test split.
+A variant is chosen on the validation split, which none of the variants trained on
+(maaslab.compress.splits). Latency batches and explained inputs come from the validation split
+too, so `compare(..., report_test=False)` never reads the test split.
 
 A variant that cannot be built or run (an export the ONNX exporter refuses, say) gets a row with
 `error` set and empty numbers; the rest of the table still comes out.
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 
 from maaslab.compress.drift import shap_difference, shap_values
-from maaslab.compress.splits import SELECTION_SPLIT, accuracy, held_out, model_inputs
+from maaslab.compress.splits import accuracy, held_out, model_inputs
 from maaslab.compress.variants import Built, build_variant, check_model_name, variants_for
 from maaslab.errors import MaaslabError
 from maaslab.explain.core import Cancelled
@@ -168,9 +167,8 @@ def compare(
     variants : names from `variants_for(model_name)`; None = all. fp32 is always measured
         (first), since every drop and speed-up is relative to it.
     repeats : timed calls per variant and batch size (None: 30, fast mode 5).
-    examples : examples of the choice split (validation for digits-cnn, test for
-        sentiment-minilm: SELECTION_SPLIT) and of the test split for accuracy (None: the whole
-        split; fast mode the first 100).
+    examples : examples of the choice split (validation: SELECTION_SPLIT) and of the test split
+        for accuracy (None: the whole split; fast mode the first 100).
     shap_inputs : inputs of the choice split explained for shap_difference (None: 3, fast mode
         1; 0 = skip).
     seed : seeds pruning's fine-tuning and every SHAP explanation.
@@ -178,19 +176,12 @@ def compare(
         a machine shared with other work, 1 thread gives steadier timings: a 2-thread op waits
         at its barrier whenever the other core is busy elsewhere.
     report_test : after every other number, measure each variant's test accuracy for the
-        report (test_accuracy, test_drop). False leaves the test split unread (digits-cnn only:
-        sentiment-minilm's variants are chosen on the test reviews).
+        report (test_accuracy, test_drop). False leaves the test split unread.
     progress : called as progress(stage, fraction done).
     cancel : set it to stop; the call raises maaslab.explain.Cancelled at the next check.
     """
     if threads is not None and threads < 1:
         raise MaaslabError(f"threads must be at least 1, got {threads}")
-    if not report_test and SELECTION_SPLIT.get(model_name) == "test":
-        raise MaaslabError(
-            f"{model_name}'s variants are chosen on its test split (its shipped model trained on "
-            "the validation rows), so report_test=False cannot leave the test split unread: "
-            "keep report_test=True"
-        )
     with torch_threads(threads):
         return _compare(
             model_name,
@@ -237,8 +228,7 @@ def _compare(
     shap_inputs = scaled(3, 1) if shap_inputs is None else shap_inputs
     data = held_out(model_name, examples, shap_inputs)
     started = time.perf_counter()
-    test_apart = report_test and data.split != "test"  # sentiment: its accuracy is the test one
-    steps, done = (4 if test_apart else 3) * len(names) + 2, 0
+    steps, done = (4 if report_test else 3) * len(names) + 2, 0
 
     def step(stage: str) -> None:
         nonlocal done
@@ -317,9 +307,6 @@ def _compare(
             attempt(name, drift)
     # The test split is read last, once per variant, for the report: nothing above looked at it.
     for name in live if report_test else ():
-        if not test_apart:
-            facts[name]["test_accuracy"] = facts[name].get("accuracy")
-            continue
         step(f"test accuracy of {name}")
         attempt(
             name,

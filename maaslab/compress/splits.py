@@ -1,14 +1,11 @@
 """What a comparison reads: the split a variant is chosen on, and the test split for the report.
 
-SELECTION_SPLIT names, per model, the split `Comparison.best` and the P5 verdict choose on; it is
-validation where no variant trained on it. digits-cnn's validation rows (load_dataset, seed 0,
-VAL_FRACTION) are left out by its recipe and by pruning's fine-tuning. sentiment-minilm's are not:
-the shipped model and its distilled student trained on all 856 training reviews, the 129
-validation reviews of review_dataset included, so accuracy there is accuracy on training data.
-Until both are rebuilt without those reviews (and every figure quoted for them re-measured), its
-variants are chosen on the 214 test reviews, and `Comparison.split` says so wherever the table is
-shown. Latency batches and explained inputs come from the choice split too, so only
-`HeldOut.test_inputs` holds test data.
+SELECTION_SPLIT names, per model, the split `Comparison.best` and the P5 verdict choose on: the
+validation split, which no variant trained on. digits-cnn's validation rows (load_dataset, seed 0,
+VAL_FRACTION) and sentiment-minilm's 129 validation reviews (maaslab.reviews.validation_split,
+seed 0, VAL_FRACTION) are left out by the shipped models' recipes, by the distilled student's and
+by pruning's fine-tuning. Latency batches and explained inputs come from the choice split too, so
+only `HeldOut.test_inputs` holds test data.
 """
 
 from __future__ import annotations
@@ -22,8 +19,8 @@ from torch import nn
 
 from maaslab.compress.variants import VAL_FRACTION, check_model_name
 
-# model -> the split its variant is chosen on (the module docstring says why sentiment's is test)
-SELECTION_SPLIT = {"digits-cnn": "validation", "sentiment-minilm": "test"}
+# model -> the split its variant is chosen on (the module docstring says why)
+SELECTION_SPLIT = {"digits-cnn": "validation", "sentiment-minilm": "validation"}
 LATENCY_TEXT = "The trailer looked awful, but the film itself is a gem, honestly."  # 17 tokens
 SHAP_MAX_WORDS = 20  # explained reviews are the first short ones (cost grows with words)
 
@@ -50,20 +47,20 @@ def held_out(model_name: str, examples: int | None = None, shap_inputs: int = 3)
     """
     split = SELECTION_SPLIT[check_model_name(model_name)]
     if model_name == "sentiment-minilm":
-        from maaslab.reviews import load_reviews
+        from maaslab.reviews import load_reviews, validation_split
 
-        reviews = load_reviews("test")  # the choice split too (see the module docstring)
-        texts, labels = list(reviews.texts)[:examples], np.asarray(reviews.labels)[:examples]
-        short = [t for t in reviews.texts if len(t.split()) <= SHAP_MAX_WORDS][:shap_inputs]
+        _, val = validation_split(load_reviews("train"), VAL_FRACTION, seed=0)
+        test = load_reviews("test")
+        short = [t for t in val.texts if len(t.split()) <= SHAP_MAX_WORDS][:shap_inputs]
         return HeldOut(
-            texts,
-            labels,
+            list(val.texts)[:examples],
+            np.asarray(val.labels)[:examples],
             [LATENCY_TEXT],
-            list(reviews.texts[:32]),
+            list(val.texts[:32]),
             short,
             split=split,
-            test_inputs=texts,
-            test_labels=labels,
+            test_inputs=list(test.texts)[:examples],
+            test_labels=np.asarray(test.labels)[:examples],
         )
     from maaslab.data import load_dataset
     from maaslab.explain.adapters import background_rows

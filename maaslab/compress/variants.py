@@ -34,8 +34,9 @@ SOURCES = ("base", "pruned-unstructured", "pruned-structured", "distilled")
 PRUNE_AMOUNT = {"unstructured": 0.5, "structured": 0.25}  # share of weights / of channels removed
 # Passes of fine-tuning after pruning (prune() cuts them to one short epoch in fast mode).
 FINETUNE_EPOCHS = {"sentiment-minilm": 1, "digits-cnn": 3}
-# digits' validation rows (load_dataset, seed 0) choose its variant; none of its variants trains
-# on them (maaslab.assets.VAL_FRACTION is the shipped recipe's; a test holds the two equal)
+# The validation rows (load_dataset's and review_dataset's, seed 0) choose each model's variant;
+# none of its variants trains on them (maaslab.assets.VAL_FRACTION is the shipped recipes'; a test
+# holds the two equal)
 VAL_FRACTION = 0.15
 CACHE_SIZE = 6  # built variants kept in memory (a MiniLM copy is ~90 MB)
 Progress = Callable[[str, float], None]
@@ -171,15 +172,14 @@ def example_input(model_name: str, module: nn.Module) -> torch.Tensor:
 
 def training_data(model_name: str, module: nn.Module):
     """The Dataset the variant's fine-tuning reads (the rows the shipped model trained on)."""
+    # The rows the shipped model trained on: its validation rows choose the variant (measure.py),
+    # so fine-tuning after pruning leaves them out, as the shipped model's recipe does.
     if model_name == "sentiment-minilm":
         from maaslab.models.sentiment import review_dataset
 
-        # every training review, as the shipped model (its variants are chosen on test reviews)
-        return review_dataset(module, val_fraction=0.0)
+        return review_dataset(module, val_fraction=VAL_FRACTION, seed=0)
     from maaslab.data import load_dataset
 
-    # The rows digits-cnn trained on: its validation rows choose the variant (measure.py), so
-    # fine-tuning after pruning leaves them out, as the shipped model's recipe does.
     return load_dataset("digits", seed=0, val_fraction=VAL_FRACTION)  # pixels 0..1
 
 

@@ -2,9 +2,8 @@
 
 P5 asks for a variant at least GOAL_SPEEDUP times faster than fp32 at batch 1 while losing at
 most MAX_DROP_POINTS points of accuracy. The variant is chosen on the comparison's choice split
-(`Comparison.split`: validation for digits-cnn; the test reviews for sentiment-minilm, whose
-shipped model trained on its validation reviews, see maaslab.compress.measure); the chosen
-variant's test accuracy is then reported beside it, never used to choose. The Compress page
+(`Comparison.split`: validation, which no variant trained on, see maaslab.compress.splits); the
+chosen variant's test accuracy is then reported beside it, never used to choose. The Compress page
 and lesson 12 both read their verdict here, so the page's banner and the notebook's line say the
 same thing; the page also shows the comparison as `comparison_table` and the run's `conditions`.
 """
@@ -51,7 +50,7 @@ class Verdict:
             f"{self.best.speedup_1:.2f}x at batch 1, {self.best.accuracy_drop:+.1f} points "
             f"on {self.split}"
         )
-        if self.split != "test" and self.best.test_accuracy is not None:
+        if self.best.test_accuracy is not None:
             line += f" (test accuracy {100 * self.best.test_accuracy:.1f} %"
             if self.best.test_drop is not None:
                 line += f", {self.best.test_drop:+.1f} points"
@@ -134,22 +133,12 @@ def comparison_table(comparison: Comparison) -> pd.DataFrame:
 def conditions(comparison: Comparison) -> str:
     """How the comparison's numbers were taken: repeats, threads, splits, SHAP inputs, time."""
     c = comparison
-    if c.split == "test":
-        accuracy = (
-            f"Accuracy and drop on {c.examples} test examples, and the variant is chosen on "
-            f"them: {c.model} trained on its validation examples, so none are held out to "
-            "choose on"
-        )
-    else:
-        accuracy = (
-            f"Accuracy and drop (what the choice reads) on {c.examples} {c.split} examples; "
-            + (
-                f"test accuracy on {c.test_examples} test examples, read once after every "
-                "other number, for the report"
-                if c.test_examples
-                else "the test split was not read"
-            )
-        )
+    accuracy = f"Accuracy and drop (what the choice reads) on {c.examples} {c.split} examples; " + (
+        f"test accuracy on {c.test_examples} test examples, read once after every "
+        "other number, for the report"
+        if c.test_examples
+        else "the test split was not read"
+    )
     return (
         f"Latency: median of {c.repeats} calls per variant and batch size, taken in "
         f"turn across the variants, {c.threads} CPU thread(s); timings on a shared "

@@ -109,36 +109,35 @@ def review_dataset(model: SentimentClassifier, *, val_fraction: float = 0.15, se
     """The shipped review corpus as token-id arrays for the shared training loop.
 
     The corpus fixes train and test; validation is a seeded, stratified `val_fraction` of the
-    training reviews (maaslab.data.split_train_val), for choosing settings without the test.
+    training reviews (maaslab.reviews.validation_split), for choosing settings without the test.
     val_fraction=0 keeps every training review for training (a recipe that chooses nothing).
     """
-    from maaslab.data import Dataset, split_train_val
-    from maaslab.reviews import REVIEWS_CSV, load_reviews
+    from maaslab.data import Dataset
+    from maaslab.reviews import REVIEWS_CSV, load_reviews, validation_split
 
-    train, test = load_reviews("train"), load_reviews("test")
+    corpus, test = load_reviews("train"), load_reviews("test")
+    train, val = (
+        validation_split(corpus, val_fraction, seed)
+        if val_fraction > 0
+        else (corpus, corpus.take([]))
+    )
     # Pad every split to one length so every batch has the same shape.
-    ids, _ = model.encode(list(train.texts) + list(test.texts))
-    X_all, y_all = ids[: len(train)], train.labels
-    if val_fraction > 0:
-        X_train, y_train, X_val, y_val = split_train_val(
-            X_all, y_all, val_fraction, seed, stratify=True
-        )
-    else:
-        X_train, y_train, X_val, y_val = X_all, y_all, X_all[:0], y_all[:0]
+    ids, _ = model.encode(list(train.texts) + list(val.texts) + list(test.texts))
+    X_train, X_val = ids[: len(train)], ids[len(train) : len(train) + len(val)]
     return Dataset(
         name="reviews",
         task="classification",
         X_train=X_train,
-        y_train=y_train,
+        y_train=train.labels,
         X_val=X_val,
-        y_val=y_val,
-        X_test=ids[len(train) :],
+        y_val=val.labels,
+        X_test=ids[len(train) + len(val) :],
         y_test=test.labels,
         feature_names=tuple(f"token{i}" for i in range(ids.shape[1])),
         class_names=model.config.labels,
         input_shape=(ids.shape[1],),
         description=(
-            f"{REVIEWS_CSV.name}: {len(y_train)} train / {len(y_val)} validation / "
+            f"{REVIEWS_CSV.name}: {len(train)} train / {len(val)} validation / "
             f"{len(test)} test reviews"
         ),
         meta={"seed": seed, "val_fraction": val_fraction, "test_phenomena": list(test.phenomena)},

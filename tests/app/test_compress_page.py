@@ -142,8 +142,8 @@ def test_sentiment_int8(open_page, page_text):
     shown = at.table[0].value
     assert list(shown.index) == ["fp32", "int8-dynamic"]
     assert shown["accuracy (%)"].between(80, 100).all()
-    # no held-out validation reviews: chosen on the test reviews, and the page says so
-    assert (shown["test accuracy (%)"] == shown["accuracy (%)"]).all()
-    assert "points on test" in page_text(at) and "none are held out" in page_text(at)
+    # chosen on the validation reviews, the test reviews' accuracy beside it for the report
+    assert shown["test accuracy (%)"].between(80, 100).all()
+    assert "points on validation" in page_text(at) and "none are held out" not in page_text(at)
     # int8 Linear weights are a quarter of fp32's; the fp32 embedding table stays as it is
     assert shown.loc["int8-dynamic", "MB on disk"] < 0.75 * shown.loc["fp32", "MB on disk"]

@@ -29,9 +29,9 @@ from maaslab.paths import MODELS_DIR
 from maaslab.registry import load_model, read_metadata, save_model
 from maaslab.train import TrainConfig, evaluate_split, train
 
-# Held-out accuracy of the shipped student, measured when it was built (its config.json says
-# the same); the test allows 1 point of slack for a rebuild on another machine.
-STUDENT_ACCURACY = 0.9019
+# Test accuracy of the shipped student, measured when it was built (its config.json says the
+# same); the test allows 1 point of slack for a rebuild on another machine.
+STUDENT_ACCURACY = 0.8972
 MARGIN = 0.01
 
 
@@ -175,6 +175,13 @@ def test_shipped_student_is_small_and_accurate(student):
     # the word table is read from the MiniLM wheel, not stored: about 22 MB instead of 69
     assert (MODELS_DIR / STUDENT_NAME / "model.safetensors").stat().st_size < 25e6
     assert meta["test_accuracy"]["overall"] == pytest.approx(STUDENT_ACCURACY, abs=1e-4)
+    # the shipped student is select_settings' best, trained without the validation reviews
+    best = meta["candidates"][0]
+    assert best["val_accuracy"] == max(c["val_accuracy"] for c in meta["candidates"])
+    chosen = {k: meta["distillation"][k] for k in ("temperature", "alpha", "epochs", "lr")}
+    assert chosen == {k: best[k] for k in chosen} and meta["distillation"]["val_fraction"] > 0
+    _, val_accuracy = evaluate_split(model, sentiment.review_dataset(model), "val")
+    assert val_accuracy == pytest.approx(best["val_accuracy"])
     texts = ["I loved every minute.", "A waste of an evening."]
     prediction = student.predict(texts)
     assert np.allclose(prediction.probabilities.sum(1), 1.0)

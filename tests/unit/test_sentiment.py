@@ -9,19 +9,24 @@ import pytest
 import torch
 
 from maaslab import MaaslabError
-from maaslab.assets import sentiment_accuracy
+from maaslab.assets import (
+    SENTIMENT_MAX_EPOCHS,
+    SENTIMENT_PATIENCE,
+    VAL_FRACTION,
+    sentiment_accuracy,
+)
 from maaslab.auto import load
 from maaslab.models.encoder import MAX_TEXT_CHARS
 from maaslab.models.sentiment import SentimentClassifier, SentimentConfig, review_dataset
 from maaslab.paths import MODELS_DIR
 from maaslab.registry import WEIGHTS_FILE, load_model, read_safetensors, save_model
-from maaslab.reviews import load_reviews, tfidf_baseline
+from maaslab.reviews import load_reviews, tfidf_baseline, validation_split
 from maaslab.runtime import seed_everything
 from maaslab.train import TrainConfig, train
 
 TARGET = 0.88  # the issue's goal for held-out test accuracy
 FOLDER = MODELS_DIR / "sentiment-minilm"
-# Measured 0.819 on the 260 held-out reviews (assets/reviews/heldout.csv), against 0.935 on test.
+# Measured 0.838 on the 260 held-out reviews (assets/reviews/heldout.csv), against 0.883 on test.
 HELDOUT_FLOOR = 0.78
 
 
@@ -46,6 +51,21 @@ def test_shipped_model_reaches_the_target_on_the_held_out_split(shipped):
         assert scores[name] > baseline.per_phenomenon[name]
     recorded = load("sentiment-minilm").metadata["test_accuracy"]["overall"]
     assert scores["overall"] == pytest.approx(recorded, abs=1e-9)
+
+
+def test_the_shipped_epochs_were_chosen_on_validation():
+    """The recipe held the validation reviews out and kept the epoch of lowest validation loss."""
+    meta = load("sentiment-minilm").metadata
+    assert meta["data_args"] == {"seed": 0, "val_fraction": VAL_FRACTION}
+    choice = meta["epoch_choice"]
+    losses = choice["val_loss"]
+    assert len(losses) == meta["epochs_trained"] <= choice["max_epochs"] == SENTIMENT_MAX_EPOCHS
+    assert choice["chosen_epoch"] == int(np.argmin(losses)) + 1
+    # it stopped after SENTIMENT_PATIENCE epochs without improvement, or at the last epoch
+    assert len(losses) - choice["chosen_epoch"] in (SENTIMENT_PATIENCE, 0) or (
+        len(losses) == SENTIMENT_MAX_EPOCHS
+    )
+    assert meta["metrics"]["val_loss"] == pytest.approx(min(losses), abs=1e-4)
 
 
 def test_cli_evaluate_prints_the_accuracy_and_the_baseline(shipped):
@@ -133,6 +153,11 @@ def test_a_few_steps_change_the_adapters_and_not_the_encoder(fresh):
     rows = {r.tobytes() for r in data.X_train}
     assert not rows & {r.tobytes() for r in data.X_val}
     assert len(review_dataset(fresh, val_fraction=0.0).y_train) == 856
+    # the validation rows are validation_split's reviews, the ones lesson 12 chooses on
+    _, val = validation_split(load_reviews("train"))
+    np.testing.assert_array_equal(data.y_val, val.labels)
+    val_ids, _ = fresh.encode(list(val.texts))
+    np.testing.assert_array_equal(data.X_val[:, : val_ids.shape[1]], val_ids)
     frozen = {n: p.detach().clone() for n, p in fresh.named_parameters() if not p.requires_grad}
     head = fresh.head.weight.detach().clone()
     small = replace(
