@@ -457,6 +457,36 @@ def test_a_stream_cut_midway_frees_its_sequence_in_the_replica(ray_server):
     print(f"\nthree chunks after {first_chunks_s:.2f} s; the replica then said {numbers}")
 
 
+def test_killed_language_model_replicas_end_a_stream_at_once(ray_server):
+    # Both mini-llama replicas SIGKILLed while a long stream runs on one: the stream ends at
+    # once with an error event naming ReplicaLost (its 200 was sent already) and no [DONE],
+    # not hung. (A whole answer gets 503 with Retry-After: tests/unit/test_ray_remote.py; a
+    # request sent now would wait for Ray's new replicas, 10-20 s here.)
+    body = {
+        "model": "mini-llama",
+        "prompt": PROMPT,
+        "max_tokens": 400,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    lines: list[str] = []
+    with httpx.stream(
+        "POST", f"{ray_server.url}/v1/completions", json=body, timeout=CLIENT_TIMEOUT_S
+    ) as r:
+        stream = r.iter_lines()
+        while sum(line.startswith("data: {") for line in lines) < 2:
+            lines.append(next(stream))
+        killed = ray_server.status().running("mini-llama")
+        for replica in killed:  # local processes (a LocalCluster's or the server's own Ray)
+            os.kill(replica.pid, signal.SIGKILL)
+        killed_at = time.perf_counter()
+        lines += [line for line in stream if line]  # to its end (a hang: httpx times out)
+    print(f"\nthe stream ended {time.perf_counter() - killed_at:.2f} s after the kill")
+    assert len(killed) == 2
+    assert "data: [DONE]" not in lines and "ReplicaLost" in lines[-1], lines[-3:]
+
+
 def test_the_killed_replica_is_replaced(ray_server, digits):
     if ray_server.killed is None:
         pytest.skip("test_a_replica_killed_under_load_costs_no_request did not run")
