@@ -15,7 +15,9 @@ noise hits each alike; the median round is reported.
 
 P16 fairness: tenant A floods at 5x the server's capacity while tenant B sends its normal load
 (25 % of capacity, an open loop at a fixed rate). Capacity is measured first (32-row JSON
-requests, closed loop); A's key is limited to that many requests/s. B alone, then B while A
+requests, closed loop); A's key is limited to that many requests/s. First, what one 429 costs
+the server's event loop (its main thread's CPU per request of a tenant whose every request is
+refused, 64 clients back to back), at the door and in the app. Then B alone, then B while A
 floods (A from a process of its own), each round, against a server with keys (fair queues, A's
 429s answered by the connection layer's door), the same with the door off (MAASLAB_SERVE_DOOR=0:
 the app refuses, as before the door) and one without keys (one shared queue): B's p50/p99 alone
@@ -189,6 +191,8 @@ SETTLE_S = 2.0  # after a flood, the queue drains before the next measurement st
 STATUSES = ("200", "429", "503")  # the answers P16 expects; any other counts as "other"
 CLASS_SIZE = 30  # P17's keys file: a classroom (a teacher and this many students)
 NO_DOOR = {DOOR_ENV: "0"}  # a keyed server whose app refuses, as before the connection layer did
+SPENT = Limits(requests_per_s=0.001, burst=1)  # P16's third tenant: all but its first refused
+REFUSAL_CLIENTS = 64  # P16: closed-loop clients of the spent tenant while refusals are timed
 OVERHEAD_ROWS = (1, 32)  # P17: 1 row is where a per-request cost shows most
 
 
@@ -323,6 +327,24 @@ def flood_round(
     return flooded, normal, server_200s(server, keys[1]) - before, cores
 
 
+def refusal_cost(server: ServerProcess, key: str, bodies: list[bytes], seconds: float) -> float:
+    """Milliseconds of the server's event-loop CPU per request of a tenant whose every
+    request is refused (429), sent back to back by REFUSAL_CLIENTS clients for `seconds`."""
+    assert server.pid is not None
+    before = cpu_seconds(server.pid, server.pid)
+    result = run_load(
+        server.url,
+        MODEL,
+        concurrency=REFUSAL_CLIENTS,
+        duration_s=seconds,
+        api_key=key,
+        bodies=bodies,
+    )
+    if result.limited < result.requests - 1:
+        raise RuntimeError(f"the spent tenant was not refused: {result.summary()}")
+    return 1e3 * (cpu_seconds(server.pid, server.pid) - before) / result.requests
+
+
 def pooled_ms(results: list[LoadResult], q: float) -> float:
     """Percentile `q` of the 200 answers' latencies of several runs taken together."""
     ok = np.concatenate([r.ok_latencies_ms for r in results])
@@ -353,12 +375,13 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             plain.url, MODEL, concurrency=args.clients, duration_s=args.seconds, bodies=bodies
         ).throughput
         rates = (FLOOD_TIMES * capacity, NORMAL_SHARE * capacity)
-        keys = {name: new_key() for name in ("flood", "normal")}
+        keys = {name: new_key() for name in ("flood", "normal", "spent")}
         limit = Limits(requests_per_s=round(capacity))  # A may use the whole server, no more
         KeyTable(
             [
                 Tenant("flood", "user", hash_key(keys["flood"]), limit),
                 Tenant("normal", "user", hash_key(keys["normal"]), Limits()),
+                Tenant("spent", "user", hash_key(keys["spent"]), SPENT),
             ]
         ).save(Path(tmp) / "keys.json")
         keyed_config = replace(plain.config, keys_file=str(Path(tmp) / "keys.json"))
@@ -388,6 +411,24 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                 "B under flood, per setup; B's percentiles pooled over rounds. Cores: what the "
                 "server's event loop (its main thread), its other threads (the model), A's and "
                 f"B's clients and the whole machine ({os.cpu_count()} cores) kept busy while B ran."
+            )
+            # What one 429 costs the loop every tenant shares, at the door and in the app.
+            refusal: dict[str, list[float]] = {"door": [], "app": []}
+            for _ in range(args.rounds):
+                for name, srv in (("door", keyed), ("app", no_door)):
+                    refusal[name].append(refusal_cost(srv, keys["spent"], bodies, args.seconds / 2))
+            for name, costs in refusal.items():
+                figures[f"P16_refusal_loop_ms_{name}"] = statistics.median(costs)
+            print(
+                f"P16 a refusal (429, {FLOOD_ROWS}-row body) costs the server's event loop "
+                f"{figures['P16_refusal_loop_ms_door']:.3f} ms of CPU at the door, "
+                f"{figures['P16_refusal_loop_ms_app']:.3f} ms in the app (its door off); "
+                f"{REFUSAL_CLIENTS} clients back to back, {args.rounds} rounds of "
+                f"{args.seconds / 2:g} s each, median; rounds: door "
+                + " ".join(f"{c:.3f}" for c in refusal["door"])
+                + ", app "
+                + " ".join(f"{c:.3f}" for c in refusal["app"])
+                + f"; load average {os.getloadavg()[0]:.1f}"
             )
             setups = {
                 "tenants": (keyed, (keys["flood"], keys["normal"])),
