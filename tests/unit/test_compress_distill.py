@@ -22,11 +22,13 @@ from maaslab.compress.distill import (
 )
 from maaslab.data import load_dataset
 from maaslab.errors import MaaslabError
+from maaslab.evaluation import predict_proba
 from maaslab.explain.core import Cancelled
 from maaslab.models import build_model, sentiment
 from maaslab.models.student import FROZEN, StudentClassifier, StudentConfig, spread
 from maaslab.paths import MODELS_DIR
 from maaslab.registry import load_model, read_metadata, save_model
+from maaslab.reviews import load_reviews, validation_split
 from maaslab.train import TrainConfig, evaluate_split, train
 
 # Test accuracy of the shipped student, measured when it was built (its config.json says the
@@ -180,8 +182,9 @@ def test_shipped_student_is_small_and_accurate(student):
     assert best["val_accuracy"] == max(c["val_accuracy"] for c in meta["candidates"])
     chosen = {k: meta["distillation"][k] for k in ("temperature", "alpha", "epochs", "lr")}
     assert chosen == {k: best[k] for k in chosen} and meta["distillation"]["val_fraction"] > 0
-    _, val_accuracy = evaluate_split(model, sentiment.review_dataset(model), "val")
-    assert val_accuracy == pytest.approx(best["val_accuracy"])
+    _, val = validation_split(load_reviews("train"))  # review_dataset's validation reviews
+    predicted = predict_proba(model, model.encode(list(val.texts))[0]).argmax(1)
+    assert np.mean(predicted == val.labels) == pytest.approx(best["val_accuracy"])
     texts = ["I loved every minute.", "A waste of an evening."]
     prediction = student.predict(texts)
     assert np.allclose(prediction.probabilities.sum(1), 1.0)
