@@ -1,9 +1,9 @@
 """Compressed variants of the shipped models, measured side by side in one run.
 
 For sentiment-minilm (and digits-cnn) every variant of `maaslab.compress` is built and measured
-by `compare`: accuracy on the whole split the variant is chosen on (digits-cnn: its validation
-rows; sentiment-minilm: the test reviews, as its shipped model trained on its validation reviews)
-and, for the report, on the whole test split, latency at batch 1 and 32 (median of
+by `compare`: accuracy on the whole split the variant is chosen on (the validation rows or
+reviews, which neither the shipped model nor any variant trained on) and, for the report, on the
+whole test split, latency at batch 1 and 32 (median of
 repeated calls taken round-robin across the variants, so machine noise hits all alike), size
 on disk and SHAP drift from fp32.
 
