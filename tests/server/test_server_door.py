@@ -256,3 +256,18 @@ def test_the_door_can_be_switched_off_to_measure_what_it_saves():
     assert door_for(tenancy, {DOOR_ENV: "1"}) is tenancy
     assert door_for(tenancy, {DOOR_ENV: "0"}) is None
     assert door_for(None, {}) is None
+
+
+def test_a_refused_request_whose_body_stops_coming_is_closed_at_the_read_deadline(
+    servers, monkeypatch
+):
+    door, _ = servers
+    door.exchange(request())  # the burst
+    monkeypatch.setattr(door.protocol, "read_timeout_s", 0.05)
+    conn, transport = door.connect()
+    head = request().split(b"\r\n\r\n")[0] + b"\r\n\r\n"
+    door.feed(conn, head + b'{"inputs": [')
+    assert statuses(transport.written) == [429] and not transport.closed
+    door.loop.run_until_complete(asyncio.sleep(0.3))
+    assert transport.closed
+    assert statuses(transport.written) == [429]  # answered once: no 408 after the 429
