@@ -16,6 +16,12 @@ takes to add a replica under load and to remove it after.
 The process servers alternate round by round; Ray's two deployments are measured one after the
 other (changing the replica count redeploys). Client, servers and Ray share this machine's cores.
 `--quick`: one 4 s round each after a 2 s warm-up.
+
+`--llm`: instead, a language model (mini-llama) on our server in its own process and on Ray
+Serve with one replica (maaslab.scale.ray_llm: the same engine in the replica, its tokens
+streamed to the ingress through a streaming handle), the same streamed workload
+(maaslab.serve.llm_load, closed loop, greedy): tokens per second, time to first token and the
+gap between tokens, and Ray / process for each.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from maaslab.llm.measure import Workload
 from maaslab.scale.ray_autoscale import running_replicas, step_response
 from maaslab.scale.ray_cluster import (
     LocalCluster,
@@ -39,10 +46,13 @@ from maaslab.scale.ray_cluster import (
     replica_placement,
 )
 from maaslab.serve.config import ScaleConfig, ServeConfig
+from maaslab.serve.llm_load import LLMLoadResult, run_llm_load
 from maaslab.serve.loadtest import LoadResult, request_bodies, run_load
 from maaslab.serve.process import ServerProcess
 
 KILL_LOAD_S = 45.0  # the fault run's load: long enough for Ray to replace the replica (10-40 s)
+LLM_MODEL = "mini-llama"
+LLM_USERS = 8  # --llm: closed-loop users streaming at once
 
 
 def median_of(runs: list[LoadResult], key: str) -> float:
@@ -98,9 +108,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one 4 s round each")
     parser.add_argument("--no-autoscale", action="store_true", help="skip the step load")
+    parser.add_argument("--llm", action="store_true", help="mini-llama instead (module notes)")
     args = parser.parse_args()
     if args.quick:
         args.seconds, args.rounds = 4.0, 1
+    if args.llm:
+        llm_rows(args.quick)
+        return
     cores = os.cpu_count() or 1
     print(
         f"machine: {platform.machine()}, {cores} cores; python {platform.python_version()}, "
@@ -197,6 +211,47 @@ def main() -> None:
             if i == 0 or c != step.timeline[i - 1][1]
         ]
         print("  running replicas: " + ", ".join(changes))
+
+
+def llm_rows(quick: bool) -> None:
+    """--llm: mini-llama on the single-process server vs one Ray Serve replica (module notes)."""
+    cores = os.cpu_count() or 1
+    requests = 16 if quick else 48
+    workload = Workload(requests, prompt_tokens=(16, 64), output_tokens=(32, 128), vocab=(10, 999))
+    warm_up = Workload(requests=2, prompt_tokens=(8, 8), output_tokens=(8, 8), vocab=(10, 999))
+    print(
+        f"machine: {platform.machine()}, {cores} cores; load average before start "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
+    print(f"settings: {LLM_MODEL}, {requests} streamed requests, {LLM_USERS} users, greedy, cpu")
+    config = ServeConfig(models=(LLM_MODEL,), port=0, device="cpu", threads=max(1, cores - 1))
+    runs: dict[str, LLMLoadResult] = {}
+
+    def measure(key: str, url: str) -> None:
+        run_llm_load(url, LLM_MODEL, warm_up, concurrency=2)
+        runs[key] = run_llm_load(url, LLM_MODEL, workload, concurrency=LLM_USERS)
+        print(f"  {key}: {runs[key].line()}", flush=True)
+
+    server = ServerProcess(config).start(180)
+    try:
+        measure("process", server.url)
+    finally:
+        server.stop()
+    with LocalCluster(node_cpus=(cores,)) as _cluster:
+        ray_config = replace(config, port=free_port())
+        started = time.perf_counter()
+        deploy(ray_config, ScaleConfig("ray", replicas=1))
+        print(f"Ray Serve with 1 replica running in {time.perf_counter() - started:.1f} s")
+        measure("ray x1", f"http://127.0.0.1:{ray_config.port}")
+    process, ray = runs["process"].report, runs["ray x1"].report
+    if process is None or ray is None:
+        print("a run finished no stream: no ratios")
+        return
+    print(
+        f"Ray / process: tokens/s {ray.tokens_per_s / process.tokens_per_s:.2f}; TTFT p50 "
+        f"{ray.ttft['p50'] * 1e3:.0f} vs {process.ttft['p50'] * 1e3:.0f} ms; ITL p50 "
+        f"{ray.itl['p50'] * 1e3:.1f} vs {process.itl['p50'] * 1e3:.1f} ms"
+    )
 
 
 if __name__ == "__main__":
