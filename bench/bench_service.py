@@ -27,7 +27,9 @@ A's and B's answers by status (goal: A gets 429s, B none), every request sent an
 server's event loop, its model thread, each client and the whole machine used meanwhile.
 P17 overhead: the same closed loop against a server without keys and one with a classroom's
 keys file (the teacher's key, no limits), at 1 and 32 rows, interleaved rounds, median:
-keys / no keys throughput (goal: overhead <= 5 %); and the keyed server with the door off.
+keys / no keys throughput (goal: overhead <= 5 %); and the keyed server with the door off; and
+each server's event-loop CPU per request (steadier than throughput when other work shares the
+cores).
 P16 and P17 start their own servers with the shared one's settings (HTTP only) and drive them
 with run_load (maaslab.serve.loadtest, aiohttp).
 
@@ -556,8 +558,13 @@ def p17_overhead(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                         api_key=key,
                     )
                 rounds: dict[str, list[LoadResult]] = {name: [] for name in setups}
+                # The server's event-loop CPU per request: what the keys cost where CPU is
+                # spent, steadier than throughput when other work shares the cores.
+                loop_ms: dict[str, list[float]] = {name: [] for name in setups}
                 for _ in range(args.rounds):
                     for name, (srv, key) in setups.items():
+                        assert srv.pid is not None
+                        before = cpu_seconds(srv.pid, srv.pid)
                         rounds[name].append(
                             run_load(
                                 srv.url,
@@ -568,6 +575,8 @@ def p17_overhead(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                                 api_key=key,
                             )
                         )
+                        spent = cpu_seconds(srv.pid, srv.pid) - before
+                        loop_ms[name].append(1e3 * spent / max(1, rounds[name][-1].requests))
                 tput = {n: statistics.median(r.throughput for r in rs) for n, rs in rounds.items()}
                 bad = {n: sum(r.requests - r.ok for r in rs) for n, rs in rounds.items()}
                 ratio = tput["keys"] / tput["no keys"]
@@ -579,6 +588,10 @@ def p17_overhead(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                     f"P17_{rows}_keys_no_door_req_s": tput["keys no door"],
                     f"P17_{rows}_keys_no_door_over_no_keys": no_door_ratio,
                 }
+                figures |= {
+                    f"P17_{rows}_{n.replace(' ', '_')}_loop_ms_per_request": statistics.median(ms)
+                    for n, ms in loop_ms.items()
+                }
                 print(
                     f"P17 at {rows} rows: without keys {tput['no keys']:.1f} req/s, with keys "
                     f"{tput['keys']:.1f} req/s: keys / no keys {ratio:.3f} (overhead "
@@ -588,7 +601,9 @@ def p17_overhead(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                         f"{n} {' '.join(f'{r.throughput:.0f}' for r in rs)}"
                         for n, rs in rounds.items()
                     )
-                    + f"; not 200: {bad}"
+                    + f"; not 200: {bad}; the loop's CPU per request (median round) "
+                    + ", ".join(f"{n} {statistics.median(ms):.3f} ms" for n, ms in loop_ms.items())
+                    + f"; load average {os.getloadavg()[0]:.1f}"
                 )
     return figures
 
