@@ -198,6 +198,13 @@ REFUSAL_CLIENTS = 64  # P16: closed-loop clients of the spent tenant while refus
 OVERHEAD_ROWS = (1, 32)  # P17: 1 row is where a per-request cost shows most
 
 
+def warm_up(
+    server: ServerProcess, bodies: list[bytes], clients: int, key: str | None = None
+) -> None:
+    """One second of the load before any clock: connections opened, first batches run."""
+    run_load(server.url, MODEL, concurrency=clients, duration_s=1.0, bodies=bodies, api_key=key)
+
+
 def json_bodies(rows: int, n: int = 8) -> list[bytes]:
     """`n` distinct OIP v2 JSON bodies of `rows` digits each (encoded once, before the clock)."""
     return [json.dumps(digits_body(digit_rows(rows, seed=s))).encode() for s in range(n)]
@@ -382,7 +389,7 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
     bodies = json_bodies(FLOOD_ROWS)
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, ServerProcess(http_only(server)).start(180) as plain:
-        run_load(plain.url, MODEL, concurrency=args.clients, duration_s=1.0, bodies=bodies)
+        warm_up(plain, bodies, args.clients)
         capacity = run_load(
             plain.url, MODEL, concurrency=args.clients, duration_s=args.seconds, bodies=bodies
         ).throughput
@@ -404,14 +411,7 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             ProcessPoolExecutor(1, mp_context=spawn) as pool,
         ):
             for srv in (keyed, no_door):
-                run_load(
-                    srv.url,
-                    MODEL,
-                    concurrency=args.clients,
-                    duration_s=1.0,
-                    bodies=bodies,
-                    api_key=keys["normal"],
-                )
+                warm_up(srv, bodies, args.clients, keys["normal"])
             flood_pid = pool.submit(os.getpid).result()  # A's process starts before any clock
             print(
                 f"P16: capacity {capacity:.0f} req/s of {FLOOD_ROWS} rows ({args.clients} "
@@ -548,15 +548,8 @@ def p17_overhead(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             )
             for rows in OVERHEAD_ROWS:
                 bodies = json_bodies(rows)
-                for srv, key in setups.values():  # warm-up: connections, first batches
-                    run_load(
-                        srv.url,
-                        MODEL,
-                        concurrency=args.clients,
-                        duration_s=1.0,
-                        bodies=bodies,
-                        api_key=key,
-                    )
+                for srv, key in setups.values():
+                    warm_up(srv, bodies, args.clients, key)
                 rounds: dict[str, list[LoadResult]] = {name: [] for name in setups}
                 # The server's event-loop CPU per request: what the keys cost where CPU is
                 # spent, steadier than throughput when other work shares the cores.
