@@ -24,7 +24,7 @@ from starlette.requests import ClientDisconnect
 
 from maaslab.llm.sequence import SamplingParams
 from maaslab.serve.access import tenant_name
-from maaslab.serve.batching import RequestTimeout
+from maaslab.serve.batching import Overloaded, RequestTimeout
 from maaslab.serve.drain import Drain
 from maaslab.serve.errors import openai_error
 from maaslab.serve.llm_service import Generation
@@ -330,7 +330,8 @@ async def event_stream(
     byte cannot change the status any more: it is sent as an `{"error": {...}}` event, which the
     openai client raises as an APIError, and the stream ends without [DONE], which only a whole
     answer gets. So does a stream still running when the server's drain deadline passes (see
-    serve.drain).
+    serve.drain), and one whose model can no longer run it (Overloaded, e.g. Ray's replica
+    died: a 503 event to retry later, not a server bug).
     """
     async with contextlib.aclosing(chunks):
         try:
@@ -342,6 +343,10 @@ async def event_stream(
                 yield sse(chunk)
             if include_usage:
                 yield sse(usage_chunk())
+        except Overloaded as exc:  # e.g. the replica running it died: try again later
+            log.warning("a stream was cut after its first byte: %s", exc)
+            yield sse(openai_error(503, f"{type(exc).__name__}: {exc}"))
+            return
         except Exception as exc:  # the status is sent already: say it in the stream
             log.exception("a stream failed after its first byte")
             message = f"{type(exc).__name__}: {exc}; this is a bug in the server"

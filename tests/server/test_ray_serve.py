@@ -485,6 +485,7 @@ def test_killed_language_model_replicas_end_a_stream_at_once(ray_server):
     print(f"\nthe stream ended {time.perf_counter() - killed_at:.2f} s after the kill")
     assert len(killed) == 2
     assert "data: [DONE]" not in lines and "ReplicaLost" in lines[-1], lines[-3:]
+    assert '"code": 503' in lines[-1] and "bug in the server" not in lines[-1], lines[-1]
 
 
 def test_the_killed_replica_is_replaced(ray_server, digits):
