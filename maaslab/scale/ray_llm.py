@@ -45,7 +45,8 @@ from ray.exceptions import RayError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from maaslab.errors import MaaslabError
-from maaslab.llm.engine import EngineStats, TokenOutput
+from maaslab.llm.blocks import BlockStats
+from maaslab.llm.engine import EngineConfig, EngineStats, TokenOutput
 from maaslab.llm.sequence import SamplingParams
 from maaslab.serve.batching import Overloaded, ShuttingDown
 from maaslab.serve.config import ServeConfig
@@ -188,18 +189,29 @@ class RemoteGeneration:
             self.engine.queued -= self.count
 
 
+def idle_stats(num_blocks: int) -> EngineStats:
+    """The numbers of an engine with nothing to do: every block free, no step taken."""
+    return EngineStats(0, 0, BlockStats(num_blocks, 0, num_blocks, 0, 0, 0), 0, 0, 0)
+
+
 class RemoteEngine:
     """A language model's engine in the ingress: each request goes to the model's deployment
     through a streaming DeploymentHandle (module notes). What the routes and the app use of an
     EngineService: submit, depth, stats, aborted, on_latency, start, close."""
 
     def __init__(
-        self, name: str, handle: DeploymentHandle, stats: EngineStats, retries: int = 1
+        self,
+        name: str,
+        handle: DeploymentHandle,
+        stats: EngineStats | None = None,
+        retries: int = 1,
     ) -> None:
         self.name, self.handle, self.retries = name, handle, retries
         self.stream = handle.options(stream=True)
         self.on_latency: LatencyHook | None = None  # set by the app (token latencies)
-        self.stats = stats  # the engine's numbers, as the last replica asked reported them
+        # The engine's numbers, as the last replica asked reported them (None: an idle engine
+        # of the default size until a replica answers).
+        self.stats = stats or idle_stats(EngineConfig().num_blocks)
         self.aborted = 0  # sequences stopped before their end, ditto
         self.queued = 0  # sequences sent and without a first token yet (event loop only)
         self.lost = 0  # requests whose replica died under them

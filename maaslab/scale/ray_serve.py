@@ -183,17 +183,18 @@ class Ingress:
         from maaslab.serve.app import create_app
         from maaslab.serve.models import load_models
         from maaslab.serve.security import resolve_api_key
+        from maaslab.zoo import ChatModel
 
         config = self.config
         api_key = None if config.keys_file else resolve_api_key(config.host, config.api_key_env)
         # The ingress keeps a copy of each model for what its replicas do not answer: metadata
         # (class names), the explain extension, a language model's tokenizer, mini-gpt.
-        models = load_models(config)
+        models = load_models(config, engines=False)  # the replicas run the engines
         for name, model in models.items():
             if name not in self.handles:
                 continue
-            if model.service is not None:  # never started here: the replicas run the engine
-                model.service = RemoteEngine(name, self.handles[name], model.service.stats)
+            if isinstance(model.wrapper, ChatModel):
+                model.service = RemoteEngine(name, self.handles[name])
             elif model.batcher is not None:
                 model.batcher = RemoteQueue(name, self.handles[name])
         return create_app(config, api_key=api_key, models=models)

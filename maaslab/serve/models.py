@@ -210,6 +210,7 @@ def load_models(
     config: ServeConfig,
     preloaded: dict[str, Any] | None = None,
     executor: ThreadPoolExecutor | None = None,
+    engines: bool = True,
 ) -> dict[str, ServedModel]:
     """Load every --models item on the configured device, with a batcher for tensor models.
 
@@ -220,6 +221,8 @@ def load_models(
     executor : compute threads shared by every batcher; models are loaded on the first of them
         so torch's CPU thread team lives there alone (see maaslab.serve.batching). None: each
         batcher gets threads of its own and models load on the calling thread.
+    engines : False leaves a language model without an engine (service None): Ray Serve's
+        ingress, whose replicas run it, keeps only the tokenizer and metadata.
 
     A language model gets an EngineService instead of a batcher: `max_batch_size` bounds its
     running batch (sequences per step; 1 with --no-batching) and `max_queue` the sequences
@@ -234,7 +237,7 @@ def load_models(
         if name in served:
             raise MaaslabError(f"two --models items are both served as {name!r}")
         wrapper = (preloaded or {}).get(name)
-        served[name] = build_served(name, spec, config, device, executor, wrapper)
+        served[name] = build_served(name, spec, config, device, executor, wrapper, engine=engines)
     return served
 
 
@@ -246,9 +249,11 @@ def build_served(
     executor: ThreadPoolExecutor | None,
     wrapper: Any = None,
     version: str = "1",
+    engine: bool = True,
 ) -> ServedModel:
     """One model ready to serve as `name` (version `version`): loaded from `spec` (a shipped
-    name or a folder) unless `wrapper` is given, with its batcher or engine (not started)."""
+    name or a folder) unless `wrapper` is given, with its batcher or engine (not started;
+    engine=False: a language model gets none, see load_models)."""
     from maaslab.auto import load
     from maaslab.zoo import ChatModel
 
@@ -260,13 +265,14 @@ def build_served(
     batcher = service = None
     label = name if version == "1" else f"{name}/{version}"
     if isinstance(wrapper, ChatModel):  # a language model: its engine, started with the app
-        service = EngineService.for_model(
-            label,
-            wrapper.model,
-            wrapper.eos_token_ids,
-            EngineConfig(max_running=config.effective_batch_size),
-            config.max_queue,
-        )
+        if engine:
+            service = EngineService.for_model(
+                label,
+                wrapper.model,
+                wrapper.eos_token_ids,
+                EngineConfig(max_running=config.effective_batch_size),
+                config.max_queue,
+            )
     elif kind != "generator":
         batcher = Batcher(
             label,
