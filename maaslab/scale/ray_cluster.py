@@ -6,7 +6,8 @@
 - `LocalCluster`: a head and worker nodes as `ray start --block` subprocesses on 127.0.0.1,
   each with its own CPUs, so replicas spread over nodes on one machine (lesson 17).
 - a local Ray (no --address) dies with the server, SIGKILLed too: a watchdog subprocess ends
-  that Ray session's processes once the server is gone (maaslab.scale.ray_watchdog).
+  that Ray session's processes once the server is gone (maaslab.scale.ray_watchdog); a
+  LocalCluster's nodes die the same way with the process that started them.
 - `replica_placement()`: each replica's deployment, id, node, process and state, from Ray's
   state API (the dashboard's API server, bound to loopback); `kill_replica` ends one.
 
@@ -127,6 +128,7 @@ class LocalCluster:
         # and the driver present it. The driver's environment is restored by stop().
         self.env: dict[str, str] = dict(RAY_ENV)
         self._saved_env: dict[str, str | None] = {}
+        self._watchdog: subprocess.Popen | None = None  # ends the nodes if this process dies
 
     def __enter__(self) -> LocalCluster:
         self.start()
@@ -173,6 +175,10 @@ class LocalCluster:
             self.env["RAY_API_SERVER_ADDRESS"] = self.dashboard_url
         try:
             self.nodes.append(self._node(head, logs / "head.log"))
+            # The nodes run in sessions of their own: if this process dies without stop() (a
+            # kernel killed), the watchdog ends them and their session (maaslab.scale.ray_watchdog).
+            env = {**os.environ, **self.env}
+            self._watchdog = watch_ray_session(head=self.nodes[0].pid, env=env)
             _wait_until(self._head_listens, timeout, f"the Ray head did not start (see {logs})")
             for i, cpus in enumerate(self.node_cpus[1:], 1):
                 worker = ["--address", self.address, "--num-cpus", f"{cpus:g}"]
@@ -239,6 +245,13 @@ class LocalCluster:
                 node.kill()
                 node.wait(timeout)
         self.nodes = []
+        if self._watchdog is not None:  # it ends what the nodes left of the session, then exits
+            self._watchdog.stdin.close()
+            try:
+                self._watchdog.wait(GIVE_UP_S + GRACE_S)
+            except subprocess.TimeoutExpired:
+                log.warning("the Ray watchdog (pid %d) still runs", self._watchdog.pid)
+            self._watchdog = None
         for name, value in self._saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -81,13 +81,25 @@ def _points_into(fd: Path, mark: str) -> bool:
         return False
 
 
-def watch_ray_session(pid: int | None = None, grace_s: float = GRACE_S) -> subprocess.Popen:
+def watch_ray_session(
+    pid: int | None = None,
+    grace_s: float = GRACE_S,
+    head: int | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen:
     """Start the watchdog of process `pid` (default: this one), which must hold the returned
-    Popen (its stdin pipe) for as long as it lives; closing that pipe also sets it off."""
+    Popen (its stdin pipe) for as long as it lives; closing that pipe also sets it off.
+
+    head : the process that started the Ray session, when it is not `pid` itself: a
+        `ray start --head` node (LocalCluster), which the watchdog ends with its session.
+    env : the environment the session was started with (where Ray keeps it: RAY_TMPDIR).
+    """
+    args = [str(pid or os.getpid()), f"{grace_s:g}", *([str(head)] if head else [])]
     return subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), str(pid or os.getpid()), f"{grace_s:g}"],
+        [sys.executable, str(Path(__file__).resolve()), *args],
         stdin=subprocess.PIPE,  # not inherited by Ray's processes: only our end keeps it open
         stdout=subprocess.DEVNULL,
+        env=None if env is None else dict(env),
         start_new_session=True,
     )
 
@@ -99,15 +111,21 @@ def _signal_all(pids: list[int], sig: int) -> None:
 
 
 def end_session(
-    session: Path, spare: int, grace_s: float = GRACE_S, give_up_s: float = GIVE_UP_S
+    session: Path,
+    spare: int,
+    grace_s: float = GRACE_S,
+    give_up_s: float = GIVE_UP_S,
+    head: int | None = None,
 ) -> int:
-    """End every process of Ray session `session` but `spare` (the server, which has the
-    session's files open too, and stops on its own) and this one: SIGTERM, then SIGKILL after
-    `grace_s`; the number signalled. Keeps looking until none is left or `give_up_s` passed."""
+    """End every process of Ray session `session` (and `head`, the node that started it, if
+    any) but `spare` (the server, which has the session's files open too, and stops on its
+    own) and this one: SIGTERM, then SIGKILL after `grace_s`; the number signalled. Keeps
+    looking until none is left or `give_up_s` passed."""
     signalled: dict[int, float] = {}  # pid -> when it got SIGTERM
     deadline = time.monotonic() + give_up_s
     while time.monotonic() < deadline:
-        left = [p for p in session_processes(session) if p not in (spare, os.getpid())]
+        found = session_processes(session) + ([head] if head and _running(head) else [])
+        left = [p for p in found if p not in (spare, os.getpid())]
         if not left:
             break
         now = time.monotonic()
@@ -119,15 +137,26 @@ def end_session(
     return len(signalled)
 
 
+def _running(pid: int) -> bool:
+    # Alive and not a zombie (one that only waits for its parent to read its status).
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def main(argv: list[str]) -> int:
     """Wait for stdin's end of file, then end the Ray session process argv[0] started
-    (argv[1]: the grace before SIGKILL, in seconds)."""
+    (argv[1]: the grace before SIGKILL, in seconds; argv[2]: the head node that started the
+    session instead, if any)."""
     pid, grace_s = int(argv[0]), float(argv[1]) if len(argv) > 1 else GRACE_S
+    head = int(argv[2]) if len(argv) > 2 else None
     while sys.stdin.buffer.read(65536):  # nothing is written: this returns b"" at the end
         pass
-    session = session_dir(pid)
+    session = session_dir(head or pid)
     if session is not None:
-        end_session(session, spare=pid, grace_s=grace_s)
+        end_session(session, spare=pid, grace_s=grace_s, head=head)
     return 0
 
 
