@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copyreg
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -48,32 +47,14 @@ from maaslab.errors import MaaslabError
 from maaslab.llm.blocks import BlockStats
 from maaslab.llm.engine import EngineConfig, EngineStats, TokenOutput
 from maaslab.llm.sequence import SamplingParams
-from maaslab.serve.batching import Overloaded, ShuttingDown
+from maaslab.scale.faults import ReplicaLost
+from maaslab.serve.batching import ShuttingDown
 from maaslab.serve.config import ServeConfig
 from maaslab.serve.llm_service import LatencyHook
 
 log = logging.getLogger("maaslab.serve")
 READY = "ready"  # the replica's first item: every choice has its first token
 STATS_EVERY_S = 1.0  # the ingress asks a replica for the engine's numbers this often
-
-
-def _overloaded(message: str, retry_after: int) -> Overloaded:
-    made = Overloaded.__new__(Overloaded)
-    Exception.__init__(made, message)
-    made.retry_after = retry_after
-    return made
-
-
-# Overloaded's message is built from the model's name, so pickling it by its args (what Ray
-# does with a replica's exception) would wrap the message in a second one: keep it as it is.
-copyreg.pickle(Overloaded, lambda e: (_overloaded, (str(e), e.retry_after)))
-
-
-def replica_lost(model: str, why: str) -> Overloaded:
-    """The 503 of a request whose replica died (ray_serve.ReplicaLost)."""
-    from maaslab.scale.ray_serve import ReplicaLost
-
-    return ReplicaLost(model, why)
 
 
 class _Lost(Exception):
@@ -132,7 +113,7 @@ class RemoteGeneration:
                 break
             except _Lost as lost:
                 if attempt == self.engine.retries:
-                    raise replica_lost(self.engine.name, str(lost)) from None
+                    raise ReplicaLost(self.engine.name, str(lost)) from None
         if first != READY:
             raise MaaslabError(f"model {self.engine.name!r}: the replica answered {first!r}")
         self._unqueue()
@@ -143,7 +124,7 @@ class RemoteGeneration:
             try:
                 index, out = await self._pull()
             except _Lost as lost:
-                raise replica_lost(self.engine.name, str(lost)) from None
+                raise ReplicaLost(self.engine.name, str(lost)) from None
             if out.finished:
                 self._finished_there.add(index)
                 self._ended = len(self._finished_there) == self.count

@@ -47,7 +47,8 @@ from ray.exceptions import RayError, RayTaskError
 from ray.serve.handle import DeploymentHandle
 
 from maaslab.errors import MaaslabError
-from maaslab.serve.batching import BatchHook, Overloaded, RequestTimeout, ShareHook
+from maaslab.scale.faults import ReplicaLost
+from maaslab.serve.batching import BatchHook, RequestTimeout, ShareHook
 from maaslab.serve.config import ServeConfig
 from maaslab.serve.models import kind_of, served_name
 
@@ -56,18 +57,6 @@ RETRIES = 1  # a request whose replica died is sent this many more times before 
 # A stopping replica looks for requests still running this often (Ray's default, 2 s, is also
 # the least each stop waits: it sleeps once before it first looks).
 DRAIN_POLL_S = 0.25
-
-
-class ReplicaLost(Overloaded):
-    """The replica running a request died and the retry failed too: 503, try again."""
-
-    def __init__(self, model: str, why: str, retry_after: int = 1) -> None:
-        Exception.__init__(
-            self,
-            f"model {model!r}: the replica running this request stopped ({why}); Ray Serve "
-            f"restarts it; retry after {retry_after} s",
-        )
-        self.retry_after = retry_after
 
 
 class RemoteQueue:
