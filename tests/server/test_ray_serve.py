@@ -422,21 +422,26 @@ def engine_numbers(url: str) -> dict[str, float]:
     return found
 
 
+# A 400-token stream (ignore_eos: never shorter), for the tests that cut one short.
+LONG_STREAM = {
+    "model": "mini-llama",
+    "prompt": PROMPT,
+    "max_tokens": 400,
+    "temperature": 0,
+    "ignore_eos": True,
+    "stream": True,
+}
+
+
 def test_a_stream_cut_midway_frees_its_sequence_in_the_replica(ray_server):
     # A long stream read for a few chunks, then dropped: the replica aborts its sequence. The
     # ingress's /metrics shows a replica's engine numbers (polled every second; with two
     # replicas, one at a time): the replica that ran it reports it aborted, none running.
     assert engine_numbers(ray_server.url).get("aborted") == 0
-    body = {
-        "model": "mini-llama",
-        "prompt": PROMPT,
-        "max_tokens": 400,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-    }
     started = time.perf_counter()
-    with httpx.stream("POST", f"{ray_server.url}/v1/completions", json=body, timeout=60) as r:
+    with httpx.stream(
+        "POST", f"{ray_server.url}/v1/completions", json=LONG_STREAM, timeout=60
+    ) as r:
         assert r.status_code == 200
         events = 0
         for line in r.iter_lines():
@@ -462,17 +467,9 @@ def test_killed_language_model_replicas_end_a_stream_at_once(ray_server):
     # once with an error event naming ReplicaLost (its 200 was sent already) and no [DONE],
     # not hung. (A whole answer gets 503 with Retry-After: tests/unit/test_ray_remote.py; a
     # request sent now would wait for Ray's new replicas, 10-20 s here.)
-    body = {
-        "model": "mini-llama",
-        "prompt": PROMPT,
-        "max_tokens": 400,
-        "temperature": 0,
-        "ignore_eos": True,
-        "stream": True,
-    }
     lines: list[str] = []
     with httpx.stream(
-        "POST", f"{ray_server.url}/v1/completions", json=body, timeout=CLIENT_TIMEOUT_S
+        "POST", f"{ray_server.url}/v1/completions", json=LONG_STREAM, timeout=CLIENT_TIMEOUT_S
     ) as r:
         stream = r.iter_lines()
         while sum(line.startswith("data: {") for line in lines) < 2:
