@@ -376,15 +376,13 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
     # (the server at 0.93 cores in both); with the server's garbage collector off, B's p99 fell
     # from 52-67 ms to 34-37 ms and its p50 stayed at 17-19 ms (4 ms alone).
     # Since then A's 429s (and any 401) are answered by the connection layer's door
-    # (serve.connections) from the headers, without the app. Measured by this bench on the
-    # shared 2-core machine (other work, load average 4.7-9.3 during the rounds): a 429 cost the
-    # loop 0.033 / 0.034 ms of CPU at the door against 0.056 / 0.058 ms in the app (two runs);
-    # B's pooled p99 ratio with the door 2.0, 53, 3.0, 103x and with it off 94, 14, 4.4, 15x in
-    # the same four runs, while B's p99 alone ranged from 7.4 ms to 1.6 s between rounds: the
-    # machine's load, not the server, set B's tail. The loop's CPU per request under the flood
-    # stayed at 0.26-0.38 ms with the door, 0.28-0.40 ms without (median rounds); with about 3
-    # in 4 requests refused, the refusals make under 0.03 ms of it. The rest is the traffic let
-    # in: A's admitted requests, at up to the capacity, whose bodies the loop parses.
+    # (serve.connections) from the headers, without the app. Measured by this bench on a quiet
+    # 2-core machine (load average 0.6-1.3): a 429 cost the loop 0.027 ms of CPU at the door
+    # against 0.049 ms in the app; B's pooled p99 ratio 6.67x with the door, 6.58x with it off,
+    # 254.86x without tenants; the loop's CPU per request under the flood 0.33 ms with the door,
+    # 0.35 ms without. With about 3 in 4 requests refused, the refusals make under 0.03 ms of
+    # it. The rest is the traffic let in: A's admitted requests, at up to the capacity, whose
+    # bodies the loop parses, with the model saturated.
     seconds = 2 * args.seconds  # B's p99 needs a few hundred answers per round
     bodies = json_bodies(FLOOD_ROWS)
     figures: dict[str, float] = {}
