@@ -143,15 +143,22 @@ def trap(monkeypatch):
     sock.close()
 
 
-def _attempts(sock: socket.socket) -> int:
-    count = 0
+def _attempts(sock: socket.socket) -> list[str]:
+    # What each connection to the trap asked for: an HTTP proxy request's first line (CONNECT
+    # host:port, or METHOD http://host/...) names where the call was going, and which process.
+    asked = []
     while True:
         try:
-            conn, _ = sock.accept()
+            conn, (host, port) = sock.accept()
         except BlockingIOError:
-            return count
-        conn.close()
-        count += 1
+            return asked
+        with conn:
+            conn.settimeout(2.0)
+            try:
+                first = conn.recv(512).split(b"\r\n", 1)[0].decode("latin-1")
+            except OSError as err:
+                first = f"nothing read ({err})"
+        asked.append(f"{first!r} from {host}:{port}")
 
 
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads /proc")
@@ -177,7 +184,7 @@ def test_flower_deployment_reaches_run_federateds_accuracy_and_leaves_no_process
     ours = run_federated(model, digits, partition, cfg)
 
     assert _processes_of(tmp_path / "run" / "home") == []  # SuperLink, nodes, apps: all gone
-    assert _attempts(trap) == 0  # nothing went through a proxy: nothing left loopback
+    assert _attempts(trap) == []  # nothing went through a proxy: nothing left loopback
     assert user_home.exists() == before  # Flower wrote only under its own FLWR_HOME
     assert (tmp_path / "run" / "home" / "config.toml").exists()
 
