@@ -336,8 +336,12 @@ def widget_traffic() -> dict[str, object]:
     return {"canary_percent": float(ss[CANARY]), "shadow": bool(ss[SHADOW])}
 
 
-def send_traffic(teacher: ServiceClient) -> dict[str, object]:
-    """Give the server the slider's share and the toggle's flag; its new rollout state."""
+def send_traffic(teacher: ServiceClient) -> dict[str, object] | None:
+    """Give the server the slider's share and the toggle's flag; its new rollout state.
+    Nothing to send when an action of the same rerun (Promote, Roll back: their callbacks can
+    run before the slider's) has cleared the widgets to take the server's values again."""
+    if CANARY not in ss or SHADOW not in ss:
+        return None
     wanted = widget_traffic()
     state = teacher.set_traffic(DEMO_MODEL, **wanted)
     ss[SENT] = wanted
@@ -449,7 +453,7 @@ def rollout_live() -> None:
         # while a run was under way: a CI run lost the last of six presses) is sent now.
         unsent = CANARY in ss and SHADOW in ss and ss.get(SENT) != widget_traffic()
         if unsent and state["challenger"] is not None:
-            state = send_traffic(slot.teacher)
+            state = send_traffic(slot.teacher) or state
     except MaaslabError as err:
         st.error(str(err))
         return
