@@ -434,7 +434,7 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "mini-llama",
             f"Llama architecture (RoPE, RMSNorm, SwiGLU, GQA), 6 layers x 256 wide, 512-token "
-            f"context, byte-level BPE 4096, on help topics, docstrings and reviews "
+            f"context, byte-level BPE 4096, on help topics, docstrings and reviews.csv "
             f"({LLAMA_EPOCHS} epochs, AdamW 0.002; 20 minutes on 2 idle cores, measured)",
             _llama("mini-llama", {}, LLAMA_EPOCHS),
         ),

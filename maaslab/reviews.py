@@ -1,7 +1,8 @@
 """The project's labelled review corpus and the TF-IDF + logistic regression baseline.
 
-The corpus (assets/reviews/reviews.csv) holds short English reviews labelled negative/positive,
-with a fixed train/test split and a `phenomenon` tag saying what makes each review easy or hard
+The corpus holds short English reviews labelled negative/positive, in two files: reviews.csv
+(the first 1070, 7-21 words each) and reviews-2.csv (250 more, in other voices, lengths and
+topics, weighted toward negation and contrast), both with a fixed train/test split and a `phenomenon` tag saying what makes each review easy or hard
 for a bag-of-words model: plain, negation, contrast, sarcasm, mixed_intensity. The split is part
 of the file, not drawn at load time, so every face and every lesson scores on the same test set.
 
@@ -27,6 +28,8 @@ from maaslab.errors import MaaslabError
 from maaslab.paths import ASSETS_DIR
 
 REVIEWS_CSV = ASSETS_DIR / "reviews" / "reviews.csv"
+REVIEWS_2_CSV = ASSETS_DIR / "reviews" / "reviews-2.csv"
+CORPUS_CSVS = (REVIEWS_CSV, REVIEWS_2_CSV)  # the corpus, in this order
 HELDOUT_CSV = ASSETS_DIR / "reviews" / "heldout.csv"
 HELDOUT = "heldout"  # the split of every row of HELDOUT_CSV; never trained on or chosen by
 LABELS = ("negative", "positive")  # index = integer label: 0 negative, 1 positive
@@ -121,8 +124,8 @@ def load_reviews(split: str | None = None, *, path: Path | None = None) -> Revie
         "train", "test", None for every corpus review (train and test), or "heldout" for the
         reviews of HELDOUT_CSV, which are never part of the corpus.
     path:
-        Another CSV with the same columns; defaults to the shipped assets/reviews/reviews.csv
-        (assets/reviews/heldout.csv for "heldout").
+        One CSV with the same columns instead of the shipped corpus (CORPUS_CSVS, read in order
+        as one) or, for "heldout", instead of assets/reviews/heldout.csv.
     """
     if split == HELDOUT:
         return _review_set(_read_rows(Path(path or HELDOUT_CSV), (HELDOUT,)))
@@ -130,7 +133,12 @@ def load_reviews(split: str | None = None, *, path: Path | None = None) -> Revie
         raise MaaslabError(
             f"unknown split {split!r}: choose 'train', 'test', 'heldout' or None for all"
         )
-    rows = _read_rows(Path(path) if path is not None else REVIEWS_CSV)
+    files = (Path(path),) if path is not None else CORPUS_CSVS
+    rows = [row for file in files for row in _read_rows(file)]
+    ids = [r["id"] for r in rows]
+    if len(set(ids)) < len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise MaaslabError(f"review ids {twice[:5]} occur in more than one of {files}")
     if split is not None:
         rows = [r for r in rows if r["split"] == split]
     return _review_set(rows)

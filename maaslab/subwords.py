@@ -38,7 +38,7 @@ import numpy as np
 
 from maaslab.data import Dataset
 from maaslab.errors import MaaslabError
-from maaslab.reviews import load_reviews
+from maaslab.reviews import REVIEWS_CSV, load_reviews
 from maaslab.textdata import VAL_FRACTION, language_model_dataset, load_corpus
 
 BOS, EOS, PAD = "<|begin|>", "<|end_of_text|>", "<|pad|>"
@@ -135,7 +135,8 @@ def _corpus() -> tuple[Document, ...]:
     from pydoc_data.topics import topics
 
     help_docs = [Document(f"help:{name}", topics[name]) for name in sorted(topics)]
-    reviews = load_reviews()
+    # reviews.csv only: mini-llama was trained on this text, and its digest pins the corpus
+    reviews = load_reviews(path=REVIEWS_CSV)
     review_docs = [
         Document(f"review:{rid}", t) for rid, t in zip(reviews.ids, reviews.texts, strict=True)
     ]

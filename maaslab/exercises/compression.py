@@ -327,7 +327,10 @@ def check_distillation_loss(fn: Callable) -> CheckResult:
 
 
 def best_variant_probe() -> pd.DataFrame:
-    """A comparison table (as Comparison.frame() gives) with traps for a careless pick."""
+    """A comparison table (as Comparison.frame() gives) with traps for a careless pick.
+
+    Its figures are invented to set the traps (a fast variant over budget, one exactly at it, a
+    failed row); they are no model's measurements: lesson 12's compare gives those."""
     from maaslab.compress import VariantRow
 
     rows = [

@@ -113,7 +113,7 @@ def review_dataset(model: SentimentClassifier, *, val_fraction: float = 0.15, se
     val_fraction=0 keeps every training review for training (a recipe that chooses nothing).
     """
     from maaslab.data import Dataset
-    from maaslab.reviews import REVIEWS_CSV, load_reviews, validation_split
+    from maaslab.reviews import CORPUS_CSVS, load_reviews, validation_split
 
     corpus, test = load_reviews("train"), load_reviews("test")
     train, val = (
@@ -137,7 +137,7 @@ def review_dataset(model: SentimentClassifier, *, val_fraction: float = 0.15, se
         class_names=model.config.labels,
         input_shape=(ids.shape[1],),
         description=(
-            f"{REVIEWS_CSV.name}: {len(train)} train / {len(val)} validation / "
+            f"{' + '.join(f.name for f in CORPUS_CSVS)}: {len(train)} train / {len(val)} validation / "
             f"{len(test)} test reviews"
         ),
         meta={"seed": seed, "val_fraction": val_fraction, "test_phenomena": list(test.phenomena)},

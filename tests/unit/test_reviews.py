@@ -17,6 +17,7 @@ from maaslab.reviews import (
     HELDOUT_CSV,
     LABELS,
     PHENOMENA,
+    REVIEWS_2_CSV,
     REVIEWS_CSV,
     load_reviews,
     tfidf_baseline,
@@ -69,8 +70,9 @@ def test_no_duplicates_and_no_leak_between_splits(train, test_set):
 
 def test_texts_are_short_reviews_with_valid_labels():
     everything = load_reviews()
-    lengths = [len(t.split()) for t in everything.texts]
+    lengths = [len(t.split()) for t in load_reviews(path=REVIEWS_CSV).texts]
     assert min(lengths) >= 5 and max(lengths) <= 40
+    assert max(len(t.split()) for t in everything.texts) <= 40
     assert set(everything.labels.tolist()) == {0, 1}
     assert everything.labels.dtype == np.int64
     assert LABELS == ("negative", "positive")
@@ -111,6 +113,37 @@ def test_heldout_reviews_are_no_part_of_the_corpus_or_the_language_model_text():
     for split in ("train", "test", None):
         assert not heldout & set(load_reviews(split).texts), split
     assert not heldout & {doc.text for doc in load_documents()}
+
+
+def test_second_file_adds_other_voices_balanced_and_apart(train, test_set):
+    first, second = load_reviews(path=REVIEWS_CSV), load_reviews(path=REVIEWS_2_CSV)
+    assert load_reviews().ids == first.ids + second.ids  # the corpus is both files, in order
+    assert len(second) == 250 and not set(first.ids) & set(second.ids)
+    assert set(second.phenomena) == set(PHENOMENA)
+    with REVIEWS_2_CSV.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for split in ("train", "test"):
+        labels = [r["label"] for r in rows if r["split"] == split]
+        assert labels.count("negative") == labels.count("positive") >= 25, split
+    # lengths the first file lacks (it holds 7-21 words): one-liners and 22-40 words
+    lengths = [len(t.split()) for t in second.texts]
+    assert sum(n <= 5 for n in lengths) >= 20 and sum(22 <= n <= 40 for n in lengths) >= 40
+    # written apart: at most half the distinct words shared with any review of the first file
+    # or of the held-out set
+    others = [_words(t) for t in first.texts + load_reviews(HELDOUT).texts]
+    for text in second.texts:
+        words = _words(text)
+        assert max(len(words & o) / len(words | o) for o in others) < 0.5, text
+
+
+def test_corpus_files_may_not_share_ids(tmp_path, monkeypatch):
+    import maaslab.reviews as reviews
+
+    one = _write(tmp_path / "one.csv", COLUMNS, [GOOD])
+    two = _write(tmp_path / "two.csv", COLUMNS, [[GOOD[0], "Another text.", *GOOD[2:]]])
+    monkeypatch.setattr(reviews, "CORPUS_CSVS", (one, two))
+    with pytest.raises(MaaslabError, match=r"review ids \['r1'\] occur in more than one"):
+        load_reviews()
 
 
 def test_heldout_loader_refuses_corpus_rows(tmp_path):
