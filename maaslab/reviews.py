@@ -2,11 +2,12 @@
 
 The corpus holds short English reviews labelled negative/positive, in two files: reviews.csv
 (the first 1070, 7-21 words each) and reviews-2.csv (250 more, in other voices, lengths and
-topics, weighted toward negation and contrast), both with a fixed train/test split and a `phenomenon` tag saying what makes each review easy or hard
-for a bag-of-words model: plain, negation, contrast, sarcasm, mixed_intensity. The split is part
-of the file, not drawn at load time, so every face and every lesson scores on the same test set.
+topics, weighted toward negation and contrast). Each review has a fixed train/test split and a
+`phenomenon` tag saying what makes it easy or hard for a bag-of-words model: plain, negation,
+contrast, sarcasm, mixed_intensity. The split is part of the files, not drawn at load time, so
+every face and every lesson scores on the same test set.
 
-A second file (assets/reviews/heldout.csv, split "heldout") holds reviews written separately, in
+A third file (assets/reviews/heldout.csv, split "heldout") holds reviews written separately, in
 other voices, lengths and topics; `load_reviews("heldout")` reads it. It is never part of train,
 validation or test, and nothing chooses a model on it: it measures how far a score carries
 beyond the corpus's own style.

@@ -137,8 +137,8 @@ def review_dataset(model: SentimentClassifier, *, val_fraction: float = 0.15, se
         class_names=model.config.labels,
         input_shape=(ids.shape[1],),
         description=(
-            f"{' + '.join(f.name for f in CORPUS_CSVS)}: {len(train)} train / {len(val)} validation / "
-            f"{len(test)} test reviews"
+            f"{' + '.join(f.name for f in CORPUS_CSVS)}: {len(train)} train / "
+            f"{len(val)} validation / {len(test)} test reviews"
         ),
         meta={"seed": seed, "val_fraction": val_fraction, "test_phenomena": list(test.phenomena)},
     )
