@@ -5,19 +5,19 @@ output channel) and quantizes the activations on the fly, per call, from their o
 nothing needs a calibration set. The int8 matrix products (VNNI / AVX2 integer kernels) read
 4x fewer weight bytes and do 4 multiply-adds per instruction where fp32 does 1.
 
-Three int8 paths were measured on the merged sentiment-minilm (accuracy on its 129 validation
-reviews, then its 214 test reviews; one 17-token review at batch 1, 32 reviews at batch 32, torch
+Three int8 paths were measured on the merged sentiment-minilm (accuracy on its 159 validation
+reviews, then its 264 test reviews; one 17-token review at batch 1, 32 reviews at batch 32, torch
 and ORT on the same threads, interleaved runs):
 - ONNX Runtime `quantize_dynamic`, per-channel scales: the fastest at batch 1 and the int8 path
-  closest to fp32's accuracy (0.868 against 0.876 on validation; 0.897 against 0.883 on test).
+  closest to fp32's accuracy (0.849 against 0.855 on validation; 0.818 against 0.822 on test).
   This is the path the lesson teaches: ORT fuses the graph (attention, LayerNorm, GELU) and runs
-  int8 MatMuls from a plain file, no compile step. Per-tensor scales lost 2.3 points (0.853 on
-  validation, 0.879 on test): one scale per matrix wastes int8 levels on rows with small weights.
+  int8 MatMuls from a plain file, no compile step. Per-tensor scales lost 6.9 points (0.786 on
+  validation, 0.803 on test): one scale per matrix wastes int8 levels on rows with small weights.
   On an earlier build of the model, per-tensor scales were as fast, `reduce_range` (7-bit) cost
   accuracy for nothing on a CPU with VNNI, and leaving the FFN output MatMuls in fp32 kept
   accuracy but gave back speed.
-- torch.ao dynamic int8 (per tensor, eager): faster than fp32 but 0.853 on validation
-  (-2.3 points; 0.869 on test); it is deprecated in torch 2.13 in favour of torchao.
+- torch.ao dynamic int8 (per tensor, eager): faster than fp32 but 0.780 on validation
+  (-7.5 points; 0.803 on test); it is deprecated in torch 2.13 in favour of torchao.
 - torchao 0.18 (`Int8DynamicActivationInt8WeightConfig`, `Int8WeightOnlyConfig`), on the earlier
   build: kept the accuracy but was slower than fp32 in eager mode (0.5x and 0.85x); it needs
   `torch.compile` (minutes of compiling on 2 cores) to get ahead, so it is not shipped here.

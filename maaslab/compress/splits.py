@@ -2,7 +2,7 @@
 
 SELECTION_SPLIT names, per model, the split `Comparison.best` and the P5 verdict choose on: the
 validation split, which no variant trained on. digits-cnn's validation rows (load_dataset, seed 0,
-VAL_FRACTION) and sentiment-minilm's 129 validation reviews (maaslab.reviews.validation_split,
+VAL_FRACTION) and sentiment-minilm's 159 validation reviews (maaslab.reviews.validation_split,
 seed 0, VAL_FRACTION) are left out by the shipped models' recipes, by the distilled student's and
 by pruning's fine-tuning. Latency batches and explained inputs come from the choice split too, so
 only `HeldOut.test_inputs` holds test data.

@@ -29,8 +29,8 @@ from maaslab.registry import save_model
 from maaslab.reviews import load_reviews, validation_split
 from maaslab.zoo import DigitsClassifier, SentimentModel
 
-# sentiment-minilm's accuracy on its 129 validation and 214 test reviews, measured when it was built
-TEACHER_VAL, TEACHER_TEST = 0.8760, 0.8832
+# sentiment-minilm's accuracy on its 159 validation and 264 test reviews, measured when it was built
+TEACHER_VAL, TEACHER_TEST = 0.8553, 0.8220
 TEXTS = ["A fine film, warm and funny.", "Dull, long and badly acted.", "Not bad at all!"]
 
 
@@ -96,7 +96,14 @@ def test_sentiment_onnx_int8_tracks_fp32_and_exports(tmp_path, sentiment):
     ref = _logits(sentiment.model, ids)
     onnx = _logits(module, ids)
     assert (onnx.argmax(1) == ref.argmax(1)).all()
-    assert np.abs(onnx - ref).max() < 0.25 * np.abs(ref).max()  # per-channel scales: closer
+    # activations get one range per tensor: in a batch every review and its padding share it,
+    # and these three together move the logits (up to 2.61) by 0.78 (torch.ao: 0.60)
+    assert np.abs(onnx - ref).max() < 0.4 * np.abs(ref).max()
+    # one review at a time, no padding: at most 0.37 of 2.48 (torch.ao: 1.57)
+    for text in TEXTS:
+        one, _ = sentiment.model.encode([text])
+        alone, ref_one = _logits(module, one), _logits(sentiment.model, one)
+        assert np.abs(alone - ref_one).max() < 0.2 * np.abs(ref_one).max(), text
     # the folder the server loads gives the variant's own answers
     folder = export_variant("sentiment-minilm", "onnx-int8", tmp_path / "s8")
     loaded = load(str(folder))
@@ -136,10 +143,10 @@ def test_table_rows_are_measured(digits_table, digits):
 
 
 def test_fp32_accuracy_is_the_shipped_accuracy(sentiment):
-    table = compare("sentiment-minilm", ["fp32"], repeats=1, examples=214, shap_inputs=0)
+    table = compare("sentiment-minilm", ["fp32"], repeats=1, examples=264, shap_inputs=0)
     row = table.row("fp32")
-    # chosen on the 129 validation reviews, reported on the 214 test reviews
-    assert table.split == "validation" and (table.examples, table.test_examples) == (129, 214)
+    # chosen on the 159 validation reviews, reported on the 264 test reviews
+    assert table.split == "validation" and (table.examples, table.test_examples) == (159, 264)
     assert table.test_examples == len(load_reviews("test"))
     # the recipe stored assets.sentiment_accuracy(model) when it built the shipped folder
     assert row.test_accuracy == sentiment.metadata["test_accuracy"]["overall"]
@@ -295,7 +302,7 @@ def test_sentiment_models_never_trained_on_the_validation_reviews(sentiment):
     chosen_on = held_out("sentiment-minilm")
     trained = {row[row != 0].tobytes() for row in fine_tune.X_train}
     ids, _ = sentiment.model.encode(chosen_on.inputs)
-    assert len(ids) == 129 and not any(row[row != 0].tobytes() in trained for row in ids)
+    assert len(ids) == 159 and not any(row[row != 0].tobytes() in trained for row in ids)
 
 
 def test_the_choice_never_reads_the_test_split(monkeypatch):

@@ -33,7 +33,7 @@ from maaslab.train import TrainConfig, evaluate_split, train
 
 # Test accuracy of the shipped student, measured when it was built (its config.json says the
 # same); the test allows 1 point of slack for a rebuild on another machine.
-STUDENT_ACCURACY = 0.8972
+STUDENT_ACCURACY = 0.8826
 MARGIN = 0.01
 
 
