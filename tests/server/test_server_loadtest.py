@@ -48,7 +48,7 @@ def test_request_bodies_hold_held_out_data():
     assert digits[0]["shape"] == [1, 64] and digits[0]["datatype"] == "FP32"
     texts = [json.loads(b)["inputs"][0] for b in request_bodies("sentiment-minilm", n=5)]
     assert len(texts) == 5 and texts[0]["datatype"] == "BYTES" and texts[0]["shape"] == [1]
-    assert len(request_bodies("sentiment-minilm")) == 214
+    assert len(request_bodies("sentiment-minilm")) == 264
     with pytest.raises(MaaslabError, match="digits-\\* or sentiment-\\*"):
         request_bodies("mini-gpt")
 
