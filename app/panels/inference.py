@@ -10,6 +10,7 @@ from components import digits_test
 from maaslab import plots
 from maaslab.errors import MaaslabError
 from maaslab.models.gpt import MAX_NEW_TOKENS
+from maaslab.reviews import load_reviews
 from maaslab.zoo import image_to_pixels, nearest_sentences, paint
 
 ss = st.session_state
@@ -27,6 +28,12 @@ def on_click() -> None:
     points = ss["infer.canvas_chart"].selection.points
     if points:
         ss[CANVAS] = paint(ss[CANVAS], int(points[0]["customdata"]))
+
+
+@st.cache_data(show_spinner=False)
+def test_review_count() -> int:
+    """How many test reviews the corpus holds (the split a sentiment model's accuracy is on)."""
+    return len(load_reviews("test"))
 
 
 def cost(model, seconds: float) -> str:
@@ -132,7 +139,9 @@ def sentiment_panel(model) -> None:
         st.caption(cost(model, out.seconds))
         accuracy = model.metadata.get("test_accuracy", {}).get("overall")
         if accuracy:
-            st.caption(f"{accuracy:.1%} right on the 214 test reviews of assets/reviews")
+            st.caption(
+                f"{accuracy:.1%} right on the {test_review_count()} test reviews of assets/reviews"
+            )
     with right:
         st.plotly_chart(plots.probability_bars(out.probabilities[0], model.class_names))
     with st.expander("Attention: which tokens each token looks at"):

@@ -18,7 +18,7 @@ TEST_SPLITS = {
 @st.cache_data(show_spinner="Scoring the test split…")
 def test_probabilities(name: str, kind: str, _model) -> tuple[np.ndarray, np.ndarray]:
     """(N, C) probabilities of the model `name` on its test split, and the labels: computed once
-    per model (the sentiment models read 214 reviews, a few seconds on a CPU)."""
+    per model (the sentiment models read the test reviews, a few seconds on a CPU)."""
     if kind == "digits":
         pixels, labels = digits_test()
         return _model.predict(pixels).probabilities, labels

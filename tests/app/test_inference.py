@@ -74,6 +74,9 @@ def test_sentiment_label_probabilities_latency_and_attention(open_page, page_tex
         shown = page_text(at)
         assert f"**Sentiment: {expected.labels[0]}**" in shown
         assert re.search(r"device cpu · [\d.]+ ms", shown) and not at.exception
+    accuracy = load("sentiment-minilm").metadata["test_accuracy"]["overall"]
+    reviews = len(load_reviews("test"))  # 264: reviews.csv and reviews-2.csv
+    assert f"{accuracy:.1%} right on the {reviews} test reviews of assets/reviews" in shown
     at.selectbox(key="infer.sent_att.layer").set_value(2).run()
     at.selectbox(key="infer.sent_att.head").set_value(5).run()
     assert not at.exception

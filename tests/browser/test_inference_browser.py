@@ -38,8 +38,15 @@ def test_draw_a_digit_by_clicking_cells(page: Page, app_url, shot):
 
 
 def test_type_a_review_and_see_its_label(page: Page, app_url, shot):
+    from maaslab.paths import MODELS_DIR
+    from maaslab.registry import read_metadata
+    from maaslab.reviews import load_reviews
+
     page.goto(f"{app_url}/inference?model=sentiment-minilm")
     expect(page.get_by_text(re.compile(r"Sentiment: positive"))).to_be_visible(timeout=60_000)
+    accuracy = read_metadata(MODELS_DIR / "sentiment-minilm")["test_accuracy"]["overall"]
+    caption = f"{accuracy:.1%} right on the {len(load_reviews('test'))} test reviews"
+    expect(page.get_by_text(caption)).to_be_visible()
     box = page.get_by_label("A review")
     box.fill("What a waste of two hours. The plot made no sense and the acting was wooden.")
     box.press("Control+Enter")
