@@ -20,9 +20,10 @@ padding rows are computed and never read), attention's products get at least MIN
 queries, and attention sums its keys in fixed tiles of KEY_TILE: a token's numbers depend
 neither on the other sequences in the step nor on how its own sequence was cut into chunks. A
 seeded request gives the same tokens alone or batched, and after a preemption (tests check
-both, and tests/unit/test_llm_engine.py checks the products' behaviour itself). These
-thresholds are those of x86 CPUs with AVX-512 and MKL, which the tests run on; another BLAS
-may need others.
+both, and tests/unit/test_llm_engine.py checks the products' behaviour itself). The thresholds
+depend on the CPU, even with the same MKL: on Intel Xeons with AVX-512 a lone query was the only
+exception, on an AMD EPYC with AVX-512 every product of fewer than 12 queries took another path
+(and a linear layer of fewer than 12 rows). 16 covers both; another BLAS may need others.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from maaslab.errors import MaaslabError
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")  # the same module layout as LlamaForCausalLM
 GPT2_FAMILY = ("gpt2",)
 MIN_ROWS = 16  # CPU products with fewer rows take another path: pad to this (see above)
-MIN_QUERIES = 2  # attention's products with a lone query take another path (see above)
+MIN_QUERIES = 16  # attention's products with fewer queries take another path (see above)
 KEY_TILE = 16  # keys per tile of the attention sum (see _tiled_softmax_values)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from types import SimpleNamespace
 
@@ -338,22 +339,40 @@ def test_a_full_queue_refuses_before_the_body_is_read(start_server):
     # Once the queue is full, even a body that is not JSON at all gets the 503, not a 400:
     # the refusal comes from the path alone, and costs no parsing (FullQueueMiddleware).
     srv = start_server(models=["digits-cnn"], batching=False, max_queue=1)
-    _slow_down(srv, 0.6)
+    batcher = srv.app.state.models["digits-cnn"].batcher
+    run, release = batcher.run, threading.Event()
+
+    def held(payloads):  # the running request holds the model until the junk is answered
+        release.wait(30)
+        return run(payloads)
+
+    batcher.run = held
     row = load_digits().data[:1].astype(np.float32)
 
     async def main():
         async with httpx.AsyncClient(timeout=30) as client:
-            busy = [asyncio.ensure_future(_post(client, srv.url, row)) for _ in range(2)]
-            batcher = srv.app.state.models["digits-cnn"].batcher
-            for _ in range(1000):  # one running, one queued (10 s at most on a busy machine)
-                if batcher.full():
-                    break
-                await asyncio.sleep(0.01)
-            junk = await client.post(
-                srv.url + "/v2/models/digits-cnn/infer",
-                content=b"{not json",
-                headers={"content-type": "application/json"},
-            )
+
+            async def until(condition) -> None:  # 10 s at most on a busy machine
+                for _ in range(1000):
+                    if condition():
+                        return
+                    await asyncio.sleep(0.01)
+
+            # one request running (held), then one queued: a queue of one is full. Sent together,
+            # the second can find the first still queued and be refused itself.
+            busy = [asyncio.ensure_future(_post(client, srv.url, row))]
+            try:
+                await until(lambda: batcher.in_flight == 1)
+                busy.append(asyncio.ensure_future(_post(client, srv.url, row)))
+                await until(batcher.full)
+                assert batcher.full(), "the two requests never filled the queue"
+                junk = await client.post(
+                    srv.url + "/v2/models/digits-cnn/infer",
+                    content=b"{not json",
+                    headers={"content-type": "application/json"},
+                )
+            finally:
+                release.set()
             return junk, await asyncio.gather(*busy)
 
     junk, busy = asyncio.run(main())
