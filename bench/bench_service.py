@@ -393,7 +393,8 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
         ).throughput
         rates = (FLOOD_TIMES * capacity, NORMAL_SHARE * capacity)
         keys = {name: new_key() for name in ("flood", "normal", "spent")}
-        limit = Limits(requests_per_s=round(capacity))  # A may use the whole server, no more
+        # A may use args.flood_limit of the server (default all of it), no more
+        limit = Limits(requests_per_s=round(args.flood_limit * capacity))
         KeyTable(
             [
                 Tenant("flood", "user", hash_key(keys["flood"]), limit),
@@ -629,6 +630,13 @@ def main() -> None:
         default=0.0,
         help="the server's wait for a batch's company (default 0: the 5 ms default wait is "
         "added to every protocol alike and hides the differences P15 measures)",
+    )
+    parser.add_argument(
+        "--flood-limit",
+        type=float,
+        default=1.0,
+        help="P16: tenant A's rate limit as a share of the measured capacity (default 1: A may "
+        "use the whole server; below 1 the limits leave room for the other tenants)",
     )
     parser.add_argument(
         "--only", default="", help="comma-separated section numbers, e.g. P15 (default: all)"
