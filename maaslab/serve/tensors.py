@@ -73,10 +73,15 @@ def _split_bytes(raw: bytes, name: str) -> list[bytes]:
     return items
 
 
+_JSON_NUMBERS = frozenset({int, float})
+
+
 def _flatten(data: object, name: str) -> list[Any]:
     # JSON data may be flat (the spec) or nested row by row (what many clients send).
     if not isinstance(data, list):
         raise MaaslabError(f"input {name!r}: 'data' must be a list")
+    if list not in set(map(type, data)):  # flat already: one C-level pass, no copy
+        return data
     out: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -132,7 +137,12 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
                     raise MaaslabError(f"input {name!r}: BYTES data must be strings")
                 data = [x.encode() for x in flat]
             else:
-                if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in flat):
+                # JSON numbers are ints and floats (a bool is neither here); one C-level pass
+                # answers for them, the item-by-item test for anything else
+                numbers = set(map(type, flat)) <= _JSON_NUMBERS or all(
+                    isinstance(x, int | float) and not isinstance(x, bool) for x in flat
+                )
+                if not numbers:
                     raise MaaslabError(f"input {name!r}: {dtype} data must be numbers")
                 data = np.asarray(flat, dtype=np.float64)
         else:
