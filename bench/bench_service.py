@@ -15,12 +15,14 @@ noise hits each alike; the median round is reported.
 
 P16 fairness: tenant A floods at 5x the server's capacity while tenant B sends its normal load
 (25 % of capacity, an open loop at a fixed rate). Capacity is measured first (32-row JSON
-requests, closed loop); A's key is limited to that many requests/s. First, what one 429 costs
+requests, closed loop, median of three); A's key is limited to a share of it, one key per
+share (--flood-limits, default a quarter, half and all of it). First, what one 429 costs
 the server's event loop (its main thread's CPU per request of a tenant whose every request is
 refused, 64 clients back to back), at the door and in the app. Then B alone, then B while A
 floods (A from a process of its own), each round, against a server with keys (fair queues, A's
-429s answered by the connection layer's door), the same with the door off (MAASLAB_SERVE_DOOR=0:
-the app refuses, as before the door) and one without keys (one shared queue): B's p50/p99 alone
+429s answered by the connection layer's door; once per share), the same with the door off
+(MAASLAB_SERVE_DOOR=0: the app refuses, as before the door; A at the largest share) and one
+without keys (one shared queue): B's p50/p99 alone
 and under flood and their ratio (goal <= 2), the server loop's CPU per request under flood,
 A's and B's answers by status (goal: A gets 429s, B none), every request sent answered, the
 200s the server counted equal to those received, the server ready after; and the cores the
@@ -196,6 +198,18 @@ NO_DOOR = {DOOR_ENV: "0"}  # a keyed server whose app refuses, as before the con
 SPENT = Limits(requests_per_s=0.001, burst=1)  # P16's third tenant: all but its first refused
 REFUSAL_CLIENTS = 64  # P16: closed-loop clients of the spent tenant while refusals are timed
 OVERHEAD_ROWS = (1, 32)  # P17: 1 row is where a per-request cost shows most
+FLOOD_LIMITS = (0.25, 0.5, 1.0)  # P16: A's rate limit as a share of the capacity, one key each
+
+
+def shares_list(text: str) -> tuple[float, ...]:
+    """--flood-limits: "0.25,0.5,1" -> (0.25, 0.5, 1.0), each above 0, no repeats."""
+    try:
+        shares = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not numbers: {text!r}") from None
+    if not shares or min(shares) <= 0 or len(set(shares)) != len(shares):
+        raise argparse.ArgumentTypeError(f"give distinct shares above 0, e.g. 0.25,0.5,1: {text!r}")
+    return tuple(sorted(shares))
 
 
 def warm_up(
@@ -383,21 +397,44 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
     # 0.35 ms without. With about 3 in 4 requests refused, the refusals make under 0.03 ms of
     # it. The rest is the traffic let in: A's admitted requests, at up to the capacity, whose
     # bodies the loop parses, with the model saturated.
+    # Later, with A limited to a quarter, half and all of the capacity side by side (one run,
+    # 3 rounds, capacity 298 req/s): B's pooled p99 ratio 16.3x, 27.3x and 43.6x, the calm
+    # rounds 8-17x, single rounds from 60 to 370 ms. Under the flood the server's loop and
+    # model thread together kept 0.87-1.0 cores busy at every share (B alone at 74 req/s:
+    # 0.31-0.37), the machine 1.3-1.4 of its 2: one process, one GIL, saturated even when
+    # the admitted traffic is half the capacity a closed loop measures. The loop's CPU per
+    # admitted 32-row JSON request was 3.2-3.4 ms, 2.5-2.7 ms after the request layer's
+    # number parsing moved to C; a GIL switch interval of 0.2 ms (the model thread waits less
+    # for the GIL after each op: a forward pass beside a busy thread 79 -> 6.5 ms) did not
+    # help here (7.4x with Python's 5 ms against 43.6x in the same run) and was not kept.
     seconds = 2 * args.seconds  # B's p99 needs a few hundred answers per round
     bodies = json_bodies(FLOOD_ROWS)
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp, ServerProcess(http_only(server)).start(180) as plain:
         warm_up(plain, bodies, args.clients)
-        capacity = run_load(
-            plain.url, MODEL, concurrency=args.clients, duration_s=args.seconds, bodies=bodies
-        ).throughput
+        # The median of three measurements: one alone varied 148-263 req/s between runs here.
+        capacity = statistics.median(
+            run_load(
+                plain.url,
+                MODEL,
+                concurrency=args.clients,
+                duration_s=args.seconds / 2,
+                bodies=bodies,
+            ).throughput
+            for _ in range(3)
+        )
         rates = (FLOOD_TIMES * capacity, NORMAL_SHARE * capacity)
-        keys = {name: new_key() for name in ("flood", "normal", "spent")}
-        # A may use args.flood_limit of the server (default all of it), no more
-        limit = Limits(requests_per_s=round(args.flood_limit * capacity))
+        # One tenant A per share of the capacity it may use (its rate limit), on one server.
+        shares = args.flood_limits
+        floods = {share: f"flood-{share:g}" for share in shares}
+        keys = {name: new_key() for name in (*floods.values(), "normal", "spent")}
+        limits = {share: Limits(requests_per_s=max(1, round(share * capacity))) for share in shares}
         KeyTable(
             [
-                Tenant("flood", "user", hash_key(keys["flood"]), limit),
+                *(
+                    Tenant(floods[share], "user", hash_key(keys[floods[share]]), limits[share])
+                    for share in shares
+                ),
                 Tenant("normal", "user", hash_key(keys["normal"]), Limits()),
                 Tenant("spent", "user", hash_key(keys["spent"]), SPENT),
             ]
@@ -412,16 +449,21 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
             for srv in (keyed, no_door):
                 warm_up(srv, bodies, args.clients, keys["normal"])
             flood_pid = pool.submit(os.getpid).result()  # A's process starts before any clock
+            limited = ", ".join(
+                f"{limits[sh].requests_per_s:g} req/s = {sh:g}x (burst {limits[sh].bucket_size})"
+                for sh in shares
+            )
             print(
                 f"P16: capacity {capacity:.0f} req/s of {FLOOD_ROWS} rows ({args.clients} "
-                f"clients, closed loop, server without keys). A offers {FLOOD_TIMES:g}x = "
-                f"{rates[0]:.0f} req/s (open loop, {FLOOD_CLIENTS} in flight at most; with "
-                f"tenants limited to {limit.requests_per_s:g} req/s, burst {limit.bucket_size}), "
-                f"from its own process; B offers {rates[1]:.0f} req/s ({NORMAL_SHARE:.0%}, open "
-                f"loop) from this one. {args.rounds} rounds of {seconds:g} s, each B alone then "
-                "B under flood, per setup; B's percentiles pooled over rounds. Cores: what the "
-                "server's event loop (its main thread), its other threads (the model), A's and "
-                f"B's clients and the whole machine ({os.cpu_count()} cores) kept busy while B ran."
+                f"clients, closed loop, server without keys, median of 3). A offers "
+                f"{FLOOD_TIMES:g}x = {rates[0]:.0f} req/s (open loop, {FLOOD_CLIENTS} in flight "
+                f"at most; with tenants, its key limited to {limited} of the capacity, one key "
+                f"per setup), from its own process; B offers {rates[1]:.0f} req/s "
+                f"({NORMAL_SHARE:.0%}, open loop) from this one. {args.rounds} rounds of "
+                f"{seconds:g} s, each B alone then B under flood, per setup; B's percentiles "
+                "pooled over rounds. Cores: what the server's event loop (its main thread), its "
+                "other threads (the model), A's and B's clients and the whole machine "
+                f"({os.cpu_count()} cores) kept busy while B ran."
             )
             # What one 429 costs the loop every tenant shares, at the door and in the app.
             refusal: dict[str, list[float]] = {"door": [], "app": []}
@@ -441,9 +483,14 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                 + " ".join(f"{c:.3f}" for c in refusal["app"])
                 + f"; load average {os.getloadavg()[0]:.1f}"
             )
+            # The door's worth is measured at the largest share (the most traffic let in).
+            most = floods[max(shares)]
             setups = {
-                "tenants": (keyed, (keys["flood"], keys["normal"])),
-                "tenants_no_door": (no_door, (keys["flood"], keys["normal"])),
+                **{
+                    f"tenants_{share:g}": (keyed, (keys[floods[share]], keys["normal"]))
+                    for share in shares
+                },
+                "tenants_no_door": (no_door, (keys[most], keys["normal"])),
                 "no_tenants": (plain, (None, None)),
             }
             runs = {name: {"alone": [], "flood": [], "A": [], "server_ok": []} for name in setups}
@@ -513,9 +560,15 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
         )
     figures["P16_capacity_req_s"] = capacity
     print(
-        f"P16 fairness buys: B's p99 under flood / alone {figures['P16_tenants_B_p99_ratio']:.2f}x "
-        f"with tenants, {figures['P16_tenants_no_door_B_p99_ratio']:.2f}x with tenants refused "
-        f"by the app instead of the door, {figures['P16_no_tenants_B_p99_ratio']:.2f}x without; "
+        "P16 fairness buys: B's p99 under flood / alone "
+        + ", ".join(
+            f"{figures[f'P16_tenants_{sh:g}_B_p99_ratio']:.2f}x with A limited to {sh:g}x the "
+            "capacity"
+            for sh in shares
+        )
+        + f"; {figures['P16_tenants_no_door_B_p99_ratio']:.2f}x with tenants refused by the app "
+        f"instead of the door (A at {max(shares):g}x), "
+        f"{figures['P16_no_tenants_B_p99_ratio']:.2f}x without tenants; "
         "the loop's CPU per request under flood (median round) "
         + ", ".join(f"{name} {figures[f'P16_{name}_loop_ms_per_request']:.2f} ms" for name in runs)
     )
@@ -632,11 +685,13 @@ def main() -> None:
         "added to every protocol alike and hides the differences P15 measures)",
     )
     parser.add_argument(
-        "--flood-limit",
-        type=float,
-        default=1.0,
-        help="P16: tenant A's rate limit as a share of the measured capacity (default 1: A may "
-        "use the whole server; below 1 the limits leave room for the other tenants)",
+        "--flood-limits",
+        type=shares_list,
+        default=FLOOD_LIMITS,
+        help="P16: tenant A's rate limits as shares of the measured capacity, comma-separated, "
+        "each measured with its own key on one server (default "
+        f"{','.join(f'{x:g}' for x in FLOOD_LIMITS)}: 1 lets A use the whole server; below 1 "
+        "the limit leaves room for the other tenants)",
     )
     parser.add_argument(
         "--only", default="", help="comma-separated section numbers, e.g. P15 (default: all)"
