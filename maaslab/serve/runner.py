@@ -1,18 +1,6 @@
 """Run the server under uvicorn with a graceful SIGTERM: stop accepting, answer what was
 accepted until the drain deadline, exit 0 (or 75 when the deadline cut a stream: see
-maaslab.serve.drain).
-
-The server process gives the GIL away sooner than Python's default: the event loop (reading,
-parsing, answering) and the model's thread share one GIL, and eager torch takes it back after
-every op of a forward pass. Python lets a thread that wants the GIL wait up to its switch
-interval (5 ms) before the holder must let go, so a forward pass of ~20 ops beside a busy loop
-can wait 20 times. Measured here (2 cores, digits-cnn, 32 rows, 1 torch thread): 1.41 ms alone;
-beside a thread parsing JSON without pause 79 ms at 5 ms, 18 ms at 1 ms, 10.4 ms at 0.5 ms,
-6.5 ms at SWITCH_INTERVAL_MS = 0.2 ms, while the other thread's own rate stayed within 4 %
-(2,445-2,582 parses/s). Under bench_service P16's flood this is what kept the model's
-throughput from falling as the loop got busy. SWITCH_ENV sets another interval (milliseconds;
-5 is Python's own), to measure what this one buys.
-"""
+maaslab.serve.drain)."""
 
 from __future__ import annotations
 
@@ -20,9 +8,8 @@ import contextlib
 import os
 import signal
 import socket
-import sys
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -32,8 +19,6 @@ from maaslab.serve.connections import door_for, protocol_for
 from maaslab.serve.drain import Drain
 from maaslab.serve.security import resolve_api_key
 
-SWITCH_INTERVAL_MS = 0.2  # the server's GIL switch interval (Python's default: 5 ms)
-SWITCH_ENV = "MAASLAB_SERVE_SWITCH_MS"  # another interval, in ms (to measure this one's worth)
 CUT_GRACE_S = 2.0  # after the drain deadline: time for cut streams to send their error event
 
 
@@ -113,24 +98,6 @@ def uvicorn_server(app, config: ServeConfig, log_level: str = "warning") -> Grac
     return server
 
 
-def switch_interval_s(environ: Mapping[str, str]) -> float:
-    """The GIL switch interval the server sets, in seconds: SWITCH_INTERVAL_MS, or SWITCH_ENV's
-    value (milliseconds, 0.001 to 100) when that is set."""
-    raw = environ.get(SWITCH_ENV, "").strip()
-    if not raw:
-        return SWITCH_INTERVAL_MS / 1000
-    try:
-        ms = float(raw)
-    except ValueError:
-        ms = float("nan")
-    if not 0.001 <= ms <= 100:  # nan fails too
-        raise MaaslabError(
-            f"{SWITCH_ENV}={raw!r}: give the GIL switch interval in milliseconds, from 0.001 "
-            f"to 100 (the server's default is {SWITCH_INTERVAL_MS:g}, Python's own 5)"
-        )
-    return ms / 1000
-
-
 def serve(
     config: ServeConfig,
     on_ready: Callable[[str, str | None], None] | None = None,
@@ -149,7 +116,6 @@ def serve(
     # Refuse an open bind before spending seconds on imports and loading models.
     # (A keys file is the other way to open another interface: every caller needs a key.)
     api_key = None if config.keys_file else resolve_api_key(config.host, config.api_key_env)
-    sys.setswitchinterval(switch_interval_s(os.environ))
     import torch
 
     from maaslab.auto import is_language_model

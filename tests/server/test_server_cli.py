@@ -14,7 +14,6 @@ import pytest
 
 from maaslab.errors import MaaslabError
 from maaslab.serve.config import ServeConfig
-from maaslab.serve.runner import SWITCH_ENV, SWITCH_INTERVAL_MS, switch_interval_s
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "cli-test-key-0123456789abcdef"
@@ -46,7 +45,6 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
             None,
             "--drain-timeout-s (10) must be at least the request timeout (30)",
         ),
-        (["--port", "0"], {SWITCH_ENV: "0"}, f"{SWITCH_ENV}='0': give the GIL switch interval"),
     ],
     ids=[
         "no-key",
@@ -57,7 +55,6 @@ def _serve(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
         "no-read-time",
         "no-connections",
         "drain-too-short",
-        "bad-switch-interval",
     ],
 )
 def test_refusals_are_one_line_and_exit_2(args, env, words):
@@ -107,15 +104,6 @@ def test_torch_threads_follow_flags_environment_and_instances():
     assert ServeConfig(threads=2).torch_threads(2, {}, engine=True) == 2
     with pytest.raises(MaaslabError, match="--threads must be"):
         ServeConfig(threads=0)
-
-
-def test_the_gil_switch_interval_is_the_servers_unless_the_environment_names_another():
-    assert switch_interval_s({}) == SWITCH_INTERVAL_MS / 1000 == 0.0002
-    assert switch_interval_s({SWITCH_ENV: " "}) == 0.0002
-    assert switch_interval_s({SWITCH_ENV: "5"}) == 0.005  # Python's own
-    for bad in ("0", "-1", "1000", "nan", "inf", "5ms"):
-        with pytest.raises(MaaslabError, match=r"in milliseconds, from 0\.001 to 100"):
-            switch_interval_s({SWITCH_ENV: bad})
 
 
 def test_the_drain_deadline_defaults_to_the_request_timeout_plus_5_s():
