@@ -159,9 +159,13 @@ class SentenceEncoder:
         """Embed `texts` in batches; empty or non-text input is refused with a message."""
         texts = check_texts(texts)
         started = time.perf_counter()
+        # Batches of similar lengths pad little: texts go in order of length (as
+        # sentence-transformers does), and the rows come back in the caller's order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         chunks, truncated = [], []
         for i in range(0, len(texts), batch_size):
-            batch, cut = tokenize(self.tokenizer, texts[i : i + batch_size], self.max_length)
+            part = [texts[j] for j in order[i : i + batch_size]]
+            batch, cut = tokenize(self.tokenizer, part, self.max_length)
             truncated += cut
             inputs = {k: v.to(self.device) for k, v in batch.items()}
             hidden = self.model(**inputs).last_hidden_state  # (B, T, C)
@@ -169,8 +173,12 @@ class SentenceEncoder:
             if normalize:
                 pooled = nn.functional.normalize(pooled, dim=-1)
             chunks.append(pooled.float().cpu())
-        embeddings = torch.cat(chunks).numpy()
-        return Encoded(embeddings, tuple(truncated), time.perf_counter() - started)
+        embeddings = np.empty((len(texts), self.dim), dtype=np.float32)
+        embeddings[order] = torch.cat(chunks).numpy()
+        cut_at = [False] * len(texts)
+        for j, flag in zip(order, truncated, strict=True):
+            cut_at[j] = flag
+        return Encoded(embeddings, tuple(cut_at), time.perf_counter() - started)
 
 
 def nearest(query: np.ndarray, corpus: np.ndarray, k: int = 5) -> tuple[np.ndarray, np.ndarray]:

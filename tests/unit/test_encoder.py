@@ -46,6 +46,16 @@ def test_long_text_is_truncated_and_said_so(encoder):
     assert out.truncated == (False, True) and out.embeddings.shape == (2, 384)
 
 
+def test_rows_come_back_in_the_callers_order_whatever_the_batches(encoder):
+    # Texts are batched by length; each row and flag must still belong to its own text.
+    texts = ["word " * 5000, "a cat sat", "the model server answers many users at once", "ok"]
+    together = encoder.encode(texts, batch_size=2)
+    alone = np.concatenate([encoder.encode([t]).embeddings for t in texts])
+    assert together.truncated == (True, False, False, False)
+    np.testing.assert_allclose(together.embeddings, alone, atol=1e-5)
+    assert np.abs(together.embeddings - alone).max() < 1e-5 < np.abs(alone[1] - alone[3]).max()
+
+
 @pytest.mark.parametrize("bad", [[], [""], ["ok", "   "], "a string", [3]])
 def test_bad_input_is_refused(encoder, bad):
     with pytest.raises(MaaslabError):
