@@ -398,15 +398,17 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
     # it. The rest is the traffic let in: A's admitted requests, at up to the capacity, whose
     # bodies the loop parses, with the model saturated.
     # Later, with A limited to a quarter, half and all of the capacity side by side (one run,
-    # 3 rounds, capacity 298 req/s): B's pooled p99 ratio 16.3x, 27.3x and 43.6x, the calm
-    # rounds 8-17x, single rounds from 60 to 370 ms. Under the flood the server's loop and
-    # model thread together kept 0.87-1.0 cores busy at every share (B alone at 74 req/s:
-    # 0.31-0.37), the machine 1.3-1.4 of its 2: one process, one GIL, saturated even when
-    # the admitted traffic is half the capacity a closed loop measures. The loop's CPU per
-    # admitted 32-row JSON request was 3.2-3.4 ms, 2.5-2.7 ms after the request layer's
-    # number parsing moved to C; a GIL switch interval of 0.2 ms (the model thread waits less
-    # for the GIL after each op: a forward pass beside a busy thread 79 -> 6.5 ms) did not
-    # help here (7.4x with Python's 5 ms against 43.6x in the same run) and was not kept.
+    # 3 rounds, capacity 252 req/s): B's pooled p99 ratio 9.4x, 29.4x and 106.9x, single rounds
+    # from 13 ms to 1.2 s. Under the flood the server's loop and model thread together kept
+    # 0.93-0.95 cores busy in most rounds (B alone at 63 req/s: 0.24-0.41), the machine
+    # 1.0-1.5 of its 2: one process, one GIL, saturated even with a quarter of the capacity
+    # admitted for A. The loop's CPU per admitted 32-row JSON request was 3.2-3.4 ms, 2.5-2.7
+    # ms after the request layer's number parsing moved to C. A GIL switch interval of 0.2 ms
+    # (the model thread waits less for the GIL after each op: a forward pass beside a busy
+    # thread 79 -> 6.5 ms) did not help here: in one run, 43.6x against 7.4x with Python's
+    # 5 ms (A at the full capacity), so it was not kept. A prototype with digits-cnn's batches
+    # run in a process of its own (a spawn ProcessPoolExecutor; --quick, 1 round) gave 1.6x,
+    # 37.5x and 4.9x, B alone p50 8 ms against 5-6 ms in process: not the whole answer either.
     seconds = 2 * args.seconds  # B's p99 needs a few hundred answers per round
     bodies = json_bodies(FLOOD_ROWS)
     figures: dict[str, float] = {}
