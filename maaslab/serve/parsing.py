@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from maaslab.errors import MaaslabError
 from maaslab.serve.errors import send_error
+from maaslab.serve.tensors import JSON_NUMBERS
 
 # Nesting a request may use. A tensor sent as nested rows [N, C, H, W] needs 5 levels, a chat
 # with content parts 5; 64 leaves room for any honest client and keeps every recursive
@@ -124,7 +125,6 @@ def _check_strings(value: Any) -> None:
                 ) from None
 
 
-_NUMBER_TYPES = frozenset({int, float})
 _SMALL = 1e20  # a number this large or larger is checked by the careful parse (MAX_INT_DIGITS)
 
 
@@ -138,12 +138,12 @@ def _plain_numbers(value: Any) -> bool:
         if isinstance(item, dict):
             stack.extend(item.values())
         elif isinstance(item, list):
-            if set(map(type, item)) <= _NUMBER_TYPES:
+            if set(map(type, item)) <= JSON_NUMBERS:
                 if item and not max(map(abs, item)) < _SMALL:  # inf (or nan) fails too
                     return False
             else:
                 stack.extend(item)
-        elif type(item) in _NUMBER_TYPES and not abs(item) < _SMALL:
+        elif type(item) in JSON_NUMBERS and not abs(item) < _SMALL:
             return False
     return True
 

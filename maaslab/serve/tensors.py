@@ -73,7 +73,7 @@ def _split_bytes(raw: bytes, name: str) -> list[bytes]:
     return items
 
 
-_JSON_NUMBERS = frozenset({int, float})
+JSON_NUMBERS = frozenset({int, float})  # the types json gives a number (a bool is neither)
 
 
 def _flatten(data: object, name: str) -> list[Any]:
@@ -139,7 +139,7 @@ def decode_inputs(request: dict[str, Any], binary: bytes) -> dict[str, Tensor]:
             else:
                 # JSON numbers are ints and floats (a bool is neither here); one C-level pass
                 # answers for them, the item-by-item test for anything else
-                numbers = set(map(type, flat)) <= _JSON_NUMBERS or all(
+                numbers = set(map(type, flat)) <= JSON_NUMBERS or all(
                     isinstance(x, int | float) and not isinstance(x, bool) for x in flat
                 )
                 if not numbers:
