@@ -6,6 +6,9 @@ BIN    := $(VENV)/bin
 PORT   ?= 8501
 HOST   ?= 127.0.0.1
 PYTEST_ARGS ?=
+# test workers (pytest-xdist): each runs whole test files, in the suite's order (browser last);
+# WORKERS=0 runs the suite in this one process
+WORKERS ?= 2
 
 # Offline by design: no hub look-ups, no telemetry.
 export HF_HUB_OFFLINE := 1
@@ -29,7 +32,8 @@ app: setup
 		--browser.gatherUsageStats false
 
 test: setup
-	MAASLAB_FAST=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
+	MAASLAB_FAST=1 $(BIN)/python -m pytest -n $(WORKERS) --dist loadfile --no-loadscope-reorder \
+		$(PYTEST_ARGS)
 
 bench: setup
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(BIN)/python $$b; done
