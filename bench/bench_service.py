@@ -14,7 +14,8 @@ GIL) with it. Rounds are interleaved (each protocol once per round, per rows cou
 noise hits each alike; the median round is reported.
 
 P16 fairness: tenant A floods at 5x the server's capacity while tenant B sends its normal load
-(25 % of capacity, an open loop at a fixed rate). Capacity is measured first (32-row JSON
+(25 % of capacity, an open loop at a fixed rate); A's client runs at the lowest CPU priority
+(nice 19), standing in for a tenant on other machines. Capacity is measured first (32-row JSON
 requests, closed loop, median of three); A's key is limited to a share of it, one key per
 share (--flood-limits, default a quarter, half and all of it). First, what one 429 costs
 the server's event loop (its main thread's CPU per request of a tenant whose every request is
@@ -191,6 +192,10 @@ NORMAL_SHARE = 0.25  # P16: tenant B's open-loop rate, as a share of the capacit
 FLOOD_CLIENTS = 512  # A's requests in flight at most (its queue of 256, and refusals)
 NORMAL_CLIENTS = 64  # B's requests in flight at most (far more than its rate needs)
 FLOOD_LEAD_S = 1.0  # A floods this long before B starts and after B stops
+# A's client process runs at this CPU priority (os.nice): a stand-in for a tenant on machines
+# of its own. At 5x the capacity its Python client keeps about a core busy, which on a 2-core
+# machine the server and B's client would otherwise have to share with it.
+FLOOD_NICE = 19
 SETTLE_S = 2.0  # after a flood, the queue drains before the next measurement starts
 STATUSES = ("200", "429", "503")  # the answers P16 expects; any other counts as "other"
 CLASS_SIZE = 30  # P17's keys file: a classroom (a teacher and this many students)
@@ -409,6 +414,14 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
     # 5 ms (A at the full capacity), so it was not kept. A prototype with digits-cnn's batches
     # run in a process of its own (a spawn ProcessPoolExecutor; --quick, 1 round) gave 1.6x,
     # 37.5x and 4.9x, B alone p50 8 ms against 5-6 ms in process: not the whole answer either.
+    # A leaner one (a spawned process per model, its answers read by the event loop from a pipe
+    # with no thread in the server, two batches in flight) raised the capacity to 379-411
+    # req/s, and A's flood with it to about 2,000 req/s; B's p99 ratio was 58-99x (2 rounds):
+    # the one event loop that reads and parses every request becomes the bottleneck.
+    # Since then A's client runs at nice 19 (FLOOD_NICE): at 5x the capacity it keeps about a
+    # core of this 2-core machine busy. One run (3 rounds, capacity 235 req/s): B's pooled p99
+    # ratio 3.46x, 12.01x and 57.81x at a quarter, half and all of it; 38.96x with the door
+    # off, 213.51x without tenants (an earlier run without nice: 9.4x, 29.4x, 106.9x).
     seconds = 2 * args.seconds  # B's p99 needs a few hundred answers per round
     bodies = json_bodies(FLOOD_ROWS)
     figures: dict[str, float] = {}
@@ -446,7 +459,9 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
         with (
             ServerProcess(keyed_config).start(180) as keyed,
             ServerProcess(keyed_config, env=NO_DOOR).start(180) as no_door,
-            ProcessPoolExecutor(1, mp_context=spawn) as pool,
+            ProcessPoolExecutor(
+                1, mp_context=spawn, initializer=os.nice, initargs=(FLOOD_NICE,)
+            ) as pool,
         ):
             for srv in (keyed, no_door):
                 warm_up(srv, bodies, args.clients, keys["normal"])
@@ -460,11 +475,12 @@ def p16_fairness(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                 f"clients, closed loop, server without keys, median of 3). A offers "
                 f"{FLOOD_TIMES:g}x = {rates[0]:.0f} req/s (open loop, {FLOOD_CLIENTS} in flight "
                 f"at most; with tenants, its key limited to {limited} of the capacity, one key "
-                f"per setup), from its own process; B offers {rates[1]:.0f} req/s "
-                f"({NORMAL_SHARE:.0%}, open loop) from this one. {args.rounds} rounds of "
-                f"{seconds:g} s, each B alone then B under flood, per setup; B's percentiles "
-                "pooled over rounds. Cores: what the server's event loop (its main thread), its "
-                "other threads (the model), A's and B's clients and the whole machine "
+                f"per setup), from its own process at nice {FLOOD_NICE}; B offers "
+                f"{rates[1]:.0f} req/s ({NORMAL_SHARE:.0%}, open loop) from this one. "
+                f"{args.rounds} rounds of {seconds:g} s, each B alone then B under flood, per "
+                "setup; B's percentiles pooled over rounds. Cores: what the server's event loop "
+                "(its main thread), its other threads (the model), A's and B's clients and the "
+                "whole machine "
                 f"({os.cpu_count()} cores) kept busy while B ran."
             )
             # What one 429 costs the loop every tenant shares, at the door and in the app.
