@@ -689,7 +689,8 @@ def p17_overhead(server: ServerProcess, args: argparse.Namespace) -> dict[str, f
                     + f"; load average {os.getloadavg()[0]:.1f}"
                 )
     # Throughput here swings 10-20 % between rounds, more than the goal's 5 %; the tenant
-    # layer's own work, timed alone, says how much of the loop's time it can take at most.
+    # layer's own work, timed alone, says what share of the loop's time it takes (its ASGI
+    # middleware hop aside).
     work = statistics.median(tenant_work_us(table, keys["teacher"]) for _ in range(3))
     share = work / (1e3 * figures[f"P17_{OVERHEAD_ROWS[0]}_no_keys_loop_ms_per_request"])
     figures |= {"P17_tenant_work_us": work, "P17_tenant_work_share_of_loop": share}
