@@ -211,7 +211,8 @@ SETTLE_S = 2.0  # after a flood, the queue drains before the next measurement st
 STATUSES = ("200", "429", "503")  # the answers P16 expects; any other counts as "other"
 CLASS_SIZE = 30  # P17's keys file: a classroom (a teacher and this many students)
 NO_DOOR = {DOOR_ENV: "0"}  # a keyed server whose app refuses, as before the connection layer did
-# P16's student: A with the rate limit of the keys `maaslab keys classroom` makes
+# P16's student: A with the rate limit of the keys `maaslab keys classroom` makes (its rate
+# only: the daily quota would end a run of many rounds, and digits have no tokens to count)
 STUDENT = Limits(requests_per_s=STUDENT_LIMITS.requests_per_s, burst=STUDENT_LIMITS.burst)
 SPENT = Limits(requests_per_s=0.001, burst=1)  # P16's third tenant: all but its first refused
 REFUSAL_CLIENTS = 64  # P16: closed-loop clients of the spent tenant while refusals are timed
